@@ -1,0 +1,219 @@
+"""The one configuration tree of seekd.
+
+Every knob lives in a dataclass below. CLI flags, a YAML file and `SEEKD_*` environment variables
+all fill the same tree (`load_config`); nothing else in the package reads flags or the environment.
+Precedence, lowest first: dataclass defaults < YAML < environment < CLI flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEMO_MODEL_NAME = "seekd-demo-random"
+
+
+@dataclass
+class ModelConfig:
+    model: str | None = None  # HF model folder; None serves the built-in random demo model
+    tokenizer: str | None = None  # defaults to the model folder
+    served_model_name: str | None = None
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    load_format: str = "auto"  # auto | safetensors | dummy
+    max_model_len: int | None = None  # defaults to the model's max_position_embeddings
+    seed: int = 0  # seeds dummy weights and unseeded sampling
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}")
+        if self.load_format not in ("auto", "safetensors", "dummy"):
+            raise ValueError(f"load_format must be auto, safetensors or dummy, not {self.load_format!r}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError("max_model_len must be positive")
+
+    @property
+    def display_name(self) -> str:
+        if self.served_model_name:
+            return self.served_model_name
+        if self.model is None:
+            return DEMO_MODEL_NAME
+        return Path(self.model).name
+
+
+@dataclass
+class CacheConfig:
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    gpu_memory_utilization: float = 0.9
+    cpu_kv_cache_gib: float = 4.0  # KV cache budget when running on the CPU
+    num_kv_blocks: int | None = None  # overrides memory-based sizing (tests, debugging)
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a power of two, not {self.block_size}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 2:
+            raise ValueError("num_kv_blocks must be at least 2 (block 0 is reserved)")
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192  # token budget of one engine step (prefill + decode)
+    enable_chunked_prefill: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError("max_num_seqs must be positive")
+        if self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_batched_tokens must be positive")
+
+
+@dataclass
+class DeviceConfig:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def resolve(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class ParallelConfig:
+    tensor_parallel_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.tensor_parallel_size < 1:
+            raise ValueError("tensor_parallel_size must be positive")
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+
+@dataclass
+class StorageConfig:
+    data_dir: str = "~/.local/share/seekd"  # demo model, key store, audit log
+
+    @property
+    def path(self) -> Path:
+        return Path(self.data_dir).expanduser()
+
+
+@dataclass
+class SeekdConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+
+def config_fields() -> dict[str, tuple[str, dataclasses.Field]]:
+    """Map each leaf field name to (section, field). Names are unique across sections by design,
+    so a CLI flag `--max-num-seqs` or `SEEKD_MAX_NUM_SEQS` needs no section prefix."""
+    out: dict[str, tuple[str, dataclasses.Field]] = {}
+    for section in dataclasses.fields(SeekdConfig):
+        for f in dataclasses.fields(_section_type(section.name)):
+            if f.name in out:
+                raise AssertionError(f"config field {f.name!r} is defined in two sections")
+            out[f.name] = (section.name, f)
+    return out
+
+
+def _section_type(name: str) -> type:
+    hints = typing.get_type_hints(SeekdConfig)
+    return hints[name]
+
+
+def field_type(section: str, name: str) -> type:
+    """The concrete scalar type of a field (Optional[int] -> int)."""
+    hint = typing.get_type_hints(_section_type(section))[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and args:
+        return args[0]
+    return hint
+
+
+def _coerce(section: str, name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    typ = field_type(section, name)
+    if typ is bool:
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"{name}: expected a boolean, got {value!r}")
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("none", "null") and typ is not str:
+        return None
+    try:
+        return typ(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name}: expected {typ.__name__}, got {value!r}") from e
+
+
+def load_config(
+    yaml_path: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> SeekdConfig:
+    """Build the config tree from YAML, `SEEKD_<FIELD>` environment variables and overrides.
+
+    `overrides` use leaf field names (`{"max_num_seqs": 8}`) and win over everything else;
+    values of None in overrides mean "not given" and are skipped.
+    """
+    fields_by_name = config_fields()
+    values: dict[str, dict[str, Any]] = {s.name: {} for s in dataclasses.fields(SeekdConfig)}
+
+    def put(name: str, value: Any, source: str) -> None:
+        if name not in fields_by_name:
+            raise ValueError(f"unknown config key {name!r} in {source}")
+        section, _ = fields_by_name[name]
+        values[section][name] = _coerce(section, name, value)
+
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping")
+        for key, val in data.items():
+            if isinstance(val, dict) and key in values:
+                for sub_key, sub_val in val.items():
+                    put(sub_key.replace("-", "_"), sub_val, str(path))
+            else:
+                put(key.replace("-", "_"), val, str(path))
+
+    env = os.environ if environ is None else environ
+    for name in fields_by_name:
+        env_key = "SEEKD_" + name.upper()
+        if env_key in env:
+            put(name, env[env_key], env_key)
+
+    for name, val in (overrides or {}).items():
+        if val is not None:
+            put(name, val, "overrides")
+
+    sections = {name: _section_type(name)(**kw) for name, kw in values.items()}
+    return SeekdConfig(**sections)

@@ -1,0 +1,176 @@
+"""The engine-core loop: add/abort -> Scheduler.schedule() -> ModelRunner.execute() -> update.
+
+Runs in-process for the offline API and inside the engine-core process behind the server; the same
+object either way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from seekd.config import SeekdConfig
+from seekd.engine.model_runner import ModelRunner
+from seekd.engine.outputs import EngineOutput
+from seekd.engine.request import EngineCoreRequest, Request, RequestStatus
+from seekd.engine.scheduler import Scheduler
+from seekd.models.demo import ensure_demo_model
+from seekd.models.hf_config import HFConfig
+from seekd.models.loader import load_model, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_model_folder(config: SeekdConfig) -> tuple[Path, str]:
+    """(folder, load_format). No model means the random demo model."""
+    if config.model.model is None:
+        return ensure_demo_model(config.storage.path), "dummy"
+    load_format = config.model.load_format
+    return Path(config.model.model).expanduser(), "safetensors" if load_format == "auto" else load_format
+
+
+def eos_token_ids(folder: Path, hf_config: HFConfig) -> frozenset[int]:
+    """EOS ids from generation_config.json (may be a list) or config.json."""
+    ids: set[int] = set()
+    gen_path = folder / "generation_config.json"
+    sources = [json.loads(gen_path.read_text())] if gen_path.is_file() else []
+    sources.append(hf_config.to_dict())
+    for source in sources:
+        value = source.get("eos_token_id")
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list):
+            ids.update(int(v) for v in value)
+    return frozenset(ids)
+
+
+class EngineCore:
+    def __init__(self, config: SeekdConfig, show_progress: bool = True) -> None:
+        self.config = config
+        self.device = config.device.resolve()
+        self.model_folder, load_format = resolve_model_folder(config)
+        self.hf_config = HFConfig.from_folder(self.model_folder)
+        self.dtype = resolve_dtype(config.model.dtype, self.hf_config, self.device)
+        model = load_model(
+            self.model_folder, self.hf_config, device=self.device, dtype=self.dtype,
+            load_format=load_format, seed=config.model.seed, show_progress=show_progress,
+        )
+        block_size = config.cache.block_size
+        self.runner = ModelRunner(
+            model, self.device, self.dtype, block_size, self.hf_config.vocab_size, config.model.seed
+        )
+        max_model_len = min(
+            config.model.max_model_len or self.hf_config.context_length,
+            self.hf_config.context_length,
+        )
+        num_blocks = self._num_kv_blocks(max_model_len)
+        self.runner.allocate_kv_cache(num_blocks)
+        capacity = (num_blocks - 1) * block_size
+        if capacity < max_model_len:
+            logger.warning("KV cache holds %d tokens; capping the context length at that", capacity)
+            max_model_len = capacity
+        self.max_model_len = max_model_len
+        self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks, max_model_len)
+        self.eos_token_ids = eos_token_ids(self.model_folder, self.hf_config)
+
+    def _num_kv_blocks(self, max_model_len: int) -> int:
+        cache = self.config.cache
+        if cache.num_kv_blocks is not None:
+            return cache.num_kv_blocks
+        per_block = self.runner.kv_bytes_per_block()
+        if self.device.startswith("cuda"):
+            free, total = torch.cuda.mem_get_info(torch.device(self.device))
+            budget = total * cache.gpu_memory_utilization - (total - free) - 2**30  # activations headroom
+        else:
+            budget = cache.cpu_kv_cache_gib * 2**30
+        blocks_per_seq = -(-max_model_len // cache.block_size)
+        wanted = self.config.scheduler.max_num_seqs * blocks_per_seq + 1
+        num_blocks = min(int(budget // per_block), wanted)
+        if num_blocks < blocks_per_seq // 8 + 2:
+            raise RuntimeError(
+                f"not enough memory for the KV cache: {budget / 2**30:.2f} GiB free for it, one "
+                f"{max_model_len}-token sequence needs {blocks_per_seq * per_block / 2**30:.2f} GiB; "
+                "use a shorter max_model_len, a smaller model, or more memory"
+            )
+        return num_blocks
+
+    # -- requests ---------------------------------------------------------------------------
+    def add_request(self, req: EngineCoreRequest) -> None:
+        params = req.sampling_params
+        prompt_len = len(req.prompt_token_ids)
+        if prompt_len >= self.max_model_len:
+            raise ValueError(f"prompt has {prompt_len} tokens; this model's context is {self.max_model_len}")
+        room = self.max_model_len - prompt_len
+        max_output = room if params.max_tokens is None else min(params.max_tokens, room)
+        vocab = self.hf_config.vocab_size
+        if any(not 0 <= t < vocab for t in req.prompt_token_ids):
+            raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        self.scheduler.add_request(
+            Request(
+                req.request_id, req.prompt_token_ids, params, self.eos_token_ids,
+                max_output_tokens=max_output, arrival_time=req.arrival_time, priority=req.priority,
+                tenant=req.tenant, cache_salt=req.cache_salt, deadline=req.deadline,
+            )
+        )
+
+    def abort_requests(self, request_ids: list[str]) -> list[EngineOutput]:
+        outputs = []
+        for rid in request_ids:
+            request = self.scheduler.abort_request(rid)
+            if request is not None:
+                outputs.append(_finished_output(request, []))
+        return outputs
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished_requests()
+
+    # -- the loop body ----------------------------------------------------------------------
+    def step(self) -> list[EngineOutput]:
+        outputs = self._expire_deadlines()
+        plan = self.scheduler.schedule()
+        if plan.is_empty:
+            return outputs
+        result = self.runner.execute(plan)
+        for request in self.scheduler.update(plan, result.sampled):
+            lp = result.logprobs.get(request.request_id)
+            token = [request.output_token_ids[-1]]
+            if request.is_finished:
+                outputs.append(_finished_output(request, token, lp))
+            else:
+                outputs.append(
+                    EngineOutput(
+                        request.request_id, token, [lp] if lp else None,
+                        num_prompt_tokens=request.num_prompt_tokens,
+                        num_cached_tokens=max(request.num_cached_tokens, 0),
+                    )
+                )
+        return outputs
+
+    def _expire_deadlines(self) -> list[EngineOutput]:
+        now = time.monotonic()
+        expired = [r.request_id for r in self.scheduler.requests.values() if r.deadline and r.deadline <= now]
+        return self.abort_requests(expired) if expired else []
+
+    def stats(self) -> dict[str, float]:
+        kv = self.scheduler.kv
+        return {
+            "num_requests_running": self.scheduler.num_running,
+            "num_requests_waiting": self.scheduler.num_waiting,
+            "kv_cache_usage_perc": kv.usage,
+            "prefix_cache_queries": kv.prefix_queries,
+            "prefix_cache_hits": kv.prefix_hits,
+            "num_preemptions": self.scheduler.num_preemptions,
+        }
+
+
+def _finished_output(request: Request, token: list[int], lp=None) -> EngineOutput:
+    assert request.status >= RequestStatus.FINISHED_STOPPED
+    return EngineOutput(
+        request.request_id, token, [lp] if lp else None,
+        finish_reason=request.finish_reason, stop_reason=request.stop_reason,
+        num_prompt_tokens=request.num_prompt_tokens, num_cached_tokens=max(request.num_cached_tokens, 0),
+    )

@@ -1,0 +1,157 @@
+"""Runs one scheduled step on the device: flat inputs -> model -> logits -> sampled tokens.
+
+The batch is flat: the scheduled tokens of all requests are concatenated, and attention finds its
+sequences through `query_start_loc` (cu_seqlens), `seq_lens` and the block tables.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from seekd.engine.outputs import TokenLogprob
+from seekd.engine.request import Request
+from seekd.engine.sampler import Sampler, SamplingBatch
+from seekd.engine.scheduler import SchedulerOutput
+from seekd.layers.attention import KVCacheSpec
+from seekd.layers.forward_context import AttentionMetadata, ForwardContext
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelInputs:
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    attn: AttentionMetadata
+    logits_indices: torch.Tensor  # rows of the hidden states whose next token is sampled
+    sampling_requests: list[Request]
+
+
+@dataclass
+class StepResult:
+    sampled: dict[str, int]
+    logprobs: dict[str, TokenLogprob]
+
+
+class ModelRunner:
+    def __init__(
+        self, model: nn.Module, device: str, dtype: torch.dtype, block_size: int, vocab_size: int, seed: int = 0
+    ) -> None:
+        self.model = model
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.block_size = block_size
+        self.vocab_size = vocab_size
+        self.sampler = Sampler(self.device, seed)
+        self.num_blocks = 0
+
+    def kv_cache_specs(self) -> list[KVCacheSpec]:
+        return [layer.kv_cache_spec(self.dtype) for layer in self.model.attention_layers()]
+
+    def kv_bytes_per_block(self) -> int:
+        return sum(spec.bytes_per_block(self.block_size) for spec in self.kv_cache_specs())
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        for layer, spec in zip(self.model.attention_layers(), self.kv_cache_specs()):
+            layer.kv_cache = torch.zeros(
+                (num_blocks, self.block_size, *spec.per_token_shape), dtype=spec.dtype, device=self.device
+            )
+        self.num_blocks = num_blocks
+        logger.info(
+            "KV cache: %d blocks of %d tokens (%.1f MiB)",
+            num_blocks, self.block_size, num_blocks * self.kv_bytes_per_block() / 2**20,
+        )
+
+    def prepare_inputs(self, out: SchedulerOutput) -> ModelInputs:
+        bs = self.block_size
+        token_chunks, position_chunks, slot_chunks = [], [], []
+        query_lens, seq_lens, logits_indices, sampling = [], [], [], []
+        max_blocks = max(len(out.block_ids[r.request_id]) for r in out.requests)
+        block_tables = np.zeros((len(out.requests), max_blocks), dtype=np.int32)
+        offset = 0
+        for i, request in enumerate(out.requests):
+            n = out.num_scheduled_tokens[request.request_id]
+            start = request.num_computed_tokens
+            blocks = np.asarray(out.block_ids[request.request_id], dtype=np.int64)
+            block_tables[i, : len(blocks)] = blocks
+            positions = np.arange(start, start + n, dtype=np.int64)
+            token_chunks.append(request.all_token_ids[start : start + n])
+            position_chunks.append(positions)
+            slot_chunks.append(blocks[positions // bs] * bs + positions % bs)
+            query_lens.append(n)
+            seq_lens.append(start + n)
+            offset += n
+            if start + n == request.num_tokens:
+                logits_indices.append(offset - 1)
+                sampling.append(request)
+
+        def to_dev(array, dtype: torch.dtype) -> torch.Tensor:
+            return torch.as_tensor(array, dtype=dtype).to(self.device, non_blocking=True)
+
+        query_start_loc = np.zeros(len(query_lens) + 1, dtype=np.int32)
+        np.cumsum(query_lens, out=query_start_loc[1:])
+        attn = AttentionMetadata(
+            slot_mapping=to_dev(np.concatenate(slot_chunks), torch.int64),
+            query_start_loc=to_dev(query_start_loc, torch.int32),
+            seq_lens=to_dev(np.asarray(seq_lens), torch.int32),
+            block_tables=to_dev(block_tables, torch.int32),
+            block_size=bs,
+            max_query_len=max(query_lens),
+            max_seq_len=max(seq_lens),
+            query_lens_cpu=query_lens,
+            seq_lens_cpu=seq_lens,
+        )
+        return ModelInputs(
+            input_ids=to_dev(np.fromiter((t for c in token_chunks for t in c), dtype=np.int64), torch.int64),
+            positions=to_dev(np.concatenate(position_chunks), torch.int64),
+            attn=attn,
+            logits_indices=to_dev(np.asarray(logits_indices, dtype=np.int64), torch.int64),
+            sampling_requests=sampling,
+        )
+
+    @torch.inference_mode()
+    def execute(self, out: SchedulerOutput) -> StepResult:
+        inputs = self.prepare_inputs(out)
+        hidden = self.model(inputs.input_ids, inputs.positions, ForwardContext(attn=inputs.attn))
+        if not inputs.sampling_requests:
+            return StepResult({}, {})
+        logits = self.model.compute_logits(hidden[inputs.logits_indices])
+        batch = SamplingBatch.from_requests(inputs.sampling_requests, self.vocab_size, self.device)
+        token_ids, logprobs = self.sampler(logits, batch)
+        sampled, lps = {}, {}
+        for request, token, lp in zip(inputs.sampling_requests, token_ids, logprobs):
+            sampled[request.request_id] = token
+            if lp is not None:
+                lps[request.request_id] = lp
+        return StepResult(sampled, lps)
+
+    @torch.inference_mode()
+    def prefill_logits(self, token_ids: list[int]) -> torch.Tensor:
+        """Logits of every position of one prompt through the paged path, using blocks 1.. of the
+        cache as scratch. For parity tests and debugging; needs an idle engine."""
+        n = len(token_ids)
+        num_blocks = -(-n // self.block_size)
+        if num_blocks + 1 > self.num_blocks:
+            raise ValueError(f"{n} tokens need {num_blocks} KV blocks, the cache has {self.num_blocks - 1}")
+        positions = torch.arange(n, device=self.device)
+        blocks = torch.arange(1, num_blocks + 1, device=self.device, dtype=torch.int32)
+        attn = AttentionMetadata(
+            slot_mapping=(blocks.long()[positions // self.block_size] * self.block_size
+                          + positions % self.block_size),
+            query_start_loc=torch.tensor([0, n], dtype=torch.int32, device=self.device),
+            seq_lens=torch.tensor([n], dtype=torch.int32, device=self.device),
+            block_tables=blocks.unsqueeze(0),
+            block_size=self.block_size,
+            max_query_len=n,
+            max_seq_len=n,
+            query_lens_cpu=[n],
+            seq_lens_cpu=[n],
+        )
+        ids = torch.tensor(token_ids, dtype=torch.int64, device=self.device)
+        hidden = self.model(ids, positions, ForwardContext(attn=attn))
+        return self.model.compute_logits(hidden)

@@ -1,0 +1,195 @@
+"""Turns the last-position logits of a batch into next tokens, on the model's device.
+
+Order of operations: raw logprobs (what the API reports) -> penalties -> greedy rows take the
+argmax -> temperature -> top-k / top-p / min-p -> sample with the exponential-race trick
+(argmax of p / q, q ~ Exp(1)), which needs one noise vector per row. A request with a `seed` draws
+its noise from a generator keyed on (seed, output position), so its tokens depend on nothing else
+in the batch and survive preemption and recomputation unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from seekd.engine.outputs import TokenLogprob
+from seekd.engine.request import Request
+
+_SEED_MIX = 0x9E3779B97F4A7C15
+_MASK63 = (1 << 63) - 1
+
+
+@dataclass
+class SamplingBatch:
+    """Per-row sampling tensors for the requests that sample this step, in batch order."""
+
+    temperature: torch.Tensor  # [B] float32, 1.0 on greedy rows
+    greedy: torch.Tensor  # [B] bool
+    top_k: torch.Tensor | None  # [B] int64, vocab size where disabled
+    top_p: torch.Tensor | None  # [B] float32
+    min_p: torch.Tensor | None  # [B] float32
+    presence: torch.Tensor | None  # [B] float32
+    frequency: torch.Tensor | None
+    repetition: torch.Tensor | None
+    output_counts: torch.Tensor | None  # [B, V] counts of each token in the output so far
+    seen_mask: torch.Tensor | None  # [B, V] prompt or output contains the token
+    seeds: list[int | None]
+    positions: list[int]  # number of output tokens before this one
+    num_logprobs: list[int | None]
+    all_greedy: bool
+
+    @classmethod
+    def from_requests(cls, requests: list[Request], vocab_size: int, device: torch.device) -> SamplingBatch:
+        params = [r.sampling_params for r in requests]
+        greedy = [p.greedy for p in params]
+
+        def col(values: list[float], dtype=torch.float32) -> torch.Tensor:
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        top_k = top_p = min_p = None
+        if any(p.top_k > 0 and not g for p, g in zip(params, greedy)):
+            top_k = col([min(p.top_k, vocab_size) if p.top_k > 0 else vocab_size for p in params], torch.int64)
+        if any(p.top_p < 1.0 and not g for p, g in zip(params, greedy)):
+            top_p = col([p.top_p for p in params])
+        if any(p.min_p > 0.0 and not g for p, g in zip(params, greedy)):
+            min_p = col([p.min_p for p in params])
+
+        presence = frequency = repetition = counts = seen = None
+        if any(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0 for p in params):
+            presence = col([p.presence_penalty for p in params])
+            frequency = col([p.frequency_penalty for p in params])
+            repetition = col([p.repetition_penalty for p in params])
+            counts = torch.zeros(len(requests), vocab_size, dtype=torch.float32, device=device)
+            seen = torch.zeros(len(requests), vocab_size, dtype=torch.bool, device=device)
+            for i, r in enumerate(requests):
+                if r.output_token_ids:
+                    ids = torch.tensor(r.output_token_ids, dtype=torch.int64, device=device)
+                    counts[i].scatter_add_(0, ids, torch.ones_like(ids, dtype=torch.float32))
+                prompt = torch.tensor(r.prompt_token_ids, dtype=torch.int64, device=device)
+                seen[i, prompt] = True
+            seen |= counts > 0
+
+        return cls(
+            temperature=col([1.0 if g else p.temperature for p, g in zip(params, greedy)]),
+            greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            presence=presence,
+            frequency=frequency,
+            repetition=repetition,
+            output_counts=counts,
+            seen_mask=seen,
+            seeds=[p.seed for p in params],
+            positions=[r.num_output_tokens for r in requests],
+            num_logprobs=[p.logprobs for p in params],
+            all_greedy=all(greedy),
+        )
+
+
+class Sampler:
+    def __init__(self, device: torch.device, seed: int = 0) -> None:
+        self.device = device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> tuple[list[int], list[TokenLogprob | None]]:
+        logits = logits.float()
+        raw_logprobs = None
+        if any(n is not None for n in batch.num_logprobs):
+            raw_logprobs = torch.log_softmax(logits, dim=-1)
+        logits = apply_penalties(logits, batch)
+        if batch.all_greedy:
+            sampled = logits.argmax(dim=-1)
+        else:
+            sampled = self._sample(logits, batch)
+        token_ids = sampled.tolist()
+        return token_ids, gather_logprobs(raw_logprobs, token_ids, batch.num_logprobs)
+
+    def _sample(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+        greedy_ids = logits.argmax(dim=-1)
+        logits = logits / batch.temperature.unsqueeze(1)
+        logits = apply_top_k_top_p_min_p(logits, batch.top_k, batch.top_p, batch.min_p)
+        probs = torch.softmax(logits, dim=-1)
+        noise = self._exponential_noise(probs.shape, batch)
+        sampled = (probs / noise).argmax(dim=-1)
+        return torch.where(batch.greedy, greedy_ids, sampled)
+
+    def _exponential_noise(self, shape: torch.Size, batch: SamplingBatch) -> torch.Tensor:
+        noise = torch.empty(shape, dtype=torch.float32, device=self.device)
+        noise.exponential_(generator=self.generator)
+        for row, (seed, pos) in enumerate(zip(batch.seeds, batch.positions)):
+            if seed is not None:
+                gen = torch.Generator(device=self.device).manual_seed(row_seed(seed, pos))
+                noise[row].exponential_(generator=gen)
+        return noise.clamp_(min=1e-10)
+
+
+def row_seed(seed: int, position: int) -> int:
+    return ((seed & _MASK63) * _SEED_MIX + position * 0x632BE59BD9B4E019 + 1) & _MASK63
+
+
+def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    if batch.output_counts is None:
+        return logits
+    rep = batch.repetition.unsqueeze(1)
+    penalized = torch.where(logits > 0, logits / rep, logits * rep)
+    logits = torch.where(batch.seen_mask, penalized, logits)
+    logits = logits - batch.frequency.unsqueeze(1) * batch.output_counts
+    return logits - batch.presence.unsqueeze(1) * (batch.output_counts > 0).float()
+
+
+def apply_top_k_top_p_min_p(
+    logits: torch.Tensor,
+    top_k: torch.Tensor | None,
+    top_p: torch.Tensor | None,
+    min_p: torch.Tensor | None,
+) -> torch.Tensor:
+    if min_p is not None:
+        probs = torch.softmax(logits, dim=-1)
+        threshold = probs.max(dim=-1, keepdim=True).values * min_p.unsqueeze(1)
+        logits = logits.masked_fill(probs < threshold, float("-inf"))
+    if top_k is None and top_p is None:
+        return logits
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    remove = torch.zeros_like(sorted_logits, dtype=torch.bool)
+    if top_k is not None:
+        ranks = torch.arange(logits.size(-1), device=logits.device).unsqueeze(0)
+        remove |= ranks >= top_k.unsqueeze(1)
+    if top_p is not None:
+        sorted_probs = torch.softmax(sorted_logits.masked_fill(remove, float("-inf")), dim=-1)
+        cumulative = sorted_probs.cumsum(dim=-1)
+        remove |= (cumulative - sorted_probs) >= top_p.unsqueeze(1)  # keep the token that crosses p
+    remove[:, 0] = False
+    sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+def gather_logprobs(
+    raw_logprobs: torch.Tensor | None, token_ids: list[int], num_logprobs: list[int | None]
+) -> list[TokenLogprob | None]:
+    if raw_logprobs is None:
+        return [None] * len(token_ids)
+    ids = torch.tensor(token_ids, device=raw_logprobs.device).unsqueeze(1)
+    chosen = raw_logprobs.gather(1, ids)
+    ranks = (raw_logprobs > chosen).sum(dim=1) + 1
+    k = max(n or 0 for n in num_logprobs)
+    top_vals, top_ids = raw_logprobs.topk(k, dim=-1) if k else (None, None)
+    chosen_l, ranks_l = chosen.squeeze(1).tolist(), ranks.tolist()
+    top_vals_l = top_vals.tolist() if k else None
+    top_ids_l = top_ids.tolist() if k else None
+    out: list[TokenLogprob | None] = []
+    for i, n in enumerate(num_logprobs):
+        if n is None:
+            out.append(None)
+            continue
+        out.append(
+            TokenLogprob(
+                token_id=token_ids[i],
+                logprob=chosen_l[i],
+                rank=ranks_l[i],
+                top_token_ids=top_ids_l[i][:n] if n else [],
+                top_logprobs=top_vals_l[i][:n] if n else [],
+            )
+        )
+    return out

@@ -1,0 +1,113 @@
+"""Attention over the paged KV cache, behind one backend interface.
+
+A layer owns its cache tensor (bound by the ModelRunner after sizing) and delegates the math to a
+backend: `torch` is the reference that runs everywhere; faster backends are compared against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seekd.layers.forward_context import AttentionMetadata, ForwardContext
+
+
+@dataclass(frozen=True)
+class KVCacheSpec:
+    """Shape and dtype of what one token stores in one layer's cache."""
+
+    per_token_shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    def bytes_per_block(self, block_size: int) -> int:
+        n = block_size
+        for d in self.per_token_shape:
+            n *= d
+        return n * torch.empty((), dtype=self.dtype).element_size()
+
+
+class AttentionBackend(Protocol):
+    name: str
+
+    def forward(
+        self,
+        layer: Attention,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor: ...
+
+
+class Attention(nn.Module):
+    """Multi-head / grouped-query attention. The cache layout per token is [2, kv_heads, head_dim]."""
+
+    def __init__(self, num_heads: int, head_dim: int, scale: float, num_kv_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.scale = scale
+        self.num_kv_heads = num_kv_heads
+        self.kv_cache: torch.Tensor | None = None  # [num_blocks, block_size, 2, kv_heads, head_dim]
+        self.backend: AttentionBackend = TorchAttentionBackend()
+
+    def kv_cache_spec(self, dtype: torch.dtype) -> KVCacheSpec:
+        return KVCacheSpec((2, self.num_kv_heads, self.head_dim), dtype)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """q: [T, heads*head_dim], k/v: [T, kv_heads*head_dim] -> [T, heads*head_dim]."""
+        q = q.view(-1, self.num_heads, self.head_dim)
+        k = k.view(-1, self.num_kv_heads, self.head_dim)
+        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        out = self.backend.forward(self, q, k, v, ctx.attn)
+        return out.reshape(-1, self.num_heads * self.head_dim)
+
+
+def store_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    flat = kv_cache.view(-1, *kv_cache.shape[2:])
+    flat[slot_mapping, 0] = k.to(kv_cache.dtype)
+    flat[slot_mapping, 1] = v.to(kv_cache.dtype)
+
+
+def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """The first `seq_len` cached tokens of one sequence: [seq_len, 2, kv_heads, head_dim]."""
+    block_size = kv_cache.shape[1]
+    num_blocks = -(-seq_len // block_size)
+    return kv_cache[block_table[:num_blocks]].flatten(0, 1)[:seq_len]
+
+
+class TorchAttentionBackend:
+    """Reference: write new K/V into the paged cache, then attend sequence by sequence with SDPA
+    over the gathered context, causal with the offset of the already-cached tokens."""
+
+    name = "torch"
+
+    def forward(
+        self, layer: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        assert layer.kv_cache is not None, "KV cache is not bound; the ModelRunner binds it"
+        store_kv(layer.kv_cache, k, v, meta.slot_mapping)
+        out = torch.empty_like(q)
+        group = layer.num_heads // layer.num_kv_heads
+        start = 0
+        for i, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
+            kv = gather_kv(layer.kv_cache, meta.block_tables[i], seq_len)
+            keys = kv[:, 0].to(q.dtype).repeat_interleave(group, dim=1).transpose(0, 1)
+            values = kv[:, 1].to(q.dtype).repeat_interleave(group, dim=1).transpose(0, 1)
+            queries = q[start : start + q_len].transpose(0, 1)
+            mask = causal_mask(q_len, seq_len, q.device)
+            o = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=layer.scale)
+            out[start : start + q_len] = o.transpose(0, 1)
+            start += q_len
+        return out
+
+
+def causal_mask(q_len: int, seq_len: int, device: torch.device) -> torch.Tensor:
+    """Query j (the token at position seq_len - q_len + j) sees keys 0..seq_len - q_len + j."""
+    q_pos = torch.arange(seq_len - q_len, seq_len, device=device).unsqueeze(1)
+    k_pos = torch.arange(seq_len, device=device).unsqueeze(0)
+    return k_pos <= q_pos

@@ -1,0 +1,39 @@
+"""Per-step metadata handed explicitly to the model's forward (no module globals)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    """Describes a flat batch of B sequences and T tokens.
+
+    Sequence i owns tokens query_start_loc[i]:query_start_loc[i+1]; its context after this step is
+    seq_lens[i] tokens, the first seq_lens[i] - query_len of which are already in the KV cache.
+    """
+
+    slot_mapping: torch.Tensor  # [T] int64: cache slot (block_id * block_size + offset) of each token
+    query_start_loc: torch.Tensor  # [B+1] int32, cu_seqlens of the queries
+    seq_lens: torch.Tensor  # [B] int32
+    block_tables: torch.Tensor  # [B, max_blocks] int32, padded with the null block 0
+    block_size: int
+    max_query_len: int
+    max_seq_len: int
+    query_lens_cpu: list[int]
+    seq_lens_cpu: list[int]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.seq_lens_cpu)
+
+    @property
+    def is_pure_decode(self) -> bool:
+        return self.max_query_len == 1
+
+
+@dataclass
+class ForwardContext:
+    attn: AttentionMetadata

@@ -1,0 +1,54 @@
+"""A model folder's config.json as an attribute-style object (transformers is not a runtime dep)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+class HFConfig:
+    def __init__(self, data: dict[str, Any]) -> None:
+        self._data = dict(data)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self.__dict__["_data"][key]
+        except KeyError:
+            raise AttributeError(f"config.json has no field {key!r}") from None
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> HFConfig:
+        path = Path(folder)
+        if not path.is_dir():
+            raise FileNotFoundError(f"model folder {path} does not exist")
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"model folder {path} has no config.json")
+        try:
+            data = json.loads(config_file.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config_file} is not valid JSON: {e}") from e
+        return cls(data)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._data.get(key, default)
+        return default if value is None else value
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self._data)
+
+    @property
+    def architecture(self) -> str:
+        archs = self._data.get("architectures") or []
+        if not archs:
+            raise ValueError("config.json names no architectures")
+        return archs[0]
+
+    @property
+    def torch_dtype_name(self) -> str | None:
+        return self._data.get("torch_dtype") or self._data.get("dtype")
+
+    @property
+    def context_length(self) -> int:
+        return int(self._data.get("max_position_embeddings") or 4096)

@@ -1,0 +1,103 @@
+"""Builds a model from a Hugging Face folder: safetensors (single or sharded) or random weights."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from seekd.models.hf_config import HFConfig
+from seekd.models.registry import model_class
+from seekd.progress import progress_bar
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str, hf_config: HFConfig, device: str) -> torch.dtype:
+    """`auto` means the checkpoint's dtype on a GPU and float32 on the CPU (bf16 matmuls are slow there)."""
+    if name != "auto":
+        return _DTYPES[name]
+    if not device.startswith("cuda"):
+        return torch.float32
+    return _DTYPES.get(str(hf_config.torch_dtype_name or "bfloat16"), torch.bfloat16)
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text()).get("weight_map", {})
+        files = sorted({folder / f for f in weight_map.values()})
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"model folder {folder} lacks shards named in its index: {missing}")
+        return files
+    return sorted(folder.glob("*.safetensors"))
+
+
+def iter_safetensors(files: list[Path], show_progress: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    with progress_bar("Loading weights", total=len(files), enabled=show_progress) as advance:
+        for path in files:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    yield name, f.get_tensor(name)
+            advance(1)
+
+
+def init_dummy_weights(model: nn.Module, seed: int) -> None:
+    """Random weights of the real shapes: norms at 1, the rest small and seeded (reproducible)."""
+    for name, param in model.named_parameters():
+        gen = torch.Generator(device=param.device).manual_seed(seed + hash_name(name))
+        if param.dim() == 1 and "norm" in name:
+            param.data.fill_(1.0)
+        elif param.dtype.is_floating_point:
+            param.data.normal_(0.0, 0.02, generator=gen)
+
+
+def hash_name(name: str) -> int:
+    """Stable (process-independent) small integer from a parameter name."""
+    h = 0
+    for ch in name.encode():
+        h = (h * 131 + ch) % 1_000_003
+    return h
+
+
+def load_model(
+    folder: str | Path,
+    hf_config: HFConfig,
+    *,
+    device: str,
+    dtype: torch.dtype,
+    load_format: str = "auto",
+    seed: int = 0,
+    show_progress: bool = True,
+) -> nn.Module:
+    folder = Path(folder)
+    cls = model_class(hf_config.architecture)
+    files: list[Path] = []
+    if load_format != "dummy":
+        files = safetensors_files(folder)
+        if not files:
+            raise FileNotFoundError(
+                f"model folder {folder} has no *.safetensors weights "
+                "(load_format=dummy builds random weights of the same shapes)"
+            )
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = cls(hf_config)
+    finally:
+        torch.set_default_dtype(previous)
+    if load_format == "dummy":
+        init_dummy_weights(model, seed)
+    else:
+        model.load_weights(iter_safetensors(files, show_progress))
+    logger.info("loaded %s (%s) on %s in %s", hf_config.architecture, load_format, device, dtype)
+    return model.eval()

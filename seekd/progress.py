@@ -1,0 +1,24 @@
+"""Progress bars (rich) for work a user waits on: weight loading, benchmarks, profiling."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """Yields `advance(n)`. Drawn on stderr only when it is a terminal, so logs and pipes stay clean."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)

@@ -1,0 +1,81 @@
+"""Incremental detokenization with stop strings.
+
+Text is released only when it is final: bytes of a multi-byte UTF-8 character split across tokens
+are held until complete (`tokenizers`' DecodeStream), and the last `len(longest stop) - 1`
+characters are held back so that a stop string spanning several tokens never leaks out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokenizers.decoders import DecodeStream
+
+from seekd.text.tokenizer import Tokenizer
+
+
+@dataclass
+class DetokenizerDelta:
+    text: str  # new final text since the last call
+    stop: str | None = None  # the stop string that matched, if one did
+
+
+class IncrementalDetokenizer:
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        skip_special_tokens: bool = True,
+        stop: list[str] | None = None,
+        include_stop_str_in_output: bool = False,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
+        self.stop = [s for s in (stop or []) if s]
+        self.include_stop = include_stop_str_in_output
+        self._holdback = max((len(s) for s in self.stop), default=1) - 1
+        self._text = ""  # all decoded text so far
+        self._emitted = 0  # characters of _text already released
+        self.stopped: str | None = None
+
+    @property
+    def output_text(self) -> str:
+        return self._text[: self._emitted]
+
+    def push(self, token_ids: list[int]) -> DetokenizerDelta:
+        """Feed new tokens; returns the text that became final. After a stop string matched,
+        further tokens are ignored."""
+        if self.stopped is not None:
+            return DetokenizerDelta("", None)
+        search_from = max(0, len(self._text) - self._holdback)
+        for token_id in token_ids:
+            piece = self._stream.step(self.tokenizer.backend, token_id)
+            if piece:
+                self._text += piece
+        if self.stop:
+            hit = self._find_stop(search_from)
+            if hit is not None:
+                index, stop = hit
+                end = index + len(stop) if self.include_stop else index
+                self._text = self._text[:end]
+                self.stopped = stop
+                return DetokenizerDelta(self._release(len(self._text)), stop)
+        return DetokenizerDelta(self._release(len(self._text) - self._holdback))
+
+    def flush(self) -> str:
+        """At the end of generation nothing more can complete a stop string: release the rest."""
+        return self._release(len(self._text))
+
+    def _find_stop(self, start: int) -> tuple[int, str] | None:
+        best: tuple[int, str] | None = None
+        for stop in self.stop:
+            index = self._text.find(stop, start)
+            if index != -1 and (best is None or index < best[0]):
+                best = (index, stop)
+        return best
+
+    def _release(self, upto: int) -> str:
+        if upto <= self._emitted:
+            return ""
+        delta = self._text[self._emitted : upto]
+        self._emitted = upto
+        return delta
