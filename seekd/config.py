@@ -52,7 +52,7 @@ class CacheConfig:
     block_size: int = 16
     enable_prefix_caching: bool = True
     gpu_memory_utilization: float = 0.9
-    cpu_kv_cache_gib: float = 4.0  # KV cache budget when running on the CPU
+    cpu_kv_cache_gib: float = 1.0  # KV cache budget when running on the CPU
     num_kv_blocks: int | None = None  # overrides memory-based sizing (tests, debugging)
 
     def __post_init__(self) -> None:
