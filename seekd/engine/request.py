@@ -95,17 +95,17 @@ class Request:
         self.all_token_ids.append(token_id)
 
     def check_stop(self, max_model_len: int) -> bool:
-        """Decide, after a new token, whether the request is finished; set status if so."""
+        """Decide, after a new token, whether the request is finished; set status if so.
+        (min_tokens is enforced by the sampler, which cannot pick a stop token before it.)"""
         token = self.output_token_ids[-1]
         params = self.sampling_params
-        if self.num_output_tokens >= params.min_tokens:
-            if not params.ignore_eos and token in self.eos_token_ids:
-                self.status = RequestStatus.FINISHED_STOPPED
-                return True
-            if token in params.stop_token_ids:
-                self.status = RequestStatus.FINISHED_STOPPED
-                self.stop_reason = token
-                return True
+        if not params.ignore_eos and token in self.eos_token_ids:
+            self.status = RequestStatus.FINISHED_STOPPED
+            return True
+        if token in params.stop_token_ids:
+            self.status = RequestStatus.FINISHED_STOPPED
+            self.stop_reason = token
+            return True
         if self.num_output_tokens >= self.max_output_tokens or self.num_tokens >= max_model_len:
             self.status = RequestStatus.FINISHED_LENGTH
             return True

@@ -38,6 +38,7 @@ class SamplingBatch:
     positions: list[int]  # number of output tokens before this one
     num_logprobs: list[int | None]
     all_greedy: bool
+    banned: list[tuple[int, list[int]]]  # (row, token ids) that may not be sampled yet (min_tokens)
 
     @classmethod
     def from_requests(cls, requests: list[Request], vocab_size: int, device: torch.device) -> SamplingBatch:
@@ -70,6 +71,14 @@ class SamplingBatch:
                 seen[i, prompt] = True
             seen |= counts > 0
 
+        banned = []
+        for i, r in enumerate(requests):
+            p = r.sampling_params
+            if r.num_output_tokens < p.min_tokens:
+                stops = list(p.stop_token_ids) + ([] if p.ignore_eos else list(r.eos_token_ids))
+                if stops:
+                    banned.append((i, stops))
+
         return cls(
             temperature=col([1.0 if g else p.temperature for p, g in zip(params, greedy)]),
             greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
@@ -85,6 +94,7 @@ class SamplingBatch:
             positions=[r.num_output_tokens for r in requests],
             num_logprobs=[p.logprobs for p in params],
             all_greedy=all(greedy),
+            banned=banned,
         )
 
 
@@ -130,6 +140,8 @@ def row_seed(seed: int, position: int) -> int:
 
 
 def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    for row, token_ids in batch.banned:
+        logits[row, token_ids] = float("-inf")
     if batch.output_counts is None:
         return logits
     rep = batch.repetition.unsqueeze(1)

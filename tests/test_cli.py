@@ -1,0 +1,36 @@
+"""The console script, run as a user would: a real subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def run_cli(*args: str, data_dir) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "seekd.cli", *args, "--data-dir", str(data_dir), "--num-kv-blocks", "64"],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_generate_on_the_demo_model_prints_text(data_dir):
+    proc = run_cli("generate", "Hello", "--max-tokens", "8", "--temperature", "0", data_dir=data_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+
+
+def test_generate_with_a_missing_model_folder_fails_with_a_clear_message(data_dir, tmp_path):
+    proc = run_cli("generate", "Hi", "--model", str(tmp_path / "absent"), data_dir=data_dir)
+    assert proc.returncode == 2
+    assert "does not exist" in proc.stderr
+
+
+def test_chat_streams_replies_and_exits_on_eof(data_dir):
+    proc = subprocess.run(
+        [sys.executable, "-m", "seekd.cli", "chat", "--data-dir", str(data_dir), "--num-kv-blocks", "64",
+         "--max-tokens", "6"],
+        input="Hi there\n/reset\nAgain\n", capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("assistant>") == 2
+    assert "RANDOM weights" in proc.stdout
