@@ -1,4 +1,5 @@
-"""Builds a model from a Hugging Face folder: safetensors (single or sharded) or random weights."""
+"""Builds a model from a Hugging Face folder: safetensors (single or sharded, DeepSeek block FP8
+dequantised on load) or random weights."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch import nn
 
 from seekd.models.hf_config import HFConfig
 from seekd.models.registry import model_class
+from seekd.models.weights import dequantize_fp8_blocks, skip_layers_from
 from seekd.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,35 @@ def iter_safetensors(files: list[Path], show_progress: bool) -> Iterator[tuple[s
             advance(1)
 
 
+def fp8_block_size(hf_config: HFConfig) -> tuple[int, int] | None:
+    """The (rows, cols) of the FP8 weight blocks when config.json declares DeepSeek's block FP8
+    (quant_method fp8, fmt e4m3, weight_block_size); None for an unquantised checkpoint."""
+    quant = hf_config.get("quantization_config")
+    if not quant:
+        return None
+    block = quant.get("weight_block_size")
+    if quant.get("quant_method") == "fp8" and quant.get("fmt", "e4m3") == "e4m3" and block and len(block) == 2:
+        return int(block[0]), int(block[1])
+    raise ValueError(
+        f"config.json has quantization_config {quant}, which seekd cannot load yet; supported is "
+        "block FP8 (quant_method fp8, fmt e4m3, weight_block_size [128, 128]) as DeepSeek-V3/R1 ship it"
+    )
+
+
+def checkpoint_stream(
+    weights: Iterator[tuple[str, torch.Tensor]], hf_config: HFConfig, dtype: torch.dtype
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The checkpoint's tensors as the model expects them: multi-token-prediction layers (after the
+    last decoder layer) dropped, block-FP8 weights dequantised to `dtype`."""
+    num_mtp = int(hf_config.get("num_nextn_predict_layers", 0))
+    if num_mtp:
+        weights = skip_layers_from(weights, hf_config.num_hidden_layers, num_mtp)
+    block = fp8_block_size(hf_config)
+    if block is not None:
+        weights = dequantize_fp8_blocks(weights, block, dtype)
+    return weights
+
+
 def init_dummy_weights(model: nn.Module, seed: int) -> None:
     """Random weights of the real shapes: norms at 1, the rest small and seeded (reproducible)."""
     for name, param in model.named_parameters():
@@ -82,6 +113,7 @@ def load_model(
     cls = model_class(hf_config.architecture)
     files: list[Path] = []
     if load_format != "dummy":
+        fp8_block_size(hf_config)  # an unsupported quantization fails before any work
         files = safetensors_files(folder)
         if not files:
             raise FileNotFoundError(
@@ -98,6 +130,6 @@ def load_model(
     if load_format == "dummy":
         init_dummy_weights(model, seed)
     else:
-        model.load_weights(iter_safetensors(files, show_progress))
+        model.load_weights(checkpoint_stream(iter_safetensors(files, show_progress), hf_config, dtype))
     logger.info("loaded %s (%s) on %s in %s", hf_config.architecture, load_format, device, dtype)
     return model.eval()

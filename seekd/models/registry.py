@@ -9,6 +9,8 @@ from torch import nn
 _MODELS: dict[str, tuple[str, str]] = {
     "Qwen2ForCausalLM": ("seekd.models.qwen2", "Qwen2ForCausalLM"),
     "LlamaForCausalLM": ("seekd.models.llama", "LlamaForCausalLM"),
+    "DeepseekV2ForCausalLM": ("seekd.models.deepseek_v2", "DeepseekV2ForCausalLM"),
+    "DeepseekV3ForCausalLM": ("seekd.models.deepseek_v2", "DeepseekV3ForCausalLM"),
 }
 
 

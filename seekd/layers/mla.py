@@ -1,0 +1,136 @@
+"""Multi-head Latent Attention (DeepSeek-V2/V3) over a paged cache of the compressed latent.
+
+Per token and layer the cache holds only [c_kv (kv_lora_rank, normalised) | k_pe (qk_rope_head_dim,
+roped)] — 576 values for V3 — instead of per-head keys and values. Two torch paths compute the same
+attention from it:
+- naive (the reference): up-project the cached latent with kv_b_proj into per-head K and V, then SDPA;
+- absorbed: fold W_UK (the key half of kv_b_proj) into the query and apply W_UV (the value half) after
+  the output, so attention runs in latent space as one shared KV head (MQA) over the cache itself.
+  Decode reads far fewer bytes this way; prefill does fewer FLOPs the naive way.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seekd.distributed import tp_size
+from seekd.layers.attention import KVCacheSpec, causal_mask, gather_kv
+from seekd.layers.forward_context import AttentionMetadata, ForwardContext
+from seekd.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
+from seekd.layers.norms import RMSNorm
+from seekd.layers.rotary import RotaryEmbedding
+
+MLA_MODES = ("auto", "naive", "absorbed")
+
+
+class MLAAttention(nn.Module):
+    """The whole MLA block: low-rank projections, rope on the decoupled rope dims, latent cache, o_proj.
+
+    `mode` picks the attention path: "naive", "absorbed", or "auto" (absorbed for pure-decode steps,
+    naive otherwise). Parameter names follow the DeepSeek checkpoints (q_a_proj, kv_a_proj_with_mqa, ...).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        q_lora_rank: int | None,
+        kv_lora_rank: int,
+        qk_nope_head_dim: int,
+        qk_rope_head_dim: int,
+        v_head_dim: int,
+        rotary_emb: RotaryEmbedding,
+        scale: float,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        if num_heads % tp_size():
+            raise ValueError(f"{num_heads} attention heads are not divisible by tensor-parallel size {tp_size()}")
+        self.num_heads = num_heads // tp_size()
+        self.q_lora_rank = q_lora_rank
+        self.kv_lora_rank = kv_lora_rank
+        self.qk_nope_head_dim = qk_nope_head_dim
+        self.qk_rope_head_dim = qk_rope_head_dim
+        self.v_head_dim = v_head_dim
+        self.scale = scale
+        qk_head_dim = qk_nope_head_dim + qk_rope_head_dim
+        # the inner norms use DeepSeek's default eps, not rms_norm_eps (as the reference code does)
+        if q_lora_rank is None:
+            self.q_proj = ColumnParallelLinear(hidden_size, num_heads * qk_head_dim)
+        else:
+            self.q_a_proj = ReplicatedLinear(hidden_size, q_lora_rank, bias)
+            self.q_a_layernorm = RMSNorm(q_lora_rank)
+            self.q_b_proj = ColumnParallelLinear(q_lora_rank, num_heads * qk_head_dim)
+        self.kv_a_proj_with_mqa = ReplicatedLinear(hidden_size, kv_lora_rank + qk_rope_head_dim, bias)
+        self.kv_a_layernorm = RMSNorm(kv_lora_rank)
+        self.kv_b_proj = ColumnParallelLinear(kv_lora_rank, num_heads * (qk_nope_head_dim + v_head_dim))
+        self.o_proj = RowParallelLinear(num_heads * v_head_dim, hidden_size, bias)
+        self.rotary_emb = rotary_emb
+        self.kv_cache: torch.Tensor | None = None  # [num_blocks, block_size, kv_lora_rank + qk_rope_head_dim]
+        self.mode = "auto"
+
+    def kv_cache_spec(self, dtype: torch.dtype) -> KVCacheSpec:
+        return KVCacheSpec((self.kv_lora_rank + self.qk_rope_head_dim,), dtype)
+
+    def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        if self.q_lora_rank is None:
+            q = self.q_proj(x)
+        else:
+            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+        q = q.view(-1, self.num_heads, self.qk_nope_head_dim + self.qk_rope_head_dim)
+        q_nope, q_pe = q.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
+        kv_c, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
+        kv_c = self.kv_a_layernorm(kv_c)
+        q_pe, k_pe = self.rotary_emb(positions, q_pe, k_pe.unsqueeze(1))
+        meta = ctx.attn
+        assert self.kv_cache is not None, "KV cache is not bound; the ModelRunner binds it"
+        flat = self.kv_cache.view(-1, self.kv_cache.shape[-1])
+        flat[meta.slot_mapping] = torch.cat([kv_c, k_pe.squeeze(1)], dim=-1).to(flat.dtype)
+        if self.mode not in MLA_MODES:
+            raise ValueError(f"MLA mode must be one of {', '.join(MLA_MODES)}, not {self.mode!r}")
+        absorbed = self.mode == "absorbed" or (self.mode == "auto" and meta.is_pure_decode)
+        attend = self._absorbed if absorbed else self._naive
+        out = attend(q_nope, q_pe, meta)
+        return self.o_proj(out.reshape(-1, self.num_heads * self.v_head_dim))
+
+    def _latent_context(self, meta: AttentionMetadata, i: int, dtype: torch.dtype) -> torch.Tensor:
+        """The cached latents of sequence i: [seq_len, kv_lora_rank + qk_rope_head_dim]."""
+        return gather_kv(self.kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i]).to(dtype)
+
+    def _naive(self, q_nope: torch.Tensor, q_pe: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Reference: per-head K = [W_UK c_kv | k_pe], V = W_UV c_kv, standard attention. -> [T, H, v]."""
+        q = torch.cat([q_nope, q_pe], dim=-1)
+        out = q.new_empty(q.size(0), self.num_heads, self.v_head_dim)
+        start = 0
+        for i, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
+            kv_c, k_pe = self._latent_context(meta, i, q.dtype).split([self.kv_lora_rank, self.qk_rope_head_dim], -1)
+            kv = self.kv_b_proj(kv_c).view(seq_len, self.num_heads, self.qk_nope_head_dim + self.v_head_dim)
+            k_nope, v = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
+            k = torch.cat([k_nope, k_pe.unsqueeze(1).expand(-1, self.num_heads, -1)], dim=-1)
+            o = F.scaled_dot_product_attention(
+                q[start : start + q_len].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                attn_mask=causal_mask(q_len, seq_len, q.device), scale=self.scale,
+            )
+            out[start : start + q_len] = o.transpose(0, 1)
+            start += q_len
+        return out
+
+    def _absorbed(self, q_nope: torch.Tensor, q_pe: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Latent space: q' = [q_nope W_UK | q_pe] against the cached [c_kv | k_pe], values c_kv,
+        then W_UV maps the latent output back to per-head values. -> [T, H, v]."""
+        w_kv = self.kv_b_proj.weight.view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
+        w_uk, w_uv = w_kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=1)
+        q = torch.cat([torch.einsum("thn,hnr->thr", q_nope, w_uk), q_pe], dim=-1)
+        out_latent = q.new_empty(q.size(0), self.num_heads, self.kv_lora_rank)
+        start = 0
+        for i, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
+            latent = self._latent_context(meta, i, q.dtype).unsqueeze(0).expand(self.num_heads, -1, -1)
+            o = F.scaled_dot_product_attention(
+                q[start : start + q_len].transpose(0, 1), latent, latent[..., : self.kv_lora_rank],
+                attn_mask=causal_mask(q_len, seq_len, q.device), scale=self.scale,
+            )
+            out_latent[start : start + q_len] = o.transpose(0, 1)
+            start += q_len
+        return torch.einsum("thr,hvr->thv", out_latent, w_uv)

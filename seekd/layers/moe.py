@@ -1,0 +1,174 @@
+"""DeepSeekMoE: a top-k router over fine-grained routed experts, plus always-on shared experts.
+
+The router and the experts meet at one interface, `experts(hidden, topk_weights, topk_ids)`, so a
+fused kernel can replace the reference loop over active experts without touching the model.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seekd.distributed import all_reduce, tp_rank, tp_size
+
+SCORING_FUNCS = ("softmax", "sigmoid")
+TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
+
+
+class TopKRouter(nn.Module):
+    """Scores every routed expert and picks `top_k` per token, in float32 (routing decisions flip
+    under bf16 rounding).
+
+    - greedy: top-k of all scores (V2-Lite).
+    - group_limited_greedy: keep the `topk_group` groups with the highest max score (V2).
+    - noaux_tc: rank groups by the sum of their top-2 biased scores, choose experts by the biased
+      score `scores + e_score_correction_bias`, but weight them by the unbiased score (V3).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_experts: int,
+        top_k: int,
+        *,
+        scoring_func: str = "softmax",
+        topk_method: str = "greedy",
+        n_group: int = 1,
+        topk_group: int = 1,
+        norm_topk_prob: bool = False,
+        routed_scaling_factor: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if scoring_func not in SCORING_FUNCS:
+            raise ValueError(f"scoring_func must be one of {', '.join(SCORING_FUNCS)}, not {scoring_func!r}")
+        if topk_method not in TOPK_METHODS:
+            raise ValueError(f"topk_method must be one of {', '.join(TOPK_METHODS)}, not {topk_method!r}")
+        if num_experts % n_group:
+            raise ValueError(f"n_routed_experts={num_experts} is not divisible by n_group={n_group}")
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.scoring_func = scoring_func
+        self.topk_method = topk_method
+        self.n_group = n_group
+        self.topk_group = topk_group
+        self.norm_topk_prob = norm_topk_prob
+        self.routed_scaling_factor = routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size, dtype=torch.float32), requires_grad=False)
+        if topk_method == "noaux_tc":
+            self.e_score_correction_bias = nn.Parameter(torch.empty(num_experts, dtype=torch.float32),
+                                                        requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [T, hidden] -> (topk_weights [T, top_k] float32, topk_ids [T, top_k] int64)."""
+        logits = F.linear(x.float(), self.weight.float())
+        scores = logits.softmax(dim=-1) if self.scoring_func == "softmax" else logits.sigmoid()
+        if self.topk_method == "greedy":
+            weights, ids = scores.topk(self.top_k, dim=-1)
+        else:
+            choice = scores + self.e_score_correction_bias if self.topk_method == "noaux_tc" else scores
+            ids = self._group_limited_topk(choice)
+            weights = scores.gather(1, ids)
+        if self.norm_topk_prob and self.top_k > 1:
+            weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return weights * self.routed_scaling_factor, ids
+
+    def _group_limited_topk(self, choice: torch.Tensor) -> torch.Tensor:
+        grouped = choice.view(choice.size(0), self.n_group, -1)
+        if self.topk_method == "noaux_tc":
+            group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)
+        else:
+            group_scores = grouped.max(dim=-1).values
+        group_ids = group_scores.topk(self.topk_group, dim=-1).indices
+        keep = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, group_ids, True)
+        masked = grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).flatten(1)
+        return masked.topk(self.top_k, dim=-1).indices
+
+
+_PER_EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+_PACKED = re.compile(r"^(.*\.experts)\.(gate_up_proj|down_proj)$")
+
+
+def expert_weight_target(name: str) -> tuple[str, object] | None:
+    """Map a checkpoint name onto RoutedExperts' stacked parameters: (parameter name, shard id), or
+    None when the name is not a routed-expert weight. Accepts DeepSeek's per-expert layout
+    (`experts.{i}.gate_proj.weight`) and transformers' packed one (`experts.gate_up_proj` [E, 2I, H])."""
+    if m := _PER_EXPERT.match(name):
+        param = "w2_weight" if m[3] == "down_proj" else "w13_weight"
+        return f"{m[1]}.{param}", (int(m[2]), m[3])
+    if m := _PACKED.match(name):
+        return f"{m[1]}.{'w13_weight' if m[2] == 'gate_up_proj' else 'w2_weight'}", None
+    return None
+
+
+class RoutedExperts(nn.Module):
+    """All routed experts of one layer as stacked SwiGLU weights: w13 [E, 2*I, H] (gate rows, then up
+    rows) and w2 [E, H, I]. Tensor parallelism splits I across ranks and sums the outputs."""
+
+    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
+        super().__init__()
+        if intermediate_size % tp_size():
+            raise ValueError(f"moe_intermediate_size={intermediate_size} is not divisible by "
+                             f"tensor-parallel size {tp_size()}")
+        self.num_experts = num_experts
+        self.intermediate_size = intermediate_size // tp_size()
+        self.w13_weight = nn.Parameter(torch.empty(num_experts, 2 * self.intermediate_size, hidden_size),
+                                       requires_grad=False)
+        self.w2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, self.intermediate_size),
+                                      requires_grad=False)
+        self.w13_weight.weight_loader = self.weight_loader
+        self.w2_weight.weight_loader = self.weight_loader
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: tuple[int, str] | None = None) -> None:
+        """shard_id (expert, gate_proj|up_proj|down_proj) loads one expert's matrix; None loads the
+        packed tensor of all experts."""
+        size, start = self.intermediate_size, tp_rank() * self.intermediate_size
+        full = 2 * size * tp_size()
+        if shard_id is None:
+            if param is self.w2_weight:
+                _copy(param.data, loaded.narrow(2, start, size))
+            else:
+                _copy(param.data[:, :size], loaded.narrow(1, start, size))
+                _copy(param.data[:, size:], loaded.narrow(1, full // 2 + start, size))
+            return
+        expert, part = shard_id
+        if part == "down_proj":
+            _copy(param.data[expert], loaded.narrow(1, start, size))
+        else:
+            offset = 0 if part == "gate_proj" else size
+            _copy(param.data[expert, offset : offset + size], loaded.narrow(0, start, size))
+
+    def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """x: [T, H], topk_weights/ids: [T, k] -> sum over each token's experts of weight * expert(x)."""
+        out = torch.zeros_like(x)
+        for expert in topk_ids.unique().tolist():
+            token_idx, slot = (topk_ids == expert).nonzero(as_tuple=True)
+            gate, up = F.linear(x[token_idx], self.w13_weight[expert]).chunk(2, dim=-1)
+            y = F.linear(F.silu(gate) * up, self.w2_weight[expert])
+            out.index_add_(0, token_idx, (y * topk_weights[token_idx, slot, None]).to(out.dtype))
+        return all_reduce(out)
+
+
+def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    if dst.shape != src.shape:
+        raise ValueError(f"expert checkpoint tensor has shape {tuple(src.shape)}, expected {tuple(dst.shape)}")
+    dst.copy_(src)
+
+
+class SparseMoE(nn.Module):
+    """gate -> routed experts, plus shared experts that see every token."""
+
+    def __init__(self, gate: TopKRouter, experts: RoutedExperts, shared_experts: nn.Module | None) -> None:
+        super().__init__()
+        self.gate = gate
+        self.experts = experts
+        self.shared_experts = shared_experts
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        topk_weights, topk_ids = self.gate(x)
+        out = self.experts(x, topk_weights, topk_ids)
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(x)
+        return out
