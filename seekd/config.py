@@ -29,6 +29,7 @@ class ModelConfig:
     load_format: str = "auto"  # auto | safetensors | dummy
     max_model_len: int | None = None  # defaults to the model's max_position_embeddings
     seed: int = 0  # seeds dummy weights and unseeded sampling
+    attention_backend: str = "auto"  # auto (triton on CUDA, torch elsewhere) | torch | triton
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -103,6 +104,16 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    max_request_body_bytes: int = 8 * 2**20  # larger bodies get 413 before they are parsed
+    max_n: int = 16  # most choices one request may ask for (`n`)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in [0, 65535], not {self.port}")
+        if self.max_request_body_bytes < 1024:
+            raise ValueError("max_request_body_bytes must be at least 1024")
+        if self.max_n < 1:
+            raise ValueError("max_n must be at least 1")
 
 
 @dataclass

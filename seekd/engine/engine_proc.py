@@ -1,0 +1,166 @@
+"""The engine-core process: an EngineCore behind two ZMQ sockets.
+
+The server PUSHes add/abort/shutdown messages to the input socket and PULLs batches of outputs from
+the output socket. Messages are msgpack (msgspec tagged unions), never pickle. The process owns the
+device; the server process never imports torch through this module (EngineCore is imported inside
+`run_engine_core`), so the wire types below are safe to import on the server side.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import TYPE_CHECKING
+
+import msgspec
+import zmq
+
+from seekd.config import SeekdConfig
+from seekd.engine.outputs import EngineOutput
+from seekd.engine.request import EngineCoreRequest
+
+if TYPE_CHECKING:
+    from seekd.engine.engine_core import EngineCore
+
+logger = logging.getLogger(__name__)
+
+IDLE_POLL_MS = 1000  # idle wake-up period: only to notice that the server process died
+
+
+# -- server -> engine --------------------------------------------------------------------------
+class AddRequest(msgspec.Struct, tag="add"):
+    request: EngineCoreRequest
+
+
+class AbortRequests(msgspec.Struct, tag="abort"):
+    request_ids: list[str]
+
+
+class Shutdown(msgspec.Struct, tag="shutdown"):
+    pass
+
+
+EngineInput = AddRequest | AbortRequests | Shutdown
+
+
+# -- engine -> server --------------------------------------------------------------------------
+class Ready(msgspec.Struct, tag="ready"):
+    """Handshake: what the server needs to know about the loaded model (it never loads it)."""
+
+    pid: int
+    model_folder: str
+    max_model_len: int
+    eos_token_ids: list[int]
+
+
+class StartupFailed(msgspec.Struct, tag="startup_failed"):
+    message: str
+
+
+class RequestError(msgspec.Struct, array_like=True):
+    """The engine refused a request (EngineCore.add_request raised ValueError)."""
+
+    request_id: str
+    message: str
+
+
+class OutputBatch(msgspec.Struct, tag="outputs"):
+    outputs: list[EngineOutput]
+    errors: list[RequestError] = msgspec.field(default_factory=list)
+    stats: dict[str, float] = msgspec.field(default_factory=dict)  # EngineCore.stats() after the batch
+
+
+EngineMessage = Ready | StartupFailed | OutputBatch
+
+
+def run_engine_core(config: SeekdConfig, input_address: str, output_address: str, parent_pid: int) -> None:
+    """Process entry point (multiprocessing spawn target)."""
+    logging.basicConfig(
+        level=config.server.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [engine]: %(message)s",
+    )
+    # Ctrl-C in a terminal reaches the whole process group; the server shuts us down in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctx = zmq.Context()
+    input_socket = ctx.socket(zmq.PULL)
+    input_socket.connect(input_address)
+    output_socket = ctx.socket(zmq.PUSH)
+    output_socket.setsockopt(zmq.SNDHWM, 0)
+    output_socket.connect(output_address)
+    encoder = msgspec.msgpack.Encoder()
+    try:
+        from seekd.engine.engine_core import EngineCore
+
+        engine = EngineCore(config, show_progress=False)
+    except Exception as e:
+        logger.exception("engine core failed to start")
+        output_socket.send(encoder.encode(StartupFailed(f"{type(e).__name__}: {e}")))
+        output_socket.close(linger=5000)
+        raise SystemExit(1) from e
+    output_socket.send(
+        encoder.encode(
+            Ready(os.getpid(), str(engine.model_folder), engine.max_model_len, sorted(engine.eos_token_ids))
+        )
+    )
+    logger.info("engine core ready (pid %d, max_model_len %d)", os.getpid(), engine.max_model_len)
+    try:
+        EngineLoop(engine, input_socket, output_socket, parent_pid).run()
+    finally:
+        input_socket.close(linger=0)
+        output_socket.close(linger=1000)
+        ctx.term()
+
+
+class EngineLoop:
+    """Poll input, step while work exists, send outputs. Blocks in poll when idle (no spinning)."""
+
+    def __init__(
+        self, engine: EngineCore, input_socket: zmq.Socket, output_socket: zmq.Socket, parent_pid: int
+    ) -> None:
+        self.engine = engine
+        self.input_socket = input_socket
+        self.output_socket = output_socket
+        self.parent_pid = parent_pid
+        self.decoder = msgspec.msgpack.Decoder(EngineInput)
+        self.encoder = msgspec.msgpack.Encoder()
+        self.poller = zmq.Poller()
+        self.poller.register(input_socket, zmq.POLLIN)
+
+    def run(self) -> None:
+        while True:
+            busy = self.engine.has_unfinished_requests()
+            events = self.poller.poll(0 if busy else IDLE_POLL_MS)
+            outputs: list[EngineOutput] = []
+            errors: list[RequestError] = []
+            got_input = bool(events)
+            if got_input and not self._drain_input(outputs, errors):
+                logger.info("engine core shutting down on request")
+                return
+            if os.getppid() != self.parent_pid:
+                logger.warning("server process %d is gone; engine core exits", self.parent_pid)
+                return
+            if self.engine.has_unfinished_requests():
+                outputs.extend(self.engine.step())
+            if outputs or errors or got_input:
+                batch = OutputBatch(outputs, errors, self.engine.stats())
+                self.output_socket.send(self.encoder.encode(batch))
+
+    def _drain_input(self, outputs: list[EngineOutput], errors: list[RequestError]) -> bool:
+        """Apply every queued message; False once a shutdown arrived."""
+        while True:
+            try:
+                frame = self.input_socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return True
+            msg = self.decoder.decode(frame)
+            if isinstance(msg, AddRequest):
+                try:
+                    self.engine.add_request(msg.request)
+                except ValueError as e:
+                    logger.info("rejected request_id=%s: %s", msg.request.request_id, e)
+                    errors.append(RequestError(msg.request.request_id, str(e)))
+            elif isinstance(msg, AbortRequests):
+                outputs.extend(self.engine.abort_requests(msg.request_ids))
+            else:
+                return False

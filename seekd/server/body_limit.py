@@ -1,0 +1,66 @@
+"""Request body size limit (pure ASGI), answered with an OpenAI-style 413 before any parsing.
+
+The body is read here and replayed to the app, so a limit also holds for chunked uploads that
+carry no Content-Length. An oversized body is drained (up to a bound) before the 413 is sent,
+because HTTP clients that are still writing the body would otherwise see a reset, not the error.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from seekd.server.errors import APIError
+
+MAX_DRAIN_FACTOR = 8  # beyond limit * this, stop reading and let the connection drop
+
+
+class BodySizeLimitMiddleware:
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            size += len(message.get("body", b""))
+            if size <= self.max_body_bytes:
+                chunks.append(message.get("body", b""))
+            if not message.get("more_body", False) or size > self.max_body_bytes * MAX_DRAIN_FACTOR:
+                break
+        if size > self.max_body_bytes:
+            await self._reject(size, send)
+            return
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _reject(self, size: int, send: Send) -> None:
+        error = APIError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"request body is {size} bytes or more; the limit is {self.max_body_bytes} bytes "
+            "(server setting max_request_body_bytes)",
+            code="request_too_large",
+        )
+        response = error.response()
+        await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}

@@ -1,0 +1,92 @@
+"""OpenAI-style error objects, `{"error": {"message", "type", "param", "code"}}`, for every failure.
+
+Handlers raise `APIError`; FastAPI's validation errors (including malformed JSON) become 400s, and
+any other exception becomes a 500 object, logged with its request id, instead of a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str | None = None,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type or _default_type(status)
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(HTTPStatus.BAD_REQUEST, message, param=param, code=code)
+
+
+def _default_type(status: int) -> str:
+    if status == HTTPStatus.NOT_FOUND:
+        return "not_found_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def validation_error(exc: RequestValidationError) -> APIError:
+    """First pydantic error, phrased for an API user: which field and what is wrong with it."""
+    errors = exc.errors()
+    if not errors:
+        return invalid_request("invalid request body")
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return invalid_request(f"the request body is not valid JSON: {first.get('msg')}", code="invalid_json")
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    param = ".".join(loc) or None
+    msg = first.get("msg", "invalid value")
+    if param is None:
+        return invalid_request(f"invalid request body: {msg}")
+    return invalid_request(f"invalid value for '{param}': {msg}", param=param)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return validation_error(exc).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return APIError(exc.status_code, str(exc.detail)).response()
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception(
+            "unhandled error request_id=%s path=%s",
+            getattr(request.state, "request_id", "-"), request.url.path,
+        )
+        return APIError(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal server error: {type(exc).__name__}").response()

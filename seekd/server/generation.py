@@ -1,0 +1,222 @@
+"""The text side of one API request, shared by chat and completions.
+
+Turns request fields into SamplingParams, checks the context length before any work, submits one
+engine request per (prompt, choice) and runs each choice's incremental detokenizer, which releases
+only final text: whole UTF-8 characters, and never a stop string (the engine request of a choice
+whose stop string matched is aborted at once). Whatever ends the iteration — finish, error or the
+client going away (task cancelled) — aborts what is still running in the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+import msgspec
+
+from seekd.engine.outputs import EngineOutput, TokenLogprob
+from seekd.engine.request import EngineCoreRequest
+from seekd.sampling_params import SamplingParams
+from seekd.server.engine_client import EngineClient, EngineDeadError, EngineRequestError
+from seekd.server.errors import APIError, invalid_request
+from seekd.server.logprobs import TokenTexts
+from seekd.server.protocol import PromptTokensDetails, SamplingFields, Usage
+from seekd.text.detokenizer import IncrementalDetokenizer
+from seekd.text.tokenizer import Tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServingContext:
+    """Everything a handler needs, fixed once the engine is ready."""
+
+    client: EngineClient
+    tokenizer: Tokenizer
+    token_texts: TokenTexts
+    served_model_name: str
+    max_model_len: int
+    max_n: int
+    created: int
+
+
+def build_sampling_params(
+    req: SamplingFields, *, max_tokens: int | None, logprobs: int | None, max_n: int
+) -> SamplingParams:
+    if req.n > max_n:
+        raise invalid_request(f"n must be at most {max_n}, got {req.n}", param="n")
+    if req.logit_bias:
+        raise invalid_request("logit_bias is not supported", param="logit_bias")
+    given = {
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "top_k": req.top_k,
+        "min_p": req.min_p,
+        "presence_penalty": req.presence_penalty,
+        "frequency_penalty": req.frequency_penalty,
+        "repetition_penalty": req.repetition_penalty,
+    }
+    try:
+        return SamplingParams(
+            n=req.n,
+            seed=req.seed,
+            max_tokens=max_tokens,
+            min_tokens=req.min_tokens,
+            stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
+            stop_token_ids=list(req.stop_token_ids or []),
+            ignore_eos=req.ignore_eos,
+            logprobs=logprobs,
+            skip_special_tokens=req.skip_special_tokens,
+            include_stop_str_in_output=req.include_stop_str_in_output,
+            **{k: v for k, v in given.items() if v is not None},
+        )
+    except ValueError as e:
+        raise invalid_request(str(e)) from e
+
+
+def check_context_length(prompt_len: int, max_tokens: int | None, max_model_len: int, param: str) -> None:
+    """Refuse up front what cannot fit; the message names both numbers, as OpenAI's does."""
+    if prompt_len >= max_model_len:
+        raise invalid_request(
+            f"This model's maximum context length is {max_model_len} tokens. However, your {param} "
+            f"resulted in {prompt_len} tokens. Please reduce the length of the {param}.",
+            param=param, code="context_length_exceeded",
+        )
+    if max_tokens is not None and prompt_len + max_tokens > max_model_len:
+        raise invalid_request(
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+            f"{prompt_len + max_tokens} tokens ({prompt_len} in the {param}, {max_tokens} in the "
+            "completion). Please reduce the length of the prompt or of max_tokens.",
+            param="max_tokens", code="context_length_exceeded",
+        )
+
+
+@dataclass
+class ChoiceUpdate:
+    """What one engine output changed in one choice."""
+
+    index: int
+    text: str
+    logprobs: list[TokenLogprob]
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+
+@dataclass
+class Choice:
+    index: int
+    engine_id: str
+    prompt_index: int
+    detok: IncrementalDetokenizer
+    num_tokens: int = 0
+    num_cached_tokens: int = 0
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+    def absorb(self, out: EngineOutput) -> ChoiceUpdate:
+        self.num_tokens += len(out.new_token_ids)
+        self.num_cached_tokens = out.num_cached_tokens
+        new_logprobs = list(out.new_logprobs or [])
+        self.logprobs.extend(new_logprobs)
+        step = self.detok.push(out.new_token_ids)
+        text = step.text
+        if step.stop is not None:
+            self.finish_reason, self.stop_reason = "stop", step.stop
+        elif out.finish_reason is not None:
+            self.finish_reason, self.stop_reason = out.finish_reason, out.stop_reason
+            text += self.detok.flush()
+        self.text += text
+        return ChoiceUpdate(self.index, text, new_logprobs, self.finish_reason, self.stop_reason)
+
+
+class Generation:
+    """All choices of one API request: `len(prompts) * n`, indexed prompt-major as OpenAI does."""
+
+    def __init__(
+        self, ctx: ServingContext, request_id: str, prompts: list[list[int]], params: SamplingParams
+    ) -> None:
+        self.ctx = ctx
+        self.request_id = request_id
+        self.prompts = prompts
+        self.params = params
+        self.created = int(time.time())
+        self.choices: list[Choice] = []
+        self._requests: list[EngineCoreRequest] = []
+        for p, prompt in enumerate(prompts):
+            for i in range(params.n):
+                index = p * params.n + i
+                child = msgspec.structs.replace(params, n=1, seed=None if params.seed is None else params.seed + i)
+                engine_id = f"{request_id}-{index}"
+                detok = IncrementalDetokenizer(
+                    ctx.tokenizer, child.skip_special_tokens, child.stop, child.include_stop_str_in_output
+                )
+                self.choices.append(Choice(index, engine_id, p, detok))
+                self._requests.append(
+                    EngineCoreRequest(request_id=engine_id, prompt_token_ids=prompt, sampling_params=child)
+                )
+
+    async def updates(self) -> AsyncIterator[ChoiceUpdate]:
+        """Choice updates in arrival order; raises APIError if the engine refuses or dies."""
+        by_engine_id = {c.engine_id: c for c in self.choices}
+        try:
+            stream = self.ctx.client.submit(self._requests)
+        except EngineDeadError as e:
+            raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, str(e), code="engine_unavailable") from e
+        logger.info(
+            "started request_id=%s prompts=%d prompt_tokens=%d n=%d max_tokens=%s",
+            self.request_id, len(self.prompts), self.prompt_tokens, self.params.n, self.params.max_tokens,
+        )
+        try:
+            async for out in stream:
+                choice = by_engine_id[out.request_id]
+                if choice.finish_reason is not None:
+                    continue  # outputs already in flight when its stop string matched
+                update = choice.absorb(out)
+                if choice.finish_reason is not None:
+                    stream.finish(choice.engine_id)
+                yield update
+        except EngineRequestError as e:
+            raise invalid_request(str(e)) from e
+        except EngineDeadError as e:
+            raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, str(e), code="engine_unavailable") from e
+        finally:
+            if stream.unfinished:
+                logger.info("aborting request_id=%s (%d sequences unfinished)", self.request_id,
+                            len(stream.unfinished))
+            stream.abort()
+        logger.info(
+            "finished request_id=%s completion_tokens=%d cached_tokens=%d reasons=%s",
+            self.request_id, self.completion_tokens, self.cached_tokens,
+            ",".join(str(c.finish_reason) for c in self.choices),
+        )
+
+    async def run(self) -> None:
+        """Non-streaming: drive the generation to the end."""
+        async for _ in self.updates():
+            pass
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.choices)
+
+    @property
+    def cached_tokens(self) -> int:
+        """Prefix-cache hits of each prompt's first choice (later choices hit the first's blocks)."""
+        return sum(c.num_cached_tokens for c in self.choices if c.index % self.params.n == 0)
+
+    def usage(self) -> Usage:
+        return Usage(
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
+            total_tokens=self.prompt_tokens + self.completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens),
+        )

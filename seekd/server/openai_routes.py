@@ -1,0 +1,81 @@
+"""The OpenAI-compatible routes: request ids, model check, readiness gate, then the serving modules."""
+
+from __future__ import annotations
+
+import uuid
+from http import HTTPStatus
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from seekd.server.errors import APIError
+from seekd.server.generation import ServingContext
+from seekd.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from seekd.server.serving_chat import create_chat_completion
+from seekd.server.serving_completions import create_completion
+from seekd.server.streaming import ClientDisconnected
+
+router = APIRouter()
+
+# Status for a request whose client left; nobody reads it, but access logs show what happened.
+CLIENT_CLOSED_REQUEST = 499
+
+
+def serving_context(request: Request) -> ServingContext:
+    ctx: ServingContext | None = request.app.state.serving
+    if ctx is None:
+        client = request.app.state.engine
+        reason = client.dead_reason if client is not None else None
+        raise APIError(
+            HTTPStatus.SERVICE_UNAVAILABLE,
+            reason or "the model is still loading; retry when GET /ready returns 200",
+            code="engine_unavailable",
+        )
+    if not ctx.client.is_ready:
+        raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, ctx.client.dead_reason or "engine not ready",
+                       code="engine_unavailable")
+    return ctx
+
+
+def _check_model(ctx: ServingContext, model: str | None) -> None:
+    if model is not None and model != ctx.served_model_name:
+        raise APIError(
+            HTTPStatus.NOT_FOUND,
+            f"The model `{model}` does not exist; this server serves `{ctx.served_model_name}`.",
+            param="model", code="model_not_found",
+        )
+
+
+def _new_request_id(request: Request, prefix: str) -> str:
+    request_id = f"{prefix}-{uuid.uuid4().hex}"
+    request.state.request_id = request_id
+    return request_id
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    ctx = serving_context(request)
+    card = ModelCard(id=ctx.served_model_name, created=ctx.created, max_model_len=ctx.max_model_len)
+    return ModelList(data=[card])
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    ctx = serving_context(request)
+    _check_model(ctx, body.model)
+    request_id = _new_request_id(request, "chatcmpl")
+    try:
+        return await create_chat_completion(ctx, body, request, request_id)
+    except ClientDisconnected:
+        return JSONResponse({}, status_code=CLIENT_CLOSED_REQUEST)
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    ctx = serving_context(request)
+    _check_model(ctx, body.model)
+    request_id = _new_request_id(request, "cmpl")
+    try:
+        return await create_completion(ctx, body, request, request_id)
+    except ClientDisconnected:
+        return JSONResponse({}, status_code=CLIENT_CLOSED_REQUEST)

@@ -1,0 +1,154 @@
+"""POST /v1/chat/completions: chat template -> Generation -> reasoning split -> response or SSE."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from seekd.server.errors import APIError, invalid_request
+from seekd.server.generation import (
+    ChoiceUpdate,
+    Generation,
+    ServingContext,
+    build_sampling_params,
+    check_context_length,
+)
+from seekd.server.logprobs import chat_logprobs
+from seekd.server.protocol import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatMessage,
+    DeltaMessage,
+    ResponseMessage,
+)
+from seekd.server.reasoning import ReasoningParser, prompt_opens_reasoning, split_reasoning
+from seekd.server.streaming import EventStreamResponse, prime, run_until_disconnect, sse
+from seekd.text.chat_template import ChatTemplateError
+
+
+def _message_dict(index: int, message: ChatMessage) -> dict[str, Any]:
+    """Templates expect plain string content; text parts are joined, other parts refused."""
+    content = message.content
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if part.type != "text" or part.text is None:
+                raise invalid_request(
+                    f"message {index}: content part type {part.type!r} is not supported (only 'text')",
+                    param=f"messages.{index}.content",
+                )
+            texts.append(part.text)
+        content = "".join(texts)
+    out = {**(message.model_extra or {}), "role": message.role, "content": content}
+    if message.name is not None:
+        out["name"] = message.name
+    return out
+
+
+def _check_supported(req: ChatCompletionRequest) -> None:
+    if req.tools:
+        raise invalid_request("tool calling is not supported yet", param="tools")
+    if req.response_format and req.response_format.get("type") not in (None, "text"):
+        raise invalid_request("response_format other than 'text' is not supported yet", param="response_format")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise invalid_request("top_logprobs needs logprobs=true", param="top_logprobs")
+
+
+async def create_chat_completion(
+    ctx: ServingContext, req: ChatCompletionRequest, request: Request, request_id: str
+) -> JSONResponse | EventStreamResponse:
+    _check_supported(req)
+    messages = [_message_dict(i, m) for i, m in enumerate(req.messages)]
+    try:
+        prompt_text = ctx.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=req.add_generation_prompt, **(req.chat_template_kwargs or {})
+        )
+    except ChatTemplateError as e:
+        raise invalid_request(str(e), param="messages") from e
+    prompt_ids = ctx.tokenizer.encode(prompt_text, add_special_tokens=False)
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    check_context_length(len(prompt_ids), max_tokens, ctx.max_model_len, "messages")
+    num_top = (req.top_logprobs or 0) if req.logprobs else None
+    params = build_sampling_params(req, max_tokens=max_tokens, logprobs=num_top, max_n=ctx.max_n)
+    gen = Generation(ctx, request_id, [prompt_ids], params)
+    in_reasoning = prompt_opens_reasoning(prompt_text)
+
+    if req.stream:
+        updates = gen.updates()
+        first = await run_until_disconnect(request, prime(updates))
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        events = _chat_events(ctx, gen, updates, first, in_reasoning, num_top, include_usage)
+        return EventStreamResponse(events, request_id)
+
+    await run_until_disconnect(request, gen.run())
+    choices = []
+    for c in gen.choices:
+        split = split_reasoning(c.text, in_reasoning)
+        choices.append(
+            ChatChoice(
+                index=c.index,
+                message=ResponseMessage(content=split.content, reasoning_content=split.reasoning or None),
+                logprobs=chat_logprobs(ctx.token_texts, c.logprobs, num_top) if num_top is not None else None,
+                finish_reason=c.finish_reason,
+                stop_reason=c.stop_reason,
+            )
+        )
+    response = ChatCompletionResponse(
+        id=request_id, created=gen.created, model=ctx.served_model_name, choices=choices, usage=gen.usage()
+    )
+    return JSONResponse(response.model_dump(mode="json"))
+
+
+async def _chat_events(
+    ctx: ServingContext,
+    gen: Generation,
+    updates: AsyncGenerator[ChoiceUpdate, None],
+    first: ChoiceUpdate | None,
+    in_reasoning: bool,
+    num_top: int | None,
+    include_usage: bool,
+) -> AsyncGenerator[str, None]:
+    def chunk(choices: list[ChatChunkChoice], usage=None) -> str:
+        body = ChatCompletionChunk(
+            id=gen.request_id, created=gen.created, model=ctx.served_model_name, choices=choices, usage=usage
+        )
+        return sse(body.model_dump_json(exclude_none=False))
+
+    parsers = [ReasoningParser(in_reasoning) for _ in gen.choices]
+
+    def render(update: ChoiceUpdate) -> str | None:
+        parser = parsers[update.index]
+        delta = parser.feed(update.text)
+        if update.finish_reason is not None:
+            rest = parser.finish()
+            delta.reasoning += rest.reasoning
+            delta.content += rest.content
+        if not (delta.reasoning or delta.content or update.logprobs or update.finish_reason):
+            return None
+        logprobs = chat_logprobs(ctx.token_texts, update.logprobs, num_top) if num_top is not None else None
+        message = DeltaMessage(content=delta.content or None, reasoning_content=delta.reasoning or None)
+        return chunk([ChatChunkChoice(index=update.index, delta=message, logprobs=logprobs,
+                                      finish_reason=update.finish_reason)])
+
+    try:
+        yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content=""))
+                     for c in gen.choices])
+        if first is not None and (event := render(first)) is not None:
+            yield event
+        async for update in updates:
+            if (event := render(update)) is not None:
+                yield event
+        if include_usage:
+            yield chunk([], gen.usage())
+    except APIError as e:
+        yield sse(json.dumps(e.body()))
+    finally:
+        await updates.aclose()
+    yield sse("[DONE]")
