@@ -63,6 +63,7 @@ class EngineCore:
         self.runner = ModelRunner(
             model, self.device, self.dtype, block_size, self.hf_config.vocab_size, config.model.seed
         )
+        self.runner.select_attention_backend(config.model.attention_backend)
         max_model_len = min(
             config.model.max_model_len or self.hf_config.context_length,
             self.hf_config.context_length,

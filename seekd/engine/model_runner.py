@@ -17,7 +17,7 @@ from seekd.engine.outputs import TokenLogprob
 from seekd.engine.request import Request
 from seekd.engine.sampler import Sampler, SamplingBatch
 from seekd.engine.scheduler import SchedulerOutput
-from seekd.layers.attention import KVCacheSpec
+from seekd.layers.attention import Attention, AttentionBackend, KVCacheSpec, TorchAttentionBackend, make_backend
 from seekd.layers.forward_context import AttentionMetadata, ForwardContext
 
 logger = logging.getLogger(__name__)
@@ -49,6 +49,18 @@ class ModelRunner:
         self.vocab_size = vocab_size
         self.sampler = Sampler(self.device, seed)
         self.num_blocks = 0
+        self.attn_backend: AttentionBackend = TorchAttentionBackend()
+
+    def select_attention_backend(self, name: str) -> None:
+        """One backend instance serves every standard attention layer (layers with their own
+        attention math, such as MLA, keep theirs)."""
+        layers = [layer for layer in self.model.attention_layers() if isinstance(layer, Attention)]
+        if not layers:
+            return
+        self.attn_backend = make_backend(name, str(self.device), layers[0].num_kv_heads)
+        for layer in layers:
+            layer.backend = self.attn_backend
+        logger.info("attention backend: %s", self.attn_backend.name)
 
     def kv_cache_specs(self) -> list[KVCacheSpec]:
         return [layer.kv_cache_spec(self.dtype) for layer in self.model.attention_layers()]
@@ -106,6 +118,7 @@ class ModelRunner:
             query_lens_cpu=query_lens,
             seq_lens_cpu=seq_lens,
         )
+        attn.backend_data = self.attn_backend.prepare(attn)
         return ModelInputs(
             input_ids=to_dev(np.fromiter((t for c in token_chunks for t in c), dtype=np.int64), torch.int64),
             positions=to_dev(np.concatenate(position_chunks), torch.int64),
@@ -152,6 +165,7 @@ class ModelRunner:
             query_lens_cpu=[n],
             seq_lens_cpu=[n],
         )
+        attn.backend_data = self.attn_backend.prepare(attn)
         ids = torch.tensor(token_ids, dtype=torch.int64, device=self.device)
         hidden = self.model(ids, positions, ForwardContext(attn=attn))
         return self.model.compute_logits(hidden)

@@ -33,6 +33,10 @@ class KVCacheSpec:
 class AttentionBackend(Protocol):
     name: str
 
+    def prepare(self, meta: AttentionMetadata) -> object | None:
+        """Once per step, before the layers run: per-step data shared by every layer."""
+        ...
+
     def forward(
         self,
         layer: Attention,
@@ -86,6 +90,9 @@ class TorchAttentionBackend:
 
     name = "torch"
 
+    def prepare(self, meta: AttentionMetadata) -> None:
+        return None
+
     def forward(
         self, layer: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
     ) -> torch.Tensor:
@@ -111,3 +118,64 @@ def causal_mask(q_len: int, seq_len: int, device: torch.device) -> torch.Tensor:
     q_pos = torch.arange(seq_len - q_len, seq_len, device=device).unsqueeze(1)
     k_pos = torch.arange(seq_len, device=device).unsqueeze(0)
     return k_pos <= q_pos
+
+
+class TritonAttentionBackend:
+    """Paged attention in one Triton kernel (GPU); see seekd/kernels/paged_attention.py."""
+
+    name = "triton"
+    decode_target_programs = 264  # about two programs per multiprocessor of an H100
+
+    def __init__(self, num_kv_heads: int) -> None:
+        self.num_kv_heads = num_kv_heads
+
+    def prepare(self, meta: AttentionMetadata) -> TritonStepData:
+        from seekd.kernels.paged_attention import query_blocks
+
+        block_q = 1 if meta.is_pure_decode else 16
+        seqs, starts = query_blocks(meta.query_lens_cpu, block_q)
+        num_splits = 1
+        if meta.is_pure_decode:
+            programs = len(seqs) * self.num_kv_heads
+            while programs * num_splits < self.decode_target_programs and meta.max_seq_len // (num_splits * 2) >= 128:
+                num_splits *= 2
+        device = meta.seq_lens.device
+        return TritonStepData(
+            qblock_seq=torch.tensor(seqs, dtype=torch.int32).to(device, non_blocking=True),
+            qblock_start=torch.tensor(starts, dtype=torch.int32).to(device, non_blocking=True),
+            block_q=block_q,
+            num_splits=num_splits,
+        )
+
+    def forward(
+        self, layer: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
+    ) -> torch.Tensor:
+        from seekd.kernels.paged_attention import paged_attention
+
+        store_kv(layer.kv_cache, k, v, meta.slot_mapping)
+        data = meta.backend_data
+        return paged_attention(
+            q.contiguous(), layer.kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
+            data.qblock_seq, data.qblock_start, layer.scale, data.block_q, data.num_splits,
+        )
+
+
+@dataclass
+class TritonStepData:
+    qblock_seq: torch.Tensor
+    qblock_start: torch.Tensor
+    block_q: int
+    num_splits: int
+
+
+def make_backend(name: str, device: str, num_kv_heads: int) -> AttentionBackend:
+    """`auto` is triton on CUDA and the torch reference elsewhere."""
+    if name == "auto":
+        name = "triton" if device.startswith("cuda") else "torch"
+    if name == "torch":
+        return TorchAttentionBackend()
+    if name == "triton":
+        if not device.startswith("cuda"):
+            raise ValueError("the triton attention backend needs a CUDA device")
+        return TritonAttentionBackend(num_kv_heads)
+    raise ValueError(f"attention backend must be auto, torch or triton, not {name!r}")

@@ -24,6 +24,7 @@ class AttentionMetadata:
     max_seq_len: int
     query_lens_cpu: list[int]
     seq_lens_cpu: list[int]
+    backend_data: object | None = None  # what the attention backend precomputed for this step
 
     @property
     def num_seqs(self) -> int:
