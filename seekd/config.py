@@ -81,6 +81,8 @@ class SchedulerConfig:
 @dataclass
 class DeviceConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    enforce_eager: bool = False  # never replay decode steps as CUDA graphs
+    cuda_graph_max_batch: int = 256  # largest decode batch captured as a graph
 
     def resolve(self) -> str:
         if self.device != "auto":

@@ -75,6 +75,12 @@ class EngineCore:
             logger.warning("KV cache holds %d tokens; capping the context length at that", capacity)
             max_model_len = capacity
         self.max_model_len = max_model_len
+        if self.device.startswith("cuda") and not config.device.enforce_eager:
+            if self.runner.attn_backend.name == "triton":
+                max_batch = min(config.scheduler.max_num_seqs, config.device.cuda_graph_max_batch)
+                self.runner.capture_decode_graphs(max_batch, max_model_len)
+            else:
+                logger.info("decode CUDA graphs need the triton attention backend; running eagerly")
         self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks, max_model_len)
         self.eos_token_ids = eos_token_ids(self.model_folder, self.hf_config)
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from seekd.engine.cuda_graphs import DecodeGraphs
 from seekd.engine.outputs import TokenLogprob
 from seekd.engine.request import Request
 from seekd.engine.sampler import Sampler, SamplingBatch
@@ -50,6 +51,7 @@ class ModelRunner:
         self.sampler = Sampler(self.device, seed)
         self.num_blocks = 0
         self.attn_backend: AttentionBackend = TorchAttentionBackend()
+        self.decode_graphs: DecodeGraphs | None = None
 
     def select_attention_backend(self, name: str) -> None:
         """One backend instance serves every standard attention layer (layers with their own
@@ -78,6 +80,14 @@ class ModelRunner:
             "KV cache: %d blocks of %d tokens (%.1f MiB)",
             num_blocks, self.block_size, num_blocks * self.kv_bytes_per_block() / 2**20,
         )
+
+    def capture_decode_graphs(self, max_batch: int, max_model_len: int) -> None:
+        """Replay pure-decode steps as CUDA graphs (needs the KV cache bound and a graph-safe backend)."""
+        self.decode_graphs = DecodeGraphs(
+            self.model, self.attn_backend, self.device, max_batch,
+            -(-max_model_len // self.block_size), self.block_size, max_model_len,
+        )
+        self.decode_graphs.capture()
 
     def prepare_inputs(self, out: SchedulerOutput) -> ModelInputs:
         bs = self.block_size
@@ -118,7 +128,6 @@ class ModelRunner:
             query_lens_cpu=query_lens,
             seq_lens_cpu=seq_lens,
         )
-        attn.backend_data = self.attn_backend.prepare(attn)
         return ModelInputs(
             input_ids=to_dev(np.fromiter((t for c in token_chunks for t in c), dtype=np.int64), torch.int64),
             positions=to_dev(np.concatenate(position_chunks), torch.int64),
@@ -130,7 +139,11 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> StepResult:
         inputs = self.prepare_inputs(out)
-        hidden = self.model(inputs.input_ids, inputs.positions, ForwardContext(attn=inputs.attn))
+        if self.decode_graphs is not None and self.decode_graphs.can_run(inputs.attn):
+            hidden = self.decode_graphs.run(inputs.input_ids, inputs.positions, inputs.attn)
+        else:
+            inputs.attn.backend_data = self.attn_backend.prepare(inputs.attn)
+            hidden = self.model(inputs.input_ids, inputs.positions, ForwardContext(attn=inputs.attn))
         if not inputs.sampling_requests:
             return StepResult({}, {})
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
