@@ -17,18 +17,23 @@ from seekd.layers.forward_context import ForwardContext
 from seekd.layers.mla import MLAAttention
 from seekd.layers.moe import RoutedExperts, SparseMoE, TopKRouter, expert_weight_target
 from seekd.layers.norms import RMSNorm
-from seekd.layers.rotary import get_rope, rope_parameters, yarn_softmax_scale
+from seekd.layers.rotary import RotaryEmbedding, get_rope, rope_parameters, yarn_softmax_scale
 from seekd.models.hf_config import HFConfig
 from seekd.models.llama import LlamaMLP
 from seekd.models.weights import load_named_weights
 
 
-def build_mla(config: HFConfig) -> MLAAttention:
+def build_rope(config: HFConfig) -> RotaryEmbedding:
+    """One table for all layers: at V3's 163,840 positions a per-layer copy would cost 2.5 GB."""
+    rope_dim = config.qk_rope_head_dim
+    return get_rope(rope_dim, rope_dim, config.max_position_embeddings, config,
+                    interleaved=bool(config.get("rope_interleave", True)))
+
+
+def build_mla(config: HFConfig, rotary: RotaryEmbedding) -> MLAAttention:
     rope_dim = config.qk_rope_head_dim
     qk_head_dim = config.qk_nope_head_dim + rope_dim
     _, scaling = rope_parameters(config)
-    rotary = get_rope(rope_dim, rope_dim, config.max_position_embeddings, config,
-                      interleaved=bool(config.get("rope_interleave", True)))
     return MLAAttention(
         hidden_size=config.hidden_size,
         num_heads=config.num_attention_heads,
@@ -63,9 +68,11 @@ def build_moe(config: HFConfig, scoring_func: str, topk_method: str) -> SparseMo
 
 
 class DeepseekV2DecoderLayer(nn.Module):
-    def __init__(self, config: HFConfig, layer_idx: int, scoring_func: str, topk_method: str) -> None:
+    def __init__(
+        self, config: HFConfig, layer_idx: int, rotary: RotaryEmbedding, scoring_func: str, topk_method: str
+    ) -> None:
         super().__init__()
-        self.self_attn = build_mla(config)
+        self.self_attn = build_mla(config, rotary)
         is_moe = (
             config.get("n_routed_experts", 0) > 0
             and layer_idx >= config.get("first_k_dense_replace", 0)
@@ -94,8 +101,10 @@ class DeepseekV2Model(nn.Module):
     def __init__(self, config: HFConfig, scoring_func: str, topk_method: str) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        rotary = build_rope(config)
         self.layers = nn.ModuleList(
-            DeepseekV2DecoderLayer(config, i, scoring_func, topk_method) for i in range(config.num_hidden_layers)
+            DeepseekV2DecoderLayer(config, i, rotary, scoring_func, topk_method)
+            for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
