@@ -200,18 +200,24 @@ def main() -> int:
         "weight_bytes": wbytes,
         "roofline_ms_per_token": wbytes / bandwidth * 1e3,
     }
-    result["bs1_ms_per_token"] = bench_bs1_decode(llm, vocab)
-    result["ttft_1024_ms"] = bench_ttft(llm, vocab)
-    result.update(bench_seekd(llm, prompts, outputs))
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"offline_{args.shape}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def stage(name: str, values: dict) -> None:
+        """Record each stage as it finishes, so a run cut short still leaves its numbers."""
+        result.update(values)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                      for k, v in values.items()), flush=True)
+
+    stage("roofline", {"roofline_ms_per_token": result["roofline_ms_per_token"]})
+    stage("batch-1 decode", {"bs1_ms_per_token": bench_bs1_decode(llm, vocab)})
+    stage("ttft", {"ttft_1024_ms": bench_ttft(llm, vocab)})
+    stage("throughput", bench_seekd(llm, prompts, outputs))
     if args.hf_requests:
         del llm
         torch.cuda.empty_cache()
-        result.update(bench_hf(folder, prompts[: args.hf_requests], outputs[: args.hf_requests], device))
-
-    print(json.dumps(result, indent=1))
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"offline_{args.shape}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+        stage("transformers", bench_hf(folder, prompts[: args.hf_requests], outputs[: args.hf_requests], device))
     return 0
 
 
