@@ -48,7 +48,6 @@ class TopKRouter(nn.Module):
             raise ValueError(f"topk_method must be one of {', '.join(TOPK_METHODS)}, not {topk_method!r}")
         if num_experts % n_group:
             raise ValueError(f"n_routed_experts={num_experts} is not divisible by n_group={n_group}")
-        self.num_experts = num_experts
         self.top_k = top_k
         self.scoring_func = scoring_func
         self.topk_method = topk_method
@@ -112,7 +111,6 @@ class RoutedExperts(nn.Module):
         if intermediate_size % tp_size():
             raise ValueError(f"moe_intermediate_size={intermediate_size} is not divisible by "
                              f"tensor-parallel size {tp_size()}")
-        self.num_experts = num_experts
         self.intermediate_size = intermediate_size // tp_size()
         self.w13_weight = nn.Parameter(torch.empty(num_experts, 2 * self.intermediate_size, hidden_size),
                                        requires_grad=False)
@@ -125,13 +123,12 @@ class RoutedExperts(nn.Module):
         """shard_id (expert, gate_proj|up_proj|down_proj) loads one expert's matrix; None loads the
         packed tensor of all experts."""
         size, start = self.intermediate_size, tp_rank() * self.intermediate_size
-        full = 2 * size * tp_size()
         if shard_id is None:
             if param is self.w2_weight:
                 _copy(param.data, loaded.narrow(2, start, size))
-            else:
+            else:  # gate rows [0, I), up rows [I, 2I) of the full intermediate size I
                 _copy(param.data[:, :size], loaded.narrow(1, start, size))
-                _copy(param.data[:, size:], loaded.narrow(1, full // 2 + start, size))
+                _copy(param.data[:, size:], loaded.narrow(1, size * tp_size() + start, size))
             return
         expert, part = shard_id
         if part == "down_proj":
