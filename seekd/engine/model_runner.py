@@ -90,37 +90,45 @@ class ModelRunner:
         self.decode_graphs.capture()
 
     def prepare_inputs(self, out: SchedulerOutput) -> ModelInputs:
+        """Flatten the step. Plain Python lists with one numpy conversion at the end: with a few
+        hundred decodes a step, per-request numpy calls would cost more than the GPU step."""
         bs = self.block_size
-        token_chunks, position_chunks, slot_chunks = [], [], []
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
         query_lens, seq_lens, logits_indices, sampling = [], [], [], []
         max_blocks = max(len(out.block_ids[r.request_id]) for r in out.requests)
         block_tables = np.zeros((len(out.requests), max_blocks), dtype=np.int32)
-        offset = 0
         for i, request in enumerate(out.requests):
-            n = out.num_scheduled_tokens[request.request_id]
+            rid = request.request_id
+            n = out.num_scheduled_tokens[rid]
             start = request.num_computed_tokens
-            blocks = np.asarray(out.block_ids[request.request_id], dtype=np.int64)
+            blocks = out.block_ids[rid]
             block_tables[i, : len(blocks)] = blocks
-            positions = np.arange(start, start + n, dtype=np.int64)
-            token_chunks.append(request.all_token_ids[start : start + n])
-            position_chunks.append(positions)
-            slot_chunks.append(blocks[positions // bs] * bs + positions % bs)
+            if n == 1:
+                tokens.append(request.all_token_ids[start])
+                positions.append(start)
+                slots.append(blocks[start // bs] * bs + start % bs)
+            else:
+                pos = np.arange(start, start + n)
+                tokens.extend(request.all_token_ids[start : start + n])
+                positions.extend(range(start, start + n))
+                slots.extend((np.asarray(blocks)[pos // bs] * bs + pos % bs).tolist())
             query_lens.append(n)
             seq_lens.append(start + n)
-            offset += n
             if start + n == request.num_tokens:
-                logits_indices.append(offset - 1)
+                logits_indices.append(len(tokens) - 1)
                 sampling.append(request)
 
         def to_dev(array, dtype: torch.dtype) -> torch.Tensor:
-            return torch.as_tensor(array, dtype=dtype).to(self.device, non_blocking=True)
+            return torch.as_tensor(np.asarray(array), dtype=dtype).to(self.device, non_blocking=True)
 
         query_start_loc = np.zeros(len(query_lens) + 1, dtype=np.int32)
         np.cumsum(query_lens, out=query_start_loc[1:])
         attn = AttentionMetadata(
-            slot_mapping=to_dev(np.concatenate(slot_chunks), torch.int64),
+            slot_mapping=to_dev(slots, torch.int64),
             query_start_loc=to_dev(query_start_loc, torch.int32),
-            seq_lens=to_dev(np.asarray(seq_lens), torch.int32),
+            seq_lens=to_dev(seq_lens, torch.int32),
             block_tables=to_dev(block_tables, torch.int32),
             block_size=bs,
             max_query_len=max(query_lens),
@@ -129,10 +137,10 @@ class ModelRunner:
             seq_lens_cpu=seq_lens,
         )
         return ModelInputs(
-            input_ids=to_dev(np.fromiter((t for c in token_chunks for t in c), dtype=np.int64), torch.int64),
-            positions=to_dev(np.concatenate(position_chunks), torch.int64),
+            input_ids=to_dev(tokens, torch.int64),
+            positions=to_dev(positions, torch.int64),
             attn=attn,
-            logits_indices=to_dev(np.asarray(logits_indices, dtype=np.int64), torch.int64),
+            logits_indices=to_dev(logits_indices, torch.int64),
             sampling_requests=sampling,
         )
 

@@ -24,8 +24,8 @@ _MASK63 = (1 << 63) - 1
 class SamplingBatch:
     """Per-row sampling tensors for the requests that sample this step, in batch order."""
 
-    temperature: torch.Tensor  # [B] float32, 1.0 on greedy rows
-    greedy: torch.Tensor  # [B] bool
+    temperature: torch.Tensor | None  # [B] float32, 1.0 on greedy rows; None when all rows are greedy
+    greedy: torch.Tensor | None  # [B] bool
     top_k: torch.Tensor | None  # [B] int64, vocab size where disabled
     top_p: torch.Tensor | None  # [B] float32
     min_p: torch.Tensor | None  # [B] float32
@@ -79,9 +79,10 @@ class SamplingBatch:
                 if stops:
                     banned.append((i, stops))
 
+        all_greedy = all(greedy)
         return cls(
-            temperature=col([1.0 if g else p.temperature for p, g in zip(params, greedy)]),
-            greedy=torch.tensor(greedy, dtype=torch.bool, device=device),
+            temperature=None if all_greedy else col([1.0 if g else p.temperature for p, g in zip(params, greedy)]),
+            greedy=None if all_greedy else torch.tensor(greedy, dtype=torch.bool, device=device),
             top_k=top_k,
             top_p=top_p,
             min_p=min_p,
@@ -93,7 +94,7 @@ class SamplingBatch:
             seeds=[p.seed for p in params],
             positions=[r.num_output_tokens for r in requests],
             num_logprobs=[p.logprobs for p in params],
-            all_greedy=all(greedy),
+            all_greedy=all_greedy,
             banned=banned,
         )
 
