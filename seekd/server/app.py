@@ -113,7 +113,10 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
 
 def run_server(config: SeekdConfig) -> int:
     """Serve until interrupted; returns the process exit code (1 if the engine never started)."""
-    return asyncio.run(_serve(config))
+    try:
+        return asyncio.run(_serve(config))
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown has finished
+        return 0
 
 
 async def _serve(config: SeekdConfig) -> int:

@@ -10,7 +10,14 @@ from starlette.responses import JSONResponse, Response
 
 from seekd.server.errors import APIError
 from seekd.server.generation import ServingContext
-from seekd.server.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
+from seekd.server.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+)
 from seekd.server.serving_chat import create_chat_completion
 from seekd.server.serving_completions import create_completion
 from seekd.server.streaming import ClientDisconnected
@@ -59,7 +66,7 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[card])
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses={200: {"model": ChatCompletionResponse}})
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     ctx = serving_context(request)
     _check_model(ctx, body.model)
@@ -70,7 +77,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         return JSONResponse({}, status_code=CLIENT_CLOSED_REQUEST)
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses={200: {"model": CompletionResponse}})
 async def completions(body: CompletionRequest, request: Request) -> Response:
     ctx = serving_context(request)
     _check_model(ctx, body.model)

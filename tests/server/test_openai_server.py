@@ -185,7 +185,8 @@ def test_stop_token_ids(client: openai.OpenAI, model: str, data_dir) -> None:
     ids = [tokenizer.token_to_id("".join(byte_to_char[b] for b in t.bytes)) for t in tokens]
     assert None not in ids
     stop_id = ids[3]
-    resp = chat(client, model, "stop here", **{**kwargs, "extra_body": {"ignore_eos": True, "stop_token_ids": [stop_id]}})
+    extra = {"ignore_eos": True, "stop_token_ids": [stop_id]}
+    resp = chat(client, model, "stop here", **{**kwargs, "extra_body": extra})
     assert resp.choices[0].finish_reason == "stop"
     assert resp.choices[0].model_extra["stop_reason"] == stop_id
     assert resp.usage.completion_tokens == ids.index(stop_id) + 1

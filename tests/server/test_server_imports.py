@@ -1,0 +1,11 @@
+"""The API server process must never load torch (or touch CUDA): only the engine process does."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_server_modules_do_not_import_torch() -> None:
+    code = "import sys, seekd.server.app, seekd.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
