@@ -54,6 +54,12 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
         if self.top_k == -1:
             self.top_k = 0
 
+    def for_choice(self, index: int) -> SamplingParams:
+        """Parameters of the index-th of `n` sequences: one sequence, and a distinct seed so that
+        the n samples differ while each stays reproducible."""
+        seed = None if self.seed is None else self.seed + index
+        return msgspec.structs.replace(self, n=1, seed=seed)
+
     @property
     def greedy(self) -> bool:
         return self.temperature < _GREEDY_EPS

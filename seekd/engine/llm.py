@@ -11,8 +11,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
-
 from seekd.config import SeekdConfig, load_config
 from seekd.engine.engine_core import EngineCore
 from seekd.engine.outputs import EngineOutput, TokenLogprob
@@ -112,7 +110,7 @@ class LLM:
     ) -> list[_Sequence]:
         sequences = []
         for i in range(params.n):
-            child = params if params.n == 1 else _child_params(params, i)
+            child = params if params.n == 1 else params.for_choice(i)
             engine_id = request_id if params.n == 1 else f"{request_id}:{i}"
             detok = None
             if self.tokenizer is not None:
@@ -214,9 +212,3 @@ def _broadcast_params(
     if len(params) != n:
         raise ValueError(f"{len(params)} sampling params for {n} prompts")
     return list(params)
-
-
-def _child_params(params: SamplingParams, index: int) -> SamplingParams:
-    """The i-th of n sequences: n=1, and a distinct seed so that the n samples differ."""
-    seed = None if params.seed is None else params.seed + index
-    return msgspec.structs.replace(params, n=1, seed=seed)

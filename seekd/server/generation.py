@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
-import msgspec
-
 from seekd.engine.outputs import EngineOutput, TokenLogprob
 from seekd.engine.request import EngineCoreRequest
 from seekd.sampling_params import SamplingParams
@@ -150,7 +148,7 @@ class Generation:
         for p, prompt in enumerate(prompts):
             for i in range(params.n):
                 index = p * params.n + i
-                child = msgspec.structs.replace(params, n=1, seed=None if params.seed is None else params.seed + i)
+                child = params.for_choice(i)
                 engine_id = f"{request_id}-{index}"
                 detok = IncrementalDetokenizer(
                     ctx.tokenizer, child.skip_special_tokens, child.stop, child.include_stop_str_in_output
