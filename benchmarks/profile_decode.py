@@ -1,0 +1,59 @@
+"""GPU kernel time vs wall time of decode steps at a given batch size (torch.profiler).
+
+If the summed kernel time per step is far under the wall time per step, the GPU waits on the host.
+
+    python benchmarks/profile_decode.py --batch 1 --steps 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+from offline_throughput import SHAPES, make_model_folder
+from torch.profiler import ProfilerActivity, profile
+
+from seekd import LLM, SamplingParams
+from seekd.engine.request import EngineCoreRequest
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="r1-distill-qwen-7b", choices=sorted(SHAPES))
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=50)
+    args = parser.parse_args()
+    llm = LLM(str(make_model_folder(args.shape)), load_format="dummy", dtype="bfloat16", device="cuda",
+              max_model_len=4096, show_progress=False)
+    engine = llm.engine
+    params = SamplingParams(temperature=0.0, max_tokens=10_000, ignore_eos=True)
+    for i in range(args.batch):
+        prompt = [1000 + (i * 7 + j) % 5000 for j in range(args.context)]
+        engine.add_request(EngineCoreRequest(request_id=f"p{i}", prompt_token_ids=prompt, sampling_params=params))
+    while any(r.num_output_tokens == 0 for r in engine.scheduler.requests.values()):
+        engine.step()
+    for _ in range(10):
+        engine.step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        engine.step()
+    torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - start) / args.steps * 1e3
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(args.steps):
+            engine.step()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in events) / args.steps
+    print(f"batch {args.batch}, context {args.context}: wall {wall_ms:.3f} ms/step, "
+          f"GPU kernels {gpu_us / 1e3:.3f} ms/step")
+    print(events.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
