@@ -1,4 +1,4 @@
-"""`seekd` command line: serve, generate, chat.
+"""`seekd` command line: serve, generate, chat, bench.
 
 Every config field is also a flag (`--max-num-seqs 64`), generated from the config tree, so the
 CLI, YAML (`--config FILE`) and `SEEKD_*` variables stay in step without a second list of options.
@@ -12,6 +12,7 @@ import logging
 import sys
 from typing import Any
 
+from seekd.bench.cli import add_bench_parser
 from seekd.config import SeekdConfig, config_fields, field_type, load_config
 
 SAMPLING_FLAGS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
     _add_config_flags(generate)
     _add_sampling_flags(generate)
+
+    add_bench_parser(sub)
 
     chat = sub.add_parser("chat", help="interactive chat in the terminal, streamed")
     chat.add_argument("--system", default=None, help="system prompt")
@@ -134,6 +137,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "bench":  # a client of any server: no seekd config involved
+        from seekd.bench.cli import run_bench
+
+        try:
+            return run_bench(args, sys.argv[1:] if argv is None else argv)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"seekd: error: {e}", file=sys.stderr)
+            return 2
     try:
         config = config_from_args(args)
     except (ValueError, FileNotFoundError) as e:
