@@ -63,6 +63,15 @@ class ModelRunner:
         for layer in layers:
             layer.backend = self.attn_backend
         logger.info("attention backend: %s", self.attn_backend.name)
+        if self.attn_backend.name == "triton":
+            self._enable_fused_kernels()
+
+    def _enable_fused_kernels(self) -> None:
+        """On the GPU fast path, norms, activations and rotary run as fused Triton kernels; the
+        torch backend keeps every layer on its reference code."""
+        for module in self.model.modules():
+            if hasattr(module, "use_kernel"):
+                module.use_kernel = True
 
     def kv_cache_specs(self) -> list[KVCacheSpec]:
         return [layer.kv_cache_spec(self.dtype) for layer in self.model.attention_layers()]
