@@ -50,6 +50,8 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--input-len", type=int, default=256, help="prompt tokens (shared-prefix: question tokens)")
     w.add_argument("--output-len", type=int, default=128, help="max_tokens of each request")
     w.add_argument("--range-ratio", type=float, default=0.5, help="random dataset length spread")
+    w.add_argument("--output-range-ratio", type=float, default=None,
+                   help="random dataset output length spread (default: --range-ratio)")
     w.add_argument("--prefix-len", type=int, default=512, help="shared-prefix: system prompt tokens")
     w.add_argument("--num-prefixes", type=int, default=4, help="shared-prefix: N system prompts")
     w.add_argument("--questions-per-prefix", type=int, default=16, help="shared-prefix: M questions each")
@@ -74,6 +76,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--out", type=Path, default=Path("seekd_bench_serve.json"), help="result JSON")
     o.add_argument("--plot", type=Path, default=None, help="PNG (default: --out with .png)")
     o.add_argument("--no-plot", action="store_true")
+    o.add_argument("--note", default=None, help="free text kept in the result (server version, flags, GPU)")
     o.add_argument("--compare", type=Path, nargs="+", default=None, help="earlier result(s) to compare against")
 
 
@@ -113,8 +116,10 @@ def build_requests(args: argparse.Namespace, source: TextSource, seed: int) -> l
     if args.dataset == "shared-prefix":
         return shared_prefix_requests(source, args.num_prefixes, args.questions_per_prefix, args.prefix_len,
                                       args.input_len, args.output_len, seed)
-    ratio = 0.0 if args.dataset == "fixed" else args.range_ratio
-    return random_requests(source, args.num_prompts, args.input_len, args.output_len, ratio, seed)
+    if args.dataset == "fixed":
+        return random_requests(source, args.num_prompts, args.input_len, args.output_len, 0.0, seed)
+    return random_requests(source, args.num_prompts, args.input_len, args.output_len, args.range_ratio, seed,
+                           args.output_range_ratio)
 
 
 def _first_model(base_url: str, api_key: str | None) -> str:
@@ -137,13 +142,14 @@ def _settings(args: argparse.Namespace, model: str) -> dict[str, Any]:
         "dataset_path": str(args.dataset_path) if args.dataset_path else None,
         "num_prompts": args.num_prompts, "input_len": args.input_len, "output_len": args.output_len,
         "range_ratio": args.range_ratio if args.dataset == "random" else 0.0,
+        "output_range_ratio": args.output_range_ratio if args.dataset == "random" else 0.0,
         "shared_prefix": {"num_prefixes": args.num_prefixes, "questions_per_prefix": args.questions_per_prefix,
                           "prefix_len": args.prefix_len} if args.dataset == "shared-prefix" else None,
         "tokenizer": str(args.tokenizer) if args.tokenizer else None, "seed": args.seed,
         "ignore_eos": args.ignore_eos, "temperature": args.temperature, "extra_body": args.extra_body,
         "request_rates": [None if math.isinf(r) else r for r in args.request_rate],
         "max_concurrency": args.max_concurrency, "timeout_s": args.timeout,
-        "slo": SLO(args.slo_ttft_ms, args.slo_tpot_ms, args.slo_e2e_ms).as_dict(),
+        "slo": SLO(args.slo_ttft_ms, args.slo_tpot_ms, args.slo_e2e_ms).as_dict(), "note": args.note,
     }
 
 

@@ -87,14 +87,17 @@ def _length(rng: random.Random, mean: int, range_ratio: float) -> int:
 
 
 def random_requests(
-    source: TextSource, num_prompts: int, input_len: int, output_len: int, range_ratio: float, seed: int
+    source: TextSource, num_prompts: int, input_len: int, output_len: int, range_ratio: float, seed: int,
+    output_range_ratio: float | None = None,
 ) -> list[BenchRequest]:
-    """Lengths uniform in [len*(1-r), len*(1+r)]; r = 0 gives fixed lengths."""
+    """Lengths uniform in [len*(1-r), len*(1+r)]; r = 0 gives fixed lengths. Output lengths use
+    `output_range_ratio` where given (0: every request asks for exactly `output_len`)."""
+    out_ratio = range_ratio if output_range_ratio is None else output_range_ratio
     rng = random.Random(seed)
     requests = []
     for _ in range(num_prompts):
         text = source.sample(rng, _length(rng, input_len, range_ratio))
-        requests.append(BenchRequest(text, _length(rng, output_len, range_ratio), prompt_len=source.count(text)))
+        requests.append(BenchRequest(text, _length(rng, output_len, out_ratio), prompt_len=source.count(text)))
     return requests
 
 

@@ -85,24 +85,39 @@ class EngineCore:
         self.eos_token_ids = eos_token_ids(self.model_folder, self.hf_config)
 
     def _num_kv_blocks(self, max_model_len: int) -> int:
-        cache = self.config.cache
+        """Blocks that fit the memory left for the KV cache: on a GPU, total * gpu_memory_utilization
+        minus what is already used (weights) minus the peak of a profiled full-budget step."""
+        cache, sched = self.config.cache, self.config.scheduler
         if cache.num_kv_blocks is not None:
             return cache.num_kv_blocks
         per_block = self.runner.kv_bytes_per_block()
+        blocks_per_seq = -(-max_model_len // cache.block_size)
         if self.device.startswith("cuda"):
-            free, total = torch.cuda.mem_get_info(torch.device(self.device))
-            budget = total * cache.gpu_memory_utilization - (total - free) - 2**30  # activations headroom
+            device = torch.device(self.device)
+            activations = self.runner.profile_activation_bytes(
+                min(sched.max_num_batched_tokens, max_model_len), min(sched.max_num_seqs, 256)
+            )
+            free, total = torch.cuda.mem_get_info(device)
+            used = total - free
+            graphs_reserve = 0 if self.config.device.enforce_eager else 2**29
+            budget = total * cache.gpu_memory_utilization - used - activations - graphs_reserve
+            detail = (
+                f"{total / 2**30:.1f} GiB on the GPU x gpu_memory_utilization {cache.gpu_memory_utilization} "
+                f"- {used / 2**30:.1f} GiB in use (weights) - {activations / 2**30:.2f} GiB activations"
+            )
         else:
             budget = cache.cpu_kv_cache_gib * 2**30
-        blocks_per_seq = -(-max_model_len // cache.block_size)
-        wanted = self.config.scheduler.max_num_seqs * blocks_per_seq + 1
-        num_blocks = min(int(budget // per_block), wanted)
-        if num_blocks < blocks_per_seq // 8 + 2:
+            detail = f"cpu_kv_cache_gib {cache.cpu_kv_cache_gib}"
+        num_blocks = min(max(int(budget // per_block), 0), sched.max_num_seqs * blocks_per_seq + 1)
+        min_tokens = min(max_model_len, 1024)
+        if (num_blocks - 1) * cache.block_size < min_tokens:
             raise RuntimeError(
-                f"not enough memory for the KV cache: {budget / 2**30:.2f} GiB free for it, one "
-                f"{max_model_len}-token sequence needs {blocks_per_seq * per_block / 2**30:.2f} GiB; "
-                "use a shorter max_model_len, a smaller model, or more memory"
+                f"the model does not fit: {detail} leaves {max(budget, 0) / 2**30:.2f} GiB for the KV cache, "
+                f"and {min_tokens} tokens of context need {-(-min_tokens // cache.block_size) * per_block / 2**30:.2f}"
+                " GiB. Try a shorter --max-model-len, a smaller --max-num-batched-tokens, a higher "
+                "--gpu-memory-utilization, a quantized checkpoint, or more GPUs (tensor parallelism)"
             )
+        logger.info("KV cache budget: %s -> %d blocks", detail, num_blocks)
         return num_blocks
 
     # -- requests ---------------------------------------------------------------------------

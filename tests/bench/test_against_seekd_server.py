@@ -19,9 +19,9 @@ def assert_consistent(summary: dict) -> None:
 
 
 def test_token_counts_and_timings_agree_with_the_server(seekd_server: str, demo_tokenizer) -> None:
-    work = random_requests(TextSource(demo_tokenizer), 12, input_len=24, output_len=6, range_ratio=0.5, seed=0)
+    work = random_requests(TextSource(demo_tokenizer), 8, input_len=24, output_len=4, range_ratio=0.5, seed=0)
     config = ClientConfig(seekd_server, "seekd-demo-random", ignore_eos=True, temperature=0.0)
-    results, duration = asyncio.run(run_load(config, work, max_concurrency=6, tokenizer=demo_tokenizer))
+    results, duration = asyncio.run(run_load(config, work, max_concurrency=4, tokenizer=demo_tokenizer))
 
     for request, r in zip(work, results):
         assert r.ok, (r.error, r.error_detail)
@@ -36,12 +36,12 @@ def test_token_counts_and_timings_agree_with_the_server(seekd_server: str, demo_
 
 
 def test_shared_prefixes_hit_the_servers_prefix_cache_over_chat(seekd_server: str, demo_tokenizer) -> None:
-    work = shared_prefix_requests(TextSource(demo_tokenizer), num_prefixes=2, questions_per_prefix=4,
-                                  prefix_len=96, question_len=8, output_len=4, seed=0)
+    work = shared_prefix_requests(TextSource(demo_tokenizer), num_prefixes=2, questions_per_prefix=3,
+                                  prefix_len=48, question_len=8, output_len=3, seed=0)
     config = ClientConfig(seekd_server, "seekd-demo-random", endpoint="chat", ignore_eos=True)
-    results, duration = asyncio.run(run_load(config, work, max_concurrency=2))
+    results, duration = asyncio.run(run_load(config, work, max_concurrency=3))
 
     summary = summarize(results, duration, SLO(ttft_ms=60_000))
     assert_consistent(summary)
-    assert summary["output_tokens"] == 8 * 4
+    assert summary["output_tokens"] == 6 * 3
     assert summary["cached_prompt_tokens"] > 0

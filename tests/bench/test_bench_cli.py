@@ -76,8 +76,8 @@ def test_jsonl_of_chat_messages_needs_the_chat_endpoint(tmp_path: Path, capsys) 
 @pytest.mark.slow
 def test_offline_runs_a_tiny_shape_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "offline.json"
-    rc = main(["bench", "offline", "--device", "cpu", "--num-requests", "4", "--input-len", "4", "8",
+    rc = main(["bench", "offline", "--device", "cpu", "--num-requests", "3", "--input-len", "4", "8",
                "--output-len", "4", "8", "--out", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
-    assert result["device"] == "cpu" and result["output_tok_s"] > 0 and 16 <= result["output_tokens"] <= 32
+    assert result["device"] == "cpu" and result["output_tok_s"] > 0 and 12 <= result["output_tokens"] <= 24
