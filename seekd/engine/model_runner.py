@@ -174,9 +174,31 @@ class ModelRunner:
         return StepResult(sampled, lps)
 
     @torch.inference_mode()
-    def prefill_logits(self, token_ids: list[int]) -> torch.Tensor:
-        """Logits of every position of one prompt through the paged path, using blocks 1.. of the
-        cache as scratch. For parity tests and debugging; needs an idle engine."""
+    def profile_activation_bytes(self, num_tokens: int, num_sample_rows: int) -> int:
+        """Peak memory above the weights of one full-budget step: a `num_tokens` prefill through a
+        scratch KV cache plus logits and sampling for `num_sample_rows` rows (CUDA only)."""
+        scratch_blocks = -(-num_tokens // self.block_size) + 1
+        self.allocate_kv_cache(scratch_blocks)
+        torch.cuda.synchronize(self.device)
+        baseline = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        hidden_rows = self.prefill_logits([0] * num_tokens, logits_rows=num_sample_rows)
+        probs = torch.softmax(hidden_rows.float(), dim=-1)
+        probs.argmax(dim=-1)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device) - baseline
+        del hidden_rows, probs
+        for layer in self.model.attention_layers():
+            layer.kv_cache = None
+        self.num_blocks = 0
+        torch.cuda.empty_cache()
+        return peak
+
+    @torch.inference_mode()
+    def prefill_logits(self, token_ids: list[int], logits_rows: int | None = None) -> torch.Tensor:
+        """Logits of every position (or of the last `logits_rows`) of one prompt through the paged
+        path, using blocks 1.. of the cache as scratch. For parity tests, profiling and debugging;
+        needs an idle engine."""
         n = len(token_ids)
         num_blocks = -(-n // self.block_size)
         if num_blocks + 1 > self.num_blocks:
@@ -198,4 +220,6 @@ class ModelRunner:
         attn.backend_data = self.attn_backend.prepare(attn)
         ids = torch.tensor(token_ids, dtype=torch.int64, device=self.device)
         hidden = self.model(ids, positions, ForwardContext(attn=attn))
+        if logits_rows is not None:
+            hidden = hidden[-logits_rows:]
         return self.model.compute_logits(hidden)

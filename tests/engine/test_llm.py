@@ -85,3 +85,8 @@ def test_sharded_checkpoint_with_index_loads_identically(tmp_path, qwen2_model, 
     b = LLM(str(sharded), data_dir=str(data_dir), num_kv_blocks=32, show_progress=False)
     ids_a = a.generate([4, 5, 6], params)[0].outputs[0].token_ids
     assert ids_a == b.generate([4, 5, 6], params)[0].outputs[0].token_ids
+
+
+def test_kv_cache_too_small_for_any_context_is_a_clear_error(qwen2_model, data_dir):
+    with pytest.raises(RuntimeError, match="the model does not fit: .* Try a shorter --max-model-len"):
+        LLM(str(qwen2_model[0]), data_dir=str(data_dir), cpu_kv_cache_gib=1e-6, show_progress=False)
