@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from parity import assert_greedy_matches, assert_prefill_logits_match, hf_greedy
 
 from seekd import LLM, SamplingParams
 
@@ -22,17 +23,6 @@ def model_pair(request, tmp_path_factory, tiny_deepseek):
     return llm, hf_model
 
 
-def hf_greedy(hf_model, prompt: list[int], n: int) -> list[int]:
-    """HF greedy decoding that, like ignore_eos, neither stops at nor suppresses EOS."""
-    hf_model.generation_config.eos_token_id = None
-    with torch.no_grad():
-        out = hf_model.generate(
-            torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long), pad_token_id=0,
-        )
-    return out[0, len(prompt):].tolist()
-
-
 def set_mla_mode(llm: LLM, mode: str) -> None:
     for layer in llm.engine.runner.model.attention_layers():
         layer.mode = mode
@@ -40,22 +30,12 @@ def set_mla_mode(llm: LLM, mode: str) -> None:
 
 def test_prefill_logits_match_transformers(model_pair):
     llm, hf_model = model_pair
-    for prompt in PROMPTS:
-        ours = llm.engine.runner.prefill_logits(prompt)
-        with torch.no_grad():
-            ref = hf_model(torch.tensor([prompt])).logits[0]
-        assert (ours - ref).abs().max().item() < 1e-4
+    assert_prefill_logits_match(llm, hf_model, PROMPTS)
 
 
 def test_greedy_batch_and_one_by_one_match_transformers_generate(model_pair):
     llm, hf_model = model_pair
-    params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
-    expected = [hf_greedy(hf_model, p, 32) for p in PROMPTS]
-    assert len({tuple(e) for e in expected}) == len(PROMPTS)  # the model is not degenerate
-    batched = [o.outputs[0].token_ids for o in llm.generate(PROMPTS, params)]
-    one_by_one = [llm.generate(p, params)[0].outputs[0].token_ids for p in PROMPTS]
-    assert batched == expected
-    assert one_by_one == expected
+    assert_greedy_matches(llm, hf_model, PROMPTS)
 
 
 @pytest.mark.parametrize("mode", ["naive", "absorbed"])

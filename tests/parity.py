@@ -1,0 +1,36 @@
+"""Shared checks of a seekd model against its `transformers` reference (CPU, float32)."""
+
+from __future__ import annotations
+
+import torch
+
+from seekd import LLM, SamplingParams
+
+
+def hf_greedy(hf_model: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
+    """HF greedy decoding that, like ignore_eos, neither stops at nor suppresses EOS."""
+    hf_model.generation_config.eos_token_id = None
+    with torch.no_grad():
+        out = hf_model.generate(
+            torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long), pad_token_id=0,
+        )
+    return out[0, len(prompt):].tolist()
+
+
+def assert_prefill_logits_match(llm: LLM, hf_model: torch.nn.Module, prompts: list[list[int]]) -> None:
+    for prompt in prompts:
+        ours = llm.engine.runner.prefill_logits(prompt)
+        with torch.no_grad():
+            ref = hf_model(torch.tensor([prompt])).logits[0]
+        assert (ours - ref).abs().max().item() < 1e-4
+
+
+def assert_greedy_matches(llm: LLM, hf_model: torch.nn.Module, prompts: list[list[int]], n: int = 32) -> None:
+    """Greedy tokens equal HF's, for the prompts run together (mixed lengths) and one by one."""
+    params = SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True)
+    expected = [hf_greedy(hf_model, p, n) for p in prompts]
+    assert len({tuple(e) for e in expected}) == len(prompts)  # the model is not degenerate
+    assert [o.outputs[0].token_ids for o in llm.generate(prompts, params)] == expected
+    assert [llm.generate(p, params)[0].outputs[0].token_ids for p in prompts] == expected
+    assert not llm.engine.has_unfinished_requests()
