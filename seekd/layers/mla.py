@@ -72,35 +72,60 @@ class MLAAttention(nn.Module):
         self.mode = "auto"
 
     def kv_cache_spec(self, dtype: torch.dtype) -> KVCacheSpec:
-        return KVCacheSpec((self.kv_lora_rank + self.qk_rope_head_dim,), dtype)
+        return KVCacheSpec((self.latent_width,), dtype)
+
+    @property
+    def latent_width(self) -> int:
+        """Values per token of the MLA latent: kv_lora_rank + qk_rope_head_dim (576 for V3)."""
+        return self.kv_lora_rank + self.qk_rope_head_dim
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        q_nope, q_pe, _ = self.project_and_cache(positions, x, ctx.attn)
+        attend = self._absorbed if self.use_absorbed(ctx.attn) else self._naive
+        return self.output(attend(q_nope, q_pe, ctx.attn))
+
+    def project_and_cache(
+        self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Roped queries (q_nope, q_pe) and the compressed query (None without q_lora_rank); writes
+        this step's latents into the first `latent_width` values of each token's cache row."""
+        q_latent = None
         if self.q_lora_rank is None:
             q = self.q_proj(x)
         else:
-            q = self.q_b_proj(self.q_a_layernorm(self.q_a_proj(x)))
+            q_latent = self.q_a_layernorm(self.q_a_proj(x))
+            q = self.q_b_proj(q_latent)
         q = q.view(-1, self.num_heads, self.qk_nope_head_dim + self.qk_rope_head_dim)
         q_nope, q_pe = q.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
         kv_c, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
         kv_c = self.kv_a_layernorm(kv_c)
         q_pe, k_pe = self.rotary_emb(positions, q_pe, k_pe.unsqueeze(1))
-        meta = ctx.attn
         assert self.kv_cache is not None, "KV cache is not bound; the ModelRunner binds it"
         flat = self.kv_cache.view(-1, self.kv_cache.shape[-1])
-        flat[meta.slot_mapping] = torch.cat([kv_c, k_pe.squeeze(1)], dim=-1).to(flat.dtype)
+        flat[meta.slot_mapping, : self.latent_width] = torch.cat([kv_c, k_pe.squeeze(1)], dim=-1).to(flat.dtype)
+        return q_nope, q_pe, q_latent
+
+    def use_absorbed(self, meta: AttentionMetadata) -> bool:
         if self.mode not in MLA_MODES:
             raise ValueError(f"MLA mode must be one of {', '.join(MLA_MODES)}, not {self.mode!r}")
-        absorbed = self.mode == "absorbed" or (self.mode == "auto" and meta.is_pure_decode)
-        attend = self._absorbed if absorbed else self._naive
-        out = attend(q_nope, q_pe, meta)
+        return self.mode == "absorbed" or (self.mode == "auto" and meta.is_pure_decode)
+
+    def output(self, out: torch.Tensor) -> torch.Tensor:
+        """[T, H, v_head_dim] attention output -> [T, hidden] through o_proj."""
         return self.o_proj(out.reshape(-1, self.num_heads * self.v_head_dim))
 
     def _latent_context(self, meta: AttentionMetadata, i: int, dtype: torch.dtype) -> torch.Tensor:
         """The cached latents of sequence i: [seq_len, kv_lora_rank + qk_rope_head_dim]."""
-        return gather_kv(self.kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i]).to(dtype)
+        rows = gather_kv(self.kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i])
+        return rows[:, : self.latent_width].to(dtype)
 
-    def _naive(self, q_nope: torch.Tensor, q_pe: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """Reference: per-head K = [W_UK c_kv | k_pe], V = W_UV c_kv, standard attention. -> [T, H, v]."""
+    def _naive(
+        self, q_nope: torch.Tensor, q_pe: torch.Tensor, meta: AttentionMetadata,
+        masks: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Reference: per-head K = [W_UK c_kv | k_pe], V = W_UV c_kv, standard attention. -> [T, H, v].
+        `masks[i]` ([q_len, seq_len] bool, True = attend) replaces sequence i's causal mask (sparse
+        attention passes causal & selected)."""
         q = torch.cat([q_nope, q_pe], dim=-1)
         out = q.new_empty(q.size(0), self.num_heads, self.v_head_dim)
         start = 0
@@ -111,18 +136,22 @@ class MLAAttention(nn.Module):
             k = torch.cat([k_nope, k_pe.unsqueeze(1).expand(-1, self.num_heads, -1)], dim=-1)
             o = F.scaled_dot_product_attention(
                 q[start : start + q_len].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                attn_mask=causal_mask(q_len, seq_len, q.device), scale=self.scale,
+                attn_mask=causal_mask(q_len, seq_len, q.device) if masks is None else masks[i], scale=self.scale,
             )
             out[start : start + q_len] = o.transpose(0, 1)
             start += q_len
         return out
 
+    def absorb_query(self, q_nope: torch.Tensor, q_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q' = [q_nope W_UK | q_pe] of shape [T, H, latent_width], W_UV of shape [H, v, kv_lora_rank])."""
+        w_kv = self.kv_b_proj.weight.view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
+        w_uk, w_uv = w_kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=1)
+        return torch.cat([torch.einsum("thn,hnr->thr", q_nope, w_uk), q_pe], dim=-1), w_uv
+
     def _absorbed(self, q_nope: torch.Tensor, q_pe: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Latent space: q' = [q_nope W_UK | q_pe] against the cached [c_kv | k_pe], values c_kv,
         then W_UV maps the latent output back to per-head values. -> [T, H, v]."""
-        w_kv = self.kv_b_proj.weight.view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
-        w_uk, w_uv = w_kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=1)
-        q = torch.cat([torch.einsum("thn,hnr->thr", q_nope, w_uk), q_pe], dim=-1)
+        q, w_uv = self.absorb_query(q_nope, q_pe)
         out_latent = q.new_empty(q.size(0), self.num_heads, self.kv_lora_rank)
         start = 0
         for i, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):

@@ -7,7 +7,8 @@ group-limited top-k), q_lora_rank set, YaRN to 128k context. The same code runs 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,11 +31,12 @@ def build_rope(config: HFConfig) -> RotaryEmbedding:
                     interleaved=bool(config.get("rope_interleave", True)))
 
 
-def build_mla(config: HFConfig, rotary: RotaryEmbedding) -> MLAAttention:
+def mla_arguments(config: HFConfig, rotary: RotaryEmbedding) -> dict[str, Any]:
+    """MLAAttention's constructor arguments from config.json (shared with V3.2's sparse MLA)."""
     rope_dim = config.qk_rope_head_dim
     qk_head_dim = config.qk_nope_head_dim + rope_dim
     _, scaling = rope_parameters(config)
-    return MLAAttention(
+    return dict(
         hidden_size=config.hidden_size,
         num_heads=config.num_attention_heads,
         q_lora_rank=config.get("q_lora_rank"),
@@ -46,6 +48,10 @@ def build_mla(config: HFConfig, rotary: RotaryEmbedding) -> MLAAttention:
         scale=yarn_softmax_scale(qk_head_dim**-0.5, scaling),
         bias=bool(config.get("attention_bias", False)),
     )
+
+
+def build_mla(config: HFConfig, rotary: RotaryEmbedding) -> MLAAttention:
+    return MLAAttention(**mla_arguments(config, rotary))
 
 
 def build_moe(config: HFConfig, scoring_func: str, topk_method: str) -> SparseMoE:
@@ -67,12 +73,16 @@ def build_moe(config: HFConfig, scoring_func: str, topk_method: str) -> SparseMo
     return SparseMoE(gate, experts, shared)
 
 
+AttentionBuilder = Callable[[HFConfig, RotaryEmbedding], MLAAttention]
+
+
 class DeepseekV2DecoderLayer(nn.Module):
     def __init__(
-        self, config: HFConfig, layer_idx: int, rotary: RotaryEmbedding, scoring_func: str, topk_method: str
+        self, config: HFConfig, layer_idx: int, rotary: RotaryEmbedding, scoring_func: str, topk_method: str,
+        build_attention: AttentionBuilder = build_mla,
     ) -> None:
         super().__init__()
-        self.self_attn = build_mla(config, rotary)
+        self.self_attn = build_attention(config, rotary)
         is_moe = (
             config.get("n_routed_experts", 0) > 0
             and layer_idx >= config.get("first_k_dense_replace", 0)
@@ -98,12 +108,14 @@ class DeepseekV2DecoderLayer(nn.Module):
 
 
 class DeepseekV2Model(nn.Module):
-    def __init__(self, config: HFConfig, scoring_func: str, topk_method: str) -> None:
+    def __init__(
+        self, config: HFConfig, scoring_func: str, topk_method: str, build_attention: AttentionBuilder = build_mla
+    ) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         rotary = build_rope(config)
         self.layers = nn.ModuleList(
-            DeepseekV2DecoderLayer(config, i, rotary, scoring_func, topk_method)
+            DeepseekV2DecoderLayer(config, i, rotary, scoring_func, topk_method, build_attention)
             for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -122,11 +134,12 @@ class DeepseekV2ForCausalLM(nn.Module):
     # used when config.json does not name them (transformers' V2/V3 configs may not)
     default_scoring_func = "softmax"
     default_topk_method = "greedy"
+    build_attention: AttentionBuilder = staticmethod(build_mla)
 
     def __init__(self, config: HFConfig) -> None:
         super().__init__()
         self.config = config
-        self.model = DeepseekV2Model(config, self.default_scoring_func, self.default_topk_method)
+        self.model = DeepseekV2Model(config, self.default_scoring_func, self.default_topk_method, self.build_attention)
         self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
         self.tie_word_embeddings = bool(config.get("tie_word_embeddings", False))
         if self.tie_word_embeddings:

@@ -11,6 +11,7 @@ _MODELS: dict[str, tuple[str, str]] = {
     "LlamaForCausalLM": ("seekd.models.llama", "LlamaForCausalLM"),
     "DeepseekV2ForCausalLM": ("seekd.models.deepseek_v2", "DeepseekV2ForCausalLM"),
     "DeepseekV3ForCausalLM": ("seekd.models.deepseek_v2", "DeepseekV3ForCausalLM"),
+    "DeepseekV32ForCausalLM": ("seekd.models.deepseek_v32", "DeepseekV32ForCausalLM"),
 }
 
 
