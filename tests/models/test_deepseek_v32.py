@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from parity import hf_greedy
 from safetensors.torch import load_file, save_file
 
 from seekd import LLM, SamplingParams
@@ -55,17 +56,6 @@ def save_tiny_v32(folder: Path, index_topk: int) -> torch.nn.Module:
 def make_llm(folder: Path, **overrides) -> LLM:
     base = dict(data_dir=str(folder / "data"), num_kv_blocks=96, block_size=8, show_progress=False)
     return LLM(str(folder), **{**base, **overrides})
-
-
-def hf_greedy(hf_model: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
-    """HF greedy decoding that, like ignore_eos, neither stops at nor suppresses EOS."""
-    hf_model.generation_config.eos_token_id = None
-    with torch.no_grad():
-        out = hf_model.generate(
-            torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long), pad_token_id=0,
-        )
-    return out[0, len(prompt):].tolist()
 
 
 def hf_logits(hf_model: torch.nn.Module, prompt: list[int]) -> torch.Tensor:
