@@ -88,5 +88,5 @@ def test_sharded_checkpoint_with_index_loads_identically(tmp_path, qwen2_model, 
 
 
 def test_kv_cache_too_small_for_any_context_is_a_clear_error(qwen2_model, data_dir):
-    with pytest.raises(RuntimeError, match="the model does not fit: .* Try a shorter --max-model-len"):
+    with pytest.raises(RuntimeError, match=r"the model does not fit: .* Try a shorter --max-model-len"):
         LLM(str(qwen2_model[0]), data_dir=str(data_dir), cpu_kv_cache_gib=1e-6, show_progress=False)
