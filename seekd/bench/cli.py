@@ -196,7 +196,8 @@ def cmd_serve(args: argparse.Namespace, argv: Sequence[str], console: Console) -
             results, duration = asyncio.run(run_load(config, requests, rate, args.max_concurrency, args.seed + i,
                                                      tokenizer, on_done=lambda _: advance(1)))
         run = {"label": label, "request_rate": None if math.isinf(rate) else rate,
-               "max_concurrency": args.max_concurrency, **summarize(results, duration, slo)}
+               "max_concurrency": args.max_concurrency, **summarize(results, duration, slo),
+               "load_average_1m": report.load_average()}
         result["runs"].append(run)
         report.write_json(args.out, result)  # after every rate: a sweep cut short keeps what it measured
         if run["failed"]:

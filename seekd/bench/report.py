@@ -82,6 +82,14 @@ def host_info() -> dict[str, Any]:
     }
 
 
+def load_average() -> float | None:
+    """The client host's 1-minute load average: a run measured on a busy machine shows it."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
 def rate_label(request_rate: float, max_concurrency: int | None) -> str:
     rate = "inf" if math.isinf(request_rate) else f"{request_rate:g}"
     return rate + (f" (max concurrency {max_concurrency})" if max_concurrency else "")
@@ -139,24 +147,28 @@ def summary_table(result: dict[str, Any]) -> Table:
 
 
 def compare_table(results: Sequence[dict[str, Any]], names: Sequence[str]) -> Table:
-    """Metrics as rows, files as columns, runs matched by request-rate label; with two files the
-    last column is the change of the second against the first, green where it is better."""
+    """Metrics as rows, files as columns; the i-th run of each file side by side (a sweep over the
+    same rates lines up rate by rate). With two files the last column is the second's change
+    against the first, green where it is better."""
     table = Table(title="seekd bench compare")
-    table.add_column("request rate")
     table.add_column("metric")
     for name in names:
         table.add_column(name, justify="right")
     if len(results) == 2:
         table.add_column("change", justify="right")
-    labels = list(dict.fromkeys(run["label"] for result in results for run in result["runs"]))
-    for label in labels:
-        runs = [next((r for r in result["runs"] if r["label"] == label), None) for result in results]
-        for i, (metric, key, sub, higher_better) in enumerate(KEY_METRICS):
+    extra = [""] if len(results) == 2 else []
+    for key in ("model", "base_url", "endpoint", "dataset", "date", "seekd_commit"):
+        table.add_row(key, *(str(result.get(key, "-")) for result in results), *extra,
+                      end_section=key == "seekd_commit")
+    for i in range(max(len(result["runs"]) for result in results)):
+        runs = [result["runs"][i] if i < len(result["runs"]) else None for result in results]
+        table.add_row("[bold]request rate[/bold]", *(run["label"] if run else "-" for run in runs), *extra)
+        for j, (metric, key, sub, higher_better) in enumerate(KEY_METRICS):
             values = [None if run is None else _value(run, key, sub) for run in runs]
-            row = [label if i == 0 else "", metric, *(_fmt(v) for v in values)]
+            row = [metric, *(_fmt(v) for v in values)]
             if len(results) == 2:
                 row.append(_change(values[0], values[1], higher_better))
-            table.add_row(*row, end_section=i == len(KEY_METRICS) - 1)
+            table.add_row(*row, end_section=j == len(KEY_METRICS) - 1)
     return table
 
 
@@ -181,9 +193,9 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     runs = result["runs"]
     x = list(range(len(runs)))
     fig, (lat, thr) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for key, name in (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("e2e_ms", "E2E")):
+    for colour, (key, name) in zip(("C0", "C1", "C2"), (("ttft_ms", "TTFT"), ("tpot_ms", "TPOT"), ("e2e_ms", "E2E"))):
         for q, style in (("p50", "-o"), ("p90", "--s"), ("p99", ":^")):
-            lat.plot(x, [_value(r, key, q) or math.nan for r in runs], style, label=f"{name} {q}")
+            lat.plot(x, [_value(r, key, q) or math.nan for r in runs], style, color=colour, label=f"{name} {q}")
     lat.set_yscale("log")
     lat.set_ylabel("latency (ms)")
     lat.set_title("latency percentiles")

@@ -32,6 +32,7 @@ def test_serve_sweep_writes_a_result_with_its_provenance_and_a_plot(tmp_path: Pa
     assert result["request_rates"] == [40.0, None]
     for run in result["runs"]:
         assert run["completed"] == 6 and run["goodput"] == run["request_throughput"]
+        assert run["load_average_1m"] >= 0
     out = capsys.readouterr().out
     assert "requests/s" in out and "TTFT p50 ms" in out
     try:
