@@ -95,12 +95,23 @@ def rate_label(request_rate: float, max_concurrency: int | None) -> str:
     return rate + (f" (max concurrency {max_concurrency})" if max_concurrency else "")
 
 
+def redact_api_key(argv: Sequence[str]) -> list[str]:
+    """Results get shared; an API key given on the command line must not travel with them."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--api-key" and i + 1 < len(out):
+            out[i + 1] = "***"
+        elif arg.startswith("--api-key="):
+            out[i] = "--api-key=***"
+    return out
+
+
 def new_result(argv: Sequence[str], settings: dict[str, Any]) -> dict[str, Any]:
     """The metadata of a result (`argv`: the seekd command's arguments); runs are appended as they finish."""
     return {
         "benchmark": "serve",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "seekd " + shlex.join(argv),
+        "command": "seekd " + shlex.join(redact_api_key(argv)),
         "seekd_commit": seekd_commit(),
         "host": host_info(),
         **settings,

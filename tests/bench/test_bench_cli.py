@@ -20,13 +20,15 @@ def bench_serve(server: FakeOpenAIServer, out: Path, *extra: str) -> int:
 def test_serve_sweep_writes_a_result_with_its_provenance_and_a_plot(tmp_path: Path, capsys) -> None:
     with FakeOpenAIServer(ttft_s=0.02, itl_s=0.01).running() as server:
         rc = bench_serve(server, tmp_path / "a.json", "--request-rate", "40,inf", "--slo-ttft-ms", "500",
-                         "--slo-tpot-ms", "50", "--ignore-eos", "--extra-body", '{"top_k": 5}')
+                         "--slo-tpot-ms", "50", "--ignore-eos", "--extra-body", '{"top_k": 5}',
+                         "--api-key", "sk-secret")
         assert rc == 0
         assert all(b["ignore_eos"] is True and b["top_k"] == 5 for b in server.bodies)
     result = json.loads((tmp_path / "a.json").read_text())
     assert result["model"] == "fake-model"  # taken from /v1/models
     assert result["base_url"] == server.base_url
     assert result["command"].startswith("seekd bench serve --base-url")
+    assert "sk-secret" not in (tmp_path / "a.json").read_text() and "--api-key '***'" in result["command"]
     assert {"date", "seekd_commit", "host"} <= result.keys() and result["host"]["cpu_count"]
     assert [run["label"] for run in result["runs"]] == ["40 (max concurrency 3)", "inf (max concurrency 3)"]
     assert result["request_rates"] == [40.0, None]
