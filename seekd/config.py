@@ -106,6 +106,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+    log_format: str = "text"  # text | json (one JSON object per log line, for log shippers)
     max_request_body_bytes: int = 8 * 2**20  # larger bodies get 413 before they are parsed
     max_n: int = 16  # most choices one request may ask for (`n`)
 
@@ -116,6 +117,8 @@ class ServerConfig:
             raise ValueError("max_request_body_bytes must be at least 1024")
         if self.max_n < 1:
             raise ValueError("max_n must be at least 1")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
 
 
 @dataclass

@@ -20,6 +20,8 @@ from fastapi.responses import JSONResponse
 
 from seekd import __version__
 from seekd.config import SeekdConfig
+from seekd.ops.access_log import configure_logging
+from seekd.ops.observability import install_observability
 from seekd.server.body_limit import BodySizeLimitMiddleware
 from seekd.server.engine_client import EngineClient
 from seekd.server.errors import install_error_handlers
@@ -50,6 +52,7 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
         max_model_len=info.max_model_len,
         max_n=config.server.max_n,
         created=int(time.time()),
+        metrics=app.state.metrics,
     )
     demo = " (demo model with RANDOM weights)" if config.model.model is None else ""
     logger.info(
@@ -79,6 +82,7 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=config.server.max_request_body_bytes)
     app.include_router(router)
+    install_observability(app, config.model.display_name)
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
@@ -113,6 +117,7 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
 
 def run_server(config: SeekdConfig) -> int:
     """Serve until interrupted; returns the process exit code (1 if the engine never started)."""
+    configure_logging(config.server.log_format)
     try:
         return asyncio.run(_serve(config))
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown has finished
@@ -126,6 +131,7 @@ async def _serve(config: SeekdConfig) -> int:
         uvicorn.Config(
             app, host=config.server.host, port=config.server.port, log_level=config.server.log_level,
             timeout_graceful_shutdown=5,
+            log_config=None if config.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
         )
     )
     logger.info("seekd %s starting on http://%s:%d (model: %s)", __version__, config.server.host,

@@ -17,6 +17,7 @@ from http import HTTPStatus
 
 from seekd.engine.outputs import EngineOutput, TokenLogprob
 from seekd.engine.request import EngineCoreRequest
+from seekd.ops.metrics import ServerMetrics
 from seekd.sampling_params import SamplingParams
 from seekd.server.engine_client import EngineClient, EngineDeadError, EngineRequestError
 from seekd.server.errors import APIError, invalid_request
@@ -39,6 +40,7 @@ class ServingContext:
     max_model_len: int
     max_n: int
     created: int
+    metrics: ServerMetrics
 
 
 def build_sampling_params(
@@ -143,6 +145,7 @@ class Generation:
         self.prompts = prompts
         self.params = params
         self.created = int(time.time())
+        self.tracker = ctx.metrics.track()
         self.choices: list[Choice] = []
         self._requests: list[EngineCoreRequest] = []
         for p, prompt in enumerate(prompts):
@@ -161,6 +164,7 @@ class Generation:
     async def updates(self) -> AsyncIterator[ChoiceUpdate]:
         """Choice updates in arrival order; raises APIError if the engine refuses or dies."""
         by_engine_id = {c.engine_id: c for c in self.choices}
+        self.tracker.on_scheduled()
         try:
             stream = self.ctx.client.submit(self._requests)
         except EngineDeadError as e:
@@ -175,6 +179,7 @@ class Generation:
                 if choice.finish_reason is not None:
                     continue  # outputs already in flight when its stop string matched
                 update = choice.absorb(out)
+                self.tracker.on_output(choice.index, len(out.new_token_ids))
                 if choice.finish_reason is not None:
                     stream.finish(choice.engine_id)
                 yield update
@@ -187,6 +192,7 @@ class Generation:
                 logger.info("aborting request_id=%s (%d sequences unfinished)", self.request_id,
                             len(stream.unfinished))
             stream.abort()
+        self.tracker.on_finished(self.prompt_tokens, self.cached_tokens, [c.finish_reason for c in self.choices])
         logger.info(
             "finished request_id=%s completion_tokens=%d cached_tokens=%d reasons=%s",
             self.request_id, self.completion_tokens, self.cached_tokens,

@@ -78,6 +78,7 @@ async def create_chat_completion(
     num_top = (req.top_logprobs or 0) if req.logprobs else None
     params = build_sampling_params(req, max_tokens=max_tokens, logprobs=num_top, max_n=ctx.max_n)
     gen = Generation(ctx, request_id, [prompt_ids], params)
+    request.state.generation = gen  # for the access log
     in_reasoning = prompt_opens_reasoning(prompt_text)
 
     if req.stream:

@@ -59,6 +59,7 @@ async def create_completion(
         check_context_length(len(ids), max_tokens, ctx.max_model_len, "prompt")
     params = build_sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs, max_n=ctx.max_n)
     gen = Generation(ctx, request_id, prompts, params)
+    request.state.generation = gen  # for the access log
     echoes = [ctx.tokenizer.decode(ids, skip_special_tokens=True) if req.echo else "" for ids in prompts]
 
     if req.stream:

@@ -1,0 +1,121 @@
+"""Request ids and the access log: one JSON line per API request, on the `seekd.access` logger.
+
+The request id is the caller's `X-Request-Id` when it is a sane token (so a gateway's id follows the
+request through our logs), else a fresh one; either way it is echoed in the response's
+`X-Request-Id`. The OpenAI response id (`chatcmpl-…`) stays separate: it must be unique in the
+engine, and a caller's id need not be.
+
+With `--log-format json` every log line is a JSON object (for Loki, Elasticsearch, CloudWatch); with
+`text` the access line is still JSON, after the usual prefix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from seekd.server.generation import Generation
+
+access_logger = logging.getLogger("seekd.access")
+
+REQUEST_ID_HEADER = "x-request-id"
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")  # nothing that could forge a log line
+LOGGED_PATH_PREFIX = "/v1/"  # API calls, not probes and scrapes
+
+
+class JsonFormatter(logging.Formatter):
+    """A log record as one JSON object; records with `fields` (the access log) merge them in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            line.update(fields)
+        else:
+            line["msg"] = record.getMessage()
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def configure_logging(log_format: str) -> None:
+    """Switch the root handlers to JSON lines (`json`) or leave the text format (`text`)."""
+    if log_format != "json":
+        return
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO)
+    for handler in root.handlers:
+        handler.setFormatter(JsonFormatter())
+
+
+def request_id_of(headers: Headers) -> str:
+    given = headers.get(REQUEST_ID_HEADER, "")
+    return given if _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+
+
+def access_fields(request_id: str, method: str, path: str, status: int | None, started: float,
+                  gen: Generation | None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"request_id": request_id, "method": method, "path": path, "status": status}
+    if gen is None:
+        fields["e2e_ms"] = round((time.monotonic() - started) * 1000.0, 3)
+        return fields
+    t = gen.tracker
+    fields.update({
+        "id": gen.request_id,
+        "tenant": gen.policy.tenant,
+        "model": gen.ctx.served_model_name,
+        "prompt_tokens": gen.prompt_tokens,
+        "output_tokens": gen.completion_tokens,
+        "cached_tokens": gen.cached_tokens,
+        "queue_ms": t.ms(t.arrival, t.scheduled),
+        "ttft_ms": t.ms(t.arrival, t.first_token),
+        "e2e_ms": t.ms(t.arrival, t.finished or time.monotonic()),
+        "finish_reason": ",".join(str(c.finish_reason) for c in gen.choices),
+    })
+    return fields
+
+
+class AccessLogMiddleware:
+    """Assigns the request id, echoes it, and logs one line when the response is complete (or the
+    client left). The handler leaves its Generation in `request.state.generation`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        request_id = request_id_of(Headers(scope=scope))
+        scope.setdefault("state", {})["x_request_id"] = request_id
+        status: int | None = None
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            path: str = scope.get("path", "")
+            if path.startswith(LOGGED_PATH_PREFIX):
+                gen = scope["state"].get("generation")
+                fields = access_fields(request_id, scope.get("method", ""), path, status or 500, started, gen)
+                access_logger.info(json.dumps(fields), extra={"fields": fields})
