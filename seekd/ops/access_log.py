@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from seekd.ops.metrics import ServerMetrics
+
 if TYPE_CHECKING:
     from seekd.server.generation import Generation
 
@@ -92,8 +94,9 @@ class AccessLogMiddleware:
     """Assigns the request id, echoes it, and logs one line when the response is complete (or the
     client left). The handler leaves its Generation in `request.state.generation`."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -118,4 +121,5 @@ class AccessLogMiddleware:
             if path.startswith(LOGGED_PATH_PREFIX):
                 gen = scope["state"].get("generation")
                 fields = access_fields(request_id, scope.get("method", ""), path, status or 500, started, gen)
+                self.metrics.http_request_done(fields["status"])
                 access_logger.info(json.dumps(fields), extra={"fields": fields})

@@ -31,6 +31,7 @@ LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.
                    240.0, 480.0, 960.0, 1920.0, 7680.0)
 
 REJECTION_REASONS = ("queue_full", "rate_limit", "auth")
+FINISHED_REASONS = ("stop", "length")  # series that exist from the start; others appear when first seen
 
 
 class ServerMetrics:
@@ -66,10 +67,16 @@ class ServerMetrics:
                                             "Prompt tokens of finished requests served from the prefix cache.")
         self.success = Counter("seekd:request_success", "Finished sequences, by why they finished.",
                                 ["model_name", "finished_reason"], registry=self.registry)
+        for reason in FINISHED_REASONS:
+            self.success.labels(model_name, reason)
         self.rejected = Counter("seekd:request_rejected", "Requests refused before any work, by reason.",
                                  ["model_name", "reason"], registry=self.registry)
         for reason in REJECTION_REASONS:  # a zero series exists from the start, so rate() works at once
             self.rejected.labels(model_name, reason)
+        self.http_requests = Counter("seekd:http_requests", "API calls (/v1/...) by HTTP status; the error rate "
+                                     "is the share of 5xx.", ["model_name", "code"], registry=self.registry)
+        for code in ("200", "500"):  # so the error-rate ratio has series to divide before the first error
+            self.http_requests.labels(model_name, code)
 
     def track(self) -> RequestTracker:
         """A tracker for one API request arriving now."""
@@ -78,6 +85,9 @@ class ServerMetrics:
     def request_rejected(self, reason: str) -> None:
         """Count a request refused before any work: `queue_full`, `rate_limit` or `auth`."""
         self.rejected.labels(self.model_name, reason).inc()
+
+    def http_request_done(self, status: int) -> None:
+        self.http_requests.labels(self.model_name, str(status)).inc()
 
     def add_engine_source(self, stats: Callable[[], dict[str, float]], restarts: Callable[[], int]) -> None:
         self.registry.register(EngineCollector(self.model_name, stats, restarts))

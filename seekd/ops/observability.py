@@ -27,7 +27,7 @@ def install_observability(app: FastAPI, model_name: str) -> ServerMetrics:
     metrics.add_engine_source(engine_stats, engine_restarts)
     metrics.registry.register(GpuCollector())
     app.state.metrics = metrics
-    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(AccessLogMiddleware, metrics=metrics)
 
     @app.get("/metrics", include_in_schema=False)
     async def prometheus_metrics(request: Request) -> Response:
