@@ -1,4 +1,4 @@
-"""`seekd` command line: serve, generate, chat, bench.
+"""`seekd` command line: serve, generate, chat, bench, top.
 
 Every config field is also a flag (`--max-num-seqs 64`), generated from the config tree, so the
 CLI, YAML (`--config FILE`) and `SEEKD_*` variables stay in step without a second list of options.
@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(generate)
 
     add_bench_parser(sub)
+
+    top = sub.add_parser("top", help="live view of a running server's /metrics")
+    top.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
+    top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    top.add_argument("--once", action="store_true", help="render one frame (rates over one interval) and exit")
 
     chat = sub.add_parser("chat", help="interactive chat in the terminal, streamed")
     chat.add_argument("--system", default=None, help="system prompt")
@@ -144,6 +149,17 @@ def main(argv: list[str] | None = None) -> int:
             return run_bench(args, sys.argv[1:] if argv is None else argv)
         except (FileNotFoundError, ValueError) as e:
             print(f"seekd: error: {e}", file=sys.stderr)
+            return 2
+    if args.command == "top":  # a client of any server, like bench
+        import httpx
+        from rich.console import Console
+
+        from seekd.ops.top import run_top
+
+        try:
+            return run_top(args.url, args.interval, args.once, Console())
+        except httpx.HTTPError as e:
+            print(f"seekd: error: cannot read {args.url}/metrics: {e}", file=sys.stderr)
             return 2
     try:
         config = config_from_args(args)
