@@ -1,5 +1,8 @@
 """DeepSeekMoE: a top-k router over fine-grained routed experts, plus always-on shared experts.
 
+DeepSeek-V4 adds sqrt(softplus) scores, hash routing (a frozen token-id -> experts table for its first
+layers) and SwiGLU clipping (`swiglu_limit`) of the experts' gate and up projections.
+
 The router and the experts meet at one interface, `experts(hidden, topk_weights, topk_ids)`, so a
 fused kernel can replace the reference loop over active experts without touching the model.
 """
@@ -14,7 +17,7 @@ from torch import nn
 
 from seekd.distributed import all_reduce, tp_rank, tp_size
 
-SCORING_FUNCS = ("softmax", "sigmoid")
+SCORING_FUNCS = ("softmax", "sigmoid", "sqrtsoftplus")
 TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
 
 
@@ -62,8 +65,7 @@ class TopKRouter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [T, hidden] -> (topk_weights [T, top_k] float32, topk_ids [T, top_k] int64)."""
-        logits = F.linear(x.float(), self.weight.float())
-        scores = logits.softmax(dim=-1) if self.scoring_func == "softmax" else logits.sigmoid()
+        scores = expert_scores(F.linear(x.float(), self.weight.float()), self.scoring_func)
         if self.topk_method == "greedy":
             weights, ids = scores.topk(self.top_k, dim=-1)
         else:
@@ -86,6 +88,39 @@ class TopKRouter(nn.Module):
         return masked.topk(self.top_k, dim=-1).indices
 
 
+def expert_scores(logits: torch.Tensor, scoring_func: str) -> torch.Tensor:
+    if scoring_func == "softmax":
+        return logits.softmax(dim=-1)
+    if scoring_func == "sigmoid":
+        return logits.sigmoid()
+    return F.softplus(logits).sqrt()
+
+
+class HashRouter(nn.Module):
+    """DeepSeek-V4's hash routing: a frozen `tid2eid[token id]` table chooses the experts; the learned
+    gate only weights them (normalised, scaled). Needs the token ids, so it is called with them."""
+
+    def __init__(
+        self, hidden_size: int, num_experts: int, top_k: int, vocab_size: int, *,
+        scoring_func: str = "sqrtsoftplus", routed_scaling_factor: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if scoring_func not in SCORING_FUNCS:
+            raise ValueError(f"scoring_func must be one of {', '.join(SCORING_FUNCS)}, not {scoring_func!r}")
+        self.scoring_func = scoring_func
+        self.routed_scaling_factor = routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(num_experts, hidden_size, dtype=torch.float32), requires_grad=False)
+        self.tid2eid = nn.Parameter(torch.zeros(vocab_size, top_k, dtype=torch.int64), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: [T, hidden], input_ids: [T] -> (topk_weights [T, top_k] float32, topk_ids [T, top_k] int64)."""
+        scores = expert_scores(F.linear(x.float(), self.weight.float()), self.scoring_func)
+        ids = self.tid2eid[input_ids]
+        weights = scores.gather(1, ids)
+        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
+        return weights * self.routed_scaling_factor, ids
+
+
 _PER_EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
 _PACKED = re.compile(r"^(.*\.experts)\.(gate_up_proj|down_proj)$")
 
@@ -104,14 +139,18 @@ def expert_weight_target(name: str) -> tuple[str, object] | None:
 
 class RoutedExperts(nn.Module):
     """All routed experts of one layer as stacked SwiGLU weights: w13 [E, 2*I, H] (gate rows, then up
-    rows) and w2 [E, H, I]. Tensor parallelism splits I across ranks and sums the outputs."""
+    rows) and w2 [E, H, I]. Tensor parallelism splits I across ranks and sums the outputs.
+    `swiglu_limit` (V4) clips gate pre-activations from above and up pre-activations to +-limit."""
 
-    def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int) -> None:
+    def __init__(
+        self, num_experts: int, hidden_size: int, intermediate_size: int, swiglu_limit: float | None = None
+    ) -> None:
         super().__init__()
         if intermediate_size % tp_size():
             raise ValueError(f"moe_intermediate_size={intermediate_size} is not divisible by "
                              f"tensor-parallel size {tp_size()}")
         self.intermediate_size = intermediate_size // tp_size()
+        self.swiglu_limit = swiglu_limit
         self.w13_weight = nn.Parameter(torch.empty(num_experts, 2 * self.intermediate_size, hidden_size),
                                        requires_grad=False)
         self.w2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, self.intermediate_size),
@@ -143,9 +182,16 @@ class RoutedExperts(nn.Module):
         for expert in topk_ids.unique().tolist():
             token_idx, slot = (topk_ids == expert).nonzero(as_tuple=True)
             gate, up = F.linear(x[token_idx], self.w13_weight[expert]).chunk(2, dim=-1)
-            y = F.linear(F.silu(gate) * up, self.w2_weight[expert])
+            y = F.linear(swiglu(gate, up, self.swiglu_limit), self.w2_weight[expert])
             out.index_add_(0, token_idx, (y * topk_weights[token_idx, slot, None]).to(out.dtype))
         return all_reduce(out)
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float | None = None) -> torch.Tensor:
+    """silu(gate) * up, with V4's clipping when `limit` is set."""
+    if limit is not None:
+        gate, up = gate.clamp(max=limit), up.clamp(min=-limit, max=limit)
+    return F.silu(gate) * up
 
 
 def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:

@@ -162,3 +162,15 @@ def get_rope(
 ) -> RotaryEmbedding:
     base, scaling = rope_parameters(hf_config)
     return RotaryEmbedding(head_dim, rotary_dim, max_position, base, scaling, interleaved)
+
+
+def apply_interleaved_rotary_tail(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """DeepSeek-V4 rope: rotate GPT-J pairs of the *last* 2 * cos.size(-1) features of each head, in
+    place of the layout (V4's key is also its value, so features must not be permuted).
+    x: [T, heads, D]; cos/sin: [T, rope_dim // 2]; pass -sin to undo the rotation."""
+    rope_dim = 2 * cos.size(-1)
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    rot = x[..., -rope_dim:].float()
+    x0, x1 = rot[..., 0::2], rot[..., 1::2]
+    rotated = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1).flatten(-2).to(x.dtype)
+    return torch.cat([x[..., :-rope_dim], rotated], dim=-1)
