@@ -49,6 +49,15 @@ def save_tiny_v4(folder: Path) -> torch.nn.Module:
     return model
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls: on the shared 2-core machines, a second OpenMP thread makes each one ~1000x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_llm(folder: Path, **overrides) -> LLM:
     base = dict(data_dir=str(folder / "data"), num_kv_blocks=96, block_size=8, show_progress=False)
     return LLM(str(folder), **{**base, **overrides})
@@ -125,3 +134,20 @@ def test_cache_rows_of_v4_flash_layer_kinds():
           f"{kinds.count(SLIDING)} sliding layers), V4-Flash entries only {compact:,.0f} + bounded window, "
           f"V3 {v3:,}")
     assert row_bytes == 2 * (20 * 3712 + 23 * 2048)
+
+
+def test_indexer_selection_and_swiglu_clipping_decide_the_output(tiny_v4):
+    """The parity above is not vacuous: attending to every compressed entry, or not clipping the
+    experts' pre-activations, gives other logits."""
+    llm = make_llm(tiny_v4[0])
+    runner = llm.engine.runner
+    reference = runner.prefill_logits(PROMPTS[0])
+    csa_layers = [layer for layer in runner.model.attention_layers() if layer.indexer is not None]
+    for layer in csa_layers:
+        layer.indexer.topk = 1024
+    assert (runner.prefill_logits(PROMPTS[0]) - reference).abs().max().item() > 1e-2
+    for layer in csa_layers:
+        layer.indexer.topk = CONFIG["index_topk"]
+    for layer in runner.model.layers:
+        layer.ffn.experts.swiglu_limit = layer.ffn.shared_experts.swiglu_limit = None
+    assert (runner.prefill_logits(PROMPTS[0]) - reference).abs().max().item() > 1e-2
