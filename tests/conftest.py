@@ -9,6 +9,10 @@ import torch
 
 GPU_AVAILABLE = torch.cuda.is_available()
 
+# Tiny test tensors gain nothing from intra-op threads, and on a loaded 2-core machine the threads
+# fight the server subprocesses: one thread keeps a tiny matmul at microseconds, not milliseconds.
+torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
