@@ -82,6 +82,7 @@ class SchedulerConfig:
 class DeviceConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     enforce_eager: bool = False  # never replay decode steps as CUDA graphs
+    cpu_threads: int | None = None  # torch threads when running on the CPU; default: all cores but one
     cuda_graph_max_batch: int = 256  # largest decode batch captured as a graph
 
     def resolve(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -48,10 +49,20 @@ def eos_token_ids(folder: Path, hf_config: HFConfig) -> frozenset[int]:
     return frozenset(ids)
 
 
+def _set_cpu_threads(requested: int | None) -> None:
+    """Leave a core to the API server and the tokenizer: with every core busy in torch, small
+    matmuls stall on contended threads and a 2-core machine runs at half speed."""
+    threads = requested or max(1, (os.cpu_count() or 2) - 1)
+    torch.set_num_threads(threads)
+    logger.info("CPU inference with %d torch threads", threads)
+
+
 class EngineCore:
     def __init__(self, config: SeekdConfig, show_progress: bool = True) -> None:
         self.config = config
         self.device = config.device.resolve()
+        if self.device == "cpu":
+            _set_cpu_threads(config.device.cpu_threads)
         self.model_folder, load_format = resolve_model_folder(config)
         self.hf_config = HFConfig.from_folder(self.model_folder)
         self.dtype = resolve_dtype(config.model.dtype, self.hf_config, self.device)
