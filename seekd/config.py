@@ -123,6 +123,62 @@ class ServerConfig:
 
 
 @dataclass
+class AdmissionConfig:
+    """Admission queue, fairness, rate limits, deadlines, engine supervision and draining.
+
+    The server admits at most `max_inflight_requests` requests into the engine (so the engine's
+    own waiting queue stays short and the server's fair queue decides the order); the rest wait in
+    a queue bounded by count and by estimated tokens (prompt + max_tokens). Past those bounds a
+    request gets 429 with Retry-After before any work is done for it.
+    """
+
+    max_queued_requests: int = 512  # requests waiting for admission, all tenants together
+    max_queued_tokens: int = 4_000_000  # estimated tokens (prompt + max_tokens) waiting, all tenants
+    max_queued_per_tenant: int = 0  # one tenant's share of the queue; 0 = half of max_queued_requests
+    max_inflight_requests: int = 0  # admitted into the engine at once; 0 = scheduler max_num_seqs
+    max_inflight_tokens: int = 0  # estimated tokens admitted at once; 0 = no token bound
+    tenant_weights: str = ""  # fair-share weights, "teamA=2,teamB=0.5"; unlisted tenants weigh 1
+    rate_limit_requests_per_min: int = 0  # per tenant; 0 = off
+    rate_limit_tokens_per_min: int = 0  # per tenant, estimated prompt + max_tokens; 0 = off
+    request_timeout_s: float = 0.0  # default deadline of a request (queue + generation); 0 = none
+    engine_heartbeat_interval_s: float = 1.0  # the engine loop reports at least this often
+    engine_hang_timeout_s: float = 60.0  # no heartbeat this long with work in flight = hung: kill -9
+    engine_max_restarts: int = 5  # more restarts than this within the window = crash loop: give up
+    engine_restart_window_s: float = 300.0
+    drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight work may take to finish
+
+    def __post_init__(self) -> None:
+        for name in ("max_queued_requests", "max_queued_tokens", "max_queued_per_tenant", "max_inflight_requests",
+                     "max_inflight_tokens",
+                     "rate_limit_requests_per_min", "rate_limit_tokens_per_min", "engine_max_restarts"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        for name in ("request_timeout_s", "drain_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        for name in ("engine_heartbeat_interval_s", "engine_hang_timeout_s", "engine_restart_window_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.engine_hang_timeout_s < 2 * self.engine_heartbeat_interval_s:
+            raise ValueError("engine_hang_timeout_s must be at least twice engine_heartbeat_interval_s")
+        self.weights()
+
+    def weights(self) -> dict[str, float]:
+        """`tenant_weights` parsed: {"teamA": 2.0, ...}."""
+        out: dict[str, float] = {}
+        for item in filter(None, (part.strip() for part in self.tenant_weights.split(","))):
+            tenant, sep, value = item.partition("=")
+            try:
+                weight = float(value)
+            except ValueError:
+                weight = 0.0
+            if not sep or not tenant.strip() or weight <= 0:
+                raise ValueError(f"tenant_weights: expected 'tenant=positive number', got {item!r}")
+            out[tenant.strip()] = weight
+        return out
+
+
+@dataclass
 class StorageConfig:
     data_dir: str = "~/.local/share/seekd"  # demo model, key store, audit log
 
@@ -139,6 +195,7 @@ class SeekdConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 

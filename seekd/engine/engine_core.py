@@ -147,6 +147,7 @@ class EngineCore:
                 req.request_id, req.prompt_token_ids, params, self.eos_token_ids,
                 max_output_tokens=max_output, arrival_time=req.arrival_time, priority=req.priority,
                 tenant=req.tenant, cache_salt=req.cache_salt, deadline=req.deadline,
+                output_token_ids=req.resume_output_token_ids,
             )
         )
 

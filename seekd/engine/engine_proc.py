@@ -1,9 +1,12 @@
 """The engine-core process: an EngineCore behind two ZMQ sockets.
 
-The server PUSHes add/abort/shutdown messages to the input socket and PULLs batches of outputs from
-the output socket. Messages are msgpack (msgspec tagged unions), never pickle. The process owns the
-device; the server process never imports torch through this module (EngineCore is imported inside
-`run_engine_core`), so the wire types below are safe to import on the server side.
+The server PUSHes add/abort/shutdown messages to the input socket (bound here, so that the server's
+connecting side queues messages instead of blocking while no engine is up) and PULLs batches of
+outputs from the output socket. The loop sends a batch at least every heartbeat interval, also when
+idle, so the server's supervisor can tell a hung engine from an idle one. Messages are msgpack
+(msgspec tagged unions), never pickle. The process owns the device; the server process never imports
+torch through this module (EngineCore is imported inside `run_engine_core`), so the wire types below
+are safe to import on the server side.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -25,7 +29,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IDLE_POLL_MS = 1000  # idle wake-up period: only to notice that the server process died
 
 
 # -- server -> engine --------------------------------------------------------------------------
@@ -80,11 +83,13 @@ def run_engine_core(config: SeekdConfig, input_address: str, output_address: str
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s [engine]: %(message)s",
     )
-    # Ctrl-C in a terminal reaches the whole process group; the server shuts us down in order.
+    # Ctrl-C in a terminal and SIGTERM from a service manager (systemd signals the whole group) reach
+    # us too; the server drains its requests first and then shuts us down in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     ctx = zmq.Context()
     input_socket = ctx.socket(zmq.PULL)
-    input_socket.connect(input_address)
+    input_socket.bind(input_address)
     output_socket = ctx.socket(zmq.PUSH)
     output_socket.setsockopt(zmq.SNDHWM, 0)
     output_socket.connect(output_address)
@@ -105,7 +110,8 @@ def run_engine_core(config: SeekdConfig, input_address: str, output_address: str
     )
     logger.info("engine core ready (pid %d, max_model_len %d)", os.getpid(), engine.max_model_len)
     try:
-        EngineLoop(engine, input_socket, output_socket, parent_pid).run()
+        heartbeat_s = config.admission.engine_heartbeat_interval_s
+        EngineLoop(engine, input_socket, output_socket, parent_pid, heartbeat_s).run()
     finally:
         input_socket.close(linger=0)
         output_socket.close(linger=1000)
@@ -113,10 +119,12 @@ def run_engine_core(config: SeekdConfig, input_address: str, output_address: str
 
 
 class EngineLoop:
-    """Poll input, step while work exists, send outputs. Blocks in poll when idle (no spinning)."""
+    """Poll input, step while work exists, send outputs. Blocks in poll when idle (no spinning),
+    waking every heartbeat interval to report that it is alive."""
 
     def __init__(
-        self, engine: EngineCore, input_socket: zmq.Socket, output_socket: zmq.Socket, parent_pid: int
+        self, engine: EngineCore, input_socket: zmq.Socket, output_socket: zmq.Socket, parent_pid: int,
+        heartbeat_s: float,
     ) -> None:
         self.engine = engine
         self.input_socket = input_socket
@@ -126,11 +134,13 @@ class EngineLoop:
         self.encoder = msgspec.msgpack.Encoder()
         self.poller = zmq.Poller()
         self.poller.register(input_socket, zmq.POLLIN)
+        self.heartbeat_s = heartbeat_s
 
     def run(self) -> None:
+        last_sent = time.monotonic()
         while True:
             busy = self.engine.has_unfinished_requests()
-            events = self.poller.poll(0 if busy else IDLE_POLL_MS)
+            events = self.poller.poll(0 if busy else int(self.heartbeat_s * 1000))
             outputs: list[EngineOutput] = []
             errors: list[RequestError] = []
             got_input = bool(events)
@@ -142,9 +152,11 @@ class EngineLoop:
                 return
             if self.engine.has_unfinished_requests():
                 outputs.extend(self.engine.step())
-            if outputs or errors or got_input:
+            now = time.monotonic()
+            if outputs or errors or got_input or now - last_sent >= self.heartbeat_s:
                 batch = OutputBatch(outputs, errors, self.engine.stats())
                 self.output_socket.send(self.encoder.encode(batch))
+                last_sent = now
 
     def _drain_input(self, outputs: list[EngineOutput], errors: list[RequestError]) -> bool:
         """Apply every queued message; False once a shutdown arrived."""

@@ -47,7 +47,11 @@ class Request:
         tenant: str = "default",
         cache_salt: str | None = None,
         deadline: float | None = None,
+        output_token_ids: list[int] | None = None,
     ) -> None:
+        """`output_token_ids` resumes a sequence that another engine had started (after a restart):
+        it counts as output, exactly as for a preempted request, so sampler positions (seeded noise),
+        penalties, min_tokens and max_output_tokens go on where they were."""
         if not prompt_token_ids:
             raise ValueError(f"request {request_id}: the prompt is empty")
         self.request_id = request_id
@@ -61,8 +65,8 @@ class Request:
         self.cache_salt = cache_salt
         self.deadline = deadline
 
-        self.all_token_ids: list[int] = list(prompt_token_ids)
-        self.output_token_ids: list[int] = []
+        self.output_token_ids: list[int] = list(output_token_ids or [])
+        self.all_token_ids: list[int] = list(prompt_token_ids) + self.output_token_ids
         self.num_computed_tokens = 0
         self.num_cached_tokens = -1  # prefix-cache hit of the first scheduling; -1 = not yet
         self.num_preemptions = 0
@@ -129,4 +133,5 @@ class EngineCoreRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     priority: int = 0
     tenant: str = "default"
     cache_salt: str | None = None
-    deadline: float | None = None
+    deadline: float | None = None  # time.monotonic(); CLOCK_MONOTONIC is system-wide, so valid across processes
+    resume_output_token_ids: list[int] = msgspec.field(default_factory=list)  # produced before a restart

@@ -2,6 +2,8 @@
 
 The socket is bound before the model is loaded, so `/health` answers at once and `/ready` turns
 200 only when the engine core has loaded the model and the tokenizer is in memory.
+SIGTERM drains: new requests get 503 while queued and running ones finish (up to `drain_timeout_s`),
+then the server exits 0. A second SIGTERM, or Ctrl-C, stops at once.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -22,12 +26,14 @@ from seekd import __version__
 from seekd.config import SeekdConfig
 from seekd.ops.access_log import configure_logging
 from seekd.ops.observability import install_observability
+from seekd.server.admission import AdmissionController, resolve_tenant
 from seekd.server.body_limit import BodySizeLimitMiddleware
 from seekd.server.engine_client import EngineClient
 from seekd.server.errors import install_error_handlers
 from seekd.server.generation import ServingContext
 from seekd.server.logprobs import TokenTexts
 from seekd.server.openai_routes import router
+from seekd.server.supervisor import EngineSupervisor
 from seekd.text.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -43,6 +49,8 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
         app.state.startup_error = str(e)
         on_failure.set()
         return
+    app.state.supervisor = EngineSupervisor(client, config.admission)
+    app.state.supervisor.start()
     name = config.model.display_name
     app.state.serving = ServingContext(
         client=client,
@@ -53,6 +61,8 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
         max_n=config.server.max_n,
         created=int(time.time()),
         metrics=app.state.metrics,
+        admission=app.state.admission,
+        request_timeout_s=config.admission.request_timeout_s,
     )
     demo = " (demo model with RANDOM weights)" if config.model.model is None else ""
     logger.info(
@@ -73,12 +83,17 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
             yield
         finally:
             starter.cancel()
+            if app.state.supervisor is not None:
+                await app.state.supervisor.stop()
             await app.state.engine.shutdown()
 
     app = FastAPI(title="seekd", version=__version__, lifespan=lifespan)
     app.state.engine = None
     app.state.serving = None
     app.state.startup_error = None
+    app.state.supervisor = None
+    max_inflight = config.admission.max_inflight_requests or config.scheduler.max_num_seqs
+    app.state.admission = AdmissionController(config.admission, max_inflight)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=config.server.max_request_body_bytes)
     app.include_router(router)
@@ -89,9 +104,12 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
         """Liveness: the server runs and its engine core has not died."""
         client: EngineClient | None = request.app.state.engine
         dead = request.app.state.startup_error or (client.dead_reason if client is not None else None)
+        supervisor: EngineSupervisor | None = request.app.state.supervisor
+        restarts = supervisor.health() if supervisor is not None and supervisor.num_restarts else {}
         if dead:
-            return JSONResponse({"status": "unhealthy", "reason": dead}, status_code=HTTPStatus.SERVICE_UNAVAILABLE)
-        return JSONResponse({"status": "ok"})
+            return JSONResponse({"status": "unhealthy", "reason": dead, **restarts},
+                                status_code=HTTPStatus.SERVICE_UNAVAILABLE)
+        return JSONResponse({"status": "ok", **restarts})
 
     @app.get("/ready")
     async def ready(request: Request) -> JSONResponse:
@@ -101,16 +119,27 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
             client: EngineClient | None = request.app.state.engine
             reason = request.app.state.startup_error or (client.dead_reason if client else None) or "loading"
             return JSONResponse({"status": "not_ready", "reason": reason}, status_code=HTTPStatus.SERVICE_UNAVAILABLE)
+        if ctx.admission.draining:
+            return JSONResponse({"status": "not_ready", "reason": "draining: the server is shutting down"},
+                                status_code=HTTPStatus.SERVICE_UNAVAILABLE)
         return JSONResponse(
             {
                 "status": "ready",
                 "model": ctx.served_model_name,
                 "max_model_len": ctx.max_model_len,
                 "requests_in_flight": ctx.client.num_in_flight,
-                "engine_pid": ctx.client.info.pid if ctx.client.info else None,
+                "engine_pid": ctx.client.pid,
+                "engine_state": "restarting" if ctx.client.is_restarting else "running",
                 "engine": ctx.client.stats,
+                "admission": ctx.admission.snapshot(),
             }
         )
+
+    @app.get("/v1/queue")
+    async def queue(request: Request) -> JSONResponse:
+        """The caller's tenant's queued and running requests, and the estimated wait in the queue."""
+        admission: AdmissionController = request.app.state.admission
+        return JSONResponse(admission.snapshot(resolve_tenant(request)))
 
     return app
 
@@ -124,15 +153,53 @@ def run_server(config: SeekdConfig) -> int:
         return 0
 
 
+class _DrainingServer(uvicorn.Server):
+    """uvicorn, except that the first SIGTERM drains before the usual graceful shutdown. The signal
+    is not recorded, so uvicorn does not re-raise it afterwards and the process exits 0."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self.fastapi_app = app
+        self.drain_timeout_s = drain_timeout_s
+        self.drain_task: asyncio.Task | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets=None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and self.drain_task is None and self.loop is not None and not self.should_exit:
+            self.loop.call_soon_threadsafe(self._start_drain)
+            return
+        super().handle_exit(sig, frame)
+
+    def _start_drain(self) -> None:
+        if self.drain_task is None:
+            self.drain_task = asyncio.create_task(self._drain(), name="seekd-drain")
+
+    async def _drain(self) -> None:
+        admission: AdmissionController = self.fastapi_app.state.admission
+        logger.info("SIGTERM: draining (no new requests; %d queued, %d sequences running; up to %.0f s)",
+                    len(admission.queue), admission.inflight_seqs, self.drain_timeout_s)
+        if await admission.drain(self.drain_timeout_s):
+            logger.info("drained: all requests finished; shutting down")
+        else:
+            logger.warning("drain timeout of %.0f s passed with %d queued and %d sequences running; shutting "
+                           "down anyway", self.drain_timeout_s, len(admission.queue), admission.inflight_seqs)
+        self.should_exit = True
+
+
 async def _serve(config: SeekdConfig) -> int:
     failure = asyncio.Event()
     app = create_app(config, failure)
-    server = uvicorn.Server(
+    server = _DrainingServer(
         uvicorn.Config(
             app, host=config.server.host, port=config.server.port, log_level=config.server.log_level,
             timeout_graceful_shutdown=5,
             log_config=None if config.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
-        )
+        ),
+        app, config.admission.drain_timeout_s,
     )
     logger.info("seekd %s starting on http://%s:%d (model: %s)", __version__, config.server.host,
                 config.server.port, config.model.model or "built-in demo")

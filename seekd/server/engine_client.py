@@ -2,8 +2,13 @@
 
 Starts the process (spawn: no inherited CUDA or locks), talks to it over ZMQ PUSH/PULL on ipc://
 sockets in a private 0700 directory with msgpack messages, and routes each batch of outputs to the
-stream of the API request that owns it. When the process dies, every in-flight stream fails with
-`EngineDeadError` at once (the process sentinel wakes the event loop), so no client hangs.
+stream of the API request that owns it.
+
+Every engine request in flight is tracked with the tokens it has produced so far, so that when the
+process dies (the sentinel wakes the event loop) or is killed as hung, the supervisor can start a
+new one and `restart` resubmits each request as prompt + produced tokens: its stream just pauses.
+Each process incarnation gets its own sockets, so nothing stale crosses from a dead one. Only when
+the supervisor gives up (`fail`) does every stream end with `EngineDeadError`.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 import zmq
@@ -94,158 +100,238 @@ class RequestStream:
             self._client.abort(ids)
 
 
+@dataclass
+class _Tracked:
+    """An engine request in flight and what it has produced (what a restart resumes from)."""
+
+    request: EngineCoreRequest
+    stream: RequestStream
+    produced: list[int] = field(default_factory=list)
+
+    def resumed(self) -> EngineCoreRequest:
+        return msgspec.structs.replace(self.request, resume_output_token_ids=list(self.produced))
+
+
+class _Incarnation:
+    """One engine-core process and the sockets that talk to it."""
+
+    def __init__(self, client: EngineClient, number: int) -> None:
+        assert client._ipc_dir is not None
+        self.number = number
+        self.kill_reason: str | None = None  # set when the supervisor kills it (hang)
+        self.retired = False
+        input_address = f"ipc://{client._ipc_dir}/input-{number}"
+        output_address = f"ipc://{client._ipc_dir}/output-{number}"
+        # The input side connects (the engine binds): messages queue in ZMQ while the engine is not
+        # up yet, so sends never block, even from `finally` blocks of cancelled tasks.
+        self.input = zmq.Context.instance().socket(zmq.PUSH)
+        self.input.setsockopt(zmq.SNDHWM, 0)
+        self.input.setsockopt(zmq.LINGER, 0)
+        self.input.connect(input_address)
+        self.output = client._ctx.socket(zmq.PULL)
+        self.output.setsockopt(zmq.LINGER, 0)
+        self.output.bind(output_address)
+        self.ready: asyncio.Future[EngineInfo] = asyncio.get_running_loop().create_future()
+        spawn = multiprocessing.get_context("spawn")
+        self.process = spawn.Process(
+            target=run_engine_core,
+            args=(client.config, input_address, output_address, os.getpid()),
+            name="seekd-engine-core",
+            daemon=True,
+        )
+        self.process.start()
+        self.router: asyncio.Task | None = None
+
+    @property
+    def is_up(self) -> bool:
+        return self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
+
+    def close(self) -> None:
+        self.retired = True
+        with contextlib.suppress(ValueError, OSError):
+            asyncio.get_running_loop().remove_reader(self.process.sentinel)
+        if self.router is not None:
+            self.router.cancel()
+        if not self.ready.done():
+            self.ready.cancel()
+        for sock in (self.input, self.output):
+            sock.close(linger=0)
+
+
 class EngineClient:
     def __init__(self, config: SeekdConfig) -> None:
         self.config = config
         self.info: EngineInfo | None = None
         self.stats: dict[str, float] = {}
         self.dead_reason: str | None = None
-        self._streams: dict[str, RequestStream] = {}
+        self.lost: asyncio.Queue[str] = asyncio.Queue()  # why the running engine went away
+        self.last_heard = time.monotonic()
+        self._tracked: dict[str, _Tracked] = {}
         self._ipc_dir: str | None = None
-        self._process: multiprocessing.process.BaseProcess | None = None
+        self._engine: _Incarnation | None = None
+        self._num_started = 0
         self._ctx = zmq.asyncio.Context()
-        self._input: zmq.Socket | None = None
-        self._output: zmq.asyncio.Socket | None = None
-        self._router: asyncio.Task | None = None
-        self._ready: asyncio.Future[EngineInfo] | None = None
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(EngineMessage)
         self._closing = False
 
     @property
     def is_ready(self) -> bool:
+        """Requests are accepted (also while a restart is under way: they wait for it)."""
         return self.info is not None and self.dead_reason is None
 
     @property
+    def is_restarting(self) -> bool:
+        return self.is_ready and not (self._engine is not None and self._engine.is_up)
+
+    @property
     def num_in_flight(self) -> int:
-        return len(self._streams)
+        """API requests with engine work outstanding."""
+        return len({id(t.stream) for t in self._tracked.values()})
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._tracked)
+
+    @property
+    def pid(self) -> int | None:
+        return self._engine.process.pid if self._engine is not None else None
 
     async def start(self) -> EngineInfo:
         """Spawn the engine process and wait for its readiness handshake (model loaded)."""
-        loop = asyncio.get_running_loop()
         self._ipc_dir = tempfile.mkdtemp(prefix="seekd-ipc-")
         os.chmod(self._ipc_dir, 0o700)
-        input_address = f"ipc://{self._ipc_dir}/input"
-        output_address = f"ipc://{self._ipc_dir}/output"
-        # The input side is a plain (sync) socket: an unbounded PUSH queue never blocks, so aborts
-        # can be sent from `finally` blocks of cancelled tasks without awaiting.
-        self._input = zmq.Context.instance().socket(zmq.PUSH)
-        self._input.setsockopt(zmq.SNDHWM, 0)
-        self._input.setsockopt(zmq.LINGER, 0)
-        self._input.bind(input_address)
-        self._output = self._ctx.socket(zmq.PULL)
-        self._output.setsockopt(zmq.LINGER, 0)
-        self._output.bind(output_address)
-
-        spawn = multiprocessing.get_context("spawn")
-        self._process = spawn.Process(
-            target=run_engine_core,
-            args=(self.config, input_address, output_address, os.getpid()),
-            name="seekd-engine-core",
-            daemon=True,
-        )
-        self._process.start()
-        logger.info("started engine core process pid=%d", self._process.pid)
-        self._ready = loop.create_future()
-        loop.add_reader(self._process.sentinel, self._on_process_exit)
-        self._router = asyncio.create_task(self._route_outputs(), name="seekd-engine-output-router")
-        self.info = await self._ready
+        self.info = await self._spawn()
         return self.info
 
+    async def restart(self) -> None:
+        """Replace the engine process (killing it if still alive) and resume every tracked request
+        from its prompt + produced tokens. Raises EngineDeadError if the new one fails to start."""
+        old = self._engine
+        if old is not None:
+            old.close()
+            if old.process.is_alive():
+                old.process.kill()
+            await asyncio.to_thread(old.process.join, 5.0)
+        self.stats = {}
+        self.info = await self._spawn()
+        for tracked in self._tracked.values():
+            self._send(AddRequest(tracked.resumed()))
+        logger.info("engine core pid=%d resumed %d requests", self.info.pid, len(self._tracked))
+
+    async def _spawn(self) -> EngineInfo:
+        self._num_started += 1
+        engine = _Incarnation(self, self._num_started)
+        self._engine = engine
+        logger.info("started engine core process pid=%d", engine.process.pid)
+        asyncio.get_running_loop().add_reader(engine.process.sentinel, self._on_process_exit, engine)
+        engine.router = asyncio.create_task(self._route_outputs(engine), name="seekd-engine-output-router")
+        info = await engine.ready
+        self.last_heard = time.monotonic()
+        return info
+
+    def kill_hung(self, reason: str) -> None:
+        """SIGKILL the engine process; its exit then goes the usual way, with this reason."""
+        engine = self._engine
+        if engine is not None and engine.process.is_alive():
+            engine.kill_reason = reason
+            engine.process.kill()
+
     def submit(self, requests: list[EngineCoreRequest]) -> RequestStream:
-        """Send engine requests that together form one API request; returns their stream."""
+        """Send engine requests that together form one API request; returns their stream.
+        While a restart is under way they are only tracked, and sent once the new engine is up."""
         if self.dead_reason is not None:
             raise EngineDeadError(self.dead_reason)
         if self.info is None:
             raise EngineDeadError("the engine core is still loading the model")
         stream = RequestStream(self, [r.request_id for r in requests])
         for r in requests:
-            if r.request_id in self._streams:
+            if r.request_id in self._tracked:
                 raise ValueError(f"duplicate request id {r.request_id}")
-            self._streams[r.request_id] = stream
         for r in requests:
+            self._tracked[r.request_id] = _Tracked(r, stream)
             self._send(AddRequest(r))
         return stream
 
     def abort(self, engine_ids: list[str]) -> None:
         for rid in engine_ids:
-            self._streams.pop(rid, None)
-        if engine_ids and self.dead_reason is None and self._input is not None:
+            self._tracked.pop(rid, None)
+        if engine_ids and self.dead_reason is None:
             self._send(AbortRequests(engine_ids))
 
     def _send(self, msg: EngineInput) -> None:
-        assert self._input is not None
-        self._input.send(self._encoder.encode(msg))
+        """To the engine if it is up; otherwise dropped: a restart resubmits what is tracked."""
+        engine = self._engine
+        if engine is not None and engine.is_up:
+            engine.input.send(self._encoder.encode(msg))
 
-    async def _route_outputs(self) -> None:
-        assert self._output is not None and self._ready is not None
+    async def _route_outputs(self, engine: _Incarnation) -> None:
         while True:
-            frame = await self._output.recv()
+            frame = await engine.output.recv()
             msg = self._decoder.decode(frame)
+            self.last_heard = time.monotonic()
             if isinstance(msg, OutputBatch):
                 self._dispatch(msg)
             elif isinstance(msg, Ready):
-                if not self._ready.done():
-                    self._ready.set_result(EngineInfo(msg.pid, msg.model_folder, msg.max_model_len, msg.eos_token_ids))
-            elif isinstance(msg, StartupFailed):
-                self._fail(f"the engine core failed to start: {msg.message}")
+                if not engine.ready.done():
+                    engine.ready.set_result(
+                        EngineInfo(msg.pid, msg.model_folder, msg.max_model_len, msg.eos_token_ids))
+            elif isinstance(msg, StartupFailed) and not engine.ready.done():
+                engine.ready.set_exception(EngineDeadError(f"the engine core failed to start: {msg.message}"))
 
     def _dispatch(self, batch: OutputBatch) -> None:
         self.stats = batch.stats
         for out in batch.outputs:
-            stream = self._streams.get(out.request_id)
-            if stream is None:
+            tracked = self._tracked.get(out.request_id)
+            if tracked is None:
                 continue  # aborted by us; late outputs are dropped
+            tracked.produced.extend(out.new_token_ids)
             if out.finished:
-                del self._streams[out.request_id]
-            stream.put(out)
+                del self._tracked[out.request_id]
+            tracked.stream.put(out)
         for err in batch.errors:
-            stream = self._streams.pop(err.request_id, None)
-            if stream is not None:
-                stream.put(EngineRequestError(err.message))
+            tracked = self._tracked.pop(err.request_id, None)
+            if tracked is not None:
+                tracked.stream.put(EngineRequestError(err.message))
 
-    def _on_process_exit(self) -> None:
-        assert self._process is not None
-        asyncio.get_running_loop().remove_reader(self._process.sentinel)
-        self._process.join(timeout=1.0)
-        code = self._process.exitcode
-        if self._closing:
+    def _on_process_exit(self, engine: _Incarnation) -> None:
+        asyncio.get_running_loop().remove_reader(engine.process.sentinel)
+        engine.process.join(timeout=1.0)
+        if self._closing or engine.retired:
             return
-        logger.error("engine core process pid=%d died (exit code %s)", self._process.pid, code)
-        self._fail(f"the engine core process died (exit code {code}); restart the server")
+        code = engine.process.exitcode
+        reason = engine.kill_reason or f"the engine core process died (exit code {code})"
+        logger.error("engine core process pid=%d: %s", engine.process.pid, reason)
+        if not engine.ready.done():
+            engine.ready.set_exception(EngineDeadError(reason))
+        else:
+            self.lost.put_nowait(reason)
 
-    def _fail(self, reason: str) -> None:
-        """Fail everything in flight and refuse new work."""
+    def fail(self, reason: str) -> None:
+        """Fail everything in flight and refuse new work (the supervisor gave up)."""
         if self.dead_reason is None:
             self.dead_reason = reason
-        if self._ready is not None and not self._ready.done():
-            self._ready.set_exception(EngineDeadError(reason))
-        streams = {id(s): s for s in self._streams.values()}.values()
-        self._streams.clear()
+        streams = {id(t.stream): t.stream for t in self._tracked.values()}.values()
+        self._tracked.clear()
         for stream in streams:
             stream.unfinished.clear()
             stream.put(EngineDeadError(reason))
 
     async def shutdown(self) -> None:
         self._closing = True
-        process = self._process
-        if process is not None and process.is_alive():
-            with contextlib.suppress(zmq.ZMQError):
-                self._send(Shutdown())
-            await asyncio.to_thread(process.join, SHUTDOWN_GRACE_S)
-            if process.is_alive():
-                logger.warning("engine core did not stop in %.0f s; terminating it", SHUTDOWN_GRACE_S)
-                process.terminate()
+        engine = self._engine
+        if engine is not None:
+            process = engine.process
+            if process.is_alive() and engine.is_up:
+                with contextlib.suppress(zmq.ZMQError):
+                    engine.input.send(self._encoder.encode(Shutdown()))
+                await asyncio.to_thread(process.join, SHUTDOWN_GRACE_S)
+            if process.is_alive():  # still loading, or stuck; it ignores SIGTERM (see engine_proc)
+                logger.warning("engine core did not stop on request; killing it")
+                process.kill()
                 await asyncio.to_thread(process.join, 5.0)
-        if process is not None:
-            with contextlib.suppress(ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(process.sentinel)
-        if self._router is not None:
-            self._router.cancel()
-        self._fail("the server is shutting down")
-        for sock in (self._input, self._output):
-            if sock is not None:
-                sock.close(linger=0)
+            engine.close()
+        self.fail("the server is shutting down")
         self._ctx.term()
         if self._ipc_dir is not None:
             shutil.rmtree(self._ipc_dir, ignore_errors=True)

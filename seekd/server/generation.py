@@ -9,6 +9,7 @@ client going away (task cancelled) — aborts what is still running in the engin
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,7 +20,8 @@ from seekd.engine.outputs import EngineOutput, TokenLogprob
 from seekd.engine.request import EngineCoreRequest
 from seekd.ops.metrics import ServerMetrics
 from seekd.sampling_params import SamplingParams
-from seekd.server.engine_client import EngineClient, EngineDeadError, EngineRequestError
+from seekd.server.admission import AdmissionController, RequestPolicy
+from seekd.server.engine_client import EngineClient, EngineDeadError, EngineRequestError, RequestStream
 from seekd.server.errors import APIError, invalid_request
 from seekd.server.logprobs import TokenTexts
 from seekd.server.protocol import PromptTokensDetails, SamplingFields, Usage
@@ -41,6 +43,8 @@ class ServingContext:
     max_n: int
     created: int
     metrics: ServerMetrics
+    admission: AdmissionController
+    request_timeout_s: float  # default deadline of a request; 0 = none
 
 
 def build_sampling_params(
@@ -138,12 +142,14 @@ class Generation:
     """All choices of one API request: `len(prompts) * n`, indexed prompt-major as OpenAI does."""
 
     def __init__(
-        self, ctx: ServingContext, request_id: str, prompts: list[list[int]], params: SamplingParams
+        self, ctx: ServingContext, request_id: str, prompts: list[list[int]], params: SamplingParams,
+        policy: RequestPolicy,
     ) -> None:
         self.ctx = ctx
         self.request_id = request_id
         self.prompts = prompts
         self.params = params
+        self.policy = policy
         self.created = int(time.time())
         self.tracker = ctx.metrics.track()
         self.choices: list[Choice] = []
@@ -158,11 +164,49 @@ class Generation:
                 )
                 self.choices.append(Choice(index, engine_id, p, detok))
                 self._requests.append(
-                    EngineCoreRequest(request_id=engine_id, prompt_token_ids=prompt, sampling_params=child)
+                    EngineCoreRequest(
+                        request_id=engine_id, prompt_token_ids=prompt, sampling_params=child,
+                        arrival_time=policy.arrival, priority=policy.priority, tenant=policy.tenant,
+                        deadline=policy.deadline,
+                    )
                 )
 
+    @property
+    def estimated_tokens(self) -> int:
+        """What admission charges: prompt + max_tokens (or the rest of the context) per sequence."""
+        room = self.ctx.max_model_len
+        return self.params.n * sum(
+            len(p) + (self.params.max_tokens or room - len(p)) for p in self.prompts
+        )
+
     async def updates(self) -> AsyncIterator[ChoiceUpdate]:
-        """Choice updates in arrival order; raises APIError if the engine refuses or dies."""
+        """Choice updates in arrival order, once admitted; raises APIError if the queue refuses the
+        request (429/503), its deadline passes (408), or the engine refuses it or is gone."""
+        admission = self.ctx.admission
+        ticket = admission.enqueue(self.request_id, self.policy.tenant, self.policy.priority,
+                                   self.estimated_tokens, len(self._requests))
+        try:
+            await admission.wait(ticket, self.policy.deadline)
+            async for update in self._generate():
+                yield update
+        finally:
+            admission.release(ticket)
+
+    def _deadline_error(self) -> APIError:
+        return APIError(HTTPStatus.REQUEST_TIMEOUT,
+                        f"the request's deadline of {self.policy.timeout_s:g} s passed before it finished",
+                        type="timeout_error", code="request_timeout")
+
+    def _arm_deadline(self, stream: RequestStream) -> asyncio.TimerHandle | None:
+        """The engine aborts a request past its deadline by itself; this also ends the API request
+        on time when the engine is slow to notice (mid-step, restarting)."""
+        deadline = self.policy.deadline
+        if deadline is None:
+            return None
+        delay = max(0.0, deadline - time.monotonic())
+        return asyncio.get_running_loop().call_later(delay, stream.put, self._deadline_error())
+
+    async def _generate(self) -> AsyncIterator[ChoiceUpdate]:
         by_engine_id = {c.engine_id: c for c in self.choices}
         self.tracker.on_scheduled()
         try:
@@ -170,14 +214,18 @@ class Generation:
         except EngineDeadError as e:
             raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, str(e), code="engine_unavailable") from e
         logger.info(
-            "started request_id=%s prompts=%d prompt_tokens=%d n=%d max_tokens=%s",
-            self.request_id, len(self.prompts), self.prompt_tokens, self.params.n, self.params.max_tokens,
+            "started request_id=%s tenant=%s priority=%d prompts=%d prompt_tokens=%d n=%d max_tokens=%s",
+            self.request_id, self.policy.tenant, self.policy.priority, len(self.prompts), self.prompt_tokens,
+            self.params.n, self.params.max_tokens,
         )
+        timer = self._arm_deadline(stream)
         try:
             async for out in stream:
                 choice = by_engine_id[out.request_id]
                 if choice.finish_reason is not None:
                     continue  # outputs already in flight when its stop string matched
+                if out.finish_reason == "abort":  # the engine aborts on its own only past the deadline
+                    raise self._deadline_error()
                 update = choice.absorb(out)
                 self.tracker.on_output(choice.index, len(out.new_token_ids))
                 if choice.finish_reason is not None:
@@ -188,14 +236,16 @@ class Generation:
         except EngineDeadError as e:
             raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, str(e), code="engine_unavailable") from e
         finally:
+            if timer is not None:
+                timer.cancel()
             if stream.unfinished:
-                logger.info("aborting request_id=%s (%d sequences unfinished)", self.request_id,
-                            len(stream.unfinished))
+                logger.info("aborting request_id=%s tenant=%s (%d sequences unfinished)", self.request_id,
+                            self.policy.tenant, len(stream.unfinished))
             stream.abort()
         self.tracker.on_finished(self.prompt_tokens, self.cached_tokens, [c.finish_reason for c in self.choices])
         logger.info(
-            "finished request_id=%s completion_tokens=%d cached_tokens=%d reasons=%s",
-            self.request_id, self.completion_tokens, self.cached_tokens,
+            "finished request_id=%s tenant=%s completion_tokens=%d cached_tokens=%d reasons=%s",
+            self.request_id, self.policy.tenant, self.completion_tokens, self.cached_tokens,
             ",".join(str(c.finish_reason) for c in self.choices),
         )
 

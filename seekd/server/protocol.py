@@ -46,6 +46,8 @@ class SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    priority: int = 0  # seekd: lower = served first (as in the engine); queued by class, then fairly
+    timeout: float | None = Field(None, gt=0)  # seekd: seconds until the request is aborted (408)
 
 
 class TextPart(BaseModel):

@@ -9,6 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from seekd.server.admission import request_policy
 from seekd.server.errors import APIError, invalid_request
 from seekd.server.generation import (
     ChoiceUpdate,
@@ -64,6 +65,7 @@ def _check_supported(req: ChatCompletionRequest) -> None:
 async def create_chat_completion(
     ctx: ServingContext, req: ChatCompletionRequest, request: Request, request_id: str
 ) -> JSONResponse | EventStreamResponse:
+    policy = request_policy(request, req.priority, req.timeout, ctx.request_timeout_s)
     _check_supported(req)
     messages = [_message_dict(i, m) for i, m in enumerate(req.messages)]
     try:
@@ -77,7 +79,7 @@ async def create_chat_completion(
     check_context_length(len(prompt_ids), max_tokens, ctx.max_model_len, "messages")
     num_top = (req.top_logprobs or 0) if req.logprobs else None
     params = build_sampling_params(req, max_tokens=max_tokens, logprobs=num_top, max_n=ctx.max_n)
-    gen = Generation(ctx, request_id, [prompt_ids], params)
+    gen = Generation(ctx, request_id, [prompt_ids], params, policy)
     request.state.generation = gen  # for the access log
     in_reasoning = prompt_opens_reasoning(prompt_text)
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from seekd.server.admission import request_policy
 from seekd.server.errors import APIError, invalid_request
 from seekd.server.generation import (
     ChoiceUpdate,
@@ -52,13 +53,14 @@ def _check_supported(req: CompletionRequest) -> None:
 async def create_completion(
     ctx: ServingContext, req: CompletionRequest, request: Request, request_id: str
 ) -> JSONResponse | EventStreamResponse:
+    policy = request_policy(request, req.priority, req.timeout, ctx.request_timeout_s)
     _check_supported(req)
     prompts = _prompts(ctx, req.prompt)
     max_tokens = 16 if req.max_tokens is None else req.max_tokens  # the OpenAI default
     for ids in prompts:
         check_context_length(len(ids), max_tokens, ctx.max_model_len, "prompt")
     params = build_sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs, max_n=ctx.max_n)
-    gen = Generation(ctx, request_id, prompts, params)
+    gen = Generation(ctx, request_id, prompts, params, policy)
     request.state.generation = gen  # for the access log
     echoes = [ctx.tokenizer.decode(ids, skip_special_tokens=True) if req.echo else "" for ids in prompts]
 

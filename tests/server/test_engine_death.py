@@ -1,5 +1,6 @@
-"""When the engine-core process dies, in-flight requests fail with a clear error (no hang), and
-the server reports itself unready and unhealthy instead of accepting work it cannot do."""
+"""When the engine-core process dies and may not be restarted (engine_max_restarts=0; the same path as
+a crash loop), in-flight requests fail with a clear error (no hang), and the server reports itself
+unready and unhealthy instead of accepting work it cannot do. Restarts: test_self_healing.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_engine_death_fails_in_flight_requests_and_readiness(data_dir: Path, tmp_path: Path) -> None:
-    with running_server(data_dir, tmp_path / "server.log") as server:
+    with running_server(data_dir, tmp_path / "server.log", "--engine-max-restarts", "0") as server:
         engine_pid = server.ready_payload()["engine_pid"]
         body = {"prompt": "keep going", "max_tokens": 4000, "ignore_eos": True}
         result: list[httpx.Response] = []
