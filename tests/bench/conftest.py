@@ -39,6 +39,9 @@ class FakeOpenAIServer:
     in_flight: int = 0
     max_in_flight: int = 0
     bodies: list[dict] = field(default_factory=list)
+    # prompt -> (request received, each token sent), on the test process's perf_counter clock: what the
+    # server really did, which a loaded machine can make later than the injected delays
+    sent: dict[str, tuple[float, list[float]]] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -83,6 +86,7 @@ class FakeOpenAIServer:
             if path == "/v1/models":
                 await self._respond(writer, 200, {"object": "list", "data": [{"id": "fake-model"}]})
                 return
+            received = time.perf_counter()
             self.bodies.append(body)
             prompt = body.get("prompt") or body["messages"][-1]["content"]
             if "HANG" in prompt:
@@ -94,7 +98,8 @@ class FakeOpenAIServer:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             try:
-                await self._stream(writer, body)
+                self.sent[prompt] = (received, [])
+                await self._stream(writer, body, self.sent[prompt][1])
             finally:
                 self.in_flight -= 1
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -108,7 +113,7 @@ class FakeOpenAIServer:
                      f"Connection: close\r\n\r\n".encode() + data)
         await writer.drain()
 
-    async def _stream(self, writer: asyncio.StreamWriter, body: dict) -> None:
+    async def _stream(self, writer: asyncio.StreamWriter, body: dict, token_times: list[float]) -> None:
         chat = "messages" in body
 
         async def event(payload: dict | str) -> None:
@@ -126,6 +131,7 @@ class FakeOpenAIServer:
             word = WORDS[i % len(WORDS)]
             choice = {"index": 0, "delta": {"content": word}} if chat else {"index": 0, "text": word}
             await event({"choices": [choice]})
+            token_times.append(time.perf_counter())
         if self.send_usage and (body.get("stream_options") or {}).get("include_usage"):
             await event({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": num_tokens,
                                                   "total_tokens": 7 + num_tokens}})
