@@ -183,8 +183,13 @@ class Generation:
         """Choice updates in arrival order, once admitted; raises APIError if the queue refuses the
         request (429/503), its deadline passes (408), or the engine refuses it or is gone."""
         admission = self.ctx.admission
-        ticket = admission.enqueue(self.request_id, self.policy.tenant, self.policy.priority,
-                                   self.estimated_tokens, len(self._requests))
+        try:
+            ticket = admission.enqueue(self.request_id, self.policy.tenant, self.policy.priority,
+                                       self.estimated_tokens, len(self._requests))
+        except APIError as e:
+            if e.status == HTTPStatus.TOO_MANY_REQUESTS:
+                self.ctx.metrics.request_rejected("rate_limit" if e.code == "rate_limit_exceeded" else "queue_full")
+            raise
         try:
             await admission.wait(ticket, self.policy.deadline)
             async for update in self._generate():

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import ServerHandle, running_server
 
@@ -75,6 +76,7 @@ def test_overload_gets_429_with_retry_after_and_every_admitted_request_completes
             lines = [line async for line in resp.aiter_lines() if line]
             return resp.status_code, dict(resp.headers), lines
 
+    rejected_before = rejected_total(server)
     results = asyncio.run(scenario())
     ok = rejected = 0
     for result in results:
@@ -103,6 +105,17 @@ def test_overload_gets_429_with_retry_after_and_every_admitted_request_completes
     print(f"\noverload: {ok} completed, {rejected} got 429; queue time p50 {admission['queue_time_p50_s']:.3f} s, "
           f"p99 {admission['queue_time_p99_s']:.3f} s; drain rate {admission['drain_rate_per_s']:.1f}/s")
     assert ok >= MAX_INFLIGHT + MAX_QUEUED // 2 and rejected > 0  # one tenant gets half the queue
+    assert rejected_total(server) - rejected_before == rejected  # every 429 is counted in /metrics
+
+
+def rejected_total(server: ServerHandle) -> float:
+    text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "seekd:request_rejected_total" and sample.labels.get("reason") == "queue_full"
+    )
 
 
 def test_flooding_tenant_does_not_starve_a_quiet_one(server: ServerHandle) -> None:
