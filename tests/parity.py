@@ -34,3 +34,17 @@ def assert_greedy_matches(llm: LLM, hf_model: torch.nn.Module, prompts: list[lis
     assert [o.outputs[0].token_ids for o in llm.generate(prompts, params)] == expected
     assert [llm.generate(p, params)[0].outputs[0].token_ids for p in prompts] == expected
     assert not llm.engine.has_unfinished_requests()
+
+
+def randomize_weights(model: torch.nn.Module) -> None:
+    """Every weight random and non-trivial (norms and the MoE routing bias included), so that any
+    mismatch between implementations shows up in the parity checks."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_(1.0 + 0.2 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.15 if "embed" in name else 0.1)
+        for name, b in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.1 * torch.randn_like(b))

@@ -6,19 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import pytest
+from live_server import running_server
 
 from seekd.models.demo import ensure_demo_model
 from seekd.text.tokenizer import Tokenizer
@@ -156,40 +151,9 @@ def demo_tokenizer(demo_folder: Path) -> Tokenizer:
     return Tokenizer(demo_folder)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def seekd_server(data_dir: Path, demo_folder: Path, tmp_path_factory) -> Iterator[str]:
     """The real `seekd serve` (demo model, CPU) as a subprocess on loopback; yields its base URL."""
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("bench-server") / "server.log"
-    cmd = [sys.executable, "-m", "seekd.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-           "--cpu-kv-cache-gib", "0.25"]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base_url}/ready", timeout=1.0).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after 90 s:\n{log_path.read_text()}")
-            time.sleep(0.2)
-        yield base_url
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with running_server(data_dir, log_path) as handle:
+        yield handle.base_url

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from parity import randomize_weights
 
 COMMON = dict(
     vocab_size=384, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=3,
@@ -46,15 +47,7 @@ def save_tiny_deepseek(variant: str, folder: Path) -> torch.nn.Module:
     config = getattr(transformers, f"{family}Config")(**{**COMMON, **overrides})
     torch.manual_seed(1234)
     model = getattr(transformers, f"{family}ForCausalLM")(config).float().eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.15 if "embed" in name else 0.1)
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.1 * torch.randn_like(b))
+    randomize_weights(model)
     model.save_pretrained(folder)
     return model
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from parity import hf_greedy
+from parity import hf_greedy, randomize_weights
 from safetensors.torch import load_file, save_file
 
 from seekd import LLM, SamplingParams
@@ -40,15 +40,7 @@ def save_tiny_v32(folder: Path, index_topk: int) -> torch.nn.Module:
     config = transformers.DeepseekV32Config(**CONFIG, index_topk=index_topk)
     torch.manual_seed(1234)
     model = transformers.DeepseekV32ForCausalLM(config).float().eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.15 if "embed" in name else 0.1)
-        for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.1 * torch.randn_like(b))
+    randomize_weights(model)
     model.save_pretrained(folder)
     return model
 

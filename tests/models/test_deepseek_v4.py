@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from parity import assert_greedy_matches, assert_prefill_logits_match
+from parity import assert_greedy_matches, assert_prefill_logits_match, randomize_weights
 
 from seekd import LLM, SamplingParams
 from seekd.models.deepseek_v4 import build_attention, build_ropes, layer_types
@@ -34,16 +34,10 @@ def save_tiny_v4(folder: Path) -> torch.nn.Module:
     """A tiny random transformers DeepSeek-V4 saved to `folder`; every weight random, hash table included."""
     torch.manual_seed(1234)
     model = transformers.DeepseekV4ForCausalLM(transformers.DeepseekV4Config(**CONFIG)).float().eval()
+    randomize_weights(model)
     with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.copy_(1.0 + 0.2 * torch.randn_like(p))
-            else:
-                p.normal_(0.0, 0.15 if "embed" in name else 0.1)
         for name, b in model.named_buffers():
-            if name.endswith("e_score_correction_bias"):
-                b.copy_(0.1 * torch.randn_like(b))
-            elif name.endswith("tid2eid"):
+            if name.endswith("tid2eid"):
                 b.copy_(torch.stack([torch.randperm(CONFIG["n_routed_experts"])[:2] for _ in range(b.size(0))]))
     model.save_pretrained(folder)
     return model
