@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -10,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from seekd.server.admission import request_policy
-from seekd.server.errors import APIError, invalid_request
+from seekd.server.errors import invalid_request
 from seekd.server.generation import (
     ChoiceUpdate,
     Generation,
@@ -30,7 +29,7 @@ from seekd.server.protocol import (
     ResponseMessage,
 )
 from seekd.server.reasoning import ReasoningParser, prompt_opens_reasoning, split_reasoning
-from seekd.server.streaming import EventStreamResponse, prime, run_until_disconnect, sse
+from seekd.server.streaming import EventStreamResponse, prime, render_events, run_until_disconnect, sse
 from seekd.text.chat_template import ChatTemplateError
 
 
@@ -140,18 +139,8 @@ async def _chat_events(
         return chunk([ChatChunkChoice(index=update.index, delta=message, logprobs=logprobs,
                                       finish_reason=update.finish_reason)])
 
-    try:
-        yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content=""))
-                     for c in gen.choices])
-        if first is not None and (event := render(first)) is not None:
-            yield event
-        async for update in updates:
-            if (event := render(update)) is not None:
-                yield event
-        if include_usage:
-            yield chunk([], gen.usage())
-    except APIError as e:
-        yield sse(json.dumps(e.body()))
-    finally:
-        await updates.aclose()
-    yield sse("[DONE]")
+    opening = [chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content=""))
+                      for c in gen.choices])]
+    usage_event = (lambda: chunk([], gen.usage())) if include_usage else None
+    async for event in render_events(updates, first, render, opening, usage_event):
+        yield event

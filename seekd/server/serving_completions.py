@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncGenerator
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from seekd.server.admission import request_policy
-from seekd.server.errors import APIError, invalid_request
+from seekd.server.errors import invalid_request
 from seekd.server.generation import (
     ChoiceUpdate,
     Generation,
@@ -19,7 +18,7 @@ from seekd.server.generation import (
 )
 from seekd.server.logprobs import completion_logprobs
 from seekd.server.protocol import CompletionChoice, CompletionRequest, CompletionResponse
-from seekd.server.streaming import EventStreamResponse, prime, run_until_disconnect, sse
+from seekd.server.streaming import EventStreamResponse, prime, render_events, run_until_disconnect, sse
 
 
 def _prompts(ctx: ServingContext, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
@@ -120,16 +119,6 @@ async def _completion_events(
         return chunk([CompletionChoice(index=update.index, text=text, logprobs=logprobs,
                                        finish_reason=update.finish_reason, stop_reason=update.stop_reason)])
 
-    try:
-        if first is not None and (event := render(first)) is not None:
-            yield event
-        async for update in updates:
-            if (event := render(update)) is not None:
-                yield event
-        if include_usage:
-            yield chunk([], gen.usage())
-    except APIError as e:
-        yield sse(json.dumps(e.body()))
-    finally:
-        await updates.aclose()
-    yield sse("[DONE]")
+    usage_event = (lambda: chunk([], gen.usage())) if include_usage else None
+    async for event in render_events(updates, first, render, [], usage_event):
+        yield event

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-from collections.abc import AsyncGenerator, Awaitable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
+
+from seekd.server.errors import APIError
 
 logger = logging.getLogger(__name__)
 
@@ -94,3 +97,30 @@ async def prime(events: AsyncGenerator[T, None]) -> T | None:
         return await events.__anext__()
     except StopAsyncIteration:
         return None
+
+
+async def render_events(
+    updates: AsyncGenerator[T, None],
+    first: T | None,
+    render: Callable[[T], str | None],
+    opening: list[str],
+    usage_event: Callable[[], str] | None,
+) -> AsyncGenerator[str, None]:
+    """The SSE body shared by chat and completions: opening events, every update rendered (None
+    means nothing to send), the usage event if asked for, then [DONE]. An APIError after the
+    stream started can no longer change the status, so it goes out as an error event."""
+    try:
+        for event in opening:
+            yield event
+        if first is not None and (event := render(first)) is not None:
+            yield event
+        async for update in updates:
+            if (event := render(update)) is not None:
+                yield event
+        if usage_event is not None:
+            yield usage_event()
+    except APIError as e:
+        yield sse(json.dumps(e.body()))
+    finally:
+        await updates.aclose()
+    yield sse("[DONE]")
