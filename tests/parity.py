@@ -1,4 +1,5 @@
-"""Shared checks of a seekd model against its `transformers` reference (CPU, float32)."""
+"""Shared checks of a seekd model: against its `transformers` reference (CPU, float32), and of the
+engine behaviours (prefix cache, preemption, chunked prefill) that must not change its output."""
 
 from __future__ import annotations
 
@@ -48,3 +49,21 @@ def randomize_weights(model: torch.nn.Module) -> None:
         for name, b in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
                 b.copy_(0.1 * torch.randn_like(b))
+
+
+SHARED_PREFIX = list(range(10, 42))  # 32 tokens = 4 blocks of 8
+ENGINE_PROMPTS = [[*SHARED_PREFIX, 200 + i, 201, 202 + i] for i in range(3)] + [list(range(100, 113))]
+ENGINE_GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+
+
+def assert_all_blocks_free(llm: LLM) -> None:
+    kv = llm.engine.scheduler.kv
+    assert kv.req_blocks == {}
+    assert kv.pool.num_free_blocks == kv.pool.num_blocks - 1
+
+
+def generate_engine_prompts(llm: LLM) -> list[list[int]]:
+    """Greedy tokens of ENGINE_PROMPTS; every KV block must be back in the pool afterwards."""
+    outs = [o.outputs[0].token_ids for o in llm.generate(ENGINE_PROMPTS, ENGINE_GREEDY)]
+    assert_all_blocks_free(llm)
+    return outs

@@ -4,6 +4,7 @@ preemption by recompute, chunked prefill — each must give the same greedy outp
 from __future__ import annotations
 
 import pytest
+from parity import assert_all_blocks_free
 
 from seekd import LLM, SamplingParams
 from seekd.config import CacheConfig, SchedulerConfig
@@ -26,12 +27,6 @@ def reference(qwen2_model, data_dir):
     folder, _ = qwen2_model
     llm = make_llm(folder, data_dir, enable_prefix_caching=False)
     return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]
-
-
-def assert_all_blocks_free(llm: LLM) -> None:
-    kv = llm.engine.scheduler.kv
-    assert kv.req_blocks == {}
-    assert kv.pool.num_free_blocks == kv.pool.num_blocks - 1
 
 
 def test_prefix_cache_hits_reuse_blocks_and_keep_outputs(qwen2_model, data_dir, reference):

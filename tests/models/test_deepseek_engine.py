@@ -4,6 +4,7 @@ and chunked prefill each give the greedy output of a roomy run, and every block 
 from __future__ import annotations
 
 import pytest
+from parity import assert_all_blocks_free
 
 from seekd import LLM, SamplingParams
 
@@ -28,11 +29,6 @@ def make_llm(folder, **overrides) -> LLM:
 def reference(v3_folder):
     llm = make_llm(v3_folder, enable_prefix_caching=False)
     return [o.outputs[0].token_ids for o in llm.generate(PROMPTS, GREEDY)]
-
-
-def assert_all_blocks_free(llm: LLM) -> None:
-    kv = llm.engine.scheduler.kv
-    assert kv.req_blocks == {} and kv.pool.num_free_blocks == kv.pool.num_blocks - 1
 
 
 def test_prefix_cache_hits_keep_v3_output(v3_folder, reference):

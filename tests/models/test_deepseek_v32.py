@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
-from parity import hf_greedy, randomize_weights
+from parity import ENGINE_GREEDY, ENGINE_PROMPTS, generate_engine_prompts, hf_greedy, randomize_weights
 from safetensors.torch import load_file, save_file
 
 from seekd import LLM, SamplingParams
@@ -144,40 +144,27 @@ def test_masked_and_gathered_sparse_attention_each_match_transformers(sparse_top
     assert outs == [e[:12] for e in sparse_topk.expected]
 
 
-SHARED = list(range(10, 42))  # 32-token shared prefix = 4 blocks of 8
-ENGINE_PROMPTS = [[*SHARED, 200 + i, 201, 202 + i] for i in range(3)] + [list(range(100, 113))]
-ENGINE_GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
-
-
-def run(llm: LLM) -> list[list[int]]:
-    outs = [o.outputs[0].token_ids for o in llm.generate(ENGINE_PROMPTS, ENGINE_GREEDY)]
-    kv = llm.engine.scheduler.kv
-    assert kv.req_blocks == {}
-    assert kv.pool.num_free_blocks == kv.pool.num_blocks - 1
-    return outs
-
-
 @pytest.fixture(scope="module")
 def engine_reference(sparse_topk):
-    return run(make_llm(sparse_topk.folder, num_kv_blocks=128, enable_prefix_caching=False))
+    return generate_engine_prompts(make_llm(sparse_topk.folder, num_kv_blocks=128, enable_prefix_caching=False))
 
 
 def test_prefix_cache_hits_reuse_cached_indexer_keys(sparse_topk, engine_reference):
     llm = make_llm(sparse_topk.folder, num_kv_blocks=128)
     llm.generate(ENGINE_PROMPTS[0], ENGINE_GREEDY)
-    assert run(llm) == engine_reference
+    assert generate_engine_prompts(llm) == engine_reference
     assert llm.engine.scheduler.kv.prefix_hits >= 3 * 32
 
 
 def test_preemption_under_tiny_block_budget_keeps_output(sparse_topk, engine_reference):
     llm = make_llm(sparse_topk.folder, num_kv_blocks=10)  # 9 usable blocks; 3 requests need 6 each
-    assert run(llm) == engine_reference
+    assert generate_engine_prompts(llm) == engine_reference
     assert llm.engine.scheduler.num_preemptions > 0
 
 
 def test_chunked_prefill_keeps_output(sparse_topk, engine_reference):
     llm = make_llm(sparse_topk.folder, num_kv_blocks=128, max_num_batched_tokens=7, enable_prefix_caching=False)
-    assert run(llm) == engine_reference
+    assert generate_engine_prompts(llm) == engine_reference
 
 
 def quantize_block_fp8(w: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,9 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from parity import assert_greedy_matches, assert_prefill_logits_match, randomize_weights
+from parity import (
+    ENGINE_GREEDY,
+    ENGINE_PROMPTS,
+    assert_greedy_matches,
+    assert_prefill_logits_match,
+    generate_engine_prompts,
+    randomize_weights,
+)
 
-from seekd import LLM, SamplingParams
+from seekd import LLM
 from seekd.models.deepseek_v4 import build_attention, build_ropes, layer_types
 from seekd.models.hf_config import HFConfig
 
@@ -73,42 +80,29 @@ def test_greedy_batch_and_one_by_one_match_transformers_generate(tiny_v4):
     assert_greedy_matches(make_llm(folder), hf_model, PROMPTS)
 
 
-SHARED = list(range(10, 42))  # 32-token shared prefix = 4 blocks of 8, two HCA blocks, 8 CSA blocks
-ENGINE_PROMPTS = [[*SHARED, 200 + i, 201, 202 + i] for i in range(3)] + [list(range(100, 113))]
-ENGINE_GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
-
-
-def run(llm: LLM) -> list[list[int]]:
-    outs = [o.outputs[0].token_ids for o in llm.generate(ENGINE_PROMPTS, ENGINE_GREEDY)]
-    kv = llm.engine.scheduler.kv
-    assert kv.req_blocks == {}
-    assert kv.pool.num_free_blocks == kv.pool.num_blocks - 1
-    return outs
-
-
 @pytest.fixture(scope="module")
 def engine_reference(tiny_v4) -> list[list[int]]:
-    return run(make_llm(tiny_v4[0], num_kv_blocks=128, enable_prefix_caching=False))
+    return generate_engine_prompts(make_llm(tiny_v4[0], num_kv_blocks=128, enable_prefix_caching=False))
 
 
 def test_prefix_cache_hits_reuse_cached_rows(tiny_v4, engine_reference):
     """A hit skips 32 tokens whose window keys, compressor states and compressed entries come from the cache."""
     llm = make_llm(tiny_v4[0], num_kv_blocks=128)
     llm.generate(ENGINE_PROMPTS[0], ENGINE_GREEDY)
-    assert run(llm) == engine_reference
+    assert generate_engine_prompts(llm) == engine_reference
     assert llm.engine.scheduler.kv.prefix_hits >= 3 * 32
 
 
 def test_preemption_under_tiny_block_budget_keeps_output(tiny_v4, engine_reference):
     llm = make_llm(tiny_v4[0], num_kv_blocks=10)  # 9 usable blocks; 3 requests need 6 each
-    assert run(llm) == engine_reference
+    assert generate_engine_prompts(llm) == engine_reference
     assert llm.engine.scheduler.num_preemptions > 0
 
 
 def test_chunked_prefill_keeps_output(tiny_v4, engine_reference):
     """Chunks of 7 end inside CSA and HCA blocks: blocks are pooled from states written by earlier chunks."""
     llm = make_llm(tiny_v4[0], num_kv_blocks=128, max_num_batched_tokens=7, enable_prefix_caching=False)
-    assert run(llm) == engine_reference
+    assert generate_engine_prompts(llm) == engine_reference
 
 
 def test_cache_rows_of_v4_flash_layer_kinds():
