@@ -127,3 +127,18 @@ def test_abort_frees_blocks_of_running_and_waiting_requests(qwen2_model, data_di
     assert all(o.finish_reason == "abort" for o in outs)
     assert not llm.engine.has_unfinished_requests()
     assert_all_blocks_free(llm)
+
+
+def test_a_request_waiting_for_blocks_is_counted_as_one_prefix_query():
+    sched = Scheduler(SchedulerConfig(), CacheConfig(block_size=4), 5, 64)  # 4 usable blocks
+    first = Request("first", list(range(12)), GREEDY, max_output_tokens=3)  # 3 blocks, a 4th to decode
+    second = Request("second", list(range(100, 108)), GREEDY, max_output_tokens=1)  # 2 blocks: must wait
+    sched.add_request(first)
+    sched.add_request(second)
+    steps = 0
+    while sched.has_unfinished_requests():
+        plan = sched.schedule()
+        sched.update(plan, {r.request_id: 7 for r in plan.requests})
+        steps += 1
+    assert steps > 3  # second waited while first decoded
+    assert sched.kv.prefix_queries == 12 + 8
