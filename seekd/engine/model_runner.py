@@ -20,6 +20,7 @@ from seekd.engine.sampler import Sampler, SamplingBatch
 from seekd.engine.scheduler import SchedulerOutput
 from seekd.layers.attention import Attention, AttentionBackend, KVCacheSpec, TorchAttentionBackend, make_backend
 from seekd.layers.forward_context import AttentionMetadata, ForwardContext
+from seekd.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -203,23 +204,14 @@ class ModelRunner:
         num_blocks = -(-n // self.block_size)
         if num_blocks + 1 > self.num_blocks:
             raise ValueError(f"{n} tokens need {num_blocks} KV blocks, the cache has {self.num_blocks - 1}")
-        positions = torch.arange(n, device=self.device)
-        blocks = torch.arange(1, num_blocks + 1, device=self.device, dtype=torch.int32)
-        attn = AttentionMetadata(
-            slot_mapping=(blocks.long()[positions // self.block_size] * self.block_size
-                          + positions % self.block_size),
-            query_start_loc=torch.tensor([0, n], dtype=torch.int32, device=self.device),
-            seq_lens=torch.tensor([n], dtype=torch.int32, device=self.device),
-            block_tables=blocks.unsqueeze(0),
-            block_size=self.block_size,
-            max_query_len=n,
-            max_seq_len=n,
-            query_lens_cpu=[n],
-            seq_lens_cpu=[n],
+        probe = Request("prefill-probe", token_ids, SamplingParams(max_tokens=1), max_output_tokens=1)
+        plan = SchedulerOutput(
+            requests=[probe], num_scheduled_tokens={probe.request_id: n},
+            block_ids={probe.request_id: list(range(1, num_blocks + 1))},
         )
-        attn.backend_data = self.attn_backend.prepare(attn)
-        ids = torch.tensor(token_ids, dtype=torch.int64, device=self.device)
-        hidden = self.model(ids, positions, ForwardContext(attn=attn))
+        inputs = self.prepare_inputs(plan)
+        inputs.attn.backend_data = self.attn_backend.prepare(inputs.attn)
+        hidden = self.model(inputs.input_ids, inputs.positions, ForwardContext(attn=inputs.attn))
         if logits_rows is not None:
             hidden = hidden[-logits_rows:]
         return self.model.compute_logits(hidden)
