@@ -2,9 +2,44 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import msgspec
 
 _GREEDY_EPS = 1e-5
+
+
+class StructuredOutputParams(msgspec.Struct, kw_only=True, omit_defaults=True, frozen=True):
+    """A constraint on the generated text, enforced by grammar-constrained decoding: exactly one of
+    `json_schema` (JSON-schema text), `json_object` (any JSON object), `regex` or `grammar` (a Lark
+    grammar in llguidance's dialect). The constrained request finishes with reason "stop" when
+    the grammar is complete; EOS is only allowed where the grammar accepts."""
+
+    json_schema: str | None = None
+    json_object: bool = False
+    regex: str | None = None
+    grammar: str | None = None
+
+    def __post_init__(self) -> None:
+        kinds = [self.json_schema is not None, self.json_object, self.regex is not None, self.grammar is not None]
+        if sum(kinds) != 1:
+            raise ValueError("structured output needs exactly one of json_schema, json_object, regex, grammar")
+
+    @classmethod
+    def from_schema(cls, schema: dict[str, Any]) -> StructuredOutputParams:
+        """Compact text; key order is kept because it is the order the properties are generated in."""
+        return cls(json_schema=json.dumps(schema, separators=(",", ":"), ensure_ascii=False))
+
+    @property
+    def cache_key(self) -> tuple[str, str]:
+        if self.json_schema is not None:
+            return ("json_schema", self.json_schema)
+        if self.json_object:
+            return ("json_object", "")
+        if self.regex is not None:
+            return ("regex", self.regex)
+        return ("grammar", self.grammar or "")
 
 
 class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -25,6 +60,7 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
     logprobs: int | None = None  # number of top alternatives returned with each sampled token
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    structured: StructuredOutputParams | None = None  # grammar-constrained decoding (response_format, tools)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

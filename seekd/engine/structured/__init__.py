@@ -1,0 +1,1 @@
+"""Grammar-constrained decoding (response_format, tool calls) with llguidance."""

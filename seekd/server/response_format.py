@@ -1,0 +1,60 @@
+"""OpenAI `response_format` -> StructuredOutputParams, validated before the request reaches the
+engine so that a bad schema is a 400 and never an engine error.
+
+Shapes accepted: `{"type": "text"}`, `{"type": "json_object"}` and
+`{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}, "strict": bool}}`. The schema
+is enforced by grammar whether or not `strict` is set: a best-effort mode would only let invalid
+JSON through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from seekd.engine.structured.grammar import GrammarError, validate
+from seekd.sampling_params import StructuredOutputParams
+from seekd.server.errors import invalid_request
+
+PARAM = "response_format"
+
+
+def structured_from_response_format(response_format: dict[str, Any] | None) -> StructuredOutputParams | None:
+    if response_format is None:
+        return None
+    if not isinstance(response_format, dict):
+        raise invalid_request("response_format must be an object with a 'type'", param=PARAM)
+    kind = response_format.get("type")
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        return StructuredOutputParams(json_object=True)
+    if kind != "json_schema":
+        raise invalid_request(
+            f"response_format type {kind!r} is not supported; use 'text', 'json_object' or 'json_schema'",
+            param=PARAM,
+        )
+    spec = response_format.get("json_schema")
+    if not isinstance(spec, dict):
+        raise invalid_request("response_format json_schema needs a 'json_schema' object", param=PARAM)
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise invalid_request("response_format json_schema needs a 'name'", param=f"{PARAM}.json_schema.name")
+    schema = spec.get("schema", {})
+    if not isinstance(schema, dict):
+        raise invalid_request("response_format json_schema 'schema' must be an object", param=PARAM)
+    return structured_from_schema(schema, param=PARAM)
+
+
+def structured_from_schema(schema: dict[str, Any], param: str) -> StructuredOutputParams:
+    """A validated constraint for a JSON schema; also for tool-call argument schemas (pass the
+    request field the schema came from as `param`, e.g. "tools")."""
+    return checked(StructuredOutputParams.from_schema(schema), param)
+
+
+def checked(params: StructuredOutputParams, param: str) -> StructuredOutputParams:
+    """`params` if it compiles, else a 400 naming `param`."""
+    try:
+        validate(params)
+    except GrammarError as e:
+        raise invalid_request(f"invalid {param}: {e}", param=param) from e
+    return params
