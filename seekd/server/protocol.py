@@ -63,8 +63,17 @@ class ChatMessage(BaseModel):
     name: str | None = None
 
 
+class ThinkingOption(BaseModel):
+    """DeepSeek's API: `"thinking": {"type": "enabled"}` switches thinking mode on for V3.2/V4 models."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["enabled", "disabled"]
+
+
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
+    thinking: ThinkingOption | bool | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
@@ -73,6 +82,17 @@ class ChatCompletionRequest(SamplingFields):
     response_format: dict[str, Any] | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """chat_template_kwargs plus the request-level thinking options (these win when both are set)."""
+        kwargs = dict(self.chat_template_kwargs or {})
+        if isinstance(self.thinking, ThinkingOption):
+            kwargs["thinking"] = self.thinking.type == "enabled"
+        elif self.thinking is not None:
+            kwargs["thinking"] = self.thinking
+        if self.reasoning_effort is not None:
+            kwargs["reasoning_effort"] = self.reasoning_effort
+        return kwargs
 
 
 class CompletionRequest(SamplingFields):

@@ -69,7 +69,7 @@ async def create_chat_completion(
     messages = [_message_dict(i, m) for i, m in enumerate(req.messages)]
     try:
         prompt_text = ctx.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=req.add_generation_prompt, **(req.chat_template_kwargs or {})
+            messages, add_generation_prompt=req.add_generation_prompt, **req.template_kwargs()
         )
     except ChatTemplateError as e:
         raise invalid_request(str(e), param="messages") from e

@@ -1,5 +1,7 @@
 """A model folder's tokenizer (tokenizer.json via `tokenizers`) plus its tokenizer_config.json:
-special tokens and the chat template. transformers is not needed at run time."""
+special tokens and the chat template. transformers is not needed at run time.
+Models whose config.json names a DeepSeek `model_type` with its own Python encoder (V3.2, V4) get
+their prompts from that encoder, not from a Jinja template."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 import tokenizers
 
 from seekd.text.chat_template import ChatTemplateError, render_chat_template
+from seekd.text.deepseek_prompt import encode_chat_prompt, has_encoder
 
 
 def _token_content(value: Any) -> str | None:
@@ -31,6 +34,7 @@ class Tokenizer:
         self.eos_token = _token_content(config.get("eos_token"))
         self.pad_token = _token_content(config.get("pad_token"))
         self.chat_template = self._find_chat_template(folder, config)
+        self.model_type = self._model_type(folder)
         self.bos_token_id = self.token_to_id(self.bos_token)
         self.eos_token_id = self.token_to_id(self.eos_token)
         self.all_special_ids = frozenset(
@@ -47,6 +51,23 @@ class Tokenizer:
         if template is None and jinja_file.is_file():
             template = jinja_file.read_text()
         return template
+
+    @staticmethod
+    def _model_type(folder: Path) -> str | None:
+        path = folder / "config.json"
+        if not path.is_file():
+            return None
+        config = json.loads(path.read_text())
+        return config.get("model_type") or (config.get("text_config") or {}).get("model_type")
+
+    @property
+    def uses_deepseek_encoder(self) -> bool:
+        return has_encoder(self.model_type)
+
+    @property
+    def has_chat_format(self) -> bool:
+        """Whether chat messages can be turned into a prompt (a template or a DeepSeek encoder)."""
+        return self.chat_template is not None or self.uses_deepseek_encoder
 
     @property
     def vocab_size(self) -> int:
@@ -71,6 +92,13 @@ class Tokenizer:
         tools: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> str:
+        """The prompt text. For DeepSeek encoders the generation prompt is part of the format (a user
+        turn always ends by opening the assistant's), so add_generation_prompt does not apply."""
+        if self.uses_deepseek_encoder:
+            try:
+                return encode_chat_prompt(str(self.model_type), messages, tools=tools, **kwargs)
+            except (ValueError, KeyError, TypeError) as e:
+                raise ChatTemplateError(f"cannot encode this conversation for {self.model_type}: {e}") from e
         if self.chat_template is None:
             raise ChatTemplateError("this model has no chat template; use a completion prompt instead")
         return render_chat_template(
