@@ -1,4 +1,4 @@
-"""`seekd` command line: serve, generate, chat, bench, top.
+"""`seekd` command line: serve, generate, chat, bench, top, keys, audit.
 
 Every config field is also a flag (`--max-num-seqs 64`), generated from the config tree, so the
 CLI, YAML (`--config FILE`) and `SEEKD_*` variables stay in step without a second list of options.
@@ -14,6 +14,7 @@ from typing import Any
 
 from seekd.bench.cli import add_bench_parser
 from seekd.config import SeekdConfig, config_fields, field_type, load_config
+from seekd.ops.security_cli import add_security_parsers, run_audit, run_keys
 
 SAMPLING_FLAGS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(generate)
 
     add_bench_parser(sub)
+    add_security_parsers(sub)
 
     top = sub.add_parser("top", help="live view of a running server's /metrics")
     top.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
@@ -165,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
-    handlers = {"generate": _cmd_generate, "chat": _cmd_chat, "serve": _cmd_serve}
+    handlers = {"generate": _cmd_generate, "chat": _cmd_chat, "serve": _cmd_serve, "keys": run_keys,
+                "audit": run_audit}
     try:
         return handlers[args.command](args, config)
     except (FileNotFoundError, ValueError) as e:

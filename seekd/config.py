@@ -110,6 +110,9 @@ class ServerConfig:
     log_format: str = "text"  # text | json (one JSON object per log line, for log shippers)
     max_request_body_bytes: int = 8 * 2**20  # larger bodies get 413 before they are parsed
     max_n: int = 16  # most choices one request may ask for (`n`)
+    max_prompt_tokens: int = 0  # longest prompt accepted, in tokens; 0 = the model's context length
+    max_output_tokens: int = 0  # largest max_tokens accepted; 0 = the rest of the context
+    max_json_depth: int = 32  # deepest nesting of arrays/objects in a request body (400 beyond)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -120,6 +123,10 @@ class ServerConfig:
             raise ValueError("max_n must be at least 1")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
+        if self.max_prompt_tokens < 0 or self.max_output_tokens < 0:
+            raise ValueError("max_prompt_tokens and max_output_tokens must not be negative")
+        if self.max_json_depth < 2:
+            raise ValueError("max_json_depth must be at least 2 (a request is an object holding arrays)")
 
 
 @dataclass
@@ -179,6 +186,39 @@ class AdmissionConfig:
 
 
 @dataclass
+class SecurityConfig:
+    """API keys, TLS, tenant isolation of the prefix cache and the audit log (see README "Security").
+
+    Keys live in `<data_dir>/keys.db` (`seekd keys create`); `api_key` adds one admin key for a
+    single-user setup (prefer `SEEKD_API_KEY` to the flag: flags show in `ps`). Without any key the
+    server only binds loopback addresses.
+    """
+
+    api_key: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_ca_certs: str | None = None  # CA bundle of client certificates; set = clients must present one (mTLS)
+    ssl_min_version: str = "1.3"  # 1.3 | 1.2
+    tenant_cache_isolation: bool = True  # salt the prefix cache with the tenant: no hits across tenants
+    audit_log: bool = True
+    audit_log_file: str | None = None  # default <data_dir>/audit.jsonl
+    audit_store_content: bool = False  # also store prompts and outputs, AES-256-GCM encrypted
+    audit_encryption_key: str | None = None  # 32 bytes as 64 hex chars; set it as SEEKD_AUDIT_ENCRYPTION_KEY
+    audit_encryption_key_file: str | None = None  # a file holding the same
+
+    def __post_init__(self) -> None:
+        if self.ssl_min_version not in ("1.2", "1.3"):
+            raise ValueError(f"ssl_min_version must be 1.2 or 1.3, not {self.ssl_min_version!r}")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("ssl_certfile and ssl_keyfile go together: give both or neither")
+        if self.ssl_ca_certs and not self.ssl_certfile:
+            raise ValueError("ssl_ca_certs (client certificates) needs ssl_certfile and ssl_keyfile")
+        if self.audit_store_content and not (self.audit_encryption_key or self.audit_encryption_key_file):
+            raise ValueError("audit_store_content needs a key: SEEKD_AUDIT_ENCRYPTION_KEY or "
+                             "audit_encryption_key_file (content is never stored in clear)")
+
+
+@dataclass
 class StorageConfig:
     data_dir: str = "~/.local/share/seekd"  # demo model, key store, audit log
 
@@ -196,6 +236,7 @@ class SeekdConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 

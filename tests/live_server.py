@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -24,13 +24,14 @@ class ServerHandle:
     base_url: str
     process: subprocess.Popen
     log_path: Path
+    client_options: dict = field(default_factory=dict)  # httpx options: auth headers, TLS verify/cert
 
     @property
     def api_url(self) -> str:
         return f"{self.base_url}/v1"
 
     def ready_payload(self) -> dict:
-        return httpx.get(f"{self.base_url}/ready", timeout=5.0).json()
+        return httpx.get(f"{self.base_url}/ready", timeout=5.0, **self.client_options).json()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -43,7 +44,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(data_dir: Path, log_path: Path, *extra: str):
+def running_server(data_dir: Path, log_path: Path, *extra: str, scheme: str = "http",
+                   client_options: dict | None = None):
+    """`client_options` (httpx keyword arguments) let the readiness poll pass auth and TLS."""
     port = free_port()
     cmd = [
         sys.executable, "-m", "seekd.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
@@ -52,14 +55,14 @@ def running_server(data_dir: Path, log_path: Path, *extra: str):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    handle = ServerHandle(f"http://127.0.0.1:{port}", process, log_path)
+    handle = ServerHandle(f"{scheme}://127.0.0.1:{port}", process, log_path, client_options or {})
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:
             if process.poll() is not None:
                 pytest.fail(f"server exited with {process.returncode}:\n{handle.log()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{handle.base_url}/ready", timeout=1.0).status_code == 200:
+                if httpx.get(f"{handle.base_url}/ready", timeout=1.0, **handle.client_options).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{handle.log()}")

@@ -49,10 +49,20 @@ class RateLimitExceeded(Exception):
     limit: str  # "requests" or "tokens"
     per_min: int
     retry_after_s: int
+    subject: str = "tenant"  # or "API key"
 
     def __str__(self) -> str:
-        return (f"rate limit of {self.per_min} {self.limit} per minute exceeded for tenant {self.tenant!r}; "
-                f"retry after {self.retry_after_s} s")
+        return (f"rate limit of {self.per_min} {self.limit} per minute exceeded for {self.subject} "
+                f"{self.tenant!r}; retry after {self.retry_after_s} s")
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """One API key's own limits, on top of its tenant's."""
+
+    key_id: str
+    requests_per_min: int
+    tokens_per_min: int
 
 
 class TenantRateLimiter:
@@ -70,16 +80,29 @@ class TenantRateLimiter:
     def check(self, tenant: str, tokens: int, now: float | None = None) -> None:
         """Charge one request of `tokens` estimated tokens, or raise RateLimitExceeded and charge
         nothing (a refused request must not eat into the allowance)."""
-        if not self.enabled:
-            return
         now = time.monotonic() if now is None else now
+        if (refusal := self.refusal(tenant, tokens, now)) is not None:
+            raise refusal
+        self.charge(tenant, tokens, now)
+
+    def refusal(self, tenant: str, tokens: int, now: float, subject: str = "tenant") -> RateLimitExceeded | None:
+        """Why a request would be refused now, without charging anything."""
+        if not self.enabled:
+            return None
         requests, token_bucket = self._buckets_of(tenant, now)
         for bucket, amount, kind, per_min in (
             (requests, 1, "requests", self.requests_per_min),
             (token_bucket, tokens, "tokens", self.tokens_per_min),
         ):
             if bucket is not None and (wait := bucket.wait_time(amount, now)) > 0:
-                raise RateLimitExceeded(tenant, kind, per_min, max(1, math.ceil(wait)))
+                return RateLimitExceeded(tenant, kind, per_min, max(1, math.ceil(wait)), subject)
+        return None
+
+    def charge(self, tenant: str, tokens: int, now: float) -> None:
+        """Take a request's allowance; call after `refusal` returned None for the same `now`."""
+        if not self.enabled:
+            return
+        requests, token_bucket = self._buckets_of(tenant, now)
         if requests is not None:
             requests.take(1)
         if token_bucket is not None:
@@ -102,3 +125,28 @@ class TenantRateLimiter:
         self._buckets = {
             t: b for t, b in self._buckets.items() if not all(x is None or x.is_full(now) for x in b)
         }
+
+
+class KeyRateLimiter:
+    """Per-key limits, each key with its own rates (one TenantRateLimiter per distinct rate pair)."""
+
+    def __init__(self) -> None:
+        self._by_rates: dict[tuple[int, int], TenantRateLimiter] = {}
+
+    def limiter_for(self, limits: KeyLimits) -> TenantRateLimiter:
+        rates = (limits.requests_per_min, limits.tokens_per_min)
+        limiter = self._by_rates.get(rates)
+        if limiter is None:
+            limiter = self._by_rates[rates] = TenantRateLimiter(*rates)
+        return limiter
+
+
+def check_limits(checks: list[tuple[TenantRateLimiter, str, str]], tokens: int, now: float | None = None) -> None:
+    """All-or-nothing over several limiters of (limiter, name, subject): either every one is
+    charged, or RateLimitExceeded is raised and none is."""
+    now = time.monotonic() if now is None else now
+    for limiter, name, subject in checks:
+        if (refusal := limiter.refusal(name, tokens, now, subject)) is not None:
+            raise refusal
+    for limiter, name, _ in checks:
+        limiter.charge(name, tokens, now)

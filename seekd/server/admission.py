@@ -30,7 +30,8 @@ from typing import Any
 from starlette.requests import Request
 
 from seekd.config import AdmissionConfig
-from seekd.ops.limits import RateLimitExceeded, TenantRateLimiter
+from seekd.ops.auth import principal_of
+from seekd.ops.limits import KeyLimits, KeyRateLimiter, RateLimitExceeded, TenantRateLimiter, check_limits
 from seekd.server.errors import APIError
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,11 @@ QUEUE_TIME_WINDOW = 1000  # recent admissions kept for the queue-time percentile
 
 
 def resolve_tenant(request: Request) -> str:
-    """The tenant a request is accounted to. For now the `X-Seekd-Tenant` header; the API-key layer
-    will derive it from the key here, so every caller goes through this one function."""
+    """The tenant a request is accounted to: its API key's. Only without keys (loopback, one trusted
+    user) may the `X-Seekd-Tenant` header choose one, for tests and local experiments."""
+    principal = principal_of(request.scope)
+    if principal is not None and principal.authenticated:
+        return principal.key.tenant
     raw = request.headers.get(TENANT_HEADER, "").strip()
     if not raw:
         return DEFAULT_TENANT
@@ -63,6 +67,8 @@ class RequestPolicy:
     priority: int = 0  # lower = more important, as in the engine
     timeout_s: float | None = None
     arrival: float = field(default_factory=time.monotonic)
+    key_limits: KeyLimits | None = None  # the API key's own rpm/tpm, if it has any
+    request_cache_salt: str | None = None  # the request's `cache_salt`; the tenant is added to it
 
     @property
     def deadline(self) -> float | None:
@@ -71,10 +77,16 @@ class RequestPolicy:
         return None if self.timeout_s is None else self.arrival + self.timeout_s
 
 
-def request_policy(request: Request, priority: int, timeout_s: float | None, default_timeout_s: float) -> RequestPolicy:
+def request_policy(request: Request, priority: int, timeout_s: float | None, default_timeout_s: float,
+                   cache_salt: str | None = None) -> RequestPolicy:
     """The request's `timeout` field wins over the server's `request_timeout_s` (0 = none)."""
     timeout = timeout_s if timeout_s is not None else (default_timeout_s or None)
-    return RequestPolicy(resolve_tenant(request), priority, timeout)
+    principal = principal_of(request.scope)
+    key_limits = None
+    if principal is not None and (principal.key.rpm or principal.key.tpm):
+        key_limits = KeyLimits(principal.key.id, principal.key.rpm, principal.key.tpm)
+    return RequestPolicy(resolve_tenant(request), priority, timeout, key_limits=key_limits,
+                         request_cache_salt=cache_salt)
 
 
 @dataclass(eq=False)
@@ -87,6 +99,7 @@ class Ticket:
     cost: int  # estimated tokens: prompt + max_tokens, over all its sequences
     num_seqs: int
     arrival: float  # time.monotonic()
+    key_limits: KeyLimits | None = None
     start_tag: float = 0.0
     seq: int = 0
     admitted_at: float | None = None
@@ -194,6 +207,7 @@ class AdmissionController:
     max_inflight_seqs: int
     queue: FairQueue = field(init=False)
     limiter: TenantRateLimiter = field(init=False)
+    key_limiter: KeyRateLimiter = field(default_factory=KeyRateLimiter)
     drain_rate: DrainRate = field(default_factory=DrainRate)
     inflight_seqs: int = 0
     inflight_tokens: int = 0
@@ -209,13 +223,14 @@ class AdmissionController:
                                          self.config.rate_limit_tokens_per_min)
 
     # -- the request path -------------------------------------------------------------------
-    def enqueue(self, request_id: str, tenant: str, priority: int, cost: int, num_seqs: int) -> Ticket:
+    def enqueue(self, request_id: str, tenant: str, priority: int, cost: int, num_seqs: int,
+                key_limits: KeyLimits | None = None) -> Ticket:
         """Admit at once, queue, or refuse (APIError 429/503) — synchronously, before any work."""
         if self.draining:
             raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, "the server is shutting down; retry on another "
                            "replica or after it restarts", code="server_shutting_down")
         now = time.monotonic()
-        ticket = Ticket(request_id, tenant, priority, cost, num_seqs, now)
+        ticket = Ticket(request_id, tenant, priority, cost, num_seqs, now, key_limits)
         if len(self.queue) == 0 and self._fits(ticket):
             self._check_rate(ticket)
             self._admit(ticket, now)
@@ -279,8 +294,11 @@ class AdmissionController:
 
     # -- internals --------------------------------------------------------------------------
     def _check_rate(self, ticket: Ticket) -> None:
+        checks = [(self.limiter, ticket.tenant, "tenant")]
+        if ticket.key_limits is not None:
+            checks.append((self.key_limiter.limiter_for(ticket.key_limits), ticket.key_limits.key_id, "API key"))
         try:
-            self.limiter.check(ticket.tenant, ticket.cost)
+            check_limits(checks, ticket.cost)
         except RateLimitExceeded as e:
             self.num_rejected += 1
             logger.info("rate limited request_id=%s tenant=%s limit=%s retry_after=%d",

@@ -25,8 +25,14 @@ from fastapi.responses import JSONResponse
 from seekd import __version__
 from seekd.config import SeekdConfig
 from seekd.ops.access_log import configure_logging
+from seekd.ops.audit import AUDIT_FILE, AuditLog, ContentCipher, load_key
+from seekd.ops.auth import Authenticator, AuthMiddleware, check_bind_is_safe
+from seekd.ops.keys import KeyStore
 from seekd.ops.observability import install_observability
+from seekd.ops.tls import build_ssl_context
+from seekd.server.admin_routes import router as admin_router
 from seekd.server.admission import AdmissionController, resolve_tenant
+from seekd.server.audit_trail import AuditMiddleware
 from seekd.server.body_limit import BodySizeLimitMiddleware
 from seekd.server.engine_client import EngineClient
 from seekd.server.errors import install_error_handlers
@@ -63,11 +69,14 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
         metrics=app.state.metrics,
         admission=app.state.admission,
         request_timeout_s=config.admission.request_timeout_s,
+        tenant_cache_isolation=config.security.tenant_cache_isolation,
+        max_prompt_tokens=config.server.max_prompt_tokens,
+        max_output_tokens=config.server.max_output_tokens,
     )
     demo = " (demo model with RANDOM weights)" if config.model.model is None else ""
     logger.info(
-        "ready: serving %s%s from %s, context %d tokens, at http://%s:%d/v1",
-        name, demo, info.model_folder, info.max_model_len, config.server.host, config.server.port,
+        "ready: serving %s%s from %s, context %d tokens, at %s://%s:%d/v1",
+        name, demo, info.model_folder, info.max_model_len, _scheme(config), config.server.host, config.server.port,
     )
 
 
@@ -95,8 +104,16 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
     max_inflight = config.admission.max_inflight_requests or config.scheduler.max_num_seqs
     app.state.admission = AdmissionController(config.admission, max_inflight)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=config.server.max_request_body_bytes)
+    # Outermost first: access log -> audit -> auth -> body limit -> routes.
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=config.server.max_request_body_bytes,
+                       max_json_depth=config.server.max_json_depth)
+    app.state.key_store = KeyStore.in_data_dir(config.storage.path)
+    app.add_middleware(AuthMiddleware, authenticator=authenticator(config),
+                       on_reject=lambda: app.state.metrics.request_rejected("auth"))
+    if config.security.audit_log:
+        app.add_middleware(AuditMiddleware, log=audit_log(config), store_content=config.security.audit_store_content)
     app.include_router(router)
+    app.include_router(admin_router)
     install_observability(app, config.model.display_name)
 
     @app.get("/health")
@@ -144,9 +161,31 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
     return app
 
 
+def authenticator(config: SeekdConfig) -> Authenticator:
+    return Authenticator(KeyStore.in_data_dir(config.storage.path), config.security.api_key)
+
+
+def audit_log(config: SeekdConfig) -> AuditLog:
+    security = config.security
+    path = Path(security.audit_log_file).expanduser() if security.audit_log_file else config.storage.path / AUDIT_FILE
+    cipher = None
+    if security.audit_store_content:
+        cipher = ContentCipher(load_key(security.audit_encryption_key, security.audit_encryption_key_file))
+    return AuditLog(path, cipher)
+
+
+def _scheme(config: SeekdConfig) -> str:
+    return "https" if config.security.ssl_certfile else "http"
+
+
 def run_server(config: SeekdConfig) -> int:
-    """Serve until interrupted; returns the process exit code (1 if the engine never started)."""
+    """Serve until interrupted; returns the process exit code (1 if the engine never started).
+    Raises ValueError before binding if the configuration is unsafe (no keys on a public address,
+    unreadable certificates)."""
     configure_logging(config.server.log_format)
+    check_bind_is_safe(config.server.host, authenticator(config).enabled)
+    if config.security.audit_store_content:
+        audit_log(config)  # a bad encryption key fails here, not on the first request
     try:
         return asyncio.run(_serve(config))
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown has finished
@@ -192,16 +231,17 @@ class _DrainingServer(uvicorn.Server):
 
 async def _serve(config: SeekdConfig) -> int:
     failure = asyncio.Event()
+    ssl_context = build_ssl_context(config.security)
     app = create_app(config, failure)
-    server = _DrainingServer(
-        uvicorn.Config(
-            app, host=config.server.host, port=config.server.port, log_level=config.server.log_level,
-            timeout_graceful_shutdown=5,
-            log_config=None if config.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
-        ),
-        app, config.admission.drain_timeout_s,
+    uvicorn_config = uvicorn.Config(
+        app, host=config.server.host, port=config.server.port, log_level=config.server.log_level,
+        timeout_graceful_shutdown=5,
+        log_config=None if config.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
-    logger.info("seekd %s starting on http://%s:%d (model: %s)", __version__, config.server.host,
+    uvicorn_config.load()
+    uvicorn_config.ssl = ssl_context  # ours: uvicorn cannot set a minimum TLS version
+    server = _DrainingServer(uvicorn_config, app, config.admission.drain_timeout_s)
+    logger.info("seekd %s starting on %s://%s:%d (model: %s)", __version__, _scheme(config), config.server.host,
                 config.server.port, config.model.model or "built-in demo")
 
     async def stop_on_failure() -> None:

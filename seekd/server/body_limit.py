@@ -3,6 +3,7 @@
 The body is read here and replayed to the app, so a limit also holds for chunked uploads that
 carry no Content-Length. An oversized body is drained (up to a bound) before the 413 is sent,
 because HTTP clients that are still writing the body would otherwise see a reset, not the error.
+A body nested deeper than `max_json_depth` gets a 400 here too: the JSON parser would recurse on it.
 """
 
 from __future__ import annotations
@@ -12,14 +13,16 @@ from http import HTTPStatus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from seekd.server.errors import APIError
+from seekd.server.json_depth import deeper_than
 
 MAX_DRAIN_FACTOR = 8  # beyond limit * this, stop reading and let the connection drop
 
 
 class BodySizeLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_json_depth: int = 0) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth  # 0 = unchecked
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,6 +43,9 @@ class BodySizeLimitMiddleware:
             await self._reject(size, send)
             return
         body = b"".join(chunks)
+        if self.max_json_depth and deeper_than(body, self.max_json_depth):
+            await self._reject_depth(send)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -60,6 +66,16 @@ class BodySizeLimitMiddleware:
         )
         response = error.response()
         await response({"type": "http"}, _no_receive, send)
+
+
+    async def _reject_depth(self, send: Send) -> None:
+        error = APIError(
+            HTTPStatus.BAD_REQUEST,
+            f"the request body nests arrays/objects deeper than {self.max_json_depth} levels "
+            "(server setting max_json_depth)",
+            code="json_too_deep",
+        )
+        await error.response()({"type": "http"}, _no_receive, send)
 
 
 async def _no_receive() -> Message:

@@ -18,6 +18,7 @@ from http import HTTPStatus
 
 from seekd.engine.outputs import EngineOutput, TokenLogprob
 from seekd.engine.request import EngineCoreRequest
+from seekd.ops.auth import cache_salt_for
 from seekd.ops.metrics import ServerMetrics
 from seekd.sampling_params import SamplingParams
 from seekd.server.admission import AdmissionController, RequestPolicy
@@ -45,6 +46,9 @@ class ServingContext:
     metrics: ServerMetrics
     admission: AdmissionController
     request_timeout_s: float  # default deadline of a request; 0 = none
+    tenant_cache_isolation: bool = True  # prefix-cache hits only within a tenant
+    max_prompt_tokens: int = 0  # 0 = the context length is the only bound
+    max_output_tokens: int = 0  # 0 = the rest of the context
 
 
 def build_sampling_params(
@@ -96,6 +100,18 @@ def check_context_length(prompt_len: int, max_tokens: int | None, max_model_len:
             "completion). Please reduce the length of the prompt or of max_tokens.",
             param="max_tokens", code="context_length_exceeded",
         )
+
+
+def check_input_limits(ctx: ServingContext, prompt_len: int, max_tokens: int | None, param: str) -> None:
+    """The operator's bounds on one request, tighter than the model's context."""
+    if ctx.max_prompt_tokens and prompt_len > ctx.max_prompt_tokens:
+        raise invalid_request(
+            f"the {param} has {prompt_len} tokens; this server accepts at most {ctx.max_prompt_tokens} "
+            "(server setting max_prompt_tokens)", param=param, code="prompt_too_long")
+    if ctx.max_output_tokens and (max_tokens or 0) > ctx.max_output_tokens:
+        raise invalid_request(
+            f"max_tokens is {max_tokens}; this server allows at most {ctx.max_output_tokens} "
+            "(server setting max_output_tokens)", param="max_tokens", code="max_tokens_too_large")
 
 
 @dataclass
@@ -154,6 +170,7 @@ class Generation:
         self.tracker = ctx.metrics.track()
         self.choices: list[Choice] = []
         self._requests: list[EngineCoreRequest] = []
+        cache_salt = cache_salt_for(policy.tenant, policy.request_cache_salt, ctx.tenant_cache_isolation)
         for p, prompt in enumerate(prompts):
             for i in range(params.n):
                 index = p * params.n + i
@@ -167,7 +184,7 @@ class Generation:
                     EngineCoreRequest(
                         request_id=engine_id, prompt_token_ids=prompt, sampling_params=child,
                         arrival_time=policy.arrival, priority=policy.priority, tenant=policy.tenant,
-                        deadline=policy.deadline,
+                        deadline=policy.deadline, cache_salt=cache_salt,
                     )
                 )
 
@@ -185,7 +202,7 @@ class Generation:
         admission = self.ctx.admission
         try:
             ticket = admission.enqueue(self.request_id, self.policy.tenant, self.policy.priority,
-                                       self.estimated_tokens, len(self._requests))
+                                       self.estimated_tokens, len(self._requests), self.policy.key_limits)
         except APIError as e:
             if e.status == HTTPStatus.TOO_MANY_REQUESTS:
                 self.ctx.metrics.request_rejected("rate_limit" if e.code == "rate_limit_exceeded" else "queue_full")

@@ -8,6 +8,7 @@ from http import HTTPStatus
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
+from seekd.ops.auth import principal_of
 from seekd.server.errors import APIError
 from seekd.server.generation import ServingContext
 from seekd.server.protocol import (
@@ -44,12 +45,19 @@ def serving_context(request: Request) -> ServingContext:
     return ctx
 
 
-def _check_model(ctx: ServingContext, model: str | None) -> None:
+def _check_model(ctx: ServingContext, model: str | None, request: Request) -> None:
     if model is not None and model != ctx.served_model_name:
         raise APIError(
             HTTPStatus.NOT_FOUND,
             f"The model `{model}` does not exist; this server serves `{ctx.served_model_name}`.",
             param="model", code="model_not_found",
+        )
+    principal = principal_of(request.scope)
+    if principal is not None and not principal.key.allows_model(ctx.served_model_name):
+        raise APIError(
+            HTTPStatus.FORBIDDEN,
+            f"API key {principal.key.id} may not use the model `{ctx.served_model_name}`",
+            type="permission_error", param="model", code="model_not_allowed",
         )
 
 
@@ -62,6 +70,9 @@ def _new_request_id(request: Request, prefix: str) -> str:
 @router.get("/v1/models", response_model=ModelList)
 async def list_models(request: Request) -> ModelList:
     ctx = serving_context(request)
+    principal = principal_of(request.scope)
+    if principal is not None and not principal.key.allows_model(ctx.served_model_name):
+        return ModelList(data=[])
     card = ModelCard(id=ctx.served_model_name, created=ctx.created, max_model_len=ctx.max_model_len)
     return ModelList(data=[card])
 
@@ -69,7 +80,7 @@ async def list_models(request: Request) -> ModelList:
 @router.post("/v1/chat/completions", responses={200: {"model": ChatCompletionResponse}})
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     ctx = serving_context(request)
-    _check_model(ctx, body.model)
+    _check_model(ctx, body.model, request)
     request_id = _new_request_id(request, "chatcmpl")
     try:
         return await create_chat_completion(ctx, body, request, request_id)
@@ -80,7 +91,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 @router.post("/v1/completions", responses={200: {"model": CompletionResponse}})
 async def completions(body: CompletionRequest, request: Request) -> Response:
     ctx = serving_context(request)
-    _check_model(ctx, body.model)
+    _check_model(ctx, body.model, request)
     request_id = _new_request_id(request, "cmpl")
     try:
         return await create_completion(ctx, body, request, request_id)

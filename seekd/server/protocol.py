@@ -48,6 +48,7 @@ class SamplingFields(BaseModel):
     user: str | None = None
     priority: int = 0  # seekd: lower = served first (as in the engine); queued by class, then fairly
     timeout: float | None = Field(None, gt=0)  # seekd: seconds until the request is aborted (408)
+    cache_salt: str | None = Field(None, max_length=256)  # narrows prefix-cache sharing (within the tenant)
 
 
 class TextPart(BaseModel):

@@ -16,6 +16,7 @@ from seekd.server.generation import (
     ServingContext,
     build_sampling_params,
     check_context_length,
+    check_input_limits,
 )
 from seekd.server.logprobs import chat_logprobs
 from seekd.server.protocol import (
@@ -64,7 +65,7 @@ def _check_supported(req: ChatCompletionRequest) -> None:
 async def create_chat_completion(
     ctx: ServingContext, req: ChatCompletionRequest, request: Request, request_id: str
 ) -> JSONResponse | EventStreamResponse:
-    policy = request_policy(request, req.priority, req.timeout, ctx.request_timeout_s)
+    policy = request_policy(request, req.priority, req.timeout, ctx.request_timeout_s, req.cache_salt)
     _check_supported(req)
     messages = [_message_dict(i, m) for i, m in enumerate(req.messages)]
     try:
@@ -75,7 +76,10 @@ async def create_chat_completion(
         raise invalid_request(str(e), param="messages") from e
     prompt_ids = ctx.tokenizer.encode(prompt_text, add_special_tokens=False)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    if max_tokens is None and ctx.max_output_tokens:  # "the rest of the context", capped by the operator
+        max_tokens = max(1, min(ctx.max_output_tokens, ctx.max_model_len - len(prompt_ids)))
     check_context_length(len(prompt_ids), max_tokens, ctx.max_model_len, "messages")
+    check_input_limits(ctx, len(prompt_ids), max_tokens, "messages")
     num_top = (req.top_logprobs or 0) if req.logprobs else None
     params = build_sampling_params(req, max_tokens=max_tokens, logprobs=num_top, max_n=ctx.max_n)
     gen = Generation(ctx, request_id, [prompt_ids], params, policy)

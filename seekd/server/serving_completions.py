@@ -15,6 +15,7 @@ from seekd.server.generation import (
     ServingContext,
     build_sampling_params,
     check_context_length,
+    check_input_limits,
 )
 from seekd.server.logprobs import completion_logprobs
 from seekd.server.protocol import CompletionChoice, CompletionRequest, CompletionResponse
@@ -52,12 +53,13 @@ def _check_supported(req: CompletionRequest) -> None:
 async def create_completion(
     ctx: ServingContext, req: CompletionRequest, request: Request, request_id: str
 ) -> JSONResponse | EventStreamResponse:
-    policy = request_policy(request, req.priority, req.timeout, ctx.request_timeout_s)
+    policy = request_policy(request, req.priority, req.timeout, ctx.request_timeout_s, req.cache_salt)
     _check_supported(req)
     prompts = _prompts(ctx, req.prompt)
     max_tokens = 16 if req.max_tokens is None else req.max_tokens  # the OpenAI default
     for ids in prompts:
         check_context_length(len(ids), max_tokens, ctx.max_model_len, "prompt")
+        check_input_limits(ctx, len(ids), max_tokens, "prompt")
     params = build_sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs, max_n=ctx.max_n)
     gen = Generation(ctx, request_id, prompts, params, policy)
     request.state.generation = gen  # for the access log

@@ -1,0 +1,75 @@
+"""`/admin/keys`: list, create and revoke API keys over HTTP (the auth middleware admits only admin keys).
+
+A created key is in the response once and nowhere else; the server keeps only its hash.
+"""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Literal
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field
+
+from seekd.ops.keys import KeyStore
+from seekd.server.errors import APIError, invalid_request
+
+router = APIRouter(prefix="/admin")
+
+
+class KeyInfo(BaseModel):
+    id: str
+    name: str
+    tenant: str
+    role: str
+    models: list[str]
+    rpm: int
+    tpm: int
+    created: float
+    revoked: float | None = None
+
+
+class KeyList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[KeyInfo]
+
+
+class CreateKeyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tenant: str = Field(min_length=1, max_length=64)
+    role: Literal["user", "admin", "metrics"] = "user"
+    models: list[str] = Field(default_factory=list, max_length=64)
+    rpm: int = Field(0, ge=0, le=10**9)
+    tpm: int = Field(0, ge=0, le=10**12)
+    name: str = Field("", max_length=128)
+
+
+class CreatedKey(KeyInfo):
+    key: str  # shown once
+
+
+def _store(request: Request) -> KeyStore:
+    return request.app.state.key_store
+
+
+@router.get("/keys", response_model=KeyList)
+async def list_keys(request: Request) -> KeyList:
+    return KeyList(data=[KeyInfo(**k.public()) for k in _store(request).list_keys()])
+
+
+@router.post("/keys", response_model=CreatedKey)
+async def create_key(body: CreateKeyRequest, request: Request) -> CreatedKey:
+    try:
+        key, record = _store(request).create(body.tenant, body.role, tuple(body.models), body.rpm, body.tpm, body.name)
+    except ValueError as e:
+        raise invalid_request(str(e)) from e
+    return CreatedKey(key=key, **record.public())
+
+
+@router.delete("/keys/{key_id}", response_model=KeyInfo)
+async def revoke_key(key_id: str, request: Request) -> KeyInfo:
+    store = _store(request)
+    if not store.revoke(key_id):
+        raise APIError(HTTPStatus.NOT_FOUND, f"no active API key with id {key_id!r}", code="key_not_found")
+    (record,) = [k for k in store.list_keys() if k.id == key_id]
+    return KeyInfo(**record.public())
