@@ -1,0 +1,220 @@
+"""API keys on a real `seekd serve`: every route of the app (listed from the app itself, so a new
+route cannot be forgotten) refuses missing, wrong and revoked keys; roles guard /admin and /metrics;
+model allow-lists, per-key limits and the key's tenant hold; the prefix cache is isolated per
+tenant; and every call lands in a verifiable audit chain."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from starlette.routing import Route
+
+from seekd.config import load_config
+from seekd.ops.audit import verify
+from seekd.ops.keys import KeyStore
+from seekd.server.app import create_app
+
+from .conftest import ServerHandle, running_server
+
+pytestmark = pytest.mark.slow
+
+DEMO = "seekd-demo-random"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> dict:
+    data_dir = tmp_path_factory.mktemp("auth-data")
+    store = KeyStore.in_data_dir(data_dir)
+    made = {name: store.create(tenant, role, models, rpm=rpm)[0] for name, (tenant, role, models, rpm) in {
+        "admin": ("ops", "admin", (), 0),
+        "alice": ("tenant-a", "user", (), 0),
+        "alice2": ("tenant-a", "user", (), 0),
+        "bob": ("tenant-b", "user", (), 0),
+        "metrics": ("ops", "metrics", (), 0),
+        "other_model": ("tenant-a", "user", ("some-other-model",), 0),
+        "demo_only": ("tenant-a", "user", (DEMO,), 0),
+        "slow": ("tenant-c", "user", (), 2),
+        "revoked": ("tenant-a", "user", (), 0),
+    }.items()}
+    return {"data_dir": data_dir, **made}
+
+
+@pytest.fixture(scope="module")
+def server(keys: dict, tmp_path_factory) -> ServerHandle:
+    log_path = tmp_path_factory.mktemp("auth-log") / "server.log"
+    with running_server(keys["data_dir"], log_path, client_options={"headers": bearer(keys["admin"])}) as handle:
+        yield handle
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def flat_routes(routes: list, prefix: str = "") -> list[tuple[str, Route]]:
+    """Newer FastAPI keeps included routers as one entry each; walk into them."""
+    out: list[tuple[str, Route]] = []
+    for route in routes:
+        if isinstance(route, Route):
+            out.append((prefix, route))
+        elif hasattr(route, "original_router"):
+            out += flat_routes(route.original_router.routes, prefix + route.include_context.prefix)
+        else:
+            raise AssertionError(f"unexpected route type {type(route)}: decide how it is protected")
+    return out
+
+
+def app_routes() -> list[tuple[str, str]]:
+    """(method, path) of every route the app registers, path parameters filled in."""
+    app = create_app(load_config(environ={}))
+    out = []
+    for prefix, route in flat_routes(app.routes):
+        path = prefix + route.path
+        for name in route.param_convertors:
+            path = path.replace("{" + name + "}", "abc")
+        out += [(method, path) for method in sorted(route.methods or ()) if method != "HEAD"]
+    return out
+
+
+def call(server: ServerHandle, method: str, path: str, key: str | None = None, headers: dict | None = None,
+         **kw) -> httpx.Response:
+    headers = {**(headers or {}), **(bearer(key) if key is not None else {})}
+    return httpx.request(method, server.base_url + path, headers=headers, timeout=30.0, **kw)
+
+
+def test_route_list_covers_the_api() -> None:
+    routes = app_routes()
+    for expected in [("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("GET", "/v1/models"),
+                     ("GET", "/metrics"), ("GET", "/admin/keys"), ("POST", "/admin/keys"),
+                     ("DELETE", "/admin/keys/abc"), ("GET", "/openapi.json"), ("GET", "/ready")]:
+        assert expected in routes
+
+
+def test_every_route_refuses_missing_wrong_and_revoked_keys(server: ServerHandle, keys: dict) -> None:
+    KeyStore.in_data_dir(keys["data_dir"]).revoke(keys["revoked"].split("_")[0][len("sk-seekd-"):])
+    wrong = keys["alice"][:-2] + ("xx" if not keys["alice"].endswith("xx") else "yy")
+    for method, path in app_routes():
+        if path == "/health":
+            assert call(server, method, path).status_code == 200
+            continue
+        for key in (None, wrong, keys["revoked"], "sk-seekd-nonsense", keys["alice"].split("_")[0]):
+            response = call(server, method, path, key)
+            assert response.status_code == 401, (method, path, key, response.text)
+            assert response.json()["error"]["type"] == "authentication_error"
+            assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_roles_guard_admin_and_metrics(server: ServerHandle, keys: dict) -> None:
+    admin_routes = [(m, p) for m, p in app_routes() if p.startswith("/admin")]
+    assert admin_routes
+    for method, path in admin_routes:
+        for name in ("alice", "metrics"):
+            response = call(server, method, path, keys[name])
+            assert response.status_code == 403, (method, path, name)
+            assert response.json()["error"]["code"] == "insufficient_permissions"
+    assert call(server, "GET", "/metrics", keys["alice"]).status_code == 403
+    assert call(server, "GET", "/metrics", keys["metrics"]).status_code == 200
+    assert call(server, "GET", "/metrics", keys["admin"]).status_code == 200
+    assert call(server, "GET", "/v1/models", keys["metrics"]).status_code == 403  # a scraper cannot generate
+    scrape = call(server, "GET", "/metrics", keys["admin"]).text
+    assert 'seekd:request_rejected_total{' in scrape and 'reason="auth"' in scrape
+
+
+def test_admin_creates_uses_and_revokes_a_key_over_http(server: ServerHandle, keys: dict) -> None:
+    created = call(server, "POST", "/admin/keys", keys["admin"], json={"tenant": "tenant-d", "rpm": 100})
+    assert created.status_code == 200, created.text
+    new_key, new_id = created.json()["key"], created.json()["id"]
+    assert call(server, "GET", "/v1/models", new_key).status_code == 200
+    listed = call(server, "GET", "/admin/keys", keys["admin"]).json()["data"]
+    assert any(k["id"] == new_id and k["tenant"] == "tenant-d" for k in listed)
+    assert all("key" not in k and "hash" not in k for k in listed)
+    assert call(server, "DELETE", f"/admin/keys/{new_id}", keys["admin"]).json()["revoked"] is not None
+    assert call(server, "GET", "/v1/models", new_key).status_code == 401
+    assert call(server, "DELETE", f"/admin/keys/{new_id}", keys["admin"]).status_code == 404
+    bad = call(server, "POST", "/admin/keys", keys["admin"], json={"tenant": "t", "role": "root"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "role"
+
+
+def test_cli_revocation_takes_effect_on_the_running_server(server: ServerHandle, keys: dict) -> None:
+    assert call(server, "GET", "/v1/models", keys["alice2"]).status_code == 200
+    key_id = keys["alice2"].split("_")[0][len("sk-seekd-"):]
+    proc = subprocess.run([sys.executable, "-m", "seekd.cli", "keys", "revoke", key_id, "--data-dir",
+                           str(keys["data_dir"])], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert call(server, "GET", "/v1/models", keys["alice2"]).status_code == 401
+
+
+def test_model_allow_list_holds(server: ServerHandle, keys: dict) -> None:
+    body = {"model": DEMO, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    refused = call(server, "POST", "/v1/chat/completions", keys["other_model"], json=body)
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "model_not_allowed"
+    assert call(server, "POST", "/v1/completions", keys["other_model"], json={"prompt": "x"}).status_code == 403
+    assert call(server, "GET", "/v1/models", keys["other_model"]).json()["data"] == []
+    allowed = openai.OpenAI(base_url=server.api_url, api_key=keys["demo_only"])
+    assert [m.id for m in allowed.models.list().data] == [DEMO]
+    reply = allowed.chat.completions.create(model=DEMO, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert reply.usage.completion_tokens == 2
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=server.api_url, api_key="sk-seekd-wrong").models.list()
+
+
+def test_tenant_comes_from_the_key_not_the_header(server: ServerHandle, keys: dict) -> None:
+    response = call(server, "GET", "/v1/queue", keys["alice"], headers={"X-Seekd-Tenant": "tenant-b"})
+    assert response.json()["tenant"] == "tenant-a"
+
+
+def test_per_key_rate_limit(server: ServerHandle, keys: dict) -> None:
+    statuses = [call(server, "POST", "/v1/completions", keys["slow"], json={"prompt": "x", "max_tokens": 1}).status_code
+                for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    refused = call(server, "POST", "/v1/completions", keys["slow"], json={"prompt": "x", "max_tokens": 1})
+    assert "API key" in refused.json()["error"]["message"] and int(refused.headers["retry-after"]) >= 1
+    other = call(server, "POST", "/v1/completions", keys["bob"], json={"prompt": "x", "max_tokens": 1})
+    assert other.status_code == 200
+
+
+def cached_tokens(server: ServerHandle, key: str, prompt: list[int], **extra) -> int:
+    response = call(server, "POST", "/v1/completions", key,
+                    json={"prompt": prompt, "max_tokens": 1, "temperature": 0, **extra})
+    assert response.status_code == 200, response.text
+    return response.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+
+def test_prefix_cache_is_isolated_per_tenant(server: ServerHandle, keys: dict) -> None:
+    prompt = [100 + (i * 7) % 900 for i in range(96)]  # six 16-token blocks
+    assert cached_tokens(server, keys["alice"], prompt) == 0
+    assert cached_tokens(server, keys["alice"], prompt) > 0  # the same tenant hits its own blocks
+    assert cached_tokens(server, keys["demo_only"], prompt) > 0  # another key of the same tenant too
+    assert cached_tokens(server, keys["bob"], prompt) == 0  # tenant B gets nothing from A's request
+    assert cached_tokens(server, keys["bob"], prompt, cache_salt="") == 0
+    assert cached_tokens(server, keys["bob"], prompt) > 0  # B's own repeat hits B's blocks
+    # a request's cache_salt narrows within the tenant and never reaches into another tenant
+    assert cached_tokens(server, keys["alice"], prompt, cache_salt="project-x") == 0
+    assert cached_tokens(server, keys["alice"], prompt, cache_salt="project-x") > 0
+    assert cached_tokens(server, keys["bob"], prompt, cache_salt="project-x") == 0
+
+
+def test_audit_chain_records_calls_and_refusals(server: ServerHandle, keys: dict) -> None:
+    call(server, "GET", "/v1/models")  # refused: recorded too
+    call(server, "POST", "/v1/completions", keys["bob"], json={"prompt": "audit me", "max_tokens": 3, "ignore_eos": True})
+    path = keys["data_dir"] / "audit.jsonl"
+    result = verify(path)
+    assert result.ok and result.num_records > 10, result
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert any(r["status"] == 401 and r["route"] == "/v1/models" and r["key_id"] is None for r in records)
+    done = [r for r in records if r["route"] == "/v1/completions" and r.get("completion_tokens") == 3]
+    assert done and done[-1]["tenant"] == "tenant-b" and done[-1]["model"] == DEMO
+    assert done[-1]["key_id"] == keys["bob"].split("_")[0][len("sk-seekd-"):]
+    assert "audit me" not in path.read_text()  # prompts are not stored by default
+
+
+def test_without_keys_a_public_bind_is_refused_at_start(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "seekd.cli", "serve", "--host", "0.0.0.0", "--data-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "refusing to listen on 0.0.0.0 without API keys" in proc.stderr
