@@ -19,6 +19,7 @@ from seekd.engine.model_runner import ModelRunner
 from seekd.engine.outputs import EngineOutput
 from seekd.engine.request import EngineCoreRequest, Request, RequestStatus
 from seekd.engine.scheduler import Scheduler
+from seekd.engine.structured.backend import StructuredBackend
 from seekd.models.demo import ensure_demo_model
 from seekd.models.hf_config import HFConfig
 from seekd.models.loader import load_model, resolve_dtype
@@ -142,14 +143,27 @@ class EngineCore:
         vocab = self.hf_config.vocab_size
         if any(not 0 <= t < vocab for t in req.prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
-        self.scheduler.add_request(
-            Request(
-                req.request_id, req.prompt_token_ids, params, self.eos_token_ids,
-                max_output_tokens=max_output, arrival_time=req.arrival_time, priority=req.priority,
-                tenant=req.tenant, cache_salt=req.cache_salt, deadline=req.deadline,
-                output_token_ids=req.resume_output_token_ids,
-            )
+        request = Request(
+            req.request_id, req.prompt_token_ids, params, self.eos_token_ids,
+            max_output_tokens=max_output, arrival_time=req.arrival_time, priority=req.priority,
+            tenant=req.tenant, cache_salt=req.cache_salt, deadline=req.deadline,
+            output_token_ids=req.resume_output_token_ids,
         )
+        if params.structured is not None:
+            request.grammar = self.structured_backend().matcher(params.structured)
+            request.grammar.advance(request.output_token_ids)  # a resumed request replays its tokens
+        self.scheduler.add_request(request)
+
+    def structured_backend(self) -> StructuredBackend:
+        """Built on the first constrained request: engines that never see one skip the ~0.5 s
+        tokenizer preprocessing."""
+        if self.runner.structured is None:
+            tokenizer = self.config.model.tokenizer
+            folder = Path(tokenizer).expanduser() if tokenizer else self.model_folder
+            self.runner.structured = StructuredBackend.from_folder(
+                folder, self.hf_config.vocab_size, self.eos_token_ids
+            )
+        return self.runner.structured
 
     def abort_requests(self, request_ids: list[str]) -> list[EngineOutput]:
         outputs = []

@@ -18,6 +18,7 @@ from seekd.engine.outputs import TokenLogprob
 from seekd.engine.request import Request
 from seekd.engine.sampler import Sampler, SamplingBatch
 from seekd.engine.scheduler import SchedulerOutput
+from seekd.engine.structured.backend import StructuredBackend, bitmask_width
 from seekd.layers.attention import Attention, AttentionBackend, KVCacheSpec, TorchAttentionBackend, make_backend
 from seekd.layers.forward_context import AttentionMetadata, ForwardContext
 from seekd.sampling_params import SamplingParams
@@ -53,6 +54,8 @@ class ModelRunner:
         self.num_blocks = 0
         self.attn_backend: AttentionBackend = TorchAttentionBackend()
         self.decode_graphs: DecodeGraphs | None = None
+        self.structured: StructuredBackend | None = None  # set by the engine on the first constrained request
+        self._host_bitmask = torch.empty(0, bitmask_width(vocab_size), dtype=torch.int32)
 
     def select_attention_backend(self, name: str) -> None:
         """One backend instance serves every standard attention layer (layers with their own
@@ -166,6 +169,7 @@ class ModelRunner:
             return StepResult({}, {})
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
         batch = SamplingBatch.from_requests(inputs.sampling_requests, self.vocab_size, self.device)
+        batch.token_bitmask = self.grammar_bitmask(inputs.sampling_requests)
         token_ids, logprobs = self.sampler(logits, batch)
         sampled, lps = {}, {}
         for request, token, lp in zip(inputs.sampling_requests, token_ids, logprobs):
@@ -173,6 +177,22 @@ class ModelRunner:
             if lp is not None:
                 lps[request.request_id] = lp
         return StepResult(sampled, lps)
+
+    def grammar_bitmask(self, requests: list[Request]) -> torch.Tensor | None:
+        """The step's token bitmask on the device, or None when no request is constrained. Filled
+        on the host (while a GPU still runs the forward) and copied once for the whole batch. The
+        pinned buffer is reused: the previous step's copy finished before its tokens were read."""
+        grammars = [r.grammar for r in requests]
+        if self.structured is None or all(g is None for g in grammars):
+            return None
+        if self._host_bitmask.shape[0] < len(requests):
+            self._host_bitmask = torch.empty(
+                max(len(requests), 2 * self._host_bitmask.shape[0]), self._host_bitmask.shape[1],
+                dtype=torch.int32, pin_memory=self.device.type == "cuda",
+            )
+        host = self._host_bitmask[: len(requests)]
+        self.structured.fill_bitmask(grammars, host)
+        return host.to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def profile_activation_bytes(self, num_tokens: int, num_sample_rows: int) -> int:

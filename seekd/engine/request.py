@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import enum
 import time
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from seekd.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from seekd.engine.structured.backend import RequestGrammar
 
 
 class RequestStatus(enum.IntEnum):
@@ -73,6 +77,7 @@ class Request:
         self.status = RequestStatus.WAITING
         self.stop_reason: int | None = None
         self.block_hashes: list[bytes] = []  # hash chain of the full blocks of all_token_ids
+        self.grammar: RequestGrammar | None = None  # matcher of a structured-output request
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -110,6 +115,11 @@ class Request:
             self.status = RequestStatus.FINISHED_STOPPED
             self.stop_reason = token
             return True
+        if self.grammar is not None:
+            self.grammar.advance(self.output_token_ids)
+            if self.grammar.finished:
+                self.status = RequestStatus.FINISHED_STOPPED
+                return True
         if self.num_output_tokens >= self.max_output_tokens or self.num_tokens >= max_model_len:
             self.status = RequestStatus.FINISHED_LENGTH
             return True

@@ -9,12 +9,13 @@ in the batch and survive preemption and recomputation unchanged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from seekd.engine.outputs import TokenLogprob
 from seekd.engine.request import Request
+from seekd.engine.structured.bitmask import apply_token_bitmask
 
 _SEED_MIX = 0x9E3779B97F4A7C15
 _MASK63 = (1 << 63) - 1
@@ -39,6 +40,7 @@ class SamplingBatch:
     num_logprobs: list[int | None]
     all_greedy: bool
     banned: list[tuple[int, list[int]]]  # (row, token ids) that may not be sampled yet (min_tokens)
+    token_bitmask: torch.Tensor | None = field(default=None)  # [B, ceil(V/32)] int32 grammar masks, on device
 
     @classmethod
     def from_requests(cls, requests: list[Request], vocab_size: int, device: torch.device) -> SamplingBatch:
@@ -106,6 +108,8 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> tuple[list[int], list[TokenLogprob | None]]:
         logits = logits.float()
+        if batch.token_bitmask is not None:
+            apply_token_bitmask(logits, batch.token_bitmask)
         raw_logprobs = None
         if any(n is not None for n in batch.num_logprobs):
             raw_logprobs = torch.log_softmax(logits, dim=-1)

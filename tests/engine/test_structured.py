@@ -1,0 +1,169 @@
+"""Grammar-constrained decoding in the engine (demo model: random weights, DeepSeek's tokenizer):
+the bitmask fast path against its reference, constrained output validating against its schema,
+and constrained requests sharing batches, preemption, chunked prefill, restarts and aborts."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+import torch
+
+from seekd import LLM, SamplingParams
+from seekd.engine.request import EngineCoreRequest
+from seekd.engine.structured.bitmask import apply_token_bitmask, apply_token_bitmask_reference
+from seekd.engine.structured.grammar import GrammarError
+from seekd.sampling_params import StructuredOutputParams
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120},
+        "color": {"enum": ["red", "green", "blue"]},
+    },
+    "required": ["name", "age", "color"],
+    "additionalProperties": False,
+}
+FLAGS = {
+    "type": "object",
+    "properties": {
+        "ok": {"type": "boolean"},
+        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 3},
+    },
+    "required": ["ok", "tags"],
+    "additionalProperties": False,
+}
+PROMPTS = ["Describe a person as JSON", "flags please", "你好，世界", "Tell me a story", "JSON object:"]
+
+
+def make_llm(data_dir, **overrides) -> LLM:
+    options = dict(data_dir=str(data_dir), num_kv_blocks=256, show_progress=False) | overrides
+    return LLM(**options)
+
+
+@pytest.fixture(scope="module")
+def demo(data_dir) -> LLM:
+    return make_llm(data_dir)
+
+
+def constrained(schema: dict | None, **kw) -> SamplingParams:
+    structured = StructuredOutputParams.from_schema(schema) if schema else StructuredOutputParams(json_object=True)
+    return SamplingParams(max_tokens=80, structured=structured, **kw)
+
+
+def mixed_params() -> list[SamplingParams]:
+    return [
+        constrained(PERSON, temperature=0.0),
+        constrained(FLAGS, temperature=0.9, seed=5),
+        SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True),
+        constrained(None, temperature=0.8, seed=7),
+        SamplingParams(temperature=1.0, seed=9, max_tokens=12, ignore_eos=True),
+    ]
+
+
+def check_valid(text: str, params: SamplingParams) -> None:
+    value = json.loads(text)
+    schema = params.structured.json_schema
+    jsonschema.validate(value, json.loads(schema) if schema else {"type": "object"})
+
+
+def texts(outs) -> list[str]:
+    return [c.text for o in outs for c in o.outputs]
+
+
+def test_masked_logits_equal_unmasked_on_allowed_tokens_and_neg_inf_elsewhere():
+    gen = torch.Generator().manual_seed(0)
+    vocab = 1000  # not a multiple of 32: the last word is partly padding
+    logits = torch.randn(4, vocab, generator=gen)
+    bitmask = torch.randint(-(2**31), 2**31 - 1, (4, (vocab + 31) // 32), dtype=torch.int32, generator=gen)
+    bitmask[2] = -1  # an unconstrained row
+    bitmask[3, 5] = 0
+    fast = apply_token_bitmask(logits.clone(), bitmask)
+    reference = apply_token_bitmask_reference(logits, bitmask)
+    assert torch.equal(fast, reference)
+    allowed = reference != float("-inf")
+    assert torch.equal(fast[allowed], logits[allowed])
+    assert torch.equal(fast[2], logits[2])
+    assert (fast[3, 160:192] == float("-inf")).all()
+    assert 0 < allowed[:2].sum() < 2 * vocab
+
+
+def test_constrained_output_validates_and_stops_when_the_grammar_completes(demo):
+    params = mixed_params()
+    outs = demo.generate(PROMPTS, params)
+    for out, p in zip(outs, params):
+        o = out.outputs[0]
+        if p.structured is None:
+            assert o.finish_reason == "length"
+            continue
+        assert o.finish_reason == "stop", o.text
+        check_valid(o.text, p)
+    assert not demo.engine.has_unfinished_requests()
+
+
+def test_same_text_alone_and_in_a_mixed_batch(demo):
+    params = mixed_params()
+    batched = texts(demo.generate(PROMPTS, params))
+    alone = [texts(demo.generate(prompt, p))[0] for prompt, p in zip(PROMPTS, params)]
+    assert batched == alone
+
+
+def test_n_choices_each_get_their_own_matcher(demo):
+    params = constrained(PERSON, temperature=1.0, seed=21, n=3)
+    (out,) = demo.generate("people", params)
+    assert len(out.outputs) == 3
+    for o in out.outputs:
+        check_valid(o.text, params)
+    assert len({o.text for o in out.outputs}) > 1
+    (again,) = demo.generate("people", params)
+    assert [o.text for o in again.outputs] == [o.text for o in out.outputs]
+
+
+def test_preemption_and_chunked_prefill_keep_constrained_output(demo, data_dir):
+    params = [constrained(PERSON, temperature=0.0), constrained(FLAGS, temperature=0.7, seed=3)] * 3
+    prompts = [f"{p} {i}" * 6 for i, p in enumerate(PROMPTS[:3] * 2)]
+    expected = texts(demo.generate(prompts, params))
+    tight = make_llm(data_dir, num_kv_blocks=14, enable_prefix_caching=False)
+    assert texts(tight.generate(prompts, params)) == expected
+    assert tight.engine.scheduler.num_preemptions > 0
+    chunked = make_llm(data_dir, max_num_batched_tokens=9, enable_prefix_caching=False)
+    assert texts(chunked.generate(prompts, params)) == expected
+
+
+def test_resumed_request_replays_its_tokens_into_the_matcher(demo):
+    params = constrained(PERSON, temperature=0.6, seed=17)
+    (full,) = demo.generate("resume me", params)
+    tokens = full.outputs[0].token_ids
+    assert len(tokens) > 6
+    engine = demo.engine
+    prompt = demo.tokenizer.encode("resume me")
+    engine.add_request(EngineCoreRequest(
+        request_id="resumed", prompt_token_ids=prompt, sampling_params=params,
+        resume_output_token_ids=tokens[:5],
+    ))
+    produced, finish = [], None
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            produced += out.new_token_ids
+            finish = out.finish_reason or finish
+    assert tokens[:5] + produced == tokens
+    assert finish == "stop"
+
+
+def test_abort_frees_the_request_and_a_bad_grammar_fails_only_its_request(demo):
+    engine = demo.engine
+    prompt = demo.tokenizer.encode("abort")
+    engine.add_request(EngineCoreRequest(request_id="a", prompt_token_ids=prompt, sampling_params=constrained(PERSON)))
+    engine.step()
+    request = engine.scheduler.requests["a"]
+    assert request.grammar is not None and request.grammar.num_consumed == 1
+    (out,) = engine.abort_requests(["a"])
+    assert out.finish_reason == "abort" and not engine.has_unfinished_requests()
+    bad = SamplingParams(structured=StructuredOutputParams(json_schema='{"type": "nonsense"}'))
+    with pytest.raises(GrammarError, match="nonsense"):
+        engine.add_request(EngineCoreRequest(request_id="bad", prompt_token_ids=prompt, sampling_params=bad))
+    assert not engine.has_unfinished_requests()
+    (ok,) = demo.generate("after", constrained(FLAGS, temperature=0.0))
+    check_valid(ok.outputs[0].text, constrained(FLAGS))
