@@ -1,5 +1,5 @@
-"""Builds a model from a Hugging Face folder: safetensors (single or sharded, DeepSeek block FP8
-dequantised on load) or random weights."""
+"""Builds a model from a Hugging Face folder: safetensors (single or sharded, DeepSeek block FP8 and
+DeepSeek-V4's FP4 experts dequantised on load) or random weights."""
 
 from __future__ import annotations
 
@@ -67,17 +67,29 @@ def fp8_block_size(hf_config: HFConfig) -> tuple[int, int] | None:
     )
 
 
+def fp4_experts(hf_config: HFConfig) -> bool:
+    """DeepSeek-V4 ships its routed experts in FP4 and says so with `"expert_dtype": "fp4"` (top level
+    of config.json; some converters put it in quantization_config)."""
+    quant = hf_config.get("quantization_config") or {}
+    expert_dtype = hf_config.get("expert_dtype") or quant.get("expert_dtype")
+    if expert_dtype not in (None, "fp4", "fp8", "bf16"):
+        raise ValueError(f"config.json has expert_dtype {expert_dtype!r}; seekd loads fp4, fp8 or bf16 experts")
+    return expert_dtype == "fp4"
+
+
 def checkpoint_stream(
     weights: Iterator[tuple[str, torch.Tensor]], hf_config: HFConfig, dtype: torch.dtype
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """The checkpoint's tensors as the model expects them: multi-token-prediction layers (after the
-    last decoder layer) dropped, block-FP8 weights dequantised to `dtype`."""
+    last decoder layer) dropped, block-FP8 and FP4 weights dequantised to `dtype`. V4 names a weight's
+    scale `X.scale` (V3: `X.weight_scale_inv`); its MTP module (`mtp.*`) is skipped by the model."""
+    v4_layout = hf_config.get("model_type") == "deepseek_v4"
     num_mtp = int(hf_config.get("num_nextn_predict_layers", 0))
     if num_mtp:
         weights = skip_layers_from(weights, hf_config.num_hidden_layers, num_mtp)
-    block = fp8_block_size(hf_config)
-    if block is not None:
-        weights = dequantize_fp8_blocks(weights, block, dtype)
+    block, fp4 = fp8_block_size(hf_config), fp4_experts(hf_config)
+    if block is not None or fp4:
+        weights = dequantize_fp8_blocks(weights, block or (128, 128), dtype, fp4_experts=fp4, v4_layout=v4_layout)
     return weights
 
 
@@ -114,6 +126,7 @@ def load_model(
     files: list[Path] = []
     if load_format != "dummy":
         fp8_block_size(hf_config)  # an unsupported quantization fails before any work
+        fp4_experts(hf_config)
         files = safetensors_files(folder)
         if not files:
             raise FileNotFoundError(

@@ -1,5 +1,5 @@
 """Generic mapping of checkpoint tensors onto model parameters (fused layers, TP shards), and the
-stream transforms that run before it (block-FP8 dequantisation, dropping MTP layers)."""
+stream transforms that run before it (block-FP8 and V4 FP4 dequantisation, dropping MTP layers)."""
 
 from __future__ import annotations
 
@@ -66,30 +66,67 @@ def dequantize_block_fp8(weight: torch.Tensor, scale_inv: torch.Tensor, block: t
     return (weight.float() * scale).to(dtype)
 
 
+# e2m1 code -> value; bit 3 is the sign (DeepSeek's FP4_TABLE, the OCP MX FP4 element format)
+FP4_E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+FP4_BLOCK = 32  # values along the input dimension that share one power-of-two scale
+_FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
+_FP4_DTYPES = (torch.int8, torch.uint8, torch.float4_e2m1fn_x2)
+
+
+def dequantize_fp4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """DeepSeek-V4's FP4 expert weights: packed [out, in/2] bytes holding two e2m1 codes each (the
+    low nibble is the even column), times scale [out, in/32] (ue8m0, i.e. powers of two)."""
+    codes = packed.view(torch.uint8)
+    rows, cols = codes.shape[0], codes.shape[1] * 2
+    if tuple(scale.shape) != (rows, cols // FP4_BLOCK):
+        raise ValueError(f"FP4 scales of shape {tuple(scale.shape)} for a {rows}x{cols} weight; "
+                         f"expected {(rows, cols // FP4_BLOCK)} (one per {FP4_BLOCK} values of a row)")
+    table = torch.tensor(FP4_E2M1_VALUES, dtype=torch.float32, device=packed.device)
+    values = table[torch.stack((codes & 0x0F, codes >> 4), dim=-1).flatten(-2).long()]
+    return (values * scale.float().repeat_interleave(FP4_BLOCK, dim=1)).to(dtype)
+
+
+def _scale_target(name: str, v4_layout: bool) -> str | None:
+    """The weight a scale tensor belongs to: V3 names it `X.weight_scale_inv`, V4 `X.scale`."""
+    if name.endswith(".weight_scale_inv"):
+        return name.removesuffix("_scale_inv")
+    if v4_layout and name.endswith(".scale"):
+        return name.removesuffix(".scale") + ".weight"
+    return None
+
+
 def dequantize_fp8_blocks(
-    weights: Iterable[tuple[str, torch.Tensor]], block: tuple[int, int], dtype: torch.dtype
+    weights: Iterable[tuple[str, torch.Tensor]], block: tuple[int, int], dtype: torch.dtype,
+    fp4_experts: bool = False, v4_layout: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Pair each float8 `X.weight` with its `X.weight_scale_inv` (in either order, possibly in
-    different shards) and yield the dequantised `X.weight`; other tensors pass through."""
+    """Pair each quantized `X.weight` with its scale (in either order, possibly in different shards)
+    and yield the dequantised `X.weight`; other tensors pass through. float8 weights are block FP8;
+    with `fp4_experts`, byte-typed weights are V4's packed FP4 experts."""
     pending_weights: dict[str, torch.Tensor] = {}
     pending_scales: dict[str, torch.Tensor] = {}
+
+    def dequantize(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        if weight.dtype in _FP8_DTYPES:
+            return dequantize_block_fp8(weight, scale, block, dtype)
+        return dequantize_fp4(weight, scale, dtype)
+
     for name, tensor in weights:
-        if name.endswith(".weight_scale_inv"):
-            base = name.removesuffix("_scale_inv")
+        base = _scale_target(name, v4_layout)
+        if base is not None:
             if base in pending_weights:
-                yield base, dequantize_block_fp8(pending_weights.pop(base), tensor, block, dtype)
+                yield base, dequantize(pending_weights.pop(base), tensor)
             else:
                 pending_scales[base] = tensor
-        elif tensor.dtype in (torch.float8_e4m3fn, torch.float8_e4m3fnuz):
+        elif tensor.dtype in _FP8_DTYPES or (fp4_experts and tensor.dtype in _FP4_DTYPES):
             if name in pending_scales:
-                yield name, dequantize_block_fp8(tensor, pending_scales.pop(name), block, dtype)
+                yield name, dequantize(tensor, pending_scales.pop(name))
             else:
                 pending_weights[name] = tensor
         else:
             yield name, tensor
     if pending_weights or pending_scales:
-        lonely = sorted(pending_weights) + sorted(n + "_scale_inv" for n in pending_scales)
-        raise ValueError(f"FP8 checkpoint has weights without block scales or scales without weights: {lonely[:5]}")
+        lonely = sorted(pending_weights) + sorted(n + " (scale)" for n in pending_scales)
+        raise ValueError(f"quantized checkpoint has weights without scales or scales without weights: {lonely[:5]}")
 
 
 _LAYER_INDEX = re.compile(r"^model\.layers\.(\d+)\.")

@@ -1,0 +1,163 @@
+"""DeepSeek-V4 checkpoints as released: routed experts in FP4 (two e2m1 codes per byte, one power-of-two
+scale per 32 inputs), other linear layers in 128x128 block FP8 with power-of-two (ue8m0) scales named
+`X.scale`, DeepSeek's tensor names, an `mtp.*` module; dequantised on load."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from models.test_deepseek_v4 import PROMPTS, save_tiny_v4
+from safetensors.torch import load_file, save_file
+
+from seekd import LLM
+from seekd.models.weights import FP4_E2M1_VALUES, dequantize_fp4
+
+FP4_MAGNITUDES = torch.tensor(FP4_E2M1_VALUES[:8])
+V4_QUANT_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "scale_fmt": "ue8m0",
+                   "weight_block_size": [128, 128]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def pow2_scale(amax: torch.Tensor, max_code: float) -> torch.Tensor:
+    """DeepSeek's ue8m0 scales: the power of two at or above amax / max_code."""
+    return torch.exp2(torch.ceil(torch.log2(amax.clamp(min=1e-30) / max_code)))
+
+
+def quantize_fp4(w: torch.Tensor, swap_nibbles: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """[out, in] -> packed int8 [out, in/2] (low nibble = even column) and e8m0 scales [out, in/32]."""
+    rows, cols = w.shape
+    blocks = w.float().view(rows, cols // 32, 32)
+    scale = pow2_scale(blocks.abs().amax(dim=-1), 6.0)
+    x = (blocks / scale[..., None]).clamp(-6, 6)
+    magnitude = (x.abs()[..., None] - FP4_MAGNITUDES).abs().argmin(dim=-1)
+    codes = (magnitude | ((x < 0) & (magnitude > 0)).long() << 3).view(rows, cols).to(torch.uint8)
+    low, high = (codes[:, 1::2], codes[:, 0::2]) if swap_nibbles else (codes[:, 0::2], codes[:, 1::2])
+    return (low | high << 4).view(torch.int8), scale.to(torch.float8_e8m0fnu)
+
+
+def quantize_fp8_pow2(w: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, cols = w.shape
+    nr, nc = -(-rows // block), -(-cols // block)
+    padded = F.pad(w.float(), (0, nc * block - cols, 0, nr * block - rows)).view(nr, block, nc, block)
+    scale = pow2_scale(padded.abs().amax(dim=(1, 3)), torch.finfo(torch.float8_e4m3fn).max)
+    q = (padded / scale[:, None, :, None]).to(torch.float8_e4m3fn).view(nr * block, nc * block)
+    return q[:rows, :cols].contiguous(), scale.to(torch.float8_e8m0fnu)
+
+
+def test_fp4_codes_decode_low_nibble_first_times_the_block_scale():
+    packed = torch.tensor([[0x21, 0xF9] * 16], dtype=torch.uint8).view(torch.int8)  # codes 1,2,9,15 repeated
+    scale = torch.tensor([[0.25, 4.0]]).to(torch.float8_e8m0fnu)
+    out = dequantize_fp4(packed, scale, torch.float32)
+    assert out.shape == (1, 64)
+    assert out[0, :4].tolist() == [0.5 * 0.25, 1.0 * 0.25, -0.5 * 0.25, -6.0 * 0.25]
+    assert out[0, 32:36].tolist() == [2.0, 4.0, -2.0, -24.0]
+    with pytest.raises(ValueError, match="FP4 scales of shape"):
+        dequantize_fp4(packed, scale[:, :1], torch.float32)
+
+
+def test_fp4_round_trip_error_is_within_one_scale_step():
+    torch.manual_seed(0)
+    w = torch.randn(48, 256) * torch.linspace(0.01, 5.0, 256)
+    packed, scale = quantize_fp4(w)
+    back = dequantize_fp4(packed, scale, torch.float32)
+    step = scale.float().repeat_interleave(32, dim=1)  # the largest gap between e2m1 values is 2 units
+    assert ((back - w).abs() <= step * (1 + 1e-6)).all()
+    assert (back - w).abs().mean() < 0.15 * w.abs().mean()  # e2m1 has 3 magnitudes per octave
+
+
+def write_v4_checkpoint(src: Path, dst: Path, swap_nibbles: bool = False) -> dict[str, torch.Tensor]:
+    """Rewrite a transformers-saved V4 the way DeepSeek ships it (their names, no `model.` prefix), split
+    over two shards with every scale in the other shard than its weight, plus an `mtp.0` expert.
+    Returns the dequantised weights the loaded model must hold."""
+    tensors = {k.removeprefix("model."): v for k, v in load_file(str(src / "model.safetensors")).items()}
+    tensors["mtp.0.ffn.experts.0.w1.weight"] = tensors["layers.0.ffn.experts.0.w1.weight"].clone()
+    shards: list[dict[str, torch.Tensor]] = [{}, {}]
+    expected = {}
+    for i, (name, t) in enumerate(sorted(tensors.items())):
+        base = name.removesuffix(".weight")
+        linear = name.endswith(".weight") and t.dim() == 2 and not name.startswith(("embed", "head", "lm_head"))
+        if ".experts." in name and ".shared_experts." not in name:
+            q, scale = quantize_fp4(t, swap_nibbles)
+            expected[name] = dequantize_fp4(quantize_fp4(t)[0], scale, torch.float32)
+        elif linear and not name.endswith("gate.weight"):
+            q, scale = quantize_fp8_pow2(t)
+            full = scale.float().repeat_interleave(128, 0)[: t.shape[0]].repeat_interleave(128, 1)[:, : t.shape[1]]
+            expected[name] = q.float() * full
+        else:
+            shards[i % 2][name] = t
+            expected[name] = t
+            continue
+        shards[i % 2][name] = q
+        shards[1 - i % 2][base + ".scale"] = scale
+    dst.mkdir()
+    weight_map = {}
+    for k, shard in enumerate(shards):
+        file = f"model-{k + 1:05d}-of-00002.safetensors"
+        save_file(shard, str(dst / file))
+        weight_map.update(dict.fromkeys(shard, file))
+    (dst / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    config = json.loads((src / "config.json").read_text())
+    config.update(quantization_config=V4_QUANT_CONFIG, expert_dtype="fp4", num_nextn_predict_layers=1)
+    (dst / "config.json").write_text(json.dumps(config))
+    return expected
+
+
+def prefill_logits(folder: Path, data_dir: Path) -> list[torch.Tensor]:
+    llm = LLM(str(folder), data_dir=str(data_dir), num_kv_blocks=64, block_size=8, show_progress=False)
+    return [llm.engine.runner.prefill_logits(p) for p in PROMPTS]
+
+
+def relative_error(logits: list[torch.Tensor], reference: list[torch.Tensor]) -> float:
+    return max(((a - b).norm() / b.norm()).item() for a, b in zip(logits, reference))
+
+
+def test_fp4_fp8_checkpoint_loads_within_quantization_tolerance_of_the_full_precision_model(tmp_path):
+    save_tiny_v4(tmp_path / "full")
+    expected = write_v4_checkpoint(tmp_path / "full", tmp_path / "fp4")
+    full = prefill_logits(tmp_path / "full", tmp_path / "d1")
+    llm = LLM(str(tmp_path / "fp4"), data_dir=str(tmp_path / "d2"), num_kv_blocks=64, block_size=8,
+              show_progress=False)
+    quantized = [llm.engine.runner.prefill_logits(p) for p in PROMPTS]
+
+    params = dict(llm.engine.runner.model.named_parameters())
+    wq_a = "layers.1.attn.wq_a.weight"
+    assert torch.equal(params[wq_a], expected[wq_a])  # block FP8, exactly what the checkpoint encodes
+    assert not torch.equal(params[wq_a], load_file(str(tmp_path / "full" / "model.safetensors"))["model." + wq_a])
+    assert all(p.dtype == torch.float32 for p in params.values() if p.is_floating_point())
+
+    # exact: the same numbers as the full-precision model given the dequantised weights directly
+    rounded = tmp_path / "rounded"
+    rounded.mkdir()
+    shutil.copy(tmp_path / "full" / "config.json", rounded / "config.json")
+    save_file({k: v for k, v in expected.items() if not k.startswith("mtp.")}, str(rounded / "model.safetensors"))
+    for a, b in zip(quantized, prefill_logits(rounded, tmp_path / "d3")):
+        assert (a - b).abs().max().item() < 1e-4
+
+    # tolerance: FP4 rounding of every expert weight moves this tiny random model's logits by about a
+    # third; the same bytes read with the nibbles of each byte swapped are a different model
+    error = relative_error(quantized, full)
+    assert 1e-3 < error < 0.5
+    write_v4_checkpoint(tmp_path / "full", tmp_path / "swapped", swap_nibbles=True)
+    assert relative_error(prefill_logits(tmp_path / "swapped", tmp_path / "d4"), full) > 2 * error
+
+
+def test_unknown_expert_dtype_is_refused_before_loading(tmp_path):
+    save_tiny_v4(tmp_path / "full")
+    write_v4_checkpoint(tmp_path / "full", tmp_path / "bad")
+    config = json.loads((tmp_path / "bad" / "config.json").read_text())
+    config["expert_dtype"] = "int2"
+    (tmp_path / "bad" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="expert_dtype 'int2'"):
+        LLM(str(tmp_path / "bad"), data_dir=str(tmp_path / "data"), num_kv_blocks=8, show_progress=False)
