@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -29,9 +30,11 @@ from seekd.server.protocol import (
     DeltaMessage,
     ResponseMessage,
 )
-from seekd.server.reasoning import ReasoningParser, prompt_opens_reasoning, split_reasoning
+from seekd.server.reasoning import prompt_opens_reasoning
 from seekd.server.streaming import EventStreamResponse, prime, render_events, run_until_disconnect, sse
+from seekd.server.tool_calls import ChoiceOutput, chat_finish_reason, prepare_history, tool_setup, whole_output
 from seekd.text.chat_template import ChatTemplateError
+from seekd.text.tool_parsers import detect_tool_format
 
 
 def _message_dict(index: int, message: ChatMessage) -> dict[str, Any]:
@@ -54,8 +57,6 @@ def _message_dict(index: int, message: ChatMessage) -> dict[str, Any]:
 
 
 def _check_supported(req: ChatCompletionRequest) -> None:
-    if req.tools:
-        raise invalid_request("tool calling is not supported yet", param="tools")
     if req.response_format and req.response_format.get("type") not in (None, "text"):
         raise invalid_request("response_format other than 'text' is not supported yet", param="response_format")
     if req.top_logprobs is not None and not req.logprobs:
@@ -67,10 +68,11 @@ async def create_chat_completion(
 ) -> JSONResponse | EventStreamResponse:
     policy = request_policy(request, req.priority, req.timeout, ctx.request_timeout_s, req.cache_salt)
     _check_supported(req)
-    messages = [_message_dict(i, m) for i, m in enumerate(req.messages)]
+    tools = tool_setup(req, detect_tool_format(ctx.tokenizer.model_type, ctx.tokenizer.chat_template))
+    messages = prepare_history([_message_dict(i, m) for i, m in enumerate(req.messages)])
     try:
         prompt_text = ctx.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=req.add_generation_prompt, **req.template_kwargs()
+            messages, add_generation_prompt=req.add_generation_prompt, tools=tools.tools, **req.template_kwargs()
         )
     except ChatTemplateError as e:
         raise invalid_request(str(e), param="messages") from e
@@ -82,6 +84,8 @@ async def create_chat_completion(
     check_input_limits(ctx, len(prompt_ids), max_tokens, "messages")
     num_top = (req.top_logprobs or 0) if req.logprobs else None
     params = build_sampling_params(req, max_tokens=max_tokens, logprobs=num_top, max_n=ctx.max_n)
+    if tools.structured is not None:
+        params = msgspec.structs.replace(params, structured=tools.structured)
     gen = Generation(ctx, request_id, [prompt_ids], params, policy)
     request.state.generation = gen  # for the access log
     in_reasoning = prompt_opens_reasoning(prompt_text)
@@ -90,19 +94,21 @@ async def create_chat_completion(
         updates = gen.updates()
         first = await run_until_disconnect(request, prime(updates))
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = _chat_events(ctx, gen, updates, first, in_reasoning, num_top, include_usage)
+        events = _chat_events(ctx, gen, updates, first, [ChoiceOutput(tools, in_reasoning) for _ in gen.choices],
+                              num_top, include_usage)
         return EventStreamResponse(events, request_id)
 
     await run_until_disconnect(request, gen.run())
     choices = []
     for c in gen.choices:
-        split = split_reasoning(c.text, in_reasoning)
+        split, output = whole_output(tools, in_reasoning, c.text)
         choices.append(
             ChatChoice(
                 index=c.index,
-                message=ResponseMessage(content=split.content, reasoning_content=split.reasoning or None),
+                message=ResponseMessage(content=split.content or (None if output.has_calls else ""),
+                                        reasoning_content=split.reasoning or None, tool_calls=output.calls or None),
                 logprobs=chat_logprobs(ctx.token_texts, c.logprobs, num_top) if num_top is not None else None,
-                finish_reason=c.finish_reason,
+                finish_reason=chat_finish_reason(c.finish_reason, output),
                 stop_reason=c.stop_reason,
             )
         )
@@ -117,7 +123,7 @@ async def _chat_events(
     gen: Generation,
     updates: AsyncGenerator[ChoiceUpdate, None],
     first: ChoiceUpdate | None,
-    in_reasoning: bool,
+    parsers: list[ChoiceOutput],
     num_top: int | None,
     include_usage: bool,
 ) -> AsyncGenerator[str, None]:
@@ -127,8 +133,6 @@ async def _chat_events(
         )
         return sse(body.model_dump_json(exclude_none=False))
 
-    parsers = [ReasoningParser(in_reasoning) for _ in gen.choices]
-
     def render(update: ChoiceUpdate) -> str | None:
         parser = parsers[update.index]
         delta = parser.feed(update.text)
@@ -136,12 +140,14 @@ async def _chat_events(
             rest = parser.finish()
             delta.reasoning += rest.reasoning
             delta.content += rest.content
-        if not (delta.reasoning or delta.content or update.logprobs or update.finish_reason):
+            delta.tool_calls += rest.tool_calls
+        if not (delta.reasoning or delta.content or delta.tool_calls or update.logprobs or update.finish_reason):
             return None
         logprobs = chat_logprobs(ctx.token_texts, update.logprobs, num_top) if num_top is not None else None
-        message = DeltaMessage(content=delta.content or None, reasoning_content=delta.reasoning or None)
+        message = DeltaMessage(content=delta.content or None, reasoning_content=delta.reasoning or None,
+                               tool_calls=delta.tool_calls or None)
         return chunk([ChatChunkChoice(index=update.index, delta=message, logprobs=logprobs,
-                                      finish_reason=update.finish_reason)])
+                                      finish_reason=chat_finish_reason(update.finish_reason, parser))])
 
     opening = [chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content=""))
                       for c in gen.choices])]

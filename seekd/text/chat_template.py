@@ -19,7 +19,22 @@ def _raise_exception(message: str) -> None:
     raise ChatTemplateError(message)
 
 
+class ToolArguments(str):
+    """A past tool call's arguments: the client's JSON text, which templates that concatenate it
+    (DeepSeek's) get back unchanged, carrying the parsed value for templates that `tojson` it
+    (Qwen2.5's, written for argument objects)."""
+
+    value: Any
+
+    def __new__(cls, text: str, value: Any) -> ToolArguments:
+        out = super().__new__(cls, text)
+        out.value = value
+        return out
+
+
 def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False, **_: Any) -> str:
+    if isinstance(value, ToolArguments):
+        value = value.value
     return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii)
 
 

@@ -115,6 +115,8 @@ class ToolParser(ABC):
 
     def feed(self, text: str, reasoning: bool = False) -> ToolStreamDelta:
         """New text on a channel; returns what became certain."""
+        if not text:
+            return self._take()
         if reasoning != self._reasoning and not self._in_block:
             self._text(self._buf)  # a tag cannot span the channel switch: the reasoning tag was between
             self._buf = ""

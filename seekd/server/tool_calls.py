@@ -1,0 +1,261 @@
+"""OpenAI tool calling for chat: request checks, the history handed to the prompt format, and the
+generated text turned into `tool_calls`.
+
+- `tool_choice` "auto" (the default with tools): the model's own markup is parsed (the format comes
+  from `seekd.text.tool_parsers`); "none": the tools are not shown to the model and nothing is parsed.
+- "required" and a named function are enforced by grammar: the output is constrained to JSON (the
+  named function's arguments, or an array of {name, arguments} over the tools) and that JSON becomes
+  the calls directly, with no markup in between. Such output is all answer: there is no reasoning
+  to split off, since the grammar allows JSON from the first token on.
+- `parallel_tool_calls: false`: at most one call (the grammar's maxItems; with "auto", later calls
+  are dropped).
+- History: assistant `tool_calls` arguments stay the JSON text the client sent, but templates that
+  apply `tojson` to them (written for argument objects, as Qwen2.5's) get the object (see
+  ToolArguments); `tool` messages must answer a call of the assistant message before them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from seekd.sampling_params import StructuredOutputParams
+from seekd.server.errors import invalid_request
+from seekd.server.protocol import ChatCompletionRequest, DeltaFunctionCall, DeltaToolCall, FunctionCall, ToolCallOut
+from seekd.server.reasoning import ReasoningParser
+from seekd.server.response_format import structured_from_schema
+from seekd.text.chat_template import ToolArguments
+from seekd.text.tool_parsers import ToolCallDelta, ToolParser, make_tool_parser
+
+_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+EMPTY_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+@dataclass
+class ToolSetup:
+    """What the request's tool fields decided."""
+
+    mode: str  # none | auto | required | named
+    tools: list[dict[str, Any]] | None  # for the prompt
+    parallel: bool = True
+    named: str | None = None
+    structured: StructuredOutputParams | None = None
+    tool_format: str | None = None  # the parser's key, for "auto"
+
+
+def new_call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
+
+
+def _check_tools(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each tool's parameters schema by name; a 400 on the first bad entry."""
+    schemas: dict[str, dict[str, Any]] = {}
+    for i, tool in enumerate(tools):
+        param = f"tools.{i}"
+        if tool.get("type", "function") != "function" or not isinstance(tool.get("function"), dict):
+            raise invalid_request(f"{param}: only tools of type 'function' with a 'function' object are supported",
+                                  param=param)
+        function = tool["function"]
+        name = function.get("name")
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise invalid_request(f"{param}.function.name must be 1-64 letters, digits, '_' or '-', got {name!r}",
+                                  param=f"{param}.function.name")
+        if name in schemas:
+            raise invalid_request(f"tool name {name!r} is defined twice", param=f"{param}.function.name")
+        parameters = function.get("parameters", EMPTY_PARAMETERS)
+        if not isinstance(parameters, dict):
+            raise invalid_request(f"{param}.function.parameters must be a JSON schema object",
+                                  param=f"{param}.function.parameters")
+        structured_from_schema(parameters, param=f"{param}.function.parameters")
+        schemas[name] = parameters
+    return schemas
+
+
+def tool_setup(req: ChatCompletionRequest, tool_format: str) -> ToolSetup:
+    """Checks tools, tool_choice and parallel_tool_calls (400s), and decides the mode."""
+    choice = req.tool_choice
+    if not req.tools:
+        if choice not in (None, "none"):
+            raise invalid_request("tool_choice needs tools: the request has none", param="tool_choice")
+        return ToolSetup("none", None)
+    schemas = _check_tools(req.tools)
+    if choice not in (None, "auto", "none") and (req.response_format or {}).get("type") not in (None, "text"):
+        raise invalid_request("tool_choice 'required' or a named function cannot be combined with a "
+                              "response_format: both constrain the whole output", param="tool_choice")
+    parallel = req.parallel_tool_calls is not False
+    if choice in (None, "auto"):
+        return ToolSetup("auto", req.tools, parallel, tool_format=tool_format)
+    if choice == "none":
+        return ToolSetup("none", None, parallel)
+    if choice == "required":
+        items = {"anyOf": [
+            {"type": "object", "properties": {"name": {"const": name}, "arguments": schema},
+             "required": ["name", "arguments"], "additionalProperties": False}
+            for name, schema in schemas.items()
+        ]}
+        schema: dict[str, Any] = {"type": "array", "items": items, "minItems": 1}
+        if not parallel:
+            schema["maxItems"] = 1
+        return ToolSetup("required", req.tools, parallel,
+                         structured=structured_from_schema(schema, param="tool_choice"))
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        if name not in schemas:
+            raise invalid_request(f"tool_choice names function {name!r}, which is not among the tools "
+                                  f"({', '.join(schemas)})", param="tool_choice")
+        return ToolSetup("named", req.tools, parallel, named=name,
+                         structured=structured_from_schema(schemas[name], param="tool_choice"))
+    raise invalid_request('tool_choice must be "none", "auto", "required" or {"type": "function", "function": '
+                          '{"name": ...}}', param="tool_choice")
+
+
+def prepare_history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Checks assistant tool calls and tool results (400s) and wraps call arguments for templates."""
+    pending: set[str] = set()
+    out = []
+    for i, msg in enumerate(messages):
+        role = msg.get("role")
+        if role == "assistant" and msg.get("tool_calls") is not None:
+            msg = {**msg, "tool_calls": [_history_call(i, j, call) for j, call in enumerate(msg["tool_calls"])]}
+            pending = {call["id"] for call in msg["tool_calls"]}
+        elif role == "tool":
+            call_id = msg.get("tool_call_id")
+            if not isinstance(call_id, str) or not call_id:
+                raise invalid_request(f"message {i}: a 'tool' message needs the 'tool_call_id' it answers",
+                                      param=f"messages.{i}.tool_call_id")
+            if call_id not in pending:
+                raise invalid_request(f"message {i}: tool_call_id {call_id!r} answers no tool call of the "
+                                      "assistant message before it", param=f"messages.{i}.tool_call_id")
+        elif role != "assistant":
+            pending = set()
+        out.append(msg)
+    return out
+
+
+def _history_call(i: int, j: int, call: Any) -> dict[str, Any]:
+    param = f"messages.{i}.tool_calls.{j}"
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        raise invalid_request(f"{param}: a tool call needs a 'function' with a 'name'", param=param)
+    if not isinstance(call.get("id"), str) or not call["id"]:
+        raise invalid_request(f"{param}: a tool call needs an 'id'", param=f"{param}.id")
+    arguments = function.get("arguments", "{}")
+    if not isinstance(arguments, str):
+        raise invalid_request(f"{param}.function.arguments must be a string of JSON",
+                              param=f"{param}.function.arguments")
+    try:
+        value = json.loads(arguments or "{}")
+    except json.JSONDecodeError as e:
+        raise invalid_request(f"{param}.function.arguments is not valid JSON: {e}",
+                              param=f"{param}.function.arguments") from e
+    return {**call, "type": call.get("type", "function"),
+            "function": {**function, "arguments": ToolArguments(arguments, value)}}
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ChatDelta:
+    reasoning: str = ""
+    content: str = ""
+    tool_calls: list[DeltaToolCall] = field(default_factory=list)
+
+
+class ChoiceOutput:
+    """One choice's text -> reasoning, content and tool calls, chunk by chunk (a whole response is
+    one chunk and `finish`), so that streamed and whole responses are read by the same code."""
+
+    def __init__(self, setup: ToolSetup, in_reasoning: bool) -> None:
+        self.setup = setup
+        self.reasoning = None if setup.structured is not None else ReasoningParser(in_reasoning)
+        self.tools: ToolParser | None = make_tool_parser(setup.tool_format) if setup.mode == "auto" else None
+        self.ids: list[str] = []
+        self.calls: list[ToolCallOut] = []
+        self._json = ""  # constrained output so far
+        self._json_pos = 0  # required: where the next array element starts
+
+    @property
+    def has_calls(self) -> bool:
+        return bool(self.ids)
+
+    def feed(self, text: str) -> ChatDelta:
+        if self.reasoning is None:
+            return self._constrained(text, final=False)
+        split = self.reasoning.feed(text)
+        return self._route(split.reasoning, split.content, final=False)
+
+    def finish(self) -> ChatDelta:
+        if self.reasoning is None:
+            return self._constrained("", final=True)
+        split = self.reasoning.finish()
+        return self._route(split.reasoning, split.content, final=True)
+
+    def _route(self, reasoning: str, content: str, final: bool) -> ChatDelta:
+        if self.tools is None:
+            return ChatDelta(reasoning, content)
+        out = ChatDelta()
+        for piece in (self.tools.feed(reasoning, reasoning=True), self.tools.feed(content),
+                      *((self.tools.finish(),) if final else ())):
+            out.reasoning += piece.reasoning
+            out.content += piece.content
+            out.tool_calls += self._deltas(piece.tool_calls)
+        return out
+
+    def _deltas(self, pieces: list[ToolCallDelta]) -> list[DeltaToolCall]:
+        out = []
+        for piece in pieces:
+            if piece.index >= 1 and not self.setup.parallel:
+                continue
+            if piece.name is not None:
+                self.ids.append(new_call_id())
+                self.calls.append(ToolCallOut(id=self.ids[-1], function=FunctionCall(name=piece.name, arguments="")))
+                out.append(DeltaToolCall(index=piece.index, id=self.ids[-1], type="function",
+                                         function=DeltaFunctionCall(name=piece.name, arguments=piece.arguments)))
+            else:
+                out.append(DeltaToolCall(index=piece.index, function=DeltaFunctionCall(arguments=piece.arguments)))
+            self.calls[piece.index].function.arguments += piece.arguments
+        return out
+
+    def _constrained(self, text: str, final: bool) -> ChatDelta:
+        self._json += text
+        if self.setup.mode == "named":
+            pieces = []
+            if not self.ids:
+                pieces.append(ToolCallDelta(0, name=self.setup.named))
+            body = self._json.strip()
+            pieces.append(ToolCallDelta(0, arguments=body[len(self.calls[0].function.arguments) if self.calls else 0:]))
+            return ChatDelta(tool_calls=self._deltas(pieces))
+        return ChatDelta(tool_calls=self._deltas(self._array_elements()))
+
+    def _array_elements(self) -> list[ToolCallDelta]:
+        """Each {name, arguments} element of the constrained array, once it is complete."""
+        decoder, text, out = json.JSONDecoder(), self._json, []
+        while True:
+            pos = self._json_pos
+            while pos < len(text) and text[pos] in " \t\r\n[,":
+                pos += 1
+            try:
+                element, end = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError:
+                return out
+            self._json_pos = end
+            if isinstance(element, dict) and isinstance(element.get("name"), str):
+                index = len(self.ids) + len([p for p in out if p.name is not None])
+                arguments = json.dumps(element.get("arguments", {}), ensure_ascii=False)
+                out.append(ToolCallDelta(index, name=element["name"], arguments=arguments))
+
+
+def whole_output(setup: ToolSetup, in_reasoning: bool, text: str) -> tuple[ChatDelta, ChoiceOutput]:
+    """A whole response's text, read as the stream would be."""
+    out = ChoiceOutput(setup, in_reasoning)
+    delta, rest = out.feed(text), out.finish()
+    return ChatDelta(delta.reasoning + rest.reasoning, delta.content + rest.content), out
+
+
+def chat_finish_reason(reason: str | None, output: ChoiceOutput) -> str | None:
+    """"tool_calls" when the model stopped after calling tools (a cut-off call stays "length")."""
+    return "tool_calls" if reason == "stop" and output.has_calls else reason
