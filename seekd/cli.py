@@ -15,6 +15,7 @@ from typing import Any
 from seekd.bench.cli import add_bench_parser
 from seekd.config import SeekdConfig, config_fields, field_type, load_config
 from seekd.ops.security_cli import add_security_parsers, run_audit, run_keys
+from seekd.server.reasoning import ReasoningDelta, ReasoningParser, prompt_opens_reasoning
 
 SAMPLING_FLAGS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser("chat", help="interactive chat in the terminal, streamed")
     chat.add_argument("--system", default=None, help="system prompt")
+    chat.add_argument("--thinking", action="store_true", help="thinking mode (DeepSeek V3.2/V4): reason first")
+    chat.add_argument("--reasoning-effort", default=None, choices=["high", "max"], help="with --thinking (V4)")
     _add_config_flags(chat)
     _add_sampling_flags(chat)
     return parser
@@ -100,7 +103,7 @@ def _cmd_chat(args: argparse.Namespace, config: SeekdConfig) -> int:
 
     console = Console()
     llm = LLM(config=config)
-    if llm.tokenizer is None or llm.tokenizer.chat_template is None:
+    if llm.tokenizer is None or not llm.tokenizer.has_chat_format:
         console.print("[red]this model has no chat template; use `seekd generate` instead[/red]")
         return 2
     params = _sampling_params(args)
@@ -121,17 +124,34 @@ def _cmd_chat(args: argparse.Namespace, config: SeekdConfig) -> int:
         if not text.strip():
             continue
         history.append({"role": "user", "content": text})
-        prompt = llm.tokenizer.encode_chat(history)
-        reply = []
-        console.print("[bold blue]assistant> [/bold blue]", end="")
-        try:
-            for delta in llm.stream(prompt, params):
-                reply.append(delta)
-                console.out(delta, end="", highlight=False)
-        except KeyboardInterrupt:
-            console.print(" [dim](interrupted)[/dim]", end="")
-        console.print()
-        history.append({"role": "assistant", "content": "".join(reply)})
+        options = {"thinking": args.thinking, "reasoning_effort": args.reasoning_effort}
+        prompt_text = llm.tokenizer.apply_chat_template(history, **options)
+        reply = _stream_reply(console, llm, llm.tokenizer.encode(prompt_text, add_special_tokens=False),
+                              params, prompt_opens_reasoning(prompt_text))
+        history.append({"role": "assistant", "content": reply.content, "reasoning_content": reply.reasoning})
+
+
+def _stream_reply(console: Any, llm: Any, prompt: list[int], params: Any, in_reasoning: bool) -> ReasoningDelta:
+    """Streams one answer: reasoning dimmed, then the answer; returns both (the next turn sends them back)."""
+    parser, reply = ReasoningParser(in_reasoning), ReasoningDelta()
+    console.print("[bold blue]assistant> [/bold blue]", end="")
+
+    def show(delta: ReasoningDelta) -> None:
+        reply.reasoning += delta.reasoning
+        reply.content += delta.content
+        if delta.reasoning:
+            console.out(delta.reasoning, end="", style="dim", highlight=False)
+        if delta.content:
+            console.out(delta.content, end="", highlight=False)
+
+    try:
+        for text in llm.stream(prompt, params):
+            show(parser.feed(text))
+    except KeyboardInterrupt:
+        console.print(" [dim](interrupted)[/dim]", end="")
+    show(parser.finish())
+    console.print()
+    return reply
 
 
 def _cmd_serve(args: argparse.Namespace, config: SeekdConfig) -> int:

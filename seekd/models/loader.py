@@ -101,6 +101,12 @@ def init_dummy_weights(model: nn.Module, seed: int) -> None:
             param.data.fill_(1.0)
         elif param.dtype.is_floating_point:
             param.data.normal_(0.0, 0.02, generator=gen)
+    for name, module in model.named_modules():
+        table = getattr(module, "tid2eid", None)
+        if isinstance(table, torch.Tensor):  # hash routing: a random choice of distinct experts per token
+            gen = torch.Generator(device=table.device).manual_seed(seed + hash_name(name))
+            choice = torch.rand(table.shape[0], module.weight.shape[0], generator=gen, device=table.device)
+            table.data.copy_(choice.argsort(dim=-1)[:, : table.shape[1]])
 
 
 def hash_name(name: str) -> int:

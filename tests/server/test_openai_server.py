@@ -71,10 +71,13 @@ def test_health_ready_models_and_openapi(server: ServerHandle, client: openai.Op
     assert "starting on http://127.0.0.1" in server.log() and "ready: serving seekd-demo-random" in server.log()
 
 
+THINKING = {"thinking": {"type": "enabled"}}  # DeepSeek's API field
+
+
 def test_chat_completion_splits_reasoning_and_counts_usage(client: openai.OpenAI, model: str) -> None:
-    resp = chat(client, model, max_tokens=8, extra_body={"ignore_eos": True})
+    resp = chat(client, model, max_tokens=8, extra_body={"ignore_eos": True, **THINKING})
     (choice,) = resp.choices
-    # The demo template opens <think> in the prompt, so the random output is all reasoning.
+    # Thinking mode: the V4 prompt ends with <think>, so the random output is all reasoning.
     assert choice.message.reasoning_content
     assert choice.message.content == ""
     assert choice.finish_reason == "length"
@@ -83,13 +86,41 @@ def test_chat_completion_splits_reasoning_and_counts_usage(client: openai.OpenAI
     assert resp.usage.prompt_tokens_details.cached_tokens >= 0
 
 
+def test_thinking_options_choose_the_mode_like_deepseek_and_vllm(client: openai.OpenAI, model: str) -> None:
+    """Chat mode by default (the answer is content); thinking via DeepSeek's `thinking`, vLLM's
+    `chat_template_kwargs` or a reasoning_effort; usage counts the prompt the encoder built."""
+    base = dict(max_tokens=6, extra_body={"ignore_eos": True})
+    plain = chat(client, model, **base)
+    assert plain.choices[0].message.content and not plain.choices[0].message.reasoning_content
+    for extra in (THINKING, {"chat_template_kwargs": {"thinking": True}}, {"reasoning_effort": "high"}):
+        resp = chat(client, model, max_tokens=6, extra_body={"ignore_eos": True, **extra})
+        assert resp.choices[0].message.reasoning_content and resp.choices[0].message.content == ""
+        assert resp.usage.prompt_tokens == plain.usage.prompt_tokens  # </think> became <think>
+    effort = chat(client, model, max_tokens=6, extra_body={"ignore_eos": True, **THINKING, "reasoning_effort": "max"})
+    assert effort.usage.prompt_tokens > plain.usage.prompt_tokens + 50  # the max-effort instruction
+    off = chat(client, model, max_tokens=6, extra_body={"ignore_eos": True, **THINKING, "reasoning_effort": "none"})
+    assert off.choices[0].message.content and not off.choices[0].message.reasoning_content
+    for bad in ({"thinking": {"type": "sometimes"}}, {"reasoning_effort": "extreme"}):
+        with pytest.raises(openai.BadRequestError):
+            chat(client, model, max_tokens=2, extra_body=bad)
+
+
+def test_reasoning_content_sent_back_continues_the_conversation(client: openai.OpenAI, model: str) -> None:
+    first = chat(client, model, "2+2?", max_tokens=6, extra_body={"ignore_eos": True, **THINKING}).choices[0]
+    turn = {"role": "assistant", "content": "4", "reasoning_content": first.message.reasoning_content}
+    messages = [{"role": "user", "content": "2+2?"}, turn, {"role": "user", "content": "and 3+3?"}]
+    resp = client.chat.completions.create(model=model, messages=messages, max_tokens=4,
+                                          extra_body={"ignore_eos": True, **THINKING})
+    assert resp.choices[0].message.reasoning_content and resp.choices[0].finish_reason == "length"
+
+
 def test_chat_stream_equals_non_stream_for_same_seed(client: openai.OpenAI, model: str) -> None:
     kwargs = dict(max_tokens=16, seed=11, temperature=1.0, extra_body={"ignore_eos": True})
     whole = chat(client, model, MULTIBYTE_PROMPT, **kwargs)
     reasoning, text, chunks = stream_chat_text(
         client, model, MULTIBYTE_PROMPT, stream_options={"include_usage": True}, **kwargs
     )
-    assert reasoning == whole.choices[0].message.reasoning_content
+    assert reasoning == (whole.choices[0].message.reasoning_content or "")  # chat mode: none
     assert text == whole.choices[0].message.content
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 16
@@ -167,7 +198,7 @@ def test_stop_string_never_leaks_also_when_streamed(client: openai.OpenAI, model
 
 
 def test_stop_string_in_chat_stream(client: openai.OpenAI, model: str) -> None:
-    kwargs = dict(max_tokens=30, seed=9, extra_body={"ignore_eos": True})
+    kwargs = dict(max_tokens=30, seed=9, extra_body={"ignore_eos": True, **THINKING})
     reasoning, _, _ = stream_chat_text(client, model, "hi", **kwargs)
     stop = reasoning[len(reasoning) // 2 : len(reasoning) // 2 + 2]
     assert stop.strip()
