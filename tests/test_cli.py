@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -34,3 +35,20 @@ def test_chat_streams_replies_and_exits_on_eof(data_dir):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("assistant>") == 2
     assert "RANDOM weights" in proc.stdout
+
+
+def test_chat_thinking_shows_the_reasoning_dimmed_on_the_v4_demo(data_dir):
+    """--thinking: the V4 prompt opens <think>, so the (random) reply is reasoning, printed dim."""
+    runs = {}
+    for flags in ((), ("--thinking", "--reasoning-effort", "max")):
+        proc = subprocess.run(
+            [sys.executable, "-m", "seekd.cli", "chat", "--data-dir", str(data_dir), "--num-kv-blocks", "64",
+             "--max-tokens", "6", "--temperature", "0", *flags],
+            input="Hi there\nAnd now?\n", capture_output=True, text=True, timeout=300,
+            env={**os.environ, "FORCE_COLOR": "1", "COLUMNS": "200"},
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.count("assistant>") == 2
+        runs[bool(flags)] = proc.stdout
+    dim = "\x1b[2m"
+    assert dim in runs[True] and dim not in runs[False]
