@@ -397,8 +397,8 @@ def test_body_too_large_is_413(server: ServerHandle) -> None:
 def test_unsupported_features_are_refused_clearly(client: openai.OpenAI, model: str) -> None:
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     with pytest.raises(openai.BadRequestError) as info:
-        chat(client, model, max_tokens=2, tools=[tool])
-    assert "tool" in info.value.body["message"]
+        chat(client, model, max_tokens=2, tools=[{**tool, "type": "code_interpreter"}])
+    assert "only tools of type 'function'" in info.value.body["message"]
 
 
 def test_server_survives_all_of_the_above(client: openai.OpenAI, model: str, server: ServerHandle) -> None:
