@@ -2,8 +2,8 @@
 
 It sits outside the auth middleware, so refusals are recorded too, and reads what the inner layers
 left in the request scope: the principal (auth), the Generation (handlers) and the request id
-(access log). The record is written after the response is complete, streams included, so its token
-counts and status are final.
+(access log). The record is written just before the last byte of the response (streams included),
+when token counts and status are final, or when the client leaves.
 """
 
 from __future__ import annotations
@@ -39,11 +39,22 @@ class AuditMiddleware:
         status: int | None = None
         body: list[bytes] = []
         size = 0
+        written = False
+
+        def record() -> None:
+            nonlocal written
+            path: str = scope.get("path", "")
+            final = status or CLIENT_GONE
+            if not written and (path.startswith(AUDITED_PREFIXES) or final in REFUSED):
+                self._write(scope, final, b"".join(body))
+            written = True
 
         async def capture_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                record()  # before the last byte: no caller sees a response that left no record
             await send(message)
 
         async def capture_receive() -> Message:
@@ -58,10 +69,7 @@ class AuditMiddleware:
         try:
             await self.app(scope, capture_receive if self.store_content else receive, capture_send)
         finally:
-            path: str = scope.get("path", "")
-            final = status or CLIENT_GONE
-            if path.startswith(AUDITED_PREFIXES) or final in REFUSED:
-                self._write(scope, final, b"".join(body))
+            record()  # the client left or the app failed before the response was complete
 
     def _write(self, scope: Scope, status: int, body: bytes) -> None:
         state = scope.get("state", {})

@@ -5,6 +5,8 @@ every run; the server's input limits keep each generation short."""
 
 from __future__ import annotations
 
+import json
+import secrets
 from pathlib import Path
 
 import httpx
@@ -13,6 +15,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from seekd.ops.audit import ContentCipher, verify
 from seekd.ops.keys import KeyStore
 
 from .conftest import ServerHandle, running_server
@@ -30,9 +33,18 @@ def admin_key(tmp_path_factory) -> tuple[Path, str]:
 
 
 @pytest.fixture(scope="module")
-def server(admin_key, tmp_path_factory) -> ServerHandle:
+def audit_key(admin_key) -> bytes:
+    key = secrets.token_bytes(32)
+    (admin_key[0] / "audit.key").write_text(key.hex())
+    return key
+
+
+@pytest.fixture(scope="module")
+def server(admin_key, audit_key, tmp_path_factory) -> ServerHandle:
     data_dir, key = admin_key
-    flags = ["--max-output-tokens", "4", "--max-n", "2", "--max-prompt-tokens", "128", "--max-model-len", "512"]
+    flags = ["--max-output-tokens", "4", "--max-n", "2", "--max-prompt-tokens", "128", "--max-model-len", "512",
+             "--max-json-depth", "8", "--audit-store-content", "--audit-encryption-key-file",
+             str(data_dir / "audit.key")]
     log = tmp_path_factory.mktemp("fuzz-log") / "server.log"
     with running_server(data_dir, log, *flags, client_options={"headers": {"Authorization": f"Bearer {key}"}}) as h:
         yield h
@@ -69,3 +81,47 @@ def test_schema_fuzz_finds_no_server_errors(server: ServerHandle, admin_key) -> 
     assert any(status == 200 for _, status in seen) and any(400 <= status < 500 for _, status in seen)
     health = httpx.get(f"{server.base_url}/ready", headers=auth, timeout=10)
     assert health.status_code == 200, health.text  # the engine survived the fuzzing
+
+
+def post(server: ServerHandle, admin_key, path: str, **kw) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {admin_key[1]}", "Content-Type": "application/json"}
+    return httpx.post(f"{server.api_url}{path}", headers=headers, timeout=30, **kw)
+
+
+@pytest.mark.parametrize(("body", "code"), [
+    (b"[" * 200_000, "json_too_deep"),  # would be a RecursionError in the JSON parser
+    (b'{"prompt": "x", "extra": ' + b"[" * 9 + b"]" * 9 + b"}", "json_too_deep"),
+    (b'{"prompt": "x", "max_tokens": 5}', "max_tokens_too_large"),
+    (b'{"prompt": "' + b"word " * 200 + b'"}', "prompt_too_long"),
+    (b'{"prompt": "x", "n": 3}', None),
+    (b'{"prompt": "x", "max_tokens": 2', "invalid_json"),
+    (b"\xff\xfe", "invalid_json"),
+], ids=["200k-brackets", "depth-9", "max-tokens", "prompt-length", "n", "truncated-json", "not-utf8"])
+def test_hardened_inputs_get_openai_400s(server: ServerHandle, admin_key, body: bytes, code: str | None) -> None:
+    response = post(server, admin_key, "/completions", content=body)
+    assert response.status_code == 400, response.text
+    assert code is None or response.json()["error"]["code"] == code
+
+
+def test_strings_with_brackets_do_not_count_as_nesting(server: ServerHandle, admin_key) -> None:
+    response = post(server, admin_key, "/completions", json={"prompt": "[[[[[[[[[[{{{{{{{{{{", "max_tokens": 1})
+    assert response.status_code == 200, response.text
+
+
+def test_chat_without_max_tokens_is_capped_by_the_server(server: ServerHandle, admin_key) -> None:
+    response = post(server, admin_key, "/chat/completions",
+                    json={"messages": [{"role": "user", "content": "hi"}], "ignore_eos": True})
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 4
+
+
+def test_audit_content_is_sealed_and_opens_with_the_key(server: ServerHandle, admin_key, audit_key) -> None:
+    reply = post(server, admin_key, "/completions", json={"prompt": "confidential text", "max_tokens": 2})
+    assert reply.status_code == 200
+    path = admin_key[0] / "audit.jsonl"
+    assert b"confidential" not in path.read_bytes()
+    record = [r for r in map(json.loads, path.read_text().splitlines()) if r.get("response_id") == reply.json()["id"]]
+    assert len(record) == 1
+    content = ContentCipher(audit_key).open(record[0]["content"], record[0]["request_id"])
+    assert content["request"]["prompt"] == "confidential text"
+    assert content["outputs"] == [reply.json()["choices"][0]["text"]]
+    assert verify(path).ok
