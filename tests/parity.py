@@ -57,13 +57,16 @@ ENGINE_GREEDY = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
 
 
 def assert_all_blocks_free(llm: LLM) -> None:
+    """No request holds a block of any cache group: every group draws from the one pool, so every
+    block but the null block is back in it, unreferenced."""
     kv = llm.engine.scheduler.kv
     assert kv.req_blocks == {}
     assert kv.pool.num_free_blocks == kv.pool.num_blocks - 1
+    assert [b.block_id for b in kv.pool.blocks[1:] if b.ref_cnt != 0] == []
 
 
-def generate_engine_prompts(llm: LLM) -> list[list[int]]:
-    """Greedy tokens of ENGINE_PROMPTS; every KV block must be back in the pool afterwards."""
-    outs = [o.outputs[0].token_ids for o in llm.generate(ENGINE_PROMPTS, ENGINE_GREEDY)]
+def generate_engine_prompts(llm: LLM, prompts: list[list[int]] = ENGINE_PROMPTS) -> list[list[int]]:
+    """Greedy tokens of `prompts`; every KV block must be back in the pool afterwards."""
+    outs = [o.outputs[0].token_ids for o in llm.generate(prompts, ENGINE_GREEDY)]
     assert_all_blocks_free(llm)
     return outs

@@ -82,7 +82,7 @@ class EngineCore:
         )
         num_blocks = self._num_kv_blocks(max_model_len)
         self.runner.allocate_kv_cache(num_blocks)
-        capacity = (num_blocks - 1) * block_size
+        capacity = self.runner.kv_layout.max_tokens(num_blocks - 1, config.scheduler.max_num_batched_tokens)
         if capacity < max_model_len:
             logger.warning("KV cache holds %d tokens; capping the context length at that", capacity)
             max_model_len = capacity
@@ -93,7 +93,9 @@ class EngineCore:
                 self.runner.capture_decode_graphs(max_batch, max_model_len)
             else:
                 logger.info("decode CUDA graphs need the triton attention backend; running eagerly")
-        self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks, max_model_len)
+        self.scheduler = Scheduler(
+            config.scheduler, config.cache, num_blocks, max_model_len, self.runner.kv_layout.shapes
+        )
         self.eos_token_ids = eos_token_ids(self.model_folder, self.hf_config)
 
     def _num_kv_blocks(self, max_model_len: int) -> int:
@@ -103,7 +105,8 @@ class EngineCore:
         if cache.num_kv_blocks is not None:
             return cache.num_kv_blocks
         per_block = self.runner.kv_bytes_per_block()
-        blocks_per_seq = -(-max_model_len // cache.block_size)
+        layout = self.runner.kv_layout
+        blocks_per_seq = layout.blocks_for_tokens(max_model_len, sched.max_num_batched_tokens)
         if self.device.startswith("cuda"):
             device = torch.device(self.device)
             activations = self.runner.profile_activation_bytes(
@@ -122,10 +125,11 @@ class EngineCore:
             detail = f"cpu_kv_cache_gib {cache.cpu_kv_cache_gib}"
         num_blocks = min(max(int(budget // per_block), 0), sched.max_num_seqs * blocks_per_seq + 1)
         min_tokens = min(max_model_len, 1024)
-        if (num_blocks - 1) * cache.block_size < min_tokens:
+        min_blocks = layout.blocks_for_tokens(min_tokens, sched.max_num_batched_tokens)
+        if num_blocks - 1 < min_blocks:
             raise RuntimeError(
                 f"the model does not fit: {detail} leaves {max(budget, 0) / 2**30:.2f} GiB for the KV cache, "
-                f"and {min_tokens} tokens of context need {-(-min_tokens // cache.block_size) * per_block / 2**30:.2f}"
+                f"and {min_tokens} tokens of context need {min_blocks * per_block / 2**30:.2f}"
                 " GiB. Try a shorter --max-model-len, a smaller --max-num-batched-tokens, a higher "
                 "--gpu-memory-utilization, a quantized checkpoint, or more GPUs (tensor parallelism)"
             )

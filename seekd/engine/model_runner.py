@@ -14,13 +14,14 @@ import torch
 from torch import nn
 
 from seekd.engine.cuda_graphs import DecodeGraphs
+from seekd.engine.kv_cache_layout import KVCacheLayout
 from seekd.engine.outputs import TokenLogprob
 from seekd.engine.request import Request
 from seekd.engine.sampler import Sampler, SamplingBatch
 from seekd.engine.scheduler import SchedulerOutput
 from seekd.engine.structured.backend import StructuredBackend, bitmask_width
-from seekd.layers.attention import Attention, AttentionBackend, KVCacheSpec, TorchAttentionBackend, make_backend
-from seekd.layers.forward_context import AttentionMetadata, ForwardContext
+from seekd.layers.attention import Attention, AttentionBackend, TorchAttentionBackend, make_backend
+from seekd.layers.forward_context import AttentionMetadata, CacheGroupMetadata, ForwardContext
 from seekd.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class ModelRunner:
         self.vocab_size = vocab_size
         self.sampler = Sampler(self.device, seed)
         self.num_blocks = 0
+        self.kv_layout = KVCacheLayout(list(model.attention_layers()), dtype, block_size)
         self.attn_backend: AttentionBackend = TorchAttentionBackend()
         self.decode_graphs: DecodeGraphs | None = None
         self.structured: StructuredBackend | None = None  # set by the engine on the first constrained request
@@ -77,21 +79,17 @@ class ModelRunner:
             if hasattr(module, "use_kernel"):
                 module.use_kernel = True
 
-    def kv_cache_specs(self) -> list[KVCacheSpec]:
-        return [layer.kv_cache_spec(self.dtype) for layer in self.model.attention_layers()]
-
     def kv_bytes_per_block(self) -> int:
-        return sum(spec.bytes_per_block(self.block_size) for spec in self.kv_cache_specs())
+        """Bytes of one page of the pool: one block of any cache group, over all its layers."""
+        return self.kv_layout.page_bytes
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        for layer, spec in zip(self.model.attention_layers(), self.kv_cache_specs()):
-            layer.kv_cache = torch.zeros(
-                (num_blocks, self.block_size, *spec.per_token_shape), dtype=spec.dtype, device=self.device
-            )
+        self.kv_layout.allocate(num_blocks, self.device)
         self.num_blocks = num_blocks
         logger.info(
-            "KV cache: %d blocks of %d tokens (%.1f MiB)",
-            num_blocks, self.block_size, num_blocks * self.kv_bytes_per_block() / 2**20,
+            "KV cache: %d blocks (%.1f MiB); tokens per block by cache group: %s",
+            num_blocks, num_blocks * self.kv_bytes_per_block() / 2**20,
+            {g.name: g.block_tokens for g in self.kv_layout.shapes},
         )
 
     def capture_decode_graphs(self, max_batch: int, max_model_len: int) -> None:
@@ -105,18 +103,18 @@ class ModelRunner:
     def prepare_inputs(self, out: SchedulerOutput) -> ModelInputs:
         """Flatten the step. Plain Python lists with one numpy conversion at the end: with a few
         hundred decodes a step, per-request numpy calls would cost more than the GPU step."""
-        bs = self.block_size
+        bs = self.kv_layout.shapes[0].entries_per_block  # the first group has one entry per token
         tokens: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         query_lens, seq_lens, logits_indices, sampling = [], [], [], []
-        max_blocks = max(len(out.block_ids[r.request_id]) for r in out.requests)
+        max_blocks = max(len(out.block_ids[r.request_id][0]) for r in out.requests)
         block_tables = np.zeros((len(out.requests), max_blocks), dtype=np.int32)
         for i, request in enumerate(out.requests):
             rid = request.request_id
             n = out.num_scheduled_tokens[rid]
             start = request.num_computed_tokens
-            blocks = out.block_ids[rid]
+            blocks = out.block_ids[rid][0]
             block_tables[i, : len(blocks)] = blocks
             if n == 1:
                 tokens.append(request.all_token_ids[start])
@@ -149,6 +147,13 @@ class ModelRunner:
             query_lens_cpu=query_lens,
             seq_lens_cpu=seq_lens,
         )
+        attn.groups[self.kv_layout.shapes[0].name] = CacheGroupMetadata(attn.block_tables, attn.slot_mapping, bs)
+        for g in range(1, len(self.kv_layout.groups)):
+            tables, group_slots = self._group_tables(out, g)
+            attn.groups[self.kv_layout.shapes[g].name] = CacheGroupMetadata(
+                to_dev(tables, torch.int32), None if group_slots is None else to_dev(group_slots, torch.int64),
+                self.kv_layout.shapes[g].entries_per_block,
+            )
         return ModelInputs(
             input_ids=to_dev(tokens, torch.int64),
             positions=to_dev(positions, torch.int64),
@@ -156,6 +161,22 @@ class ModelRunner:
             logits_indices=to_dev(logits_indices, torch.int64),
             sampling_requests=sampling,
         )
+
+    def _group_tables(self, out: SchedulerOutput, g: int) -> tuple[np.ndarray, list[int] | None]:
+        """Block tables of cache group g and, for a group of one entry per token, the step's slots."""
+        shape = self.kv_layout.shapes[g]
+        e = shape.entries_per_block
+        tables = np.zeros((len(out.requests), max(len(out.block_ids[r.request_id][g]) for r in out.requests)),
+                          dtype=np.int32)
+        slots: list[int] | None = [] if shape.tokens_per_entry == 1 else None
+        for i, request in enumerate(out.requests):
+            blocks = out.block_ids[request.request_id][g]
+            tables[i, : len(blocks)] = blocks
+            if slots is not None:
+                pos = np.arange(request.num_computed_tokens,
+                                request.num_computed_tokens + out.num_scheduled_tokens[request.request_id])
+                slots.extend((tables[i][pos // e].astype(np.int64) * e + pos % e).tolist())
+        return tables, slots
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> StepResult:
@@ -198,7 +219,7 @@ class ModelRunner:
     def profile_activation_bytes(self, num_tokens: int, num_sample_rows: int) -> int:
         """Peak memory above the weights of one full-budget step: a `num_tokens` prefill through a
         scratch KV cache plus logits and sampling for `num_sample_rows` rows (CUDA only)."""
-        scratch_blocks = -(-num_tokens // self.block_size) + 1
+        scratch_blocks = sum(self.kv_layout.blocks_per_group(num_tokens)) + 1
         self.allocate_kv_cache(scratch_blocks)
         torch.cuda.synchronize(self.device)
         baseline = torch.cuda.memory_allocated(self.device)
@@ -209,8 +230,7 @@ class ModelRunner:
         torch.cuda.synchronize(self.device)
         peak = torch.cuda.max_memory_allocated(self.device) - baseline
         del hidden_rows, probs
-        for layer in self.model.attention_layers():
-            layer.kv_cache = None
+        self.kv_layout.release()
         self.num_blocks = 0
         torch.cuda.empty_cache()
         return peak
@@ -221,13 +241,14 @@ class ModelRunner:
         path, using blocks 1.. of the cache as scratch. For parity tests, profiling and debugging;
         needs an idle engine."""
         n = len(token_ids)
-        num_blocks = -(-n // self.block_size)
-        if num_blocks + 1 > self.num_blocks:
-            raise ValueError(f"{n} tokens need {num_blocks} KV blocks, the cache has {self.num_blocks - 1}")
+        per_group = self.kv_layout.blocks_per_group(n)
+        if sum(per_group) + 1 > self.num_blocks:
+            raise ValueError(f"{n} tokens need {sum(per_group)} KV blocks, the cache has {self.num_blocks - 1}")
+        starts = np.cumsum([1, *per_group]).tolist()
         probe = Request("prefill-probe", token_ids, SamplingParams(max_tokens=1), max_output_tokens=1)
         plan = SchedulerOutput(
             requests=[probe], num_scheduled_tokens={probe.request_id: n},
-            block_ids={probe.request_id: list(range(1, num_blocks + 1))},
+            block_ids={probe.request_id: [list(range(a, a + k)) for a, k in zip(starts, per_group)]},
         )
         inputs = self.prepare_inputs(plan)
         inputs.attn.backend_data = self.attn_backend.prepare(inputs.attn)

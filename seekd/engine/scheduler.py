@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from seekd.config import CacheConfig, SchedulerConfig
+from seekd.engine.kv_cache_layout import CacheGroupShape
 from seekd.engine.kv_cache_manager import KVCacheManager
 from seekd.engine.request import Request, RequestStatus
 
@@ -26,7 +27,7 @@ class SchedulerOutput:
 
     requests: list[Request] = field(default_factory=list)
     num_scheduled_tokens: dict[str, int] = field(default_factory=dict)
-    block_ids: dict[str, list[int]] = field(default_factory=dict)
+    block_ids: dict[str, list[list[int]]] = field(default_factory=dict)  # per request, per cache group
     preempted: list[str] = field(default_factory=list)
 
     @property
@@ -45,10 +46,13 @@ class Scheduler:
         cache_config: CacheConfig,
         num_kv_blocks: int,
         max_model_len: int,
+        kv_cache_groups: list[CacheGroupShape] | None = None,
     ) -> None:
         self.config = scheduler_config
         self.max_model_len = max_model_len
-        self.kv = KVCacheManager(num_kv_blocks, cache_config.block_size, cache_config.enable_prefix_caching)
+        self.kv = KVCacheManager(
+            num_kv_blocks, cache_config.block_size, cache_config.enable_prefix_caching, kv_cache_groups
+        )
         self.waiting: list[tuple[int, float, int, Request]] = []  # sorted by (priority, arrival)
         self.running: list[Request] = []
         self.requests: dict[str, Request] = {}

@@ -18,16 +18,30 @@ from seekd.layers.forward_context import AttentionMetadata, ForwardContext
 
 @dataclass(frozen=True)
 class KVCacheSpec:
-    """Shape and dtype of what one token stores in one layer's cache."""
+    """One kind of cache entry a layer keeps: layers with equal specs form one cache group
+    (seekd/engine/kv_cache_layout.py), whose blocks, block tables and slots are shared by those layers.
 
-    per_token_shape: tuple[int, ...]
+    `kind` names the group (the key of AttentionMetadata.groups); an entry summarises
+    `tokens_per_entry` consecutive tokens (a compressed entry) or is one token's (1); with a
+    `sliding_window` W, the token at position p is never read by queries after p + W - 1, so its
+    blocks are freed as the request moves on.
+    """
+
+    entry_shape: tuple[int, ...]
     dtype: torch.dtype
+    kind: str = "kv"
+    tokens_per_entry: int = 1
+    sliding_window: int | None = None
 
-    def bytes_per_block(self, block_size: int) -> int:
-        n = block_size
-        for d in self.per_token_shape:
+    @property
+    def bytes_per_entry(self) -> int:
+        n = torch.empty((), dtype=self.dtype).element_size()
+        for d in self.entry_shape:
             n *= d
-        return n * torch.empty((), dtype=self.dtype).element_size()
+        return n
+
+    def bytes_per_block(self, entries_per_block: int) -> int:
+        return entries_per_block * self.bytes_per_entry
 
 
 class AttentionBackend(Protocol):

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+
+
+@dataclass
+class CacheGroupMetadata:
+    """One cache group's view of the step (see seekd/engine/kv_cache_layout.py). Entry e of a
+    sequence lives at slot block_tables[i, e // entries_per_block] * entries_per_block + e % entries_per_block;
+    a token's entry is e = position // tokens_per_entry."""
+
+    block_tables: torch.Tensor  # [B, max_blocks] int32, null block 0 where padded or freed (sliding window)
+    slot_mapping: torch.Tensor | None  # [T] int64 slot of each token's entry; None for compressed groups
+    entries_per_block: int
 
 
 @dataclass
@@ -13,6 +24,8 @@ class AttentionMetadata:
 
     Sequence i owns tokens query_start_loc[i]:query_start_loc[i+1]; its context after this step is
     seq_lens[i] tokens, the first seq_lens[i] - query_len of which are already in the KV cache.
+    `slot_mapping`, `block_tables` and `block_size` are the first cache group's (the only one of
+    dense and MLA models); layers with several kinds of entries read theirs from `groups`.
     """
 
     slot_mapping: torch.Tensor  # [T] int64: cache slot (block_id * block_size + offset) of each token
@@ -25,6 +38,7 @@ class AttentionMetadata:
     query_lens_cpu: list[int]
     seq_lens_cpu: list[int]
     backend_data: object | None = None  # what the attention backend precomputed for this step
+    groups: dict[str, CacheGroupMetadata] = field(default_factory=dict)  # by cache kind
 
     @property
     def num_seqs(self) -> int:

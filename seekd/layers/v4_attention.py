@@ -9,11 +9,14 @@ last rope dims (interleaved pairs); since values carry that rope too, the output
 rotated back at the query position. Heads are projected out in `o_groups` low-rank groups (wo_a),
 then mixed (wo_b).
 
-Cache row per token (one paged tensor per layer, so prefix caching, preemption and chunked prefill
-work unchanged): [kv | compressor state | compressed entry | indexer state | indexer entry], the
-parts a layer kind lacks left out. A compressed entry lives in the row of its block's last token.
-This is the simple layout, not the memory-optimal one: sliding rows older than the window and
-compressor states of closed blocks are kept although no query reads them again.
+Caches (see seekd/engine/kv_cache_layout.py), one cache group each, shared by the layers of a kind:
+- `sliding_kv`: one key per token, kept for `sliding_window` tokens; its blocks are freed as the
+  window moves on;
+- `compressor_state_<rate>` (CSA/HCA layers): the per-token compressor projections (CSA: of both its
+  compressors, attention's and the indexer's), kept only until their block is pooled (rate tokens,
+  2 x rate when blocks overlap);
+- `compressed_<rate>`: one entry per `rate` tokens (CSA: the attention entry, then the indexer key),
+  kept for the whole context.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seekd.layers.attention import KVCacheSpec, gather_kv
+from seekd.layers.attention import KVCacheSpec
 from seekd.layers.forward_context import AttentionMetadata, ForwardContext
 from seekd.layers.hyper_connection import unweighted_rms_norm
 from seekd.layers.linear import ReplicatedLinear
@@ -69,50 +72,44 @@ class V4Attention(nn.Module):
         self.rotary_emb = rotary_emb
         self.compressor = compressor
         self.indexer = indexer
-        self.kv_cache: torch.Tensor | None = None  # [num_blocks, block_size, row_width]
-        self._columns = self._row_layout()
+        self.kv_caches: dict[str, torch.Tensor] = {}  # "kv", "state", "entries": [num_blocks, entries_per_block, width]
+        self._compressors = [c for c in (compressor, indexer and indexer.compressor) if c is not None]
+        rate = compressor.compress_rate if compressor is not None else 0
+        self._kinds = {"kv": "sliding_kv", "state": f"compressor_state_{rate}", "entries": f"compressed_{rate}"}
 
-    def _row_layout(self) -> dict[str, slice]:
-        widths = {"kv": self.head_dim}
+    def kv_cache_specs(self, dtype: torch.dtype) -> dict[str, KVCacheSpec]:
+        specs = {"kv": KVCacheSpec((self.head_dim,), dtype, self._kinds["kv"], 1, self.sliding_window)}
         if self.compressor is not None:
-            widths |= {"state": self.compressor.state_width, "entry": self.head_dim}
-        if self.indexer is not None:
-            widths |= {"index_state": self.indexer.compressor.state_width, "index_entry": self.indexer.head_dim}
-        columns, start = {}, 0
-        for name, width in widths.items():
-            columns[name] = slice(start, start + width)
-            start += width
-        return columns
-
-    @property
-    def row_width(self) -> int:
-        return max(c.stop for c in self._columns.values())
-
-    def kv_cache_spec(self, dtype: torch.dtype) -> KVCacheSpec:
-        return KVCacheSpec((self.row_width,), dtype)
+            cs = self._compressors
+            window = max(c.state_window for c in cs)
+            specs["state"] = KVCacheSpec((sum(c.state_width for c in cs),), dtype, self._kinds["state"], 1, window)
+            specs["entries"] = KVCacheSpec(
+                (sum(c.head_dim for c in cs),), dtype, self._kinds["entries"], self.compressor.compress_rate
+            )
+        return specs
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        meta, cols = ctx.attn, self._columns
-        assert self.kv_cache is not None, "KV cache is not bound; the ModelRunner binds it"
+        meta = ctx.attn
+        assert self.kv_caches, "KV cache is not bound; the ModelRunner binds it"
         cos, sin = self.rotary_emb.cos_sin_cache[positions].chunk(2, dim=-1)
         q_latent = self.q_norm(self.wq_a(x))
         q = unweighted_rms_norm(self.wq_b(q_latent).view(-1, self.num_heads, self.head_dim), self.norm_eps)
         q = apply_interleaved_rotary_tail(q, cos, sin)
         kv = apply_interleaved_rotary_tail(self.norm(self.wkv(x)).unsqueeze(1), cos, sin).squeeze(1)
-        flat = self.kv_cache.view(-1, self.row_width)
-        flat[meta.slot_mapping, cols["kv"]] = kv.to(flat.dtype)
+        kv_group = meta.groups[self._kinds["kv"]]
+        write_slots(self.kv_caches["kv"], kv_group.slot_mapping, kv_group.entries_per_block, kv)
         index_q = index_w = None
         if self.compressor is not None:
-            flat[meta.slot_mapping, cols["state"]] = self.compressor.project(x).to(flat.dtype)
+            group = meta.groups[self._kinds["state"]]
+            states = torch.cat([c.project(x) for c in self._compressors], dim=-1)
+            write_slots(self.kv_caches["state"], group.slot_mapping, group.entries_per_block, states)
         if self.indexer is not None:
-            flat[meta.slot_mapping, cols["index_state"]] = self.indexer.compressor.project(x).to(flat.dtype)
             index_q, index_w = self.indexer.queries(q_latent, cos, sin), self.indexer.head_weights(x)
         out = torch.empty_like(q)
         start = 0
         for i, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
-            rows = gather_kv(self.kv_cache, meta.block_tables[i], seq_len).to(q.dtype)
             span = slice(start, start + q_len)
-            keys, mask = self._context(rows, meta, i, q_len, seq_len,
+            keys, mask = self._context(meta, i, q_len, seq_len, q.dtype,
                                        None if index_q is None else (index_q[span], index_w[span]))
             out[span] = self._attend(q[span], keys, mask)
             start += q_len
@@ -120,42 +117,47 @@ class V4Attention(nn.Module):
         return self.wo_b(self.wo_a(out.view(out.size(0), self.wo_a.groups, -1)))
 
     def _context(
-        self, rows: torch.Tensor, meta: AttentionMetadata, i: int, q_len: int, seq_len: int,
+        self, meta: AttentionMetadata, i: int, q_len: int, seq_len: int, dtype: torch.dtype,
         index_inputs: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys of sequence i's queries ([K, head_dim]: window tokens, then compressed entries) and
         the mask [q_len, K] (True = attend). Pools the blocks that closed in this step first."""
-        q_pos = torch.arange(seq_len - q_len, seq_len, device=rows.device).unsqueeze(1)
+        group = meta.groups[self._kinds["kv"]]
         first = max(0, seq_len - q_len - self.sliding_window + 1)
-        k_pos = torch.arange(first, seq_len, device=rows.device).unsqueeze(0)
-        keys = rows[first:, self._columns["kv"]]
+        keys = read_entries(self.kv_caches["kv"], group.block_tables[i], group.entries_per_block, first, seq_len)
+        keys = keys.to(dtype)
+        q_pos = torch.arange(seq_len - q_len, seq_len, device=keys.device).unsqueeze(1)
+        k_pos = torch.arange(first, seq_len, device=keys.device).unsqueeze(0)
         mask = (k_pos <= q_pos) & (k_pos > q_pos - self.sliding_window)
         if self.compressor is None:
             return keys, mask
-        entries = self._entries(rows, meta, i, q_len, seq_len, self.compressor, "state", "entry")
-        visible = torch.arange(entries.size(0), device=rows.device) < (q_pos + 1) // self.compressor.compress_rate
+        entries = self._entries(meta, i, q_len, seq_len).to(dtype)
+        entries, index_keys = entries[:, : self.head_dim], entries[:, self.head_dim :]
+        visible = torch.arange(entries.size(0), device=keys.device) < (q_pos + 1) // self.compressor.compress_rate
         if self.indexer is not None and entries.size(0):
-            index_keys = self._entries(rows, meta, i, q_len, seq_len, self.indexer.compressor,
-                                       "index_state", "index_entry")
             visible = self.indexer.select(*index_inputs, index_keys, visible)
         return torch.cat([keys, entries]), torch.cat([mask, visible], dim=1)
 
-    def _entries(
-        self, rows: torch.Tensor, meta: AttentionMetadata, i: int, q_len: int, seq_len: int,
-        compressor: Compressor, state: str, entry: str,
-    ) -> torch.Tensor:
-        """All entries of sequence i so far ([seq_len // rate, width]); the blocks that closed in this
-        step are pooled, written to the cache and into `rows`."""
-        m, cols = compressor.compress_rate, self._columns
+    def _entries(self, meta: AttentionMetadata, i: int, q_len: int, seq_len: int) -> torch.Tensor:
+        """All compressed entries of sequence i so far ([seq_len // rate, entry width]); the blocks
+        that closed in this step are pooled from the cached states and written to the cache first."""
+        m = self.compressor.compress_rate
         first, end = (seq_len - q_len) // m, seq_len // m
+        group = meta.groups[self._kinds["entries"]]
+        cache, table, per_block = self.kv_caches["entries"], group.block_tables[i], group.entries_per_block
         if end > first:
-            new = compressor.pool(rows[:, cols[state]], first, end)
-            last = torch.arange(first, end, device=rows.device) * m + m - 1
-            rows[last, cols[entry]] = new.to(rows.dtype)
-            bs = meta.block_size
-            slots = meta.block_tables[i].long()[last // bs] * bs + last % bs
-            self.kv_cache.view(-1, self.row_width)[slots, cols[entry]] = new.to(self.kv_cache.dtype)
-        return rows[m - 1 :: m][:end, cols[entry]]
+            state_group = meta.groups[self._kinds["state"]]
+            lo = min(c.first_state_token(first) for c in self._compressors)
+            states = read_entries(self.kv_caches["state"], state_group.block_tables[i],
+                                  state_group.entries_per_block, lo, end * m)
+            new, col = [], 0
+            for c in self._compressors:
+                part = states[c.first_state_token(first) - lo :, col : col + c.state_width]
+                new.append(c.pool(part.to(c.wkv.weight.dtype), first, end))
+                col += c.state_width
+            index = torch.arange(first, end, device=cache.device)
+            cache[table.long()[index // per_block], index % per_block] = torch.cat(new, dim=-1).to(cache.dtype)
+        return read_entries(cache, table, per_block, 0, end)
 
     def _attend(self, q: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Softmax over [scores | sink] in float32; the shared KV head is key and value. -> [Q, H, D]."""
@@ -164,3 +166,15 @@ class V4Attention(nn.Module):
         sink = self.attn_sink.float().view(1, -1, 1).expand(q.size(0), -1, 1)
         probs = F.softmax(torch.cat([scores, sink], dim=-1), dim=-1)[..., :-1]
         return torch.einsum("qhk,kd->qhd", probs.to(q.dtype), keys)
+
+
+def write_slots(cache: torch.Tensor, slots: torch.Tensor, per_block: int, values: torch.Tensor) -> None:
+    """cache [num_blocks, per_block, width] may be a strided view of the shared arena: index it by
+    (block, offset), never flatten it."""
+    cache[slots // per_block, slots % per_block] = values.to(cache.dtype)
+
+
+def read_entries(cache: torch.Tensor, block_table: torch.Tensor, per_block: int, start: int, end: int) -> torch.Tensor:
+    """Entries start..end-1 of one sequence: [end - start, width]."""
+    index = torch.arange(start, end, device=cache.device)
+    return cache[block_table.long()[index // per_block], index % per_block]

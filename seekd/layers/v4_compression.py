@@ -7,10 +7,11 @@ each token projects two series, and entry w pools series a of block w-1 with ser
 HCA (rate 128) does not overlap. Entry w exists once token (w+1) * rate - 1 has been seen, so query p
 sees entries w < (p + 1) // rate.
 
-Paged-cache contract (one row per token and layer, see v4_attention.py): each token's row keeps its
-projections (`project`, the compressor *state*), and the row of a block's last token keeps the
-block's entry. Any later step, chunk or prefix-cache hit can then pool a block whose tokens arrived
-in earlier steps, with no per-request state outside the paged cache.
+Paged-cache contract (see v4_attention.py): each token's projections (`project`, the compressor
+*state*) are cached for as long as a block still to be pooled needs them (a sliding window of
+`compress_rate` tokens, two blocks' worth when blocks overlap), and each entry is cached once pooled.
+Any later step, chunk or prefix-cache hit can then pool a block whose tokens arrived in earlier
+steps, with no per-request state outside the paged cache.
 """
 
 from __future__ import annotations
@@ -51,12 +52,21 @@ class Compressor(nn.Module):
         """x [T, hidden] -> per-token state [T, state_width]."""
         return torch.cat([self.wkv(x), self.wgate(x)], dim=-1)
 
+    @property
+    def state_window(self) -> int:
+        """Tokens whose states pooling the current block may still read."""
+        return self.compress_rate * (2 if self.overlap else 1)
+
+    def first_state_token(self, first: int) -> int:
+        """The first token whose state pooling blocks first.. reads."""
+        return (max(first - 1, 0) if self.overlap else first) * self.compress_rate
+
     def pool(self, state: torch.Tensor, first: int, end: int) -> torch.Tensor:
-        """Entries of blocks first..end-1 from a sequence's per-token states (rows 0.. of `state`,
-        at least end * compress_rate of them): [end - first, head_dim], normed and roped."""
+        """Entries of blocks first..end-1 from the per-token states of tokens
+        first_state_token(first)..end * compress_rate - 1: [end - first, head_dim], normed and roped."""
         m, d = self.compress_rate, self.head_dim
-        lo = max(first - 1, 0) if self.overlap else first
-        blocks = state[lo * m : end * m].view(end - lo, m, -1)
+        lo = self.first_state_token(first) // m
+        blocks = state.view(end - lo, m, -1)
         width = blocks.size(-1) // 2
         kv, gate = blocks[..., :width], blocks[..., width:] + self.ape.to(blocks.dtype)
         if self.overlap:  # slots: series a of the previous block, then series b of this one

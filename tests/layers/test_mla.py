@@ -22,7 +22,7 @@ def test_mla_caches_576_values_per_token_and_layer_far_below_gqa():
         mla = make_mla(q_lora_rank=1536, kv_lora_rank=512, rope_dim=64, heads=128, hidden=7168, nope=128, v=128)
     gqa = Attention(num_heads=128, head_dim=128, scale=1.0, num_kv_heads=8)
     mla_spec, gqa_spec = mla.kv_cache_spec(torch.bfloat16), gqa.kv_cache_spec(torch.bfloat16)
-    assert mla_spec.per_token_shape == (576,)
+    assert mla_spec.entry_shape == (576,)
     v3_bytes = 61 * mla_spec.bytes_per_block(1)
     gqa_bytes = 126 * gqa_spec.bytes_per_block(1)
     print(f"\nKV cache per token (bf16): DeepSeek-V3 MLA {v3_bytes / 1024:.1f} KiB, "

@@ -53,7 +53,7 @@ def test_published_configs_build_the_published_model(config, billions, moe_layer
     layers = model.model.layers
     assert sum(isinstance(layer.mlp, SparseMoE) for layer in layers) == moe_layers
     attn = model.attention_layers()[0]
-    assert attn.kv_cache_spec(torch.bfloat16).per_token_shape == (576,)
+    assert attn.kv_cache_spec(torch.bfloat16).entry_shape == (576,)
     mscale = 0.1 * config["rope_scaling"]["mscale_all_dim"] * math.log(40) + 1
     assert attn.scale == pytest.approx(192**-0.5 * mscale**2)
     assert layers[-1].mlp.gate.topk_method == config["topk_method"]

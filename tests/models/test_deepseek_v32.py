@@ -101,7 +101,7 @@ def test_cache_row_holds_latent_and_indexer_key():
         rope = RotaryEmbedding(64, 64, 16, 10000.0, interleaved=True)
         attn = build_sparse_mla(config, rope)
     spec = attn.kv_cache_spec(torch.bfloat16)
-    assert spec.per_token_shape == (576 + 128,)
+    assert spec.entry_shape == (576 + 128,)
     v32, v3 = 61 * spec.bytes_per_block(1), 61 * 576 * 2
     print(f"\nKV cache per token (bf16, 61 layers): DeepSeek-V3.2 {v32:,} B ({spec.bytes_per_block(1)} B/layer: "
           f"latent 1152 + indexer key 256), DeepSeek-V3 {v3:,} B ({v32 / v3:.2f}x)")

@@ -1,5 +1,6 @@
 """DeepSeek-V4 (sliding / CSA / HCA attention, mHC streams, hash + top-k MoE) against `transformers`,
-and through the engine paths that reuse cached rows: prefix hits, preemption, chunked prefill."""
+and through the engine paths that reuse cached entries of every cache kind: prefix hits, preemption,
+chunked prefill, sliding-window freeing."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ import torch
 import transformers
 from parity import (
     ENGINE_GREEDY,
-    ENGINE_PROMPTS,
+    assert_all_blocks_free,
     assert_greedy_matches,
     assert_prefill_logits_match,
     generate_engine_prompts,
     randomize_weights,
 )
 
-from seekd import LLM
+from seekd import LLM, SamplingParams
+from seekd.engine.kv_cache_layout import KVCacheLayout, bytes_per_token_by_kind
+from seekd.engine.request import EngineCoreRequest
 from seekd.models.deepseek_v4 import build_attention, build_ropes, layer_types
 from seekd.models.hf_config import HFConfig
 
@@ -80,48 +83,85 @@ def test_greedy_batch_and_one_by_one_match_transformers_generate(tiny_v4):
     assert_greedy_matches(make_llm(folder), hf_model, PROMPTS)
 
 
+# Prefix hits come in multiples of every cache group's block (256 tokens here: the HCA entries'
+# group); the shared prefix spans more than one such block, 4 sliding windows and 17 HCA blocks.
+V4_SHARED_PREFIX = torch.randint(2, 384, (272,), generator=_gen).tolist()
+V4_ENGINE_PROMPTS = [[*V4_SHARED_PREFIX, 200 + i, 201, 202 + i] for i in range(3)] + [list(range(100, 113))]
+
+
 @pytest.fixture(scope="module")
 def engine_reference(tiny_v4) -> list[list[int]]:
-    return generate_engine_prompts(make_llm(tiny_v4[0], num_kv_blocks=128, enable_prefix_caching=False))
+    return generate_engine_prompts(make_llm(tiny_v4[0], enable_prefix_caching=False), V4_ENGINE_PROMPTS)
 
 
-def test_prefix_cache_hits_reuse_cached_rows(tiny_v4, engine_reference):
-    """A hit skips 32 tokens whose window keys, compressor states and compressed entries come from the cache."""
-    llm = make_llm(tiny_v4[0], num_kv_blocks=128)
-    llm.generate(ENGINE_PROMPTS[0], ENGINE_GREEDY)
-    assert generate_engine_prompts(llm) == engine_reference
-    assert llm.engine.scheduler.kv.prefix_hits >= 3 * 32
+def test_prefix_cache_hits_reuse_cached_entries(tiny_v4, engine_reference):
+    """A hit skips 256 tokens whose window keys, compressor states and compressed entries come from
+    the cache; every group serves it."""
+    llm = make_llm(tiny_v4[0])
+    kv = llm.engine.scheduler.kv
+    assert kv.hit_granularity == 256
+    llm.generate(V4_ENGINE_PROMPTS[0], ENGINE_GREEDY)
+    assert generate_engine_prompts(llm, V4_ENGINE_PROMPTS) == engine_reference
+    assert kv.prefix_hits == 3 * 256
 
 
 def test_preemption_under_tiny_block_budget_keeps_output(tiny_v4, engine_reference):
-    llm = make_llm(tiny_v4[0], num_kv_blocks=10)  # 9 usable blocks; 3 requests need 6 each
-    assert generate_engine_prompts(llm) == engine_reference
+    llm = make_llm(tiny_v4[0], num_kv_blocks=28, max_num_batched_tokens=64)  # 27 blocks: ~2 requests at once
+    assert generate_engine_prompts(llm, V4_ENGINE_PROMPTS) == engine_reference
     assert llm.engine.scheduler.num_preemptions > 0
 
 
 def test_chunked_prefill_keeps_output(tiny_v4, engine_reference):
     """Chunks of 7 end inside CSA and HCA blocks: blocks are pooled from states written by earlier chunks."""
-    llm = make_llm(tiny_v4[0], num_kv_blocks=128, max_num_batched_tokens=7, enable_prefix_caching=False)
-    assert generate_engine_prompts(llm) == engine_reference
+    llm = make_llm(tiny_v4[0], max_num_batched_tokens=7, enable_prefix_caching=False)
+    assert generate_engine_prompts(llm, V4_ENGINE_PROMPTS) == engine_reference
 
 
-def test_cache_rows_of_v4_flash_layer_kinds():
-    """V4-Flash's shape (transformers' defaults): what one token costs in this one-row-per-token layout,
-    against V3's 576-value latent and against what a multi-kind cache would keep per token."""
+def test_sliding_groups_hold_a_bounded_number_of_blocks_far_past_the_window(tiny_v4):
+    """Generating 200 tokens past an 8-token window: the sliding groups keep a few blocks, the
+    compressed groups grow with the context, and the output equals a run without prefix caching."""
+    llm = make_llm(tiny_v4[0])
+    engine, kv = llm.engine, llm.engine.scheduler.kv
+    params = SamplingParams(temperature=0.0, max_tokens=200, ignore_eos=True)
+    engine.add_request(EngineCoreRequest(request_id="long", prompt_token_ids=PROMPTS[1], sampling_params=params))
+    most = [0] * len(kv.groups)
+    while engine.has_unfinished_requests():
+        engine.step()
+        most = [max(a, b) for a, b in zip(most, kv.num_held_blocks("long") or most)]
+    for shape, held in zip(kv.groups, most):
+        if shape.sliding_window is not None:
+            assert held <= (shape.sliding_window - 1 + len(PROMPTS[1])) // shape.block_tokens + 2, shape
+        else:
+            assert held == -(-shape.num_entries(203) // shape.entries_per_block), shape
+    assert_all_blocks_free(llm)
+
+
+def test_kv_bytes_per_token_of_v4_flash_cache_kinds():
+    """V4-Flash's shape (transformers' defaults, bf16, 16-token blocks): per cache kind, what a token
+    keeps for good and what one sliding window holds, beside the one-row-per-token layout and V3."""
     config = HFConfig(transformers.DeepseekV4Config().to_dict())
+    kinds = layer_types(config)
     with torch.device("meta"):
         ropes = build_ropes(config)
-        width = {kind: build_attention(config, kind, ropes).row_width for kind in (SLIDING, CSA, HCA)}
-    # kv | compressor state (values + gates; CSA's two series) | entry | indexer state | indexer entry
-    assert width == {SLIDING: 512, HCA: 512 + 1024 + 512, CSA: 512 + 2048 + 512 + 512 + 128}
-    kinds = layer_types(config)
-    row_bytes = 2 * sum(width[k] for k in kinds)
-    compact = 2 * sum(640 / 4 if k == CSA else 512 / 128 if k == HCA else 0 for k in kinds)
-    v3 = 61 * 576 * 2
-    print(f"\nbf16 KV bytes per token: V4-Flash rows {row_bytes:,} ({kinds.count(CSA)} CSA, {kinds.count(HCA)} HCA, "
-          f"{kinds.count(SLIDING)} sliding layers), V4-Flash entries only {compact:,.0f} + bounded window, "
-          f"V3 {v3:,}")
-    assert row_bytes == 2 * (20 * 3712 + 23 * 2048)
+        layout = KVCacheLayout([build_attention(config, kind, ropes) for kind in kinds], torch.bfloat16, 16)
+    report = bytes_per_token_by_kind(layout)
+    assert (kinds.count(CSA), kinds.count(HCA), kinds.count(SLIDING)) == (20, 23, 0)
+    assert {k: (v["layers"], v["per_token"], v["per_request_window"]) for k, v in report.items()} == {
+        "sliding_kv": (43, 0, 43 * 512 * 2 * 128),
+        "compressor_state_4": (20, 0, 20 * (2048 + 512) * 2 * 8),
+        "compressor_state_128": (23, 0, 23 * 1024 * 2 * 128),
+        "compressed_4": (20, 20 * (512 + 128) * 2 / 4, 0),
+        "compressed_128": (23, 23 * 512 * 2 / 128, 0),
+    }
+    per_token = sum(v["per_token"] for v in report.values())
+    one_row_layout, v3 = 2 * (20 * 3712 + 23 * 2048), 61 * 576 * 2
+    assert (per_token, one_row_layout, v3) == (6584, 242_688, 70_272)
+    print(f"\nbf16 KV bytes per token, V4-Flash: {per_token:,.0f} for good (" +
+          ", ".join(f"{k} {v['per_token']:,.0f}" for k, v in report.items() if v["per_token"]) +
+          ") + per request window " +
+          ", ".join(f"{k} {v['per_request_window'] / 2**20:.2f} MiB" for k, v in report.items() if not v["per_token"]) +
+          f"; one row per token {one_row_layout:,}; V3 latent (576 values x 61 layers) {v3:,}; "
+          f"page {layout.page_bytes:,} B, hit granularity {layout.hit_granularity} tokens")
 
 
 def test_indexer_selection_and_swiglu_clipping_decide_the_output(tiny_v4):

@@ -1,0 +1,79 @@
+"""Cache groups over one pool of equal pages: block sizes per group, and an arena in which the layers
+of the group that owns a page never overlap."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from seekd.engine.kv_cache_layout import KVCacheLayout
+from seekd.layers.attention import KVCacheSpec
+
+
+class OneKind(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.width = width
+        self.kv_cache: torch.Tensor | None = None
+
+    def kv_cache_spec(self, dtype: torch.dtype) -> KVCacheSpec:
+        return KVCacheSpec((self.width,), dtype)
+
+
+class ThreeKinds(nn.Module):
+    """Like a V4 compressed layer: window keys, window states, compressed entries (rate 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kv_caches: dict[str, torch.Tensor] = {}
+
+    def kv_cache_specs(self, dtype: torch.dtype) -> dict[str, KVCacheSpec]:
+        return {
+            "kv": KVCacheSpec((32,), dtype, "window", 1, 8),
+            "state": KVCacheSpec((96,), dtype, "state", 1, 8),
+            "entries": KVCacheSpec((48,), dtype, "entries", 4),
+        }
+
+
+def test_single_group_keeps_contiguous_per_layer_tensors_of_block_size_tokens():
+    layers = [OneKind(16), OneKind(16)]
+    layout = KVCacheLayout(layers, torch.float32, 8)
+    assert [(s.name, s.block_tokens) for s in layout.shapes] == [("kv", 8)]
+    assert layout.page_bytes == 2 * 8 * 16 * 4 and layout.hit_granularity == 8
+    layout.allocate(5, torch.device("cpu"))
+    assert all(layer.kv_cache.shape == (5, 8, 16) and layer.kv_cache.is_contiguous() for layer in layers)
+
+
+def test_groups_get_blocks_of_nearly_equal_bytes_and_disjoint_parts_of_a_page():
+    layers = [ThreeKinds(), ThreeKinds(), OneKind(32)]
+    layout = KVCacheLayout(layers, torch.float32, 4)
+    by_name = {g.shape.name: g for g in layout.groups}
+    # the largest smallest block (state: 2 layers x 4 tokens x 96 floats) sets the page
+    assert layout.page_bytes == 2 * 4 * 96 * 4
+    assert {n: g.shape.block_tokens for n, g in by_name.items()} == {"window": 8, "state": 4, "entries": 32, "kv": 16}
+    for group in layout.groups:
+        assert layout.page_bytes / 2 < group.bytes_per_block <= layout.page_bytes
+    assert layout.hit_granularity == 32
+    layout.allocate(6, torch.device("cpu"))
+    # a page belongs to one group at a time: give group g block g + 1 and fill each layer's part of it
+    owned = []
+    for g, group in enumerate(layout.groups):
+        for layer, name in group.members:
+            view = layer.kv_caches[name] if hasattr(layer, "kv_caches") else layer.kv_cache
+            owned.append((view, g + 1, len(owned) + 1))
+            view[g + 1] = len(owned)
+    for view, block, value in owned:
+        assert bool((view[block] == value).all()), f"a layer's part of block {block} was overwritten"
+    window = layers[0].kv_caches["kv"]
+    assert window.shape == (6, 8, 32) and not window.is_contiguous()
+    window[torch.tensor([3]), torch.tensor([5])] = 0.5  # (block, offset) writes reach the arena
+    assert layers[0].kv_caches["kv"][3, 5, 0].item() == 0.5
+
+
+def test_sliding_groups_bound_the_blocks_a_long_sequence_holds():
+    layout = KVCacheLayout([ThreeKinds()], torch.float32, 4)
+    short, long = layout.blocks_for_tokens(64, chunk=16), layout.blocks_for_tokens(4096, chunk=16)
+    entries = next(s for s in layout.shapes if s.name == "entries")
+    # only the entries grow with the context; the window and state groups hold at most a window + chunk
+    assert long - short == -(-4096 // entries.block_tokens) - -(-64 // entries.block_tokens)
+    assert layout.max_tokens(long, chunk=16) >= 4096
