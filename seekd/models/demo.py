@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-DEMO_VERSION = "3"
+DEMO_VERSION = "4"
 V4_VOCAB_SIZE = 129280  # DeepSeek-V4's embedding rows: the tokenizer's 129,280 ids, none padded
 SLIDING, CSA, HCA = "sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"
 
@@ -27,7 +27,7 @@ def demo_hf_config(vocab_size: int = V4_VOCAB_SIZE) -> dict[str, Any]:
         "architectures": ["DeepseekV4ForCausalLM"],
         "model_type": "deepseek_v4",
         "vocab_size": vocab_size,
-        "hidden_size": 128,
+        "hidden_size": 64,
         "num_hidden_layers": 3,
         "layer_types": [SLIDING, CSA, HCA],
         "mlp_layer_types": ["hash_moe", "moe", "moe"],
