@@ -24,7 +24,20 @@ from seekd.engine.model_runner import ModelRunner
 from seekd.engine.request import Request
 from seekd.engine.sampler import SamplingBatch
 from seekd.engine.scheduler import Scheduler
+from seekd.layers.attention import Attention
 from seekd.sampling_params import SamplingParams
+
+
+class OneAttentionLayer(torch.nn.Module):
+    """The runner lays out its KV cache from the model's attention layers: one standard layer gives
+    the single cache group of a dense model (R1-Distill-Qwen-7B's heads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = Attention(28, 128, 128**-0.5, 4)
+
+    def attention_layers(self) -> list[Attention]:
+        return [self.attn]
 
 
 def main() -> int:
@@ -41,7 +54,7 @@ def main() -> int:
     blocks = args.num_seqs * (-(-max_len // block_size)) + 1
     sched = Scheduler(SchedulerConfig(max_num_seqs=args.num_seqs, max_num_batched_tokens=8192),
                       CacheConfig(block_size=block_size), blocks, max_len)
-    runner = ModelRunner(torch.nn.Module(), "cpu", torch.bfloat16, block_size, 152064)
+    runner = ModelRunner(OneAttentionLayer(), "cpu", torch.bfloat16, block_size, 152064)
     params = SamplingParams(temperature=0.0, max_tokens=max_output, ignore_eos=True)
     for i in range(args.num_seqs):
         prompt = [(i * 31 + j) % 150000 for j in range(args.context)]

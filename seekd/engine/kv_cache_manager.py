@@ -51,6 +51,8 @@ class KVCacheManager:
                 raise ValueError(f"group {g.name}: {g.block_tokens} tokens per block is not a multiple of "
                                  f"block_size {block_size} and of {g.tokens_per_entry} tokens per entry")
         self.hit_granularity = math.lcm(*(g.block_tokens for g in self.groups))
+        self._sliding = [i for i, g in enumerate(self.groups) if g.sliding_window is not None]
+        self._block_tokens = [g.block_tokens for g in self.groups]
         self.enable_prefix_caching = enable_prefix_caching
         self.pool = BlockPool(num_blocks, enable_prefix_caching)
         self.req_blocks: dict[str, list[list[KVBlock]]] = {}
@@ -132,16 +134,12 @@ class KVCacheManager:
         self.prefix_queries += num_tokens
         self.prefix_hits += num_hit_tokens
 
-    def _free_out_of_window(self, request: Request) -> None:
+    def _free_out_of_window(self, held: list[list[KVBlock]], num_computed: int) -> None:
         """Give back the sliding groups' blocks that no query of this request reads again."""
-        held = self.req_blocks.get(request.request_id)
-        if held is None:
-            return
         null = self.pool.null_block
-        for shape, blocks in zip(self.groups, held):
-            if shape.sliding_window is None:
-                continue
-            skip = min(shape.first_needed_token(request.num_computed_tokens) // shape.block_tokens, len(blocks))
+        for g in self._sliding:
+            shape, blocks = self.groups[g], held[g]
+            skip = min(shape.first_needed_token(num_computed) // shape.block_tokens, len(blocks))
             dropped = [b for b in blocks[:skip] if b is not null]
             if dropped:
                 blocks[:skip] = [null] * skip
@@ -152,30 +150,38 @@ class KVCacheManager:
     ) -> bool:
         """Make room for `num_new_tokens` more tokens after the computed ones (and after
         `computed_blocks`, a prefix-cache hit of a request not yet running). False if out of blocks."""
-        self._free_out_of_window(request)
+        held = self.req_blocks.get(request.request_id)
+        num_computed = request.num_computed_tokens
+        if held is not None and self._sliding:
+            self._free_out_of_window(held, num_computed)
         null = self.pool.null_block
-        computed_blocks = computed_blocks or [[] for _ in self.groups]
-        held = self.req_blocks.get(request.request_id) or [[] for _ in self.groups]
-        num_computed = request.num_computed_tokens + len(computed_blocks[0]) * self.groups[0].block_tokens
+        revived = 0
+        if computed_blocks is not None:
+            num_computed += len(computed_blocks[0]) * self.groups[0].block_tokens
+            revived = sum(1 for blocks in computed_blocks for b in blocks if b.ref_cnt == 0)
         total = num_computed + num_new_tokens
         plan = []  # per group: (null blocks to append, new blocks to allocate)
-        for shape, have, hit in zip(self.groups, held, computed_blocks):
-            needed = -(-shape.num_entries(total) // shape.entries_per_block)
-            start = len(have) + len(hit)
-            skip = shape.first_needed_token(num_computed) // shape.block_tokens
-            nulls = max(0, min(skip, needed) - start)
+        num_new = 0
+        for g, shape in enumerate(self.groups):
+            needed = -(-(total // shape.tokens_per_entry) // shape.entries_per_block)
+            start = (len(held[g]) if held is not None else 0) + (len(computed_blocks[g]) if computed_blocks else 0)
+            nulls = 0
+            if shape.sliding_window is not None:
+                nulls = max(0, min(shape.first_needed_token(num_computed) // shape.block_tokens, needed) - start)
             plan.append((nulls, max(0, needed - start - nulls)))
-        revived = sum(1 for blocks in computed_blocks for b in blocks if b is not null and b.ref_cnt == 0)
-        if sum(n for _, n in plan) + revived > self.pool.num_free_blocks:
+            num_new += plan[-1][1]
+        if num_new + revived > self.pool.num_free_blocks:
             return False
-        blocks = self.req_blocks.setdefault(request.request_id, [[] for _ in self.groups])
-        if any(computed_blocks):
-            for mine, hit in zip(blocks, computed_blocks):
+        if held is None:
+            held = self.req_blocks[request.request_id] = [[] for _ in self.groups]
+        if computed_blocks is not None and computed_blocks[0]:
+            for mine, hit in zip(held, computed_blocks):
                 self.pool.touch([b for b in hit if b is not null])
                 mine.extend(hit)
-            self._num_hashed_blocks[request.request_id] = [len(b) for b in blocks]
-        for mine, (nulls, new) in zip(blocks, plan):
-            mine.extend([null] * nulls)
+            self._num_hashed_blocks[request.request_id] = [len(b) for b in held]
+        for mine, (nulls, new) in zip(held, plan):
+            if nulls:
+                mine.extend([null] * nulls)
             if new:
                 mine.extend(self.pool.allocate(new))
         return True
@@ -185,13 +191,18 @@ class KVCacheManager:
         if not self.enable_prefix_caching:
             return
         rid = request.request_id
-        hashed = self._num_hashed_blocks.setdefault(rid, [0] * len(self.groups))
+        hashed = self._num_hashed_blocks.get(rid)
+        if hashed is None:
+            hashed = self._num_hashed_blocks[rid] = [0] * len(self.groups)
+        held = self.req_blocks[rid]
         null = self.pool.null_block
         updated = False
-        for g, (shape, blocks) in enumerate(zip(self.groups, self.req_blocks[rid])):
-            num_full = min(request.num_computed_tokens // shape.block_tokens, len(blocks))
+        for g, block_tokens in enumerate(self._block_tokens):
+            num_full = request.num_computed_tokens // block_tokens
             if num_full <= hashed[g]:
                 continue
+            blocks = held[g]
+            num_full = min(num_full, len(blocks))
             if not updated:
                 self._update_block_hashes(request)
                 updated = True
@@ -205,7 +216,7 @@ class KVCacheManager:
         self._num_hashed_blocks.pop(request.request_id, None)
         null = self.pool.null_block
         for blocks in held:
-            self.pool.free([b for b in reversed(blocks) if b is not null])
+            self.pool.free([b for b in reversed(blocks) if b is not null] if self._sliding else blocks[::-1])
 
     def reset_prefix_cache(self) -> bool:
         return self.pool.reset_prefix_cache()
