@@ -53,6 +53,7 @@ class KVCacheManager:
         self.hit_granularity = math.lcm(*(g.block_tokens for g in self.groups))
         self._sliding = [i for i, g in enumerate(self.groups) if g.sliding_window is not None]
         self._block_tokens = [g.block_tokens for g in self.groups]
+        self._dims = [(g.tokens_per_entry, g.entries_per_block, g.block_tokens, g.sliding_window) for g in self.groups]
         self.enable_prefix_caching = enable_prefix_caching
         self.pool = BlockPool(num_blocks, enable_prefix_caching)
         self.req_blocks: dict[str, list[list[KVBlock]]] = {}
@@ -162,14 +163,17 @@ class KVCacheManager:
         total = num_computed + num_new_tokens
         plan = []  # per group: (null blocks to append, new blocks to allocate)
         num_new = 0
-        for g, shape in enumerate(self.groups):
-            needed = -(-(total // shape.tokens_per_entry) // shape.entries_per_block)
-            start = (len(held[g]) if held is not None else 0) + (len(computed_blocks[g]) if computed_blocks else 0)
+        for g, (per_entry, per_block, block_tokens, window) in enumerate(self._dims):
+            needed = -(-(total // per_entry) // per_block)
+            start = len(held[g]) if held is not None else 0
+            if computed_blocks is not None:
+                start += len(computed_blocks[g])
             nulls = 0
-            if shape.sliding_window is not None:
-                nulls = max(0, min(shape.first_needed_token(num_computed) // shape.block_tokens, needed) - start)
-            plan.append((nulls, max(0, needed - start - nulls)))
-            num_new += plan[-1][1]
+            if window is not None:
+                nulls = max(0, min(max(0, num_computed - window + 1) // block_tokens, needed) - start)
+            new = max(0, needed - start - nulls)
+            num_new += new
+            plan.append((nulls, new))
         if num_new + revived > self.pool.num_free_blocks:
             return False
         if held is None:
