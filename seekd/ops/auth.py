@@ -36,6 +36,7 @@ METRICS_PATH = "/metrics"
 STATIC_KEY_ID = "api-key"  # the id audit records show for the `--api-key` key
 ANONYMOUS_ID = "anonymous"
 DEFAULT_TENANT = "default"
+WS_POLICY_VIOLATION = 1008  # close code for a refused WebSocket (none exist yet; a future one is covered)
 
 
 @dataclass(frozen=True)
@@ -138,13 +139,16 @@ class AuthMiddleware:
         self.on_reject = on_reject  # counts the refusal (seekd:request_rejected_total{reason="auth"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         principal, error = self._check(scope)
         if error is not None:
             self.on_reject()
-            await error.response()(scope, receive, send)
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": error.message[:120]})
+            else:
+                await error.response()(scope, receive, send)
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)

@@ -180,13 +180,13 @@ def test_per_key_rate_limit(server: ServerHandle, keys: dict) -> None:
 
 def cached_tokens(server: ServerHandle, key: str, prompt: list[int], **extra) -> int:
     response = call(server, "POST", "/v1/completions", key,
-                    json={"prompt": prompt, "max_tokens": 1, "temperature": 0, **extra})
+                    json={"prompt": prompt, "max_tokens": 2, "temperature": 0, **extra})
     assert response.status_code == 200, response.text
     return response.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
 
 
 def test_prefix_cache_is_isolated_per_tenant(server: ServerHandle, keys: dict) -> None:
-    prompt = [100 + (i * 7) % 900 for i in range(96)]  # six 16-token blocks
+    prompt = [100 + (i * 7) % 900 for i in range(200)]  # twelve full 16-token blocks
     assert cached_tokens(server, keys["alice"], prompt) == 0
     assert cached_tokens(server, keys["alice"], prompt) > 0  # the same tenant hits its own blocks
     assert cached_tokens(server, keys["demo_only"], prompt) > 0  # another key of the same tenant too
@@ -201,7 +201,8 @@ def test_prefix_cache_is_isolated_per_tenant(server: ServerHandle, keys: dict) -
 
 def test_audit_chain_records_calls_and_refusals(server: ServerHandle, keys: dict) -> None:
     call(server, "GET", "/v1/models")  # refused: recorded too
-    call(server, "POST", "/v1/completions", keys["bob"], json={"prompt": "audit me", "max_tokens": 3, "ignore_eos": True})
+    body = {"prompt": "audit me", "max_tokens": 3, "ignore_eos": True}
+    call(server, "POST", "/v1/completions", keys["bob"], json=body)
     path = keys["data_dir"] / "audit.jsonl"
     result = verify(path)
     assert result.ok and result.num_records > 10, result
