@@ -26,6 +26,7 @@ from seekd.server.engine_client import EngineClient, EngineDeadError, EngineRequ
 from seekd.server.errors import APIError, invalid_request
 from seekd.server.logprobs import TokenTexts
 from seekd.server.protocol import PromptTokensDetails, SamplingFields, Usage
+from seekd.server.response_format import structured_from_response_format
 from seekd.text.detokenizer import IncrementalDetokenizer
 from seekd.text.tokenizer import Tokenizer
 
@@ -79,6 +80,7 @@ def build_sampling_params(
             logprobs=logprobs,
             skip_special_tokens=req.skip_special_tokens,
             include_stop_str_in_output=req.include_stop_str_in_output,
+            structured=structured_from_response_format(getattr(req, "response_format", None)),
             **{k: v for k, v in given.items() if v is not None},
         )
     except ValueError as e:

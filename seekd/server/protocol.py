@@ -103,6 +103,7 @@ class CompletionRequest(SamplingFields):
     echo: bool = False
     best_of: int | None = Field(None, ge=1)
     suffix: str | None = None
+    response_format: dict[str, Any] | None = None  # seekd (as vLLM): json_object / json_schema on completions
 
 
 # -- responses ---------------------------------------------------------------------------------

@@ -57,8 +57,6 @@ def _message_dict(index: int, message: ChatMessage) -> dict[str, Any]:
 
 
 def _check_supported(req: ChatCompletionRequest) -> None:
-    if req.response_format and req.response_format.get("type") not in (None, "text"):
-        raise invalid_request("response_format other than 'text' is not supported yet", param="response_format")
     if req.top_logprobs is not None and not req.logprobs:
         raise invalid_request("top_logprobs needs logprobs=true", param="top_logprobs")
 
@@ -84,11 +82,13 @@ async def create_chat_completion(
     check_input_limits(ctx, len(prompt_ids), max_tokens, "messages")
     num_top = (req.top_logprobs or 0) if req.logprobs else None
     params = build_sampling_params(req, max_tokens=max_tokens, logprobs=num_top, max_n=ctx.max_n)
+    # response_format constrains from the first token: no reasoning, the whole output is content
+    json_output = params.structured is not None
     if tools.structured is not None:
         params = msgspec.structs.replace(params, structured=tools.structured)
     gen = Generation(ctx, request_id, [prompt_ids], params, policy)
     request.state.generation = gen  # for the access log
-    in_reasoning = prompt_opens_reasoning(prompt_text)
+    in_reasoning = prompt_opens_reasoning(prompt_text) and not json_output
 
     if req.stream:
         updates = gen.updates()
