@@ -7,7 +7,7 @@ that now follows it; `verify` names the first line where either happens.
 
 A chain without a secret shows tampering by anyone who did not also rewrite every later record: to
 catch a full rewrite (or a cut-off tail), copy the head hash that `seekd audit verify` prints to
-somewhere the server cannot write, and compare later.
+somewhere the server cannot write, and pass it back later (`seekd audit verify --head HASH`).
 
 Writers take an exclusive `flock` and read the last record from the file itself, so several server
 processes may share one log. Prompts and outputs are not recorded unless asked for; then they are
@@ -153,9 +153,12 @@ class VerifyResult:
         return self.bad_line is None
 
 
-def verify(path: Path) -> VerifyResult:
+def verify(path: Path, anchor: str | None = None) -> VerifyResult:
+    """`anchor`: a head hash printed by an earlier verify and kept elsewhere; it must still be in the
+    chain, which catches a cut-off tail and a rewrite of the whole file."""
     prev, expected_seq = GENESIS, 0
     count = 0
+    anchor_seen = anchor is None
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             line = raw.rstrip(b"\n")
@@ -174,5 +177,9 @@ def verify(path: Path) -> VerifyResult:
                     f"{where}: expected seq={expected_seq} chained to {prev[:16]}…, found prev "
                     f"{str(record.get('prev'))[:16]}… (a record before it was deleted, inserted or moved)")
             prev, expected_seq = record["hash"], expected_seq + 1
+            anchor_seen = anchor_seen or prev == anchor
             count += 1
+    if not anchor_seen:
+        return VerifyResult(count, prev, count + 1, f"the earlier head hash {str(anchor)[:16]}… is not in this chain: "
+                            "records were cut off the end or the whole log was rewritten")
     return VerifyResult(count, prev)

@@ -38,6 +38,8 @@ def add_security_parsers(sub: argparse._SubParsersAction) -> None:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     check = audit_sub.add_parser("verify", help="find the first edited, deleted or reordered record (exit 1)")
     check.add_argument("file", nargs="?", help="audit log (default: audit_log_file or <data-dir>/audit.jsonl)")
+    check.add_argument("--head", default=None, help="a head hash printed by an earlier verify: it must still be "
+                       "in the chain (catches a cut-off tail or a rewritten file)")
     check.add_argument("--audit-log-file", dest="audit_log_file", default=None, help=argparse.SUPPRESS)
     storage_flags(check)
 
@@ -74,7 +76,7 @@ def run_audit(args: argparse.Namespace, config: SeekdConfig) -> int:
     if not path.is_file():
         print(f"seekd: error: audit log {path} does not exist", file=sys.stderr)
         return 2
-    result = verify(path)
+    result = verify(path, args.head)
     if result.ok:
         print(f"ok: {path}: {result.num_records} records, chain intact; head hash {result.head_hash}")
         return 0

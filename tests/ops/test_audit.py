@@ -112,3 +112,16 @@ def test_key_parsing_accepts_hex_base64_and_files(tmp_path: Path) -> None:
     for bad in ("abc", "00" * 31, "not base64!"):
         with pytest.raises(ValueError, match="32 bytes"):
             parse_key(bad)
+
+
+def test_an_earlier_head_hash_catches_a_cut_off_tail(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    records = write_log(path)
+    path.write_text("".join(lines(path)[:-2]))  # the last two records removed: the chain itself is intact
+    assert verify(path).ok
+    assert verify(path, records[2]["hash"]).ok
+    result = verify(path, records[-1]["hash"])
+    assert not result.ok and "cut off" in result.reason
+    proc = subprocess.run([sys.executable, "-m", "seekd.cli", "audit", "verify", str(path), "--head",
+                           records[-1]["hash"]], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "cut off" in proc.stderr
