@@ -183,14 +183,16 @@ class KVCacheLayout:
 
 
 def bytes_per_token_by_kind(layout: KVCacheLayout) -> dict[str, dict[str, float]]:
-    """Per cache kind: bytes one token adds for good (`per_token`, 0 for sliding kinds) and, for
-    sliding kinds, the bytes of one full window (`per_request_window`), summed over the kind's layers."""
+    """Per cache kind, summed over the kind's layers: bytes one token adds for good (`per_token`,
+    0 for sliding kinds), the same counting whole pages (`per_token_in_pages`: what the pool spends,
+    a group's block taking a page), and for sliding kinds the bytes of one full window."""
     report = {}
     for group in layout.groups:
         s, per_entry = group.shape, len(group.members) * group.spec.bytes_per_entry
         report[s.name] = {
             "layers": len(group.members),
             "per_token": 0.0 if s.sliding_window else per_entry / s.tokens_per_entry,
+            "per_token_in_pages": 0.0 if s.sliding_window else layout.page_bytes / s.block_tokens,
             "per_request_window": float(per_entry * (s.sliding_window or 0)),
             "block_tokens": s.block_tokens,
         }

@@ -154,9 +154,11 @@ def test_kv_bytes_per_token_of_v4_flash_cache_kinds():
         "compressed_128": (23, 23 * 512 * 2 / 128, 0),
     }
     per_token = sum(v["per_token"] for v in report.values())
+    in_pages = sum(v["per_token_in_pages"] for v in report.values())
     one_row_layout, v3 = 2 * (20 * 3712 + 23 * 2048), 61 * 576 * 2
     assert (per_token, one_row_layout, v3) == (6584, 242_688, 70_272)
-    print(f"\nbf16 KV bytes per token, V4-Flash: {per_token:,.0f} for good (" +
+    assert in_pages == 6400 + 800  # HCA entries fill 23 % of their 2,048-token pages
+    print(f"\nbf16 KV bytes per token, V4-Flash: {per_token:,.0f} for good, {in_pages:,.0f} counting whole pages (" +
           ", ".join(f"{k} {v['per_token']:,.0f}" for k, v in report.items() if v["per_token"]) +
           ") + per request window " +
           ", ".join(f"{k} {v['per_request_window'] / 2**20:.2f} MiB" for k, v in report.items() if not v["per_token"]) +
