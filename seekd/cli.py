@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
     top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     top.add_argument("--once", action="store_true", help="render one frame (rates over one interval) and exit")
+    top.add_argument("--api-key", default=None, help="a key with role admin or metrics (server with keys)")
 
     chat = sub.add_parser("chat", help="interactive chat in the terminal, streamed")
     chat.add_argument("--system", default=None, help="system prompt")
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         from seekd.ops.top import run_top
 
         try:
-            return run_top(args.url, args.interval, args.once, Console())
+            return run_top(args.url, args.interval, args.once, Console(), args.api_key)
         except httpx.HTTPError as e:
             print(f"seekd: error: cannot read {args.url}/metrics: {e}", file=sys.stderr)
             return 2

@@ -49,8 +49,10 @@ def parse_metrics(text: str, taken_at: float) -> Snapshot:
     return Snapshot(taken_at, model_name, dict(values), sorted_buckets)
 
 
-def scrape(url: str) -> Snapshot:
-    response = httpx.get(f"{url.rstrip('/')}/metrics", timeout=5.0)
+def scrape(url: str, api_key: str | None = None) -> Snapshot:
+    """`api_key`: a key with role admin or metrics, for a server that has keys."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    response = httpx.get(f"{url.rstrip('/')}/metrics", headers=headers, timeout=5.0)
     response.raise_for_status()
     return parse_metrics(response.text, time.monotonic())
 
@@ -110,18 +112,18 @@ def render(url: str, now: Snapshot, before: Snapshot | None) -> Table:
     return table
 
 
-def run_top(url: str, interval_s: float, once: bool, console: Console) -> int:
+def run_top(url: str, interval_s: float, once: bool, console: Console, api_key: str | None = None) -> int:
     """Refresh every `interval_s` until Ctrl-C; `once` renders one frame (rates over one interval)."""
-    before = scrape(url)
+    before = scrape(url, api_key)
     if once:
         time.sleep(interval_s)
-        console.print(render(url, scrape(url), before))
+        console.print(render(url, scrape(url, api_key), before))
         return 0
     with Live(render(url, before, None), console=console, auto_refresh=False) as live:
         try:
             while True:
                 time.sleep(interval_s)
-                now = scrape(url)
+                now = scrape(url, api_key)
                 live.update(render(url, now, before), refresh=True)
                 before = now
         except KeyboardInterrupt:

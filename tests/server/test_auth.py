@@ -125,6 +125,16 @@ def test_roles_guard_admin_and_metrics(server: ServerHandle, keys: dict) -> None
     assert 'seekd:request_rejected_total{' in scrape and 'reason="auth"' in scrape
 
 
+def test_seekd_top_reads_metrics_with_a_metrics_key(server: ServerHandle, keys: dict) -> None:
+    def top(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "seekd.cli", "top", "--url", server.base_url, "--once",
+                               "--interval", "0.1", *extra], capture_output=True, text=True, timeout=60)
+
+    assert top("--api-key", keys["metrics"]).returncode == 0
+    refused = top()
+    assert refused.returncode == 2 and "401" in refused.stderr
+
+
 def test_admin_creates_uses_and_revokes_a_key_over_http(server: ServerHandle, keys: dict) -> None:
     created = call(server, "POST", "/admin/keys", keys["admin"], json={"tenant": "tenant-d", "rpm": 100})
     assert created.status_code == 200, created.text
