@@ -1,8 +1,9 @@
 """Splits DeepSeek-R1 style `<think>…</think>` reasoning out of generated text, as DeepSeek's own
 API does (`reasoning_content` next to `content`).
 
-R1 chat templates end the prompt with `<think>\\n`, so the generated text usually starts *inside*
-the reasoning and only `</think>` appears in the output; other models emit `<think>` themselves.
+R1 chat templates end the prompt with `<think>\\n`, and DeepSeek's V3.2/V4 encoders end a thinking-mode
+prompt with `<think>` (chat mode: `</think>`), so the generated text usually starts *inside* the
+reasoning and only `</think>` appears in the output; other models emit `<think>` themselves.
 Both work: the parser starts in reasoning mode when the prompt opened the block, and an opening
 tag at the very start of the output switches it on too. Text is fed in arbitrary chunks; a chunk
 ending in a prefix of a tag is held back until the next chunk decides it.

