@@ -196,7 +196,7 @@ def cached_tokens(server: ServerHandle, key: str, prompt: list[int], **extra) ->
 
 
 def test_prefix_cache_is_isolated_per_tenant(server: ServerHandle, keys: dict) -> None:
-    prompt = [100 + (i * 7) % 900 for i in range(200)]  # twelve full 16-token blocks
+    prompt = [100 + (i * 7) % 900 for i in range(600)]  # two full 256-token blocks of the V4 demo's compressed caches
     assert cached_tokens(server, keys["alice"], prompt) == 0
     assert cached_tokens(server, keys["alice"], prompt) > 0  # the same tenant hits its own blocks
     assert cached_tokens(server, keys["demo_only"], prompt) > 0  # another key of the same tenant too
