@@ -112,7 +112,7 @@ class ServerConfig:
     max_n: int = 16  # most choices one request may ask for (`n`)
     max_prompt_tokens: int = 0  # longest prompt accepted, in tokens; 0 = the model's context length
     max_output_tokens: int = 0  # largest max_tokens accepted; 0 = the rest of the context
-    max_json_depth: int = 32  # deepest nesting of arrays/objects in a request body (400 beyond)
+    max_json_depth: int = 64  # deepest nesting of arrays/objects in a body (400 beyond); a JSON schema level is 2
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
