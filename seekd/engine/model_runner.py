@@ -188,9 +188,10 @@ class ModelRunner:
             hidden = self.model(inputs.input_ids, inputs.positions, ForwardContext(attn=inputs.attn))
         if not inputs.sampling_requests:
             return StepResult({}, {})
+        token_bitmask = self.grammar_bitmask(inputs.sampling_requests)  # host work while the GPU runs the forward
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
         batch = SamplingBatch.from_requests(inputs.sampling_requests, self.vocab_size, self.device)
-        batch.token_bitmask = self.grammar_bitmask(inputs.sampling_requests)
+        batch.token_bitmask = token_bitmask
         token_ids, logprobs = self.sampler(logits, batch)
         sampled, lps = {}, {}
         for request, token, lp in zip(inputs.sampling_requests, token_ids, logprobs):

