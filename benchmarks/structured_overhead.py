@@ -116,6 +116,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     device = torch.device(args.device)
+    if device.type == "cpu":  # as the engine runs on the CPU (EngineCore: all cores but one)
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     tokenizer = args.tokenizer or default_tokenizer()
     backend = StructuredBackend(tokenizer.read_text(), VOCAB_SIZE, frozenset({EOS}), threads=args.threads)
     rows = [run(backend, batch, args.steps, device) for batch in args.batch_sizes]
@@ -134,7 +136,8 @@ def main() -> None:
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", *sys.argv]), "python": platform.python_version(),
-        "torch": torch.__version__, "llguidance": llguidance.__version__, "threads": args.threads,
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "llguidance": llguidance.__version__, "threads": args.threads,
         "vocab_size": VOCAB_SIZE, "schemas": SCHEMAS, "results": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
