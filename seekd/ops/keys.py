@@ -8,8 +8,8 @@ Why SHA-256 and not a slow KDF (bcrypt, scrypt, argon2): slow hashes protect low
 from guessing after a database leak. A 256-bit random secret cannot be guessed at any hash speed, so
 a slow KDF would add nothing but ~100 ms of CPU to every API request — itself a denial-of-service lever.
 
-The store is read on every request (a few tens of µs), so `seekd keys revoke` in another process
-takes effect on a running server at once.
+The store is read on every request, so `seekd keys revoke` in another process takes effect on a
+running server at once.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,10 +100,13 @@ def validate_key_fields(tenant: str, role: str, rpm: int, tpm: int) -> None:
 
 
 class KeyStore:
-    """The SQLite key file. One short connection per call: the server and the CLI may use it at once."""
+    """The SQLite key file; the server and the CLI may use it at once. Writes use a short connection
+    each; lookups share one read-only connection."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._reader: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def in_data_dir(cls, data_dir: Path) -> KeyStore:
@@ -160,23 +164,33 @@ class KeyStore:
                                (time.time(), key_id))
             return cur.rowcount == 1
 
+    def _read_one(self, sql: str, params: tuple) -> tuple | None:
+        """The per-request path: one long-lived read-only connection. Every SELECT outside a
+        transaction reads the latest commit, so another process's revocation applies at once."""
+        with self._lock:
+            if self._reader is None:
+                if not self.path.exists():
+                    return None
+                self._reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5.0,
+                                               check_same_thread=False)
+            try:
+                return self._reader.execute(sql, params).fetchone()
+            except sqlite3.OperationalError:  # created by another process, table not yet there
+                return None
+
     def has_keys(self) -> bool:
         """Any key ever created, revoked ones included: revoking the last key must not open the server."""
-        with self._connect(create=False) as conn:
-            return conn is not None and conn.execute("SELECT 1 FROM api_keys LIMIT 1").fetchone() is not None
+        return self._read_one("SELECT 1 FROM api_keys LIMIT 1", ()) is not None
 
     def authenticate(self, key: str) -> ApiKey | None:
         """The key's record if the key is valid and not revoked."""
         key_id = parse_key_id(key)
         if key_id is None:
             return None
-        with self._connect(create=False) as conn:
-            if conn is None:
-                return None
-            row = conn.execute(
-                "SELECT id, tenant, role, models, rpm, tpm, name, created, revoked, hash FROM api_keys WHERE id = ?",
-                (key_id,),
-            ).fetchone()
+        row = self._read_one(
+            "SELECT id, tenant, role, models, rpm, tpm, name, created, revoked, hash FROM api_keys WHERE id = ?",
+            (key_id,),
+        )
         if row is None or not hmac.compare_digest(hash_secret(key), row[9]):
             return None
         record = _record(row[:9])
