@@ -93,3 +93,19 @@ def test_async_step_queues_the_next_step_before_resolving(qwen2_model):
     reference = LLM(str(qwen2_model[0]), device="cpu", dtype="float32", show_progress=False, num_kv_blocks=64)
     expected = reference.generate([[3, 4, 5]], params)[0].outputs[0].token_ids
     assert tokens == expected and len(tokens) == 5
+
+
+def test_async_scheduling_matches_sync_on_the_v4_demo(data_dir):
+    """Every V4 cache kind (sliding window, compressed, indexer) under async steps, preemption and
+    chunked prefill: prompts run past the 16-token window and several compression blocks."""
+    prompts = [[1000 + (7 * i + j) % 3000 for j in range(20 + 23 * i)] for i in range(6)]
+    params = [SamplingParams(temperature=0.0, max_tokens=10 + 4 * i, ignore_eos=True) for i in range(5)]
+    params.append(SamplingParams(temperature=1.0, seed=9, max_tokens=24, ignore_eos=True))
+    runs = []
+    for mode in ("off", "on"):
+        llm = LLM(data_dir=str(data_dir), show_progress=False, async_scheduling=mode,
+                  num_kv_blocks=20, max_num_batched_tokens=64, max_num_seqs=6)
+        runs.append([o.outputs[0].token_ids for o in llm.generate(prompts, params)])
+        assert_all_blocks_free(llm)
+        assert llm.engine.scheduler.num_preemptions > 0
+    assert runs[0] == runs[1]
