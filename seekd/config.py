@@ -70,8 +70,13 @@ class SchedulerConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 8192  # token budget of one engine step (prefill + decode)
     enable_chunked_prefill: bool = True
+    # schedule step N+1 while the device runs step N: auto = on for CUDA, where the host work of a
+    # step would otherwise leave the GPU idle; on/off force it (on also works on the CPU, for tests)
+    async_scheduling: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.async_scheduling not in ("auto", "on", "off"):
+            raise ValueError(f"async_scheduling must be auto, on or off, not {self.async_scheduling!r}")
         if self.max_num_seqs < 1:
             raise ValueError("max_num_seqs must be positive")
         if self.max_num_batched_tokens < 1:

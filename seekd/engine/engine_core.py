@@ -1,4 +1,4 @@
-"""The engine-core loop: add/abort -> Scheduler.schedule() -> ModelRunner.execute() -> update.
+"""The engine-core loop: add/abort -> Scheduler.schedule() -> ModelRunner.launch() -> resolve.
 
 Runs in-process for the offline API and inside the engine-core process behind the server; the same
 object either way.
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from seekd.config import SeekdConfig
-from seekd.engine.model_runner import ModelRunner
+from seekd.engine.model_runner import InflightStep, ModelRunner
 from seekd.engine.outputs import EngineOutput
 from seekd.engine.request import EngineCoreRequest, Request, RequestStatus
 from seekd.engine.scheduler import Scheduler
@@ -96,6 +96,9 @@ class EngineCore:
         self.scheduler = Scheduler(
             config.scheduler, config.cache, num_blocks, max_model_len, self.runner.kv_layout.shapes
         )
+        mode = config.scheduler.async_scheduling
+        self.async_scheduling = mode == "on" or (mode == "auto" and self.device.startswith("cuda"))
+        self._inflight: InflightStep | None = None
         self.eos_token_ids = eos_token_ids(self.model_folder, self.hf_config)
 
     def _num_kv_blocks(self, max_model_len: int) -> int:
@@ -178,29 +181,44 @@ class EngineCore:
         return outputs
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished_requests()
+        return self.scheduler.has_unfinished_requests() or self._inflight is not None
 
     # -- the loop body ----------------------------------------------------------------------
     def step(self) -> list[EngineOutput]:
+        """Resolve one step. With async scheduling the next step is scheduled and queued on the
+        device before this one's tokens are awaited, so the device never waits for the host
+        while there is work."""
         outputs = self._expire_deadlines()
-        plan = self.scheduler.schedule()
-        if plan.is_empty:
-            return outputs
-        result = self.runner.execute(plan)
-        for request in self.scheduler.update(plan, result.sampled):
+        current = self._inflight
+        self._inflight = None
+        if current is None:
+            current = self._launch_next(None)
+            if current is None:
+                return outputs
+        if self.async_scheduling and _can_overlap(current):
+            self._inflight = self._launch_next(current)
+        result = current.result()
+        for request, token in self.scheduler.resolve(current.plan, result.sampled):
             lp = result.logprobs.get(request.request_id)
-            token = [request.output_token_ids[-1]]
             if request.is_finished:
-                outputs.append(_finished_output(request, token, lp))
+                outputs.append(_finished_output(request, [token], lp))
             else:
                 outputs.append(
                     EngineOutput(
-                        request.request_id, token, [lp] if lp else None,
+                        request.request_id, [token], [lp] if lp else None,
                         num_prompt_tokens=request.num_prompt_tokens,
                         num_cached_tokens=max(request.num_cached_tokens, 0),
                     )
                 )
         return outputs
+
+    def _launch_next(self, previous: InflightStep | None) -> InflightStep | None:
+        plan = self.scheduler.schedule()
+        if plan.is_empty:
+            return None
+        step = self.runner.launch(plan, previous)
+        self.scheduler.launched(plan)
+        return step
 
     def _expire_deadlines(self) -> list[EngineOutput]:
         now = time.monotonic()
@@ -217,6 +235,19 @@ class EngineCore:
             "prefix_cache_hits": kv.prefix_hits,
             "num_preemptions": self.scheduler.num_preemptions,
         }
+
+
+def _can_overlap(step: InflightStep) -> bool:
+    """The next step may be scheduled before this one's tokens are known unless a request that
+    samples in it needs its real output ids on the host to sample again: penalties count them, and a
+    grammar must consume the token before it can mask the next one."""
+    return not any(
+        r.grammar is not None
+        or r.sampling_params.presence_penalty
+        or r.sampling_params.frequency_penalty
+        or r.sampling_params.repetition_penalty != 1.0
+        for r in step.requests
+    )
 
 
 def _finished_output(request: Request, token: list[int], lp=None) -> EngineOutput:

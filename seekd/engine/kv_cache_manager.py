@@ -77,7 +77,7 @@ class KVCacheManager:
         return [sum(b is not null for b in blocks) for blocks in self.req_blocks.get(request_id, ())]
 
     def _update_block_hashes(self, request: Request) -> None:
-        num_full = request.num_tokens // self.block_size
+        num_full = request.num_known_tokens // self.block_size
         hashes = request.block_hashes
         parent = hashes[-1] if hashes else root_hash(request.cache_salt)
         bs = self.block_size
@@ -202,7 +202,7 @@ class KVCacheManager:
         null = self.pool.null_block
         updated = False
         for g, block_tokens in enumerate(self._block_tokens):
-            num_full = request.num_computed_tokens // block_tokens
+            num_full = min(request.num_computed_tokens, request.num_known_tokens) // block_tokens
             if num_full <= hashed[g]:
                 continue
             blocks = held[g]

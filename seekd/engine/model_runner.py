@@ -16,8 +16,8 @@ from torch import nn
 from seekd.engine.cuda_graphs import DecodeGraphs
 from seekd.engine.kv_cache_layout import KVCacheLayout
 from seekd.engine.outputs import TokenLogprob
-from seekd.engine.request import Request
-from seekd.engine.sampler import Sampler, SamplingBatch
+from seekd.engine.request import PENDING_TOKEN, Request
+from seekd.engine.sampler import Sampler, SamplingBatch, gather_logprobs
 from seekd.engine.scheduler import SchedulerOutput
 from seekd.engine.structured.backend import StructuredBackend, bitmask_width
 from seekd.layers.attention import Attention, AttentionBackend, TorchAttentionBackend, make_backend
@@ -34,12 +34,52 @@ class ModelInputs:
     attn: AttentionMetadata
     logits_indices: torch.Tensor  # rows of the hidden states whose next token is sampled
     sampling_requests: list[Request]
+    pending_rows: list[tuple[int, str]]  # (input row, request id) whose token the previous step samples
 
 
 @dataclass
 class StepResult:
     sampled: dict[str, int]
     logprobs: dict[str, TokenLogprob]
+
+
+class InflightStep:
+    """A step whose kernels are queued on the device. Its sampled ids are copied into pinned host
+    memory behind an event, so that waiting for them does not wait for a step queued after it."""
+
+    def __init__(
+        self, plan: SchedulerOutput, requests: list[Request], sampled: torch.Tensor | None,
+        raw_logprobs: torch.Tensor | None, num_logprobs: list[int | None],
+    ) -> None:
+        self.plan = plan
+        self.requests = requests
+        self.sampled = sampled  # [B] on the device, read by the next step's pending rows
+        self.rows = {r.request_id: i for i, r in enumerate(requests)}
+        self._raw_logprobs = raw_logprobs
+        self._num_logprobs = num_logprobs
+        self._host: torch.Tensor | None = None
+        self._ready: torch.cuda.Event | None = None
+        if sampled is not None and sampled.is_cuda:
+            self._host = torch.empty(sampled.shape, dtype=sampled.dtype, pin_memory=True)
+            self._host.copy_(sampled, non_blocking=True)
+            self._ready = torch.cuda.Event()
+            self._ready.record()
+
+    def result(self) -> StepResult:
+        if self.sampled is None:
+            return StepResult({}, {})
+        if self._ready is not None:
+            self._ready.synchronize()
+            token_ids = self._host.tolist()
+        else:
+            token_ids = self.sampled.tolist()
+        logprobs = gather_logprobs(self._raw_logprobs, token_ids, self._num_logprobs)
+        sampled, lps = {}, {}
+        for request, token, lp in zip(self.requests, token_ids, logprobs):
+            sampled[request.request_id] = token
+            if lp is not None:
+                lps[request.request_id] = lp
+        return StepResult(sampled, lps)
 
 
 class ModelRunner:
@@ -108,6 +148,7 @@ class ModelRunner:
         positions: list[int] = []
         slots: list[int] = []
         query_lens, seq_lens, logits_indices, sampling = [], [], [], []
+        pending_rows: list[tuple[int, str]] = []
         max_blocks = max(len(out.block_ids[r.request_id][0]) for r in out.requests)
         block_tables = np.zeros((len(out.requests), max_blocks), dtype=np.int32)
         for i, request in enumerate(out.requests):
@@ -117,7 +158,10 @@ class ModelRunner:
             blocks = out.block_ids[rid][0]
             block_tables[i, : len(blocks)] = blocks
             if n == 1:
-                tokens.append(request.all_token_ids[start])
+                token = request.all_token_ids[start]
+                if token == PENDING_TOKEN:
+                    pending_rows.append((len(tokens), rid))
+                tokens.append(token)
                 positions.append(start)
                 slots.append(blocks[start // bs] * bs + start % bs)
             else:
@@ -160,6 +204,7 @@ class ModelRunner:
             attn=attn,
             logits_indices=to_dev(logits_indices, torch.int64),
             sampling_requests=sampling,
+            pending_rows=pending_rows,
         )
 
     def _group_tables(self, out: SchedulerOutput, g: int) -> tuple[np.ndarray, list[int] | None]:
@@ -180,25 +225,32 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> StepResult:
+        return self.launch(out).result()
+
+    @torch.inference_mode()
+    def launch(self, out: SchedulerOutput, previous: InflightStep | None = None) -> InflightStep:
+        """Queue the step on the device and return without waiting for it. Decode rows whose input
+        token is still pending take it from `previous`'s sampled ids, on the device."""
         inputs = self.prepare_inputs(out)
+        if inputs.pending_rows:
+            if previous is None or previous.sampled is None:
+                raise RuntimeError("a pending input token needs the step that samples it")
+            rows = [(row, previous.rows[rid]) for row, rid in inputs.pending_rows]
+            dst, src = torch.tensor(rows, dtype=torch.int64).to(self.device, non_blocking=True).unbind(1)
+            inputs.input_ids.index_copy_(0, dst, previous.sampled.index_select(0, src))
         if self.decode_graphs is not None and self.decode_graphs.can_run(inputs.attn):
             hidden = self.decode_graphs.run(inputs.input_ids, inputs.positions, inputs.attn)
         else:
             inputs.attn.backend_data = self.attn_backend.prepare(inputs.attn)
             hidden = self.model(inputs.input_ids, inputs.positions, ForwardContext(attn=inputs.attn))
         if not inputs.sampling_requests:
-            return StepResult({}, {})
+            return InflightStep(out, [], None, None, [])
         token_bitmask = self.grammar_bitmask(inputs.sampling_requests)  # host work while the GPU runs the forward
         logits = self.model.compute_logits(hidden[inputs.logits_indices])
         batch = SamplingBatch.from_requests(inputs.sampling_requests, self.vocab_size, self.device)
         batch.token_bitmask = token_bitmask
-        token_ids, logprobs = self.sampler(logits, batch)
-        sampled, lps = {}, {}
-        for request, token, lp in zip(inputs.sampling_requests, token_ids, logprobs):
-            sampled[request.request_id] = token
-            if lp is not None:
-                lps[request.request_id] = lp
-        return StepResult(sampled, lps)
+        sampled, raw_logprobs = self.sampler.sample(logits, batch)
+        return InflightStep(out, inputs.sampling_requests, sampled, raw_logprobs, batch.num_logprobs)
 
     def grammar_bitmask(self, requests: list[Request]) -> torch.Tensor | None:
         """The step's token bitmask on the device, or None when no request is constrained. Filled

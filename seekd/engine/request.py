@@ -13,6 +13,8 @@ from seekd.sampling_params import SamplingParams
 if TYPE_CHECKING:
     from seekd.engine.structured.backend import RequestGrammar
 
+PENDING_TOKEN = -1  # an output token still being sampled on the device
+
 
 class RequestStatus(enum.IntEnum):
     WAITING = 0
@@ -78,6 +80,9 @@ class Request:
         self.stop_reason: int | None = None
         self.block_hashes: list[bytes] = []  # hash chain of the full blocks of all_token_ids
         self.grammar: RequestGrammar | None = None  # matcher of a structured-output request
+        # Output slots whose token is still being sampled on the device (async scheduling): they
+        # sit at the end of the output as PENDING_TOKEN until the step that samples them finishes.
+        self.num_pending_tokens = 0
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -92,6 +97,17 @@ class Request:
         return len(self.output_token_ids)
 
     @property
+    def num_known_tokens(self) -> int:
+        """Tokens whose ids are known on the host (prompt and resolved output)."""
+        return len(self.all_token_ids) - self.num_pending_tokens
+
+    @property
+    def will_finish_by_length(self) -> bool:
+        """Pending tokens already take the sequence to its length limit: scheduling it again
+        could only compute a token that would be thrown away."""
+        return self.num_output_tokens >= self.max_output_tokens
+
+    @property
     def is_finished(self) -> bool:
         return self.status.finished
 
@@ -103,27 +119,49 @@ class Request:
         self.output_token_ids.append(token_id)
         self.all_token_ids.append(token_id)
 
+    def append_pending_token(self) -> None:
+        self.append_output_token(PENDING_TOKEN)
+        self.num_pending_tokens += 1
+
+    def resolve_pending_token(self, token_id: int) -> None:
+        """The oldest pending slot gets its sampled token."""
+        index = len(self.output_token_ids) - self.num_pending_tokens
+        self.output_token_ids[index] = token_id
+        self.all_token_ids[self.num_prompt_tokens + index] = token_id
+        self.num_pending_tokens -= 1
+
+    def drop_pending_tokens(self) -> None:
+        """A finished sequence forgets slots scheduled past its end."""
+        if self.num_pending_tokens:
+            del self.output_token_ids[-self.num_pending_tokens :]
+            del self.all_token_ids[-self.num_pending_tokens :]
+            self.num_pending_tokens = 0
+
     def check_stop(self, max_model_len: int) -> bool:
-        """Decide, after a new token, whether the request is finished; set status if so.
-        (min_tokens is enforced by the sampler, which cannot pick a stop token before it.)"""
-        token = self.output_token_ids[-1]
+        """Decide, after the newest resolved token, whether the request is finished; set status if
+        so. (min_tokens is enforced by the sampler, which cannot pick a stop token before it.)"""
+        num_output = len(self.output_token_ids) - self.num_pending_tokens
+        token = self.output_token_ids[num_output - 1]
         params = self.sampling_params
         if not params.ignore_eos and token in self.eos_token_ids:
             self.status = RequestStatus.FINISHED_STOPPED
-            return True
-        if token in params.stop_token_ids:
+        elif token in params.stop_token_ids:
             self.status = RequestStatus.FINISHED_STOPPED
             self.stop_reason = token
-            return True
-        if self.grammar is not None:
-            self.grammar.advance(self.output_token_ids)
-            if self.grammar.finished:
-                self.status = RequestStatus.FINISHED_STOPPED
-                return True
-        if self.num_output_tokens >= self.max_output_tokens or self.num_tokens >= max_model_len:
+        elif self._grammar_complete(num_output):
+            self.status = RequestStatus.FINISHED_STOPPED
+        elif num_output >= self.max_output_tokens or self.num_known_tokens >= max_model_len:
             self.status = RequestStatus.FINISHED_LENGTH
-            return True
-        return False
+        else:
+            return False
+        self.drop_pending_tokens()
+        return True
+
+    def _grammar_complete(self, num_output: int) -> bool:
+        if self.grammar is None:
+            return False
+        self.grammar.advance(self.output_token_ids[:num_output])
+        return self.grammar.finished
 
     def __repr__(self) -> str:
         return (

@@ -47,8 +47,9 @@ class SamplingBatch:
         params = [r.sampling_params for r in requests]
         greedy = [p.greedy for p in params]
 
-        def col(values: list[float], dtype=torch.float32) -> torch.Tensor:
-            return torch.tensor(values, dtype=dtype, device=device)
+        def col(values: list, dtype=torch.float32) -> torch.Tensor:
+            # staged through host memory without waiting for the device (async scheduling)
+            return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
 
         top_k = top_p = min_p = None
         if any(p.top_k > 0 and not g for p, g in zip(params, greedy)):
@@ -66,6 +67,9 @@ class SamplingBatch:
             counts = torch.zeros(len(requests), vocab_size, dtype=torch.float32, device=device)
             seen = torch.zeros(len(requests), vocab_size, dtype=torch.bool, device=device)
             for i, r in enumerate(requests):
+                p = r.sampling_params
+                if not (p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0):
+                    continue  # its penalties are zero; other rows may still have pending outputs
                 if r.output_token_ids:
                     ids = torch.tensor(r.output_token_ids, dtype=torch.int64, device=device)
                     counts[i].scatter_add_(0, ids, torch.ones_like(ids, dtype=torch.float32))
@@ -84,7 +88,7 @@ class SamplingBatch:
         all_greedy = all(greedy)
         return cls(
             temperature=None if all_greedy else col([1.0 if g else p.temperature for p, g in zip(params, greedy)]),
-            greedy=None if all_greedy else torch.tensor(greedy, dtype=torch.bool, device=device),
+            greedy=None if all_greedy else col(greedy, torch.bool),
             top_k=top_k,
             top_p=top_p,
             min_p=min_p,
@@ -107,6 +111,13 @@ class Sampler:
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, logits: torch.Tensor, batch: SamplingBatch) -> tuple[list[int], list[TokenLogprob | None]]:
+        sampled, raw_logprobs = self.sample(logits, batch)
+        token_ids = sampled.tolist()
+        return token_ids, gather_logprobs(raw_logprobs, token_ids, batch.num_logprobs)
+
+    def sample(self, logits: torch.Tensor, batch: SamplingBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sampled ids and (when a row asked for logprobs) the raw logprobs, both left on the
+        device: nothing here waits for the GPU."""
         logits = logits.float()
         if batch.token_bitmask is not None:
             apply_token_bitmask(logits, batch.token_bitmask)
@@ -115,11 +126,8 @@ class Sampler:
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         logits = apply_penalties(logits, batch)
         if batch.all_greedy:
-            sampled = logits.argmax(dim=-1)
-        else:
-            sampled = self._sample(logits, batch)
-        token_ids = sampled.tolist()
-        return token_ids, gather_logprobs(raw_logprobs, token_ids, batch.num_logprobs)
+            return logits.argmax(dim=-1), raw_logprobs
+        return self._sample(logits, batch), raw_logprobs
 
     def _sample(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
         greedy_ids = logits.argmax(dim=-1)

@@ -4,6 +4,12 @@ One token budget per step: running requests first (decodes, and prefills already
 then waiting requests in (priority, arrival) order, their prefill chunked to fit the budget.
 When the KV cache runs out, the lowest-priority, newest running request is preempted and later
 recomputed from its prompt plus the tokens it had produced.
+
+A step has two halves: `launched` once the step is on the device (computed tokens advance and each
+sampling request gets a pending output slot), `resolve` once its tokens are back on the host. With
+async scheduling the next step is scheduled between the two, so the host prepares step N+1 while
+the device runs step N; a decode of a pending slot takes its input token from step N's device
+output. `update` is both halves back to back (synchronous scheduling).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ class SchedulerOutput:
     num_scheduled_tokens: dict[str, int] = field(default_factory=dict)
     block_ids: dict[str, list[list[int]]] = field(default_factory=dict)  # per request, per cache group
     preempted: list[str] = field(default_factory=list)
+    sampling: list[Request] = field(default_factory=list)  # requests that sample a token, set at launch
 
     @property
     def total_num_scheduled_tokens(self) -> int:
@@ -105,6 +112,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             request = self.running[i]
+            if request.will_finish_by_length or request.num_tokens >= self.max_model_len:
+                i += 1  # its pending token is its last one
+                continue
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
             while not self.kv.allocate_slots(request, num_new):
                 victim = self.running.pop()
@@ -158,25 +168,43 @@ class Scheduler:
         logger.debug("preempted %s (priority %d)", request.request_id, request.priority)
         self._enqueue(request)
 
-    def update(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
-        """Advance the scheduled requests by what the step computed and sampled; returns the
-        requests that got a new token (finished ones are already released)."""
-        advanced = []
+    def launched(self, out: SchedulerOutput) -> None:
+        """The step is on the device: its tokens count as computed, and every request that reached
+        the end of its known tokens gets a pending slot for the token the step samples."""
         for request in out.requests:
-            if request.is_finished:  # aborted while the step ran
+            end = request.num_computed_tokens + out.num_scheduled_tokens[request.request_id]
+            samples = end == request.num_tokens
+            request.num_computed_tokens = end
+            if samples:
+                request.append_pending_token()
+                out.sampling.append(request)
+
+    def resolve(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[tuple[Request, int]]:
+        """Fill the pending slots of a launched step with its sampled tokens and apply stop rules;
+        returns (request, token) for every request that got a token (finished ones are released)."""
+        advanced = []
+        for request in out.sampling:
+            if request.is_finished:  # aborted, or stopped by an earlier token, while the step ran
                 continue
-            request.num_computed_tokens += out.num_scheduled_tokens[request.request_id]
-            self.kv.cache_computed_blocks(request)
-            token = sampled.get(request.request_id)
-            if token is None:
-                continue
-            request.append_output_token(token)
-            advanced.append(request)
+            token = sampled[request.request_id]
+            request.resolve_pending_token(token)
+            advanced.append((request, token))
             if request.check_stop(self.max_model_len):
                 self._finish(request)
+        for request in out.requests:
+            if not request.is_finished and request.status == RequestStatus.RUNNING:
+                self.kv.cache_computed_blocks(request)
         return advanced
 
+    def update(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+        """Synchronous scheduling: launch and resolve of one step at once."""
+        self.launched(out)
+        return [request for request, _ in self.resolve(out, sampled)]
+
     def _finish(self, request: Request) -> None:
-        self.running.remove(request)
+        if request in self.running:
+            self.running.remove(request)
+        else:  # preempted while its last token was being sampled
+            self.waiting = [w for w in self.waiting if w[3] is not request]
         self.requests.pop(request.request_id, None)
         self.kv.free(request)
