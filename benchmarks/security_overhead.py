@@ -89,7 +89,7 @@ def main() -> int:
         "device": f"cpu ({platform.machine()}), Python {platform.python_version()}",
         "commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/security_overhead.py",
+        "command": "PYTHONPATH=. python benchmarks/security_overhead.py",
         "results": [{"operation": name, **r} for name, r in rows],
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
