@@ -1,10 +1,10 @@
 """seekd: DeepSeek-family models on your own hardware behind an OpenAI-compatible API."""
 
-from seekd.sampling_params import SamplingParams
+from seekd.sampling_params import SamplingParams, StructuredOutputParams
 
 __version__ = "0.1.0"
 
-__all__ = ["LLM", "SamplingParams", "__version__"]
+__all__ = ["LLM", "SamplingParams", "StructuredOutputParams", "__version__"]
 
 
 def __getattr__(name: str):
