@@ -50,7 +50,7 @@ def running_server(data_dir: Path, log_path: Path, *extra: str, scheme: str = "h
     port = free_port()
     cmd = [
         sys.executable, "-m", "seekd.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-        "--num-kv-blocks", "1024", "--max-request-body-bytes", str(MAX_REQUEST_BODY_BYTES), *extra,
+        "--num-kv-blocks", "1536", "--max-request-body-bytes", str(MAX_REQUEST_BODY_BYTES), *extra,
     ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     with open(log_path, "wb") as log:
