@@ -8,9 +8,14 @@ Extra, vLLM-style sampling fields (`top_k`, `min_p`, `repetition_penalty`, `stop
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# JSON integers are unbounded; past these bounds a value could only overflow (msgpack, torch seeds)
+# deeper in the stack, so it is refused here as a 400.
+MAX_COUNT = 2**31 - 1
+TokenId = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 
 # -- requests ----------------------------------------------------------------------------------
 
@@ -26,19 +31,19 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None
-    n: int = Field(1, ge=1)
+    n: int = Field(1, ge=1, le=MAX_COUNT)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=-1)
+    top_k: int | None = Field(None, ge=-1, le=MAX_COUNT)
     min_p: float | None = Field(None, ge=0.0, le=1.0)
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
-    seed: int | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    min_tokens: int = Field(0, ge=0)
+    seed: int | None = Field(None, ge=-(2**63), lt=2**63)  # each choice i uses seed + i
+    max_tokens: int | None = Field(None, ge=1, le=MAX_COUNT)
+    min_tokens: int = Field(0, ge=0, le=MAX_COUNT)
     stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = None
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
@@ -46,7 +51,8 @@ class SamplingFields(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
-    priority: int = 0  # seekd: lower = served first (as in the engine); queued by class, then fairly
+    # seekd: lower = served first (as in the engine); queued by class, then fairly
+    priority: int = Field(0, ge=-MAX_COUNT, le=MAX_COUNT)
     timeout: float | None = Field(None, gt=0)  # seekd: seconds until the request is aborted (408)
     cache_salt: str | None = Field(None, max_length=256)  # narrows prefix-cache sharing (within the tenant)
 
@@ -75,7 +81,7 @@ class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     thinking: ThinkingOption | bool | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1, le=MAX_COUNT)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     add_generation_prompt: bool = True
@@ -98,10 +104,10 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] | list[list[int]]
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
     logprobs: int | None = Field(None, ge=0, le=20)
     echo: bool = False
-    best_of: int | None = Field(None, ge=1)
+    best_of: int | None = Field(None, ge=1, le=MAX_COUNT)
     suffix: str | None = None
     response_format: dict[str, Any] | None = None  # seekd (as vLLM): json_object / json_schema on completions
 

@@ -96,11 +96,25 @@ def post(server: ServerHandle, admin_key, path: str, **kw) -> httpx.Response:
     (b'{"prompt": "x", "n": 3}', None),
     (b'{"prompt": "x", "max_tokens": 2', "invalid_json"),
     (b"\xff\xfe", "invalid_json"),
-], ids=["200k-brackets", "depth-9", "max-tokens", "prompt-length", "n", "truncated-json", "not-utf8"])
+    # integers past 64 bits once overflowed in the engine client (500s found by probing)
+    (b'{"prompt": [1180591620717411303424]}', None),
+    (b'{"prompt": "x", "seed": 9223372036854775808}', None),
+    (b'{"prompt": "x", "priority": 1180591620717411303424}', None),
+    (b'{"prompt": "x", "top_k": 1180591620717411303424}', None),
+    (b'{"prompt": "x", "stop_token_ids": [1180591620717411303424]}', None),
+], ids=["200k-brackets", "depth-9", "max-tokens", "prompt-length", "n", "truncated-json", "not-utf8",
+        "huge-token-id", "huge-seed", "huge-priority", "huge-top-k", "huge-stop-token"])
 def test_hardened_inputs_get_openai_400s(server: ServerHandle, admin_key, body: bytes, code: str | None) -> None:
     response = post(server, admin_key, "/completions", content=body)
     assert response.status_code == 400, response.text
     assert code is None or response.json()["error"]["code"] == code
+
+
+def test_largest_accepted_integers_work(server: ServerHandle, admin_key) -> None:
+    body = {"prompt": "x", "max_tokens": 1, "n": 2, "seed": 2**63 - 1, "priority": 2**31 - 1, "top_k": 2**31 - 1,
+            "stop_token_ids": [2**31 - 1], "stream": True}
+    response = post(server, admin_key, "/completions", json=body)
+    assert response.status_code == 200 and response.text.rstrip().endswith("data: [DONE]"), response.text
 
 
 def test_strings_with_brackets_do_not_count_as_nesting(server: ServerHandle, admin_key) -> None:
