@@ -1,8 +1,9 @@
 """Turns the last-position logits of a batch into next tokens, on the model's device.
 
-Order of operations: raw logprobs (what the API reports) -> penalties -> greedy rows take the
-argmax -> temperature -> top-k / top-p / min-p -> sample with the exponential-race trick
-(argmax of p / q, q ~ Exp(1)), which needs one noise vector per row. A request with a `seed` draws
+Order of operations: raw logprobs (what the API reports) -> grammar masks of structured-output
+requests -> penalties -> greedy rows take the argmax -> temperature -> top-k / top-p / min-p ->
+sample with the exponential-race trick (argmax of p / q, q ~ Exp(1)), which needs one noise vector
+per row. A request with a `seed` draws
 its noise from a generator keyed on (seed, output position), so its tokens depend on nothing else
 in the batch and survive preemption and recomputation unchanged.
 """
@@ -119,11 +120,11 @@ class Sampler:
         """Sampled ids and (when a row asked for logprobs) the raw logprobs, both left on the
         device: nothing here waits for the GPU."""
         logits = logits.float()
-        if batch.token_bitmask is not None:
-            apply_token_bitmask(logits, batch.token_bitmask)
         raw_logprobs = None
         if any(n is not None for n in batch.num_logprobs):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
+        if batch.token_bitmask is not None:  # after the raw logprobs: masked ones would be -inf, not JSON
+            apply_token_bitmask(logits, batch.token_bitmask)
         logits = apply_penalties(logits, batch)
         if batch.all_greedy:
             return logits.argmax(dim=-1), raw_logprobs

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 
 import jsonschema
@@ -169,6 +170,23 @@ def test_n_choices_and_completions_endpoint_are_constrained(server):
     )
     assert completion.choices[0].finish_reason == "stop"
     jsonschema.validate(json.loads(completion.choices[0].text), schema)
+
+
+def test_logprobs_of_constrained_tokens_are_the_models_and_finite(server):
+    client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
+    resp = client.chat.completions.create(
+        model=DEMO_MODEL_NAME, messages=[{"role": "user", "content": "pick"}], max_tokens=40, temperature=0.0,
+        logprobs=True, top_logprobs=5,
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMAS[2]}},
+    )
+    choice = resp.choices[0]
+    jsonschema.validate(json.loads(choice.message.content), SCHEMAS[2])
+    entries = choice.logprobs.content
+    assert "".join(e.token for e in entries) == choice.message.content
+    for entry in entries:
+        assert len(entry.top_logprobs) == 5
+        assert all(math.isfinite(t.logprob) for t in entry.top_logprobs)
+        assert math.isfinite(entry.logprob) and entry.logprob <= entry.top_logprobs[0].logprob
 
 
 @pytest.mark.parametrize(
