@@ -149,6 +149,9 @@ class AdmissionConfig:
     max_queued_per_tenant: int = 0  # one tenant's share of the queue; 0 = half of max_queued_requests
     max_inflight_requests: int = 0  # admitted into the engine at once; 0 = scheduler max_num_seqs
     max_inflight_tokens: int = 0  # estimated tokens admitted at once; 0 = no token bound
+    # in-flight slots that only a tenant with nothing running may take: a newcomer starts at once
+    # instead of waiting for a flooding tenant's request to finish
+    inflight_reserved_for_new_tenants: int = 1
     tenant_weights: str = ""  # fair-share weights, "teamA=2,teamB=0.5"; unlisted tenants weigh 1
     rate_limit_requests_per_min: int = 0  # per tenant; 0 = off
     rate_limit_tokens_per_min: int = 0  # per tenant, estimated prompt + max_tokens; 0 = off
@@ -161,7 +164,7 @@ class AdmissionConfig:
 
     def __post_init__(self) -> None:
         for name in ("max_queued_requests", "max_queued_tokens", "max_queued_per_tenant", "max_inflight_requests",
-                     "max_inflight_tokens",
+                     "max_inflight_tokens", "inflight_reserved_for_new_tenants",
                      "rate_limit_requests_per_min", "rate_limit_tokens_per_min", "engine_max_restarts"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

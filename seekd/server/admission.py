@@ -8,6 +8,14 @@ within a class start-time fair queuing between tenants weighted by `tenant_weigh
 gets a virtual start tag max(V, F_tenant) and advances its tenant's finish tag by cost / weight, so
 a tenant that floods the queue only delays itself, and a quiet tenant's next request goes first.
 
+In-flight slots are shared too. The last `inflight_reserved_for_new_tenants` slots are kept for
+tenants with nothing running, so a quiet tenant's request starts the moment it arrives (ahead of
+the queue, unless the queue holds more urgent priorities) instead of waiting for one of a flood's
+requests to finish. And while several tenants are active (running or queued), a tenant that already
+runs something holds at most its weighted share of the slots: a flood cannot keep the engine's
+batch, and with it every other tenant's per-token latency, at its own size. Alone, a tenant may use
+every slot but the reserved ones.
+
 One tenant may hold at most `max_queued_per_tenant` queued requests, so a flood fills its own share
 and gets 429s while other tenants still find room. A request beyond the queue's bounds gets 429 with
 `Retry-After` = time for the queue ahead to drain at the measured drain rate (an EWMA of
@@ -23,6 +31,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -140,11 +149,23 @@ class FairQueue:
             self._removed.discard(heapq.heappop(self._heap)[2])
         return self._heap[0][3] if self._heap else None
 
-    def pop(self) -> Ticket:
-        ticket = self.peek()
-        if ticket is None:
+    def first_where(self, accept: Callable[[Ticket], bool]) -> Ticket | None:
+        """The first ticket in queue order that `accept`s; a scan, for the rare out-of-order admission."""
+        live = (entry for entry in self._heap if entry[2] not in self._removed and accept(entry[3]))
+        best = min(live, key=lambda entry: entry[:3], default=None)
+        return None if best is None else best[3]
+
+    def pop(self, ticket: Ticket | None = None) -> Ticket:
+        """The head, or `ticket` taken out of order."""
+        head = self.peek()
+        if head is None:
             raise IndexError("pop from an empty FairQueue")
-        heapq.heappop(self._heap)
+        if ticket is None or ticket is head:
+            ticket = head
+            heapq.heappop(self._heap)
+        else:
+            self._heap.remove((ticket.priority, ticket.start_tag, ticket.seq, ticket))
+            heapq.heapify(self._heap)
         self.virtual_time = max(self.virtual_time, ticket.start_tag)
         self._count(ticket, -1)
         self._forget_idle_tenants()
@@ -231,7 +252,7 @@ class AdmissionController:
                            "replica or after it restarts", code="server_shutting_down")
         now = time.monotonic()
         ticket = Ticket(request_id, tenant, priority, cost, num_seqs, now, key_limits)
-        if len(self.queue) == 0 and self._fits(ticket):
+        if (len(self.queue) == 0 or self._is_newcomer(ticket)) and self._fits(ticket):
             self._check_rate(ticket)
             self._admit(ticket, now)
             return ticket
@@ -306,12 +327,32 @@ class AdmissionController:
             raise APIError(HTTPStatus.TOO_MANY_REQUESTS, str(e), type="rate_limit_error",
                            code="rate_limit_exceeded", headers={"Retry-After": str(e.retry_after_s)}) from None
 
+    def _is_newcomer(self, ticket: Ticket) -> bool:
+        """Nothing of its tenant runs or waits, and nothing more urgent waits."""
+        head = self.queue.peek()
+        return (ticket.tenant not in self.running_by_tenant and ticket.tenant not in self.queue.by_tenant
+                and (head is None or ticket.priority <= head.priority))
+
+    def _share(self, tenant: str) -> int:
+        """The tenant's weighted share of the in-flight slots among the active tenants (at least 1)."""
+        active = set(self.running_by_tenant) | set(self.queue.by_tenant) | {tenant}
+        if len(active) == 1:
+            return self.max_inflight_seqs
+        weights = self.queue.weights
+        total = sum(weights.get(t, 1.0) for t in active)
+        return max(1, int(self.max_inflight_seqs * weights.get(tenant, 1.0) / total))
+
     def _fits(self, ticket: Ticket) -> bool:
         """Room in the engine; anything fits an empty engine, so no request can wait forever."""
         if self.inflight_seqs == 0:
             return True
         if self.inflight_seqs + ticket.num_seqs > self.max_inflight_seqs:
             return False
+        running = self.running_by_tenant.get(ticket.tenant, 0)
+        if running:
+            unreserved = max(1, self.max_inflight_seqs - self.config.inflight_reserved_for_new_tenants)
+            if self.inflight_seqs + ticket.num_seqs > unreserved or running + 1 > self._share(ticket.tenant):
+                return False
         limit = self.config.max_inflight_tokens
         return not limit or self.inflight_tokens + ticket.cost <= limit
 
@@ -325,8 +366,9 @@ class AdmissionController:
         self._queue_times.append(now - ticket.arrival)
 
     def _dispatch(self, now: float) -> None:
-        while (head := self.queue.peek()) is not None and self._fits(head):
-            self.queue.pop()
+        while (head := self.queue.peek()) is not None and (
+                self._fits(head) or (head := self.queue.first_where(self._fits)) is not None):
+            self.queue.pop(head)
             self._admit(head, now)
             assert head.granted is not None
             if not head.granted.done():

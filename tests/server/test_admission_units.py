@@ -134,3 +134,54 @@ def test_controller_bounds_inflight_queue_and_answers_429_with_retry_after() -> 
         assert e.value.status == 503
 
     asyncio.run(scenario())
+
+
+def test_reserved_slot_lets_a_newcomer_start_at_once_and_out_of_queue_order() -> None:
+    async def scenario() -> None:
+        ctl = AdmissionController(AdmissionConfig(max_queued_requests=64), max_inflight_seqs=4)
+        flood = [ctl.enqueue(f"f{i}", "flood", 0, 10, 1) for i in range(10)]
+        assert [t.admitted_at is not None for t in flood].count(True) == 3  # the 4th slot is reserved
+        quiet = ctl.enqueue("q0", "quiet", 0, 10, 1)
+        assert quiet.admitted_at is not None  # ahead of 7 queued flood requests
+        other = ctl.enqueue("o0", "other", 0, 10, 1)
+        assert other.admitted_at is None  # no slot left: it queues, behind flood's head
+        ctl.release(quiet)  # the freed reserved slot goes to the newcomer, not to flood's head
+        await ctl.wait(other, None)
+        assert other.admitted_at is not None and sum(t.admitted_at is not None for t in flood) == 3
+        ctl.release(flood[0])  # the reserve stays free for the next newcomer: flood runs 2 beside `other`
+        assert sum(t.admitted_at is not None for t in flood) == 3 and ctl.inflight_seqs == 3
+        low = ctl.enqueue("l0", "low", 1, 10, 1)
+        assert low.admitted_at is None  # a newcomer, but less urgent than the queue's head: it queues
+        urgent = ctl.enqueue("u0", "urgent", -1, 10, 1)
+        assert urgent.admitted_at is not None and ctl.inflight_seqs == 4
+
+    asyncio.run(scenario())
+
+
+def test_without_reserved_slots_a_tenant_may_fill_the_engine() -> None:
+    ctl = AdmissionController(AdmissionConfig(inflight_reserved_for_new_tenants=0), max_inflight_seqs=4)
+
+    async def scenario() -> None:
+        tickets = [ctl.enqueue(f"f{i}", "flood", 0, 10, 1) for i in range(5)]
+        assert [t.admitted_at is not None for t in tickets] == [True] * 4 + [False]
+
+    asyncio.run(scenario())
+
+
+def test_active_tenants_hold_at_most_their_weighted_share_of_the_slots() -> None:
+    async def scenario() -> None:
+        ctl = AdmissionController(AdmissionConfig(max_queued_requests=64, tenant_weights="a=3"), max_inflight_seqs=8)
+        a = [ctl.enqueue(f"a{i}", "a", 0, 10, 1) for i in range(12)]
+        assert ctl.running_by_tenant == {"a": 7}  # alone: every slot but the reserved one
+        b = [ctl.enqueue(f"b{i}", "b", 0, 10, 1) for i in range(12)]
+        assert ctl.running_by_tenant == {"a": 7, "b": 1}  # b's first request took the reserved slot
+        for ticket in a[:4]:
+            ctl.release(ticket)
+        # shares with weights 3:1 of 8 slots are 6 and 2; one slot stays free for newcomers
+        assert ctl.running_by_tenant["b"] == 2 and ctl.running_by_tenant["a"] <= 6
+        assert ctl.inflight_seqs <= 7
+        for ticket in [*a, *b]:
+            ctl.release(ticket)
+        assert ctl.is_idle
+
+    asyncio.run(scenario())
