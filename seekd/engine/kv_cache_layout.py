@@ -1,28 +1,30 @@
 """How a model's KV cache is cut into cache groups that share one pool of equal-size pages.
 
-Every attention layer declares the entries it caches (`KVCacheSpec`: kind, entry shape and dtype,
-tokens per entry, sliding window). Layers with equal specs form one cache group; a DeepSeek-V4 model
-has five (sliding keys, CSA and HCA compressor states, CSA and HCA compressed entries), a dense or MLA
-model one. All groups draw their blocks from ONE BlockPool, so there is one memory budget, one free
-list and one LRU for prefix caching; a block id is owned by one group at a time.
+Every attention layer declares the entries it caches, per kind (`KVCacheSpec`: kind, entry shape and
+dtype, tokens per entry, sliding window); layers with equal specs hold the same kind. A cache group
+gathers the kinds of one lifetime: every full-context kind, or every kind of one sliding window. Its
+blocks all cover the same `block_tokens` tokens, so one block table per request serves all its kinds
+and a block is freed (window) or hashed (prefix cache) for all of them at once; a block holds, per
+layer and kind, block_tokens / tokens_per_entry entries. A DeepSeek-V4 model has three groups: the
+CSA and HCA compressed entries (full context), the sliding keys with the HCA compressor states
+(window 128) and the CSA compressor states (window 8); a dense or MLA model has one.
+
+All groups draw their blocks from ONE BlockPool: one memory budget, one free list and one LRU for
+prefix caching; a block id (a page) belongs to one group at a time.
 
 Why equal pages with a per-group block size in tokens (and not per-group pools): one pool means no
-group runs dry while another has memory to spare, and no split of the budget has to be guessed. A page
-holds one block of a group for *all* its layers: `entries_per_block` entries per layer. Each group's
-entries per block is the power-of-two multiple of its smallest aligned block (tokens a multiple of
-`block_size` and of its tokens per entry) that fills the page best, so bytes per block are (nearly)
-equal. The page is the largest such smallest block over the groups.
+group runs dry while another has memory to spare, and no split of the budget has to be guessed. A
+group's block is a power-of-two multiple of its smallest aligned block (tokens a multiple of
+`block_size` and of each kind's tokens per entry); the page size is the candidate that leaves the
+least-filled group's pages fullest. Prefix hits come in multiples of every group's block tokens
+(`hit_granularity`: 256 tokens for V4-Flash with 16-token blocks), and block tokens are capped at
+`MAX_BLOCK_TOKENS_FACTOR * max(block_size, largest tokens per entry)` to keep that granularity bounded.
 
-The price: a group of small entries (V4's HCA entries: one per 128 tokens) would cover thousands of
-tokens per block, and prefix hits come in multiples of every group's block tokens (`hit_granularity`).
-So tokens per block are capped at `MAX_BLOCK_TOKENS_FACTOR * max(block_size, largest tokens per
-entry)` (2,048 for V4-Flash with 16-token blocks), leaving the rest of such a group's pages unused.
-
-Storage: a single group keeps one contiguous tensor per layer [num_blocks, block_size, *entry_shape]
-(the paged kernels and CUDA graphs index those, unchanged). Several groups share one byte arena
-[num_blocks, page_bytes]; each (group, layer) views its byte range of every page as
-[num_blocks, entries_per_block, *entry_shape]. Those views are strided, so layers index them by
-(block, offset) and never flatten them.
+Storage: a single group of a single kind keeps one contiguous tensor per layer
+[num_blocks, block_size, *entry_shape] (the paged kernels and CUDA graphs index those, unchanged).
+Otherwise the groups share one byte arena [num_blocks, page_bytes]; each (layer, kind) of a group
+views its byte range of every page as [num_blocks, entries_per_block, *entry_shape]. Those views are
+strided, so layers index them by (block, offset) and never flatten them.
 """
 
 from __future__ import annotations
@@ -43,17 +45,8 @@ class CacheGroupShape:
     """What the KVCacheManager needs to know about a group: no tensors, no layers."""
 
     name: str
-    block_tokens: int  # tokens covered by one block (entries_per_block * tokens_per_entry)
-    tokens_per_entry: int = 1
+    block_tokens: int  # tokens covered by one block
     sliding_window: int | None = None
-
-    @property
-    def entries_per_block(self) -> int:
-        return self.block_tokens // self.tokens_per_entry
-
-    def num_entries(self, num_tokens: int) -> int:
-        """Entries that exist once `num_tokens` tokens are computed (a compressed entry needs all its tokens)."""
-        return num_tokens // self.tokens_per_entry
 
     def first_needed_token(self, num_computed: int) -> int:
         """Earliest token a query at position >= num_computed still reads from this group."""
@@ -65,12 +58,21 @@ class CacheGroupShape:
 @dataclass
 class CacheGroup:
     shape: CacheGroupShape
-    spec: KVCacheSpec
-    members: list[tuple[nn.Module, str]] = field(default_factory=list)  # (layer, the layer's name for it)
+    members: list[tuple[nn.Module, str, KVCacheSpec]] = field(default_factory=list)  # (layer, its name, spec)
+
+    def entries_per_block(self, spec: KVCacheSpec) -> int:
+        return self.shape.block_tokens // spec.tokens_per_entry
+
+    def member_bytes(self, spec: KVCacheSpec) -> int:
+        return spec.bytes_per_block(self.entries_per_block(spec))
 
     @property
     def bytes_per_block(self) -> int:
-        return len(self.members) * self.spec.bytes_per_block(self.shape.entries_per_block)
+        return sum(self.member_bytes(spec) for _, _, spec in self.members)
+
+    @property
+    def kinds(self) -> dict[str, KVCacheSpec]:
+        return {spec.kind: spec for _, _, spec in self.members}
 
 
 def layer_cache_specs(layer: nn.Module, dtype: torch.dtype) -> dict[str, KVCacheSpec]:
@@ -94,39 +96,52 @@ def _bind(layer: nn.Module, name: str, tensor: torch.Tensor | None) -> None:
 class KVCacheLayout:
     def __init__(self, layers: list[nn.Module], dtype: torch.dtype, block_size: int) -> None:
         self.block_size = block_size
-        by_spec: dict[KVCacheSpec, list[tuple[nn.Module, str]]] = {}
+        members: dict[int | None, list[tuple[nn.Module, str, KVCacheSpec]]] = {}
+        kinds: dict[str, KVCacheSpec] = {}
         for layer in layers:
             for name, spec in layer_cache_specs(layer, dtype).items():
-                by_spec.setdefault(spec, []).append((layer, name))
-        kinds = [spec.kind for spec in by_spec]
-        if len(set(kinds)) != len(kinds):
-            raise ValueError(f"cache kinds {kinds} repeat a name for different specs; name each kind apart")
-        # the first group carries AttentionMetadata's own slot mapping and block tables: one entry per token
-        by_spec = dict(sorted(by_spec.items(), key=lambda item: item[0].tokens_per_entry))
-        if next(iter(by_spec)).tokens_per_entry != 1:
+                if kinds.setdefault(spec.kind, spec) != spec:
+                    raise ValueError(f"cache kind {spec.kind!r} has two different specs; name each kind apart")
+                members.setdefault(spec.sliding_window, []).append((layer, name, spec))
+        # the first group carries AttentionMetadata's own slot mapping and block tables: it needs a
+        # kind of one entry per token
+        order = sorted(members, key=lambda w: not any(s.tokens_per_entry == 1 for _, _, s in members[w]))
+        if not any(s.tokens_per_entry == 1 for _, _, s in members[order[0]]):
             raise ValueError("a model needs one cache kind of one entry per token")
-        self.page_bytes, blocks = self._plan(by_spec)
+        self.page_bytes, block_tokens = self._plan([members[w] for w in order])
         self.groups = [
-            CacheGroup(CacheGroupShape(spec.kind, tokens, spec.tokens_per_entry, spec.sliding_window), spec, members)
-            for (spec, members), tokens in zip(by_spec.items(), blocks)
+            CacheGroup(CacheGroupShape("full" if w is None else f"window_{w}", tokens, w), members[w])
+            for w, tokens in zip(order, block_tokens)
         ]
         self.num_blocks = 0
 
-    def _plan(self, by_spec: dict[KVCacheSpec, list]) -> tuple[int, list[int]]:
+    def _plan(self, groups: list[list[tuple[nn.Module, str, KVCacheSpec]]]) -> tuple[int, list[int]]:
         """(page bytes, block tokens per group): see the module docstring."""
-        units = []
-        for spec, members in by_spec.items():
-            tokens = math.lcm(self.block_size, spec.tokens_per_entry)
-            units.append((tokens, len(members) * spec.bytes_per_block(tokens // spec.tokens_per_entry)))
-        page = max(b for _, b in units)
-        cap = MAX_BLOCK_TOKENS_FACTOR * max([self.block_size] + [s.tokens_per_entry for s in by_spec])
-        block_tokens = []
-        for tokens, unit_bytes in units:
-            k = 1
-            while 2 * k * unit_bytes <= page and 2 * k * tokens <= cap:
-                k *= 2
-            block_tokens.append(k * tokens)
-        return page, block_tokens
+        units = []  # per group: tokens and bytes of its smallest aligned block
+        for members in groups:
+            tokens = math.lcm(self.block_size, *(s.tokens_per_entry for _, _, s in members))
+            units.append((tokens, sum(s.bytes_per_block(tokens // s.tokens_per_entry) for _, _, s in members)))
+        cap = MAX_BLOCK_TOKENS_FACTOR * max(
+            [self.block_size] + [s.tokens_per_entry for members in groups for _, _, s in members]
+        )
+
+        def multiples(page: int) -> list[int]:
+            out = []
+            for tokens, unit_bytes in units:
+                k = 1
+                while 2 * k * unit_bytes <= page and 2 * k * tokens <= cap:
+                    k *= 2
+                out.append(k)
+            return out
+
+        least = max(b for _, b in units)  # every group's smallest block must fit a page
+        candidates = sorted({b << j for _, b in units for j in range(32) if least <= b << j < 2 * least})
+
+        def fill(page: int) -> float:
+            return min(k * b for k, (_, b) in zip(multiples(page), units)) / page
+
+        page = max(candidates, key=lambda p: (fill(p), -p))
+        return page, [k * t for k, (t, _) in zip(multiples(page), units)]
 
     @property
     def shapes(self) -> list[CacheGroupShape]:
@@ -139,13 +154,12 @@ class KVCacheLayout:
 
     def blocks_per_group(self, num_tokens: int) -> list[int]:
         """Blocks of each group that hold every entry of `num_tokens` tokens (nothing freed)."""
-        return [-(-s.num_entries(num_tokens) // s.entries_per_block) for s in self.shapes]
+        return [-(-num_tokens // s.block_tokens) for s in self.shapes]
 
     def blocks_for_tokens(self, num_tokens: int, chunk: int) -> int:
         """Blocks one sequence of `num_tokens` holds at most, computed in chunks of up to `chunk`."""
         total = 0
-        for s in self.shapes:
-            full = -(-s.num_entries(num_tokens) // s.entries_per_block)
+        for s, full in zip(self.shapes, self.blocks_per_group(num_tokens)):
             if s.sliding_window is not None:
                 full = min(full, (s.sliding_window - 1 + chunk) // s.block_tokens + 2)
             total += full
@@ -161,39 +175,46 @@ class KVCacheLayout:
 
     def allocate(self, num_blocks: int, device: torch.device) -> None:
         """Bind every layer's cache tensors for `num_blocks` pages (block 0 is the null block)."""
-        if len(self.groups) == 1:
+        if len(self.groups) == 1 and len(self.groups[0].kinds) == 1:
             group = self.groups[0]
-            for layer, name in group.members:
-                shape = (num_blocks, group.shape.entries_per_block, *group.spec.entry_shape)
-                _bind(layer, name, torch.zeros(shape, dtype=group.spec.dtype, device=device))
+            for layer, name, spec in group.members:
+                shape = (num_blocks, group.entries_per_block(spec), *spec.entry_shape)
+                _bind(layer, name, torch.zeros(shape, dtype=spec.dtype, device=device))
         else:
             arena = torch.zeros((num_blocks, self.page_bytes), dtype=torch.uint8, device=device)
             for group in self.groups:
-                width = group.spec.bytes_per_block(group.shape.entries_per_block)
-                for j, (layer, name) in enumerate(group.members):
-                    view = arena[:, j * width : (j + 1) * width].view(group.spec.dtype)
-                    _bind(layer, name, view.view(num_blocks, group.shape.entries_per_block, *group.spec.entry_shape))
+                offset = 0
+                for layer, name, spec in group.members:
+                    width = group.member_bytes(spec)
+                    view = arena[:, offset : offset + width].view(spec.dtype)
+                    _bind(layer, name, view.view(num_blocks, group.entries_per_block(spec), *spec.entry_shape))
+                    offset += width
         self.num_blocks = num_blocks
 
     def release(self) -> None:
         for group in self.groups:
-            for layer, name in group.members:
+            for layer, name, _ in group.members:
                 _bind(layer, name, None)
         self.num_blocks = 0
 
 
 def bytes_per_token_by_kind(layout: KVCacheLayout) -> dict[str, dict[str, float]]:
-    """Per cache kind, summed over the kind's layers: bytes one token adds for good (`per_token`,
-    0 for sliding kinds), the same counting whole pages (`per_token_in_pages`: what the pool spends,
-    a group's block taking a page), and for sliding kinds the bytes of one full window."""
-    report = {}
+    """Per cache kind, summed over the kind's layers: bytes one token adds for good (`per_token`, 0
+    for sliding kinds) and, for sliding kinds, the bytes of one full window (`per_request_window`)."""
+    report: dict[str, dict[str, float]] = {}
     for group in layout.groups:
-        s, per_entry = group.shape, len(group.members) * group.spec.bytes_per_entry
-        report[s.name] = {
-            "layers": len(group.members),
-            "per_token": 0.0 if s.sliding_window else per_entry / s.tokens_per_entry,
-            "per_token_in_pages": 0.0 if s.sliding_window else layout.page_bytes / s.block_tokens,
-            "per_request_window": float(per_entry * (s.sliding_window or 0)),
-            "block_tokens": s.block_tokens,
-        }
+        for _, _, spec in group.members:
+            row = report.setdefault(spec.kind, {
+                "group": group.shape.name, "layers": 0, "per_token": 0.0, "per_request_window": 0.0,
+            })
+            row["layers"] += 1
+            if spec.sliding_window is None:
+                row["per_token"] += spec.bytes_per_entry / spec.tokens_per_entry
+            else:
+                row["per_request_window"] += spec.bytes_per_entry * spec.sliding_window
     return report
+
+
+def page_bytes_per_token(layout: KVCacheLayout) -> float:
+    """What the pool spends per token of context on the full-context groups, whole pages counted."""
+    return sum(layout.page_bytes / s.block_tokens for s in layout.shapes if s.sliding_window is None)

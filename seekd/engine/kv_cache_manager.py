@@ -47,13 +47,13 @@ class KVCacheManager:
         self.block_size = block_size
         self.groups = groups or [CacheGroupShape("kv", block_size)]
         for g in self.groups:
-            if g.block_tokens % block_size or g.block_tokens % g.tokens_per_entry:
+            if g.block_tokens % block_size:
                 raise ValueError(f"group {g.name}: {g.block_tokens} tokens per block is not a multiple of "
-                                 f"block_size {block_size} and of {g.tokens_per_entry} tokens per entry")
+                                 f"block_size {block_size}")
         self.hit_granularity = math.lcm(*(g.block_tokens for g in self.groups))
         self._sliding = [i for i, g in enumerate(self.groups) if g.sliding_window is not None]
         self._block_tokens = [g.block_tokens for g in self.groups]
-        self._dims = [(g.tokens_per_entry, g.entries_per_block, g.block_tokens, g.sliding_window) for g in self.groups]
+        self._dims = [(g.block_tokens, g.sliding_window) for g in self.groups]
         self.enable_prefix_caching = enable_prefix_caching
         self.pool = BlockPool(num_blocks, enable_prefix_caching)
         self.req_blocks: dict[str, list[list[KVBlock]]] = {}
@@ -163,8 +163,8 @@ class KVCacheManager:
         total = num_computed + num_new_tokens
         plan = []  # per group: (null blocks to append, new blocks to allocate)
         num_new = 0
-        for g, (per_entry, per_block, block_tokens, window) in enumerate(self._dims):
-            needed = -(-(total // per_entry) // per_block)
+        for g, (block_tokens, window) in enumerate(self._dims):
+            needed = -(-total // block_tokens)
             start = len(held[g]) if held is not None else 0
             if computed_blocks is not None:
                 start += len(computed_blocks[g])

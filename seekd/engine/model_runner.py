@@ -94,6 +94,11 @@ class ModelRunner:
         self.sampler = Sampler(self.device, seed)
         self.num_blocks = 0
         self.kv_layout = KVCacheLayout(list(model.attention_layers()), dtype, block_size)
+        # per cache group: (kind, tokens per entry, entries per block) of each kind it holds
+        self._group_kinds = [
+            [(kind, spec.tokens_per_entry, group.entries_per_block(spec)) for kind, spec in group.kinds.items()]
+            for group in self.kv_layout.groups
+        ]
         self.attn_backend: AttentionBackend = TorchAttentionBackend()
         self.decode_graphs: DecodeGraphs | None = None
         self.structured: StructuredBackend | None = None  # set by the engine on the first constrained request
@@ -143,7 +148,7 @@ class ModelRunner:
     def prepare_inputs(self, out: SchedulerOutput) -> ModelInputs:
         """Flatten the step. Plain Python lists with one numpy conversion at the end: with a few
         hundred decodes a step, per-request numpy calls would cost more than the GPU step."""
-        bs = self.kv_layout.shapes[0].entries_per_block  # the first group has one entry per token
+        bs = self.kv_layout.shapes[0].block_tokens  # the first group has a kind of one entry per token
         tokens: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -191,13 +196,17 @@ class ModelRunner:
             query_lens_cpu=query_lens,
             seq_lens_cpu=seq_lens,
         )
-        attn.groups[self.kv_layout.shapes[0].name] = CacheGroupMetadata(attn.block_tables, attn.slot_mapping, bs)
-        for g in range(1, len(self.kv_layout.groups)):
+        group_tables = [(attn.block_tables, attn.slot_mapping)]
+        for g in range(1, len(self._group_kinds)):
             tables, group_slots = self._group_tables(out, g)
-            attn.groups[self.kv_layout.shapes[g].name] = CacheGroupMetadata(
-                to_dev(tables, torch.int32), None if group_slots is None else to_dev(group_slots, torch.int64),
-                self.kv_layout.shapes[g].entries_per_block,
-            )
+            group_tables.append((
+                to_dev(tables, torch.int32), None if group_slots is None else to_dev(group_slots, torch.int64)
+            ))
+        for (tables, group_slots), kinds in zip(group_tables, self._group_kinds):
+            for kind, tokens_per_entry, entries_per_block in kinds:
+                attn.groups[kind] = CacheGroupMetadata(
+                    tables, group_slots if tokens_per_entry == 1 else None, entries_per_block
+                )
         return ModelInputs(
             input_ids=to_dev(tokens, torch.int64),
             positions=to_dev(positions, torch.int64),
@@ -208,12 +217,11 @@ class ModelRunner:
         )
 
     def _group_tables(self, out: SchedulerOutput, g: int) -> tuple[np.ndarray, list[int] | None]:
-        """Block tables of cache group g and, for a group of one entry per token, the step's slots."""
-        shape = self.kv_layout.shapes[g]
-        e = shape.entries_per_block
+        """Block tables of cache group g and, if it has a kind of one entry per token, the step's slots."""
+        e = self.kv_layout.shapes[g].block_tokens
         tables = np.zeros((len(out.requests), max(len(out.block_ids[r.request_id][g]) for r in out.requests)),
                           dtype=np.int32)
-        slots: list[int] | None = [] if shape.tokens_per_entry == 1 else None
+        slots: list[int] | None = [] if any(m == 1 for _, m, _ in self._group_kinds[g]) else None
         for i, request in enumerate(out.requests):
             blocks = out.block_ids[request.request_id][g]
             tables[i, : len(blocks)] = blocks

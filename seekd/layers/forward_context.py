@@ -9,9 +9,10 @@ import torch
 
 @dataclass
 class CacheGroupMetadata:
-    """One cache group's view of the step (see seekd/engine/kv_cache_layout.py). Entry e of a
-    sequence lives at slot block_tables[i, e // entries_per_block] * entries_per_block + e % entries_per_block;
-    a token's entry is e = position // tokens_per_entry."""
+    """One cache kind's view of the step: the block tables of its group (see
+    seekd/engine/kv_cache_layout.py), shared by the group's kinds. Entry e of a sequence lives at slot
+    block_tables[i, e // entries_per_block] * entries_per_block + e % entries_per_block; a token's
+    entry is e = position // tokens_per_entry."""
 
     block_tables: torch.Tensor  # [B, max_blocks] int32, null block 0 where padded or freed (sliding window)
     slot_mapping: torch.Tensor | None  # [T] int64 slot of each token's entry; None for compressed groups
@@ -38,7 +39,7 @@ class AttentionMetadata:
     query_lens_cpu: list[int]
     seq_lens_cpu: list[int]
     backend_data: object | None = None  # what the attention backend precomputed for this step
-    groups: dict[str, CacheGroupMetadata] = field(default_factory=dict)  # by cache kind
+    groups: dict[str, CacheGroupMetadata] = field(default_factory=dict)  # by cache kind (KVCacheSpec.kind)
 
     @property
     def num_seqs(self) -> int:

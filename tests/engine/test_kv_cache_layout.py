@@ -38,42 +38,47 @@ class ThreeKinds(nn.Module):
 def test_single_group_keeps_contiguous_per_layer_tensors_of_block_size_tokens():
     layers = [OneKind(16), OneKind(16)]
     layout = KVCacheLayout(layers, torch.float32, 8)
-    assert [(s.name, s.block_tokens) for s in layout.shapes] == [("kv", 8)]
+    assert [(s.name, s.block_tokens) for s in layout.shapes] == [("full", 8)]
     assert layout.page_bytes == 2 * 8 * 16 * 4 and layout.hit_granularity == 8
     layout.allocate(5, torch.device("cpu"))
     assert all(layer.kv_cache.shape == (5, 8, 16) and layer.kv_cache.is_contiguous() for layer in layers)
 
 
-def test_groups_get_blocks_of_nearly_equal_bytes_and_disjoint_parts_of_a_page():
+def test_kinds_of_one_lifetime_share_a_group_and_groups_get_pages_of_nearly_equal_bytes():
     layers = [ThreeKinds(), ThreeKinds(), OneKind(32)]
     layout = KVCacheLayout(layers, torch.float32, 4)
-    by_name = {g.shape.name: g for g in layout.groups}
-    # the largest smallest block (state: 2 layers x 4 tokens x 96 floats) sets the page
-    assert layout.page_bytes == 2 * 4 * 96 * 4
-    assert {n: g.shape.block_tokens for n, g in by_name.items()} == {"window": 8, "state": 4, "entries": 32, "kv": 16}
-    for group in layout.groups:
-        assert layout.page_bytes / 2 < group.bytes_per_block <= layout.page_bytes
-    assert layout.hit_granularity == 32
+    groups = {g.shape.name: g for g in layout.groups}
+    assert {name: sorted(g.kinds) for name, g in groups.items()} == {
+        "window_8": ["state", "window"], "full": ["entries", "kv"],
+    }
+    # window_8's smallest block (4 tokens x 2 layers x (32 + 96) floats) sets the page; the full group
+    # (4 tokens: 2 x one 48-float entry + 4 x 32 floats) takes 4 of its smallest blocks per page
+    assert layout.page_bytes == 4 * 2 * 128 * 4
+    assert {name: (g.shape.block_tokens, g.bytes_per_block) for name, g in groups.items()} == {
+        "window_8": (4, 4096), "full": (16, 4 * (2 * 48 + 4 * 32) * 4),
+    }
+    assert layout.hit_granularity == 16
     layout.allocate(6, torch.device("cpu"))
     # a page belongs to one group at a time: give group g block g + 1 and fill each layer's part of it
     owned = []
     for g, group in enumerate(layout.groups):
-        for layer, name in group.members:
+        for layer, name, _ in group.members:
             view = layer.kv_caches[name] if hasattr(layer, "kv_caches") else layer.kv_cache
             owned.append((view, g + 1, len(owned) + 1))
             view[g + 1] = len(owned)
     for view, block, value in owned:
         assert bool((view[block] == value).all()), f"a layer's part of block {block} was overwritten"
     window = layers[0].kv_caches["kv"]
-    assert window.shape == (6, 8, 32) and not window.is_contiguous()
-    window[torch.tensor([3]), torch.tensor([5])] = 0.5  # (block, offset) writes reach the arena
-    assert layers[0].kv_caches["kv"][3, 5, 0].item() == 0.5
+    assert window.shape == (6, 4, 32) and not window.is_contiguous()
+    assert layers[0].kv_caches["entries"].shape == (6, 4, 48)
+    window[torch.tensor([3]), torch.tensor([2])] = 0.5  # (block, offset) writes reach the arena
+    assert layers[0].kv_caches["kv"][3, 2, 0].item() == 0.5
 
 
 def test_sliding_groups_bound_the_blocks_a_long_sequence_holds():
     layout = KVCacheLayout([ThreeKinds()], torch.float32, 4)
     short, long = layout.blocks_for_tokens(64, chunk=16), layout.blocks_for_tokens(4096, chunk=16)
-    entries = next(s for s in layout.shapes if s.name == "entries")
-    # only the entries grow with the context; the window and state groups hold at most a window + chunk
-    assert long - short == -(-4096 // entries.block_tokens) - -(-64 // entries.block_tokens)
+    full = next(s for s in layout.shapes if s.sliding_window is None)
+    # only the entries grow with the context; the window group holds at most a window + chunk
+    assert long - short == -(-4096 // full.block_tokens) - -(-64 // full.block_tokens)
     assert layout.max_tokens(long, chunk=16) >= 4096

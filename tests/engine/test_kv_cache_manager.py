@@ -53,10 +53,10 @@ def test_allocation_fails_cleanly_when_out_of_blocks_and_free_returns_all():
     assert kv.pool.num_free_blocks == 4
 
 
-# Several cache groups through one pool: a sliding window of 6 tokens in 4-token blocks, and
-# compressed entries (one per 4 tokens) in blocks of 2 entries (8 tokens). Hits come in multiples of 8.
+# Several cache groups through one pool: a sliding window of 6 tokens in 4-token blocks, and a
+# full-context group (compressed entries, say) in 8-token blocks. Hits come in multiples of 8.
 WINDOW = CacheGroupShape("window", block_tokens=4, sliding_window=6)
-ENTRIES = CacheGroupShape("entries", block_tokens=8, tokens_per_entry=4)
+ENTRIES = CacheGroupShape("entries", block_tokens=8)
 
 
 def hybrid(num_blocks: int = 64) -> KVCacheManager:
@@ -67,7 +67,7 @@ def test_each_group_allocates_by_its_own_tokens_per_block():
     kv = hybrid()
     request = make_request("a", list(range(21)))
     assert kv.allocate_slots(request, 21)
-    # window: tokens 0..20 in 6 blocks; entries: 5 entries (a 6th needs token 23) in 3 blocks
+    # window: tokens 0..20 in 6 blocks of 4; entries: in 3 blocks of 8
     assert kv.num_held_blocks("a") == [6, 3]
     assert kv.pool.num_free_blocks == 63 - 9
     kv.free(request)
@@ -88,7 +88,7 @@ def test_sliding_group_frees_blocks_that_left_the_window():
         assert all(b == 0 for b in window_blocks[: first_needed // 4])  # freed: the null block
         assert all(b != 0 for b in window_blocks[first_needed // 4 :])
         assert kv.num_held_blocks("a")[0] <= (6 - 1 + 1) // 4 + 2
-    assert kv.num_held_blocks("a")[1] == -(-(50 // 4) // 2)  # entries are kept for the whole context
+    assert kv.num_held_blocks("a")[1] == -(-50 // 8)  # the full-context group keeps every block
     held = sum(kv.num_held_blocks("a"))
     assert kv.pool.num_free_blocks == 63 - held
     kv.free(request)
@@ -117,17 +117,17 @@ def test_hit_steps_down_when_a_sliding_groups_window_blocks_were_evicted():
     kv.free(a)
     # freed tail first: window blocks 5, 4, 3, 2, 1, 0, then entry blocks 2, 1, 0 join the LRU queue
     filler = make_request("filler", [1000])
-    assert kv.allocate_slots(filler, 1)  # evicts window block 5
+    assert kv.allocate_slots(filler, 1)  # one block per group: evicts window blocks 5 and 4
     blocks, hit = kv.get_computed_blocks(make_request("b", list(range(30))))
-    # at 24 the window needs block 5 (evicted); at 16 it needs tokens 11..15: blocks 2 and 3, cached
+    # at 24 the window needs blocks 4 and 5 (evicted); at 16 it needs tokens 11..15: blocks 2 and 3, cached
     assert hit == 16
     assert [b.block_id == 0 for b in blocks[0]] == [True, True, False, False] and len(blocks[1]) == 2
     b = make_request("b", list(range(30)))
     blocks, hit = kv.get_computed_blocks(b)
-    # tokens 16..29 would need 4 revived + 6 new blocks, one more than the 9 usable ones minus the filler's
+    # tokens 16..29 would need 4 revived + 6 new blocks; the filler left 7 of the 9 usable ones
     assert not kv.allocate_slots(b, 30 - hit, blocks) and kv.block_ids("b") == [[], []]
     assert kv.allocate_slots(b, 8, blocks)  # a chunk of tokens 16..23: 4 revived + 3 new
-    assert kv.num_held_blocks("b") == [2 + 2, 2 + 1] and kv.pool.num_free_blocks == 1
+    assert kv.num_held_blocks("b") == [2 + 2, 2 + 1] and kv.pool.num_free_blocks == 0
     kv.free(b)
     kv.free(filler)
     assert kv.pool.num_free_blocks == 9

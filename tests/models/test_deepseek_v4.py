@@ -19,7 +19,7 @@ from parity import (
 )
 
 from seekd import LLM, SamplingParams
-from seekd.engine.kv_cache_layout import KVCacheLayout, bytes_per_token_by_kind
+from seekd.engine.kv_cache_layout import KVCacheLayout, bytes_per_token_by_kind, page_bytes_per_token
 from seekd.engine.request import EngineCoreRequest
 from seekd.models.deepseek_v4 import build_attention, build_ropes, layer_types
 from seekd.models.hf_config import HFConfig
@@ -83,8 +83,8 @@ def test_greedy_batch_and_one_by_one_match_transformers_generate(tiny_v4):
     assert_greedy_matches(make_llm(folder), hf_model, PROMPTS)
 
 
-# Prefix hits come in multiples of every cache group's block (256 tokens here: the HCA entries'
-# group); the shared prefix spans more than one such block, 4 sliding windows and 17 HCA blocks.
+# Prefix hits come in multiples of every cache group's block (128 tokens here: the compressed
+# entries' group); the shared prefix spans two such blocks, 34 sliding windows and 17 HCA blocks.
 V4_SHARED_PREFIX = torch.randint(2, 384, (272,), generator=_gen).tolist()
 V4_ENGINE_PROMPTS = [[*V4_SHARED_PREFIX, 200 + i, 201, 202 + i] for i in range(3)] + [list(range(100, 113))]
 
@@ -99,14 +99,14 @@ def test_prefix_cache_hits_reuse_cached_entries(tiny_v4, engine_reference):
     the cache; every group serves it."""
     llm = make_llm(tiny_v4[0])
     kv = llm.engine.scheduler.kv
-    assert kv.hit_granularity == 256
+    assert kv.hit_granularity == 128
     llm.generate(V4_ENGINE_PROMPTS[0], ENGINE_GREEDY)
     assert generate_engine_prompts(llm, V4_ENGINE_PROMPTS) == engine_reference
     assert kv.prefix_hits == 3 * 256
 
 
 def test_preemption_under_tiny_block_budget_keeps_output(tiny_v4, engine_reference):
-    llm = make_llm(tiny_v4[0], num_kv_blocks=28, max_num_batched_tokens=64)  # 27 blocks: ~2 requests at once
+    llm = make_llm(tiny_v4[0], num_kv_blocks=18, max_num_batched_tokens=48)  # 17 blocks: ~2 requests at once
     assert generate_engine_prompts(llm, V4_ENGINE_PROMPTS) == engine_reference
     assert llm.engine.scheduler.num_preemptions > 0
 
@@ -132,7 +132,7 @@ def test_sliding_groups_hold_a_bounded_number_of_blocks_far_past_the_window(tiny
         if shape.sliding_window is not None:
             assert held <= (shape.sliding_window - 1 + len(PROMPTS[1])) // shape.block_tokens + 2, shape
         else:
-            assert held == -(-shape.num_entries(203) // shape.entries_per_block), shape
+            assert held == -(-203 // shape.block_tokens), shape
     assert_all_blocks_free(llm)
 
 
@@ -146,19 +146,21 @@ def test_kv_bytes_per_token_of_v4_flash_cache_kinds():
         layout = KVCacheLayout([build_attention(config, kind, ropes) for kind in kinds], torch.bfloat16, 16)
     report = bytes_per_token_by_kind(layout)
     assert (kinds.count(CSA), kinds.count(HCA), kinds.count(SLIDING)) == (20, 23, 0)
-    assert {k: (v["layers"], v["per_token"], v["per_request_window"]) for k, v in report.items()} == {
-        "sliding_kv": (43, 0, 43 * 512 * 2 * 128),
-        "compressor_state_4": (20, 0, 20 * (2048 + 512) * 2 * 8),
-        "compressor_state_128": (23, 0, 23 * 1024 * 2 * 128),
-        "compressed_4": (20, 20 * (512 + 128) * 2 / 4, 0),
-        "compressed_128": (23, 23 * 512 * 2 / 128, 0),
+    assert {k: (v["group"], v["layers"], v["per_token"], v["per_request_window"]) for k, v in report.items()} == {
+        "sliding_kv": ("window_128", 43, 0, 43 * 512 * 2 * 128),
+        "compressor_state_128": ("window_128", 23, 0, 23 * 1024 * 2 * 128),
+        "compressor_state_4": ("window_8", 20, 0, 20 * (2048 + 512) * 2 * 8),
+        "compressed_4": ("full", 20, 20 * (512 + 128) * 2 / 4, 0),
+        "compressed_128": ("full", 23, 23 * 512 * 2 / 128, 0),
     }
     per_token = sum(v["per_token"] for v in report.values())
-    in_pages = sum(v["per_token_in_pages"] for v in report.values())
     one_row_layout, v3 = 2 * (20 * 3712 + 23 * 2048), 61 * 576 * 2
     assert (per_token, one_row_layout, v3) == (6584, 242_688, 70_272)
-    assert in_pages == 6400 + 800  # HCA entries fill 23 % of their 2,048-token pages
-    print(f"\nbf16 KV bytes per token, V4-Flash: {per_token:,.0f} for good, {in_pages:,.0f} counting whole pages (" +
+    assert page_bytes_per_token(layout) == per_token  # the full-context pages are filled exactly
+    blocks = {g.shape.name: g.shape.block_tokens for g in layout.groups}
+    assert blocks == {"window_128": 16, "window_8": 16, "full": 256}
+    assert layout.hit_granularity == 256
+    print(f"\nbf16 KV bytes per token, V4-Flash: {per_token:,.0f} for good (" +
           ", ".join(f"{k} {v['per_token']:,.0f}" for k, v in report.items() if v["per_token"]) +
           ") + per request window " +
           ", ".join(f"{k} {v['per_request_window'] / 2**20:.2f} MiB" for k, v in report.items() if not v["per_token"]) +
