@@ -12,7 +12,12 @@ import torch
 
 from seekd import LLM, SamplingParams
 from seekd.engine.request import EngineCoreRequest
-from seekd.engine.structured.bitmask import apply_token_bitmask, apply_token_bitmask_reference
+from seekd.engine.structured.bitmask import (
+    apply_by_bias,
+    apply_by_bits,
+    apply_token_bitmask,
+    apply_token_bitmask_reference,
+)
 from seekd.engine.structured.grammar import GrammarError
 from seekd.sampling_params import StructuredOutputParams
 
@@ -73,14 +78,15 @@ def texts(outs) -> list[str]:
     return [c.text for o in outs for c in o.outputs]
 
 
-def test_masked_logits_equal_unmasked_on_allowed_tokens_and_neg_inf_elsewhere():
+@pytest.mark.parametrize("apply", [apply_token_bitmask, apply_by_bias, apply_by_bits])
+def test_masked_logits_equal_unmasked_on_allowed_tokens_and_neg_inf_elsewhere(apply):
     gen = torch.Generator().manual_seed(0)
     vocab = 1000  # not a multiple of 32: the last word is partly padding
     logits = torch.randn(4, vocab, generator=gen)
     bitmask = torch.randint(-(2**31), 2**31 - 1, (4, (vocab + 31) // 32), dtype=torch.int32, generator=gen)
     bitmask[2] = -1  # an unconstrained row
     bitmask[3, 5] = 0
-    fast = apply_token_bitmask(logits.clone(), bitmask)
+    fast = apply(logits.clone(), bitmask)
     reference = apply_token_bitmask_reference(logits, bitmask)
     assert torch.equal(fast, reference)
     allowed = reference != float("-inf")
@@ -88,6 +94,15 @@ def test_masked_logits_equal_unmasked_on_allowed_tokens_and_neg_inf_elsewhere():
     assert torch.equal(fast[2], logits[2])
     assert (fast[3, 160:192] == float("-inf")).all()
     assert 0 < allowed[:2].sum() < 2 * vocab
+
+
+@pytest.mark.gpu
+def test_cuda_mask_equals_the_reference():
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 1000, generator=gen)
+    bitmask = torch.randint(-(2**31), 2**31 - 1, (3, 32), dtype=torch.int32, generator=gen)
+    fast = apply_token_bitmask(logits.cuda(), bitmask.cuda()).cpu()
+    assert torch.equal(fast, apply_token_bitmask_reference(logits, bitmask))
 
 
 def test_constrained_output_validates_and_stops_when_the_grammar_completes(demo):

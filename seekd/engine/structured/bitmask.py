@@ -26,10 +26,29 @@ def mask_bias(bitmask: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return table.index_select(0, flat).view(bitmask.shape[0], -1)[:, :vocab_size]
 
 
-def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
-    """logits [B, V] float32 with disallowed tokens set to -inf, in place. Adding a 0/-inf bias
-    instead of masked_fill: on the CPU it is ~7x faster for a 64 x 129k batch, and x + 0 == x."""
+def apply_by_bias(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """In place: add a 0/-inf bias (x + 0 == x). On the CPU ~7x faster than masked_fill, whose
+    data-dependent branch costs ~4 ns an element (64 x 129k: 6 ms against 44 ms)."""
     return logits.add_(mask_bias(bitmask, logits.shape[1]))
+
+
+_SHIFTS: dict[torch.device, torch.Tensor] = {}
+
+
+def apply_by_bits(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """In place: unpack the bits with shifts and masked_fill. On the H100 the byte-table gather of
+    apply_by_bias took 0.8 ms for 64 x 129k (structured_overhead_cuda.json as of commit 75799ba)."""
+    shifts = _SHIFTS.get(bitmask.device)
+    if shifts is None:
+        shifts = _SHIFTS[bitmask.device] = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    allowed = ((bitmask.unsqueeze(-1) >> shifts) & 1).view(bitmask.shape[0], -1)[:, : logits.shape[1]]
+    return logits.masked_fill_(allowed == 0, float("-inf"))
+
+
+def apply_token_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """logits [B, V] float32 with disallowed tokens set to -inf, in place; the faster of the two
+    ways on the logits' device (both tested against the reference)."""
+    return apply_by_bits(logits, bitmask) if logits.is_cuda else apply_by_bias(logits, bitmask)
 
 
 def apply_token_bitmask_reference(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
