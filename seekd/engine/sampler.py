@@ -41,7 +41,8 @@ class SamplingBatch:
     num_logprobs: list[int | None]
     all_greedy: bool
     banned: list[tuple[int, list[int]]]  # (row, token ids) that may not be sampled yet (min_tokens)
-    token_bitmask: torch.Tensor | None = field(default=None)  # [B, ceil(V/32)] int32 grammar masks, on device
+    constrained_rows: list[int] = field(default_factory=list)  # rows of structured-output requests
+    token_bitmask: torch.Tensor | None = None  # [B, ceil(V/32)] int32 grammar masks, on device; set by the runner
 
     @classmethod
     def from_requests(cls, requests: list[Request], vocab_size: int, device: torch.device) -> SamplingBatch:
@@ -103,6 +104,7 @@ class SamplingBatch:
             num_logprobs=[p.logprobs for p in params],
             all_greedy=all_greedy,
             banned=banned,
+            constrained_rows=[i for i, r in enumerate(requests) if r.grammar is not None],
         )
 
 
@@ -124,7 +126,7 @@ class Sampler:
         if any(n is not None for n in batch.num_logprobs):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         if batch.token_bitmask is not None:  # after the raw logprobs: masked ones would be -inf, not JSON
-            apply_token_bitmask(logits, batch.token_bitmask)
+            apply_token_bitmask(logits, batch.token_bitmask, batch.constrained_rows)
         logits = apply_penalties(logits, batch)
         if batch.all_greedy:
             return logits.argmax(dim=-1), raw_logprobs

@@ -94,6 +94,8 @@ def test_masked_logits_equal_unmasked_on_allowed_tokens_and_neg_inf_elsewhere(ap
     assert torch.equal(fast[2], logits[2])
     assert (fast[3, 160:192] == float("-inf")).all()
     assert 0 < allowed[:2].sum() < 2 * vocab
+    only_rows = apply_token_bitmask(logits.clone(), bitmask, rows=[0, 3])
+    assert torch.equal(only_rows[[0, 3]], reference[[0, 3]]) and torch.equal(only_rows[[1, 2]], logits[[1, 2]])
 
 
 @pytest.mark.gpu
