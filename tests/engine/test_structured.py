@@ -184,3 +184,21 @@ def test_abort_frees_the_request_and_a_bad_grammar_fails_only_its_request(demo):
     assert not engine.has_unfinished_requests()
     (ok,) = demo.generate("after", constrained(FLAGS, temperature=0.0))
     check_valid(ok.outputs[0].text, constrained(FLAGS))
+
+
+def test_lark_grammar_with_special_tokens_and_an_embedded_schema(demo):
+    """The shape a forced tool call takes: DeepSeek's markup tokens around JSON arguments."""
+    compact = {**PERSON, "x-guidance": {"whitespace_pattern": " ?"}}  # %json reads its options here
+    grammar = f"start: <｜tool▁calls▁begin｜> args <｜tool▁calls▁end｜>\nargs: %json {json.dumps(compact)}\n"
+    params = SamplingParams(
+        temperature=0.0, max_tokens=80, skip_special_tokens=False,
+        structured=StructuredOutputParams(grammar=grammar),
+    )
+    (out,) = demo.generate("call a tool", params)
+    o = out.outputs[0]
+    begin, end = (demo.tokenizer.encode(t, add_special_tokens=False)
+                  for t in ("<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"))
+    assert o.finish_reason == "stop"
+    assert o.token_ids[:1] == begin and o.token_ids[-1:] == end
+    args = o.text.removeprefix("<｜tool▁calls▁begin｜>").removesuffix("<｜tool▁calls▁end｜>")
+    jsonschema.validate(json.loads(args), PERSON)
