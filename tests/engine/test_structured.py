@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import jsonschema
+import msgspec
 import pytest
 import torch
 
@@ -76,6 +77,17 @@ def check_valid(text: str, params: SamplingParams) -> None:
 
 def texts(outs) -> list[str]:
     return [c.text for o in outs for c in o.outputs]
+
+
+def test_structured_params_cross_msgpack_and_survive_for_choice():
+    params = constrained(PERSON, n=3, seed=2)
+    request = EngineCoreRequest(request_id="r", prompt_token_ids=[1, 2], sampling_params=params.for_choice(2))
+    decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(request), type=EngineCoreRequest)
+    assert decoded.sampling_params.structured == params.structured
+    assert json.loads(decoded.sampling_params.structured.json_schema) == PERSON
+    assert decoded.sampling_params.seed == 4 and decoded.sampling_params.n == 1
+    with pytest.raises(msgspec.ValidationError, match="exactly one"):
+        msgspec.msgpack.decode(msgspec.msgpack.encode({"structured": {}}), type=SamplingParams)
 
 
 @pytest.mark.parametrize("apply", [apply_token_bitmask, apply_by_bias, apply_by_bits])
