@@ -111,6 +111,7 @@ class Ticket:
     key_limits: KeyLimits | None = None
     start_tag: float = 0.0
     seq: int = 0
+    queued: bool = False
     admitted_at: float | None = None
     released: bool = False
     granted: asyncio.Future[None] | None = None
@@ -121,60 +122,67 @@ class Ticket:
 
 
 class FairQueue:
-    """Waiting tickets ordered by (priority, virtual start tag, arrival). Plain data, no asyncio."""
+    """Waiting tickets ordered by (priority, virtual start tag, arrival). Plain data, no asyncio.
+
+    One heap for the queue order and one per tenant, for the out-of-order admission of a tenant with
+    room when the head's tenant holds its share. A ticket that leaves is only marked (`queued`);
+    heaps drop marked entries when they reach the top."""
 
     def __init__(self, weights: dict[str, float] | None = None) -> None:
         self.weights = weights or {}
         self.virtual_time = 0.0
         self._finish_tags: dict[str, float] = {}
         self._heap: list[tuple[int, float, int, Ticket]] = []
+        self._tenant_heaps: dict[str, list[tuple[int, float, int, Ticket]]] = {}
         self._seq = itertools.count()
-        self._removed: set[int] = set()
+        self._num_queued = 0
         self.num_tokens = 0
         self.by_tenant: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return len(self._heap) - len(self._removed)
+        return self._num_queued
 
     def push(self, ticket: Ticket) -> None:
         weight = self.weights.get(ticket.tenant, 1.0)
         ticket.start_tag = max(self.virtual_time, self._finish_tags.get(ticket.tenant, 0.0))
         self._finish_tags[ticket.tenant] = ticket.start_tag + max(ticket.cost, 1) / weight
         ticket.seq = next(self._seq)
-        heapq.heappush(self._heap, (ticket.priority, ticket.start_tag, ticket.seq, ticket))
+        ticket.queued = True
+        entry = (ticket.priority, ticket.start_tag, ticket.seq, ticket)
+        heapq.heappush(self._heap, entry)
+        heapq.heappush(self._tenant_heaps.setdefault(ticket.tenant, []), entry)
+        self._num_queued += 1
         self._count(ticket, +1)
 
     def peek(self) -> Ticket | None:
-        while self._heap and self._heap[0][2] in self._removed:
-            self._removed.discard(heapq.heappop(self._heap)[2])
-        return self._heap[0][3] if self._heap else None
+        return _top(self._heap)
 
-    def first_where(self, accept: Callable[[Ticket], bool]) -> Ticket | None:
-        """The first ticket in queue order that `accept`s; a scan, for the rare out-of-order admission."""
-        live = (entry for entry in self._heap if entry[2] not in self._removed and accept(entry[3]))
-        best = min(live, key=lambda entry: entry[:3], default=None)
-        return None if best is None else best[3]
+    def first_of(self, tenants: set[str]) -> Ticket | None:
+        """The first ticket in queue order among those of `tenants`."""
+        heads = [t for t in (_top(self._tenant_heaps.get(tenant, [])) for tenant in tenants) if t is not None]
+        return min(heads, key=lambda t: (t.priority, t.start_tag, t.seq), default=None)
 
     def pop(self, ticket: Ticket | None = None) -> Ticket:
         """The head, or `ticket` taken out of order."""
-        head = self.peek()
-        if head is None:
-            raise IndexError("pop from an empty FairQueue")
-        if ticket is None or ticket is head:
-            ticket = head
-            heapq.heappop(self._heap)
-        else:
-            self._heap.remove((ticket.priority, ticket.start_tag, ticket.seq, ticket))
-            heapq.heapify(self._heap)
+        if ticket is None:
+            ticket = self.peek()
+            if ticket is None:
+                raise IndexError("pop from an empty FairQueue")
         self.virtual_time = max(self.virtual_time, ticket.start_tag)
-        self._count(ticket, -1)
+        self._leave(ticket)
         self._forget_idle_tenants()
         return ticket
 
     def remove(self, ticket: Ticket) -> None:
-        """Take out a ticket that gave up waiting (deadline, client gone); O(1), lazily."""
-        self._removed.add(ticket.seq)
+        """Take out a ticket that gave up waiting (deadline, client gone)."""
+        self._leave(ticket)
+
+    def _leave(self, ticket: Ticket) -> None:
+        ticket.queued = False
+        self._num_queued -= 1
         self._count(ticket, -1)
+        if ticket.tenant not in self.by_tenant:
+            self._tenant_heaps.pop(ticket.tenant, None)
 
     def _count(self, ticket: Ticket, sign: int) -> None:
         self.num_tokens += sign * ticket.cost
@@ -189,6 +197,12 @@ class FairQueue:
         if len(self._finish_tags) > 2 * len(self.by_tenant) + 64:
             v = self.virtual_time
             self._finish_tags = {t: f for t, f in self._finish_tags.items() if f > v or t in self.by_tenant}
+
+
+def _top(heap: list[tuple[int, float, int, Ticket]]) -> Ticket | None:
+    while heap and not heap[0][3].queued:
+        heapq.heappop(heap)
+    return heap[0][3] if heap else None
 
 
 @dataclass
@@ -333,14 +347,34 @@ class AdmissionController:
         return (ticket.tenant not in self.running_by_tenant and ticket.tenant not in self.queue.by_tenant
                 and (head is None or ticket.priority <= head.priority))
 
-    def _share(self, tenant: str) -> int:
-        """The tenant's weighted share of the in-flight slots among the active tenants (at least 1)."""
-        active = set(self.running_by_tenant) | set(self.queue.by_tenant) | {tenant}
+    def _shares(self, extra: str) -> Callable[[str], int]:
+        """Each tenant's weighted share of the in-flight slots among the active tenants (running or
+        queued, plus `extra`): rounded up, so that shares never leave slots idle."""
+        active = self.running_by_tenant.keys() | self.queue.by_tenant.keys() | {extra}
         if len(active) == 1:
-            return self.max_inflight_seqs
+            return lambda tenant: self.max_inflight_seqs
         weights = self.queue.weights
         total = sum(weights.get(t, 1.0) for t in active)
-        return max(1, int(self.max_inflight_seqs * weights.get(tenant, 1.0) / total))
+        return lambda tenant: math.ceil(self.max_inflight_seqs * weights.get(tenant, 1.0) / total)
+
+    def _first_fitting(self) -> Ticket | None:
+        """Out of queue order, when the head's tenant holds its share: the first ticket of a tenant
+        with room. Tenants are checked once each, so a long queue costs one cheap scan."""
+        if self.inflight_seqs >= self.max_inflight_seqs:
+            return None
+        unreserved = max(1, self.max_inflight_seqs - self.config.inflight_reserved_for_new_tenants)
+        share = self._shares(next(iter(self.queue.by_tenant), DEFAULT_TENANT))
+        room = {
+            t for t in self.queue.by_tenant
+            if t not in self.running_by_tenant
+            or (self.inflight_seqs < unreserved and self.running_by_tenant[t] < share(t))
+        }
+        while room:
+            ticket = self.queue.first_of(room)
+            if ticket is None or self._fits(ticket):
+                return ticket
+            room.discard(ticket.tenant)  # its next request is too large for what is free
+        return None
 
     def _fits(self, ticket: Ticket) -> bool:
         """Room in the engine; anything fits an empty engine, so no request can wait forever."""
@@ -351,7 +385,8 @@ class AdmissionController:
         running = self.running_by_tenant.get(ticket.tenant, 0)
         if running:
             unreserved = max(1, self.max_inflight_seqs - self.config.inflight_reserved_for_new_tenants)
-            if self.inflight_seqs + ticket.num_seqs > unreserved or running + 1 > self._share(ticket.tenant):
+            if (self.inflight_seqs + ticket.num_seqs > unreserved
+                    or running + 1 > self._shares(ticket.tenant)(ticket.tenant)):
                 return False
         limit = self.config.max_inflight_tokens
         return not limit or self.inflight_tokens + ticket.cost <= limit
@@ -367,7 +402,7 @@ class AdmissionController:
 
     def _dispatch(self, now: float) -> None:
         while (head := self.queue.peek()) is not None and (
-                self._fits(head) or (head := self.queue.first_where(self._fits)) is not None):
+                self._fits(head) or (head := self._first_fitting()) is not None):
             self.queue.pop(head)
             self._admit(head, now)
             assert head.granted is not None
