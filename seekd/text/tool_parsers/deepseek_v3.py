@@ -44,25 +44,21 @@ def strip_fence_open(args: str) -> str:
     return args[len(FENCE) :] if args.startswith(FENCE) else args
 
 
-class DeepSeekV3ToolParser(ToolParser):
-    start_tags = (CALLS_BEGIN, CALL_BEGIN)
+class SpecialTokenCallsParser(ToolParser):
+    """The stream of V3-family calls: between calls, the special tokens; in a call, the states of
+    its header (the subclass's); then arguments up to `CALL_END`."""
 
-    def parse(self, text: str) -> ParsedOutput:
-        content, blocks = split_blocks(text, self.start_tags, CALLS_END, keep=(CALL_BEGIN,))
-        calls = [
-            ToolCall(m["name"].strip(), settle_fenced(strip_fence_open(m["args"]), final=True))
-            for block in blocks for m in _CALL.finditer(block)
-        ]
-        return ParsedOutput(content, calls)
+    start_tags = (CALLS_BEGIN, CALL_BEGIN)
+    first_state = "name"  # the state right after CALL_BEGIN
 
     def _open_block(self, tag: str) -> None:
-        self._state = "between" if tag == CALLS_BEGIN else "type"
+        self._state = "between" if tag == CALLS_BEGIN else self.first_state
 
     def _step(self, final: bool) -> bool:
         buf = self._buf
         if self._state == "between":
             buf = self._buf = buf.lstrip()
-            for tag, state in ((CALL_BEGIN, "type"), (CALLS_END, None)):
+            for tag, state in ((CALL_BEGIN, self.first_state), (CALLS_END, None)):
                 if buf.startswith(tag):
                     self._buf = buf[len(tag) :]
                     if state is None:
@@ -74,6 +70,38 @@ class DeepSeekV3ToolParser(ToolParser):
                 return False
             self._end_block()  # not markup after all: back to text
             return True
+        if self._state != "args":
+            return self._step_header(buf, final)
+        at = buf.find(CALL_END)
+        if at == -1:
+            self._arguments(self._args.progress(buf, CALL_END))
+            return False
+        self._arguments(self._args.complete(buf[:at]))
+        self._buf = buf[at + len(CALL_END) :]
+        self._state = "between"
+        return True
+
+    def _step_header(self, buf: str, final: bool) -> bool:
+        """Advance through the call's header; ends by setting `_args` and the state "args"."""
+        raise NotImplementedError
+
+    def _close_unfinished(self) -> None:
+        if self._state == "args":
+            self._arguments(self._args.complete(self._buf))
+
+
+class DeepSeekV3ToolParser(SpecialTokenCallsParser):
+    first_state = "type"
+
+    def parse(self, text: str) -> ParsedOutput:
+        content, blocks = split_blocks(text, self.start_tags, CALLS_END, keep=(CALL_BEGIN,))
+        calls = [
+            ToolCall(m["name"].strip(), settle_fenced(strip_fence_open(m["args"]), final=True))
+            for block in blocks for m in _CALL.finditer(block)
+        ]
+        return ParsedOutput(content, calls)
+
+    def _step_header(self, buf: str, final: bool) -> bool:
         if self._state == "type":
             at = buf.find(SEP)
             if at == -1:
@@ -89,23 +117,10 @@ class DeepSeekV3ToolParser(ToolParser):
             self._buf = buf[at + 1 :]
             self._state = "fence"
             return True
-        if self._state == "fence":
-            head = buf.lstrip()
-            if not final and len(head) < len(FENCE) and FENCE.startswith(head):
-                return False
-            self._buf = strip_fence_open(buf)
-            self._args = StreamedArguments(settle_fenced)
-            self._state = "args"
-            return True
-        at = buf.find(CALL_END)
-        if at == -1:
-            self._arguments(self._args.progress(buf, CALL_END))
+        head = buf.lstrip()
+        if not final and len(head) < len(FENCE) and FENCE.startswith(head):
             return False
-        self._arguments(self._args.complete(buf[:at]))
-        self._buf = buf[at + len(CALL_END) :]
-        self._state = "between"
+        self._buf = strip_fence_open(buf)
+        self._args = StreamedArguments(settle_fenced)
+        self._state = "args"
         return True
-
-    def _close_unfinished(self) -> None:
-        if self._state == "args":
-            self._arguments(self._args.complete(self._buf))
