@@ -16,12 +16,12 @@ import datetime
 import json
 import platform
 import random
-import subprocess
 import sys
 import time
 from collections import deque
 from pathlib import Path
 
+from seekd.bench.report import seekd_commit
 from seekd.config import AdmissionConfig
 from seekd.server.admission import AdmissionController, Ticket
 
@@ -74,14 +74,6 @@ async def backlog_regime(num_requests: int, num_tenants: int) -> list[float]:
     return costs
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=20_000)
@@ -106,7 +98,7 @@ def main() -> int:
     record = {
         "benchmark": "admission_overhead",
         "device": f"cpu ({platform.processor() or platform.machine()}), Python {platform.python_version()}",
-        "commit": git_commit(),
+        "commit": seekd_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "target_p99_ms": TARGET_P99_MS,

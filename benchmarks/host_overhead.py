@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import torch
-from offline_throughput import git_commit
 
+from seekd.bench.report import seekd_commit
 from seekd.config import CacheConfig, SchedulerConfig
 from seekd.engine.model_runner import ModelRunner
 from seekd.engine.request import Request
@@ -84,7 +84,7 @@ def main() -> int:
     result = {
         "benchmark": "host_overhead",
         "device": f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "commit": git_commit(),
+        "commit": seekd_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python " + shlex.join(sys.argv),
         "num_seqs": args.num_seqs,

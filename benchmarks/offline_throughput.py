@@ -15,7 +15,6 @@ import datetime
 import json
 import random
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from seekd import LLM, SamplingParams
+from seekd.bench.report import seekd_commit
 
 SHAPES = {
     "r1-distill-qwen-7b": {
@@ -148,11 +148,6 @@ def bench_hf(folder: Path, prompts, outputs, device: str) -> dict:
     return result
 
 
-def git_commit() -> str:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
-
-
 def make_model_folder(shape: str) -> Path:
     folder = Path(tempfile.mkdtemp(prefix=f"seekd-bench-{shape}-"))
     (folder / "config.json").write_text(json.dumps(SHAPES[shape]))
@@ -187,7 +182,7 @@ def main() -> int:
     result = {
         "benchmark": "offline_throughput",
         "device": torch.cuda.get_device_name(),
-        "commit": args.commit or git_commit(),
+        "commit": args.commit or seekd_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python " + shlex.join(sys.argv),
         "shape": args.shape,

@@ -16,12 +16,12 @@ import datetime
 import json
 import platform
 import secrets
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from seekd.bench.report import seekd_commit
 from seekd.ops.audit import AuditLog, ContentCipher
 from seekd.ops.auth import Authenticator
 from seekd.ops.keys import KeyStore
@@ -41,14 +41,6 @@ def timed(fn: Callable[[int], object], n: int) -> dict[str, float]:
         costs.append(time.perf_counter() - start)
     return {"requests": n, "p50_us": percentile(costs, 0.5) * 1e6, "p99_us": percentile(costs, 0.99) * 1e6,
             "max_us": max(costs) * 1e6}
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def main() -> int:
@@ -87,7 +79,7 @@ def main() -> int:
     result = {
         "benchmark": "security_overhead",
         "device": f"cpu ({platform.machine()}), Python {platform.python_version()}",
-        "commit": git_commit(),
+        "commit": seekd_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "PYTHONPATH=. python benchmarks/security_overhead.py",
         "results": [{"operation": name, **r} for name, r in rows],

@@ -20,13 +20,13 @@ import importlib.metadata
 import json
 import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from seekd.bench.report import seekd_commit
 from seekd.models.demo import _tokenizer_source as demo_tokenizer_folder
 
 SCHEMAS = [
@@ -200,7 +200,7 @@ def main() -> None:
     result = {
         "benchmark": "structured_backends", "device": f"cpu ({platform.processor() or platform.machine()})",
         "cpu_count": __import__("os").cpu_count(),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": seekd_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "versions": versions,
         "threads": args.threads, "vocab_size": vocab_size, "schemas": SCHEMAS, "results": rows,

@@ -21,13 +21,13 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from seekd.bench.report import seekd_commit
 from seekd.engine.structured.backend import StructuredBackend, bitmask_width
 from seekd.engine.structured.bitmask import apply_token_bitmask
 from seekd.sampling_params import StructuredOutputParams
@@ -144,7 +144,7 @@ def main() -> None:
 
     result = {
         "benchmark": "structured_overhead", "device": name, "cpu_count": os.cpu_count(),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "commit": seekd_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["python", *sys.argv]), "python": platform.python_version(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
