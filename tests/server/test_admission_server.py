@@ -126,7 +126,7 @@ def test_flooding_tenant_does_not_starve_a_quiet_one(server: ServerHandle) -> No
     async def trickle(client: httpx.AsyncClient, count: int) -> list[float]:
         latencies = []
         for _ in range(count):
-            resp, latency = await complete(client, server, 12, tenant="quiet")
+            resp, latency = await complete(client, server, 24, tenant="quiet")
             assert resp.status_code == 200
             latencies.append(latency)
             await asyncio.sleep(0.05)
