@@ -14,12 +14,17 @@ class StructuredOutputParams(msgspec.Struct, kw_only=True, omit_defaults=True, f
     """A constraint on the generated text, enforced by grammar-constrained decoding: exactly one of
     `json_schema` (JSON-schema text), `json_object` (any JSON object), `regex` or `grammar` (a Lark
     grammar in llguidance's dialect). The constrained request finishes with reason "stop" when
-    the grammar is complete; EOS is only allowed where the grammar accepts."""
+    the grammar is complete; EOS is only allowed where the grammar accepts.
+
+    `start_after_token` leaves the output free until that token (the end of a reasoning model's
+    `<think>` block) and constrains what follows it, so such a model reasons first and then
+    answers in the format."""
 
     json_schema: str | None = None
     json_object: bool = False
     regex: str | None = None
     grammar: str | None = None
+    start_after_token: int | None = None
 
     def __post_init__(self) -> None:
         kinds = [self.json_schema is not None, self.json_object, self.regex is not None, self.grammar is not None]

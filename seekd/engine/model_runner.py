@@ -265,7 +265,7 @@ class ModelRunner:
         on the host (while a GPU still runs the forward) and copied once for the whole batch. The
         pinned buffer is reused: the previous step's copy finished before its tokens were read."""
         grammars = [r.grammar for r in requests]
-        if self.structured is None or all(g is None for g in grammars):
+        if self.structured is None or not any(g is not None and g.active for g in grammars):
             return None
         if self._host_bitmask.shape[0] < len(requests):
             self._host_bitmask = torch.empty(

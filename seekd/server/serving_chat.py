@@ -9,6 +9,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from seekd.sampling_params import SamplingParams
 from seekd.server.admission import request_policy
 from seekd.server.errors import invalid_request
 from seekd.server.generation import (
@@ -30,7 +31,7 @@ from seekd.server.protocol import (
     DeltaMessage,
     ResponseMessage,
 )
-from seekd.server.reasoning import prompt_opens_reasoning
+from seekd.server.reasoning import THINK_END, prompt_opens_reasoning
 from seekd.server.streaming import EventStreamResponse, prime, render_events, run_until_disconnect, sse
 from seekd.server.tool_calls import ChoiceOutput, chat_finish_reason, prepare_history, tool_setup, whole_output
 from seekd.text.chat_template import ChatTemplateError
@@ -61,6 +62,19 @@ def _check_supported(req: ChatCompletionRequest) -> None:
         raise invalid_request("top_logprobs needs logprobs=true", param="top_logprobs")
 
 
+def _format_after_reasoning(
+    ctx: ServingContext, params: SamplingParams, in_reasoning: bool
+) -> tuple[SamplingParams, bool]:
+    """A response_format on a prompt that opens reasoning: the model reasons freely and the format
+    binds from its `</think>` on, as with DeepSeek's API. Where `</think>` is not one token the
+    format binds from the first token, and the whole output is the answer."""
+    end = ctx.tokenizer.token_to_id(THINK_END) if in_reasoning else None
+    if end is None:
+        return params, False
+    structured = msgspec.structs.replace(params.structured, start_after_token=end)
+    return msgspec.structs.replace(params, structured=structured), True
+
+
 async def create_chat_completion(
     ctx: ServingContext, req: ChatCompletionRequest, request: Request, request_id: str
 ) -> JSONResponse | EventStreamResponse:
@@ -82,13 +96,13 @@ async def create_chat_completion(
     check_input_limits(ctx, len(prompt_ids), max_tokens, "messages")
     num_top = (req.top_logprobs or 0) if req.logprobs else None
     params = build_sampling_params(req, max_tokens=max_tokens, logprobs=num_top, max_n=ctx.max_n)
-    # response_format constrains from the first token: no reasoning, the whole output is content
-    json_output = params.structured is not None
+    in_reasoning = prompt_opens_reasoning(prompt_text)
+    if params.structured is not None:
+        params, in_reasoning = _format_after_reasoning(ctx, params, in_reasoning)
     if tools.structured is not None:
         params = msgspec.structs.replace(params, structured=tools.structured)
     gen = Generation(ctx, request_id, [prompt_ids], params, policy)
     request.state.generation = gen  # for the access log
-    in_reasoning = prompt_opens_reasoning(prompt_text) and not json_output
 
     if req.stream:
         updates = gen.updates()

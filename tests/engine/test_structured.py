@@ -214,3 +214,23 @@ def test_lark_grammar_with_special_tokens_and_an_embedded_schema(demo):
     assert o.token_ids[:1] == begin and o.token_ids[-1:] == end
     args = o.text.removeprefix("<｜tool▁calls▁begin｜>").removesuffix("<｜tool▁calls▁end｜>")
     jsonschema.validate(json.loads(args), PERSON)
+
+
+def test_grammar_starting_after_a_token_leaves_the_reasoning_free(demo):
+    """`start_after_token` (the server's `</think>`): the output is the unconstrained one up to and
+    including that token, and the schema binds everything after it."""
+    free = demo.generate(["Describe a person as JSON"], SamplingParams(temperature=0.0, max_tokens=12,
+                                                                        ignore_eos=True))[0].outputs[0]
+    end = free.token_ids[5]
+    first = free.token_ids.index(end)  # where it first appears
+    structured = msgspec.structs.replace(StructuredOutputParams.from_schema(PERSON), start_after_token=end)
+    out = demo.generate(["Describe a person as JSON"],
+                        SamplingParams(temperature=0.0, max_tokens=80, structured=structured))[0].outputs[0]
+    assert out.token_ids[: first + 1] == free.token_ids[: first + 1]
+    answer = demo.tokenizer.decode(out.token_ids[first + 1 :])
+    jsonschema.validate(json.loads(answer), PERSON)
+    assert out.finish_reason == "stop"
+    never = msgspec.structs.replace(structured, start_after_token=demo.engine.hf_config.vocab_size - 1)
+    unbound = demo.generate(["Describe a person as JSON"],
+                            SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, structured=never))
+    assert unbound[0].outputs[0].token_ids == free.token_ids  # the token never came: nothing was constrained

@@ -217,3 +217,27 @@ def test_invalid_response_format_is_a_400_openai_error(server, response_format, 
         response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMAS[2]}},
     )
     jsonschema.validate(json.loads(ok.choices[0].message.content), SCHEMAS[2])
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_thinking_mode_reasons_freely_before_the_format_binds(server, stream):
+    """With thinking on, the format binds after `</think>` (the random model does not reach it in
+    a few tokens): the reasoning is exactly the unconstrained request's, and no answer yet."""
+    client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
+    common = dict(model=DEMO_MODEL_NAME, messages=[{"role": "user", "content": "Describe a person"}], max_tokens=10,
+                  temperature=0, extra_body={"thinking": {"type": "enabled"}})
+    free = client.chat.completions.create(**common).choices[0]
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMAS[0], "strict": True}}
+    if stream:
+        reasoning, content, finish = "", "", None
+        for chunk in client.chat.completions.create(**common, response_format=fmt, stream=True):
+            delta = chunk.choices[0].delta
+            reasoning += getattr(delta, "reasoning_content", None) or ""
+            content += delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+    else:
+        choice = client.chat.completions.create(**common, response_format=fmt).choices[0]
+        reasoning, content, finish = choice.message.reasoning_content, choice.message.content, choice.finish_reason
+    assert free.message.reasoning_content and "</think>" not in free.message.reasoning_content
+    assert reasoning == free.message.reasoning_content
+    assert not content and finish == "length"

@@ -21,22 +21,27 @@ _CACHE_SIZE = 256
 class RequestGrammar:
     """A request's matcher and how many of its output tokens it has consumed. Output tokens are
     the truth: the matcher catches up on them (a resumed request replays what it produced before
-    a restart), so preemption by recompute, which keeps output_token_ids, needs no rollback."""
+    a restart), so preemption by recompute, which keeps output_token_ids, needs no rollback.
+    With `start_after` the grammar is inactive (masks nothing, never finishes) until that token."""
 
-    def __init__(self, matcher: llguidance.LLMatcher) -> None:
+    def __init__(self, matcher: llguidance.LLMatcher, start_after: int | None = None) -> None:
         self.matcher = matcher
         self.num_consumed = 0
+        self.start_after = start_after
+        self.active = start_after is None
 
     def advance(self, output_token_ids: list[int]) -> None:
         for token in output_token_ids[self.num_consumed :]:
-            if not self.matcher.consume_token(token):
-                logger.warning("grammar rejected token %d: %s", token, self.matcher.get_error())
             self.num_consumed += 1
+            if not self.active:
+                self.active = token == self.start_after
+            elif not self.matcher.consume_token(token):
+                logger.warning("grammar rejected token %d: %s", token, self.matcher.get_error())
 
     @property
     def finished(self) -> bool:
         """The grammar is complete and allows nothing more (or broke, which also ends the request)."""
-        return self.matcher.is_stopped() or self.matcher.is_error()
+        return self.active and (self.matcher.is_stopped() or self.matcher.is_error())
 
 
 class StructuredBackend:
@@ -73,13 +78,13 @@ class StructuredBackend:
                 self._templates.popitem(last=False)
         else:
             self._templates.move_to_end(key)
-        return RequestGrammar(template.deep_copy())
+        return RequestGrammar(template.deep_copy(), params.start_after_token)
 
     def fill_bitmask(self, grammars: list[RequestGrammar | None], bitmask: torch.Tensor) -> None:
         """Row i of `bitmask` (int32 [B, ceil(V/32)], host memory) gets the allowed tokens of
-        grammars[i]; rows without a grammar allow everything. One parallel call for the batch."""
+        grammars[i]; rows without an active grammar allow everything. One parallel call for the batch."""
         bitmask.fill_(-1)
-        rows = [(g.matcher, i) for i, g in enumerate(grammars) if g is not None]
+        rows = [(g.matcher, i) for i, g in enumerate(grammars) if g is not None and g.active]
         if rows:
             one_row = bitmask.shape[1] * 4
             self.executor.unsafe_compute_mask_ptr(rows, bitmask.data_ptr(), one_row, bitmask.shape[0])
