@@ -65,9 +65,9 @@ def _check_supported(req: ChatCompletionRequest) -> None:
 def _format_after_reasoning(
     ctx: ServingContext, params: SamplingParams, in_reasoning: bool
 ) -> tuple[SamplingParams, bool]:
-    """A response_format on a prompt that opens reasoning: the model reasons freely and the format
-    binds from its `</think>` on, as with DeepSeek's API. Where `</think>` is not one token the
-    format binds from the first token, and the whole output is the answer."""
+    """A response_format or forced tool call on a prompt that opens reasoning: the model reasons
+    freely and the format binds from its `</think>` on, as with DeepSeek's API. Where `</think>` is
+    not one token the format binds from the first token, and the whole output is the answer."""
     end = ctx.tokenizer.token_to_id(THINK_END) if in_reasoning else None
     if end is None:
         return params, False
@@ -97,10 +97,10 @@ async def create_chat_completion(
     num_top = (req.top_logprobs or 0) if req.logprobs else None
     params = build_sampling_params(req, max_tokens=max_tokens, logprobs=num_top, max_n=ctx.max_n)
     in_reasoning = prompt_opens_reasoning(prompt_text)
+    if tools.structured is not None:  # a forced call (a response_format beside it is refused)
+        params = msgspec.structs.replace(params, structured=tools.structured)
     if params.structured is not None:
         params, in_reasoning = _format_after_reasoning(ctx, params, in_reasoning)
-    if tools.structured is not None:
-        params = msgspec.structs.replace(params, structured=tools.structured)
     gen = Generation(ctx, request_id, [prompt_ids], params, policy)
     request.state.generation = gen  # for the access log
 

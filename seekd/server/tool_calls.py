@@ -170,8 +170,11 @@ class ChoiceOutput:
     one chunk and `finish`), so that streamed and whole responses are read by the same code."""
 
     def __init__(self, setup: ToolSetup, in_reasoning: bool) -> None:
+        """A constrained (forced) call is read as JSON; `in_reasoning` then means the grammar
+        binds after the model's reasoning, which is split off first."""
         self.setup = setup
-        self.reasoning = None if setup.structured is not None else ReasoningParser(in_reasoning)
+        constrained = setup.structured is not None
+        self.reasoning = ReasoningParser(in_reasoning) if in_reasoning or not constrained else None
         self.tools: ToolParser | None = make_tool_parser(setup.tool_format) if setup.mode == "auto" else None
         self.ids: list[str] = []
         self.calls: list[ToolCallOut] = []
@@ -195,6 +198,10 @@ class ChoiceOutput:
         return self._route(split.reasoning, split.content, final=True)
 
     def _route(self, reasoning: str, content: str, final: bool) -> ChatDelta:
+        if self.setup.structured is not None:  # the forced call, once the reasoning is over
+            out = self._constrained(content, final) if content or self._json else ChatDelta()
+            out.reasoning = reasoning
+            return out
         if self.tools is None:
             return ChatDelta(reasoning, content)
         out = ChatDelta()

@@ -158,3 +158,16 @@ def test_history_with_calls_and_results_is_accepted(server):
     ]
     out = client.chat.completions.create(model=MODEL, messages=messages, tools=TOOLS, max_tokens=4, temperature=0)
     assert out.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_forced_call_in_thinking_mode_comes_after_free_reasoning(server):
+    """With thinking on, a named call binds after `</think>`: the reasoning is exactly the
+    unconstrained request's (the random model does not close it in a few tokens), and no call yet."""
+    client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
+    common = dict(model=MODEL, messages=[{"role": "user", "content": "Weather in Paris?"}], max_tokens=10,
+                  temperature=0, tools=TOOLS, extra_body={"thinking": {"type": "enabled"}})
+    free = client.chat.completions.create(**common).choices[0]
+    forced = client.chat.completions.create(**common, tool_choice=NAMED).choices[0]
+    assert free.message.reasoning_content
+    assert forced.message.reasoning_content == free.message.reasoning_content
+    assert not forced.message.tool_calls and forced.finish_reason == "length"

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from seekd.sampling_params import StructuredOutputParams
 from seekd.server.tool_calls import ChoiceOutput, ToolSetup
 from seekd.text.tool_parsers import ToolCall, detect_tool_format, make_tool_parser
 
@@ -189,3 +190,21 @@ def test_a_call_started_inside_reasoning_is_a_call_and_leaves_no_markup(fmt):
     text = "Thinking about it." + block
     for i in range(len(text) + 1):
         assert read_choice(fmt, [text[:i], text[i:]]) == ("Thinking about it.", "", [WEATHER]), f"split at {i}"
+
+
+@pytest.mark.parametrize("mode", ["named", "required"])
+def test_a_forced_call_after_reasoning_at_every_split(mode):
+    """The forced call's grammar binds after `</think>`: reasoning first, then the JSON is the call."""
+    setup = ToolSetup(mode, [], named="get_weather" if mode == "named" else None,
+                      structured=StructuredOutputParams(json_object=True))
+    args = '{"city": "Paris", "unit": "celsius"}'
+    answer = args if mode == "named" else f'[{{"name": "get_weather", "arguments": {args}}}]'
+    text = "Which city? Paris.</think>" + answer
+    for i in range(len(text) + 1):
+        out = ChoiceOutput(setup, in_reasoning=True)
+        reasoning = content = ""
+        for delta in [out.feed(text[:i]), out.feed(text[i:]), out.finish()]:
+            reasoning, content = reasoning + delta.reasoning, content + delta.content
+        assert (reasoning, content) == ("Which city? Paris.", ""), f"split at {i}"
+        assert [(c.function.name, json.loads(c.function.arguments)) for c in out.calls] == [
+            ("get_weather", json.loads(args))], f"split at {i}"
