@@ -86,3 +86,19 @@ def test_error_rate_and_temperature_alerts_fire_when_they_should() -> None:
     result = subprocess.run(["promtool", "test", "rules", ALERT_TESTS.name], cwd=ALERT_TESTS.parent,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+PROMETHEUS = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+
+
+@needs_promtool
+def test_promtool_accepts_the_scrape_config_with_its_metrics_key(tmp_path: Path) -> None:
+    """The shipped config as an operator installs it: its rules beside it, the key file in place."""
+    key = tmp_path / "seekd-metrics.key"
+    key.write_text("sk-seekd-example\n")
+    (tmp_path / "alerts.yml").write_text(ALERTS.read_text())
+    config = tmp_path / "prometheus.yml"
+    config.write_text(PROMETHEUS.read_text().replace("/etc/prometheus/seekd-metrics.key", str(key)))
+    result = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
