@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from structured_backends import SCHEMAS  # the same documents the backend comparison uses
 
 from seekd.bench.report import seekd_commit
 from seekd.engine.structured.backend import StructuredBackend, bitmask_width
@@ -34,28 +35,6 @@ from seekd.sampling_params import StructuredOutputParams
 
 VOCAB_SIZE = 129280  # DeepSeek V3/R1 logits width
 EOS = 1
-SCHEMAS = [
-    {
-        "type": "object",
-        "properties": {
-            "name": {"type": "string", "maxLength": 12},
-            "age": {"type": "integer", "minimum": 0, "maximum": 120},
-            "color": {"enum": ["red", "green", "blue"]},
-        },
-        "required": ["name", "age", "color"],
-        "additionalProperties": False,
-    },
-    {
-        "type": "object",
-        "properties": {
-            "ok": {"type": "boolean"},
-            "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "maxItems": 4},
-            "score": {"type": "integer", "minimum": -5, "maximum": 5},
-        },
-        "required": ["ok", "tags", "score"],
-        "additionalProperties": False,
-    },
-]
 
 # The same without maxLength: llguidance masks a length-bounded string token by token (~8 ms a mask
 # over 129k tokens), an unbounded one through its precomputed slices (well under 1 ms).
