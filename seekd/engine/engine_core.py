@@ -241,13 +241,7 @@ def _can_overlap(step: InflightStep) -> bool:
     """The next step may be scheduled before this one's tokens are known unless a request that
     samples in it needs its real output ids on the host to sample again: penalties count them, and a
     grammar must consume the token before it can mask the next one."""
-    return not any(
-        r.grammar is not None
-        or r.sampling_params.presence_penalty
-        or r.sampling_params.frequency_penalty
-        or r.sampling_params.repetition_penalty != 1.0
-        for r in step.requests
-    )
+    return not any(r.grammar is not None or r.sampling_params.has_penalties for r in step.requests)
 
 
 def _finished_output(request: Request, token: list[int], lp=None) -> EngineOutput:

@@ -232,10 +232,6 @@ class ModelRunner:
         return tables, slots
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> StepResult:
-        return self.launch(out).result()
-
-    @torch.inference_mode()
     def launch(self, out: SchedulerOutput, previous: InflightStep | None = None) -> InflightStep:
         """Queue the step on the device and return without waiting for it. Decode rows whose input
         token is still pending take it from `previous`'s sampled ids, on the device."""

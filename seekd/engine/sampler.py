@@ -62,15 +62,14 @@ class SamplingBatch:
             min_p = col([p.min_p for p in params])
 
         presence = frequency = repetition = counts = seen = None
-        if any(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0 for p in params):
+        if any(p.has_penalties for p in params):
             presence = col([p.presence_penalty for p in params])
             frequency = col([p.frequency_penalty for p in params])
             repetition = col([p.repetition_penalty for p in params])
             counts = torch.zeros(len(requests), vocab_size, dtype=torch.float32, device=device)
             seen = torch.zeros(len(requests), vocab_size, dtype=torch.bool, device=device)
             for i, r in enumerate(requests):
-                p = r.sampling_params
-                if not (p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0):
+                if not r.sampling_params.has_penalties:
                     continue  # its penalties are zero; other rows may still have pending outputs
                 if r.output_token_ids:
                     ids = torch.tensor(r.output_token_ids, dtype=torch.int64, device=device)
