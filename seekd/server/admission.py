@@ -31,7 +31,6 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -347,15 +346,20 @@ class AdmissionController:
         return (ticket.tenant not in self.running_by_tenant and ticket.tenant not in self.queue.by_tenant
                 and (head is None or ticket.priority <= head.priority))
 
-    def _shares(self, extra: str) -> Callable[[str], int]:
-        """Each tenant's weighted share of the in-flight slots among the active tenants (running or
-        queued, plus `extra`): rounded up, so that shares never leave slots idle."""
+    def _active_weight(self, extra: str) -> float | None:
+        """Total weight of the active tenants (running or queued, plus `extra`); None when there is
+        only one, which then may use every slot."""
         active = self.running_by_tenant.keys() | self.queue.by_tenant.keys() | {extra}
         if len(active) == 1:
-            return lambda tenant: self.max_inflight_seqs
-        weights = self.queue.weights
-        total = sum(weights.get(t, 1.0) for t in active)
-        return lambda tenant: math.ceil(self.max_inflight_seqs * weights.get(tenant, 1.0) / total)
+            return None
+        return sum(self.queue.weights.get(t, 1.0) for t in active)
+
+    def _share(self, tenant: str, active_weight: float | None) -> int:
+        """The tenant's weighted share of the in-flight slots, rounded up so that shares never
+        leave slots idle."""
+        if active_weight is None:
+            return self.max_inflight_seqs
+        return math.ceil(self.max_inflight_seqs * self.queue.weights.get(tenant, 1.0) / active_weight)
 
     def _first_fitting(self) -> Ticket | None:
         """Out of queue order, when the head's tenant holds its share: the first ticket of a tenant
@@ -363,11 +367,11 @@ class AdmissionController:
         if self.inflight_seqs >= self.max_inflight_seqs:
             return None
         unreserved = max(1, self.max_inflight_seqs - self.config.inflight_reserved_for_new_tenants)
-        share = self._shares(next(iter(self.queue.by_tenant), DEFAULT_TENANT))
+        weight = self._active_weight(next(iter(self.queue.by_tenant), DEFAULT_TENANT))
         room = {
             t for t in self.queue.by_tenant
             if t not in self.running_by_tenant
-            or (self.inflight_seqs < unreserved and self.running_by_tenant[t] < share(t))
+            or (self.inflight_seqs < unreserved and self.running_by_tenant[t] < self._share(t, weight))
         }
         while room:
             ticket = self.queue.first_of(room)
@@ -386,7 +390,7 @@ class AdmissionController:
         if running:
             unreserved = max(1, self.max_inflight_seqs - self.config.inflight_reserved_for_new_tenants)
             if (self.inflight_seqs + ticket.num_seqs > unreserved
-                    or running + 1 > self._shares(ticket.tenant)(ticket.tenant)):
+                    or running + 1 > self._share(ticket.tenant, self._active_weight(ticket.tenant))):
                 return False
         limit = self.config.max_inflight_tokens
         return not limit or self.inflight_tokens + ticket.cost <= limit
