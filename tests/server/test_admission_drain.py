@@ -24,7 +24,11 @@ def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(data_d
         for t in threads:
             t.start()
         deadline = time.monotonic() + 30
-        while server.ready_payload()["admission"]["queued"] < 2:  # two running, two queued
+        def admitted_or_queued() -> int:
+            admission = server.ready_payload()["admission"]
+            return admission["inflight_seqs"] + admission["queued"]
+
+        while admitted_or_queued() < 4:  # all four in: one running (one slot is kept for newcomers), three queued
             assert time.monotonic() < deadline
             time.sleep(0.02)
         server.process.send_signal(signal.SIGTERM)
