@@ -10,6 +10,7 @@ Failures of every kind become a RequestResult with an error label; a run never s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -166,6 +167,14 @@ def arrival_offsets(num_requests: int, request_rate: float, seed: int) -> list[f
     return offsets
 
 
+async def _warm_up(client: httpx.AsyncClient, config: ClientConfig) -> None:
+    """One untimed GET first, so that the HTTP stack's lazy imports and first connection are not charged
+    to the first request's TTFT (on a busy machine that alone was a quarter of a second)."""
+    with contextlib.suppress(httpx.HTTPError):  # an unreachable server is reported per request by the timed run
+        await client.get(config.base_url.rstrip("/") + "/v1/models", headers=config.headers,
+                         timeout=min(config.timeout_s, 10.0))
+
+
 async def run_load(
     config: ClientConfig,
     requests: Sequence[BenchRequest],
@@ -184,6 +193,7 @@ async def run_load(
     offsets = arrival_offsets(len(requests), request_rate, seed)
 
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+        await _warm_up(client, config)
         start = time.perf_counter()
 
         async def one(request: BenchRequest, offset: float) -> RequestResult:
