@@ -8,6 +8,7 @@ If the summed kernel time per step is far under the wall time per step, the GPU 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -19,12 +20,31 @@ from seekd import LLM, SamplingParams
 from seekd.engine.request import EngineCoreRequest
 
 
+def write_timeline(engine, path: str) -> None:
+    """The kernels of one decode step in launch order, with the idle gap before each: where a step's
+    time goes between kernels (launch latency inside a CUDA graph, host waits) as well as in them."""
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        engine.step()
+        torch.cuda.synchronize()
+    kernels = sorted((e for e in prof.events() if e.device_type.name == "CUDA"), key=lambda e: e.time_range.start)
+    rows, end = [], None
+    for e in kernels:
+        start = e.time_range.start
+        rows.append({"name": e.name[:120], "start_us": start, "dur_us": e.time_range.elapsed_us(),
+                     "gap_us": 0.0 if end is None else start - end})
+        end = max(end or 0.0, e.time_range.end)
+    with open(path, "w") as f:
+        json.dump({"kernels": rows, "span_us": end - kernels[0].time_range.start if kernels else 0.0,
+                   "busy_us": sum(r["dur_us"] for r in rows)}, f, indent=1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shape", default="r1-distill-qwen-7b", choices=sorted(SHAPES))
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--timeline", help="write one step's kernels (name, start and duration in µs) as JSON here")
     args = parser.parse_args()
     llm = LLM(str(make_model_folder(args.shape)), load_format="dummy", dtype="bfloat16", device="cuda",
               max_model_len=4096, show_progress=False)
@@ -52,6 +72,8 @@ def main() -> int:
     print(f"batch {args.batch}, context {args.context}: wall {wall_ms:.3f} ms/step, "
           f"GPU kernels {gpu_us / 1e3:.3f} ms/step")
     print(events.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))
+    if args.timeline:
+        write_timeline(engine, args.timeline)
     return 0
 
 
