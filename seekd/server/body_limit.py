@@ -4,6 +4,7 @@ The body is read here and replayed to the app, so a limit also holds for chunked
 carry no Content-Length. An oversized body is drained (up to a bound) before the 413 is sent,
 because HTTP clients that are still writing the body would otherwise see a reset, not the error.
 A body nested deeper than `max_json_depth` gets a 400 here too: the JSON parser would recurse on it.
+So does a body with a lone UTF-16 surrogate in a string, which no later stage could encode.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from seekd.server.errors import APIError
 from seekd.server.json_depth import deeper_than
+from seekd.server.lone_surrogates import lone_surrogate_path
 
 MAX_DRAIN_FACTOR = 8  # beyond limit * this, stop reading and let the connection drop
 
@@ -46,6 +48,9 @@ class BodySizeLimitMiddleware:
         if self.max_json_depth and deeper_than(body, self.max_json_depth):
             await self._reject_depth(send)
             return
+        if (where := lone_surrogate_path(body)) is not None:
+            await _reject_surrogate(where, send)
+            return
         replayed = False
 
         async def replay() -> Message:
@@ -76,6 +81,16 @@ class BodySizeLimitMiddleware:
             code="json_too_deep",
         )
         await error.response()({"type": "http"}, _no_receive, send)
+
+
+async def _reject_surrogate(where: str, send: Send) -> None:
+    error = APIError(
+        HTTPStatus.BAD_REQUEST,
+        f"the request body holds a lone UTF-16 surrogate (half of an escaped pair, e.g. \\ud800) in "
+        f"{where or 'the body'}; strings must be valid Unicode",
+        param=where or None, code="invalid_unicode",
+    )
+    await error.response()({"type": "http"}, _no_receive, send)
 
 
 async def _no_receive() -> Message:

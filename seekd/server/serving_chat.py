@@ -44,11 +44,14 @@ def _message_dict(index: int, message: ChatMessage) -> dict[str, Any]:
     if isinstance(content, list):
         texts = []
         for part in content:
-            if part.type != "text" or part.text is None:
+            if part.type != "text":
                 raise invalid_request(
                     f"message {index}: content part type {part.type!r} is not supported (only 'text')",
                     param=f"messages.{index}.content",
                 )
+            if part.text is None:
+                raise invalid_request(f"message {index}: a 'text' content part needs a 'text' string",
+                                      param=f"messages.{index}.content")
             texts.append(part.text)
         content = "".join(texts)
     out = {**(message.model_extra or {}), "role": message.role, "content": content}
@@ -57,9 +60,16 @@ def _message_dict(index: int, message: ChatMessage) -> dict[str, Any]:
     return out
 
 
+# Template arguments the server sets from request fields; a chat_template_kwargs copy would clash.
+RESERVED_TEMPLATE_KWARGS = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token"})
+
+
 def _check_supported(req: ChatCompletionRequest) -> None:
     if req.top_logprobs is not None and not req.logprobs:
         raise invalid_request("top_logprobs needs logprobs=true", param="top_logprobs")
+    if clash := sorted(RESERVED_TEMPLATE_KWARGS & set(req.chat_template_kwargs or {})):
+        raise invalid_request(f"chat_template_kwargs may not set {', '.join(clash)}: the request's own fields "
+                              "(messages, tools, add_generation_prompt) set them", param="chat_template_kwargs")
 
 
 def _format_after_reasoning(

@@ -1,0 +1,185 @@
+"""Hostile request bodies against a live `seekd serve` (demo model): every malformed, mistyped or
+out-of-range body gets an OpenAI error object with a 4xx status, never a 5xx, and the server keeps
+serving with correct output afterwards. Complements test_fuzz_schema.py (schema-driven cases) with
+the inputs a schema cannot generate: non-JSON literals (NaN, Infinity), lone UTF-16 surrogates,
+non-object bodies, wrong content types, and fields that clash with the server's own arguments."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from .conftest import ServerHandle
+
+pytestmark = pytest.mark.slow
+
+COMPLETIONS = "/completions"
+CHAT = "/chat/completions"
+USER_X = '"messages":[{"role":"user","content":"x"}],"max_tokens":2'
+
+
+def _chat(extra: str) -> bytes:
+    return ("{" + USER_X + ("," + extra if extra else "") + "}").encode()
+
+
+def post(server: ServerHandle, path: str, body: bytes, content_type: str | None = "application/json") -> httpx.Response:
+    headers = {"content-type": content_type} if content_type else {}
+    return httpx.post(f"{server.api_url}{path}", content=body, headers=headers, timeout=60)
+
+
+def openai_error(response: httpx.Response) -> dict:
+    payload = response.json()
+    assert set(payload) == {"error"}, payload
+    error = payload["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert isinstance(error["message"], str) and error["message"]
+    return error
+
+
+# (path, body, expected param or None, expected code or None): each must be a 400.
+BAD_BODIES = [
+    # not a JSON object
+    (COMPLETIONS, b"", None, None),
+    (COMPLETIONS, b"null", None, None),
+    (COMPLETIONS, b"[]", None, None),
+    (COMPLETIONS, b"[1, 2]", None, None),
+    (CHAT, b"3", None, None),
+    (CHAT, b'"a string"', None, None),
+    (COMPLETIONS, b'{"prompt": "x", "max_tokens": ', None, "invalid_json"),
+    # JSON extensions Python's parser accepts
+    (COMPLETIONS, b'{"prompt": "x", "temperature": NaN}', "temperature", None),
+    (COMPLETIONS, b'{"prompt": "x", "temperature": Infinity}', "temperature", None),
+    (COMPLETIONS, b'{"prompt": "x", "top_p": NaN}', "top_p", None),
+    (COMPLETIONS, b'{"prompt": "x", "timeout": NaN}', "timeout", None),
+    (COMPLETIONS, b'{"prompt": "x", "frequency_penalty": -Infinity}', "frequency_penalty", None),
+    (COMPLETIONS, b'{"prompt": "x", "max_tokens": 1e400}', "max_tokens", None),
+    (COMPLETIONS, b'{"prompt": "x", "temperature": 1e308}', "temperature", None),
+    (COMPLETIONS, b'{"prompt": "x", "max_tokens": 1000000000000000000000000000000}', "max_tokens", None),
+    # wrong types and ranges
+    (COMPLETIONS, b'{"prompt": "x", "max_tokens": 5.5}', "max_tokens", None),
+    (COMPLETIONS, b'{"prompt": "x", "seed": 1.5}', "seed", None),
+    (COMPLETIONS, b'{"prompt": "x", "max_tokens": 0}', "max_tokens", None),
+    (COMPLETIONS, b'{"prompt": "x", "logprobs": 21}', "logprobs", None),
+    (COMPLETIONS, b'{"prompt": "x", "logprobs": -1}', "logprobs", None),
+    (COMPLETIONS, b'{"prompt": "x", "logit_bias": [1]}', "logit_bias", None),
+    (COMPLETIONS, b'{"prompt": "x", "logit_bias": {"not a token": 1}}', "logit_bias", None),
+    (COMPLETIONS, b'{"prompt": "x", "user": 5}', "user", None),
+    (COMPLETIONS, b'{"prompt": "x", "model": 5}', "model", None),
+    (COMPLETIONS, b'{"prompt": "x", "stream_options": 5}', "stream_options", None),
+    (COMPLETIONS, b'{"prompt": "x", "max_tokens": 2, "min_tokens": 5}', None, None),
+    (CHAT, _chat('"n": 1000000'), "n", None),
+    (CHAT, _chat('"logprobs": true, "top_logprobs": -1'), "top_logprobs", None),
+    (CHAT, _chat('"top_logprobs": 3'), "top_logprobs", None),
+    (CHAT, _chat('"response_format": "json"'), "response_format", None),
+    (CHAT, _chat('"tools": "x"'), "tools", None),
+    (CHAT, _chat('"tools": [5]'), "tools.0", None),
+    # prompts
+    (COMPLETIONS, b'{"prompt": null}', None, None),
+    (COMPLETIONS, b"{}", "prompt", None),
+    (COMPLETIONS, b'{"prompt": "", "max_tokens": 2}', "prompt", None),
+    (COMPLETIONS, b'{"prompt": [[]], "max_tokens": 2}', "prompt", None),
+    (COMPLETIONS, b'{"prompt": [[1], []], "max_tokens": 2}', "prompt", None),
+    (COMPLETIONS, b'{"prompt": [-1], "max_tokens": 2}', None, None),
+    (COMPLETIONS, b'{"prompt": [1, "a"], "max_tokens": 2}', None, None),
+    (COMPLETIONS, b'{"prompt": [999999999], "max_tokens": 2}', None, None),
+    # messages
+    (CHAT, b'{"messages": []}', "messages", None),
+    (CHAT, b'{"messages": [{}]}', "messages.0.role", None),
+    (CHAT, b'{"messages": [{"content": "x"}]}', "messages.0.role", None),
+    (CHAT, b'{"messages": [{"role": "tool", "content": "x"}], "max_tokens": 2}', "messages.0.tool_call_id", None),
+    (CHAT, b'{"messages": [{"role": "bogus", "content": "x"}], "max_tokens": 2}', "messages", None),
+    (CHAT, b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}], "max_tokens": 2}',
+     "messages.0.content", None),
+    # a text part without text once got "part type 'text' is not supported (only 'text')"
+    (CHAT, b'{"messages": [{"role": "user", "content": [{"type": "text", "text": null}]}], "max_tokens": 2}',
+     "messages.0.content", None),
+    # keys the server passes to the chat template itself: a copy in chat_template_kwargs was a TypeError (500)
+    (CHAT, _chat('"chat_template_kwargs": {"messages": 1}'), "chat_template_kwargs", None),
+    (CHAT, _chat('"chat_template_kwargs": {"tools": 1}'), "chat_template_kwargs", None),
+    (CHAT, _chat('"chat_template_kwargs": {"add_generation_prompt": 5}'), "chat_template_kwargs", None),
+    # lone UTF-16 surrogates: each was a 500 (tokenizer TypeError, UnicodeEncodeError in stop strings,
+    # grammar compilation, the unknown-model 404 and the access log)
+    (COMPLETIONS, b'{"prompt": "\\ud800", "max_tokens": 2}', "prompt", "invalid_unicode"),
+    (COMPLETIONS, b'{"prompt": ["ok", "a\\udfffb"], "max_tokens": 2}', "prompt.1", "invalid_unicode"),
+    (COMPLETIONS, b'{"prompt": "\xed\xa0\x80", "max_tokens": 2}', "prompt", "invalid_unicode"),
+    (COMPLETIONS, b'{"prompt": "x", "stop": "\\ud800", "max_tokens": 2}', "stop", "invalid_unicode"),
+    (COMPLETIONS, b'{"prompt": "x", "stop": ["ok", "\\udfff\\ud800"], "max_tokens": 2}', "stop.1", "invalid_unicode"),
+    (COMPLETIONS, b'{"prompt": "x", "model": "\\ud800"}', "model", "invalid_unicode"),
+    (COMPLETIONS, b'{"prompt": "x", "\\ud800": 1}', "\\ud800", "invalid_unicode"),
+    (CHAT, b'{"messages": [{"role": "user", "content": "\\ud800"}], "max_tokens": 2}',
+     "messages.0.content", "invalid_unicode"),
+    (CHAT, b'{"messages": [{"role": "user", "content": "x", "name": "\\udc00"}], "max_tokens": 2}',
+     "messages.0.name", "invalid_unicode"),
+    (CHAT, _chat('"tools": [{"type": "function", "function": {"name": "f", "description": "\\udc00"}}]'),
+     "tools.0.function.description", "invalid_unicode"),
+    (CHAT, _chat('"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": '
+                 '{"type": "object", "properties": {"\\ud800": {"type": "string"}}}}}'),
+     "response_format.json_schema.schema.properties.\\ud800", "invalid_unicode"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "param", "code"), BAD_BODIES,
+                         ids=[f"{i}-{body[:40]!r}" for i, (_, body, _, _) in enumerate(BAD_BODIES)])
+def test_bad_body_gets_an_openai_400(server: ServerHandle, path: str, body: bytes, param: str | None,
+                                     code: str | None) -> None:
+    response = post(server, path, body)
+    assert response.status_code == 400, response.text
+    error = openai_error(response)
+    assert error["type"] == "invalid_request_error"
+    if param is not None:
+        assert error["param"] == param, error
+    if code is not None:
+        assert error["code"] == code, error
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
+                                          "multipart/form-data; boundary=b"])
+def test_a_body_that_is_not_declared_json_is_a_400(server: ServerHandle, content_type: str | None) -> None:
+    response = post(server, COMPLETIONS, b'{"prompt": "x", "max_tokens": 2}', content_type)
+    assert response.status_code == 400, response.text
+    openai_error(response)
+
+
+@pytest.mark.parametrize(("method", "path", "status"), [
+    ("GET", COMPLETIONS, 405), ("PUT", CHAT, 405), ("DELETE", CHAT, 405), ("POST", "/models", 405),
+    ("POST", "/no-such-route", 404),
+])
+def test_wrong_method_or_route_is_an_openai_error(server: ServerHandle, method: str, path: str, status: int) -> None:
+    response = httpx.request(method, f"{server.api_url}{path}", content=b"{}", timeout=30)
+    assert response.status_code == status
+    openai_error(response)
+
+
+def test_valid_but_unusual_text_is_served(server: ServerHandle) -> None:
+    """Well-formed Unicode of every kind goes through: paired surrogate escapes (emoji from
+    ensure_ascii clients), NUL, right-to-left marks, and strings with brackets."""
+    texts = ["\U0001F600 emoji", "a\x00b", "\u202eRTL\u202c text", "[[{{", "你好"]
+    for text in texts:
+        body = json.dumps({"prompt": text, "max_tokens": 2, "stop": [text]}, ensure_ascii=True).encode()
+        assert b"\\ud83d\\ude00" in body or "\U0001F600" not in text
+        response = post(server, COMPLETIONS, body)
+        assert response.status_code == 200, (text, response.text)
+        chat = json.dumps({"messages": [{"role": "user", "content": text}], "max_tokens": 2}).encode()
+        assert post(server, CHAT, chat).status_code == 200
+
+
+def test_many_and_long_stop_strings_are_served(server: ServerHandle) -> None:
+    body = {"prompt": "x", "max_tokens": 4, "ignore_eos": True, "stop": [f"stop-{i}" for i in range(2000)]}
+    response = post(server, COMPLETIONS, json.dumps(body).encode())
+    assert response.status_code == 200, response.text
+    body["stop"] = "z" * 50_000
+    response = post(server, COMPLETIONS, json.dumps(body).encode())
+    assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_server_serves_correctly_after_the_hostile_inputs(server: ServerHandle) -> None:
+    body = json.dumps({"prompt": "hello there", "max_tokens": 6, "temperature": 0, "ignore_eos": True}).encode()
+    first = post(server, COMPLETIONS, body)
+    second = post(server, COMPLETIONS, body)
+    assert first.status_code == second.status_code == 200
+    assert first.json()["choices"][0]["text"] == second.json()["choices"][0]["text"]
+    assert first.json()["usage"]["completion_tokens"] == 6
+    assert server.process.poll() is None
+    assert "Traceback" not in server.log() and "unhandled error" not in server.log()
