@@ -72,6 +72,22 @@ def validation_error(exc: RequestValidationError) -> APIError:
     return invalid_request(f"invalid value for '{param}': {msg}", param=param)
 
 
+SERVED_ENDPOINTS = "POST /v1/chat/completions, POST /v1/completions, GET /v1/models"
+
+
+def routing_error(method: str, path: str, exc: StarletteHTTPException) -> APIError:
+    """Routing's own 404/405 say which URL failed and what is served, as OpenAI's "Invalid URL" does:
+    a client pointed at an endpoint seekd lacks (/v1/embeddings, /v1/responses) learns why."""
+    if exc.status_code == HTTPStatus.NOT_FOUND and exc.detail == "Not Found":
+        return APIError(HTTPStatus.NOT_FOUND, f"Invalid URL ({method} {path}): seekd serves {SERVED_ENDPOINTS}",
+                        type="invalid_request_error", code="unknown_url")
+    if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
+        allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
+        return APIError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not allowed on {path} (allowed: {allowed})",
+                        code="method_not_allowed", headers=exc.headers)
+    return APIError(exc.status_code, str(exc.detail), headers=exc.headers)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -83,7 +99,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return APIError(exc.status_code, str(exc.detail)).response()
+        return routing_error(request.method, request.url.path, exc).response()
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:

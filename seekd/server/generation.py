@@ -25,7 +25,8 @@ from seekd.server.admission import AdmissionController, RequestPolicy
 from seekd.server.engine_client import EngineClient, EngineDeadError, EngineRequestError, RequestStream
 from seekd.server.errors import APIError, invalid_request
 from seekd.server.logprobs import TokenTexts
-from seekd.server.protocol import PromptTokensDetails, SamplingFields, Usage
+from seekd.server.protocol import CompletionTokensDetails, PromptTokensDetails, SamplingFields, Usage
+from seekd.server.reasoning import ReasoningTags, ReasoningTokenCounter
 from seekd.server.response_format import structured_from_response_format
 from seekd.text.detokenizer import IncrementalDetokenizer
 from seekd.text.tokenizer import Tokenizer
@@ -139,9 +140,12 @@ class Choice:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    reasoning: ReasoningTokenCounter | None = None  # chat only
 
     def absorb(self, out: EngineOutput) -> ChoiceUpdate:
         self.num_tokens += len(out.new_token_ids)
+        if self.reasoning is not None:
+            self.reasoning.feed(out.new_token_ids)
         self.num_cached_tokens = out.num_cached_tokens
         new_logprobs = list(out.new_logprobs or [])
         self.logprobs.extend(new_logprobs)
@@ -161,9 +165,11 @@ class Generation:
 
     def __init__(
         self, ctx: ServingContext, request_id: str, prompts: list[list[int]], params: SamplingParams,
-        policy: RequestPolicy,
+        policy: RequestPolicy, reasoning: ReasoningTags | None = None,
     ) -> None:
+        """`reasoning` (chat): count each choice's reasoning tokens for the usage."""
         self.ctx = ctx
+        self.reasoning = reasoning
         self.request_id = request_id
         self.prompts = prompts
         self.params = params
@@ -181,7 +187,8 @@ class Generation:
                 detok = IncrementalDetokenizer(
                     ctx.tokenizer, child.skip_special_tokens, child.stop, child.include_stop_str_in_output
                 )
-                self.choices.append(Choice(index, engine_id, p, detok))
+                self.choices.append(Choice(index, engine_id, p, detok,
+                                           reasoning=reasoning.counter() if reasoning is not None else None))
                 self._requests.append(
                     EngineCoreRequest(
                         request_id=engine_id, prompt_token_ids=prompt, sampling_params=child,
@@ -297,4 +304,6 @@ class Generation:
             completion_tokens=self.completion_tokens,
             total_tokens=self.prompt_tokens + self.completion_tokens,
             prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens),
+            completion_tokens_details=None if self.reasoning is None else CompletionTokensDetails(
+                reasoning_tokens=sum(c.reasoning.tokens for c in self.choices if c.reasoning is not None)),
         )

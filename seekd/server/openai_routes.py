@@ -73,8 +73,19 @@ async def list_models(request: Request) -> ModelList:
     principal = principal_of(request.scope)
     if principal is not None and not principal.key.allows_model(ctx.served_model_name):
         return ModelList(data=[])
-    card = ModelCard(id=ctx.served_model_name, created=ctx.created, max_model_len=ctx.max_model_len)
-    return ModelList(data=[card])
+    return ModelList(data=[_model_card(ctx)])
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+async def retrieve_model(model_id: str, request: Request) -> ModelCard:
+    """`client.models.retrieve(id)`; a name with a '/' (an organisation/model id) is one path."""
+    ctx = serving_context(request)
+    _check_model(ctx, model_id, request)
+    return _model_card(ctx)
+
+
+def _model_card(ctx: ServingContext) -> ModelCard:
+    return ModelCard(id=ctx.served_model_name, created=ctx.created, max_model_len=ctx.max_model_len)
 
 
 @router.post("/v1/chat/completions", responses={200: {"model": ChatCompletionResponse}})

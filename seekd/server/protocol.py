@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # JSON integers are unbounded; past these bounds a value could only overflow (msgpack, torch seeds)
 # deeper in the stack, so it is refused here as a 400.
@@ -90,6 +90,25 @@ class ChatCompletionRequest(SamplingFields):
     tools: list[dict[str, Any]] | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None  # the legacy form of tools (seekd.server.legacy_functions)
+    function_call: Any = None  # the legacy form of tool_choice
+    modalities: list[str] | None = None  # only ["text"]: seekd generates no audio
+    audio: dict[str, Any] | None = None  # audio output parameters: refused, as modalities with "audio"
+
+    @field_validator("modalities")
+    @classmethod
+    def _text_only(cls, modalities: list[str] | None) -> list[str] | None:
+        """Asking for audio and getting text alone would be silently wrong: a 400 instead."""
+        if modalities is not None and set(modalities) - {"text"}:
+            raise ValueError(f"seekd generates text only; {sorted(set(modalities) - {'text'})} is not supported")
+        return modalities
+
+    @field_validator("audio")
+    @classmethod
+    def _no_audio(cls, audio: dict[str, Any] | None) -> dict[str, Any] | None:
+        if audio is not None:
+            raise ValueError("audio output is not supported: seekd generates text only")
+        return audio
 
     def template_kwargs(self) -> dict[str, Any]:
         """chat_template_kwargs plus the request-level thinking options (these win when both are set)."""
@@ -119,11 +138,16 @@ class PromptTokensDetails(BaseModel):
     cached_tokens: int = 0
 
 
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = 0  # chat: tokens of the <think> block, its closing tag included
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class TopLogprob(BaseModel):
@@ -177,6 +201,7 @@ class ResponseMessage(BaseModel):
     content: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[ToolCallOut] | None = None
+    function_call: FunctionCall | None = None  # only for a request in the legacy `functions` form
 
 
 class ChatChoice(BaseModel):
@@ -202,6 +227,7 @@ class DeltaMessage(BaseModel):
     content: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
+    function_call: DeltaFunctionCall | None = None  # only for a request in the legacy `functions` form
 
 
 class ChatChunkChoice(BaseModel):

@@ -95,3 +95,38 @@ def _partial_suffix(text: str, tag: str) -> int:
         if text.endswith(tag[:n]):
             return n
     return 0
+
+
+@dataclass(frozen=True)
+class ReasoningTags:
+    """The token ids of the tags (None where a tag is not one token) and whether the prompt opened
+    the block: what `ReasoningTokenCounter` needs, fixed per request."""
+
+    open_in_prompt: bool
+    start_id: int | None
+    end_id: int | None
+
+    def counter(self) -> ReasoningTokenCounter:
+        return ReasoningTokenCounter(self)
+
+
+class ReasoningTokenCounter:
+    """Usage's `reasoning_tokens` of one choice: the generated tokens from an open `<think>` (the
+    prompt's, or a first generated `<think>` token) through the `</think>` token. Counted on token ids,
+    so streamed and whole responses report the same number; where `</think>` is not one token,
+    nothing is counted (the block could not be told apart from the answer token by token)."""
+
+    def __init__(self, tags: ReasoningTags) -> None:
+        self.tags = tags
+        self.open = tags.open_in_prompt and tags.end_id is not None
+        self.tokens = 0
+        self._first = True
+
+    def feed(self, token_ids: list[int]) -> None:
+        for token in token_ids:
+            if self._first and not self.open and self.tags.end_id is not None and token == self.tags.start_id:
+                self.open = True
+            self._first = False
+            if self.open:
+                self.tokens += 1
+                self.open = token != self.tags.end_id

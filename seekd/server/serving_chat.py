@@ -20,6 +20,7 @@ from seekd.server.generation import (
     check_context_length,
     check_input_limits,
 )
+from seekd.server.legacy_functions import as_function_call, legacy_history
 from seekd.server.logprobs import chat_logprobs
 from seekd.server.protocol import (
     ChatChoice,
@@ -31,9 +32,16 @@ from seekd.server.protocol import (
     DeltaMessage,
     ResponseMessage,
 )
-from seekd.server.reasoning import THINK_END, prompt_opens_reasoning
+from seekd.server.reasoning import THINK_END, THINK_START, ReasoningTags, prompt_opens_reasoning
 from seekd.server.streaming import EventStreamResponse, prime, render_events, run_until_disconnect, sse
-from seekd.server.tool_calls import ChoiceOutput, chat_finish_reason, prepare_history, tool_setup, whole_output
+from seekd.server.tool_calls import (
+    ChoiceOutput,
+    chat_finish_reason,
+    merge_tool_deltas,
+    prepare_history,
+    tool_setup,
+    whole_output,
+)
 from seekd.text.chat_template import ChatTemplateError
 from seekd.text.tool_parsers import detect_tool_format
 
@@ -91,7 +99,7 @@ async def create_chat_completion(
     policy = request_policy(request, req.priority, req.timeout, ctx.request_timeout_s, req.cache_salt)
     _check_supported(req)
     tools = tool_setup(req, detect_tool_format(ctx.tokenizer.model_type, ctx.tokenizer.chat_template))
-    messages = prepare_history([_message_dict(i, m) for i, m in enumerate(req.messages)])
+    messages = prepare_history(legacy_history([_message_dict(i, m) for i, m in enumerate(req.messages)]))
     try:
         prompt_text = ctx.tokenizer.apply_chat_template(
             messages, add_generation_prompt=req.add_generation_prompt, tools=tools.tools, **req.template_kwargs()
@@ -111,7 +119,8 @@ async def create_chat_completion(
         params = msgspec.structs.replace(params, structured=tools.structured)
     if params.structured is not None:
         params, in_reasoning = _format_after_reasoning(ctx, params, in_reasoning)
-    gen = Generation(ctx, request_id, [prompt_ids], params, policy)
+    tags = ReasoningTags(in_reasoning, ctx.tokenizer.token_to_id(THINK_START), ctx.tokenizer.token_to_id(THINK_END))
+    gen = Generation(ctx, request_id, [prompt_ids], params, policy, reasoning=tags)
     request.state.generation = gen  # for the access log
 
     if req.stream:
@@ -136,6 +145,8 @@ async def create_chat_completion(
                 stop_reason=c.stop_reason,
             )
         )
+        if tools.legacy:
+            as_function_call(choices[-1])
     response = ChatCompletionResponse(
         id=request_id, created=gen.created, model=ctx.served_model_name, choices=choices, usage=gen.usage()
     )
@@ -169,9 +180,12 @@ async def _chat_events(
             return None
         logprobs = chat_logprobs(ctx.token_texts, update.logprobs, num_top) if num_top is not None else None
         message = DeltaMessage(content=delta.content or None, reasoning_content=delta.reasoning or None,
-                               tool_calls=delta.tool_calls or None)
-        return chunk([ChatChunkChoice(index=update.index, delta=message, logprobs=logprobs,
-                                      finish_reason=chat_finish_reason(update.finish_reason, parser))])
+                               tool_calls=merge_tool_deltas(delta.tool_calls) or None)
+        choice = ChatChunkChoice(index=update.index, delta=message, logprobs=logprobs,
+                                 finish_reason=chat_finish_reason(update.finish_reason, parser))
+        if parser.setup.legacy:
+            as_function_call(choice)
+        return chunk([choice])
 
     opening = [chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content=""))
                       for c in gen.choices])]

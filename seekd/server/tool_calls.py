@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from seekd.sampling_params import StructuredOutputParams
 from seekd.server.errors import invalid_request
+from seekd.server.legacy_functions import tool_fields
 from seekd.server.protocol import ChatCompletionRequest, DeltaFunctionCall, DeltaToolCall, FunctionCall, ToolCallOut
 from seekd.server.reasoning import ReasoningParser
 from seekd.server.response_format import structured_from_schema
@@ -44,6 +45,7 @@ class ToolSetup:
     named: str | None = None
     structured: StructuredOutputParams | None = None
     tool_format: str | None = None  # the parser's key, for "auto"
+    legacy: bool = False  # asked in the legacy functions form: answered as `function_call`
 
 
 def new_call_id() -> str:
@@ -76,18 +78,24 @@ def _check_tools(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def tool_setup(req: ChatCompletionRequest, tool_format: str) -> ToolSetup:
     """Checks tools, tool_choice and parallel_tool_calls (400s), and decides the mode."""
-    choice = req.tool_choice
-    if not req.tools:
+    tools, choice, parallel_tool_calls, legacy = tool_fields(req)
+    setup = _tool_setup(tools, choice, parallel_tool_calls, req.response_format, tool_format)
+    return replace(setup, legacy=True) if legacy else setup
+
+
+def _tool_setup(tools: list[dict[str, Any]] | None, choice: Any, parallel_tool_calls: bool | None,
+                response_format: dict[str, Any] | None, tool_format: str) -> ToolSetup:
+    if not tools:
         if choice not in (None, "none"):
             raise invalid_request("tool_choice needs tools: the request has none", param="tool_choice")
         return ToolSetup("none", None)
-    schemas = _check_tools(req.tools)
-    if choice not in (None, "auto", "none") and (req.response_format or {}).get("type") not in (None, "text"):
+    schemas = _check_tools(tools)
+    if choice not in (None, "auto", "none") and (response_format or {}).get("type") not in (None, "text"):
         raise invalid_request("tool_choice 'required' or a named function cannot be combined with a "
                               "response_format: both constrain the whole output", param="tool_choice")
-    parallel = req.parallel_tool_calls is not False
+    parallel = parallel_tool_calls is not False
     if choice in (None, "auto"):
-        return ToolSetup("auto", req.tools, parallel, tool_format=tool_format)
+        return ToolSetup("auto", tools, parallel, tool_format=tool_format)
     if choice == "none":
         return ToolSetup("none", None, parallel)
     if choice == "required":
@@ -99,14 +107,14 @@ def tool_setup(req: ChatCompletionRequest, tool_format: str) -> ToolSetup:
         schema: dict[str, Any] = {"type": "array", "items": items, "minItems": 1}
         if not parallel:
             schema["maxItems"] = 1
-        return ToolSetup("required", req.tools, parallel,
+        return ToolSetup("required", tools, parallel,
                          structured=structured_from_schema(schema, param="tool_choice"))
     if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
         name = choice["function"].get("name")
         if name not in schemas:
             raise invalid_request(f"tool_choice names function {name!r}, which is not among the tools "
                                   f"({', '.join(schemas)})", param="tool_choice")
-        return ToolSetup("named", req.tools, parallel, named=name,
+        return ToolSetup("named", tools, parallel, named=name,
                          structured=structured_from_schema(schemas[name], param="tool_choice"))
     raise invalid_request('tool_choice must be "none", "auto", "required" or {"type": "function", "function": '
                           '{"name": ...}}', param="tool_choice")
@@ -254,6 +262,21 @@ class ChoiceOutput:
                 index = len(self.ids) + len([p for p in out if p.name is not None])
                 arguments = json.dumps(element.get("arguments", {}), ensure_ascii=False)
                 out.append(ToolCallDelta(index, name=element["name"], arguments=arguments))
+
+
+def merge_tool_deltas(deltas: list[DeltaToolCall]) -> list[DeltaToolCall]:
+    """One entry per call in a chunk, as OpenAI sends them: argument pieces that follow a piece of
+    the same call are appended to it, so clients that read only the first entry of an index lose
+    nothing."""
+    out: list[DeltaToolCall] = []
+    for delta in deltas:
+        if out and out[-1].index == delta.index and delta.id is None:
+            last = out[-1].function
+            out[-1] = out[-1].model_copy(update={"function": DeltaFunctionCall(
+                name=last.name, arguments=(last.arguments or "") + (delta.function.arguments or ""))})
+        else:
+            out.append(delta)
+    return out
 
 
 def whole_output(setup: ToolSetup, in_reasoning: bool, text: str) -> tuple[ChatDelta, ChoiceOutput]:
