@@ -34,7 +34,11 @@ def tune_batch1_gemv(model: nn.Module) -> dict[str, dict]:
     report = {}
     for (shape, _, _, gated), modules in groups.items():
         baseline = silu_and_mul if gated else (lambda x: x)  # what the reference path launches first
-        choice, timings = pick_gemv([m.weight for m in modules], [m.bias for m in modules], gated, baseline)
+        try:
+            choice, timings = pick_gemv([m.weight for m in modules], [m.bias for m in modules], gated, baseline)
+        except Exception:  # an optional speed-up must not stop the server from starting
+            logger.exception("timing the batch-1 GEMV for %s failed; keeping cuBLAS", shape)
+            choice, timings = None, {}
         for module in modules:
             module.gemv = choice
         name = f"{shape[0]}x{shape[1]}{' gated' if gated else ''}"
