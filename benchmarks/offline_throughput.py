@@ -194,6 +194,7 @@ def main() -> int:
         "copy_bandwidth_gb_s": bandwidth / 1e9,
         "weight_bytes": wbytes,
         "roofline_ms_per_token": wbytes / bandwidth * 1e3,
+        "batch1_gemv": llm.engine.runner.gemv_report,  # per weight shape: cuBLAS or Triton, and why
     }
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"offline_{args.shape}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

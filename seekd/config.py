@@ -89,6 +89,11 @@ class DeviceConfig:
     enforce_eager: bool = False  # never replay decode steps as CUDA graphs
     cpu_threads: int | None = None  # torch threads when running on the CPU; default: all cores but one
     cuda_graph_max_batch: int = 256  # largest decode batch captured as a graph
+    batch1_gemv: str = "auto"  # auto: time cuBLAS against the Triton GEMV per weight shape at start-up | cublas
+
+    def __post_init__(self) -> None:
+        if self.batch1_gemv not in ("auto", "cublas"):
+            raise ValueError(f"batch1_gemv must be auto or cublas, not {self.batch1_gemv!r}")
 
     def resolve(self) -> str:
         if self.device != "auto":

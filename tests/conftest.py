@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 
 GPU_AVAILABLE = torch.cuda.is_available()
+if not GPU_AVAILABLE:
+    # Without a GPU the Triton kernels run through Triton's interpreter, so their comparisons with the
+    # reference code run in CI too. It must be on before any kernel module is imported.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+KERNEL_DEVICE = "cuda" if GPU_AVAILABLE else "cpu"
 
 # Tiny test tensors gain nothing from intra-op threads, and on a loaded 2-core machine the threads
 # fight the server subprocesses: one thread keeps a tiny matmul at microseconds, not milliseconds.
@@ -19,6 +25,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not GPU_AVAILABLE:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def kernel_device() -> str:
+    """Where a `triton`-marked test runs its kernels: the GPU, or the CPU through the interpreter."""
+    pytest.importorskip("triton")
+    return KERNEL_DEVICE
 
 
 def save_tiny_hf_model(kind: str, folder: Path, **overrides) -> torch.nn.Module:

@@ -76,6 +76,9 @@ class EngineCore:
             model, self.device, self.dtype, block_size, self.hf_config.vocab_size, config.model.seed
         )
         self.runner.select_attention_backend(config.model.attention_backend)
+        if self.runner.attn_backend.name == "triton" and self.device.startswith("cuda") \
+                and config.device.batch1_gemv == "auto":
+            self.runner.tune_batch1_gemv()
         max_model_len = min(
             config.model.max_model_len or self.hf_config.context_length,
             self.hf_config.context_length,

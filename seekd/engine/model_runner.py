@@ -103,6 +103,7 @@ class ModelRunner:
         self.decode_graphs: DecodeGraphs | None = None
         self.structured: StructuredBackend | None = None  # set by the engine on the first constrained request
         self._host_bitmask = torch.empty(0, bitmask_width(vocab_size), dtype=torch.int32)
+        self.gemv_report: dict[str, dict] = {}  # per weight shape: batch-1 GEMV choice and timings
 
     def select_attention_backend(self, name: str) -> None:
         """One backend instance serves every standard attention layer (layers with their own
@@ -123,6 +124,12 @@ class ModelRunner:
         for module in self.model.modules():
             if hasattr(module, "use_kernel"):
                 module.use_kernel = True
+
+    def tune_batch1_gemv(self) -> None:
+        """Pick cuBLAS or the Triton GEMV per weight shape by timing both (before graph capture)."""
+        from seekd.engine.gemv_tuning import tune_batch1_gemv
+
+        self.gemv_report = tune_batch1_gemv(self.model)
 
     def kv_bytes_per_block(self) -> int:
         """Bytes of one page of the pool: one block of any cache group, over all its layers."""

@@ -16,8 +16,9 @@ def _rms_norm_kernel(
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
     x = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
-    if HAS_RESIDUAL:
-        x = x + tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0)
+    if HAS_RESIDUAL:  # the sum in fp32, rounded once (as a native add, and right in the interpreter)
+        res = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0)
+        x = (x.to(tl.float32) + res.to(tl.float32)).to(x.dtype)
         tl.store(res_out_ptr + row * stride_ro + cols, x, mask=mask)
     xf = x.to(tl.float32)
     normed = xf * tl.rsqrt(tl.sum(xf * xf, axis=0) / n_cols + eps)

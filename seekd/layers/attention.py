@@ -6,6 +6,7 @@ backend: `torch` is the reference that runs everywhere; faster backends are comp
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seekd.layers.forward_context import AttentionMetadata, ForwardContext
+from seekd.layers.rotary import RotaryEmbedding
 
 
 @dataclass(frozen=True)
@@ -51,14 +53,9 @@ class AttentionBackend(Protocol):
         """Once per step, before the layers run: per-step data shared by every layer."""
         ...
 
-    def forward(
-        self,
-        layer: Attention,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        meta: AttentionMetadata,
-    ) -> torch.Tensor: ...
+    def attend(self, layer: Attention, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Attention of q over the layer's cache, in which this step's keys and values already are."""
+        ...
 
 
 class Attention(nn.Module):
@@ -78,11 +75,31 @@ class Attention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """q: [T, heads*head_dim], k/v: [T, kv_heads*head_dim] -> [T, heads*head_dim]."""
+        assert self.kv_cache is not None, "KV cache is not bound; the ModelRunner binds it"
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        out = self.backend.forward(self, q, k, v, ctx.attn)
+        store_kv(self.kv_cache, k, v, ctx.attn.slot_mapping)
+        out = self.backend.attend(self, q, ctx.attn)
         return out.reshape(-1, self.num_heads * self.head_dim)
+
+    def forward_packed(
+        self, positions: torch.Tensor, qkv: torch.Tensor, rope: RotaryEmbedding, ctx: ForwardContext
+    ) -> torch.Tensor:
+        """Attention straight from the qkv projection's output [T, (heads + 2*kv_heads)*head_dim]:
+        on the GPU fast path one kernel rotates q and k and writes k and v into the cache; the
+        reference splits, rotates (rope) and stores step by step."""
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        if rope.use_kernel and not rope.interleaved:
+            from seekd.kernels.rope_kv_store import rope_and_store_kv
+
+            assert self.kv_cache is not None, "KV cache is not bound; the ModelRunner binds it"
+            q = rope_and_store_kv(qkv, positions, rope.cos_sin_cache, rope.rotary_dim, self.kv_cache,
+                                  ctx.attn.slot_mapping, self.num_heads, self.num_kv_heads, self.head_dim)
+            return self.backend.attend(self, q, ctx.attn).reshape(-1, q_size)
+        q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
+        q, k = rope(positions, q.view(-1, self.num_heads, self.head_dim), k.view(-1, self.num_kv_heads, self.head_dim))
+        return self.forward(q, k, v, ctx)
 
 
 def store_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -99,19 +116,15 @@ def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -
 
 
 class TorchAttentionBackend:
-    """Reference: write new K/V into the paged cache, then attend sequence by sequence with SDPA
-    over the gathered context, causal with the offset of the already-cached tokens."""
+    """Reference: attend sequence by sequence with SDPA over the gathered context, causal with the
+    offset of the already-cached tokens."""
 
     name = "torch"
 
     def prepare(self, meta: AttentionMetadata) -> None:
         return None
 
-    def forward(
-        self, layer: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        assert layer.kv_cache is not None, "KV cache is not bound; the ModelRunner binds it"
-        store_kv(layer.kv_cache, k, v, meta.slot_mapping)
+    def attend(self, layer: Attention, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         out = torch.empty_like(q)
         group = layer.num_heads // layer.num_kv_heads
         start = 0
@@ -161,12 +174,9 @@ class TritonAttentionBackend:
             num_splits=num_splits,
         )
 
-    def forward(
-        self, layer: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
+    def attend(self, layer: Attention, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         from seekd.kernels.paged_attention import paged_attention
 
-        store_kv(layer.kv_cache, k, v, meta.slot_mapping)
         data = meta.backend_data
         return paged_attention(
             q.contiguous(), layer.kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
@@ -189,7 +199,8 @@ def make_backend(name: str, device: str, num_kv_heads: int) -> AttentionBackend:
     if name == "torch":
         return TorchAttentionBackend()
     if name == "triton":
-        if not device.startswith("cuda"):
-            raise ValueError("the triton attention backend needs a CUDA device")
+        if not device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("the triton attention backend needs a CUDA device "
+                             "(or TRITON_INTERPRET=1, Triton's slow CPU interpreter, to debug kernels)")
         return TritonAttentionBackend(num_kv_heads)
     raise ValueError(f"attention backend must be auto, torch or triton, not {name!r}")

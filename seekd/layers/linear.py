@@ -7,11 +7,17 @@ stays generic: it finds the parameter by name and hands it the checkpoint tensor
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from seekd.distributed import all_reduce, tp_rank, tp_size
+
+if TYPE_CHECKING:
+    from seekd.kernels.gemv import GemvConfig
 
 
 def _divide(n: int, d: int) -> int:
@@ -35,6 +41,10 @@ class LinearBase(nn.Module):
             self.bias.weight_loader = self.weight_loader
         else:
             self.register_parameter("bias", None)
+        # Batch-1 products through seekd/kernels/gemv.py where start-up timing found them faster
+        # (seekd/engine/gemv_tuning.py); None keeps F.linear, the reference.
+        self.gemv: GemvConfig | None = None
+        self.gated_input = False  # fed [gate | up] through forward_gated, which may fuse the activation
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         if self.tp_dim is not None and self.tp_size > 1 and loaded.dim() > self.tp_dim:
@@ -43,7 +53,16 @@ class LinearBase(nn.Module):
         _copy_checked(param.data, loaded)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return self._product(x, self.bias)
+
+    def _product(self, x: torch.Tensor, bias: torch.Tensor | None, gated: bool = False) -> torch.Tensor:
+        if self.gemv is not None and x.dim() == 2 and x.shape[0] == 1:
+            from seekd.kernels.gemv import gemv
+
+            return gemv(x, self.weight, bias, self.gemv, gated)
+        if gated:
+            raise ValueError("a gated product needs the batch-1 GEMV; call forward_gated")
+        return F.linear(x, self.weight, bias)
 
 
 def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:
@@ -122,5 +141,11 @@ class RowParallelLinear(LinearBase):
         super().weight_loader(param, loaded, shard_id)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = self.bias if self.tp_rank == 0 else None
-        return all_reduce(F.linear(x, self.weight, bias))
+        return all_reduce(self._product(x, self.bias if self.tp_rank == 0 else None))
+
+    def forward_gated(self, h: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """self(act(h)) for h = [gate | up] from a gate-up projection; at batch 1 with a tuned GEMV
+        the activation is computed inside the product instead of by its own kernel."""
+        if self.gemv is not None and h.dim() == 2 and h.shape[0] == 1:
+            return all_reduce(self._product(h, self.bias if self.tp_rank == 0 else None, gated=True))
+        return self(act(h))

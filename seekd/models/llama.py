@@ -27,16 +27,10 @@ class LlamaAttention(nn.Module):
         self.qkv_proj = QKVParallelLinear(config.hidden_size, head_dim, num_heads, num_kv_heads, qkv_bias)
         self.o_proj = RowParallelLinear(num_heads * head_dim, config.hidden_size, o_bias)
         self.rotary_emb = get_rope(head_dim, head_dim, config.max_position_embeddings, config)
-        self.q_size = self.qkv_proj.num_heads * head_dim
-        self.kv_size = self.qkv_proj.num_kv_heads * head_dim
         self.attn = Attention(self.qkv_proj.num_heads, head_dim, head_dim**-0.5, self.qkv_proj.num_kv_heads)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        head_dim = self.attn.head_dim
-        q, k = self.rotary_emb(positions, q.view(-1, self.attn.num_heads, head_dim),
-                               k.view(-1, self.attn.num_kv_heads, head_dim))
-        return self.o_proj(self.attn(q, k, v, ctx))
+        return self.o_proj(self.attn.forward_packed(positions, self.qkv_proj(x), self.rotary_emb, ctx))
 
 
 class LlamaMLP(nn.Module):
@@ -44,10 +38,11 @@ class LlamaMLP(nn.Module):
         super().__init__()
         self.gate_up_proj = MergedColumnParallelLinear(hidden_size, [intermediate_size] * 2, bias)
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size, bias)
+        self.down_proj.gated_input = True
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_fn(self.gate_up_proj(x)))
+        return self.down_proj.forward_gated(self.gate_up_proj(x), self.act_fn)
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -1,15 +1,15 @@
-"""The Triton paged-attention backend against the torch reference, on the GPU."""
+"""The Triton paged-attention backend against the torch reference (GPU, or CPU through the interpreter)."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 import torch
 
 from seekd import LLM, SamplingParams
-from seekd.layers.attention import Attention, TorchAttentionBackend, TritonAttentionBackend
+from seekd.layers.attention import Attention, TorchAttentionBackend, TritonAttentionBackend, store_kv
 from seekd.layers.forward_context import AttentionMetadata
-
-pytestmark = pytest.mark.gpu
 
 
 def build_batch(query_lens, context_lens, block_size, num_blocks, device):
@@ -41,6 +41,7 @@ def build_batch(query_lens, context_lens, block_size, num_blocks, device):
     )
 
 
+@pytest.mark.triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(
     "query_lens,context_lens",
@@ -51,8 +52,10 @@ def build_batch(query_lens, context_lens, block_size, num_blocks, device):
     ],
 )
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(28, 4, 128), (8, 8, 64), (12, 2, 96)])
-def test_triton_matches_torch_reference(dtype, query_lens, context_lens, heads, kv_heads, head_dim):
-    device = "cuda"
+def test_triton_matches_torch_reference(kernel_device, dtype, query_lens, context_lens, heads, kv_heads, head_dim):
+    device = kernel_device
+    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+        pytest.skip("Triton's CPU interpreter multiplies bfloat16 tiles wrongly; float32 covers the indexing")
     block_size, num_blocks = 16, 1024
     torch.manual_seed(1)
     meta = build_batch(query_lens, context_lens, block_size, num_blocks, device)
@@ -64,23 +67,27 @@ def test_triton_matches_torch_reference(dtype, query_lens, context_lens, heads, 
     v = torch.randn(total, kv_heads, head_dim, device=device, dtype=dtype)
 
     layer.kv_cache = cache.clone()
-    ref = TorchAttentionBackend().forward(layer, q.float(), k.float(), v.float(), meta)
+    store_kv(layer.kv_cache, k, v, meta.slot_mapping)
+    ref = TorchAttentionBackend().attend(layer, q.float(), meta)
     triton_backend = TritonAttentionBackend(kv_heads)
     meta.backend_data = triton_backend.prepare(meta)
     layer.kv_cache = cache.clone()
-    out = torch.full_like(q, float("nan"))
-    out = triton_backend.forward(layer, q, k, v, meta)
+    store_kv(layer.kv_cache, k, v, meta.slot_mapping)
+    out = triton_backend.attend(layer, q, meta)
     assert torch.isfinite(out).all()
     rel = (out.float() - ref).norm() / ref.norm()
     assert rel < (1e-5 if dtype == torch.float32 else 1e-2)
 
 
-def test_triton_engine_greedy_equals_torch_engine_with_prefix_hits(qwen2_model, data_dir):
+@pytest.mark.triton
+def test_triton_engine_greedy_equals_torch_engine_with_prefix_hits(kernel_device, qwen2_model, data_dir):
+    """The whole GPU fast path (fused rotary + cache write, paged attention, fused norms and
+    activation) against the reference backend, token for token in float32."""
     prompts = [[*range(10, 58), 200 + i, 7] for i in range(4)] + [list(range(100, 113)), [7, 8, 9]]
     params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
     outs = {}
     for backend in ("torch", "triton"):
-        llm = LLM(str(qwen2_model[0]), data_dir=str(data_dir), num_kv_blocks=256, block_size=16, device="cuda",
+        llm = LLM(str(qwen2_model[0]), data_dir=str(data_dir), num_kv_blocks=256, block_size=16, device=kernel_device,
                   dtype="float32", attention_backend=backend, show_progress=False)
         llm.generate(prompts[0], params)  # warm the prefix cache
         outs[backend] = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]

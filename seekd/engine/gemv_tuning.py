@@ -1,0 +1,49 @@
+"""Start-up choice, per weight shape, between cuBLAS and the Triton GEMV for batch-1 products.
+
+Batch-1 decode is bound by reading weights; which kernel reads them fastest depends on the shape
+and the GPU, so it is measured on the model's own weights (every layer's weight of a shape in turn,
+which defeats the L2 cache as decode does) rather than assumed. Runs on the GPU fast path only,
+before CUDA graphs are captured, so the graphs hold the chosen kernels.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from seekd.layers.linear import LinearBase
+
+logger = logging.getLogger(__name__)
+
+
+def tune_batch1_gemv(model: nn.Module) -> dict[str, dict]:
+    """Set `gemv` on every plain bf16/fp16 linear layer where the Triton GEMV wins; returns, per
+    shape, the choice and the timings (ms per pass over that shape's weights) behind it."""
+    from seekd.kernels.activation import silu_and_mul
+    from seekd.kernels.gemv import pick_gemv
+
+    groups: dict[tuple, list[LinearBase]] = defaultdict(list)
+    for module in model.modules():
+        if (isinstance(module, LinearBase) and module.weight.dtype in (torch.bfloat16, torch.float16)
+                and module.weight.dim() == 2 and module.weight.is_cuda):
+            key = (tuple(module.weight.shape), module.weight.dtype, module.bias is not None, module.gated_input)
+            groups[key].append(module)
+    report = {}
+    for (shape, _, _, gated), modules in groups.items():
+        baseline = silu_and_mul if gated else (lambda x: x)  # what the reference path launches first
+        try:
+            choice, timings = pick_gemv([m.weight for m in modules], [m.bias for m in modules], gated, baseline)
+        except Exception:  # an optional speed-up must not stop the server from starting
+            logger.exception("timing the batch-1 GEMV for %s failed; keeping cuBLAS", shape)
+            choice, timings = None, {}
+        for module in modules:
+            module.gemv = choice
+        name = f"{shape[0]}x{shape[1]}{' gated' if gated else ''}"
+        report[name] = {"layers": len(modules), "choice": "cublas" if choice is None else choice.__dict__,
+                        "ms_per_pass": timings}
+        logger.info("batch-1 GEMV %s over %d layers: %s (%s)", name, len(modules),
+                    "cuBLAS" if choice is None else choice, ", ".join(f"{k} {v:.3f} ms" for k, v in timings.items()))
+    return report
