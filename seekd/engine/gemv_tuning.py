@@ -14,6 +14,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
+from seekd.layers.embedding import ParallelLMHead
 from seekd.layers.linear import LinearBase
 
 logger = logging.getLogger(__name__)
@@ -25,17 +26,20 @@ def tune_batch1_gemv(model: nn.Module) -> dict[str, dict]:
     from seekd.kernels.activation import silu_and_mul
     from seekd.kernels.gemv import pick_gemv
 
-    groups: dict[tuple, list[LinearBase]] = defaultdict(list)
+    groups: dict[tuple, list[LinearBase | ParallelLMHead]] = defaultdict(list)
     for module in model.modules():
-        if (isinstance(module, LinearBase) and module.weight.dtype in (torch.bfloat16, torch.float16)
+        if (isinstance(module, (LinearBase, ParallelLMHead))
+                and module.weight.dtype in (torch.bfloat16, torch.float16)
                 and module.weight.dim() == 2 and module.weight.is_cuda):
-            key = (tuple(module.weight.shape), module.weight.dtype, module.bias is not None, module.gated_input)
+            bias, gated = getattr(module, "bias", None), getattr(module, "gated_input", False)  # no LM head has them
+            key = (tuple(module.weight.shape), module.weight.dtype, bias is not None, gated)
             groups[key].append(module)
     report = {}
     for (shape, _, _, gated), modules in groups.items():
         baseline = silu_and_mul if gated else (lambda x: x)  # what the reference path launches first
         try:
-            choice, timings = pick_gemv([m.weight for m in modules], [m.bias for m in modules], gated, baseline)
+            biases = [getattr(m, "bias", None) for m in modules]
+            choice, timings = pick_gemv([m.weight for m in modules], biases, gated, baseline)
         except Exception:  # an optional speed-up must not stop the server from starting
             logger.exception("timing the batch-1 GEMV for %s failed; keeping cuBLAS", shape)
             choice, timings = None, {}

@@ -56,13 +56,21 @@ class LinearBase(nn.Module):
         return self._product(x, self.bias)
 
     def _product(self, x: torch.Tensor, bias: torch.Tensor | None, gated: bool = False) -> torch.Tensor:
-        if self.gemv is not None and x.dim() == 2 and x.shape[0] == 1:
-            from seekd.kernels.gemv import gemv
+        return linear_product(x, self.weight, bias, self.gemv, gated)
 
-            return gemv(x, self.weight, bias, self.gemv, gated)
-        if gated:
-            raise ValueError("a gated product needs the batch-1 GEMV; call forward_gated")
-        return F.linear(x, self.weight, bias)
+
+def linear_product(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: GemvConfig | None, gated: bool = False
+) -> torch.Tensor:
+    """F.linear, or the tuned GEMV for one row of input (`gated`: x is [gate | up] and the product
+    takes silu(gate) * up, which only the GEMV computes)."""
+    if config is not None and x.dim() == 2 and x.shape[0] == 1:
+        from seekd.kernels.gemv import gemv
+
+        return gemv(x, weight, bias, config, gated)
+    if gated:
+        raise ValueError("a gated product needs the batch-1 GEMV; call forward_gated")
+    return F.linear(x, weight, bias)
 
 
 def _copy_checked(dst: torch.Tensor, src: torch.Tensor) -> None:

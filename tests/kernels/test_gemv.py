@@ -8,6 +8,7 @@ import torch
 
 from seekd import LLM, SamplingParams
 from seekd.layers.activation import SiluAndMul
+from seekd.layers.embedding import ParallelLMHead
 from seekd.layers.linear import LinearBase, RowParallelLinear
 
 pytestmark = pytest.mark.triton
@@ -64,7 +65,8 @@ def test_engine_with_every_projection_on_the_gemv_generates_the_reference_tokens
     for forced in (False, True):
         llm = LLM(str(qwen2_model[0]), data_dir=str(data_dir), num_kv_blocks=64, block_size=16, device=kernel_device,
                   dtype="float32", attention_backend="triton", enforce_eager=True, show_progress=False)
-        linears = [m for m in llm.engine.runner.model.modules() if isinstance(m, LinearBase)]
+        linears = [m for m in llm.engine.runner.model.modules() if isinstance(m, (LinearBase, ParallelLMHead))]
+        assert len(linears) == 2 * 4 + 1
         for m in linears:
             m.gemv = CANDIDATES[2] if forced else None
         # one at a time, so every decode step is a batch-1 step that takes the GEMV
@@ -83,9 +85,10 @@ def test_start_up_tuning_reports_every_shape_and_keeps_outputs(qwen2_model, data
         runs[mode] = llm.generate(prompt, params)[0].outputs[0].token_ids
         report = llm.engine.runner.gemv_report
         if mode == "auto":
-            # qkv, o, gate-up and down (with the activation fused) of the tiny Qwen2, named out x in
-            assert set(report) == {"128x64", "64x64", "320x64", "64x160 gated"}
-            assert all("cublas" in r["ms_per_pass"] and r["layers"] == 2 for r in report.values())
+            # qkv, o, gate-up, down (with the activation fused) and LM head of the tiny Qwen2, named out x in
+            assert set(report) == {"128x64", "64x64", "320x64", "64x160 gated", "384x64"}
+            assert all("cublas" in r["ms_per_pass"] for r in report.values())
+            assert [r["layers"] for r in report.values()].count(2) == 4
         else:
             assert report == {}
     assert len(runs["auto"]) == len(runs["cublas"]) == 16
