@@ -46,7 +46,7 @@ def tune_batch1_gemv(model: nn.Module) -> dict[str, dict]:
         for module in modules:
             module.gemv = choice
         name = f"{shape[0]}x{shape[1]}{' gated' if gated else ''}"
-        report[name] = {"layers": len(modules), "choice": "cublas" if choice is None else choice.__dict__,
+        report[name] = {"layers": len(modules), "choice": "cublas" if choice is None else choice.name,
                         "ms_per_pass": timings}
         logger.info("batch-1 GEMV %s over %d layers: %s (%s)", name, len(modules),
                     "cuBLAS" if choice is None else choice, ", ".join(f"{k} {v:.3f} ms" for k, v in timings.items()))
