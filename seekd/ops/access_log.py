@@ -31,6 +31,7 @@ access_logger = logging.getLogger("seekd.access")
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")  # nothing that could forge a log line
 LOGGED_PATH_PREFIX = "/v1/"  # API calls, not probes and scrapes
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the response
 
 
 class JsonFormatter(logging.Formatter):
@@ -114,12 +115,16 @@ class AccessLogMiddleware:
                 MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
             await send(message)
 
+        failed = True
         try:
             await self.app(scope, receive, send_with_id)
+            failed = False
         finally:
             path: str = scope.get("path", "")
             if path.startswith(LOGGED_PATH_PREFIX):
                 gen = scope["state"].get("generation")
-                fields = access_fields(request_id, scope.get("method", ""), path, status or 500, started, gen)
+                # No response and no error: the client left before its request was complete.
+                final = status or (500 if failed else CLIENT_CLOSED_REQUEST)
+                fields = access_fields(request_id, scope.get("method", ""), path, final, started, gen)
                 self.metrics.http_request_done(fields["status"])
                 access_logger.info(json.dumps(fields), extra={"fields": fields})
