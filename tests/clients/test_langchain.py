@@ -16,6 +16,7 @@ import openai
 import pytest
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
+from langchain_deepseek import ChatDeepSeek
 from langchain_openai import ChatOpenAI, OpenAI
 from live_server import ServerHandle
 from pydantic import BaseModel, ConfigDict, Field
@@ -180,6 +181,21 @@ def test_reasoning_is_reachable_through_the_openai_client_langchain_wraps(server
         extra_body={"ignore_eos": True, **THINKING})
     assert raw.choices[0].message.reasoning_content
     assert raw.usage.completion_tokens_details.reasoning_tokens == 4
+
+
+def test_chat_deepseek_carries_reasoning_content_whole_and_streamed(server: ServerHandle) -> None:
+    """langchain-deepseek's ChatDeepSeek (ChatOpenAI plus DeepSeek's `reasoning_content`) is the
+    LangChain class that shows the reasoning; pointed at seekd it gets it, whole and streamed."""
+    llm = ChatDeepSeek(api_base=server.api_url, api_key="unused", model=MODEL, max_tokens=6, max_retries=0,
+                       stream_usage=True, extra_body={"thinking": {"type": "enabled"}, "ignore_eos": True})
+    whole = llm.invoke("2+2?")
+    streamed = add_chunks(list(llm.stream("2+2?")))
+    for message in (whole, streamed):
+        assert message.content == "" and message.additional_kwargs["reasoning_content"]
+        assert message.usage_metadata["output_token_details"]["reasoning"] == 6
+    plain = ChatDeepSeek(api_base=server.api_url, api_key="unused", model=MODEL, max_tokens=4, max_retries=0)
+    answer = plain.invoke("2+2?")
+    assert answer.content and not answer.additional_kwargs.get("reasoning_content")
 
 
 # -- tools ---------------------------------------------------------------------------------------
