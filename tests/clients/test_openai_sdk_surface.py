@@ -2,7 +2,7 @@
 are honoured, ignored on purpose, or refused with a 400 naming the field; responses parse into the
 SDK's own types with the fields where OpenAI puts them.
 
-Decisions this file pins (README "OpenAI compatibility"):
+Decisions this file pins (README "OpenAI SDK and LangChain clients"):
 - ignored, because they change nothing seekd computes: `user`, `metadata`, `store`, `service_tier`,
   `prediction` (a latency hint: the output is the same), `parallel_tool_calls` without tools;
 - refused (400): `modalities` other than "text" and `audio` (seekd makes no audio, and text alone
