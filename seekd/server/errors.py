@@ -72,6 +72,16 @@ def validation_error(exc: RequestValidationError) -> APIError:
     return invalid_request(f"invalid value for '{param}': {msg}", param=param)
 
 
+# FastAPI's detail when the body fails to decode other than as bad JSON syntax: bytes that are not
+# UTF-8/16/32, or an integer literal longer than Python's 4,300-digit limit.
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
+def unparsable_body() -> APIError:
+    return invalid_request("the request body is not valid JSON: it must be UTF-8 text, and integers at most "
+                           "4,300 digits long", code="invalid_json")
+
+
 SERVED_ENDPOINTS = "POST /v1/chat/completions, POST /v1/completions, GET /v1/models"
 
 
@@ -99,6 +109,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == HTTPStatus.BAD_REQUEST and exc.detail == FASTAPI_BODY_PARSE_ERROR:
+            return unparsable_body().response()
         return routing_error(request.method, request.url.path, exc).response()
 
     @app.exception_handler(Exception)

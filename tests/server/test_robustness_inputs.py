@@ -48,6 +48,11 @@ BAD_BODIES = [
     (CHAT, b"3", None, None),
     (CHAT, b'"a string"', None, None),
     (COMPLETIONS, b'{"prompt": "x", "max_tokens": ', None, "invalid_json"),
+    (COMPLETIONS, b'{"prompt": "x"} trailing', None, "invalid_json"),
+    # bodies FastAPI cannot decode at all once got a bare "There was an error parsing the body"
+    (COMPLETIONS, b'{"prompt": "\xff", "max_tokens": 2}', None, "invalid_json"),
+    (COMPLETIONS, b"\x00{}", None, "invalid_json"),
+    (COMPLETIONS, b'{"prompt": "x", "max_tokens": ' + b"1" * 5000 + b"}", None, "invalid_json"),
     # JSON extensions Python's parser accepts
     (COMPLETIONS, b'{"prompt": "x", "temperature": NaN}', "temperature", None),
     (COMPLETIONS, b'{"prompt": "x", "temperature": Infinity}', "temperature", None),
