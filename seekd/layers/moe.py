@@ -157,6 +157,7 @@ class RoutedExperts(nn.Module):
                                       requires_grad=False)
         self.w13_weight.weight_loader = self.weight_loader
         self.w2_weight.weight_loader = self.weight_loader
+        self.use_kernel = False  # the ModelRunner turns on the fused Triton kernel on GPUs
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: tuple[int, str] | None = None) -> None:
         """shard_id (expert, gate_proj|up_proj|down_proj) loads one expert's matrix; None loads the
@@ -177,7 +178,13 @@ class RoutedExperts(nn.Module):
             _copy(param.data[expert, offset : offset + size], loaded.narrow(0, start, size))
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
-        """x: [T, H], topk_weights/ids: [T, k] -> sum over each token's experts of weight * expert(x)."""
+        """x: [T, H], topk_weights/ids: [T, k] -> sum over each token's experts of weight * expert(x).
+        The loop below is the reference; it reads the active experts back to the host, so the GPU fast
+        path runs the fused kernel instead, which never syncs and can be captured in a CUDA graph."""
+        if self.use_kernel:
+            from seekd.kernels.fused_moe import fused_moe
+
+            return all_reduce(fused_moe(x, self.w13_weight, self.w2_weight, topk_weights, topk_ids, self.swiglu_limit))
         out = torch.zeros_like(x)
         for expert in topk_ids.unique().tolist():
             token_idx, slot = (topk_ids == expert).nonzero(as_tuple=True)

@@ -1,0 +1,203 @@
+"""Routed experts of a DeepSeek MoE layer as two grouped GEMMs, with no host synchronisation.
+
+The reference loop (`RoutedExperts.forward`) asks the host which experts are active, which stalls
+every layer and keeps MoE decode steps out of CUDA graphs. Here every size depends only on the
+number of tokens:
+
+1. `align_by_expert` sorts the (token, slot) pairs by expert on the device and pads each expert's
+   run to a multiple of BLOCK_M, so that every BLOCK_M block of sorted rows belongs to one expert.
+   The sorted buffer has its worst-case length, T*k + min(E, T*k) * (BLOCK_M - 1); blocks past the
+   real end return at once.
+2. `_gate_up_kernel`: per block, x rows @ that expert's gate and up rows (w13 [E, 2I, H]), then
+   SwiGLU (with V4's clipping) into an [rows, I] buffer.
+3. `_down_kernel`: per block, that buffer @ the expert's w2 [E, H, I], times each row's routing
+   weight, written to the row's own (token, slot) place; a sum over the slots then gives the output.
+   No atomics, so results are reproducible run to run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+
+@dataclass(frozen=True)
+class MoeTiling:
+    block_m: int  # sorted rows per block (one expert each); tl.dot needs at least 16
+    block_n: int  # output features per program
+    block_k: int  # reduction features per tile
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+def pick_tiling(num_pairs: int, num_experts: int) -> MoeTiling:
+    """Blocks no taller than the average expert's share of the (token, slot) pairs: taller blocks
+    would mostly carry padding rows."""
+    per_expert = num_pairs / num_experts
+    block_m = 16 if per_expert <= 16 else 32 if per_expert <= 48 else 64
+    return MoeTiling(block_m=block_m, block_n=64, block_k=64)
+
+
+@dataclass
+class ExpertAlignment:
+    sorted_rows: torch.Tensor  # [num_padded] int32: flat (token * k + slot) index, or T*k for padding
+    block_expert: torch.Tensor  # [num_padded // block_m] int32: expert of each block, E past the end
+    block_m: int
+
+
+def align_by_expert(topk_ids: torch.Tensor, num_experts: int, block_m: int) -> ExpertAlignment:
+    """Group the flattened (token, slot) pairs by expert, each group padded to a multiple of block_m,
+    in torch ops that never read a value back to the host."""
+    flat = topk_ids.flatten().long()
+    num_pairs = flat.numel()
+    device = flat.device
+    # scatter_add rather than bincount: CUDA bincount reads the maximum back to size its output
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=device)
+    counts.scatter_add_(0, flat, torch.ones_like(flat))
+    padded = (counts + block_m - 1) // block_m * block_m
+    padded_end = padded.cumsum(0)
+    padded_start = padded_end - padded
+    run_start = counts.cumsum(0) - counts  # where each expert's pairs start in sorted order
+    order = torch.argsort(flat, stable=True)
+    sorted_expert = flat[order]
+    dest = padded_start[sorted_expert] + torch.arange(num_pairs, device=device) - run_start[sorted_expert]
+
+    # only experts with pairs get padding, and at most num_pairs experts have any
+    capacity = num_pairs + min(num_experts, num_pairs) * (block_m - 1)
+    num_blocks = triton.cdiv(capacity, block_m)
+    sorted_rows = torch.full((num_blocks * block_m,), num_pairs, dtype=torch.int32, device=device)
+    sorted_rows.scatter_(0, dest, order.to(torch.int32))
+    block_start = torch.arange(num_blocks, device=device) * block_m
+    block_expert = torch.searchsorted(padded_end, block_start, right=True).to(torch.int32)
+    return ExpertAlignment(sorted_rows, block_expert, block_m)
+
+
+@triton.jit
+def _gate_up_kernel(
+    x_ptr, w_ptr, act_ptr, sorted_rows_ptr, block_expert_ptr,
+    num_pairs, num_experts, hidden, inter, swiglu_limit,
+    stride_xt, stride_we, stride_wn, stride_am,
+    TOP_K: tl.constexpr, HAS_LIMIT: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    block = tl.program_id(0)
+    expert = tl.load(block_expert_ptr + block)
+    if expert >= num_experts:  # past the last expert's padded run
+        return
+    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.load(sorted_rows_ptr + offs_m)
+    row_valid = rows < num_pairs
+    tokens = rows // TOP_K
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_valid = cols < inter
+    w_gate = w_ptr + expert.to(tl.int64) * stride_we + cols[None, :] * stride_wn
+    w_up = w_gate + inter * stride_wn
+    acc_gate = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for start in range(0, hidden, BLOCK_K):
+        ks = start + tl.arange(0, BLOCK_K)
+        k_valid = ks < hidden
+        x = tl.load(x_ptr + tokens[:, None].to(tl.int64) * stride_xt + ks[None, :],
+                    mask=row_valid[:, None] & k_valid[None, :], other=0.0)
+        w_mask = k_valid[:, None] & col_valid[None, :]
+        g = tl.load(w_gate + ks[:, None], mask=w_mask, other=0.0)
+        u = tl.load(w_up + ks[:, None], mask=w_mask, other=0.0)
+        if IEEE:  # float32 weights: exact products, so fp32 runs match the reference loop closely
+            acc_gate = tl.dot(x, g, acc_gate, input_precision="ieee")
+            acc_up = tl.dot(x, u, acc_up, input_precision="ieee")
+        else:
+            acc_gate = tl.dot(x, g, acc_gate)
+            acc_up = tl.dot(x, u, acc_up)
+    dtype = act_ptr.dtype.element_ty
+    # round as the reference does: the projection in the model dtype, then silu, then the product
+    gate = acc_gate.to(dtype).to(tl.float32)
+    up = acc_up.to(dtype).to(tl.float32)
+    if HAS_LIMIT:
+        gate = tl.minimum(gate, swiglu_limit)
+        up = tl.minimum(tl.maximum(up, -swiglu_limit), swiglu_limit)
+    silu = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+    out = silu * up
+    tl.store(act_ptr + offs_m[:, None].to(tl.int64) * stride_am + cols[None, :], out.to(dtype),
+             mask=row_valid[:, None] & col_valid[None, :])
+
+
+@triton.jit
+def _down_kernel(
+    act_ptr, w_ptr, topk_weights_ptr, out_ptr, sorted_rows_ptr, block_expert_ptr,
+    num_pairs, num_experts, hidden, inter,
+    stride_am, stride_we, stride_wn, stride_or,
+    IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    block = tl.program_id(0)
+    expert = tl.load(block_expert_ptr + block)
+    if expert >= num_experts:
+        return
+    offs_m = block * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = tl.load(sorted_rows_ptr + offs_m)
+    row_valid = rows < num_pairs
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_valid = cols < hidden
+    w_base = w_ptr + expert.to(tl.int64) * stride_we + cols[None, :] * stride_wn
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for start in range(0, inter, BLOCK_K):
+        ks = start + tl.arange(0, BLOCK_K)
+        k_valid = ks < inter
+        a = tl.load(act_ptr + offs_m[:, None].to(tl.int64) * stride_am + ks[None, :],
+                    mask=row_valid[:, None] & k_valid[None, :], other=0.0)
+        w = tl.load(w_base + ks[:, None], mask=k_valid[:, None] & col_valid[None, :], other=0.0)
+        if IEEE:
+            acc = tl.dot(a, w, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(a, w, acc)
+    weight = tl.load(topk_weights_ptr + rows, mask=row_valid, other=0.0).to(tl.float32)
+    y = acc.to(act_ptr.dtype.element_ty).to(tl.float32) * weight[:, None]  # the expert's output, rounded
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_or + cols[None, :], y,
+             mask=row_valid[:, None] & col_valid[None, :])
+
+
+def fused_moe(
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    swiglu_limit: float | None = None,
+    tiling: MoeTiling | None = None,
+) -> torch.Tensor:
+    """x: [T, H]; w13: [E, 2I, H] (gate rows, then up rows); w2: [E, H, I]; topk_weights/ids: [T, k]
+    -> [T, H] = sum over each token's experts of weight * w2 @ swiglu(w13 @ x), like the reference loop."""
+    num_tokens, hidden = x.shape
+    num_experts, two_inter, _ = w13.shape
+    inter = two_inter // 2
+    top_k = topk_ids.shape[1]
+    assert w13.shape[2] == hidden and w2.shape == (num_experts, hidden, inter)
+    assert w13.dtype == w2.dtype == x.dtype and w13.stride(2) == 1 and w2.stride(2) == 1
+    num_pairs = num_tokens * top_k
+    if num_pairs == 0:
+        return torch.zeros_like(x)
+    tiling = tiling or pick_tiling(num_pairs, num_experts)
+    x = x if x.stride(1) == 1 else x.contiguous()
+    align = align_by_expert(topk_ids, num_experts, tiling.block_m)
+    num_blocks = align.block_expert.numel()
+    ieee = x.dtype == torch.float32
+    launch = dict(num_warps=tiling.num_warps, num_stages=tiling.num_stages)
+
+    act = torch.empty(align.sorted_rows.numel(), inter, dtype=x.dtype, device=x.device)
+    _gate_up_kernel[(num_blocks, triton.cdiv(inter, tiling.block_n))](
+        x, w13, act, align.sorted_rows, align.block_expert,
+        num_pairs, num_experts, hidden, inter, float(swiglu_limit or 0.0),
+        x.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
+        TOP_K=top_k, HAS_LIMIT=swiglu_limit is not None, IEEE=ieee,
+        BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, **launch,
+    )
+    per_slot = torch.empty(num_pairs, hidden, dtype=torch.float32, device=x.device)
+    _down_kernel[(num_blocks, triton.cdiv(hidden, tiling.block_n))](
+        act, w2, topk_weights.flatten().contiguous(), per_slot, align.sorted_rows, align.block_expert,
+        num_pairs, num_experts, hidden, inter,
+        act.stride(0), w2.stride(0), w2.stride(1), per_slot.stride(0),
+        IEEE=ieee, BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, **launch,
+    )
+    return per_slot.view(num_tokens, top_k, hidden).sum(dim=1).to(x.dtype)
