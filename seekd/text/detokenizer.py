@@ -3,6 +3,10 @@
 Text is released only when it is final: bytes of a multi-byte UTF-8 character split across tokens
 are held until complete (`tokenizers`' DecodeStream), and the last `len(longest stop) - 1`
 characters are held back so that a stop string spanning several tokens never leaks out.
+
+Stop strings are looked up by length in a dict, only at positions where a match would end in the
+text a step added: a step costs (new characters x distinct stop lengths) lookups, so a request with
+80,000 stop strings no longer stalls the server's event loop (and every other client) for seconds.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ class IncrementalDetokenizer:
         self.tokenizer = tokenizer
         self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
         self.stop = [s for s in (stop or []) if s]
+        self._rank_by_length: dict[int, dict[str, int]] = {}  # a tie goes to the earlier in `stop`
+        for rank, s in enumerate(self.stop):
+            self._rank_by_length.setdefault(len(s), {}).setdefault(s, rank)
         self.include_stop = include_stop_str_in_output
         self._holdback = max((len(s) for s in self.stop), default=1) - 1
         self._text = ""  # all decoded text so far
@@ -46,13 +53,13 @@ class IncrementalDetokenizer:
         further tokens are ignored."""
         if self.stopped is not None:
             return DetokenizerDelta("", None)
-        search_from = max(0, len(self._text) - self._holdback)
+        searched = len(self._text)
         for token_id in token_ids:
             piece = self._stream.step(self.tokenizer.backend, token_id)
             if piece:
                 self._text += piece
         if self.stop:
-            hit = self._find_stop(search_from)
+            hit = self._find_stop(searched)
             if hit is not None:
                 index, stop = hit
                 end = index + len(stop) if self.include_stop else index
@@ -65,13 +72,19 @@ class IncrementalDetokenizer:
         """At the end of generation nothing more can complete a stop string: release the rest."""
         return self._release(len(self._text))
 
-    def _find_stop(self, start: int) -> tuple[int, str] | None:
-        best: tuple[int, str] | None = None
-        for stop in self.stop:
-            index = self._text.find(stop, start)
-            if index != -1 and (best is None or index < best[0]):
-                best = (index, stop)
-        return best
+    def _find_stop(self, searched: int) -> tuple[int, str] | None:
+        """The earliest stop string that ends after `searched` (one ending earlier would have
+        matched in an earlier step), as (start index, stop string)."""
+        text = self._text
+        best: tuple[int, int] | None = None  # (start index, rank)
+        for length, ranks in self._rank_by_length.items():
+            for index in range(max(0, searched - length + 1), len(text) - length + 1):
+                rank = ranks.get(text[index:index + length])
+                if rank is not None:
+                    if best is None or (index, rank) < best:
+                        best = (index, rank)
+                    break  # later starts of this length cannot be earlier
+        return None if best is None else (best[0], self.stop[best[1]])
 
     def _release(self, upto: int) -> str:
         if upto <= self._emitted:
