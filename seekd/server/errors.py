@@ -66,6 +66,9 @@ def validation_error(exc: RequestValidationError) -> APIError:
         return invalid_request(f"the request body is not valid JSON: {first.get('msg')}", code="invalid_json")
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(loc) or None
+    if param is None and first.get("type") in ("model_attributes_type", "dict_type"):
+        return invalid_request("the request body must be a JSON object, sent with Content-Type: application/json",
+                               code="invalid_json")
     msg = first.get("msg", "invalid value")
     if param is None:
         return invalid_request(f"invalid request body: {msg}")

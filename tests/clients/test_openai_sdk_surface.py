@@ -75,6 +75,17 @@ def test_unknown_endpoints_are_openai_404s(client: openai.OpenAI, server: Server
     assert "POST" in resp.json()["error"]["message"]
 
 
+def test_a_body_that_is_not_a_json_object_says_how_to_send_one(server: ServerHandle) -> None:
+    """curl -d sends form encoding unless told otherwise: the 400 names the header to set."""
+    body = json.dumps({"model": MODEL, "messages": USER, "max_tokens": 2}).encode()
+    for content, headers in ((body, {"content-type": "application/x-www-form-urlencoded"}),
+                             (b"[1, 2]", {"content-type": "application/json"})):
+        resp = httpx.post(f"{server.api_url}/chat/completions", content=content, headers=headers)
+        assert resp.status_code == 400
+        error = resp.json()["error"]
+        assert "Content-Type: application/json" in error["message"] and error["code"] == "invalid_json"
+
+
 # -- fields accepted, ignored or refused ---------------------------------------------------------
 
 
