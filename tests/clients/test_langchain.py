@@ -14,8 +14,17 @@ from typing import Annotated, Literal
 
 import openai
 import pytest
-from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    FunctionMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.output_parsers.openai_functions import JsonOutputFunctionsParser, PydanticOutputFunctionsParser
 from langchain_core.tools import tool
+from langchain_core.utils.function_calling import convert_to_openai_function
 from langchain_deepseek import ChatDeepSeek
 from langchain_openai import ChatOpenAI, OpenAI
 from live_server import ServerHandle
@@ -258,6 +267,23 @@ def test_parallel_tool_calls_false_gives_at_most_one_call(server: ServerHandle) 
                                                                parallel_tool_calls=False, **STRICT)
     message = llm.invoke(HISTORY)
     assert len(message.tool_calls) == 1
+
+
+def test_legacy_functions_with_langchains_function_parsers(server: ServerHandle) -> None:
+    """Older LangChain chains bind `functions` and read `additional_kwargs["function_call"]`."""
+    function = convert_to_openai_function(Verdict)
+    llm = chat_model(server, max_tokens=60, seed=6).bind(functions=[function],
+                                                          function_call={"name": function["name"]})
+    message = llm.invoke(HISTORY)
+    assert message.response_metadata["finish_reason"] == "function_call"
+    assert message.additional_kwargs["function_call"]["name"] == "Verdict"
+    verdict = (llm | PydanticOutputFunctionsParser(pydantic_schema=Verdict)).invoke(HISTORY)
+    assert isinstance(verdict, Verdict)
+    streamed = list((llm | JsonOutputFunctionsParser()).stream(HISTORY))
+    assert Verdict.model_validate(streamed[-1]) == verdict  # same seed, streamed or not
+    result = FunctionMessage(name="Verdict", content="noted")
+    answer = chat_model(server).bind(functions=[function]).invoke([*HISTORY, message, result])
+    assert answer.usage_metadata["input_tokens"] > message.usage_metadata["input_tokens"]
 
 
 # -- structured output ---------------------------------------------------------------------------
