@@ -1,0 +1,28 @@
+"""The fused MoE benchmark runs end to end (tiny shape, CPU through Triton's interpreter) and writes
+what the lead reads from its GPU run: per case the loop and kernel timings, the kernel's deviation
+from the loop, and the run's metadata."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).parents[2] / "benchmarks" / "fused_moe.py"
+
+
+@pytest.mark.triton
+def test_tiny_run_reports_every_case_against_the_loop(tmp_path: Path) -> None:
+    out = tmp_path / "fused_moe.json"
+    cmd = [sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--tokens", "1", "3", "--reps", "1",
+           "--out", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert {"device", "commit", "command", "date"} <= result.keys() and result["interpreted"]
+    assert [(r["shape"], r["tokens"]) for r in result["results"]] == [("tiny", 1), ("tiny", 3)]
+    for r in result["results"]:
+        assert r["loop_ms"] > 0 and r["kernel_ms"] > 0 and 1 <= r["active_experts"] <= 2 * r["tokens"]
+        assert r["max_abs_diff_vs_loop"] < 1e-4
