@@ -47,11 +47,16 @@ from seekd.text.tool_parsers import detect_tool_format
 
 
 def _message_dict(index: int, message: ChatMessage) -> dict[str, Any]:
-    """Templates expect plain string content; text parts are joined, other parts refused."""
+    """Templates expect plain string content; text parts are joined, other parts refused. An
+    assistant's `refusal` part (the SDK's echo of a refusal) is what the assistant said: its text."""
     content = message.content
     if isinstance(content, list):
         texts = []
         for part in content:
+            refusal = (part.model_extra or {}).get("refusal")
+            if part.type == "refusal" and message.role == "assistant" and isinstance(refusal, str):
+                texts.append(refusal)
+                continue
             if part.type != "text":
                 raise invalid_request(
                     f"message {index}: content part type {part.type!r} is not supported (only 'text')",

@@ -136,6 +136,15 @@ def test_message_forms_clients_send(client: openai.OpenAI) -> None:
     history = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}, *USER,
                {"role": "assistant", "content": [{"type": "text", "text": "Hi."}]}, *USER]
     assert chat(client, history, **kwargs).choices[0].finish_reason == "length"
+    said = [*USER, {"role": "assistant", "content": "I can't help with that."}, *USER]
+    refused = [*USER, {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}]},
+               *USER]
+    assert chat(client, refused, **kwargs).usage.prompt_tokens == chat(client, said, **kwargs).usage.prompt_tokens
+    for part in ({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                 {"type": "refusal", "refusal": "users do not refuse"}):
+        with pytest.raises(openai.BadRequestError) as info:
+            chat(client, [{"role": "user", "content": [part]}])
+        assert info.value.param == "messages.0.content" and part["type"] in info.value.message
 
 
 def test_seed_determinism_and_penalties(client: openai.OpenAI) -> None:
