@@ -91,11 +91,15 @@ class EngineCore:
             max_model_len = capacity
         self.max_model_len = max_model_len
         if self.device.startswith("cuda") and not config.device.enforce_eager:
-            if self.runner.attn_backend.name == "triton":
+            blockers = self.runner.graph_blockers()
+            if self.runner.attn_backend.name != "triton":
+                logger.info("decode CUDA graphs need the triton attention backend; running eagerly")
+            elif blockers:
+                logger.info("decode runs eagerly: %s read host-side step values that a graph would freeze",
+                            ", ".join(blockers))
+            else:
                 max_batch = min(config.scheduler.max_num_seqs, config.device.cuda_graph_max_batch)
                 self.runner.capture_decode_graphs(max_batch, max_model_len)
-            else:
-                logger.info("decode CUDA graphs need the triton attention backend; running eagerly")
         self.scheduler = Scheduler(
             config.scheduler, config.cache, num_blocks, max_model_len, self.runner.kv_layout.shapes
         )

@@ -22,6 +22,7 @@ from seekd.engine.scheduler import SchedulerOutput
 from seekd.engine.structured.backend import StructuredBackend, bitmask_width
 from seekd.layers.attention import Attention, AttentionBackend, TorchAttentionBackend, make_backend
 from seekd.layers.forward_context import AttentionMetadata, CacheGroupMetadata, ForwardContext
+from seekd.layers.mla import MLAAttention
 from seekd.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -106,17 +107,27 @@ class ModelRunner:
         self.gemv_report: dict[str, dict] = {}  # per weight shape: batch-1 GEMV choice and timings
 
     def select_attention_backend(self, name: str) -> None:
-        """One backend instance serves every standard attention layer (layers with their own
-        attention math, such as MLA, keep theirs)."""
-        layers = [layer for layer in self.model.attention_layers() if isinstance(layer, Attention)]
-        if not layers:
+        """One backend instance serves every standard attention layer. MLA layers keep their own
+        attention math; with the triton backend their decode runs the latent-space Triton kernel.
+        Other layers (V4's) stay on their torch code."""
+        all_layers = list(self.model.attention_layers())
+        layers = [layer for layer in all_layers if isinstance(layer, Attention)]
+        if layers:
+            self.attn_backend = make_backend(name, str(self.device), layers[0].num_kv_heads)
+        elif all_layers and all(isinstance(layer, MLAAttention) for layer in all_layers):
+            self.attn_backend = make_backend(name, str(self.device), num_kv_heads=1)  # latent space: one KV head
+        else:
             return
-        self.attn_backend = make_backend(name, str(self.device), layers[0].num_kv_heads)
         for layer in layers:
             layer.backend = self.attn_backend
         logger.info("attention backend: %s", self.attn_backend.name)
         if self.attn_backend.name == "triton":
             self._enable_fused_kernels()
+
+    def graph_blockers(self) -> list[str]:
+        """Module types whose forward depends on host-side values of the step (per-sequence loops,
+        .tolist()): a captured CUDA graph would freeze those, so their models decode eagerly."""
+        return sorted({type(m).__name__ for m in self.model.modules() if not getattr(m, "graph_safe", True)})
 
     def _enable_fused_kernels(self) -> None:
         """On the GPU fast path, norms, activations and rotary run as fused Triton kernels; the

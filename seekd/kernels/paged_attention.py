@@ -179,8 +179,15 @@ def paged_attention(
         num_warps=4, num_stages=2,
     )
     if num_splits > 1:
-        _merge_splits_kernel[(num_tokens, num_heads)](
-            part_acc, part_ml, out, out.stride(0), out.stride(1), num_heads,
-            HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p, NUM_SPLITS=num_splits,
-        )
+        merge_splits(part_acc, part_ml, out, num_splits)
     return out
+
+
+def merge_splits(part_acc: torch.Tensor, part_ml: torch.Tensor, out: torch.Tensor, num_splits: int) -> None:
+    """out[t, h] = the softmax-weighted merge of the NUM_SPLITS partial results of (t, h): partial
+    accumulators [T, H, splits, next_pow2(D)] and (running max, denominator) pairs [T, H, splits, 2]."""
+    num_tokens, num_heads, head_dim = out.shape
+    _merge_splits_kernel[(num_tokens, num_heads)](
+        part_acc, part_ml, out, out.stride(0), out.stride(1), num_heads,
+        HEAD_DIM=head_dim, HEAD_DIM_P=triton.next_power_of_2(head_dim), NUM_SPLITS=num_splits,
+    )

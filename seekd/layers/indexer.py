@@ -29,6 +29,8 @@ class LightningIndexer(nn.Module):
     """Projections (names as in the checkpoints: wq_b, wk, k_norm, weights_proj) and top-k selection.
     Replicated across tensor-parallel ranks: its weights are small and every rank needs all scores."""
 
+    graph_safe = False  # selects sequence by sequence on host-side lengths
+
     def __init__(
         self,
         hidden_size: int,

@@ -70,6 +70,12 @@ class MLAAttention(nn.Module):
         self.rotary_emb = rotary_emb
         self.kv_cache: torch.Tensor | None = None  # [num_blocks, block_size, kv_lora_rank + qk_rope_head_dim]
         self.mode = "auto"
+        self.use_kernel = False  # the ModelRunner turns on the Triton latent decode kernel on GPUs
+
+    @property
+    def graph_safe(self) -> bool:
+        """Decode steps are capturable once they run the kernel: the torch paths loop over sequences."""
+        return self.use_kernel
 
     def kv_cache_spec(self, dtype: torch.dtype) -> KVCacheSpec:
         return KVCacheSpec((self.latent_width,), dtype)
@@ -152,6 +158,13 @@ class MLAAttention(nn.Module):
         """Latent space: q' = [q_nope W_UK | q_pe] against the cached [c_kv | k_pe], values c_kv,
         then W_UV maps the latent output back to per-head values. -> [T, H, v]."""
         q, w_uv = self.absorb_query(q_nope, q_pe)
+        if self.use_kernel and meta.is_pure_decode:
+            from seekd.kernels.mla_decode import decode_splits, mla_decode
+
+            splits = decode_splits(meta.num_seqs, self.num_heads, meta.max_seq_len)
+            out_latent = mla_decode(q.contiguous(), self.kv_cache, meta.block_tables, meta.seq_lens,
+                                    self.kv_lora_rank, self.scale, splits)
+            return torch.einsum("thr,hvr->thv", out_latent, w_uv)
         out_latent = q.new_empty(q.size(0), self.num_heads, self.kv_lora_rank)
         start = 0
         for i, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):

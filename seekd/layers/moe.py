@@ -142,6 +142,8 @@ class RoutedExperts(nn.Module):
     rows) and w2 [E, H, I]. Tensor parallelism splits I across ranks and sums the outputs.
     `swiglu_limit` (V4) clips gate pre-activations from above and up pre-activations to +-limit."""
 
+    graph_safe = False  # the loop reads the chosen expert ids on the host
+
     def __init__(
         self, num_experts: int, hidden_size: int, intermediate_size: int, swiglu_limit: float | None = None
     ) -> None:

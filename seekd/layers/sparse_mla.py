@@ -26,6 +26,10 @@ class SparseMLAAttention(MLAAttention):
         super().__init__(*args, **kwargs)
         self.indexer = indexer
 
+    @property
+    def graph_safe(self) -> bool:
+        return False  # the indexer's selection and the sparse gather loop over sequences on the host
+
     def kv_cache_spec(self, dtype: torch.dtype) -> KVCacheSpec:
         return KVCacheSpec((self.latent_width + self.indexer.head_dim,), dtype)
 

@@ -50,6 +50,8 @@ class GroupedLinear(nn.Module):
 class V4Attention(nn.Module):
     """Names as in the DeepSeek checkpoints (wq_a, q_norm, wq_b, wkv, norm, wo_a, wo_b, attn_sink)."""
 
+    graph_safe = False  # attends sequence by sequence on host-side lengths
+
     def __init__(
         self, hidden_size: int, num_heads: int, head_dim: int, q_lora_rank: int, o_groups: int, o_lora_rank: int,
         sliding_window: int, norm_eps: float, rotary_emb: RotaryEmbedding,
