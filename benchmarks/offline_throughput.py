@@ -24,6 +24,7 @@ import torch
 
 from seekd import LLM, SamplingParams
 from seekd.bench.report import seekd_commit
+from seekd.layers.moe import SparseMoE
 
 SHAPES = {
     "r1-distill-qwen-7b": {
@@ -39,6 +40,22 @@ SHAPES = {
         "num_key_value_heads": 2, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0, "vocab_size": 151936, "tie_word_embeddings": False,
         "bos_token_id": 151646, "eos_token_id": 151643, "torch_dtype": "bfloat16",
+    },
+    # deepseek-ai/DeepSeek-V2-Lite(-Chat): MLA without q compression, 64 routed experts (6 per token)
+    # and 2 shared, the first layer dense; 15.7B parameters, 2.4B active
+    "deepseek-v2-lite": {
+        "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "hidden_size": 2048,
+        "intermediate_size": 10944, "moe_intermediate_size": 1408, "num_hidden_layers": 27,
+        "num_attention_heads": 16, "num_key_value_heads": 16, "kv_lora_rank": 512, "q_lora_rank": None,
+        "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "n_routed_experts": 64,
+        "n_shared_experts": 2, "num_experts_per_tok": 6, "first_k_dense_replace": 1, "moe_layer_freq": 1,
+        "topk_method": "greedy", "scoring_func": "softmax", "norm_topk_prob": False,
+        "routed_scaling_factor": 1.0, "n_group": 1, "topk_group": 1, "max_position_embeddings": 163840,
+        "rope_theta": 10000.0, "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                                                 "beta_fast": 32, "beta_slow": 1, "mscale": 0.707,
+                                                 "mscale_all_dim": 0.707},
+        "rms_norm_eps": 1e-6, "vocab_size": 102400, "tie_word_embeddings": False, "bos_token_id": 100000,
+        "eos_token_id": 100001, "torch_dtype": "bfloat16",
     },
 }
 
@@ -63,12 +80,18 @@ def measure_copy_bandwidth(device: str) -> float:
 
 
 def weight_bytes(llm: LLM) -> int:
-    """Bytes one decode step must read: every parameter except the input embedding table."""
+    """Bytes one batch-1 decode step must read: every parameter except the input embedding table,
+    and of each MoE layer's routed experts only the top_k that the token is sent to."""
     model = llm.engine.runner.model
     embed = model.model.embed_tokens.weight
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     if model.lm_head.weight is not embed:
         total -= embed.numel() * embed.element_size()
+    for module in model.modules():
+        if isinstance(module, SparseMoE):
+            experts = module.experts
+            routed = sum(p.numel() * p.element_size() for p in experts.parameters())
+            total -= routed - routed * module.gate.top_k // experts.w13_weight.shape[0]
     return total
 
 
