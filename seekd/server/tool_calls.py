@@ -9,6 +9,7 @@ generated text turned into `tool_calls`.
   to split off, since the grammar allows JSON from the first token on.
 - `parallel_tool_calls: false`: at most one call (the grammar's maxItems; with "auto", later calls
   are dropped).
+- The legacy `functions`/`function_call` form is read as tools (`seekd.server.legacy_functions`).
 - History: assistant `tool_calls` arguments stay the JSON text the client sent, but templates that
   apply `tojson` to them (written for argument objects, as Qwen2.5's) get the object (see
   ToolArguments); `tool` messages must answer a call of the assistant message before them.

@@ -277,6 +277,23 @@ def test_response_format_kinds_and_the_sdk_parse_helper(client: openai.OpenAI) -
     Ticket.model_validate_json("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
 
 
+def test_streamed_tool_call_chunks_hold_one_entry_per_call(client: openai.OpenAI) -> None:
+    """The first chunk of a call carries its id, name and first argument text in one entry, as
+    OpenAI's do; clients that take `tool_calls[0]` of a chunk miss nothing."""
+    tool = {"type": "function", "function": FUNCTIONS[0]}
+    base = dict(tools=[tool], tool_choice={"type": "function", "function": {"name": "page_oncall"}}, max_tokens=40,
+                seed=3)
+    whole = chat(client, **base).choices[0].message.tool_calls[0]
+    arguments, ids = "", []
+    for chunk in streamed(client, **base):
+        for choice in chunk.choices:
+            deltas = choice.delta.tool_calls or []
+            assert len({d.index for d in deltas}) == len(deltas)
+            ids += [d.id for d in deltas if d.id]
+            arguments += "".join(d.function.arguments or "" for d in deltas)
+    assert len(ids) == 1 and json.loads(arguments) == json.loads(whole.function.arguments)
+
+
 # -- legacy function calling ---------------------------------------------------------------------
 
 FUNCTIONS = [{"name": "page_oncall", "description": "Page the on-call engineer",
