@@ -4,6 +4,8 @@ Per shape and token count T, on seeded random routings (distinct experts per tok
   loop          - the reference loop (eager; it reads the active experts back to the host)
   kernel        - fused_moe launched eagerly
   kernel_graph  - fused_moe replayed as a CUDA graph, as captured decode steps run it
+  align_*       - the alignment by expert alone, its one-program Triton kernel and its torch ops
+                  (graph replay): where they cross sets ALIGN_KERNEL_MAX_PAIRS
 and the roofline: the bytes of the experts that the routing touches over the device-to-device copy
 bandwidth measured in the same run. `--sweep` also times a set of tilings per case (graph replay),
 to tune `pick_tiling`. bf16, CUDA events; `--tiny --device cpu` runs the script through Triton's
@@ -31,7 +33,13 @@ import torch
 import triton
 
 from seekd.bench.report import seekd_commit
-from seekd.kernels.fused_moe import MoeTiling, fused_moe, pick_tiling
+from seekd.kernels.fused_moe import (
+    MoeTiling,
+    align_by_expert_kernel,
+    align_by_expert_torch,
+    fused_moe,
+    pick_tiling,
+)
 from seekd.layers.moe import RoutedExperts
 
 # (experts, top_k, hidden, moe intermediate per GPU)
@@ -109,6 +117,10 @@ def bench_case(shape: str, num_tokens: int, device: torch.device, dtype: torch.d
     }
     if device.type == "cuda":
         row["kernel_graph_ms"] = time_ms(lambda: fused_moe(x, w13, w2, weights, ids), device, reps, graph=True)
+        block_m = pick_tiling(num_tokens * top_k, num_experts).block_m
+        for method, align in (("kernel", align_by_expert_kernel), ("torch", align_by_expert_torch)):
+            row[f"align_{method}_graph_ms"] = time_ms(lambda a=align: a(ids, num_experts, block_m), device, reps,
+                                                      graph=True)
         row["roofline_ms"] = weight_bytes / (bandwidth * 1e6)
         row["graph_vs_roofline"] = row["kernel_graph_ms"] / row["roofline_ms"]
     row["speedup_vs_loop"] = row["loop_ms"] / row.get("kernel_graph_ms", row["kernel_ms"])

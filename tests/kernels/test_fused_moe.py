@@ -45,13 +45,14 @@ def tolerance(dtype: torch.dtype) -> dict:
 
 
 @pytest.mark.parametrize("block_m", [16, 32])
-def test_alignment_puts_every_pair_once_in_padded_single_expert_blocks(kernel_device, block_m):
-    from seekd.kernels.fused_moe import align_by_expert
+@pytest.mark.parametrize("method", ["torch", "kernel"])
+def test_alignment_puts_every_pair_once_in_padded_single_expert_blocks(kernel_device, block_m, method):
+    from seekd.kernels import fused_moe
 
     torch.manual_seed(0)
-    num_tokens, num_experts, top_k = 21, 16, 3
+    num_tokens, num_experts, top_k = 61, 16, 3  # more pairs than the kernel's chunk of 128
     _, ids = routing(num_tokens, num_experts, top_k, kernel_device, only=5)  # expert 5 over a block
-    align = align_by_expert(ids, num_experts, block_m)
+    align = getattr(fused_moe, f"align_by_expert_{method}")(ids, num_experts, block_m)
     num_pairs = num_tokens * top_k
     rows, blocks = align.sorted_rows.cpu(), align.block_expert.cpu()
     assert rows.numel() == blocks.numel() * block_m >= num_pairs + min(num_experts, num_pairs) * (block_m - 1)
@@ -69,6 +70,19 @@ def test_alignment_puts_every_pair_once_in_padded_single_expert_blocks(kernel_de
     assert used.tolist() == sorted(used.tolist()) and (blocks[len(used):] == num_experts).all()
 
 
+@pytest.mark.parametrize("num_tokens,num_experts,top_k,block_m", [
+    (1, 8, 2, 16), (1, 256, 8, 16), (7, 64, 6, 16), (300, 64, 6, 32), (90, 4, 1, 64), (1000, 8, 2, 16)])
+def test_alignment_kernel_equals_the_torch_alignment(kernel_device, num_tokens, num_experts, top_k, block_m):
+    from seekd.kernels.fused_moe import align_by_expert_kernel, align_by_expert_torch
+
+    torch.manual_seed(num_tokens)
+    _, ids = routing(num_tokens, num_experts, top_k, kernel_device, only=1 if top_k == 1 else None)
+    ref = align_by_expert_torch(ids, num_experts, block_m)
+    out = align_by_expert_kernel(ids, num_experts, block_m)
+    assert torch.equal(out.sorted_rows, ref.sorted_rows)
+    assert torch.equal(out.block_expert, ref.block_expert)
+
+
 CASES = {
     "one_token": (1, 8, 2, 64, 32, None, None),
     "one_token_many_experts": (1, 64, 6, 64, 48, None, None),
@@ -77,6 +91,7 @@ CASES = {
     "every_token_on_one_expert": (37, 8, 2, 64, 32, None, 3),
     "top1_all_on_one_expert": (20, 4, 1, 32, 24, 0.5, 0),
     "many_tokens": (70, 8, 2, 64, 96, None, None),
+    "prefill_sized": (1100, 8, 2, 32, 16, 0.5, None),  # past ALIGN_KERNEL_MAX_PAIRS: the torch alignment
 }
 
 
@@ -137,8 +152,15 @@ def test_routed_experts_on_the_kernel_run_no_host_reading_op(kernel_device):
     out = experts(x, weights, ids)
     torch.testing.assert_close(out, ref, **tolerance(torch.float32))
     kernel_ops = _ops_run(lambda: experts(x, weights, ids))
-    assert "aten::argsort" in kernel_ops or "aten::sort" in kernel_ops
     assert not kernel_ops & set(SYNCING_OPS)
+
+
+def test_torch_alignment_runs_no_host_reading_op(kernel_device):
+    from seekd.kernels.fused_moe import align_by_expert_torch
+
+    _, ids = routing(50, 8, 2, kernel_device)
+    ops = _ops_run(lambda: align_by_expert_torch(ids, 8, 16))
+    assert "aten::sort" in ops and not ops & set(SYNCING_OPS)
 
 
 def _tiny_v2_lite(folder):
