@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Annotated, Literal
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal
 
 import openai
 import pytest
@@ -60,6 +61,15 @@ def get_weather(city: Literal["Paris", "Oslo"], days: Annotated[int, Field(ge=1,
 STRICT = {"strict": True}
 
 
+@pytest.fixture(scope="module")
+def run_async() -> Callable[[Coroutine], Any]:
+    """One event loop for the module: langchain-openai caches its async HTTP client process-wide,
+    and a client made in a loop that asyncio.run closed fails in the next one."""
+    loop = asyncio.new_event_loop()
+    yield loop.run_until_complete
+    loop.close()
+
+
 def chat_model(server: ServerHandle, **kwargs) -> ChatOpenAI:
     options = {"max_tokens": 6, "max_retries": 0, "timeout": 60, **kwargs}
     return ChatOpenAI(base_url=server.api_url, api_key="unused", model=MODEL, **options)
@@ -94,7 +104,7 @@ def test_invoke_and_stream_agree_for_one_seed(server: ServerHandle) -> None:
     assert streamed.content == whole.content
 
 
-def test_async_invoke_stream_and_batch(server: ServerHandle) -> None:
+def test_async_invoke_stream_and_batch(server: ServerHandle, run_async: Callable) -> None:
     llm = chat_model(server, seed=3, max_tokens=5, extra_body={"ignore_eos": True})
 
     async def run() -> tuple[AIMessage, list[AIMessageChunk], list[AIMessage]]:
@@ -103,7 +113,7 @@ def test_async_invoke_stream_and_batch(server: ServerHandle) -> None:
         batch = await llm.abatch(["hello", "hi there"])
         return whole, chunks, batch
 
-    whole, chunks, abatch = asyncio.run(run())
+    whole, chunks, abatch = run_async(run())
     assert add_chunks(chunks).content == whole.content
     batch = llm.batch(["hello", "hi there"])
     assert [m.content for m in batch] == [m.content for m in abatch]
@@ -290,7 +300,8 @@ def test_legacy_functions_with_langchains_function_parsers(server: ServerHandle)
 
 
 @pytest.mark.parametrize("method", ["json_schema", "function_calling"])
-def test_structured_output_validates_into_the_pydantic_class(server: ServerHandle, method: str) -> None:
+def test_structured_output_validates_into_the_pydantic_class(server: ServerHandle, method: str,
+                                                            run_async: Callable) -> None:
     for seed in range(3):
         llm = chat_model(server, max_tokens=60, seed=seed, temperature=1.0)
         result = llm.with_structured_output(Verdict, method=method, include_raw=True).invoke(HISTORY)
@@ -299,6 +310,8 @@ def test_structured_output_validates_into_the_pydantic_class(server: ServerHandl
         assert 0 <= result["parsed"].score <= 9
         streamed = list(llm.with_structured_output(Verdict, method=method).stream(HISTORY))
         assert streamed and isinstance(streamed[-1], Verdict)
+    awaited = run_async(llm.with_structured_output(Verdict, method=method).ainvoke(HISTORY))
+    assert awaited == result["parsed"]  # the last seed's, asked again asynchronously
 
 
 def test_structured_output_json_mode_gives_json(server: ServerHandle) -> None:
@@ -321,15 +334,19 @@ def test_structured_output_json_mode_gives_json(server: ServerHandle) -> None:
 # -- completions-style LLM -----------------------------------------------------------------------
 
 
-def test_openai_completions_llm(server: ServerHandle) -> None:
+def test_openai_completions_llm(server: ServerHandle, run_async: Callable) -> None:
     llm = OpenAI(base_url=server.api_url, api_key="unused", model=MODEL, max_tokens=5, seed=9, max_retries=0,
                  extra_body={"ignore_eos": True})
     text = llm.invoke("Once upon a time")
     assert text and "".join(llm.stream("Once upon a time")) == text
-    assert asyncio.run(llm.ainvoke("Once upon a time")) == text
+    assert run_async(llm.ainvoke("Once upon a time")) == text
     assert llm.batch(["Once upon a time", "x"])[0] == text
     result = OpenAI(base_url=server.api_url, api_key="unused", model=MODEL, max_tokens=3, logprobs=2,
                     max_retries=0, extra_body={"ignore_eos": True}).generate(["x"])
     logprobs = result.generations[0][0].generation_info["logprobs"]
     assert len(logprobs["tokens"]) == 3 and all(len(top) == 2 for top in logprobs["top_logprobs"])
     assert result.llm_output["token_usage"]["completion_tokens"] == 3
+    several = OpenAI(base_url=server.api_url, api_key="unused", model=MODEL, max_tokens=3, n=2, seed=1,
+                     max_retries=0, extra_body={"ignore_eos": True}).generate(["x", "y"])
+    assert [len(g) for g in several.generations] == [2, 2]
+    assert several.llm_output["token_usage"]["completion_tokens"] == 12
