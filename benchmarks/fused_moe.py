@@ -49,12 +49,9 @@ SHAPES = {
     "v3-tp4": (256, 8, 7168, 512),
     "tiny": (8, 2, 64, 32),
 }
-SWEEP = [MoeTiling(m, n, k, w, s) for m in (16, 32, 64) for n, k, w, s in
-         ((32, 64, 4, 3), (64, 64, 4, 3), (64, 128, 4, 3), (128, 64, 8, 3), (64, 64, 4, 4), (128, 128, 8, 2))]
-
-
-def tiling_name(t: MoeTiling) -> str:
-    return f"m{t.block_m}_n{t.block_n}_k{t.block_k}_w{t.num_warps}_s{t.num_stages}"
+SWEEP = [MoeTiling(m, up, down, k, w, s) for m in (16, 32, 64) for up, down, k, w, s in (
+    (16, 32, 128, 4, 3), (32, 64, 64, 4, 3), (32, 64, 128, 4, 3), (64, 64, 64, 4, 3), (64, 64, 128, 4, 4),
+    (64, 128, 64, 8, 3), (128, 128, 64, 8, 3), (32, 32, 256, 4, 3))]
 
 
 def copy_bandwidth_gbs(device: torch.device) -> float | None:
@@ -110,14 +107,14 @@ def bench_case(shape: str, num_tokens: int, device: torch.device, dtype: torch.d
     row = {
         "shape": shape, "tokens": num_tokens, "experts": num_experts, "top_k": top_k, "hidden": hidden,
         "intermediate": inter, "active_experts": active, "expert_weight_mb": round(weight_bytes / 1e6, 2),
-        "tiling": tiling_name(pick_tiling(num_tokens * top_k, num_experts)),
+        "tiling": pick_tiling(num_tokens * top_k, num_experts, hidden, inter, device).name,
         "max_abs_diff_vs_loop": float((out.float() - ref.float()).abs().max()),
         "loop_ms": time_ms(lambda: experts(x, weights, ids), device, reps, graph=False),
         "kernel_ms": time_ms(lambda: fused_moe(x, w13, w2, weights, ids), device, reps, graph=False),
     }
     if device.type == "cuda":
         row["kernel_graph_ms"] = time_ms(lambda: fused_moe(x, w13, w2, weights, ids), device, reps, graph=True)
-        block_m = pick_tiling(num_tokens * top_k, num_experts).block_m
+        block_m = pick_tiling(num_tokens * top_k, num_experts, hidden, inter, device).block_m
         for method, align in (("kernel", align_by_expert_kernel), ("torch", align_by_expert_torch)):
             row[f"align_{method}_graph_ms"] = time_ms(lambda a=align: a(ids, num_experts, block_m), device, reps,
                                                       graph=True)
@@ -126,7 +123,7 @@ def bench_case(shape: str, num_tokens: int, device: torch.device, dtype: torch.d
     row["speedup_vs_loop"] = row["loop_ms"] / row.get("kernel_graph_ms", row["kernel_ms"])
     if sweep:
         row["sweep_graph_ms"] = {
-            tiling_name(t): round(time_ms(lambda t=t: fused_moe(x, w13, w2, weights, ids, tiling=t), device, reps,
+            t.name: round(time_ms(lambda t=t: fused_moe(x, w13, w2, weights, ids, tiling=t), device, reps,
                                           graph=device.type == "cuda"), 4)
             for t in SWEEP if t.block_m <= max(16, triton.next_power_of_2(num_tokens * top_k))
         }

@@ -27,18 +27,35 @@ import triton.language as tl
 @dataclass(frozen=True)
 class MoeTiling:
     block_m: int  # sorted rows per block (one expert each); tl.dot needs at least 16
-    block_n: int  # output features per program
+    block_n_up: int  # intermediate features per gate-up program (gate and up columns each)
+    block_n_down: int  # hidden features per down program
     block_k: int  # reduction features per tile
     num_warps: int = 4
     num_stages: int = 3
 
+    @property
+    def name(self) -> str:
+        return (f"m{self.block_m}_up{self.block_n_up}_down{self.block_n_down}_k{self.block_k}"
+                f"_w{self.num_warps}_s{self.num_stages}")
 
-def pick_tiling(num_pairs: int, num_experts: int) -> MoeTiling:
-    """Blocks no taller than the average expert's share of the (token, slot) pairs: taller blocks
-    would mostly carry padding rows."""
+
+def _streaming_multiprocessors(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def pick_tiling(num_pairs: int, num_experts: int, hidden: int, inter: int, device: torch.device) -> MoeTiling:
+    """Blocks no taller than the average expert's share of the (token, slot) pairs (taller ones would
+    mostly carry padding rows), and columns per program narrow enough that the programs of a small
+    batch still cover the GPU twice: at decode each one streams its own slice of expert weights."""
     per_expert = num_pairs / num_experts
     block_m = 16 if per_expert <= 16 else 32 if per_expert <= 48 else 64
-    return MoeTiling(block_m=block_m, block_n=64, block_k=64)
+    min_blocks = min(num_experts, num_pairs)  # every expert that has pairs fills at least one block
+    target = 2 * _streaming_multiprocessors(device)
+
+    def block_n(features: int) -> int:
+        return next((n for n in (64, 32) if min_blocks * triton.cdiv(features, n) >= target), 16)
+
+    return MoeTiling(block_m, block_n(inter), block_n(hidden), block_k=128 if block_m == 16 else 64)
 
 
 @dataclass
@@ -123,10 +140,11 @@ def _align_kernel(
         # rank among this chunk's earlier pairs of the same expert: pair order, as a stable sort gives
         earlier = (e[None, :] == e[:, None]) & (offs[None, :] < offs[:, None])
         rank = tl.sum(earlier.to(tl.int32), axis=1)
-        base = tl.load(cursor_ptr + e, mask=valid, other=0)
+        # volatile: the cursors were written by other threads of this program, after the barrier
+        base = tl.load(cursor_ptr + e, mask=valid, other=0, volatile=True)
         tl.store(sorted_rows_ptr + base + rank, offs, mask=valid)
         tl.debug_barrier()
-        tl.store(cursor_ptr + experts, tl.load(cursor_ptr + experts) + tl.histogram(e, E_P))
+        tl.store(cursor_ptr + experts, tl.load(cursor_ptr + experts, volatile=True) + tl.histogram(e, E_P))
         tl.debug_barrier()
 
 
@@ -251,7 +269,7 @@ def fused_moe(
     num_pairs = num_tokens * top_k
     if num_pairs == 0:
         return torch.zeros_like(x)
-    tiling = tiling or pick_tiling(num_pairs, num_experts)
+    tiling = tiling or pick_tiling(num_pairs, num_experts, hidden, inter, x.device)
     x = x if x.stride(1) == 1 else x.contiguous()
     align = align_by_expert(topk_ids, num_experts, tiling.block_m)
     num_blocks = align.block_expert.numel()
@@ -259,18 +277,18 @@ def fused_moe(
     launch = dict(num_warps=tiling.num_warps, num_stages=tiling.num_stages)
 
     act = torch.empty(align.sorted_rows.numel(), inter, dtype=x.dtype, device=x.device)
-    _gate_up_kernel[(num_blocks, triton.cdiv(inter, tiling.block_n))](
+    _gate_up_kernel[(num_blocks, triton.cdiv(inter, tiling.block_n_up))](
         x, w13, act, align.sorted_rows, align.block_expert,
         num_pairs, num_experts, hidden, inter, float(swiglu_limit or 0.0),
         x.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
         TOP_K=top_k, HAS_LIMIT=swiglu_limit is not None, IEEE=ieee,
-        BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, **launch,
+        BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n_up, BLOCK_K=tiling.block_k, **launch,
     )
     per_slot = torch.empty(num_pairs, hidden, dtype=torch.float32, device=x.device)
-    _down_kernel[(num_blocks, triton.cdiv(hidden, tiling.block_n))](
+    _down_kernel[(num_blocks, triton.cdiv(hidden, tiling.block_n_down))](
         act, w2, topk_weights.flatten().contiguous(), per_slot, align.sorted_rows, align.block_expert,
         num_pairs, num_experts, hidden, inter,
         act.stride(0), w2.stride(0), w2.stride(1), per_slot.stride(0),
-        IEEE=ieee, BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n, BLOCK_K=tiling.block_k, **launch,
+        IEEE=ieee, BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n_down, BLOCK_K=tiling.block_k, **launch,
     )
     return per_slot.view(num_tokens, top_k, hidden).sum(dim=1).to(x.dtype)

@@ -71,7 +71,7 @@ def test_alignment_puts_every_pair_once_in_padded_single_expert_blocks(kernel_de
 
 
 @pytest.mark.parametrize("num_tokens,num_experts,top_k,block_m", [
-    (1, 8, 2, 16), (1, 256, 8, 16), (7, 64, 6, 16), (300, 64, 6, 32), (90, 4, 1, 64), (1000, 8, 2, 16)])
+    (1, 4, 1, 16), (1, 8, 2, 16), (1, 256, 8, 16), (7, 64, 6, 16), (300, 64, 6, 32), (90, 4, 1, 64), (1000, 8, 2, 16)])
 def test_alignment_kernel_equals_the_torch_alignment(kernel_device, num_tokens, num_experts, top_k, block_m):
     from seekd.kernels.fused_moe import align_by_expert_kernel, align_by_expert_torch
 
@@ -114,15 +114,18 @@ def test_fused_moe_equals_the_reference_loop(kernel_device, dtype, case):
         assert (unclipped.float() - ref.float()).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("block_m,block_n,block_k", [(16, 16, 16), (32, 32, 64), (64, 64, 32)])
-def test_every_tiling_gives_the_reference_and_repeats_bit_for_bit(kernel_device, block_m, block_n, block_k):
+@pytest.mark.parametrize("block_m,block_n_up,block_n_down,block_k", [
+    (16, 16, 32, 16), (32, 32, 16, 64), (64, 64, 64, 32)])
+def test_every_tiling_gives_the_reference_and_repeats_bit_for_bit(
+    kernel_device, block_m, block_n_up, block_n_down, block_k
+):
     from seekd.kernels.fused_moe import MoeTiling, fused_moe
 
     torch.manual_seed(3)
     experts = make_experts(6, 40, 56, 0.6, kernel_device, torch.float32)  # tiles overhang both shapes
     x = torch.randn(11, 40, device=kernel_device)
     weights, ids = routing(11, 6, 2, kernel_device)
-    tiling = MoeTiling(block_m, block_n, block_k)
+    tiling = MoeTiling(block_m, block_n_up, block_n_down, block_k)
     out = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, 0.6, tiling)
     torch.testing.assert_close(out, experts(x, weights, ids), **tolerance(torch.float32))
     again = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, 0.6, tiling)
