@@ -142,8 +142,6 @@ class RoutedExperts(nn.Module):
     rows) and w2 [E, H, I]. Tensor parallelism splits I across ranks and sums the outputs.
     `swiglu_limit` (V4) clips gate pre-activations from above and up pre-activations to +-limit."""
 
-    graph_safe = False  # the loop reads the chosen expert ids on the host
-
     def __init__(
         self, num_experts: int, hidden_size: int, intermediate_size: int, swiglu_limit: float | None = None
     ) -> None:
@@ -160,6 +158,12 @@ class RoutedExperts(nn.Module):
         self.w13_weight.weight_loader = self.weight_loader
         self.w2_weight.weight_loader = self.weight_loader
         self.use_kernel = False  # the ModelRunner turns on the fused Triton kernel on GPUs
+
+    @property
+    def graph_safe(self) -> bool:
+        """Decode steps are capturable once they run the kernel: the loop reads the chosen expert ids
+        on the host."""
+        return self.use_kernel
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: tuple[int, str] | None = None) -> None:
         """shard_id (expert, gate_proj|up_proj|down_proj) loads one expert's matrix; None loads the
