@@ -207,6 +207,26 @@ def test_deepseek_generates_the_reference_tokens_with_routed_experts_on_the_kern
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("build", [_tiny_v2_lite, _tiny_v3], ids=["v2_lite", "v3"])
+def test_moe_decode_in_cuda_graphs_generates_the_reference_tokens(tmp_path, build):
+    """The GPU fast path (fused kernels, MoE included, and decode CUDA graphs, which the kernel makes
+    possible) against the torch reference engine, float32."""
+    build(tmp_path / "model")
+    prompts = [[*range(10, 40), 7], [5, 6, 7, 8], list(range(100, 190))]
+    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    outs = {}
+    for backend in ("torch", "triton"):
+        llm = LLM(str(tmp_path / "model"), data_dir=str(tmp_path / backend), num_kv_blocks=128, block_size=16,
+                  device="cuda", dtype="float32", attention_backend=backend, cuda_graph_max_batch=8,
+                  show_progress=False)
+        experts = [m for m in llm.engine.runner.model.modules() if isinstance(m, RoutedExperts)]
+        assert all(m.use_kernel == (backend == "triton") for m in experts)
+        assert (llm.engine.runner.decode_graphs is not None) == (backend == "triton")
+        outs[backend] = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    assert outs["triton"] == outs["torch"]
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("num_tokens", [1, 64])
 def test_bf16_kernel_matches_the_loop_at_v2_lite_shapes(num_tokens):
     """V2-Lite's routed experts (64 experts, top 6, hidden 2048, intermediate 1408) in bfloat16: the
