@@ -18,6 +18,7 @@ number of tokens:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 import triton
@@ -39,6 +40,7 @@ class MoeTiling:
                 f"_w{self.num_warps}_s{self.num_stages}")
 
 
+@lru_cache
 def _streaming_multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
@@ -244,8 +246,9 @@ def _down_kernel(
         else:
             acc = tl.dot(a, w, acc)
     weight = tl.load(topk_weights_ptr + rows, mask=row_valid, other=0.0).to(tl.float32)
-    y = acc.to(act_ptr.dtype.element_ty).to(tl.float32) * weight[:, None]  # the expert's output, rounded
-    tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_or + cols[None, :], y,
+    # rounded as the reference rounds it: the expert's output, then its weighted share
+    y = acc.to(act_ptr.dtype.element_ty).to(tl.float32) * weight[:, None]
+    tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_or + cols[None, :], y.to(out_ptr.dtype.element_ty),
              mask=row_valid[:, None] & col_valid[None, :])
 
 
@@ -284,11 +287,11 @@ def fused_moe(
         TOP_K=top_k, HAS_LIMIT=swiglu_limit is not None, IEEE=ieee,
         BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n_up, BLOCK_K=tiling.block_k, **launch,
     )
-    per_slot = torch.empty(num_pairs, hidden, dtype=torch.float32, device=x.device)
+    per_slot = torch.empty(num_pairs, hidden, dtype=x.dtype, device=x.device)
     _down_kernel[(num_blocks, triton.cdiv(hidden, tiling.block_n_down))](
         act, w2, topk_weights.flatten().contiguous(), per_slot, align.sorted_rows, align.block_expert,
         num_pairs, num_experts, hidden, inter,
         act.stride(0), w2.stride(0), w2.stride(1), per_slot.stride(0),
         IEEE=ieee, BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n_down, BLOCK_K=tiling.block_k, **launch,
     )
-    return per_slot.view(num_tokens, top_k, hidden).sum(dim=1).to(x.dtype)
+    return per_slot.view(num_tokens, top_k, hidden).sum(dim=1)  # accumulates in fp32, rounds once
