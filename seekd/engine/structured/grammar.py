@@ -11,6 +11,11 @@ Lark grammars with special tokens, which tool-call markup needs.
 JSON whitespace: at most one space between tokens. Unbounded whitespace lets a model (and any
 random-weight model) loop on blanks until max_tokens; one optional space still admits both compact
 JSON and Python's json.dumps style.
+
+Undeclared keys: an object schema that lists `properties` but says nothing of
+`additionalProperties` is closed (as OpenAI's strict mode requires and vLLM's default backend does).
+JSON Schema would allow any extra key, and a model that strays into inventing keys then keeps going
+until max_tokens; clients that want extra keys say `"additionalProperties": true`.
 """
 
 from __future__ import annotations
@@ -41,12 +46,41 @@ def to_grammar(params: StructuredOutputParams) -> str:
         if not isinstance(schema, (dict, bool)):
             raise GrammarError("a JSON schema must be an object (or true/false)")
         try:
-            return llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=JSON_OPTIONS)
+            return llguidance.LLMatcher.grammar_from_json_schema(close_objects(schema), overrides=JSON_OPTIONS)
         except ValueError as e:
             raise GrammarError(f"invalid JSON schema: {e}") from e
     if params.regex is not None:
         return llguidance.LLMatcher.grammar_from_regex(params.regex)
     return llguidance.LLMatcher.grammar_from_lark(params.grammar or "")
+
+
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")  # not allOf: its members intersect, so none may be closed alone
+_SCHEMA_VALUES = ("items", "additionalProperties", "not", "if", "then", "else", "contains", "propertyNames")
+
+
+def close_objects(schema: object) -> object:
+    """A copy of the schema in which every object schema with `properties` (or
+    `patternProperties`) and no `additionalProperties` gets `"additionalProperties": false`. Walks
+    only the places that hold subschemas, so a property that happens to be named "properties" is
+    left alone; schemas combined with others (allOf, $ref siblings) stay open."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    for key in _SCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: close_objects(sub) for name, sub in out[key].items()}
+    for key in _SCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [close_objects(sub) for sub in out[key]]
+    for key in _SCHEMA_VALUES:
+        if key in out:
+            value = out[key]
+            out[key] = [close_objects(sub) for sub in value] if isinstance(value, list) else close_objects(value)
+    composed = "allOf" in out or "$ref" in out  # keys allowed by the other part would be shut out
+    if ("properties" in out or "patternProperties" in out) and "additionalProperties" not in out and not composed:
+        out["additionalProperties"] = False
+    return out
 
 
 def validate(params: StructuredOutputParams) -> None:
