@@ -111,7 +111,7 @@ async def create_chat_completion(
         )
     except ChatTemplateError as e:
         raise invalid_request(str(e), param="messages") from e
-    prompt_ids = ctx.tokenizer.encode(prompt_text, add_special_tokens=False)
+    prompt_ids = await ctx.encode(prompt_text, add_special_tokens=False)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if max_tokens is None and ctx.max_output_tokens:  # "the rest of the context", capped by the operator
         max_tokens = max(1, min(ctx.max_output_tokens, ctx.max_model_len - len(prompt_ids)))

@@ -22,7 +22,7 @@ from seekd.server.protocol import CompletionChoice, CompletionRequest, Completio
 from seekd.server.streaming import EventStreamResponse, prime, render_events, run_until_disconnect, sse
 
 
-def _prompts(ctx: ServingContext, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
+async def _prompts(ctx: ServingContext, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
     """Normalise the four OpenAI prompt shapes to token id lists (text gets the model's BOS)."""
     if isinstance(prompt, str):
         items: list[str | list[int]] = [prompt]
@@ -34,7 +34,7 @@ def _prompts(ctx: ServingContext, prompt: str | list[str] | list[int] | list[lis
         raise invalid_request("prompt must not be empty", param="prompt")
     out = []
     for item in items:
-        ids = ctx.tokenizer.encode(item) if isinstance(item, str) else list(item)
+        ids = await ctx.encode(item) if isinstance(item, str) else list(item)
         if not ids:
             raise invalid_request("prompt must not be empty", param="prompt")
         out.append(ids)
@@ -55,7 +55,7 @@ async def create_completion(
 ) -> JSONResponse | EventStreamResponse:
     policy = request_policy(request, req.priority, req.timeout, ctx.request_timeout_s, req.cache_salt)
     _check_supported(req)
-    prompts = _prompts(ctx, req.prompt)
+    prompts = await _prompts(ctx, req.prompt)
     max_tokens = 16 if req.max_tokens is None else req.max_tokens  # the OpenAI default
     for ids in prompts:
         check_context_length(len(ids), max_tokens, ctx.max_model_len, "prompt")

@@ -79,6 +79,11 @@ class Tokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
 
+    def encode_without_gil(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """As encode, but the Rust tokenizer lets go of the GIL while it works (its batch call does,
+        the single one does not): run in a thread, megabytes of prompt leave other threads running."""
+        return self.backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+
     def decode(self, token_ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(token_ids, skip_special_tokens=skip_special_tokens)
 
