@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from seekd.kernels.paged_attention import merge_splits
+from seekd.kernels.paged_attention import merge_splits, online_softmax_step
 
 _LOG2E = 1.4426950408889634
 
@@ -63,16 +63,7 @@ def _mla_decode_kernel(
         else:
             s = tl.dot(q_nope, tl.trans(latent)) + tl.dot(q_pe, tl.trans(k_pe))
         s = tl.where(k_valid[None, :], s * sm_scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        prob = tl.exp2(s - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(prob, axis=1)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(prob.to(latent.dtype), latent, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(prob.to(latent.dtype), latent)
-        m_i = m_new
+        m_i, l_i, acc = online_softmax_step(s, latent, m_i, l_i, acc, IEEE)
 
     out_mask = head_valid[:, None] & r_valid[None, :]
     if NUM_SPLITS == 1:
