@@ -14,7 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
-from seekd.kernels.paged_attention import merge_splits, online_softmax_step
+from seekd.kernels.paged_attention import decode_splits, merge_splits, online_softmax_step
 
 _LOG2E = 1.4426950408889634
 
@@ -77,15 +77,8 @@ def _mla_decode_kernel(
         tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=head_valid)
 
 
-def decode_splits(num_seqs: int, num_heads: int, max_seq_len: int, target_programs: int = 264) -> int:
-    """Split the key range until there are about two programs per multiprocessor of an H100, but
-    never into pieces shorter than 128 keys. Depends only on host-side sizes, so a captured graph
-    bakes in the split count of its longest context and stays right for shorter ones."""
-    programs = num_seqs * triton.cdiv(num_heads, block_heads(num_heads))
-    splits = 1
-    while programs * splits < target_programs and max_seq_len // (splits * 2) >= 128:
-        splits *= 2
-    return splits
+def mla_decode_splits(num_seqs: int, num_heads: int, max_seq_len: int) -> int:
+    return decode_splits(num_seqs * triton.cdiv(num_heads, block_heads(num_heads)), max_seq_len)
 
 
 def block_heads(num_heads: int) -> int:

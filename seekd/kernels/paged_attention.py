@@ -132,6 +132,17 @@ def _merge_splits_kernel(
              mask=dims < HEAD_DIM)
 
 
+def decode_splits(programs: int, max_seq_len: int, target_programs: int = 264) -> int:
+    """How many pieces to split each decode sequence's key range into (flash-decoding): double
+    until there are about two programs per multiprocessor of an H100, never into pieces shorter
+    than 128 keys. Host-side sizes only, so a captured graph bakes in the split count of its
+    longest context and stays right for shorter ones."""
+    splits = 1
+    while programs * splits < target_programs and max_seq_len // (splits * 2) >= 128:
+        splits *= 2
+    return splits
+
+
 def query_blocks(query_lens: list[int], block_q: int) -> tuple[list[int], list[int]]:
     """(sequence index, first query index) of every BLOCK_Q-sized block of queries."""
     seqs, starts = [], []

@@ -6,6 +6,7 @@ backend: `torch` is the reference that runs everywhere; faster backends are comp
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Protocol
@@ -148,24 +149,26 @@ def causal_mask(q_len: int, seq_len: int, device: torch.device) -> torch.Tensor:
 
 
 class TritonAttentionBackend:
-    """Paged attention in one Triton kernel (GPU); see seekd/kernels/paged_attention.py."""
+    """Paged attention in one Triton kernel (GPU); see seekd/kernels/paged_attention.py.
+
+    `prefill="varlen"` runs steps in which no sequence has cached context (fresh prompts) through
+    torch's FlashAttention varlen kernel instead; which is faster is measured by
+    benchmarks/prefill_attention.py."""
 
     name = "triton"
-    decode_target_programs = 264  # about two programs per multiprocessor of an H100
 
-    def __init__(self, num_kv_heads: int) -> None:
+    def __init__(self, num_kv_heads: int, prefill: str = "triton") -> None:
+        if prefill not in PREFILL_KERNELS:
+            raise ValueError(f"prefill attention must be one of {', '.join(PREFILL_KERNELS)}, not {prefill!r}")
         self.num_kv_heads = num_kv_heads
+        self.prefill = prefill
 
     def prepare(self, meta: AttentionMetadata) -> TritonStepData:
-        from seekd.kernels.paged_attention import query_blocks
+        from seekd.kernels.paged_attention import decode_splits, query_blocks
 
         block_q = 1 if meta.is_pure_decode else 16
         seqs, starts = query_blocks(meta.query_lens_cpu, block_q)
-        num_splits = 1
-        if meta.is_pure_decode:
-            programs = len(seqs) * self.num_kv_heads
-            while programs * num_splits < self.decode_target_programs and meta.max_seq_len // (num_splits * 2) >= 128:
-                num_splits *= 2
+        num_splits = decode_splits(len(seqs) * self.num_kv_heads, meta.max_seq_len) if meta.is_pure_decode else 1
         device = meta.seq_lens.device
         return TritonStepData(
             qblock_seq=torch.tensor(seqs, dtype=torch.int32).to(device, non_blocking=True),
@@ -177,11 +180,45 @@ class TritonAttentionBackend:
     def attend(self, layer: Attention, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         from seekd.kernels.paged_attention import paged_attention
 
+        if self.prefill == "varlen" and not meta.is_pure_decode and meta.query_lens_cpu == meta.seq_lens_cpu:
+            return varlen_prefill(layer, q, meta)
         data = meta.backend_data
         return paged_attention(
             q.contiguous(), layer.kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
             data.qblock_seq, data.qblock_start, layer.scale, data.block_q, data.num_splits,
         )
+
+
+PREFILL_KERNELS = ("triton", "varlen")
+
+
+def varlen_prefill(layer: Attention, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+    """Causal attention of fresh prompts (no cached context) with torch's FlashAttention varlen
+    kernel, over this step's keys and values read back from their cache slots."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    flat = layer.kv_cache.view(-1, *layer.kv_cache.shape[2:])
+    k, v = flat[meta.slot_mapping, 0], flat[meta.slot_mapping, 1]
+    kwargs = varlen_causal_kwargs()
+    if "enable_gqa" not in kwargs and layer.num_heads != layer.num_kv_heads:  # older torch: expand the heads
+        group = layer.num_heads // layer.num_kv_heads
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    cu = meta.query_start_loc
+    return varlen_attn(q, k, v, cu, cu, meta.max_query_len, meta.max_query_len, scale=layer.scale, **kwargs)
+
+
+@functools.cache
+def varlen_causal_kwargs() -> dict[str, object]:
+    """torch 2.10 takes is_causal; later releases a window (-1, 0), and grouped KV heads natively."""
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    kwargs: dict[str, object] = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    if "enable_gqa" in params:
+        kwargs["enable_gqa"] = True
+    return kwargs
 
 
 @dataclass
@@ -192,7 +229,7 @@ class TritonStepData:
     num_splits: int
 
 
-def make_backend(name: str, device: str, num_kv_heads: int) -> AttentionBackend:
+def make_backend(name: str, device: str, num_kv_heads: int, prefill: str = "triton") -> AttentionBackend:
     """`auto` is triton on CUDA and the torch reference elsewhere."""
     if name == "auto":
         name = "triton" if device.startswith("cuda") else "torch"
@@ -202,5 +239,5 @@ def make_backend(name: str, device: str, num_kv_heads: int) -> AttentionBackend:
         if not device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError("the triton attention backend needs a CUDA device "
                              "(or TRITON_INTERPRET=1, Triton's slow CPU interpreter, to debug kernels)")
-        return TritonAttentionBackend(num_kv_heads)
+        return TritonAttentionBackend(num_kv_heads, prefill)
     raise ValueError(f"attention backend must be auto, torch or triton, not {name!r}")

@@ -159,9 +159,9 @@ class MLAAttention(nn.Module):
         then W_UV maps the latent output back to per-head values. -> [T, H, v]."""
         q, w_uv = self.absorb_query(q_nope, q_pe)
         if self.use_kernel and meta.is_pure_decode:
-            from seekd.kernels.mla_decode import decode_splits, mla_decode
+            from seekd.kernels.mla_decode import mla_decode, mla_decode_splits
 
-            splits = decode_splits(meta.num_seqs, self.num_heads, meta.max_seq_len)
+            splits = mla_decode_splits(meta.num_seqs, self.num_heads, meta.max_seq_len)
             out_latent = mla_decode(q.contiguous(), self.kv_cache, meta.block_tables, meta.seq_lens,
                                     self.kv_lora_rank, self.scale, splits)
             return torch.einsum("thr,hvr->thv", out_latent, w_uv)

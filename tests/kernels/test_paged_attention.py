@@ -93,3 +93,20 @@ def test_triton_engine_greedy_equals_torch_engine_with_prefix_hits(kernel_device
         outs[backend] = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
         assert llm.engine.scheduler.kv.prefix_hits > 0
     assert outs["triton"] == outs["torch"]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(28, 4, 128), (16, 16, 128)])
+def test_varlen_prefill_of_fresh_prompts_matches_torch_reference(heads, kv_heads, head_dim):
+    query_lens = [37, 1, 200, 16]
+    meta = build_batch(query_lens, [0] * 4, 16, 256, "cuda")
+    layer = Attention(heads, head_dim, head_dim**-0.5, kv_heads)
+    layer.kv_cache = torch.randn(256, 16, 2, kv_heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(sum(query_lens), heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    k, v = torch.randn(2, sum(query_lens), kv_heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    store_kv(layer.kv_cache, k, v, meta.slot_mapping)
+    ref = TorchAttentionBackend().attend(layer, q.float(), meta)
+    backend = TritonAttentionBackend(kv_heads, prefill="varlen")
+    meta.backend_data = backend.prepare(meta)
+    out = backend.attend(layer, q, meta)
+    assert (out.float() - ref).norm() / ref.norm() < 1e-2
