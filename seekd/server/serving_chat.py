@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse
 
 from seekd.sampling_params import SamplingParams
 from seekd.server.admission import request_policy
+from seekd.server.chunks import ChatChunkEncoder
 from seekd.server.errors import invalid_request
 from seekd.server.generation import (
     ChoiceUpdate,
@@ -166,14 +167,16 @@ async def _chat_events(
     parsers: list[ChoiceOutput],
     num_top: int | None,
     include_usage: bool,
-) -> AsyncGenerator[str, None]:
+) -> AsyncGenerator[str | bytes, None]:
     def chunk(choices: list[ChatChunkChoice], usage=None) -> str:
         body = ChatCompletionChunk(
             id=gen.request_id, created=gen.created, model=ctx.served_model_name, choices=choices, usage=usage
         )
         return sse(body.model_dump_json(exclude_none=False))
 
-    def render(update: ChoiceUpdate) -> str | None:
+    text_chunk = ChatChunkEncoder(gen.request_id, gen.created, ctx.served_model_name)
+
+    def render(update: ChoiceUpdate) -> str | bytes | None:
         parser = parsers[update.index]
         delta = parser.feed(update.text)
         if update.finish_reason is not None:
@@ -183,6 +186,9 @@ async def _chat_events(
             delta.tool_calls += rest.tool_calls
         if not (delta.reasoning or delta.content or delta.tool_calls or update.logprobs or update.finish_reason):
             return None
+        if num_top is None and not delta.tool_calls and not parser.setup.legacy:
+            return text_chunk.text_delta(update.index, delta.content or None, delta.reasoning or None,
+                                         chat_finish_reason(update.finish_reason, parser))
         logprobs = chat_logprobs(ctx.token_texts, update.logprobs, num_top) if num_top is not None else None
         message = DeltaMessage(content=delta.content or None, reasoning_content=delta.reasoning or None,
                                tool_calls=merge_tool_deltas(delta.tool_calls) or None)

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from seekd.server.admission import request_policy
+from seekd.server.chunks import CompletionChunkEncoder
 from seekd.server.errors import invalid_request
 from seekd.server.generation import (
     ChoiceUpdate,
@@ -97,7 +98,7 @@ async def _completion_events(
     echoes: list[str],
     num_top: int | None,
     include_usage: bool,
-) -> AsyncGenerator[str, None]:
+) -> AsyncGenerator[str | bytes, None]:
     offsets = [len(echoes[c.prompt_index]) for c in gen.choices]  # text_offset of the next token
     pending_echo = [bool(echoes[c.prompt_index]) for c in gen.choices]
 
@@ -107,17 +108,19 @@ async def _completion_events(
         )
         return sse(body.model_dump_json())
 
-    def render(update: ChoiceUpdate) -> str | None:
+    text_chunk = CompletionChunkEncoder(gen.request_id, gen.created, ctx.served_model_name)
+
+    def render(update: ChoiceUpdate) -> str | bytes | None:
         text = update.text
         if pending_echo[update.index]:
             text = echoes[gen.choices[update.index].prompt_index] + text
             pending_echo[update.index] = False
         if not (text or update.logprobs or update.finish_reason):
             return None
-        logprobs = None
-        if num_top is not None:
-            logprobs = completion_logprobs(ctx.token_texts, update.logprobs, num_top, offsets[update.index])
-            offsets[update.index] += sum(len(t) for t in logprobs.tokens)
+        if num_top is None:
+            return text_chunk.text(update.index, text, update.finish_reason, update.stop_reason)
+        logprobs = completion_logprobs(ctx.token_texts, update.logprobs, num_top, offsets[update.index])
+        offsets[update.index] += sum(len(t) for t in logprobs.tokens)
         return chunk([CompletionChoice(index=update.index, text=text, logprobs=logprobs,
                                        finish_reason=update.finish_reason, stop_reason=update.stop_reason)])
 

@@ -61,7 +61,7 @@ async def run_until_disconnect(request: Request, work: Awaitable[T]) -> T:
 class EventStreamResponse(StreamingResponse):
     """`text/event-stream` of pre-formatted SSE events, cancelled on client disconnect."""
 
-    def __init__(self, events: AsyncGenerator[str, None], request_id: str) -> None:
+    def __init__(self, events: AsyncGenerator[str | bytes, None], request_id: str) -> None:
         super().__init__(
             events, media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-request-id": request_id},
@@ -81,7 +81,8 @@ class EventStreamResponse(StreamingResponse):
     async def _send_events(self, send: Send) -> None:
         try:
             async for event in self.events:
-                await send({"type": "http.response.body", "body": event.encode(), "more_body": True})
+                body = event if type(event) is bytes else event.encode()
+                await send({"type": "http.response.body", "body": body, "more_body": True})
         finally:
             await self.events.aclose()
 
@@ -102,10 +103,10 @@ async def prime(events: AsyncGenerator[T, None]) -> T | None:
 async def render_events(
     updates: AsyncGenerator[T, None],
     first: T | None,
-    render: Callable[[T], str | None],
+    render: Callable[[T], str | bytes | None],
     opening: list[str],
     usage_event: Callable[[], str] | None,
-) -> AsyncGenerator[str, None]:
+) -> AsyncGenerator[str | bytes, None]:
     """The SSE body shared by chat and completions: opening events, every update rendered (None
     means nothing to send), the usage event if asked for, then [DONE]. An APIError after the
     stream started can no longer change the status, so it goes out as an error event."""
