@@ -8,31 +8,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
 import torch
 
 from seekd.config import SeekdConfig
-from seekd.engine.model_runner import InflightStep, ModelRunner
+from seekd.engine.model_runner import InflightStep
 from seekd.engine.outputs import EngineOutput
 from seekd.engine.request import EngineCoreRequest, Request, RequestStatus
+from seekd.engine.runner_setup import load_runner, resolve_model_folder, set_cpu_threads
 from seekd.engine.scheduler import Scheduler
 from seekd.engine.structured.backend import StructuredBackend
-from seekd.models.demo import ensure_demo_model
+from seekd.engine.tp_validation import check_tensor_parallel, rank_device
+from seekd.engine.tp_workers import TPDriver
 from seekd.models.hf_config import HFConfig
-from seekd.models.loader import load_model, resolve_dtype
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_model_folder(config: SeekdConfig) -> tuple[Path, str]:
-    """(folder, load_format). No model means the random demo model."""
-    if config.model.model is None:
-        return ensure_demo_model(config.storage.path), "dummy"
-    load_format = config.model.load_format
-    return Path(config.model.model).expanduser(), "safetensors" if load_format == "auto" else load_format
 
 
 def eos_token_ids(folder: Path, hf_config: HFConfig) -> frozenset[int]:
@@ -50,101 +42,49 @@ def eos_token_ids(folder: Path, hf_config: HFConfig) -> frozenset[int]:
     return frozenset(ids)
 
 
-def _set_cpu_threads(requested: int | None) -> None:
-    """Leave a core to the API server and the tokenizer: with every core busy in torch, small
-    matmuls stall on contended threads and a 2-core machine runs at half speed."""
-    threads = requested or max(1, (os.cpu_count() or 2) - 1)
-    torch.set_num_threads(threads)
-    logger.info("CPU inference with %d torch threads", threads)
-
-
 class EngineCore:
     def __init__(self, config: SeekdConfig, show_progress: bool = True) -> None:
         self.config = config
         self.device = config.device.resolve()
+        tp = config.parallel.tensor_parallel_size
+        self.tp_driver: TPDriver | None = None
+        if tp > 1:
+            folder, _ = resolve_model_folder(config)
+            gpus = torch.cuda.device_count() if self.device.startswith("cuda") else 0
+            check_tensor_parallel(HFConfig.from_folder(folder), tp, self.device, gpus)
+            self.device = rank_device(self.device, 0)
+            self.tp_driver = TPDriver(config, self.device)
         if self.device == "cpu":
-            _set_cpu_threads(config.device.cpu_threads)
-        self.model_folder, load_format = resolve_model_folder(config)
-        self.hf_config = HFConfig.from_folder(self.model_folder)
-        self.dtype = resolve_dtype(config.model.dtype, self.hf_config, self.device)
-        model = load_model(
-            self.model_folder, self.hf_config, device=self.device, dtype=self.dtype,
-            load_format=load_format, seed=config.model.seed, show_progress=show_progress,
-        )
-        block_size = config.cache.block_size
-        self.runner = ModelRunner(
-            model, self.device, self.dtype, block_size, self.hf_config.vocab_size, config.model.seed
-        )
-        self.runner.select_attention_backend(config.model.attention_backend)
-        if self.runner.attn_backend.name == "triton" and self.device.startswith("cuda") \
-                and config.device.batch1_gemv == "auto":
-            self.runner.tune_batch1_gemv()
-        max_model_len = min(
-            config.model.max_model_len or self.hf_config.context_length,
-            self.hf_config.context_length,
-        )
-        num_blocks = self._num_kv_blocks(max_model_len)
-        self.runner.allocate_kv_cache(num_blocks)
-        capacity = self.runner.kv_layout.max_tokens(num_blocks - 1, config.scheduler.max_num_batched_tokens)
-        if capacity < max_model_len:
-            logger.warning("KV cache holds %d tokens; capping the context length at that", capacity)
-            max_model_len = capacity
-        self.max_model_len = max_model_len
-        if self.device.startswith("cuda") and not config.device.enforce_eager:
-            blockers = self.runner.graph_blockers()
-            if self.runner.attn_backend.name != "triton":
-                logger.info("decode CUDA graphs need the triton attention backend; running eagerly")
-            elif blockers:
-                logger.info("decode runs eagerly: %s read host-side step values that a graph would freeze",
-                            ", ".join(blockers))
-            else:
-                max_batch = min(config.scheduler.max_num_seqs, config.device.cuda_graph_max_batch)
-                self.runner.capture_decode_graphs(max_batch, max_model_len)
+            set_cpu_threads(config.device.cpu_threads, tp)
+        try:
+            loaded = load_runner(config, self.device, show_progress)
+        except BaseException:
+            self.shutdown()
+            raise
+        self.runner = loaded.runner
+        self.model_folder, self.hf_config, self.dtype = loaded.model_folder, loaded.hf_config, loaded.dtype
+        self.max_model_len = loaded.max_model_len
         self.scheduler = Scheduler(
-            config.scheduler, config.cache, num_blocks, max_model_len, self.runner.kv_layout.shapes
+            config.scheduler, config.cache, loaded.num_blocks, self.max_model_len, self.runner.kv_layout.shapes
         )
         mode = config.scheduler.async_scheduling
         self.async_scheduling = mode == "on" or (mode == "auto" and self.device.startswith("cuda"))
+        if self.tp_driver is not None:
+            self.tp_driver.share_sampled = self.async_scheduling
+            self.runner.tp_driver = self.tp_driver
         self._inflight: InflightStep | None = None
         self.eos_token_ids = eos_token_ids(self.model_folder, self.hf_config)
 
-    def _num_kv_blocks(self, max_model_len: int) -> int:
-        """Blocks that fit the memory left for the KV cache: on a GPU, total * gpu_memory_utilization
-        minus what is already used (weights) minus the peak of a profiled full-budget step."""
-        cache, sched = self.config.cache, self.config.scheduler
-        if cache.num_kv_blocks is not None:
-            return cache.num_kv_blocks
-        per_block = self.runner.kv_bytes_per_block()
-        layout = self.runner.kv_layout
-        blocks_per_seq = layout.blocks_for_tokens(max_model_len, sched.max_num_batched_tokens)
-        if self.device.startswith("cuda"):
-            device = torch.device(self.device)
-            activations = self.runner.profile_activation_bytes(
-                min(sched.max_num_batched_tokens, max_model_len), min(sched.max_num_seqs, 256)
-            )
-            free, total = torch.cuda.mem_get_info(device)
-            used = total - free
-            graphs_reserve = 0 if self.config.device.enforce_eager else 2**29
-            budget = total * cache.gpu_memory_utilization - used - activations - graphs_reserve
-            detail = (
-                f"{total / 2**30:.1f} GiB on the GPU x gpu_memory_utilization {cache.gpu_memory_utilization} "
-                f"- {used / 2**30:.1f} GiB in use (weights) - {activations / 2**30:.2f} GiB activations"
-            )
-        else:
-            budget = cache.cpu_kv_cache_gib * 2**30
-            detail = f"cpu_kv_cache_gib {cache.cpu_kv_cache_gib}"
-        num_blocks = min(max(int(budget // per_block), 0), sched.max_num_seqs * blocks_per_seq + 1)
-        min_tokens = min(max_model_len, 1024)
-        min_blocks = layout.blocks_for_tokens(min_tokens, sched.max_num_batched_tokens)
-        if num_blocks - 1 < min_blocks:
-            raise RuntimeError(
-                f"the model does not fit: {detail} leaves {max(budget, 0) / 2**30:.2f} GiB for the KV cache, "
-                f"and {min_tokens} tokens of context need {min_blocks * per_block / 2**30:.2f}"
-                " GiB. Try a shorter --max-model-len, a smaller --max-num-batched-tokens, a higher "
-                "--gpu-memory-utilization, a quantized checkpoint, or more GPUs (tensor parallelism)"
-            )
-        logger.info("KV cache budget: %s -> %d blocks", detail, num_blocks)
-        return num_blocks
+    def shutdown(self) -> None:
+        """Stop the tensor-parallel workers and leave the process group (a no-op on one rank)."""
+        if self.tp_driver is not None:
+            self.tp_driver.shutdown()
+            self.tp_driver = None
+
+    def check_workers(self) -> None:
+        """Raise if a tensor-parallel worker died: the engine cannot run a step without it."""
+        if self.tp_driver is not None:
+            self.tp_driver.check()
 
     # -- requests ---------------------------------------------------------------------------
     def add_request(self, req: EngineCoreRequest) -> None:
@@ -195,6 +135,16 @@ class EngineCore:
         """Resolve one step. With async scheduling the next step is scheduled and queued on the
         device before this one's tokens are awaited, so the device never waits for the host
         while there is work."""
+        if self.tp_driver is None:
+            return self._step()
+        self.tp_driver.check()
+        try:
+            return self._step()
+        except Exception as e:
+            self.tp_driver.explain(e)
+            raise
+
+    def _step(self) -> list[EngineOutput]:
         outputs = self._expire_deadlines()
         current = self._inflight
         self._inflight = None

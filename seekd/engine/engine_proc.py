@@ -113,6 +113,7 @@ def run_engine_core(config: SeekdConfig, input_address: str, output_address: str
         heartbeat_s = config.admission.engine_heartbeat_interval_s
         EngineLoop(engine, input_socket, output_socket, parent_pid, heartbeat_s).run()
     finally:
+        engine.shutdown()
         input_socket.close(linger=0)
         output_socket.close(linger=1000)
         ctx.term()
@@ -150,6 +151,7 @@ class EngineLoop:
             if os.getppid() != self.parent_pid:
                 logger.warning("server process %d is gone; engine core exits", self.parent_pid)
                 return
+            self.engine.check_workers()  # a dead tensor-parallel worker ends this process, even when idle
             if self.engine.has_unfinished_requests():
                 outputs.extend(self.engine.step())
             now = time.monotonic()

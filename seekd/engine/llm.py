@@ -94,6 +94,10 @@ class LLM:
         self.tokenizer = Tokenizer(folder) if (folder / "tokenizer.json").is_file() else None
         self._ids = itertools.count()
 
+    def shutdown(self) -> None:
+        """Stop tensor-parallel workers now (they also stop when this process exits)."""
+        self.engine.shutdown()
+
     @property
     def max_model_len(self) -> int:
         return self.engine.max_model_len

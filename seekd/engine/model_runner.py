@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
+from seekd.distributed import broadcast_from_driver
 from seekd.engine.cuda_graphs import DecodeGraphs
 from seekd.engine.kv_cache_layout import KVCacheLayout
 from seekd.engine.outputs import TokenLogprob
@@ -25,17 +27,26 @@ from seekd.layers.forward_context import AttentionMetadata, CacheGroupMetadata, 
 from seekd.layers.mla import MLAAttention
 from seekd.sampling_params import SamplingParams
 
+if TYPE_CHECKING:
+    from seekd.engine.tp_workers import TPDriver
+
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ModelInputs:
-    input_ids: torch.Tensor
-    positions: torch.Tensor
-    attn: AttentionMetadata
-    logits_indices: torch.Tensor  # rows of the hidden states whose next token is sampled
-    sampling_requests: list[Request]
-    pending_rows: list[tuple[int, str]]  # (input row, request id) whose token the previous step samples
+class FlatStep:
+    """One step's model inputs on the host, flat: everything a tensor-parallel rank needs to run the
+    same forward as rank 0 (and nothing of the requests, which only rank 0 knows)."""
+
+    input_ids: np.ndarray  # [T] int64; pending rows hold PENDING_TOKEN until `pending` fills them
+    positions: np.ndarray  # [T] int64
+    query_lens: list[int]
+    seq_lens: list[int]
+    block_tables: list[np.ndarray]  # per cache group, [B, max_blocks] int32 padded with the null block 0
+    slot_mapping: list[np.ndarray | None]  # per cache group, [T] int64; None for groups of compressed entries
+    logits_indices: np.ndarray  # [S] int64: rows of the hidden states whose next token is sampled
+    pending: np.ndarray  # [P, 2] int64: (input row, row of the previous step's sampled ids)
+    share_sampled: bool = False  # rank 0 broadcasts this step's sampled ids (the next may read them)
 
 
 @dataclass
@@ -105,6 +116,8 @@ class ModelRunner:
         self.structured: StructuredBackend | None = None  # set by the engine on the first constrained request
         self._host_bitmask = torch.empty(0, bitmask_width(vocab_size), dtype=torch.int32)
         self.gemv_report: dict[str, dict] = {}  # per weight shape: batch-1 GEMV choice and timings
+        # rank 0 of a tensor-parallel group: sends each step to the workers before running it
+        self.tp_driver: TPDriver | None = None
 
     def select_attention_backend(self, name: str) -> None:
         """One backend instance serves every standard attention layer. MLA layers keep their own
@@ -163,9 +176,10 @@ class ModelRunner:
         )
         self.decode_graphs.capture()
 
-    def prepare_inputs(self, out: SchedulerOutput) -> ModelInputs:
-        """Flatten the step. Plain Python lists with one numpy conversion at the end: with a few
-        hundred decodes a step, per-request numpy calls would cost more than the GPU step."""
+    def flatten(self, out: SchedulerOutput) -> tuple[FlatStep, list[Request], list[tuple[int, str]]]:
+        """Flatten the step: (inputs, requests that sample, (input row, request id) of the rows whose
+        token the previous step samples). Plain Python lists with one numpy conversion at the end:
+        with a few hundred decodes a step, per-request numpy calls would cost more than the GPU step."""
         bs = self.kv_layout.shapes[0].block_tokens  # the first group has a kind of one entry per token
         tokens: list[int] = []
         positions: list[int] = []
@@ -197,42 +211,51 @@ class ModelRunner:
             if start + n == request.num_tokens:
                 logits_indices.append(len(tokens) - 1)
                 sampling.append(request)
-
-        def to_dev(array, dtype: torch.dtype) -> torch.Tensor:
-            return torch.as_tensor(np.asarray(array), dtype=dtype).to(self.device, non_blocking=True)
-
-        query_start_loc = np.zeros(len(query_lens) + 1, dtype=np.int32)
-        np.cumsum(query_lens, out=query_start_loc[1:])
-        attn = AttentionMetadata(
-            slot_mapping=to_dev(slots, torch.int64),
-            query_start_loc=to_dev(query_start_loc, torch.int32),
-            seq_lens=to_dev(seq_lens, torch.int32),
-            block_tables=to_dev(block_tables, torch.int32),
-            block_size=bs,
-            max_query_len=max(query_lens),
-            max_seq_len=max(seq_lens),
-            query_lens_cpu=query_lens,
-            seq_lens_cpu=seq_lens,
-        )
-        group_tables = [(attn.block_tables, attn.slot_mapping)]
+        tables: list[np.ndarray] = [block_tables]
+        group_slots: list[np.ndarray | None] = [np.asarray(slots, dtype=np.int64)]
         for g in range(1, len(self._group_kinds)):
-            tables, group_slots = self._group_tables(out, g)
-            group_tables.append((
-                to_dev(tables, torch.int32), None if group_slots is None else to_dev(group_slots, torch.int64)
-            ))
-        for (tables, group_slots), kinds in zip(group_tables, self._group_kinds):
+            g_tables, g_slots = self._group_tables(out, g)
+            tables.append(g_tables)
+            group_slots.append(None if g_slots is None else np.asarray(g_slots, dtype=np.int64))
+        step = FlatStep(
+            input_ids=np.asarray(tokens, dtype=np.int64),
+            positions=np.asarray(positions, dtype=np.int64),
+            query_lens=query_lens,
+            seq_lens=seq_lens,
+            block_tables=tables,
+            slot_mapping=group_slots,
+            logits_indices=np.asarray(logits_indices, dtype=np.int64),
+            pending=np.zeros((0, 2), dtype=np.int64),
+        )
+        return step, sampling, pending_rows
+
+    def device_inputs(self, step: FlatStep) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """(input ids, positions, attention metadata) of a flat step, on the device."""
+
+        def to_dev(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(array).to(self.device, non_blocking=True)
+
+        query_start_loc = np.zeros(len(step.query_lens) + 1, dtype=np.int32)
+        np.cumsum(step.query_lens, out=query_start_loc[1:])
+        tables = [to_dev(t) for t in step.block_tables]
+        slots = [None if s is None else to_dev(s) for s in step.slot_mapping]
+        attn = AttentionMetadata(
+            slot_mapping=slots[0],
+            query_start_loc=to_dev(query_start_loc),
+            seq_lens=to_dev(np.asarray(step.seq_lens, dtype=np.int32)),
+            block_tables=tables[0],
+            block_size=self.kv_layout.shapes[0].block_tokens,
+            max_query_len=max(step.query_lens),
+            max_seq_len=max(step.seq_lens),
+            query_lens_cpu=step.query_lens,
+            seq_lens_cpu=step.seq_lens,
+        )
+        for g_tables, g_slots, kinds in zip(tables, slots, self._group_kinds):
             for kind, tokens_per_entry, entries_per_block in kinds:
                 attn.groups[kind] = CacheGroupMetadata(
-                    tables, group_slots if tokens_per_entry == 1 else None, entries_per_block
+                    g_tables, g_slots if tokens_per_entry == 1 else None, entries_per_block
                 )
-        return ModelInputs(
-            input_ids=to_dev(tokens, torch.int64),
-            positions=to_dev(positions, torch.int64),
-            attn=attn,
-            logits_indices=to_dev(logits_indices, torch.int64),
-            sampling_requests=sampling,
-            pending_rows=pending_rows,
-        )
+        return to_dev(step.input_ids), to_dev(step.positions), attn
 
     def _group_tables(self, out: SchedulerOutput, g: int) -> tuple[np.ndarray, list[int] | None]:
         """Block tables of cache group g and, if it has a kind of one entry per token, the step's slots."""
@@ -249,30 +272,57 @@ class ModelRunner:
                 slots.extend((tables[i][pos // e].astype(np.int64) * e + pos % e).tolist())
         return tables, slots
 
+    def forward_hidden(self, step: FlatStep, previous_sampled: torch.Tensor | None) -> torch.Tensor:
+        """The model's hidden states at the step's logits rows. Every tensor-parallel rank runs this
+        (and then compute_logits) in the same order: both hold collectives."""
+        input_ids, positions, attn = self.device_inputs(step)
+        if len(step.pending):
+            if previous_sampled is None:
+                raise RuntimeError("a pending input token needs the step that samples it")
+            dst, src = torch.from_numpy(step.pending).to(self.device, non_blocking=True).unbind(1)
+            input_ids.index_copy_(0, dst, previous_sampled.index_select(0, src))
+        if self.decode_graphs is not None and self.decode_graphs.can_run(attn):
+            hidden = self.decode_graphs.run(input_ids, positions, attn)
+        else:
+            attn.backend_data = self.attn_backend.prepare(attn)
+            hidden = self.model(input_ids, positions, ForwardContext(attn=attn))
+        return hidden[torch.from_numpy(step.logits_indices).to(self.device, non_blocking=True)]
+
     @torch.inference_mode()
     def launch(self, out: SchedulerOutput, previous: InflightStep | None = None) -> InflightStep:
         """Queue the step on the device and return without waiting for it. Decode rows whose input
         token is still pending take it from `previous`'s sampled ids, on the device."""
-        inputs = self.prepare_inputs(out)
-        if inputs.pending_rows:
+        step, sampling_requests, pending_rows = self.flatten(out)
+        if pending_rows:
             if previous is None or previous.sampled is None:
                 raise RuntimeError("a pending input token needs the step that samples it")
-            rows = [(row, previous.rows[rid]) for row, rid in inputs.pending_rows]
-            dst, src = torch.tensor(rows, dtype=torch.int64).to(self.device, non_blocking=True).unbind(1)
-            inputs.input_ids.index_copy_(0, dst, previous.sampled.index_select(0, src))
-        if self.decode_graphs is not None and self.decode_graphs.can_run(inputs.attn):
-            hidden = self.decode_graphs.run(inputs.input_ids, inputs.positions, inputs.attn)
-        else:
-            inputs.attn.backend_data = self.attn_backend.prepare(inputs.attn)
-            hidden = self.model(inputs.input_ids, inputs.positions, ForwardContext(attn=inputs.attn))
-        if not inputs.sampling_requests:
+            step.pending = np.asarray([(row, previous.rows[rid]) for row, rid in pending_rows], dtype=np.int64)
+        if self.tp_driver is not None:
+            step.share_sampled = self.tp_driver.share_sampled
+            self.tp_driver.send_step(step)
+        hidden = self.forward_hidden(step, None if previous is None else previous.sampled)
+        if not sampling_requests:
             return InflightStep(out, [], None, None, [])
-        token_bitmask = self.grammar_bitmask(inputs.sampling_requests)  # host work while the GPU runs the forward
-        logits = self.model.compute_logits(hidden[inputs.logits_indices])
-        batch = SamplingBatch.from_requests(inputs.sampling_requests, self.vocab_size, self.device)
+        token_bitmask = self.grammar_bitmask(sampling_requests)  # host work while the GPU runs the forward
+        logits = self.model.compute_logits(hidden)
+        batch = SamplingBatch.from_requests(sampling_requests, self.vocab_size, self.device)
         batch.token_bitmask = token_bitmask
         sampled, raw_logprobs = self.sampler.sample(logits, batch)
-        return InflightStep(out, inputs.sampling_requests, sampled, raw_logprobs, batch.num_logprobs)
+        if step.share_sampled:
+            broadcast_from_driver(sampled)
+        return InflightStep(out, sampling_requests, sampled, raw_logprobs, batch.num_logprobs)
+
+    @torch.inference_mode()
+    def follow(self, step: FlatStep, previous_sampled: torch.Tensor | None) -> torch.Tensor | None:
+        """A tensor-parallel worker's half of `launch`: the same forward and logits (for their
+        collectives), then rank 0's sampled ids when the next step may read them."""
+        hidden = self.forward_hidden(step, previous_sampled)
+        if not len(step.logits_indices):
+            return None
+        self.model.compute_logits(hidden)
+        if not step.share_sampled:
+            return None
+        return broadcast_from_driver(torch.empty(len(step.logits_indices), dtype=torch.int64, device=self.device))
 
     def grammar_bitmask(self, requests: list[Request]) -> torch.Tensor | None:
         """The step's token bitmask on the device, or None when no request is constrained. Filled
@@ -325,9 +375,8 @@ class ModelRunner:
             requests=[probe], num_scheduled_tokens={probe.request_id: n},
             block_ids={probe.request_id: [list(range(a, a + k)) for a, k in zip(starts, per_group)]},
         )
-        inputs = self.prepare_inputs(plan)
-        inputs.attn.backend_data = self.attn_backend.prepare(inputs.attn)
-        hidden = self.model(inputs.input_ids, inputs.positions, ForwardContext(attn=inputs.attn))
-        if logits_rows is not None:
-            hidden = hidden[-logits_rows:]
-        return self.model.compute_logits(hidden)
+        step, _, _ = self.flatten(plan)
+        step.logits_indices = np.arange(n - (n if logits_rows is None else logits_rows), n, dtype=np.int64)
+        if self.tp_driver is not None:
+            self.tp_driver.send_step(step)
+        return self.model.compute_logits(self.forward_hidden(step, None))

@@ -12,8 +12,10 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
+from seekd.distributed import tp_size
 from seekd.models.hf_config import HFConfig
 from seekd.models.registry import model_class
+from seekd.models.tp_dummy import init_sharded_dummy_weights
 from seekd.models.weights import dequantize_fp8_blocks, skip_layers_from
 from seekd.progress import progress_bar
 
@@ -146,7 +148,9 @@ def load_model(
             model = cls(hf_config)
     finally:
         torch.set_default_dtype(previous)
-    if load_format == "dummy":
+    if load_format == "dummy" and tp_size() > 1:
+        init_sharded_dummy_weights(model, cls, hf_config, seed)
+    elif load_format == "dummy":
         init_dummy_weights(model, seed)
     else:
         model.load_weights(checkpoint_stream(iter_safetensors(files, show_progress), hf_config, dtype))

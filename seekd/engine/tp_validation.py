@@ -1,0 +1,84 @@
+"""Checks a tensor-parallel size against the model and the machine before any worker starts.
+
+The layers split attention heads, MLP and expert intermediate sizes evenly across ranks (experts
+themselves are not distributed: every rank holds a slice of each), so every such size must divide
+by the rank count. A bad size fails here with the sizes that would work, not deep inside a layer
+constructor on one rank while the others wait for it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from seekd.models.hf_config import HFConfig
+
+logger = logging.getLogger(__name__)
+
+# architectures whose every layer is tensor-parallel aware and tested split across ranks
+TP_ARCHITECTURES = ("Qwen2ForCausalLM", "LlamaForCausalLM", "DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
+
+
+def split_sizes(hf_config: HFConfig) -> dict[str, int]:
+    """The config sizes that the tensor-parallel layers divide by the rank count."""
+    sizes = {"num_attention_heads": int(hf_config.num_attention_heads)}
+    if hf_config.get("intermediate_size"):
+        sizes["intermediate_size"] = int(hf_config.intermediate_size)
+    if hf_config.get("n_routed_experts"):
+        moe = int(hf_config.moe_intermediate_size)
+        sizes["moe_intermediate_size"] = moe
+        shared = int(hf_config.get("n_shared_experts") or 0)
+        if shared:
+            sizes["moe_intermediate_size x n_shared_experts"] = moe * shared
+    return sizes
+
+
+def kv_heads_fit(num_kv_heads: int, tp: int) -> bool:
+    """KV heads split evenly, or (fewer heads than ranks) each head is replicated on tp/kv ranks."""
+    return num_kv_heads % tp == 0 if num_kv_heads >= tp else tp % num_kv_heads == 0
+
+
+def valid_tp_sizes(hf_config: HFConfig, limit: int = 16) -> list[int]:
+    return [n for n in range(1, limit + 1) if not tp_problems(hf_config, n)]
+
+
+def tp_problems(hf_config: HFConfig, tp: int) -> list[str]:
+    problems = [f"{name}={size}" for name, size in split_sizes(hf_config).items() if size % tp]
+    uses_kv_heads = not hf_config.get("kv_lora_rank")  # MLA caches one latent, replicated on every rank
+    num_kv_heads = int(hf_config.get("num_key_value_heads") or hf_config.num_attention_heads)
+    if uses_kv_heads and not kv_heads_fit(num_kv_heads, tp):
+        problems.append(f"num_key_value_heads={num_kv_heads}")
+    return problems
+
+
+def check_tensor_parallel(hf_config: HFConfig, tp: int, device: str, visible_gpus: int) -> None:
+    """Raise ValueError saying what does not fit `tp` ranks and what would."""
+    if tp == 1:
+        return
+    arch = hf_config.architecture
+    if arch not in TP_ARCHITECTURES:
+        raise ValueError(
+            f"tensor_parallel_size={tp}: {arch} does not run tensor-parallel yet (supported: "
+            f"{', '.join(TP_ARCHITECTURES)}); use tensor_parallel_size=1"
+        )
+    problems = tp_problems(hf_config, tp)
+    if problems:
+        raise ValueError(
+            f"tensor_parallel_size={tp} does not divide this model's {', '.join(problems)}; "
+            f"sizes that work: {', '.join(map(str, valid_tp_sizes(hf_config)))}"
+        )
+    if device.startswith("cuda"):
+        first = int(device.partition(":")[2] or 0)
+        if first + tp > visible_gpus:
+            raise ValueError(
+                f"tensor_parallel_size={tp} on {device} needs GPUs {first}..{first + tp - 1}, but "
+                f"{visible_gpus} GPU(s) are visible (check CUDA_VISIBLE_DEVICES)"
+            )
+    elif device != "cpu":
+        raise ValueError(f"tensor parallelism runs on cuda or cpu devices, not {device!r}")
+
+
+def rank_device(device: str, rank: int) -> str:
+    """Rank r uses the r-th GPU counted from the configured one (cuda -> cuda:0)."""
+    if not device.startswith("cuda"):
+        return device
+    return f"cuda:{int(device.partition(':')[2] or 0) + rank}"
