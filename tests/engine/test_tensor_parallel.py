@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import tp_child
 from conftest import save_tiny_hf_model
 from models.conftest import save_tiny_deepseek
@@ -65,6 +66,17 @@ def test_tp2_greedy_output_matches_tp1(models, model, load_format, async_schedul
     assert got["cached"] == expected["cached"]
     assert any(n > 0 for n in got["cached"][1]), "the second round should hit the prefix cache"
     assert len({tuple(t) for t in got["tokens"][0]}) == len(got["tokens"][0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+@pytest.mark.parametrize("model", ["qwen2", "v3"])
+def test_tp2_on_two_gpus_matches_tp1(models, model) -> None:
+    """NCCL, triton attention, fused MoE, async scheduling; TP=1 replays decode CUDA graphs, TP=2 runs eagerly."""
+    args = {"model": str(models[model]), "device": "cuda", "async_scheduling": "auto"}
+    expected = run_child({**args, "tp": 1})
+    got = run_child({**args, "tp": 2})
+    assert got == expected
 
 
 def test_killed_worker_fails_the_engine_with_a_clear_error(models) -> None:
