@@ -58,8 +58,12 @@ class EngineCore:
             set_cpu_threads(config.device.cpu_threads, tp)
         try:
             loaded = load_runner(config, self.device, show_progress)
-        except BaseException:
-            self.shutdown()
+        except BaseException as e:
+            try:
+                if self.tp_driver is not None:
+                    self.tp_driver.explain(e)  # a worker that failed to load is the error to report
+            finally:
+                self.shutdown()
             raise
         self.runner = loaded.runner
         self.model_folder, self.hf_config, self.dtype = loaded.model_folder, loaded.hf_config, loaded.dtype

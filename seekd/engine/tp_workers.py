@@ -118,6 +118,7 @@ class TPDriver:
                 self._spawn(config, rank, device)
             logger.info("tensor parallel: %d ranks, rank 0 on %s, workers pid %s", self.world_size, device,
                         ", ".join(str(p.pid) for p in self._procs))
+            self._wait_for_workers()
             init_tensor_parallel(0, self.world_size, self._store, device)
         except BaseException:
             self.shutdown()
@@ -141,6 +142,14 @@ class TPDriver:
         start = WorkerStart(config, rank, self.world_size, self._store.port, rank_device(device, rank), os.getpid())
         conn.send_bytes(self._encoder.encode(start))
         threading.Thread(target=self._watch, args=(rank, proc), name=f"seekd-tp-watch-{rank}", daemon=True).start()
+
+    def _wait_for_workers(self) -> None:
+        """Until every worker is about to join the group. A worker that dies first (bad device, import
+        error) fails the start here instead of leaving rank 0 in the group's rendezvous until it times out."""
+        keys = [_joining_key(rank) for rank in range(1, self.world_size)]
+        while not self._store.check(keys):
+            self.check()
+            time.sleep(0.02)
 
     def _watch(self, rank: int, proc: subprocess.Popen) -> None:
         code = proc.wait()
@@ -209,6 +218,10 @@ class TPDriver:
         destroy_tensor_parallel()
 
 
+def _joining_key(rank: int) -> str:
+    return f"seekd/tp-worker-{rank}-joining"
+
+
 # -- worker side -------------------------------------------------------------------------------
 def _exit_with_parent(parent_pid: int) -> None:
     """Rank 0 may die while this worker waits inside a collective, where the pipe's EOF is never read."""
@@ -235,6 +248,7 @@ def worker_main(fd: int) -> None:
     from seekd.engine.runner_setup import load_runner, set_cpu_threads
 
     store = create_store(start.store_port)
+    store.set(_joining_key(start.rank), "1")
     init_tensor_parallel(start.rank, start.world_size, store, start.device)
     if start.device == "cpu":
         set_cpu_threads(config.device.cpu_threads, start.world_size)
