@@ -14,8 +14,12 @@ from seekd.models.hf_config import HFConfig
 
 logger = logging.getLogger(__name__)
 
-# architectures whose every layer is tensor-parallel aware and tested split across ranks
-TP_ARCHITECTURES = ("Qwen2ForCausalLM", "LlamaForCausalLM", "DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
+# architectures whose every layer is tensor-parallel aware and tested split across ranks (V4 and
+# V3.2's indexer keep their attention projections replicated: each rank computes all of it)
+TP_ARCHITECTURES = (
+    "Qwen2ForCausalLM", "LlamaForCausalLM", "DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM",
+    "DeepseekV32ForCausalLM", "DeepseekV4ForCausalLM",
+)
 
 
 def split_sizes(hf_config: HFConfig) -> dict[str, int]:

@@ -103,6 +103,10 @@ def init_dummy_weights(model: nn.Module, seed: int) -> None:
             param.data.fill_(1.0)
         elif param.dtype.is_floating_point:
             param.data.normal_(0.0, 0.02, generator=gen)
+    init_dummy_hash_tables(model, seed)
+
+
+def init_dummy_hash_tables(model: nn.Module, seed: int) -> None:
     for name, module in model.named_modules():
         table = getattr(module, "tid2eid", None)
         if isinstance(table, torch.Tensor):  # hash routing: a random choice of distinct experts per token

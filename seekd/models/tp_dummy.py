@@ -17,7 +17,7 @@ from seekd.models.hf_config import HFConfig
 
 
 def init_sharded_dummy_weights(model: nn.Module, build: type[nn.Module], hf_config: HFConfig, seed: int) -> None:
-    from seekd.models.loader import hash_name
+    from seekd.models.loader import hash_name, init_dummy_hash_tables
 
     with single_rank_view(), torch.device("meta"):
         full_shapes = {name: p.shape for name, p in build(hf_config).named_parameters()}
@@ -44,3 +44,4 @@ def init_sharded_dummy_weights(model: nn.Module, build: type[nn.Module], hf_conf
                 loader(param, part, shard_id)
         else:
             loader(param, full)
+    init_dummy_hash_tables(model, seed)
