@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 
 from seekd import LLM, SamplingParams
@@ -44,15 +45,16 @@ def main() -> None:
     mode = args.get("mode", "generate")
     if mode == "generate":
         print(json.dumps(generate(llm)), flush=True)
-    elif mode == "kill_worker":
+    elif mode == "kill_worker":  # killed mid-generation: rank 0 is inside a step, often in a collective
         worker = llm.engine.tp_driver.worker_pids[0]
-        os.kill(worker, signal.SIGKILL)
-        try:
-            generate(llm)
-        except Exception as e:
-            print(json.dumps({"worker": worker, "error": f"{type(e).__name__}: {e}"}), flush=True)
-            return
-        print(json.dumps({"worker": worker, "error": None}), flush=True)
+        threading.Timer(0.3, os.kill, (worker, signal.SIGKILL)).start()
+        error, deadline = None, time.monotonic() + 30
+        while error is None and time.monotonic() < deadline:
+            try:
+                llm.generate([[5] * 10] * 4, SamplingParams(max_tokens=500, temperature=0.0, ignore_eos=True))
+            except Exception as e:
+                error = f"{type(e).__name__}: {e}"
+        print(json.dumps({"worker": worker, "error": error}), flush=True)
     elif mode == "wait":  # the test kills this process (rank 0) and watches the worker
         print(json.dumps({"worker": llm.engine.tp_driver.worker_pids[0]}), flush=True)
         time.sleep(120)
