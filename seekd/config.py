@@ -105,6 +105,7 @@ class DeviceConfig:
 
 @dataclass
 class ParallelConfig:
+    # GPUs one model is split across: rank 0 is the engine core, each further rank a worker process
     tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
