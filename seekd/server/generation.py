@@ -146,11 +146,15 @@ class Choice:
     detok: IncrementalDetokenizer
     num_tokens: int = 0
     num_cached_tokens: int = 0
-    text: str = ""
+    text_pieces: list[str] = field(default_factory=list)  # joined on demand: `+=` copied all text per token
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     stop_reason: int | str | None = None
     reasoning: ReasoningTokenCounter | None = None  # chat only
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_pieces)
 
     def absorb(self, out: EngineOutput) -> ChoiceUpdate:
         self.num_tokens += len(out.new_token_ids)
@@ -166,7 +170,8 @@ class Choice:
         elif out.finish_reason is not None:
             self.finish_reason, self.stop_reason = out.finish_reason, out.stop_reason
             text += self.detok.flush()
-        self.text += text
+        if text:
+            self.text_pieces.append(text)
         return ChoiceUpdate(self.index, text, new_logprobs, self.finish_reason, self.stop_reason)
 
 

@@ -1,15 +1,16 @@
-"""Stop-string matching by length buckets (the fast path) against the plain `str.find` over every
-stop string (the reference it replaced): the same released text, the same stop, on random text fed
-in random token chunks."""
+"""Stop-string matching by length buckets over the unreleased tail (the fast path) against the plain
+`str.find` over every stop string in all the text so far (the reference it replaced): the same
+released text, the same stop, on random text fed in random token chunks."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
+from tokenizers.decoders import DecodeStream
 
 from seekd.models.demo import ensure_demo_model
-from seekd.text.detokenizer import IncrementalDetokenizer
+from seekd.text.detokenizer import DetokenizerDelta, IncrementalDetokenizer
 from seekd.text.tokenizer import Tokenizer
 
 WORDS = ["the", "cat", "sat", "on", "a", "mat", "你好", "世界", "😀", "ab", "abc", "b", "c", " ", "\n", "é"]
@@ -20,21 +21,54 @@ def tokenizer(data_dir) -> Tokenizer:
     return Tokenizer(ensure_demo_model(data_dir))
 
 
-class FindEveryStop(IncrementalDetokenizer):
-    """The reference: `str.find` of each stop string from `len(longest stop) - 1` characters
-    before the new text."""
+class FindEveryStop:
+    """The reference: all decoded text kept in one string, and `str.find` of each stop string from
+    `len(longest stop) - 1` characters before the new text."""
 
-    def _find_stop(self, searched: int) -> tuple[int, str] | None:
-        start = max(0, searched - self._holdback)
+    def __init__(self, tokenizer: Tokenizer, stop: list[str], include_stop_str_in_output: bool) -> None:
+        self.tokenizer = tokenizer
+        self._stream = DecodeStream(skip_special_tokens=True)
+        self.stop = [s for s in stop if s]
+        self.include_stop = include_stop_str_in_output
+        self._holdback = max((len(s) for s in self.stop), default=1) - 1
+        self._text = ""
+        self._emitted = 0
+        self.stopped: str | None = None
+
+    @property
+    def output_text(self) -> str:
+        return self._text[: self._emitted]
+
+    def push(self, token_ids: list[int]) -> DetokenizerDelta:
+        if self.stopped is not None:
+            return DetokenizerDelta("")
+        searched = len(self._text)
+        for token_id in token_ids:
+            self._text += self._stream.step(self.tokenizer.backend, token_id) or ""
         best: tuple[int, str] | None = None
         for stop in self.stop:
-            index = self._text.find(stop, start)
+            index = self._text.find(stop, max(0, searched - self._holdback))
             if index != -1 and (best is None or index < best[0]):
                 best = (index, stop)
-        return best
+        if best is not None:
+            self._text = self._text[: best[0] + len(best[1]) if self.include_stop else best[0]]
+            self.stopped = best[1]
+            return DetokenizerDelta(self._release(len(self._text)), best[1])
+        return DetokenizerDelta(self._release(len(self._text) - self._holdback))
+
+    def flush(self) -> str:
+        return self._release(len(self._text))
+
+    def _release(self, upto: int) -> str:
+        if upto <= self._emitted:
+            return ""
+        delta, self._emitted = self._text[self._emitted : upto], upto
+        return delta
 
 
-def run(detok: IncrementalDetokenizer, ids: list[int], chunks: list[int]) -> tuple[list[str], str | None, str]:
+def run(
+    detok: IncrementalDetokenizer | FindEveryStop, ids: list[int], chunks: list[int]
+) -> tuple[list[str], str | None, str]:
     pieces, stop, i = [], None, 0
     for size in chunks:
         delta = detok.push(ids[i:i + size])
