@@ -119,14 +119,14 @@ class ModelRunner:
         # rank 0 of a tensor-parallel group: sends each step to the workers before running it
         self.tp_driver: TPDriver | None = None
 
-    def select_attention_backend(self, name: str) -> None:
+    def select_attention_backend(self, name: str, prefill: str = "triton") -> None:
         """One backend instance serves every standard attention layer. MLA layers keep their own
         attention math; with the triton backend their decode runs the latent-space Triton kernel.
         Other layers (V4's) stay on their torch code."""
         all_layers = list(self.model.attention_layers())
         layers = [layer for layer in all_layers if isinstance(layer, Attention)]
         if layers:
-            self.attn_backend = make_backend(name, str(self.device), layers[0].num_kv_heads)
+            self.attn_backend = make_backend(name, str(self.device), layers[0].num_kv_heads, prefill)
         elif all_layers and all(isinstance(layer, MLAAttention) for layer in all_layers):
             self.attn_backend = make_backend(name, str(self.device), num_kv_heads=1)  # latent space: one KV head
         else:

@@ -59,7 +59,7 @@ def load_runner(config: SeekdConfig, device: str, show_progress: bool) -> Loaded
         load_format=load_format, seed=config.model.seed, show_progress=show_progress,
     )
     runner = ModelRunner(model, device, dtype, config.cache.block_size, hf_config.vocab_size, config.model.seed)
-    runner.select_attention_backend(config.model.attention_backend)
+    runner.select_attention_backend(config.model.attention_backend, config.model.prefill_attention)
     if runner.attn_backend.name == "triton" and device.startswith("cuda") and config.device.batch1_gemv == "auto":
         runner.tune_batch1_gemv()
     max_model_len = min(config.model.max_model_len or hf_config.context_length, hf_config.context_length)
