@@ -110,11 +110,12 @@ class RequestStream:
                 yield out
 
     def _with_queued(self, first: EngineOutput) -> list[EngineOutput]:
-        """`first` and the outputs queued behind it (up to an error, which stays queued), merged per
-        engine request in order of first appearance."""
+        """`first` and the outputs queued behind it, merged per engine request in order of first
+        appearance, up to an error or an abort (the request's end), which stay queued: the tokens
+        before them go out first, as they would one by one."""
         merged: dict[str, EngineOutput] = {first.request_id: first}
         items = self._items
-        while items and not isinstance(items[0], Exception):
+        while items and not isinstance(items[0], Exception) and items[0].finish_reason != "abort":
             out = items.popleft()
             earlier = merged.get(out.request_id)
             merged[out.request_id] = out if earlier is None else _merge(earlier, out)

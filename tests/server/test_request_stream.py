@@ -62,6 +62,18 @@ def test_an_error_behind_queued_outputs_is_raised_after_them() -> None:
     assert seen == [EngineOutput("a", [1, 2])]
 
 
+def test_an_abort_is_not_merged_into_the_tokens_before_it() -> None:
+    """The server turns an engine abort into an error; the tokens before it still go out first."""
+    stream = RequestStream(EngineClient(SeekdConfig()), ["a", "b"], coalesce=True)
+    for out in (EngineOutput("a", [1]), EngineOutput("a", [2]), EngineOutput("a", [], finish_reason="abort"),
+                EngineOutput("b", [3], finish_reason="length")):
+        stream.put(out)
+    assert asyncio.run(collect(stream)) == [
+        EngineOutput("a", [1, 2]), EngineOutput("a", [], finish_reason="abort"),
+        EngineOutput("b", [3], finish_reason="length"),
+    ]
+
+
 def test_without_coalesce_every_output_comes_alone() -> None:
     stream = RequestStream(EngineClient(SeekdConfig()), ["a"], coalesce=False)
     outs = [EngineOutput("a", [1]), EngineOutput("a", [2]), EngineOutput("a", [3], finish_reason="length")]
