@@ -54,13 +54,16 @@ class _Sequence:
         self.engine_id = engine_id
         self.output = output
         self.detok = detok
+        self._pieces: list[str] = []  # joined once at the end: appending to the text so far is quadratic
 
     def absorb(self, out: EngineOutput) -> tuple[str, bool]:
         """Apply one engine output; returns (new text, whether a stop string ended the sequence)."""
         o = self.output
         o.token_ids.extend(out.new_token_ids)
         if out.new_logprobs:
-            o.logprobs = (o.logprobs or []) + list(out.new_logprobs)
+            if o.logprobs is None:
+                o.logprobs = []
+            o.logprobs.extend(out.new_logprobs)
         delta, stopped = "", False
         if self.detok is not None:
             step = self.detok.push(out.new_token_ids)
@@ -71,7 +74,9 @@ class _Sequence:
             o.finish_reason, o.stop_reason = out.finish_reason, out.stop_reason
             if self.detok is not None:
                 delta += self.detok.flush()
-        o.text += delta
+        self._pieces.append(delta)
+        if o.finish_reason is not None:
+            o.text = "".join(self._pieces)
         return delta, stopped
 
 
