@@ -13,27 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _rotate_heads(
-    src, dst, cos, sin, num_heads, head_dim, half, stride_src_h, stride_dst_h,
-    HEADS_P: tl.constexpr, HALF_P: tl.constexpr, REST_P: tl.constexpr,
-):
-    """Rotate the first 2 * half features of `num_heads` heads from src into dst; copy the rest."""
-    heads = tl.arange(0, HEADS_P)
-    i = tl.arange(0, HALF_P)
-    m = (heads < num_heads)[:, None] & (i < half)[None, :]
-    s = src + heads[:, None] * stride_src_h
-    d = dst + heads[:, None] * stride_dst_h
-    x1 = tl.load(s + i[None, :], mask=m, other=0.0)
-    x2 = tl.load(s + half + i[None, :], mask=m, other=0.0)
-    x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
-    tl.store(d + i[None, :], (x1f * cos[None, :] - x2f * sin[None, :]).to(dst.dtype.element_ty), mask=m)
-    tl.store(d + half + i[None, :], (x2f * cos[None, :] + x1f * sin[None, :]).to(dst.dtype.element_ty), mask=m)
-    if REST_P > 0:  # features past the rotary part pass through
-        r = 2 * half + tl.arange(0, REST_P)
-        rm = (heads < num_heads)[:, None] & (r < head_dim)[None, :]
-        tl.store(d + r[None, :], tl.load(s + r[None, :], mask=rm, other=0.0).to(dst.dtype.element_ty), mask=rm)
+from seekd.kernels.rotary import rotate_heads
 
 
 @triton.jit
@@ -54,10 +34,10 @@ def _rope_kv_store_kernel(
     row = qkv_ptr + token * stride_qkv_t
     k_row = row + num_heads * head_dim
     v_row = k_row + num_kv_heads * head_dim
-    _rotate_heads(row, q_out_ptr + token * stride_q_t, cos, sin, num_heads, head_dim, half, head_dim,
+    rotate_heads(row, q_out_ptr + token * stride_q_t, cos, sin, num_heads, head_dim, half, head_dim,
                   stride_q_h, HEADS_P, HALF_P, REST_P)
     cache = kv_ptr + slot * stride_slot
-    _rotate_heads(k_row, cache, cos, sin, num_kv_heads, head_dim, half, head_dim, stride_kv_h,
+    rotate_heads(k_row, cache, cos, sin, num_kv_heads, head_dim, half, head_dim, stride_kv_h,
                   KV_HEADS_P, HALF_P, REST_P)
     heads = tl.arange(0, KV_HEADS_P)
     d = tl.arange(0, DIM_P)

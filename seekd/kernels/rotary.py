@@ -8,6 +8,29 @@ import triton.language as tl
 
 
 @triton.jit
+def rotate_heads(
+    src, dst, cos, sin, num_heads, head_dim, half, stride_src_h, stride_dst_h,
+    HEADS_P: tl.constexpr, HALF_P: tl.constexpr, REST_P: tl.constexpr,
+):
+    """Rotate the first 2 * half features of `num_heads` heads from src into dst (neox halves, in
+    fp32, rounded once); copy the features past them."""
+    heads = tl.arange(0, HEADS_P)
+    i = tl.arange(0, HALF_P)
+    m = (heads < num_heads)[:, None] & (i < half)[None, :]
+    s = src + heads[:, None] * stride_src_h
+    d = dst + heads[:, None] * stride_dst_h
+    x1 = tl.load(s + i[None, :], mask=m, other=0.0)
+    x2 = tl.load(s + half + i[None, :], mask=m, other=0.0)
+    x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
+    tl.store(d + i[None, :], (x1f * cos[None, :] - x2f * sin[None, :]).to(dst.dtype.element_ty), mask=m)
+    tl.store(d + half + i[None, :], (x2f * cos[None, :] + x1f * sin[None, :]).to(dst.dtype.element_ty), mask=m)
+    if REST_P > 0:  # features past the rotary part pass through
+        r = 2 * half + tl.arange(0, REST_P)
+        rm = (heads < num_heads)[:, None] & (r < head_dim)[None, :]
+        tl.store(d + r[None, :], tl.load(s + r[None, :], mask=rm, other=0.0).to(dst.dtype.element_ty), mask=rm)
+
+
+@triton.jit
 def _rotary_kernel(
     x_ptr, out_ptr, pos_ptr, cos_sin_ptr, stride_xt, stride_xh, stride_ot, stride_oh, stride_cs,
     num_heads, head_dim, half,
@@ -15,24 +38,11 @@ def _rotary_kernel(
 ):
     token = tl.program_id(0)
     pos = tl.load(pos_ptr + token)
-    heads = tl.arange(0, HEADS_P)
     i = tl.arange(0, HALF_P)
-    hmask = heads < num_heads
-    imask = i < half
-    cos = tl.load(cos_sin_ptr + pos * stride_cs + i, mask=imask, other=0.0)
-    sin = tl.load(cos_sin_ptr + pos * stride_cs + half + i, mask=imask, other=0.0)
-    base_x = x_ptr + token * stride_xt + heads[:, None] * stride_xh
-    base_o = out_ptr + token * stride_ot + heads[:, None] * stride_oh
-    m = hmask[:, None] & imask[None, :]
-    x1 = tl.load(base_x + i[None, :], mask=m, other=0.0)
-    x2 = tl.load(base_x + half + i[None, :], mask=m, other=0.0)
-    x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
-    tl.store(base_o + i[None, :], (x1f * cos[None, :] - x2f * sin[None, :]).to(x1.dtype), mask=m)
-    tl.store(base_o + half + i[None, :], (x2f * cos[None, :] + x1f * sin[None, :]).to(x1.dtype), mask=m)
-    if REST_P > 0:  # dims past the rotary part pass through
-        r = 2 * half + tl.arange(0, REST_P)
-        rm = hmask[:, None] & (r[None, :] < head_dim)
-        tl.store(base_o + r[None, :], tl.load(base_x + r[None, :], mask=rm, other=0.0), mask=rm)
+    cos = tl.load(cos_sin_ptr + pos * stride_cs + i, mask=i < half, other=0.0)
+    sin = tl.load(cos_sin_ptr + pos * stride_cs + half + i, mask=i < half, other=0.0)
+    rotate_heads(x_ptr + token * stride_xt, out_ptr + token * stride_ot, cos, sin, num_heads, head_dim, half,
+                 stride_xh, stride_oh, HEADS_P, HALF_P, REST_P)
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor, rotary_dim: int) -> torch.Tensor:
