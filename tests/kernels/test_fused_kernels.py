@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from kernel_env import INTERPRETED
 
 from seekd.layers.activation import SiluAndMul
 from seekd.layers.norms import RMSNorm
@@ -18,7 +17,6 @@ DTYPES = [torch.float32, torch.bfloat16]
 
 # Triton's CPU interpreter rounds float32 to bfloat16 toward zero, not to nearest as the GPU does:
 # bfloat16 results there are off by up to one unit in the last place.
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 BF16_REL = 1.6e-2 if INTERPRETED else 8e-3
 
 

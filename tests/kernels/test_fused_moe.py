@@ -5,17 +5,15 @@ tokens with their routed experts on the kernel."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from kernel_env import INTERPRETED
 
 from seekd import LLM, SamplingParams
 from seekd.layers.moe import RoutedExperts
 
 pytestmark = pytest.mark.triton
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # the interpreter computes bfloat16 casts and dots wrongly; bf16 runs where a GPU compiles them
 DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
     INTERPRETED, reason="Triton's interpreter computes bfloat16 wrongly"))]

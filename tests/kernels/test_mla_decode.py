@@ -3,16 +3,14 @@ and the MLA layer's kernel path against its torch absorbed path."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from kernel_env import BF16_TILES, INTERPRETED
 
 from seekd.layers.attention import gather_kv
 
 pytestmark = pytest.mark.triton
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def reference(q, cache, block_tables, seq_lens, rank, scale):
@@ -33,7 +31,7 @@ def test_kernel_matches_attention_over_gathered_latents(
     from seekd.kernels.mla_decode import mla_decode
 
     if INTERPRETED and dtype == torch.bfloat16:
-        pytest.skip("Triton's CPU interpreter multiplies bfloat16 tiles wrongly; float32 covers the indexing")
+        pytest.skip(BF16_TILES)
     torch.manual_seed(0)
     device, block_size, num_blocks = kernel_device, 16, 128
     width = rank + rope + extra  # cache rows may carry more than the latent (extra columns are never read)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
+from kernel_env import BF16_TILES, INTERPRETED
 
 from seekd import LLM, SamplingParams
 from seekd.layers.attention import Attention, TorchAttentionBackend, TritonAttentionBackend, store_kv
@@ -54,8 +53,8 @@ def build_batch(query_lens, context_lens, block_size, num_blocks, device):
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(28, 4, 128), (8, 8, 64), (12, 2, 96)])
 def test_triton_matches_torch_reference(kernel_device, dtype, query_lens, context_lens, heads, kv_heads, head_dim):
     device = kernel_device
-    if dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("Triton's CPU interpreter multiplies bfloat16 tiles wrongly; float32 covers the indexing")
+    if dtype == torch.bfloat16 and INTERPRETED:
+        pytest.skip(BF16_TILES)
     block_size, num_blocks = 16, 1024
     torch.manual_seed(1)
     meta = build_batch(query_lens, context_lens, block_size, num_blocks, device)
