@@ -175,14 +175,15 @@ class TritonAttentionBackend:
             qblock_start=torch.tensor(starts, dtype=torch.int32).to(device, non_blocking=True),
             block_q=block_q,
             num_splits=num_splits,
+            varlen=self.prefill == "varlen" and not meta.is_pure_decode and meta.query_lens_cpu == meta.seq_lens_cpu,
         )
 
     def attend(self, layer: Attention, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         from seekd.kernels.paged_attention import paged_attention
 
-        if self.prefill == "varlen" and not meta.is_pure_decode and meta.query_lens_cpu == meta.seq_lens_cpu:
-            return varlen_prefill(layer, q, meta)
         data = meta.backend_data
+        if data.varlen:
+            return varlen_prefill(layer, q, meta)
         return paged_attention(
             q.contiguous(), layer.kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
             data.qblock_seq, data.qblock_start, layer.scale, data.block_q, data.num_splits,
@@ -227,6 +228,7 @@ class TritonStepData:
     qblock_start: torch.Tensor
     block_q: int
     num_splits: int
+    varlen: bool = False  # fresh prompts only, with prefill="varlen": decided once per step, not per layer
 
 
 def make_backend(name: str, device: str, num_kv_heads: int, prefill: str = "triton") -> AttentionBackend:
