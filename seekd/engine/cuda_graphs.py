@@ -33,6 +33,7 @@ def graph_batch_sizes(max_batch: int) -> list[int]:
 class _Graph:
     graph: torch.cuda.CUDAGraph
     hidden: torch.Tensor
+    ctx: ForwardContext  # holds the buffers made for the capture (split counters) that replays use
 
 
 class DecodeGraphs:
@@ -73,7 +74,8 @@ class DecodeGraphs:
         )
         # splits sized for the longest context; shorter ones leave the extra programs idle
         data = self.backend.prepare(meta)
-        meta.backend_data = TritonStepData(self.qblock_seq[:bs], self.qblock_start[:bs], 1, data.num_splits)
+        meta.backend_data = TritonStepData(self.qblock_seq[:bs], self.qblock_start[:bs], 1, data.num_splits,
+                                           data.counters)
         return meta
 
     @torch.inference_mode()
@@ -87,7 +89,7 @@ class DecodeGraphs:
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
                 hidden = self.model(ids, pos, ctx)
-            self.graphs[bs] = _Graph(graph, hidden)
+            self.graphs[bs] = _Graph(graph, hidden, ctx)
         torch.cuda.synchronize()
         logger.info("captured decode CUDA graphs for batch sizes %s", self.sizes)
 

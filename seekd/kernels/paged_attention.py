@@ -3,7 +3,8 @@
 Each program takes BLOCK_Q query tokens of one sequence times the GROUP query heads that share one
 KV head (GQA), so a K/V tile loaded once serves all of them. Keys come from the block table a tile
 of BLOCK_N at a time (a tile may span several pages). Decode batches with little parallelism split
-the key range over NUM_SPLITS programs (flash-decoding) and merge the partial softmaxes afterwards.
+the key range over NUM_SPLITS programs (flash-decoding); the last of them to finish merges the
+partial softmaxes, so no second kernel (and no launch gap) follows.
 
 Cache layout: [num_blocks, block_size, 2, num_kv_heads, head_dim] (K at index 0, V at 1).
 """
@@ -35,7 +36,7 @@ def online_softmax_step(s, v, m_i, l_i, acc, IEEE: tl.constexpr):
 
 @triton.jit
 def _paged_attention_kernel(
-    q_ptr, kv_ptr, out_ptr, part_acc_ptr, part_ml_ptr,
+    q_ptr, kv_ptr, out_ptr, part_acc_ptr, part_ml_ptr, counters_ptr,
     block_tables_ptr, seq_lens_ptr, query_start_ptr, qblock_seq_ptr, qblock_start_ptr,
     sm_scale_log2,
     stride_qt, stride_qh,
@@ -45,7 +46,7 @@ def _paged_attention_kernel(
     PAGE: tl.constexpr, GROUP: tl.constexpr, GROUP_P: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    IEEE: tl.constexpr,
+    MIN_SPLIT: tl.constexpr, IEEE: tl.constexpr,
 ):
     qb = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -72,7 +73,10 @@ def _paged_attention_kernel(
     # keys this block may see: up to the causal limit of its last query
     last_q = tl.minimum(q_block_start + BLOCK_Q, q_len)
     kv_end = context_len + last_q
-    per_split = tl.cdiv(tl.cdiv(kv_end, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    # NUM_SPLITS is fixed for a captured graph's longest context; a shorter one uses only as many
+    # splits of at least MIN_SPLIT keys as it needs, and the rest return at once
+    per_split = tl.maximum(tl.cdiv(tl.cdiv(kv_end, NUM_SPLITS), BLOCK_N) * BLOCK_N, MIN_SPLIT)
+    active_splits = tl.cdiv(kv_end, per_split)
     kv_begin = split * per_split
     kv_stop = tl.minimum(kv_end, kv_begin + per_split)
     q_pos = context_len + q_idx
@@ -98,18 +102,46 @@ def _paged_attention_kernel(
         m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, IEEE)
 
     out_mask = row_valid[:, None] & dim_valid[None, :]
+    o_offsets = (q_begin + q_idx)[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :]
     if NUM_SPLITS == 1:
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        o_offsets = (q_begin + q_idx)[:, None] * stride_ot + head[:, None] * stride_oh + dims[None, :]
         tl.store(out_ptr + o_offsets, out.to(out_ptr.dtype.element_ty), mask=out_mask)
-    else:
-        # partials of decode rows: [tokens, heads, splits, head_dim] and [tokens, heads, splits, 2]
+    elif active_splits <= 1:
+        if split == 0:
+            out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+            tl.store(out_ptr + o_offsets, out.to(out_ptr.dtype.element_ty), mask=out_mask)
+    elif split < active_splits:
+        # partials of decode rows: [tokens, heads, splits, head_dim] and [tokens, heads, splits, 2];
+        # the last split of a (sequence, KV head) to finish merges them, so no second kernel runs
         token = q_begin + q_idx
         n_heads = tl.num_programs(1) * GROUP
-        part = (token * n_heads + head) * NUM_SPLITS + split
+        first = (token * n_heads + head) * NUM_SPLITS
+        part = first + split
         tl.store(part_acc_ptr + part[:, None] * HEAD_DIM_P + dims[None, :], acc, mask=out_mask)
         tl.store(part_ml_ptr + part * 2, m_i, mask=row_valid)
         tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=row_valid)
+        # acq_rel: this program's partials are visible before its count, and the others' before the
+        # last one reads them
+        counter = counters_ptr + qb * tl.num_programs(1) + kv_head
+        if tl.atomic_add(counter, 1) == active_splits - 1:
+            m_all = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            l_all = tl.zeros([BLOCK_M], tl.float32)
+            acc_all = tl.zeros([BLOCK_M, HEAD_DIM_P], tl.float32)
+            for s in range(0, active_splits):
+                m_s = tl.load(part_ml_ptr + (first + s) * 2, mask=row_valid, other=float("-inf"), cache_modifier=".cg")
+                l_s = tl.load(part_ml_ptr + (first + s) * 2 + 1, mask=row_valid, other=0.0, cache_modifier=".cg")
+                acc_s = tl.load(part_acc_ptr + (first + s)[:, None] * HEAD_DIM_P + dims[None, :], mask=out_mask,
+                                other=0.0, cache_modifier=".cg")
+                m_new = tl.maximum(m_all, m_s)
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                old_w = tl.exp2(m_all - m_safe)
+                new_w = tl.exp2(m_s - m_safe)
+                l_all = l_all * old_w + l_s * new_w
+                acc_all = acc_all * old_w[:, None] + acc_s * new_w[:, None]
+                m_all = m_new
+            out = acc_all / tl.where(l_all == 0.0, 1.0, l_all)[:, None]
+            tl.store(out_ptr + o_offsets, out.to(out_ptr.dtype.element_ty), mask=out_mask)
+            tl.atomic_xchg(counter, 0)  # ready for the next step (and the next graph replay)
 
 
 @triton.jit
@@ -132,13 +164,18 @@ def _merge_splits_kernel(
              mask=dims < HEAD_DIM)
 
 
+# Shortest key range a decode split takes: below it, one program reads the keys faster than a
+# second one could start and merge.
+MIN_SPLIT_KEYS = 256
+
+
 def decode_splits(programs: int, max_seq_len: int, target_programs: int = 264) -> int:
     """How many pieces to split each decode sequence's key range into (flash-decoding): double
     until there are about two programs per multiprocessor of an H100, never into pieces shorter
-    than 128 keys. Host-side sizes only, so a captured graph bakes in the split count of its
-    longest context and stays right for shorter ones."""
+    than MIN_SPLIT_KEYS. Host-side sizes only, so a captured graph bakes in the split count of its
+    longest context; shorter contexts use fewer of them (see the kernel)."""
     splits = 1
-    while programs * splits < target_programs and max_seq_len // (splits * 2) >= 128:
+    while programs * splits < target_programs and max_seq_len // (splits * 2) >= MIN_SPLIT_KEYS:
         splits *= 2
     return splits
 
@@ -165,9 +202,12 @@ def paged_attention(
     block_q: int,
     num_splits: int = 1,
     out: torch.Tensor | None = None,
+    counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q: [T, H, D] -> out [T, H, D]. `qblock_seq/qblock_start` come from `query_blocks(.., block_q)`;
-    num_splits > 1 only for decode (block_q == 1)."""
+    num_splits > 1 only for decode (block_q == 1). `counters`: int32 zeros, one per (query block,
+    KV head), which the split programs count on and leave zeroed; persistent ones let a CUDA graph
+    skip the memset."""
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = kv_cache.shape[3]
     group = num_heads // num_kv_heads
@@ -180,11 +220,13 @@ def paged_attention(
         assert block_q == 1, "split-K is for decode batches"
         part_acc = torch.empty(num_tokens * num_heads * num_splits * head_dim_p, device=q.device, dtype=torch.float32)
         part_ml = torch.empty(num_tokens * num_heads * num_splits * 2, device=q.device, dtype=torch.float32)
+        if counters is None:
+            counters = split_counters(qblock_seq.numel(), num_kv_heads, q.device)
     else:
-        part_acc = part_ml = out  # unused
+        part_acc = part_ml = counters = out  # unused
     grid = (qblock_seq.numel(), num_kv_heads, num_splits)
     _paged_attention_kernel[grid](
-        q, kv_cache, out, part_acc, part_ml,
+        q, kv_cache, out, part_acc, part_ml, counters,
         block_tables, seq_lens, query_start_loc, qblock_seq, qblock_start,
         scale * _LOG2E,
         q.stride(0), q.stride(1),
@@ -193,12 +235,14 @@ def paged_attention(
         block_tables.stride(0),
         PAGE=kv_cache.shape[1], GROUP=group, GROUP_P=group_p, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
         BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=64 if head_dim_p <= 128 else 32, NUM_SPLITS=num_splits,
-        IEEE=q.dtype == torch.float32,
+        MIN_SPLIT=MIN_SPLIT_KEYS, IEEE=q.dtype == torch.float32,
         num_warps=4, num_stages=2,
     )
-    if num_splits > 1:
-        merge_splits(part_acc, part_ml, out, num_splits)
     return out
+
+
+def split_counters(num_qblocks: int, num_kv_heads: int, device: torch.device) -> torch.Tensor:
+    return torch.zeros(num_qblocks * num_kv_heads, dtype=torch.int32, device=device)
 
 
 def merge_splits(part_acc: torch.Tensor, part_ml: torch.Tensor, out: torch.Tensor, num_splits: int) -> None:

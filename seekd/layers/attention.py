@@ -164,13 +164,14 @@ class TritonAttentionBackend:
         self.prefill = prefill
 
     def prepare(self, meta: AttentionMetadata) -> TritonStepData:
-        from seekd.kernels.paged_attention import decode_splits, query_blocks
+        from seekd.kernels.paged_attention import decode_splits, query_blocks, split_counters
 
         block_q = 1 if meta.is_pure_decode else 16
         seqs, starts = query_blocks(meta.query_lens_cpu, block_q)
         num_splits = decode_splits(len(seqs) * self.num_kv_heads, meta.max_seq_len) if meta.is_pure_decode else 1
         device = meta.seq_lens.device
         return TritonStepData(
+            counters=split_counters(len(seqs), self.num_kv_heads, device) if num_splits > 1 else None,
             qblock_seq=torch.tensor(seqs, dtype=torch.int32).to(device, non_blocking=True),
             qblock_start=torch.tensor(starts, dtype=torch.int32).to(device, non_blocking=True),
             block_q=block_q,
@@ -186,7 +187,7 @@ class TritonAttentionBackend:
             return varlen_prefill(layer, q, meta)
         return paged_attention(
             q.contiguous(), layer.kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
-            data.qblock_seq, data.qblock_start, layer.scale, data.block_q, data.num_splits,
+            data.qblock_seq, data.qblock_start, layer.scale, data.block_q, data.num_splits, counters=data.counters,
         )
 
 
@@ -228,6 +229,7 @@ class TritonStepData:
     qblock_start: torch.Tensor
     block_q: int
     num_splits: int
+    counters: torch.Tensor | None = None  # split-K merge counters, shared by every layer (each leaves them zeroed)
     varlen: bool = False  # fresh prompts only, with prefill="varlen": decided once per step, not per layer
 
 
