@@ -30,14 +30,15 @@ class ModelConfig:
     max_model_len: int | None = None  # defaults to the model's max_position_embeddings
     seed: int = 0  # seeds dummy weights and unseeded sampling
     attention_backend: str = "auto"  # auto (triton on CUDA, torch elsewhere) | torch | triton
-    # triton backend, prompts with no cached prefix: its own kernel | torch's FlashAttention varlen
-    prefill_attention: str = "triton"
+    # triton backend, prompts with no cached prefix: auto (FlashAttention varlen from 2048 tokens
+    # on CUDA, measured in benchmarks/results/prefill_attention_h100.json) | triton | varlen
+    prefill_attention: str = "auto"
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}")
-        if self.prefill_attention not in ("triton", "varlen"):
-            raise ValueError(f"prefill_attention must be triton or varlen, not {self.prefill_attention!r}")
+        if self.prefill_attention not in ("auto", "triton", "varlen"):
+            raise ValueError(f"prefill_attention must be auto, triton or varlen, not {self.prefill_attention!r}")
         if self.load_format not in ("auto", "safetensors", "dummy"):
             raise ValueError(f"load_format must be auto, safetensors or dummy, not {self.load_format!r}")
         if self.max_model_len is not None and self.max_model_len < 1:

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from seekd.layers.embedding import ParallelLMHead
 from seekd.layers.linear import LinearBase
+
+if TYPE_CHECKING:
+    from seekd.kernels.gemv import GemvConfig
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +28,7 @@ def tune_batch1_gemv(model: nn.Module) -> dict[str, dict]:
     """Set `gemv` on every plain bf16/fp16 linear layer where the Triton GEMV wins; returns, per
     shape, the choice and the timings (ms per pass over that shape's weights) behind it."""
     from seekd.kernels.activation import silu_and_mul
-    from seekd.kernels.gemv import pick_gemv
+    from seekd.kernels.gemv import pick_gemv, pick_normed_gemv
 
     groups: dict[tuple, list[LinearBase | ParallelLMHead]] = defaultdict(list)
     for module in model.modules():
@@ -32,10 +36,11 @@ def tune_batch1_gemv(model: nn.Module) -> dict[str, dict]:
                 and module.weight.dtype in (torch.bfloat16, torch.float16)
                 and module.weight.dim() == 2 and module.weight.is_cuda):
             bias, gated = getattr(module, "bias", None), getattr(module, "gated_input", False)  # no LM head has them
-            key = (tuple(module.weight.shape), module.weight.dtype, bias is not None, gated)
+            normed = getattr(module, "normed_input", False)
+            key = (tuple(module.weight.shape), module.weight.dtype, bias is not None, gated, normed)
             groups[key].append(module)
     report = {}
-    for (shape, _, _, gated), modules in groups.items():
+    for (shape, _, _, gated, normed), modules in groups.items():
         baseline = silu_and_mul if gated else (lambda x: x)  # what the reference path launches first
         try:
             biases = [getattr(m, "bias", None) for m in modules]
@@ -46,8 +51,25 @@ def tune_batch1_gemv(model: nn.Module) -> dict[str, dict]:
         for module in modules:
             module.gemv = choice
         name = f"{shape[0]}x{shape[1]}{' gated' if gated else ''}"
-        report[name] = {"layers": len(modules), "choice": "cublas" if choice is None else choice.name,
-                        "ms_per_pass": timings}
-        logger.info("batch-1 GEMV %s over %d layers: %s (%s)", name, len(modules),
-                    "cuBLAS" if choice is None else choice, ", ".join(f"{k} {v:.3f} ms" for k, v in timings.items()))
+        _record(report, name, modules, choice, timings)
+        if normed:
+            name += " normed"
+            try:
+                folded, timings = pick_normed_gemv([m.weight for m in modules], biases, choice)
+            except Exception:
+                logger.exception("timing the normed GEMV for %s failed; keeping the norm kernel", shape)
+                folded, timings = None, {}
+            for module in modules:
+                module.normed_gemv = folded
+            _record(report, name, modules, folded, timings)
     return report
+
+
+def _record(
+    report: dict[str, dict], name: str, modules: list, choice: GemvConfig | None, timings: dict[str, float]
+) -> None:
+    """The choice is named as timed; the first timing is the baseline's (what runs without a GEMV)."""
+    chosen = choice.name if choice is not None else next(iter(timings), "baseline")
+    report[name] = {"layers": len(modules), "choice": chosen, "ms_per_pass": timings}
+    logger.info("batch-1 GEMV %s over %d layers: %s (%s)", name, len(modules), chosen,
+                ", ".join(f"{k} {v:.3f} ms" for k, v in timings.items()))

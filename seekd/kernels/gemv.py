@@ -5,7 +5,8 @@ bytes over achieved bandwidth. cuBLAS reaches over 90% of the copy bandwidth on 
 projections but noticeably less on the narrower attention ones (benchmarks/profile_decode.py).
 This kernel gives each program a few output rows and streams their weights in wide tiles; it can
 also compute silu(gate) * up from a gate-up projection's output as it goes, which removes the
-activation kernel in front of the down projection. Which of cuBLAS and the tile configurations is
+activation kernel in front of the down projection, and fold the add-RMSNorm in front of a
+projection into it (`normed_gemv`), which removes the norm kernel. Which of cuBLAS and the tile configurations is
 fastest depends on shape and GPU, so `pick_gemv` times them on the model's own weights at start-up
 and F.linear stays the reference.
 """
@@ -34,26 +35,32 @@ class GemvConfig:
 
 
 # Tilings that cover narrow and wide projections, with deeper pipelines where programs are few;
-# pick_gemv keeps the fastest.
+# pick_gemv keeps the fastest. On an H100 4x1024 won every shape at 7B sizes and taller tiles lost
+# clearly (benchmarks/results/offline_r1-distill-qwen-7b_h100_1e552cb_no_hf.json), so the list
+# searches around it: fewer rows per program for the narrow attention projections (less tail),
+# wider tiles and deeper pipelines.
 CANDIDATES = (
+    GemvConfig(2, 1024, 4),
     GemvConfig(4, 1024, 4),
+    GemvConfig(4, 1024, 4, 4),
+    GemvConfig(4, 2048, 8),
     GemvConfig(8, 512, 4),
-    GemvConfig(8, 512, 4, 4),
-    GemvConfig(16, 256, 4),
     GemvConfig(16, 512, 8),
-    GemvConfig(16, 512, 8, 4),
-    GemvConfig(32, 256, 8),
 )
 
 
 @triton.jit
 def _gemv_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, n, k, stride_w,
-    HAS_BIAS: tl.constexpr, GATED: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    res_ptr, norm_ptr, res_out_ptr, eps,
+    HAS_BIAS: tl.constexpr, GATED: tl.constexpr, NORMED: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < n
     acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    sum_sq = tl.zeros([BLOCK_K], tl.float32)
     for start in range(0, k, BLOCK_K):
         cols = start + tl.arange(0, BLOCK_K)
         col_mask = cols < k
@@ -63,12 +70,25 @@ def _gemv_kernel(
             g = gate.to(tl.float32)
             silu = (g / (1.0 + tl.exp(-g))).to(up.dtype).to(tl.float32)
             x = (silu * up.to(tl.float32)).to(up.dtype).to(tl.float32)
+        elif NORMED:
+            # RMSNorm(x + residual) in one pass: the norm's scale is one number per row, so the
+            # products take h * weight now and the scale once the sum of squares is complete
+            h = tl.load(x_ptr + cols, mask=col_mask, other=0.0)
+            if HAS_RESIDUAL:  # the sum in fp32, rounded once, as the fused add-RMSNorm kernel does
+                h = (h.to(tl.float32) + tl.load(res_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)).to(h.dtype)
+                if pid == 0:
+                    tl.store(res_out_ptr + cols, h, mask=col_mask)
+            hf = h.to(tl.float32)
+            sum_sq += hf * hf
+            x = hf * tl.load(norm_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         else:
             x = tl.load(x_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         w = tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :],
                     mask=row_mask[:, None] & col_mask[None, :], other=0.0)
         acc += w.to(tl.float32) * x[None, :]
     out = tl.sum(acc, axis=1)
+    if NORMED:
+        out *= tl.rsqrt(tl.sum(sum_sq, axis=0) / k + eps)
     if HAS_BIAS:
         out += tl.load(b_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + rows, out.to(out_ptr.dtype.element_ty), mask=row_mask)
@@ -83,12 +103,40 @@ def gemv(
     assert x.shape[0] == 1 and x.shape[-1] == (2 * k if gated else k) and weight.stride(1) == 1
     x = x.contiguous()
     out = torch.empty((1, n), dtype=x.dtype, device=x.device)
-    _gemv_kernel[(triton.cdiv(n, config.block_n),)](
-        x, weight, bias if bias is not None else weight, out, n, k, weight.stride(0),
-        HAS_BIAS=bias is not None, GATED=gated, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        num_warps=config.num_warps, num_stages=config.num_stages,
-    )
+    _launch(x, weight, bias, out, config, gated=gated)
     return out
+
+
+def normed_gemv(
+    x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+    weight: torch.Tensor, bias: torch.Tensor | None, config: GemvConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(F.linear(RMSNorm(h), weight, bias), h) for one row, h = x + residual (x alone without one):
+    the add-RMSNorm in front of a projection, without its own kernel."""
+    n, k = weight.shape
+    assert x.shape == (1, k) and weight.stride(1) == 1 and (residual is None or residual.shape == x.shape)
+    x = x.contiguous()
+    out = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    if residual is None:
+        _launch(x, weight, bias, out, config, norm=(x, norm_weight, x, eps), has_residual=False)
+        return out, x
+    residual_out = torch.empty_like(x)  # not in place: every program reads the old residual
+    _launch(x, weight, bias, out, config, norm=(residual.contiguous(), norm_weight, residual_out, eps))
+    return out, residual_out
+
+
+def _launch(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, config: GemvConfig,
+    gated: bool = False, norm: tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None = None,
+    has_residual: bool = True,
+) -> None:
+    n, k = weight.shape
+    res, norm_weight, res_out, eps = norm if norm is not None else (x, x, x, 0.0)
+    _gemv_kernel[(triton.cdiv(n, config.block_n),)](
+        x, weight, bias if bias is not None else weight, out, n, k, weight.stride(0), res, norm_weight, res_out, eps,
+        HAS_BIAS=bias is not None, GATED=gated, NORMED=norm is not None, HAS_RESIDUAL=has_residual,
+        BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages,
+    )
 
 
 def _time_ms(fn: Callable[[], object], reps: int) -> float:
@@ -132,11 +180,44 @@ def pick_gemv(
                     gemv(x, w, b, config, gated)
         return one_pass
 
-    timings = {"cublas": _time_ms(run(None), reps)}
-    best, best_ms = None, timings["cublas"]
+    return _fastest(run, "cublas", reps)
+
+
+def pick_normed_gemv(
+    weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None], plain: GemvConfig | None, reps: int = 5
+) -> tuple[GemvConfig | None, dict[str, float]]:
+    """Like pick_gemv for projections behind an add-RMSNorm: the GEMV with the norm folded in
+    against the norm kernel followed by the product `plain` (None: cuBLAS) that pick_gemv chose."""
+    from seekd.kernels.rmsnorm import rms_norm
+
+    k = weights[0].shape[1]
+    x, residual = (torch.randn(1, k, dtype=weights[0].dtype, device=weights[0].device) for _ in range(2))
+    norm_weight = torch.ones(k, dtype=weights[0].dtype, device=weights[0].device)
+
+    def run(config: GemvConfig | None) -> Callable[[], None]:
+        def one_pass() -> None:
+            for w, b in zip(weights, biases):
+                if config is not None:
+                    normed_gemv(x, residual, norm_weight, 1e-6, w, b, config)
+                    continue
+                normed, _ = rms_norm(x, norm_weight, 1e-6, residual)
+                if plain is None:
+                    F.linear(normed, w, b)
+                else:
+                    gemv(normed, w, b, plain)
+        return one_pass
+
+    return _fastest(run, f"rmsnorm+{'cublas' if plain is None else plain.name}", reps)
+
+
+def _fastest(
+    run: Callable[[GemvConfig | None], Callable[[], None]], baseline_name: str, reps: int
+) -> tuple[GemvConfig | None, dict[str, float]]:
+    timings = {baseline_name: _time_ms(run(None), reps)}
+    best, best_ms = None, timings[baseline_name]
     for config in CANDIDATES:
         ms = _time_ms(run(config), reps)
         timings[config.name] = ms
-        if ms < best_ms * 0.98:  # a clear win only: cuBLAS stays the default on a tie
+        if ms < best_ms * 0.98:  # a clear win only: the baseline stays on a tie
             best, best_ms = config, ms
     return best, timings

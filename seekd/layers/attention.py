@@ -152,12 +152,14 @@ class TritonAttentionBackend:
     """Paged attention in one Triton kernel (GPU); see seekd/kernels/paged_attention.py.
 
     `prefill="varlen"` runs steps in which no sequence has cached context (fresh prompts) through
-    torch's FlashAttention varlen kernel instead; which is faster is measured by
-    benchmarks/prefill_attention.py."""
+    torch's FlashAttention varlen kernel instead; `"auto"` does so on CUDA when the step's longest
+    prompt has at least VARLEN_FROM tokens. benchmarks/prefill_attention.py measures both: on an H100
+    the Triton kernel wins up to 1024-token prompts (0.14 vs 0.25 ms) and varlen from 4096 (0.68 vs
+    0.83 ms; benchmarks/results/prefill_attention_h100.json)."""
 
     name = "triton"
 
-    def __init__(self, num_kv_heads: int, prefill: str = "triton") -> None:
+    def __init__(self, num_kv_heads: int, prefill: str = "auto") -> None:
         if prefill not in PREFILL_KERNELS:
             raise ValueError(f"prefill attention must be one of {', '.join(PREFILL_KERNELS)}, not {prefill!r}")
         self.num_kv_heads = num_kv_heads
@@ -176,8 +178,13 @@ class TritonAttentionBackend:
             qblock_start=torch.tensor(starts, dtype=torch.int32).to(device, non_blocking=True),
             block_q=block_q,
             num_splits=num_splits,
-            varlen=self.prefill == "varlen" and not meta.is_pure_decode and meta.query_lens_cpu == meta.seq_lens_cpu,
+            varlen=self._varlen(meta),
         )
+
+    def _varlen(self, meta: AttentionMetadata) -> bool:
+        if meta.is_pure_decode or meta.query_lens_cpu != meta.seq_lens_cpu or self.prefill == "triton":
+            return False
+        return self.prefill == "varlen" or (meta.seq_lens.is_cuda and meta.max_query_len >= VARLEN_FROM)
 
     def attend(self, layer: Attention, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         from seekd.kernels.paged_attention import paged_attention
@@ -191,7 +198,8 @@ class TritonAttentionBackend:
         )
 
 
-PREFILL_KERNELS = ("triton", "varlen")
+PREFILL_KERNELS = ("auto", "triton", "varlen")
+VARLEN_FROM = 2048  # prompt tokens; between the 1024 where the Triton kernel wins and the 4096 where varlen does
 
 
 def varlen_prefill(layer: Attention, q: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
@@ -230,10 +238,10 @@ class TritonStepData:
     block_q: int
     num_splits: int
     counters: torch.Tensor | None = None  # split-K merge counters, shared by every layer (each leaves them zeroed)
-    varlen: bool = False  # fresh prompts only, with prefill="varlen": decided once per step, not per layer
+    varlen: bool = False  # fresh prompts through FlashAttention varlen: decided once per step, not per layer
 
 
-def make_backend(name: str, device: str, num_kv_heads: int, prefill: str = "triton") -> AttentionBackend:
+def make_backend(name: str, device: str, num_kv_heads: int, prefill: str = "auto") -> AttentionBackend:
     """`auto` is triton on CUDA and the torch reference elsewhere."""
     if name == "auto":
         name = "triton" if device.startswith("cuda") else "torch"

@@ -18,6 +18,7 @@ from seekd.distributed import all_reduce, tp_rank, tp_size
 
 if TYPE_CHECKING:
     from seekd.kernels.gemv import GemvConfig
+    from seekd.layers.norms import RMSNorm
 
 
 def _divide(n: int, d: int) -> int:
@@ -45,6 +46,8 @@ class LinearBase(nn.Module):
         # (seekd/engine/gemv_tuning.py); None keeps F.linear, the reference.
         self.gemv: GemvConfig | None = None
         self.gated_input = False  # fed [gate | up] through forward_gated, which may fuse the activation
+        self.normed_input = False  # fed through forward_normed, which may fold in the RMSNorm before it
+        self.normed_gemv: GemvConfig | None = None
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         if self.tp_dim is not None and self.tp_size > 1 and loaded.dim() > self.tp_dim:
@@ -89,6 +92,21 @@ class ColumnParallelLinear(LinearBase):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
         super().__init__(in_features, _divide(out_features, tp_size()), bias, tp_dim=0)
+
+
+    def forward_normed(
+        self, x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(self(norm(x + residual)), x + residual), with x alone when residual is None (the first
+        layer); at batch 1 with a tuned `normed_gemv` the norm is computed inside the product."""
+        if self.normed_gemv is not None and x.dim() == 2 and x.shape[0] == 1:
+            from seekd.kernels.gemv import normed_gemv
+
+            return normed_gemv(x, residual, norm.weight, norm.eps, self.weight, self.bias, self.normed_gemv)
+        if residual is None:
+            return self(norm(x)), x
+        normed, residual = norm(x, residual)
+        return self(normed), residual
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):

@@ -29,8 +29,14 @@ class LlamaAttention(nn.Module):
         self.rotary_emb = get_rope(head_dim, head_dim, config.max_position_embeddings, config)
         self.attn = Attention(self.qkv_proj.num_heads, head_dim, head_dim**-0.5, self.qkv_proj.num_kv_heads)
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        return self.o_proj(self.attn.forward_packed(positions, self.qkv_proj(x), self.rotary_emb, ctx))
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm,
+        ctx: ForwardContext,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attention over norm(x + residual), and the new residual: the norm goes through the qkv
+        projection's forward_normed, which may fold it into its product."""
+        qkv, residual = self.qkv_proj.forward_normed(x, residual, norm)
+        return self.o_proj(self.attn.forward_packed(positions, qkv, self.rotary_emb, ctx)), residual
 
 
 class LlamaMLP(nn.Module):
@@ -44,6 +50,13 @@ class LlamaMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj.forward_gated(self.gate_up_proj(x), self.act_fn)
 
+    def forward_normed(
+        self, x: torch.Tensor, residual: torch.Tensor, norm: RMSNorm
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """self(norm(x + residual)) and the new residual; see forward_normed of the linear."""
+        gate_up, residual = self.gate_up_proj.forward_normed(x, residual, norm)
+        return self.down_proj.forward_gated(gate_up, self.act_fn), residual
+
 
 class LlamaDecoderLayer(nn.Module):
     def __init__(self, config: HFConfig, qkv_bias: bool, o_bias: bool) -> None:
@@ -52,17 +65,15 @@ class LlamaDecoderLayer(nn.Module):
         self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, bool(config.get("mlp_bias", False)))
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        # both norms run through the projections after them (forward_normed), which may fold them in
+        self.self_attn.qkv_proj.normed_input = True
+        self.mlp.gate_up_proj.normed_input = True
 
     def forward(
         self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None, ctx: ForwardContext
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if residual is None:
-            residual, x = x, self.input_layernorm(x)
-        else:
-            x, residual = self.input_layernorm(x, residual)
-        x = self.self_attn(positions, x, ctx)
-        x, residual = self.post_attention_layernorm(x, residual)
-        return self.mlp(x), residual
+        x, residual = self.self_attn(positions, x, residual, self.input_layernorm, ctx)
+        return self.mlp.forward_normed(x, residual, self.post_attention_layernorm)
 
 
 class LlamaModel(nn.Module):

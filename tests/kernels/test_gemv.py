@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from kernel_env import INTERPRETED
 
 from seekd import LLM, SamplingParams
 from seekd.layers.activation import SiluAndMul
@@ -54,6 +55,36 @@ def test_gated_gemv_equals_activation_then_linear(kernel_device, dtype):
     assert torch.equal(down.forward_gated(h2, act), ref2)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("bias,first_layer", [(True, False), (False, False), (True, True)])
+def test_normed_gemv_equals_add_rmsnorm_then_linear(kernel_device, dtype, bias, first_layer):
+    from seekd.kernels.gemv import CANDIDATES
+    from seekd.layers.linear import ColumnParallelLinear
+    from seekd.layers.norms import RMSNorm
+
+    torch.manual_seed(2)
+    proj = ColumnParallelLinear(1100, 70, bias=bias).to(kernel_device, dtype)
+    proj.weight.data.normal_(0, 0.03)
+    if bias:
+        proj.bias.data.normal_(0, 0.1)
+    norm = RMSNorm(1100, 1e-5).to(kernel_device, dtype)
+    norm.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(1, 1100, device=kernel_device, dtype=dtype) * 3
+    residual = None if first_layer else torch.randn(1, 1100, device=kernel_device, dtype=dtype)
+    ref_out, ref_residual = proj.forward_normed(x, residual, norm)  # no GEMV chosen: the reference path
+    for config in CANDIDATES:
+        proj.normed_gemv = config
+        out, new_residual = proj.forward_normed(x, residual, norm)
+        torch.testing.assert_close(out, ref_out, **tolerance(dtype))
+        if dtype == torch.float32 or not INTERPRETED:  # the interpreter rounds bf16 casts its own way
+            assert torch.equal(new_residual, ref_residual)  # the sum is rounded as the add-RMSNorm rounds it
+        torch.testing.assert_close(new_residual, ref_residual, **tolerance(dtype))
+    rows = torch.randn(2, 1100, device=kernel_device, dtype=dtype)  # more than one row: the reference path
+    out2, _ = proj.forward_normed(rows, None, norm)
+    proj.normed_gemv = None
+    assert torch.equal(out2, proj(norm(rows)))
+
+
 def test_engine_with_every_projection_on_the_gemv_generates_the_reference_tokens(
     kernel_device, qwen2_model, data_dir
 ):
@@ -69,6 +100,7 @@ def test_engine_with_every_projection_on_the_gemv_generates_the_reference_tokens
         assert len(linears) == 2 * 4 + 1
         for m in linears:
             m.gemv = CANDIDATES[2] if forced else None
+            m.normed_gemv = CANDIDATES[1] if forced and getattr(m, "normed_input", False) else None
         # one at a time, so every decode step is a batch-1 step that takes the GEMV
         outs.append([llm.generate(p, params)[0].outputs[0].token_ids for p in prompts])
     assert outs[0] == outs[1]
@@ -86,9 +118,13 @@ def test_start_up_tuning_reports_every_shape_and_keeps_outputs(qwen2_model, data
         report = llm.engine.runner.gemv_report
         if mode == "auto":
             # qkv, o, gate-up, down (with the activation fused) and LM head of the tiny Qwen2, named out x in
-            assert set(report) == {"128x64", "64x64", "320x64", "64x160 gated", "384x64"}
-            assert all("cublas" in r["ms_per_pass"] for r in report.values())
-            assert [r["layers"] for r in report.values()].count(2) == 4
+            # (qkv and gate-up also with their RMSNorm folded in, against the norm kernel + their choice)
+            assert set(report) == {"128x64", "64x64", "320x64", "64x160 gated", "384x64",
+                                   "128x64 normed", "320x64 normed"}
+            for name, r in report.items():
+                assert next(iter(r["ms_per_pass"])) == ("rmsnorm+" if "normed" in name else "") + (
+                    report[name.removesuffix(" normed")]["choice"] if "normed" in name else "cublas")
+            assert [r["layers"] for r in report.values()].count(2) == 6
         else:
             assert report == {}
     assert len(runs["auto"]) == len(runs["cublas"]) == 16
