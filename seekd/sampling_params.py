@@ -66,6 +66,7 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     structured: StructuredOutputParams | None = None  # grammar-constrained decoding (response_format, tools)
+    logit_bias: dict[int, float] = msgspec.field(default_factory=dict)  # token id -> added to its logit
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -88,6 +89,8 @@ class SamplingParams(msgspec.Struct, kw_only=True, omit_defaults=True):
             (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
             (all(s for s in self.stop), "stop strings must not be empty"),
             (all(t >= 0 for t in self.stop_token_ids), "stop_token_ids must be non-negative"),
+            (all(t >= 0 for t in self.logit_bias), "logit_bias token ids must be non-negative"),
+            (all(-100.0 <= b <= 100.0 for b in self.logit_bias.values()), "logit_bias values must be in [-100, 100]"),
         ]
         for ok, message in checks:
             if not ok:

@@ -101,6 +101,8 @@ class EngineCore:
         vocab = self.hf_config.vocab_size
         if any(not 0 <= t < vocab for t in req.prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        if any(t >= vocab for t in params.logit_bias):
+            raise ValueError(f"logit_bias token ids must be in [0, {vocab})")
         request = Request(
             req.request_id, req.prompt_token_ids, params, self.eos_token_ids,
             max_output_tokens=max_output, arrival_time=req.arrival_time, priority=req.priority,

@@ -1,7 +1,7 @@
 """Turns the last-position logits of a batch into next tokens, on the model's device.
 
 Order of operations: raw logprobs (what the API reports) -> grammar masks of structured-output
-requests -> penalties -> greedy rows take the argmax -> temperature -> top-k / top-p / min-p ->
+requests -> logit_bias -> penalties -> greedy rows take the argmax -> temperature -> top-k / top-p / min-p ->
 sample with the exponential-race trick (argmax of p / q, q ~ Exp(1)), which needs one noise vector
 per row. A request with a `seed` draws
 its noise from a generator keyed on (seed, output position), so its tokens depend on nothing else
@@ -43,6 +43,7 @@ class SamplingBatch:
     banned: list[tuple[int, list[int]]]  # (row, token ids) that may not be sampled yet (min_tokens)
     constrained_rows: list[int] = field(default_factory=list)  # rows of structured-output requests
     token_bitmask: torch.Tensor | None = None  # [B, ceil(V/32)] int32 grammar masks, on device; set by the runner
+    bias: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # logit_bias as (rows, token ids, values)
 
     @classmethod
     def from_requests(cls, requests: list[Request], vocab_size: int, device: torch.device) -> SamplingBatch:
@@ -86,6 +87,12 @@ class SamplingBatch:
                 if stops:
                     banned.append((i, stops))
 
+        bias = None
+        if any(p.logit_bias for p in params):
+            entries = [(i, t, b) for i, p in enumerate(params) for t, b in p.logit_bias.items()]
+            rows, ids, values = zip(*entries)
+            bias = (col(list(rows), torch.int64), col(list(ids), torch.int64), col(list(values)))
+
         all_greedy = all(greedy)
         return cls(
             temperature=None if all_greedy else col([1.0 if g else p.temperature for p, g in zip(params, greedy)]),
@@ -104,6 +111,7 @@ class SamplingBatch:
             all_greedy=all_greedy,
             banned=banned,
             constrained_rows=[i for i, r in enumerate(requests) if r.grammar is not None],
+            bias=bias,
         )
 
 
@@ -155,6 +163,8 @@ def row_seed(seed: int, position: int) -> int:
 
 
 def apply_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    if batch.bias is not None:  # -inf from a grammar mask stays -inf whatever the bias
+        logits.index_put_(batch.bias[:2], batch.bias[2], accumulate=True)
     for row, token_ids in batch.banned:
         logits[row, token_ids] = float("-inf")
     if batch.output_counts is None:

@@ -64,12 +64,11 @@ LONG_PROMPT_CHARS = 32_768  # below this, tokenizing takes about a millisecond: 
 
 
 def build_sampling_params(
-    req: SamplingFields, *, max_tokens: int | None, logprobs: int | None, max_n: int
+    req: SamplingFields, *, max_tokens: int | None, logprobs: int | None, max_n: int, vocab_size: int
 ) -> SamplingParams:
     if req.n > max_n:
         raise invalid_request(f"n must be at most {max_n}, got {req.n}", param="n")
-    if req.logit_bias:
-        raise invalid_request("logit_bias is not supported", param="logit_bias")
+    logit_bias = parse_logit_bias(req.logit_bias, vocab_size)
     given = {
         "temperature": req.temperature,
         "top_p": req.top_p,
@@ -92,10 +91,28 @@ def build_sampling_params(
             skip_special_tokens=req.skip_special_tokens,
             include_stop_str_in_output=req.include_stop_str_in_output,
             structured=structured_from_response_format(getattr(req, "response_format", None)),
+            logit_bias=logit_bias,
             **{k: v for k, v in given.items() if v is not None},
         )
     except ValueError as e:
         raise invalid_request(str(e)) from e
+
+
+def parse_logit_bias(raw: dict[str, float] | None, vocab_size: int) -> dict[int, float]:
+    """OpenAI's {"token id": bias} with JSON's string keys -> token ids."""
+    bias = {}
+    for key, value in (raw or {}).items():
+        if not (key.isascii() and key.isdigit()):
+            raise invalid_request(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias")
+        token = int(key)
+        if token >= vocab_size:
+            raise invalid_request(f"logit_bias token id {token} is outside the vocabulary [0, {vocab_size})",
+                                  param="logit_bias")
+        if not -100.0 <= value <= 100.0:
+            raise invalid_request(f"logit_bias values must be in [-100, 100], got {value} for token {token}",
+                                  param="logit_bias")
+        bias[token] = float(value)
+    return bias
 
 
 def check_context_length(prompt_len: int, max_tokens: int | None, max_model_len: int, param: str) -> None:

@@ -119,7 +119,8 @@ async def create_chat_completion(
     check_context_length(len(prompt_ids), max_tokens, ctx.max_model_len, "messages")
     check_input_limits(ctx, len(prompt_ids), max_tokens, "messages")
     num_top = (req.top_logprobs or 0) if req.logprobs else None
-    params = build_sampling_params(req, max_tokens=max_tokens, logprobs=num_top, max_n=ctx.max_n)
+    params = build_sampling_params(req, max_tokens=max_tokens, logprobs=num_top, max_n=ctx.max_n,
+                                   vocab_size=ctx.tokenizer.vocab_size)
     in_reasoning = prompt_opens_reasoning(prompt_text)
     if tools.structured is not None:  # a forced call (a response_format beside it is refused)
         params = msgspec.structs.replace(params, structured=tools.structured)

@@ -61,7 +61,8 @@ async def create_completion(
     for ids in prompts:
         check_context_length(len(ids), max_tokens, ctx.max_model_len, "prompt")
         check_input_limits(ctx, len(ids), max_tokens, "prompt")
-    params = build_sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs, max_n=ctx.max_n)
+    params = build_sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs, max_n=ctx.max_n,
+                                   vocab_size=ctx.tokenizer.vocab_size)
     gen = Generation(ctx, request_id, prompts, params, policy)
     request.state.generation = gen  # for the access log
     echoes = [ctx.tokenizer.decode(ids, skip_special_tokens=True) if req.echo else "" for ids in prompts]

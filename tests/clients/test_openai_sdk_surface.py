@@ -6,7 +6,9 @@ Decisions this file pins (README "OpenAI SDK and LangChain clients"):
 - ignored, because they change nothing seekd computes: `user`, `metadata`, `store`, `service_tier`,
   `prediction` (a latency hint: the output is the same), `parallel_tool_calls` without tools;
 - refused (400): `modalities` other than "text" and `audio` (seekd makes no audio, and text alone
-  would be silently wrong), `logit_bias` (the sampler has no bias);
+  would be silently wrong);
+- `logit_bias` is applied to the logits before sampling (greedy included); ids outside the
+  vocabulary and values outside [-100, 100] are 400s;
 - legacy `functions`/`function_call` are served as tools, answered as `message.function_call`.
 """
 
@@ -101,7 +103,9 @@ def test_fields_ignored_on_purpose_change_nothing(client: openai.OpenAI) -> None
 @pytest.mark.parametrize(("kwargs", "param"), [
     ({"modalities": ["text", "audio"]}, "modalities"),
     ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
-    ({"logit_bias": {"42": 5}}, "logit_bias"),
+    ({"logit_bias": {"42": 101}}, "logit_bias"),
+    ({"logit_bias": {"10000000": 5}}, "logit_bias"),  # past the vocabulary
+    ({"logit_bias": {"-3": 5}}, "logit_bias"),
     ({"response_format": {"type": "xml"}}, "response_format"),
     ({"top_logprobs": 2}, "top_logprobs"),  # needs logprobs=true
     ({"function_call": "auto"}, "function_call"),  # needs functions
@@ -111,6 +115,22 @@ def test_unsupported_fields_are_400s_naming_the_field(client: openai.OpenAI, kwa
         chat(client, **kwargs)
     assert info.value.status_code == 400 and info.value.param == param
     assert info.value.body["type"] == "invalid_request_error"
+
+
+def test_logit_bias_forces_and_bans_tokens(client: openai.OpenAI) -> None:
+    from seekd.models.demo import _tokenizer_source
+    from seekd.text.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer(_tokenizer_source())
+    (hello,), (world,) = (tokenizer.encode(w, add_special_tokens=False) for w in ("hello", "world"))
+    base = dict(temperature=0.0, max_tokens=4, extra_body=FREE)
+
+    def text(bias: dict[int, float]) -> str:
+        return chat(client, logit_bias={str(t): b for t, b in bias.items()}, **base).choices[0].message.content
+
+    assert text({hello: 50, world: 60}) == "world" * 4  # far above any logit of the random model
+    assert text({hello: 50, world: -100}) == "hello" * 4  # -100 bans
+    assert text({}) not in ("hello" * 4, "world" * 4)
 
 
 def test_max_completion_tokens_wins_over_max_tokens(client: openai.OpenAI) -> None:

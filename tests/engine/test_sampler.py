@@ -70,6 +70,27 @@ def test_penalties_push_down_repeated_tokens():
     assert all(t != 2 for t in tokens)
 
 
+def test_logit_bias_applies_to_its_own_row_only_greedy_and_sampled():
+    logits = torch.zeros(4, VOCAB)
+    logits[:, 1] = 5.0
+    params = [
+        SamplingParams(temperature=0.0, logit_bias={1: -100.0, 6: 3.0}),  # bans the best, prefers 6
+        SamplingParams(temperature=0.0),  # no bias: row 0's must not leak here
+        SamplingParams(temperature=1.0, seed=3, logit_bias={4: 100.0}),  # sampled: forced
+        SamplingParams(temperature=0.0, logit_bias={1: -3.0, 7: 2.5}),  # additive: 5 - 3 < 0 + 2.5
+    ]
+    batch = batch_for(*params)
+    tokens, _ = Sampler(torch.device("cpu"))(logits, batch)
+    assert tokens == [6, 1, 4, 7]
+
+
+def test_logit_bias_is_validated():
+    with pytest.raises(ValueError, match="logit_bias values"):
+        SamplingParams(logit_bias={3: 100.5})
+    with pytest.raises(ValueError, match="non-negative"):
+        SamplingParams(logit_bias={-1: 1.0})
+
+
 def test_logprobs_report_chosen_token_rank_and_top_alternatives():
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, -1.0, -2.0, -3.0, -4.0]])
     batch = batch_for(SamplingParams(temperature=0.0, logprobs=2))
