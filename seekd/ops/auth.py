@@ -1,5 +1,7 @@
 """Who is calling: `Authorization: Bearer <key>` checked on every route but `/health`, in one ASGI
-middleware, so a route added later is covered without anyone remembering to protect it.
+middleware, so a route added later is covered without anyone remembering to protect it. `/ready`
+without any key answers its status alone (readiness probes carry no secrets); its details (engine
+stats, queues) need a key like any other route.
 
 Authentication is on as soon as any key exists (the key file holds a key, even a revoked one, or
 `api_key` is set) and then fails closed. Route roles: `/admin/*` needs `admin`; `/metrics` needs
@@ -31,6 +33,7 @@ from seekd.server.errors import APIError
 logger = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/health"})
+PROBE_PATHS = frozenset({"/ready"})  # without a key: passed on with no principal, which the route reads as "status only"
 ADMIN_PREFIX = "/admin"
 METRICS_PATH = "/metrics"
 STATIC_KEY_ID = "api-key"  # the id audit records show for the `--api-key` key
@@ -143,6 +146,9 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         principal, error = self._check(scope)
+        if error is not None and scope["path"] in PROBE_PATHS and bearer_token(Headers(scope=scope)) is None:
+            await self.app(scope, receive, send)
+            return
         if error is not None:
             self.on_reject()
             if scope["type"] == "websocket":

@@ -26,7 +26,7 @@ from seekd import __version__
 from seekd.config import SeekdConfig
 from seekd.ops.access_log import configure_logging
 from seekd.ops.audit import AUDIT_FILE, AuditLog, ContentCipher, load_key
-from seekd.ops.auth import Authenticator, AuthMiddleware, check_bind_is_safe
+from seekd.ops.auth import Authenticator, AuthMiddleware, check_bind_is_safe, principal_of
 from seekd.ops.keys import KeyStore
 from seekd.ops.observability import install_observability
 from seekd.ops.tls import build_ssl_context
@@ -132,13 +132,18 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
     async def ready(request: Request) -> JSONResponse:
         """Readiness, plus the engine's latest stats (running/waiting requests, KV usage)."""
         ctx: ServingContext | None = request.app.state.serving
+        detailed = principal_of(request.scope) is not None  # else a probe without a key (auth on): status alone
+        reason = None
         if ctx is None or not ctx.client.is_ready:
             client: EngineClient | None = request.app.state.engine
             reason = request.app.state.startup_error or (client.dead_reason if client else None) or "loading"
-            return JSONResponse({"status": "not_ready", "reason": reason}, status_code=HTTPStatus.SERVICE_UNAVAILABLE)
-        if ctx.admission.draining:
-            return JSONResponse({"status": "not_ready", "reason": "draining: the server is shutting down"},
-                                status_code=HTTPStatus.SERVICE_UNAVAILABLE)
+        elif ctx.admission.draining:
+            reason = "draining: the server is shutting down"
+        if reason is not None:
+            body = {"status": "not_ready", "reason": reason} if detailed else {"status": "not_ready"}
+            return JSONResponse(body, status_code=HTTPStatus.SERVICE_UNAVAILABLE)
+        if not detailed:
+            return JSONResponse({"status": "ready"})
         return JSONResponse(
             {
                 "status": "ready",
