@@ -33,7 +33,7 @@ from seekd.server.errors import APIError
 logger = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/health"})
-PROBE_PATHS = frozenset({"/ready"})  # without a key: passed on with no principal, which the route reads as "status only"
+PROBE_PATHS = frozenset({"/ready"})  # keyless calls pass with no principal: the route answers status only
 ADMIN_PREFIX = "/admin"
 METRICS_PATH = "/metrics"
 STATIC_KEY_ID = "api-key"  # the id audit records show for the `--api-key` key
