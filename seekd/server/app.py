@@ -37,6 +37,7 @@ from seekd.server.body_limit import BodySizeLimitMiddleware
 from seekd.server.engine_client import EngineClient
 from seekd.server.errors import install_error_handlers
 from seekd.server.generation import ServingContext
+from seekd.server.http_protocol import OpenAIErrorHttpProtocol
 from seekd.server.logprobs import TokenTexts
 from seekd.server.openai_routes import router
 from seekd.server.supervisor import EngineSupervisor
@@ -240,7 +241,7 @@ async def _serve(config: SeekdConfig) -> int:
     app = create_app(config, failure)
     uvicorn_config = uvicorn.Config(
         app, host=config.server.host, port=config.server.port, log_level=config.server.log_level,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=5, http=OpenAIErrorHttpProtocol,
         log_config=None if config.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
     uvicorn_config.load()

@@ -188,3 +188,27 @@ def test_server_serves_correctly_after_the_hostile_inputs(server: ServerHandle) 
     assert first.json()["usage"]["completion_tokens"] == 6
     assert server.process.poll() is None
     assert "Traceback" not in server.log() and "unhandled error" not in server.log()
+
+
+@pytest.mark.parametrize("raw", [
+    b"GARBAGE\x01 / HTTP/1.1\r\n\r\n",  # bad request line
+    b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",  # header without a colon
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n\r\n",  # bad chunk size
+])
+def test_unparseable_http_gets_an_openai_error_object(server: ServerHandle, raw: bytes) -> None:
+    """uvicorn answers these before the application runs; the body is still {"error": {...}}."""
+    import socket
+    from urllib.parse import urlsplit
+
+    url = urlsplit(server.base_url)
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(raw)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400")
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "malformed_http"
+    assert httpx.get(f"{server.base_url}/health", timeout=10).status_code == 200
