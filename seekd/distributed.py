@@ -40,8 +40,10 @@ def single_rank_view() -> Iterator[None]:
         _single_rank_view = previous
 
 
-def all_reduce(x: torch.Tensor) -> torch.Tensor:
-    if tp_size() > 1:
+def all_reduce(x: torch.Tensor, world_size: int) -> torch.Tensor:
+    """Sum x over the group a layer was built for: `world_size` is its tp_size() at build time, so a
+    one-rank model stays free of collectives even while some group exists in the process."""
+    if world_size > 1:
         dist.all_reduce(x)
     return x
 

@@ -37,7 +37,7 @@ class VocabParallelEmbedding(nn.Module):
         local = input_ids - self.vocab_start
         mask = (local >= 0) & (local < self.shard_size)
         out = F.embedding(local.clamp(0, self.shard_size - 1), self.weight) * mask.unsqueeze(-1)
-        return all_reduce(out)
+        return all_reduce(out, self.tp_size)
 
 
 class ParallelLMHead(VocabParallelEmbedding):

@@ -167,11 +167,11 @@ class RowParallelLinear(LinearBase):
         super().weight_loader(param, loaded, shard_id)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return all_reduce(self._product(x, self.bias if self.tp_rank == 0 else None))
+        return all_reduce(self._product(x, self.bias if self.tp_rank == 0 else None), self.tp_size)
 
     def forward_gated(self, h: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """self(act(h)) for h = [gate | up] from a gate-up projection; at batch 1 with a tuned GEMV
         the activation is computed inside the product instead of by its own kernel."""
         if self.gemv is not None and h.dim() == 2 and h.shape[0] == 1:
-            return all_reduce(self._product(h, self.bias if self.tp_rank == 0 else None, gated=True))
+            return all_reduce(self._product(h, self.bias if self.tp_rank == 0 else None, gated=True), self.tp_size)
         return self(act(h))

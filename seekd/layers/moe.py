@@ -146,10 +146,11 @@ class RoutedExperts(nn.Module):
         self, num_experts: int, hidden_size: int, intermediate_size: int, swiglu_limit: float | None = None
     ) -> None:
         super().__init__()
-        if intermediate_size % tp_size():
+        self.tp_rank, self.tp_size = tp_rank(), tp_size()
+        if intermediate_size % self.tp_size:
             raise ValueError(f"moe_intermediate_size={intermediate_size} is not divisible by "
-                             f"tensor-parallel size {tp_size()}")
-        self.intermediate_size = intermediate_size // tp_size()
+                             f"tensor-parallel size {self.tp_size}")
+        self.intermediate_size = intermediate_size // self.tp_size
         self.swiglu_limit = swiglu_limit
         self.w13_weight = nn.Parameter(torch.empty(num_experts, 2 * self.intermediate_size, hidden_size),
                                        requires_grad=False)
@@ -168,13 +169,13 @@ class RoutedExperts(nn.Module):
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: tuple[int, str] | None = None) -> None:
         """shard_id (expert, gate_proj|up_proj|down_proj) loads one expert's matrix; None loads the
         packed tensor of all experts."""
-        size, start = self.intermediate_size, tp_rank() * self.intermediate_size
+        size, start = self.intermediate_size, self.tp_rank * self.intermediate_size
         if shard_id is None:
             if param is self.w2_weight:
                 _copy(param.data, loaded.narrow(2, start, size))
             else:  # gate rows [0, I), up rows [I, 2I) of the full intermediate size I
                 _copy(param.data[:, :size], loaded.narrow(1, start, size))
-                _copy(param.data[:, size:], loaded.narrow(1, size * tp_size() + start, size))
+                _copy(param.data[:, size:], loaded.narrow(1, size * self.tp_size + start, size))
             return
         expert, part = shard_id
         if part == "down_proj":
@@ -190,14 +191,15 @@ class RoutedExperts(nn.Module):
         if self.use_kernel:
             from seekd.kernels.fused_moe import fused_moe
 
-            return all_reduce(fused_moe(x, self.w13_weight, self.w2_weight, topk_weights, topk_ids, self.swiglu_limit))
+            out = fused_moe(x, self.w13_weight, self.w2_weight, topk_weights, topk_ids, self.swiglu_limit)
+            return all_reduce(out, self.tp_size)
         out = torch.zeros_like(x)
         for expert in topk_ids.unique().tolist():
             token_idx, slot = (topk_ids == expert).nonzero(as_tuple=True)
             gate, up = F.linear(x[token_idx], self.w13_weight[expert]).chunk(2, dim=-1)
             y = F.linear(swiglu(gate, up, self.swiglu_limit), self.w2_weight[expert])
             out.index_add_(0, token_idx, (y * topk_weights[token_idx, slot, None]).to(out.dtype))
-        return all_reduce(out)
+        return all_reduce(out, self.tp_size)
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float | None = None) -> torch.Tensor:
