@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import platform
 import random
@@ -21,7 +20,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from seekd.bench.report import seekd_commit
+from seekd.bench.report import result_header
 from seekd.config import AdmissionConfig
 from seekd.server.admission import AdmissionController, Ticket
 
@@ -96,11 +95,9 @@ def main() -> int:
     worst_p99_ms = max(r["p99_us"] for r in results) / 1000
     print(f"worst p99: {worst_p99_ms:.3f} ms (target < {TARGET_P99_MS} ms)")
     record = {
-        "benchmark": "admission_overhead",
-        "device": f"cpu ({platform.processor() or platform.machine()}), Python {platform.python_version()}",
-        "commit": seekd_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **result_header("admission_overhead",
+                        f"cpu ({platform.processor() or platform.machine()}), Python {platform.python_version()}",
+                        command=" ".join([Path(sys.executable).name, *sys.argv])),
         "target_p99_ms": TARGET_P99_MS,
         "worst_p99_ms": worst_p99_ms,
         "results": results,

@@ -17,7 +17,6 @@ interpreter on small shapes (a smoke test, not a measurement). Prints a table, w
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -32,7 +31,7 @@ if "--tiny" in sys.argv and not os.environ.get("TRITON_INTERPRET"):
 import torch
 import triton
 
-from seekd.bench.report import seekd_commit
+from seekd.bench.report import result_header
 from seekd.kernels.fused_moe import (
     MoeTiling,
     align_by_expert_kernel,
@@ -159,9 +158,8 @@ def main() -> None:
     tag = "cuda" if device.type == "cuda" else "cpu"
     out = args.out or Path("benchmarks/results") / f"fused_moe_{tag}.json"
     result = {
-        "benchmark": "fused_moe", "device": name, "commit": seekd_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", *sys.argv]), "python": platform.python_version(),
+        **result_header("fused_moe", name, command=" ".join(["python", *sys.argv])),
+        "python": platform.python_version(),
         "torch": torch.__version__, "triton": triton.__version__, "dtype": str(dtype).removeprefix("torch."),
         "interpreted": os.environ.get("TRITON_INTERPRET") == "1", "copy_bandwidth_gbs": bandwidth,
         "shapes": {s: dict(zip(("experts", "top_k", "hidden", "intermediate"), SHAPES[s])) for s in shapes},

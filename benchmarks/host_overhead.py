@@ -7,10 +7,8 @@ batch + update, without the model (which runs on the device, overlapping nothing
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import platform
-import shlex
 import statistics
 import sys
 import time
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from seekd.bench.report import seekd_commit
+from seekd.bench.report import result_header
 from seekd.config import CacheConfig, SchedulerConfig
 from seekd.engine.model_runner import ModelRunner
 from seekd.engine.request import Request
@@ -83,11 +81,8 @@ def main() -> int:
     medians = {f"{k}_ms": statistics.median(v) for k, v in parts.items()}
     totals = [sum(v[i] for v in parts.values()) for i in range(args.steps)]
     result = {
-        "benchmark": "host_overhead",
-        "device": f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
-        "commit": seekd_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + shlex.join(sys.argv),
+        **result_header("host_overhead",
+                        f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"),
         "num_seqs": args.num_seqs,
         "context": args.context,
         **medians,

@@ -11,10 +11,8 @@ Writes JSON to benchmarks/results/.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import random
-import shlex
 import sys
 import tempfile
 import time
@@ -23,7 +21,7 @@ from pathlib import Path
 import torch
 
 from seekd import LLM, SamplingParams
-from seekd.bench.report import seekd_commit
+from seekd.bench.report import result_header
 from seekd.layers.moe import SparseMoE
 
 SHAPES = {
@@ -204,11 +202,7 @@ def main() -> int:
     bandwidth = measure_copy_bandwidth(device)
     wbytes = weight_bytes(llm)
     result = {
-        "benchmark": "offline_throughput",
-        "device": torch.cuda.get_device_name(),
-        "commit": args.commit or seekd_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + shlex.join(sys.argv),
+        **result_header("offline_throughput", torch.cuda.get_device_name(), commit=args.commit or None),
         "shape": args.shape,
         "dtype": "bfloat16",
         "attention_backend": llm.engine.runner.attn_backend.name,

@@ -9,16 +9,14 @@ keys and values back from their cache slots, as the engine's varlen path does.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import shlex
 import statistics
 import sys
 from pathlib import Path
 
 import torch
 
-from seekd.bench.report import seekd_commit
+from seekd.bench.report import result_header
 from seekd.layers.attention import Attention, TritonAttentionBackend
 from seekd.layers.forward_context import AttentionMetadata
 
@@ -91,9 +89,7 @@ def main() -> int:
         print(f"{str(lengths)[:40]:<42} triton {row['triton_ms']:8.3f} ms  varlen {row['varlen_ms']:8.3f} ms  "
               f"x{row['varlen_speedup']:.2f}", flush=True)
     result = {
-        "benchmark": "prefill_attention", "device": torch.cuda.get_device_name(), "commit": seekd_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + shlex.join(sys.argv), "torch": torch.__version__,
+        **result_header("prefill_attention", torch.cuda.get_device_name()), "torch": torch.__version__,
         "shape": {"heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim, "dtype": "bfloat16"},
         "results": rows,
     }

@@ -12,7 +12,6 @@ body and on a body of 8 MiB of brackets (the body limit's default). Prints a tab
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import platform
 import secrets
@@ -21,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from seekd.bench.report import seekd_commit
+from seekd.bench.report import result_header
 from seekd.ops.audit import AuditLog, ContentCipher
 from seekd.ops.auth import Authenticator
 from seekd.ops.keys import KeyStore
@@ -77,11 +76,8 @@ def main() -> int:
     for name, r in rows:
         print(f"{name:<44}{r['p50_us']:>10.1f}{r['p99_us']:>10.1f}{r['max_us']:>12.1f}")
     result = {
-        "benchmark": "security_overhead",
-        "device": f"cpu ({platform.machine()}), Python {platform.python_version()}",
-        "commit": seekd_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "PYTHONPATH=. python benchmarks/security_overhead.py",
+        **result_header("security_overhead", f"cpu ({platform.machine()}), Python {platform.python_version()}",
+                        command="PYTHONPATH=. python benchmarks/security_overhead.py"),
         "results": [{"operation": name, **r} for name, r in rows],
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import datetime
 import json
 import os
 import platform
@@ -46,7 +45,7 @@ from typing import Any
 
 import httpx
 
-from seekd.bench.report import seekd_commit
+from seekd.bench.report import result_header
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 MODEL_NAME = "seekd-bench"
@@ -326,12 +325,13 @@ def main() -> int:
         print("detokenizer µs/token from token: " + ", ".join(f"{d['from_token']}: {d['us_per_token']}" for d in detok))
     out = Path(args.out)
     record = json.loads(out.read_text()) if out.is_file() else {"benchmark": "server_overhead", "results": {}}
+    header = result_header("server_overhead",
+                           f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores shared), "
+                           f"Python {platform.python_version()}",
+                           command=" ".join([Path(sys.executable).name, *sys.argv]))
+    del header["benchmark"]  # named once at the top of the file, for every label
     record["results"][args.label] = {
-        "device": f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores shared), "
-                  f"Python {platform.python_version()}",
-        "commit": seekd_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        **header,
         "load_average_1m": os.getloadavg()[0],
         "runs": runs,
         "profile": profile,

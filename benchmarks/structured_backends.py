@@ -15,7 +15,6 @@ schema (cold, tokenizer loaded) and how many documents the walks completed.
 from __future__ import annotations
 
 import argparse
-import datetime
 import importlib.metadata
 import json
 import platform
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seekd.bench.report import seekd_commit
+from seekd.bench.report import result_header
 from seekd.models.demo import _tokenizer_source as demo_tokenizer_folder
 
 SCHEMAS = [
@@ -198,11 +197,9 @@ def main() -> None:
               f"{r['compile_ms_per_schema']:>12.1f}")
     versions = {lib: importlib.metadata.version(lib) for lib in ("llguidance", "xgrammar")}
     result = {
-        "benchmark": "structured_backends", "device": f"cpu ({platform.processor() or platform.machine()})",
-        "cpu_count": __import__("os").cpu_count(),
-        "commit": seekd_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "versions": versions,
+        **result_header("structured_backends", f"cpu ({platform.processor() or platform.machine()})",
+                        command=" ".join([Path(sys.executable).name, *sys.argv])),
+        "cpu_count": __import__("os").cpu_count(), "versions": versions,
         "threads": args.threads, "vocab_size": vocab_size, "schemas": SCHEMAS, "results": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

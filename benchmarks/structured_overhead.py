@@ -16,7 +16,6 @@ DeepSeek's tokenizer (vocab 129,280). Prints a table and writes JSON to benchmar
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 from structured_backends import SCHEMAS  # the same documents the backend comparison uses
 
-from seekd.bench.report import seekd_commit
+from seekd.bench.report import result_header
 from seekd.engine.structured.backend import StructuredBackend, bitmask_width
 from seekd.engine.structured.bitmask import apply_token_bitmask
 from seekd.sampling_params import StructuredOutputParams
@@ -122,10 +121,8 @@ def main() -> None:
     import llguidance
 
     result = {
-        "benchmark": "structured_overhead", "device": name, "cpu_count": os.cpu_count(),
-        "commit": seekd_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(["python", *sys.argv]), "python": platform.python_version(),
+        **result_header("structured_overhead", name, command=" ".join(["python", *sys.argv])),
+        "cpu_count": os.cpu_count(), "python": platform.python_version(),
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "llguidance": llguidance.__version__, "threads": args.threads,
         "vocab_size": VOCAB_SIZE, "schema_sets": SCHEMA_SETS, "results": rows,

@@ -12,11 +12,9 @@ Measured with a real worker process that acknowledges each decoded step with one
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
-import shlex
 import statistics
 import subprocess
 import sys
@@ -27,7 +25,7 @@ from pathlib import Path
 import msgspec
 import numpy as np
 
-from seekd.bench.report import seekd_commit
+from seekd.bench.report import result_header
 from seekd.engine.model_runner import FlatStep
 from seekd.engine.tp_workers import StepMessage, decode_step, encode_step
 
@@ -110,11 +108,7 @@ def main() -> int:
     send.close()
     proc.wait(timeout=10)
     result = {
-        "benchmark": "tp_step_ipc",
-        "device": f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-        "commit": seekd_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + shlex.join(sys.argv),
+        **result_header("tp_step_ipc", f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"),
         "steps": args.steps,
         "rows": rows,
     }

@@ -13,10 +13,8 @@ and 64, after a prompt of `--context` tokens per sequence.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import platform
-import shlex
 import statistics
 import sys
 import tempfile
@@ -26,7 +24,7 @@ from pathlib import Path
 import torch
 
 from seekd import LLM, SamplingParams
-from seekd.bench.report import seekd_commit
+from seekd.bench.report import result_header
 from seekd.engine.kv_cache_layout import KVCacheLayout, bytes_per_token_by_kind, page_bytes_per_token
 from seekd.engine.request import EngineCoreRequest
 from seekd.models.deepseek_v4 import build_attention, build_ropes, layer_types
@@ -169,11 +167,8 @@ def main() -> int:
             f"{a.split('_')[0]}+{m} {t:.2f} ms" for (a, m), t in zip(kinds, run["per_layer_ms"])))
     layout = runner.kv_layout
     result = {
-        "benchmark": "v4_flash_slice",
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
-        "commit": seekd_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python " + shlex.join(sys.argv),
+        **result_header("v4_flash_slice", torch.cuda.get_device_name() if args.device.startswith("cuda")
+                        else platform.processor() or "cpu"),
         "dtype": str(llm.engine.dtype),
         "tiny": args.tiny,
         "layers": [{"index": args.first_layer + i, "attention": a, "mlp": m} for i, (a, m) in enumerate(kinds)],

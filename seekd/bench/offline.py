@@ -7,7 +7,6 @@ model folder of your own — it measures throughput alone here, on the same seed
 
 from __future__ import annotations
 
-import datetime
 import json
 import random
 import shlex
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import seekd
-from seekd.bench.report import host_info, seekd_commit
+from seekd.bench.report import host_info, result_header
 
 SCRIPT = Path(seekd.__file__).resolve().parent.parent / "benchmarks" / "offline_throughput.py"
 
@@ -79,12 +78,8 @@ def run_in_process(*, model: str | None, shape: str | None, device: str, num_req
     out_tokens = sum(len(r.outputs[0].token_ids) for r in results)
     in_tokens = sum(len(p) for p in prompts)
     return {
-        "benchmark": "offline_throughput",
-        "device": device,
+        **result_header("offline_throughput", device, command="seekd " + shlex.join(argv)),
         "host": host_info(),
-        "commit": seekd_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "seekd " + shlex.join(argv),
         "model": model or shape,
         "num_requests": num_requests,
         "input_len": list(input_len),

@@ -14,6 +14,7 @@ import platform
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,20 @@ def seekd_commit() -> str:
         return f"seekd {seekd.__version__} (no git checkout)"
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root)
     return commit + ("-dirty" if dirty else "")
+
+
+def result_header(benchmark: str, device: str, commit: str | None = None,
+                  command: str | None = None) -> dict[str, str]:
+    """The five keys every benchmark result opens with, so a number can be traced to what produced it.
+    `commit` overrides the checked-out one (a run from a copied tree); `command` overrides
+    `python <argv>` where a script records its invocation differently."""
+    return {
+        "benchmark": benchmark,
+        "device": device,
+        "commit": seekd_commit() if commit is None else commit,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python " + shlex.join(sys.argv) if command is None else command,
+    }
 
 
 def _cpu_model() -> str:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import pytest
 
+from seekd.bench.report import result_header, seekd_commit
 from seekd.cli import main
 
 from .conftest import FakeOpenAIServer
@@ -84,3 +88,19 @@ def test_offline_runs_a_tiny_shape_on_the_cpu(tmp_path: Path) -> None:
     assert rc == 0
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["output_tok_s"] > 0 and 12 <= result["output_tokens"] <= 24
+    assert list(result)[:5] == ["benchmark", "device", "commit", "date", "command"]
+    assert result["command"].startswith("seekd bench offline --device cpu") and result["host"]["cpu_count"]
+
+
+def test_result_header_names_the_benchmark_device_commit_date_and_command() -> None:
+    header = result_header("toy", "cpu (test)")
+    assert list(header) == ["benchmark", "device", "commit", "date", "command"]
+    assert header["benchmark"] == "toy" and header["device"] == "cpu (test)"
+    assert header["commit"].removesuffix("-dirty") == seekd_commit().removesuffix("-dirty")
+    date = datetime.datetime.fromisoformat(header["date"])
+    assert date.utcoffset() == datetime.timedelta(0)
+    assert abs(datetime.datetime.now(datetime.timezone.utc) - date) < datetime.timedelta(minutes=1)
+    assert header["command"] == "python " + shlex.join(sys.argv)
+
+    given = result_header("toy", "cpu", commit="abc123", command="seekd bench offline")
+    assert given["commit"] == "abc123" and given["command"] == "seekd bench offline"
