@@ -76,8 +76,7 @@ def main() -> int:
     for name, r in rows:
         print(f"{name:<44}{r['p50_us']:>10.1f}{r['p99_us']:>10.1f}{r['max_us']:>12.1f}")
     result = {
-        **result_header("security_overhead", f"cpu ({platform.machine()}), Python {platform.python_version()}",
-                        command="PYTHONPATH=. python benchmarks/security_overhead.py"),
+        **result_header("security_overhead", f"cpu ({platform.machine()}), Python {platform.python_version()}"),
         "results": [{"operation": name, **r} for name, r in rows],
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
