@@ -29,7 +29,7 @@ class SamplingBatch:
     """Per-row sampling tensors for the requests that sample this step, in batch order."""
 
     temperature: torch.Tensor | None  # [B] float32, 1.0 on greedy rows; None when all rows are greedy
-    greedy: torch.Tensor | None  # [B] bool
+    greedy: torch.Tensor | None  # [B] bool; None when no row, or every row, is greedy
     top_k: torch.Tensor | None  # [B] int64, vocab size where disabled
     top_p: torch.Tensor | None  # [B] float32
     min_p: torch.Tensor | None  # [B] float32
@@ -98,7 +98,7 @@ class SamplingBatch:
         all_greedy = all(greedy)
         return cls(
             temperature=None if all_greedy else col([1.0 if g else p.temperature for p, g in zip(params, greedy)]),
-            greedy=None if all_greedy else col(greedy, torch.bool),
+            greedy=col(greedy, torch.bool) if any(greedy) and not all_greedy else None,
             top_k=top_k,
             top_p=top_p,
             min_p=min_p,
@@ -142,12 +142,12 @@ class Sampler:
         return self._sample(logits, batch), raw_logprobs
 
     def _sample(self, logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-        greedy_ids = logits.argmax(dim=-1)
-        logits = logits / batch.temperature.unsqueeze(1)
+        greedy_ids = logits.argmax(dim=-1) if batch.greedy is not None else None
+        logits = logits.div_(batch.temperature.unsqueeze(1))  # in place, as the masks and penalties before it
         logits = apply_top_k_top_p_min_p(logits, batch.top_k, batch.top_p, batch.min_p)
         probs = torch.softmax(logits, dim=-1)
         sampled = probs.div_(self._exponential_noise(probs.shape, batch)).argmax(dim=-1)
-        return torch.where(batch.greedy, greedy_ids, sampled)
+        return sampled if greedy_ids is None else torch.where(batch.greedy, greedy_ids, sampled)
 
     def _exponential_noise(self, shape: torch.Size, batch: SamplingBatch) -> torch.Tensor:
         noise = torch.empty(shape, dtype=torch.float32, device=self.device)
