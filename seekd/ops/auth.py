@@ -146,7 +146,7 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         principal, error = self._check(scope)
-        if error is not None and scope["path"] in PROBE_PATHS and bearer_token(Headers(scope=scope)) is None:
+        if error is not None and error.code == "missing_api_key" and scope["path"] in PROBE_PATHS:
             await self.app(scope, receive, send)
             return
         if error is not None:
