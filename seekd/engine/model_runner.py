@@ -119,7 +119,7 @@ class ModelRunner:
         # rank 0 of a tensor-parallel group: sends each step to the workers before running it
         self.tp_driver: TPDriver | None = None
 
-    def select_attention_backend(self, name: str, prefill: str = "triton") -> None:
+    def select_attention_backend(self, name: str, prefill: str) -> None:
         """One backend instance serves every standard attention layer. MLA layers keep their own
         attention math; with the triton backend their decode runs the latent-space Triton kernel.
         Other layers (V4's) stay on their torch code."""
