@@ -12,7 +12,6 @@ from seekd.layers.attention import gather_kv
 pytestmark = pytest.mark.triton
 
 
-
 def reference(q, cache, block_tables, seq_lens, rank, scale):
     out = []
     for i, seq_len in enumerate(seq_lens.tolist()):
@@ -20,6 +19,20 @@ def reference(q, cache, block_tables, seq_lens, rank, scale):
         s = torch.einsum("hd,nd->hn", q[i].float(), rows) * scale
         out.append(torch.softmax(s, dim=-1) @ rows[:, :rank])
     return torch.stack(out)
+
+
+def paged_latents(seq_lens, width, dtype, device, block_size=16, num_blocks=128):
+    """A random latent cache and block tables that scatter each sequence over shuffled blocks."""
+    cache = torch.randn(num_blocks, block_size, width, device=device, dtype=dtype)
+    perm = torch.randperm(num_blocks - 1) + 1
+    max_blocks = max(-(-n // block_size) for n in seq_lens)
+    tables, used = [], 0
+    for n in seq_lens:
+        blocks = -(-n // block_size)
+        tables.append(torch.cat([perm[used : used + blocks], torch.zeros(max_blocks - blocks, dtype=torch.long)]))
+        used += blocks
+    block_tables = torch.stack(tables).to(device=device, dtype=torch.int32)
+    return cache, block_tables, torch.tensor(seq_lens, device=device, dtype=torch.int32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -33,19 +46,9 @@ def test_kernel_matches_attention_over_gathered_latents(
     if INTERPRETED and dtype == torch.bfloat16:
         pytest.skip(BF16_TILES)
     torch.manual_seed(0)
-    device, block_size, num_blocks = kernel_device, 16, 128
-    width = rank + rope + extra  # cache rows may carry more than the latent (extra columns are never read)
-    cache = torch.randn(num_blocks, block_size, width, device=device, dtype=dtype)
-    perm = torch.randperm(num_blocks - 1) + 1
-    max_blocks = max(-(-n // block_size) for n in seq_lens)
-    tables, used = [], 0
-    for n in seq_lens:
-        blocks = -(-n // block_size)
-        tables.append(torch.cat([perm[used : used + blocks], torch.zeros(max_blocks - blocks, dtype=torch.long)]))
-        used += blocks
-    block_tables = torch.stack(tables).to(device=device, dtype=torch.int32)
-    lens = torch.tensor(seq_lens, device=device, dtype=torch.int32)
-    q = torch.randn(len(seq_lens), heads, rank + rope, device=device, dtype=dtype)
+    # cache rows may carry more than the latent (extra columns are never read)
+    cache, block_tables, lens = paged_latents(seq_lens, rank + rope + extra, dtype, kernel_device)
+    q = torch.randn(len(seq_lens), heads, rank + rope, device=kernel_device, dtype=dtype)
     scale = (rank + rope) ** -0.5
 
     out = mla_decode(q, cache, block_tables, lens, rank, scale, splits)
@@ -53,3 +56,25 @@ def test_kernel_matches_attention_over_gathered_latents(
     assert out.shape == (len(seq_lens), heads, rank)
     rel = (out.float() - ref).norm() / ref.norm()
     assert rel < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_split_merge_leaves_its_counters_zeroed_for_the_next_call(kernel_device):
+    """The last split of each (sequence, head block) merges in the kernel and resets its counter, so
+    persistent counters (as CUDA graph replays and later layers use them) give the same bits again;
+    sequences shorter than two minimum splits take the single-split path beside merging ones."""
+    from seekd.kernels.mla_decode import mla_counters_needed, mla_decode
+
+    torch.manual_seed(1)
+    heads, rank, rope, seq_lens = 40, 32, 16, [3, 900, 513, 260]  # 40 heads: 2 head blocks of 32
+    cache, block_tables, lens = paged_latents(seq_lens, rank + rope, torch.float32, kernel_device)
+    q = torch.randn(len(seq_lens), heads, rank + rope, device=kernel_device)
+    counters = torch.zeros(mla_counters_needed(len(seq_lens), heads), dtype=torch.int32, device=kernel_device)
+    assert counters.numel() == len(seq_lens) * 2
+
+    first = mla_decode(q, cache, block_tables, lens, rank, 0.125, 4, counters)
+    assert not counters.any()
+    second = mla_decode(q, cache, block_tables, lens, rank, 0.125, 4, counters)
+    assert torch.equal(first, second)
+    ref = reference(q, cache, block_tables, lens, rank, 0.125)
+    torch.testing.assert_close(first, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(first, mla_decode(q, cache, block_tables, lens, rank, 0.125, 1), atol=1e-6, rtol=1e-5)
