@@ -10,17 +10,22 @@ import triton.language as tl
 @triton.jit
 def rotate_heads(
     src, dst, cos, sin, num_heads, head_dim, half, stride_src_h, stride_dst_h,
-    HEADS_P: tl.constexpr, HALF_P: tl.constexpr, REST_P: tl.constexpr,
+    HEADS_P: tl.constexpr, HALF_P: tl.constexpr, REST_P: tl.constexpr, INTERLEAVED: tl.constexpr = False,
 ):
     """Rotate the first 2 * half features of `num_heads` heads from src into dst (neox halves, in
-    fp32, rounded once); copy the features past them."""
+    fp32, rounded once); copy the features past them. INTERLEAVED reads GPT-J pairs and writes the
+    halves, as deinterleave() then the neox rotation do (DeepSeek's layout)."""
     heads = tl.arange(0, HEADS_P)
     i = tl.arange(0, HALF_P)
     m = (heads < num_heads)[:, None] & (i < half)[None, :]
     s = src + heads[:, None] * stride_src_h
     d = dst + heads[:, None] * stride_dst_h
-    x1 = tl.load(s + i[None, :], mask=m, other=0.0)
-    x2 = tl.load(s + half + i[None, :], mask=m, other=0.0)
+    if INTERLEAVED:
+        x1 = tl.load(s + 2 * i[None, :], mask=m, other=0.0)
+        x2 = tl.load(s + 2 * i[None, :] + 1, mask=m, other=0.0)
+    else:
+        x1 = tl.load(s + i[None, :], mask=m, other=0.0)
+        x2 = tl.load(s + half + i[None, :], mask=m, other=0.0)
     x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
     tl.store(d + i[None, :], (x1f * cos[None, :] - x2f * sin[None, :]).to(dst.dtype.element_ty), mask=m)
     tl.store(d + half + i[None, :], (x2f * cos[None, :] + x1f * sin[None, :]).to(dst.dtype.element_ty), mask=m)

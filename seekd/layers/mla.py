@@ -7,6 +7,8 @@ attention from it:
 - absorbed: fold W_UK (the key half of kv_b_proj) into the query and apply W_UV (the value half) after
   the output, so attention runs in latent space as one shared KV head (MQA) over the cache itself.
   Decode reads far fewer bytes this way; prefill does fewer FLOPs the naive way.
+On the GPU fast path (`use_kernel`) an absorbed pure-decode step runs fused Triton kernels instead
+(`_fused_decode`); the torch paths stay the reference.
 """
 
 from __future__ import annotations
@@ -86,22 +88,30 @@ class MLAAttention(nn.Module):
         return self.kv_lora_rank + self.qk_rope_head_dim
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        q_nope, q_pe, _ = self.project_and_cache(positions, x, ctx.attn)
-        attend = self._absorbed if self.use_absorbed(ctx.attn) else self._naive
-        return self.output(attend(q_nope, q_pe, ctx.attn))
+        meta = ctx.attn
+        absorbed = self.use_absorbed(meta)
+        if self.use_kernel and absorbed and meta.is_pure_decode:
+            return self.output(self._fused_decode(positions, x, meta))
+        q_nope, q_pe, _ = self.project_and_cache(positions, x, meta)
+        return self.output((self._absorbed if absorbed else self._naive)(q_nope, q_pe, meta))
 
-    def project_and_cache(
-        self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Roped queries (q_nope, q_pe) and the compressed query (None without q_lora_rank); writes
-        this step's latents into the first `latent_width` values of each token's cache row."""
+    def project_q(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Unroped queries [T, H, qk_nope_head_dim + qk_rope_head_dim] and the compressed query
+        (None without q_lora_rank)."""
         q_latent = None
         if self.q_lora_rank is None:
             q = self.q_proj(x)
         else:
             q_latent = self.q_a_layernorm(self.q_a_proj(x))
             q = self.q_b_proj(q_latent)
-        q = q.view(-1, self.num_heads, self.qk_nope_head_dim + self.qk_rope_head_dim)
+        return q.view(-1, self.num_heads, self.qk_nope_head_dim + self.qk_rope_head_dim), q_latent
+
+    def project_and_cache(
+        self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Roped queries (q_nope, q_pe) and the compressed query (None without q_lora_rank); writes
+        this step's latents into the first `latent_width` values of each token's cache row."""
+        q, q_latent = self.project_q(x)
         q_nope, q_pe = q.split([self.qk_nope_head_dim, self.qk_rope_head_dim], dim=-1)
         kv_c, k_pe = self.kv_a_proj_with_mqa(x).split([self.kv_lora_rank, self.qk_rope_head_dim], dim=-1)
         kv_c = self.kv_a_layernorm(kv_c)
@@ -150,21 +160,53 @@ class MLAAttention(nn.Module):
 
     def absorb_query(self, q_nope: torch.Tensor, q_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(q' = [q_nope W_UK | q_pe] of shape [T, H, latent_width], W_UV of shape [H, v, kv_lora_rank])."""
+        q = q_nope.new_empty(q_nope.size(0), self.num_heads, self.latent_width)
+        q[..., self.kv_lora_rank :] = q_pe
+        return q, self._absorb_nope(q_nope, q)
+
+    def _absorb_nope(self, q_nope: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """Write q_nope W_UK into the first kv_lora_rank features of q' [T, H, latent_width] (one
+        batched matmul over heads, straight into the strided view: no cat); returns W_UV [H, v, rank]."""
         w_kv = self.kv_b_proj.weight.view(self.num_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
         w_uk, w_uv = w_kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=1)
-        return torch.cat([torch.einsum("thn,hnr->thr", q_nope, w_uk), q_pe], dim=-1), w_uv
+        torch.bmm(q_nope.transpose(0, 1), w_uk, out=q[..., : self.kv_lora_rank].transpose(0, 1))
+        return w_uv
+
+    def _fused_decode(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """The absorbed path of a pure-decode step with four launches between the projections and
+        o_proj: kv_a_layernorm + rope + cache write + q_pe into q' in one kernel, the W_UK product into
+        q', the latent decode kernel (splits merged inside it), W_UV. The math of project_and_cache
+        then _absorbed. -> [T, H, v]."""
+        from seekd.kernels.mla_decode import mla_decode, mla_decode_splits
+        from seekd.kernels.mla_rope_cache import mla_rope_cache
+
+        assert self.kv_cache is not None, "KV cache is not bound; the ModelRunner binds it"
+        q, _ = self.project_q(x)
+        q_abs = q.new_empty(q.size(0), self.num_heads, self.latent_width)
+        rope = self.rotary_emb
+        mla_rope_cache(q, self.kv_a_proj_with_mqa(x), self.kv_a_layernorm.weight, self.kv_a_layernorm.eps, positions,
+                       rope.cos_sin_cache, rope.rotary_dim, rope.interleaved, self.kv_cache, meta.slot_mapping, q_abs)
+        w_uv = self._absorb_nope(q[..., : self.qk_nope_head_dim], q_abs)
+        splits = mla_decode_splits(meta.num_seqs, self.num_heads, meta.max_seq_len)
+        out_latent = mla_decode(q_abs, self.kv_cache, meta.block_tables, meta.seq_lens, self.kv_lora_rank,
+                                self.scale, splits, self._step_counters(meta, splits))
+        return torch.einsum("thr,hvr->thv", out_latent, w_uv)
+
+    def _step_counters(self, meta: AttentionMetadata, splits: int) -> torch.Tensor | None:
+        """The step's split counters (TritonStepData.counters, which decode CUDA graphs keep alive
+        across replays; every layer leaves them zeroed) when they cover this layer's (sequence, head
+        block) pairs; otherwise None, and mla_decode makes zeroed ones for the call."""
+        from seekd.kernels.mla_decode import mla_counters_needed
+
+        counters = getattr(meta.backend_data, "counters", None)
+        if splits == 1 or counters is None:
+            return None
+        return counters if counters.numel() >= mla_counters_needed(meta.num_seqs, self.num_heads) else None
 
     def _absorbed(self, q_nope: torch.Tensor, q_pe: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Latent space: q' = [q_nope W_UK | q_pe] against the cached [c_kv | k_pe], values c_kv,
         then W_UV maps the latent output back to per-head values. -> [T, H, v]."""
         q, w_uv = self.absorb_query(q_nope, q_pe)
-        if self.use_kernel and meta.is_pure_decode:
-            from seekd.kernels.mla_decode import mla_decode, mla_decode_splits
-
-            splits = mla_decode_splits(meta.num_seqs, self.num_heads, meta.max_seq_len)
-            out_latent = mla_decode(q.contiguous(), self.kv_cache, meta.block_tables, meta.seq_lens,
-                                    self.kv_lora_rank, self.scale, splits)
-            return torch.einsum("thr,hvr->thv", out_latent, w_uv)
         out_latent = q.new_empty(q.size(0), self.num_heads, self.kv_lora_rank)
         start = 0
         for i, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
