@@ -4,6 +4,10 @@ Per shape and token count T, on seeded random routings (distinct experts per tok
   loop          - the reference loop (eager; it reads the active experts back to the host)
   kernel        - fused_moe launched eagerly
   kernel_graph  - fused_moe replayed as a CUDA graph, as captured decode steps run it
+  pairs_* / blocks_*  - its two paths forced (graph replay): the per-pair GEMVs and the blocks
+                  sorted by expert; where they cross sets PAIR_PATH_MAX_TOKENS
+  router_*      - the gate's routing for the shape's real router config: TopKRouter's torch ops
+                  against the logits GEMV + one-launch top-k kernel (graph replay)
   align_*       - the alignment by expert alone, its one-program Triton kernel and its torch ops
                   (graph replay): where they cross sets ALIGN_KERNEL_MAX_PAIRS
 and the roofline: the bytes of the experts that the routing touches over the device-to-device copy
@@ -33,13 +37,15 @@ import triton
 
 from seekd.bench.report import result_header
 from seekd.kernels.fused_moe import (
+    PAIR_TILING,
     MoeTiling,
+    PairTiling,
     align_by_expert_kernel,
     align_by_expert_torch,
     fused_moe,
     pick_tiling,
 )
-from seekd.layers.moe import RoutedExperts
+from seekd.layers.moe import RoutedExperts, TopKRouter
 
 # (experts, top_k, hidden, moe intermediate per GPU)
 SHAPES = {
@@ -48,6 +54,25 @@ SHAPES = {
     "v3-tp4": (256, 8, 7168, 512),
     "tiny": (8, 2, 64, 32),
 }
+# each shape's router: scoring, top-k method, groups, groups kept, normalised, scaling factor
+ROUTERS = {
+    "v2-lite": ("softmax", "greedy", 1, 1, False, 1.0),
+    "v3-tp8": ("sigmoid", "noaux_tc", 8, 4, True, 2.5),
+    "v3-tp4": ("sigmoid", "noaux_tc", 8, 4, True, 2.5),
+    "tiny": ("softmax", "greedy", 1, 1, False, 1.0),
+}
+PAIR_SWEEP = [PairTiling(n, k, w) for n, k, w in ((2, 512, 4), (4, 512, 4), (4, 1024, 4), (8, 512, 4), (8, 256, 8))]
+
+
+def make_router(shape: str, gen: torch.Generator) -> TopKRouter:
+    num_experts, top_k, hidden, _ = SHAPES[shape]
+    scoring, method, n_group, topk_group, norm, scale = ROUTERS[shape]
+    router = TopKRouter(hidden, num_experts, top_k, scoring_func=scoring, topk_method=method, n_group=n_group,
+                        topk_group=topk_group, norm_topk_prob=norm, routed_scaling_factor=scale)
+    router.weight.normal_(0.0, hidden**-0.5, generator=gen)
+    if method == "noaux_tc":
+        router.e_score_correction_bias.normal_(0.0, 0.1, generator=gen)
+    return router
 SWEEP = [MoeTiling(m, up, down, k, w, s) for m in (16, 32, 64) for up, down, k, w, s in (
     (16, 32, 128, 4, 3), (32, 64, 64, 4, 3), (32, 64, 128, 4, 3), (64, 64, 64, 4, 3), (64, 64, 128, 4, 4),
     (64, 128, 64, 8, 3), (128, 128, 64, 8, 3), (32, 32, 256, 4, 3))]
@@ -117,6 +142,20 @@ def bench_case(shape: str, num_tokens: int, device: torch.device, dtype: torch.d
         for method, align in (("kernel", align_by_expert_kernel), ("torch", align_by_expert_torch)):
             row[f"align_{method}_graph_ms"] = time_ms(lambda a=align: a(ids, num_experts, block_m), device, reps,
                                                       graph=True)
+        for name, forced in (("pairs", PAIR_TILING), ("blocks", pick_tiling(num_tokens * top_k, num_experts, hidden,
+                                                                         inter, device))):
+            row[f"{name}_graph_ms"] = time_ms(lambda t=forced: fused_moe(x, w13, w2, weights, ids, tiling=t), device,
+                                              reps, graph=True)
+        with torch.device(device):
+            router = make_router(shape, gen)
+        ref_route = router(x)
+        router.use_kernel = True
+        route = router(x)
+        row["router_same_experts"] = bool(torch.equal(route[1], ref_route[1]))
+        row["router_max_weight_diff"] = float((route[0] - ref_route[0]).abs().max())
+        for name, kernel in (("torch", False), ("kernel", True)):
+            router.use_kernel = kernel
+            row[f"router_{name}_graph_ms"] = time_ms(lambda: router(x), device, reps, graph=True)
         row["roofline_ms"] = weight_bytes / (bandwidth * 1e6)
         row["graph_vs_roofline"] = row["kernel_graph_ms"] / row["roofline_ms"]
     row["speedup_vs_loop"] = row["loop_ms"] / row.get("kernel_graph_ms", row["kernel_ms"])
@@ -126,6 +165,12 @@ def bench_case(shape: str, num_tokens: int, device: torch.device, dtype: torch.d
                                           graph=device.type == "cuda"), 4)
             for t in SWEEP if t.block_m <= max(16, triton.next_power_of_2(num_tokens * top_k))
         }
+        if num_tokens <= 4:
+            row["sweep_graph_ms"].update({
+                t.name: round(time_ms(lambda t=t: fused_moe(x, w13, w2, weights, ids, tiling=t), device, reps,
+                                      graph=device.type == "cuda"), 4)
+                for t in PAIR_SWEEP
+            })
         row["sweep_best"] = min(row["sweep_graph_ms"], key=row["sweep_graph_ms"].get)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
 

@@ -13,6 +13,9 @@ number of tokens:
 3. `_down_kernel`: per block, that buffer @ the expert's w2 [E, H, I], times each row's routing
    weight, written to the row's own (token, slot) place; a sum over the slots then gives the output.
    No atomics, so results are reproducible run to run.
+
+A decode step of one token skips the sorting: `fused_moe_pairs` runs one GEMV per (token, slot) pair
+and a down GEMV that sums the token's slots itself, two launches instead of four.
 """
 
 from __future__ import annotations
@@ -169,6 +172,19 @@ def align_by_expert_kernel(topk_ids: torch.Tensor, num_experts: int, block_m: in
 
 
 @triton.jit
+def _swiglu(acc_gate, acc_up, swiglu_limit, dtype: tl.constexpr, HAS_LIMIT: tl.constexpr):
+    """silu(gate) * up from fp32 accumulators, rounded as the reference rounds: the projections in
+    the model dtype, then silu, then the product (with V4's clipping in between)."""
+    gate = acc_gate.to(dtype).to(tl.float32)
+    up = acc_up.to(dtype).to(tl.float32)
+    if HAS_LIMIT:
+        gate = tl.minimum(gate, swiglu_limit)
+        up = tl.minimum(tl.maximum(up, -swiglu_limit), swiglu_limit)
+    silu = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+    return (silu * up).to(dtype)
+
+
+@triton.jit
 def _gate_up_kernel(
     x_ptr, w_ptr, act_ptr, sorted_rows_ptr, block_expert_ptr,
     num_pairs, num_experts, hidden, inter, swiglu_limit,
@@ -204,16 +220,8 @@ def _gate_up_kernel(
         else:
             acc_gate = tl.dot(x, g, acc_gate)
             acc_up = tl.dot(x, u, acc_up)
-    dtype = act_ptr.dtype.element_ty
-    # round as the reference does: the projection in the model dtype, then silu, then the product
-    gate = acc_gate.to(dtype).to(tl.float32)
-    up = acc_up.to(dtype).to(tl.float32)
-    if HAS_LIMIT:
-        gate = tl.minimum(gate, swiglu_limit)
-        up = tl.minimum(tl.maximum(up, -swiglu_limit), swiglu_limit)
-    silu = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
-    out = silu * up
-    tl.store(act_ptr + offs_m[:, None].to(tl.int64) * stride_am + cols[None, :], out.to(dtype),
+    out = _swiglu(acc_gate, acc_up, swiglu_limit, act_ptr.dtype.element_ty, HAS_LIMIT)
+    tl.store(act_ptr + offs_m[:, None].to(tl.int64) * stride_am + cols[None, :], out,
              mask=row_valid[:, None] & col_valid[None, :])
 
 
@@ -252,6 +260,108 @@ def _down_kernel(
              mask=row_valid[:, None] & col_valid[None, :])
 
 
+@dataclass(frozen=True)
+class PairTiling:
+    block_n: int  # output features per program (gate and up rows each for the gate-up pass)
+    block_k: int  # reduction features per tile
+    num_warps: int = 4
+
+    @property
+    def name(self) -> str:
+        return f"pairs_n{self.block_n}_k{self.block_k}_w{self.num_warps}"
+
+
+# Up to this many tokens the per-pair GEMVs beat sorting by expert: a token's experts are distinct,
+# so at one token no weight is read twice, and the alignment and the sum over slots cost a launch each
+PAIR_PATH_MAX_TOKENS = 1
+PAIR_TILING = PairTiling(4, 512)
+
+
+@triton.jit
+def _pair_gate_up_kernel(
+    x_ptr, w_ptr, act_ptr, ids_ptr, hidden, inter, swiglu_limit,
+    stride_xt, stride_we, stride_wn, stride_ap,
+    TOP_K: tl.constexpr, HAS_LIMIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pair = tl.program_id(0)
+    expert = tl.load(ids_ptr + pair).to(tl.int64)
+    x_row = x_ptr + (pair // TOP_K).to(tl.int64) * stride_xt
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_valid = rows < inter
+    w_gate = w_ptr + expert * stride_we + rows[:, None] * stride_wn
+    w_up = w_gate + inter * stride_wn
+    acc_gate = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    acc_up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    for start in range(0, hidden, BLOCK_K):
+        ks = start + tl.arange(0, BLOCK_K)
+        k_valid = ks < hidden
+        x = tl.load(x_row + ks, mask=k_valid, other=0.0).to(tl.float32)[None, :]
+        w_mask = row_valid[:, None] & k_valid[None, :]
+        acc_gate += tl.load(w_gate + ks[None, :], mask=w_mask, other=0.0).to(tl.float32) * x
+        acc_up += tl.load(w_up + ks[None, :], mask=w_mask, other=0.0).to(tl.float32) * x
+    out = _swiglu(tl.sum(acc_gate, axis=1), tl.sum(acc_up, axis=1), swiglu_limit, act_ptr.dtype.element_ty,
+                  HAS_LIMIT)
+    tl.store(act_ptr + pair.to(tl.int64) * stride_ap + rows, out, mask=row_valid)
+
+
+@triton.jit
+def _pair_down_kernel(
+    act_ptr, w_ptr, topk_weights_ptr, ids_ptr, out_ptr, hidden, inter,
+    stride_ap, stride_we, stride_wn, stride_ot,
+    TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    token = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_valid = rows < hidden
+    dtype = act_ptr.dtype.element_ty
+    total = tl.zeros([BLOCK_N], tl.float32)
+    for slot in range(TOP_K):  # the token's experts in slot order, summed here: no per-slot buffer
+        pair = token * TOP_K + slot
+        expert = tl.load(ids_ptr + pair).to(tl.int64)
+        a_row = act_ptr + pair.to(tl.int64) * stride_ap
+        w_base = w_ptr + expert * stride_we + rows[:, None] * stride_wn
+        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        for start in range(0, inter, BLOCK_K):
+            ks = start + tl.arange(0, BLOCK_K)
+            k_valid = ks < inter
+            a = tl.load(a_row + ks, mask=k_valid, other=0.0).to(tl.float32)
+            acc += tl.load(w_base + ks[None, :], mask=row_valid[:, None] & k_valid[None, :],
+                           other=0.0).to(tl.float32) * a[None, :]
+        weight = tl.load(topk_weights_ptr + pair).to(tl.float32)
+        # rounded as the blocked path rounds: the expert's output, its weighted share, then the sum
+        total += (tl.sum(acc, axis=1).to(dtype).to(tl.float32) * weight).to(dtype).to(tl.float32)
+    tl.store(out_ptr + token.to(tl.int64) * stride_ot + rows, total.to(dtype), mask=row_valid)
+
+
+def fused_moe_pairs(
+    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+    swiglu_limit: float | None = None, tiling: PairTiling = PAIR_TILING,
+) -> torch.Tensor:
+    """`fused_moe` as one GEMV per (token, slot) pair and a down GEMV that sums each token's slots:
+    two launches in all, no alignment, for decode batches of a token or so (each pair streams its
+    own expert's weights, so experts shared by several tokens would be read once per token)."""
+    num_tokens, hidden = x.shape
+    top_k = topk_ids.shape[1]
+    inter = w13.shape[1] // 2
+    x = x if x.stride(1) == 1 else x.contiguous()
+    ids = topk_ids.contiguous()
+    act = torch.empty(num_tokens * top_k, inter, dtype=x.dtype, device=x.device)
+    block_k_up, block_k_down = (min(tiling.block_k, triton.next_power_of_2(n)) for n in (hidden, inter))
+    _pair_gate_up_kernel[(num_tokens * top_k, triton.cdiv(inter, tiling.block_n))](
+        x, w13, act, ids, hidden, inter, float(swiglu_limit or 0.0),
+        x.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
+        TOP_K=top_k, HAS_LIMIT=swiglu_limit is not None, BLOCK_N=tiling.block_n, BLOCK_K=block_k_up,
+        num_warps=tiling.num_warps,
+    )
+    out = torch.empty_like(x)
+    _pair_down_kernel[(num_tokens, triton.cdiv(hidden, tiling.block_n))](
+        act, w2, topk_weights.contiguous(), ids, out, hidden, inter,
+        act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
+        TOP_K=top_k, BLOCK_N=tiling.block_n, BLOCK_K=block_k_down, num_warps=tiling.num_warps,
+    )
+    return out
+
+
 def fused_moe(
     x: torch.Tensor,
     w13: torch.Tensor,
@@ -259,10 +369,11 @@ def fused_moe(
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
     swiglu_limit: float | None = None,
-    tiling: MoeTiling | None = None,
+    tiling: MoeTiling | PairTiling | None = None,
 ) -> torch.Tensor:
     """x: [T, H]; w13: [E, 2I, H] (gate rows, then up rows); w2: [E, H, I]; topk_weights/ids: [T, k]
-    -> [T, H] = sum over each token's experts of weight * w2 @ swiglu(w13 @ x), like the reference loop."""
+    -> [T, H] = sum over each token's experts of weight * w2 @ swiglu(w13 @ x), like the reference loop.
+    A PairTiling forces the per-pair GEMVs, a MoeTiling the blocks sorted by expert; None picks by T."""
     num_tokens, hidden = x.shape
     num_experts, two_inter, _ = w13.shape
     inter = two_inter // 2
@@ -272,6 +383,8 @@ def fused_moe(
     num_pairs = num_tokens * top_k
     if num_pairs == 0:
         return torch.zeros_like(x)
+    if isinstance(tiling, PairTiling) or (tiling is None and num_tokens <= PAIR_PATH_MAX_TOKENS):
+        return fused_moe_pairs(x, w13, w2, topk_weights, topk_ids, swiglu_limit, tiling or PAIR_TILING)
     tiling = tiling or pick_tiling(num_pairs, num_experts, hidden, inter, x.device)
     x = x if x.stride(1) == 1 else x.contiguous()
     align = align_by_expert(topk_ids, num_experts, tiling.block_m)

@@ -95,14 +95,16 @@ def _gemv_kernel(
 
 
 def gemv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: GemvConfig, gated: bool = False
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: GemvConfig, gated: bool = False,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """x: [1, K] (or [1, 2K] as [gate | up] when gated); weight: [N, K] -> [1, N] = F.linear(x', weight, bias)
-    with x' = silu(gate) * up when gated."""
+    with x' = silu(gate) * up when gated. Products accumulate in fp32 whatever the dtypes, so x in the
+    model dtype against an fp32 weight with out_dtype fp32 is F.linear(x.float(), weight)."""
     n, k = weight.shape
     assert x.shape[0] == 1 and x.shape[-1] == (2 * k if gated else k) and weight.stride(1) == 1
     x = x.contiguous()
-    out = torch.empty((1, n), dtype=x.dtype, device=x.device)
+    out = torch.empty((1, n), dtype=out_dtype or x.dtype, device=x.device)
     _launch(x, weight, bias, out, config, gated=gated)
     return out
 

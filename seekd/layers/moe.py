@@ -62,9 +62,20 @@ class TopKRouter(nn.Module):
         if topk_method == "noaux_tc":
             self.e_score_correction_bias = nn.Parameter(torch.empty(num_experts, dtype=torch.float32),
                                                         requires_grad=False)
+        self.use_kernel = False  # the ModelRunner turns on the one-launch Triton routing on GPUs
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: [T, hidden] -> (topk_weights [T, top_k] float32, topk_ids [T, top_k] int64)."""
+        """x: [T, hidden] -> (topk_weights [T, top_k] float32, topk_ids [T, top_k] int64). The torch
+        ops below are the reference; the kernel path makes the same choice in one launch after the logits."""
+        if self.use_kernel:
+            from seekd.kernels.moe_routing import route_topk, router_logits
+
+            return route_topk(
+                router_logits(x, self.weight), self.top_k, scoring_func=self.scoring_func,
+                topk_method=self.topk_method, n_group=self.n_group, topk_group=self.topk_group,
+                norm_topk_prob=self.norm_topk_prob, routed_scaling_factor=self.routed_scaling_factor,
+                correction_bias=getattr(self, "e_score_correction_bias", None),
+            )
         scores = expert_scores(F.linear(x.float(), self.weight.float()), self.scoring_func)
         if self.topk_method == "greedy":
             weights, ids = scores.topk(self.top_k, dim=-1)

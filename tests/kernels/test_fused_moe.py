@@ -130,6 +130,26 @@ def test_every_tiling_gives_the_reference_and_repeats_bit_for_bit(
     assert torch.equal(out, again)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ["one_token", "one_token_many_experts", "v4_clipping", "idle_experts"])
+@pytest.mark.parametrize("block_n,block_k", [(4, 512), (2, 16), (8, 32)])
+def test_pair_gemvs_equal_the_reference_loop(kernel_device, dtype, case, block_n, block_k):
+    """The per-pair path that one-token decode takes, forced for any batch and tiles that overhang."""
+    from seekd.kernels.fused_moe import MoeTiling, PairTiling, fused_moe
+
+    num_tokens, num_experts, top_k, hidden, inter, limit, only = CASES[case]
+    torch.manual_seed(list(CASES).index(case))
+    experts = make_experts(num_experts, hidden, inter, limit, kernel_device, dtype)
+    x = torch.randn(num_tokens, hidden).to(kernel_device, dtype)
+    weights, ids = routing(num_tokens, num_experts, top_k, kernel_device, only)
+    out = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, limit, PairTiling(block_n, block_k))
+    assert out.dtype == dtype and out.shape == x.shape
+    torch.testing.assert_close(out.float(), experts(x, weights, ids).float(), **tolerance(dtype))
+    blocked = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, limit,
+                        MoeTiling(16, 16, 16, 16))
+    torch.testing.assert_close(out.float(), blocked.float(), **tolerance(dtype))
+
+
 # ops that read device values back to the host (the loop's `unique().tolist()`, `nonzero`) or size
 # outputs from them (bincount): none may run on the kernel's path
 SYNCING_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::_unique2", "aten::unique_dim", "aten::bincount")
