@@ -1,0 +1,122 @@
+"""The fused MLA norm + rope + latent cache write (seekd/kernels/mla_rope_cache.py) against the
+reference path (MLAAttention.project_and_cache then absorb_query), and the layer's fused decode step
+against its torch absorbed path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from kernel_env import INTERPRETED
+
+from seekd.layers.attention import TritonStepData
+from seekd.layers.forward_context import AttentionMetadata, ForwardContext
+from seekd.layers.mla import MLAAttention
+from seekd.layers.rotary import RotaryEmbedding
+
+pytestmark = pytest.mark.triton
+
+DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
+    INTERPRETED, reason="Triton's interpreter computes bfloat16 wrongly"))]
+
+# DeepSeek-V2-Lite's attention and rope (YaRN, mscale == mscale_all_dim), and a tiny neox/default one
+V2_LITE = dict(heads=16, kv_lora_rank=512, nope=128, rope_dim=64, v=128, interleaved=True,
+               scaling={"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
+                        "mscale": 0.707, "mscale_all_dim": 0.707, "beta_fast": 32, "beta_slow": 1})
+TINY = dict(heads=4, kv_lora_rank=32, nope=16, rope_dim=8, v=24, interleaved=False, scaling=None)
+CONFIGS = {
+    "v2_lite_yarn_interleaved": V2_LITE,
+    "tiny_neox": TINY,
+    "tiny_interleaved": {**TINY, "interleaved": True},
+}
+
+
+def make_mla(heads: int, kv_lora_rank: int, nope: int, rope_dim: int, v: int, interleaved: bool,
+             scaling: dict | None, q_lora_rank: int | None = None, hidden: int = 64,
+             dtype: torch.dtype = torch.float32, device: str = "cpu") -> MLAAttention:
+    rope = RotaryEmbedding(rope_dim, rope_dim, 8192, 10000.0, scaling, interleaved)
+    mla = MLAAttention(hidden, heads, q_lora_rank, kv_lora_rank, nope, rope_dim, v, rope, (nope + rope_dim) ** -0.5)
+    for p in mla.parameters():
+        p.data.normal_(0.0, 0.2)
+    mla.kv_a_layernorm.weight.data.uniform_(0.5, 1.5)
+    return mla.to(device=device, dtype=dtype)
+
+
+def decode_metadata(seq_lens: list[int], block_size: int, num_blocks: int, device: str) -> AttentionMetadata:
+    """One new token per sequence (pure decode), every sequence's blocks scattered over the pool."""
+    per_seq = -(-max(seq_lens) // block_size)
+    order = torch.randperm(num_blocks - 1)[: per_seq * len(seq_lens)] + 1
+    tables = order.view(len(seq_lens), per_seq)
+    slots = [tables[i, (n - 1) // block_size] * block_size + (n - 1) % block_size for i, n in enumerate(seq_lens)]
+    return AttentionMetadata(
+        slot_mapping=torch.tensor(slots, device=device),
+        seq_lens=torch.tensor(seq_lens, device=device, dtype=torch.int32),
+        query_start_loc=torch.arange(len(seq_lens) + 1, device=device, dtype=torch.int32),
+        block_tables=tables.to(device=device, dtype=torch.int32), block_size=block_size, max_query_len=1,
+        max_seq_len=max(seq_lens), query_lens_cpu=[1] * len(seq_lens), seq_lens_cpu=seq_lens,
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("config", CONFIGS)
+def test_fused_rope_cache_writes_the_reference_rows_and_query_tail(kernel_device, dtype, config):
+    from seekd.kernels.mla_rope_cache import mla_rope_cache
+
+    torch.manual_seed(0)
+    device, tokens, block_size, num_blocks, extra = kernel_device, 6, 4, 16, 8
+    mla = make_mla(**CONFIGS[config], q_lora_rank=48, dtype=dtype, device=device)
+    rank = mla.kv_lora_rank
+    x = torch.randn(tokens, 64, device=device, dtype=dtype)
+    positions = torch.tensor([0, 7, 4095, 4096, 8000, 33], device=device)
+    slots = torch.randperm(num_blocks * block_size, device=device)[:tokens]
+    meta = decode_metadata([1] * tokens, block_size, num_blocks, device)
+    meta.slot_mapping = slots  # project_and_cache reads only the slots
+    # rows wider than the latent (sparse MLA keeps the indexer key behind it): those columns stay untouched
+    cache = torch.randn(num_blocks, block_size, mla.latent_width + extra, device=device, dtype=dtype)
+
+    ref_cache = cache.clone()
+    mla.kv_cache = ref_cache
+    q_nope, q_pe, _ = mla.project_and_cache(positions, x, meta)
+    ref_q, _ = mla.absorb_query(q_nope, q_pe)
+
+    q, _ = mla.project_q(x)
+    q_abs = torch.full((tokens, mla.num_heads, mla.latent_width), float("nan"), device=device, dtype=dtype)
+    rope = mla.rotary_emb
+    mla_rope_cache(q, mla.kv_a_proj_with_mqa(x), mla.kv_a_layernorm.weight, mla.kv_a_layernorm.eps, positions,
+                   rope.cos_sin_cache, rope.rotary_dim, rope.interleaved, cache, slots, q_abs)
+
+    tol = {"atol": 1e-6, "rtol": 1e-6} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    assert q_abs[..., :rank].isnan().all(), "q' head is the W_UK product's to write"
+    torch.testing.assert_close(q_abs[..., rank:], ref_q[..., rank:], **tol)
+    torch.testing.assert_close(cache, ref_cache, **tol)  # written slots equal, every other slot untouched
+
+
+@pytest.mark.parametrize("heads", [4, 40])  # one head block, and two (more than the step's counters cover)
+def test_fused_decode_step_equals_the_torch_absorbed_path(kernel_device, heads):
+    """Contexts long enough that the decode kernel splits their keys and merges in-kernel; a second
+    call on the same persistent counters gives the same bits, so every layer leaves them zeroed."""
+    from seekd.kernels.paged_attention import split_counters
+
+    torch.manual_seed(0)
+    device, block_size, num_blocks = kernel_device, 16, 260
+    mla = make_mla(**{**V2_LITE, "heads": heads, "kv_lora_rank": 64, "nope": 32, "rope_dim": 16, "v": 32},
+                   device=device)
+    seq_lens = [1000, 530, 9, 1]
+    meta = decode_metadata(seq_lens, block_size, num_blocks, device)
+    counters = split_counters(len(seq_lens), 1, device)  # sized as the triton backend does for MLA
+    meta.backend_data = TritonStepData(torch.arange(4), torch.zeros(4), 1, 4, counters)
+    positions = torch.tensor(seq_lens, device=device) - 1
+    x = torch.randn(len(seq_lens), 64, device=device)
+    cache = torch.randn(num_blocks, block_size, mla.latent_width, device=device)
+
+    mla.kv_cache = cache.clone()
+    ref = mla(positions, x, ForwardContext(meta))
+    ref_cache = mla.kv_cache
+    mla.use_kernel = True
+    outs = []
+    for _ in range(2):
+        mla.kv_cache = cache.clone()
+        outs.append(mla(positions, x, ForwardContext(meta)))
+        assert not counters.any()
+    torch.testing.assert_close(mla.kv_cache, ref_cache, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(outs[0], ref, atol=1e-4, rtol=1e-4)
+    assert torch.equal(outs[0], outs[1])
