@@ -10,7 +10,7 @@ import torch
 from kernel_env import INTERPRETED
 
 from seekd import LLM, SamplingParams
-from seekd.layers.moe import RoutedExperts
+from seekd.layers.moe import RoutedExperts, TopKRouter
 
 pytestmark = pytest.mark.triton
 
@@ -206,22 +206,25 @@ def _tiny_v4(folder):
 def test_deepseek_generates_the_reference_tokens_with_routed_experts_on_the_kernel(
     kernel_device, tmp_path, build
 ):
+    """Routers and experts on their kernels: the second request stops early, so the last decode steps
+    have one token and take the per-pair path, the earlier ones the blocks sorted by expert."""
     build(tmp_path)
     prompts = [[*range(10, 40), 7], [5, 6, 7, 8]]
-    params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+    params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in (16, 6)]
     outs = []
     for forced in (False, True):
         llm = LLM(str(tmp_path), data_dir=str(tmp_path / "data"), num_kv_blocks=64, block_size=8,
                   device=kernel_device, dtype="float32", enforce_eager=True, show_progress=False)
         experts = [m for m in llm.engine.runner.model.modules() if isinstance(m, RoutedExperts)]
+        routers = [m for m in llm.engine.runner.model.modules() if isinstance(m, TopKRouter)]
         assert len(experts) >= 2
-        for m in experts:
+        for m in experts + routers:
             m.use_kernel = forced
         # the loop reads expert ids on the host, so only the kernel lets decode steps become CUDA graphs
         assert ("RoutedExperts" in llm.engine.runner.graph_blockers()) is not forced
         outs.append([o.outputs[0].token_ids for o in llm.generate(prompts, params)])
     assert outs[0] == outs[1]
-    assert all(len(tokens) == 16 for tokens in outs[1])
+    assert [len(tokens) for tokens in outs[1]] == [16, 6]
 
 
 @pytest.mark.gpu
@@ -266,13 +269,14 @@ def test_bf16_kernel_matches_the_loop_at_v2_lite_shapes(num_tokens):
 
 
 @pytest.mark.gpu
-def test_kernel_never_syncs_and_replays_in_a_cuda_graph_with_new_routings():
+@pytest.mark.parametrize("num_tokens", [1, 8])  # the per-pair path and the blocks
+def test_kernel_never_syncs_and_replays_in_a_cuda_graph_with_new_routings(num_tokens):
     from seekd.kernels.fused_moe import fused_moe
 
     torch.manual_seed(6)
     experts = make_experts(16, 256, 128, 0.8, "cuda", torch.bfloat16)
-    x = torch.randn(8, 256, device="cuda", dtype=torch.bfloat16)
-    weights, ids = routing(8, 16, 4, "cuda")
+    x = torch.randn(num_tokens, 256, device="cuda", dtype=torch.bfloat16)
+    weights, ids = routing(num_tokens, 16, 4, "cuda")
     fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, 0.8)  # compile outside capture
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -285,7 +289,7 @@ def test_kernel_never_syncs_and_replays_in_a_cuda_graph_with_new_routings():
         out = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, 0.8)
     for seed in range(3):
         torch.manual_seed(100 + seed)
-        new_weights, new_ids = routing(8, 16, 4, "cuda", only=seed if seed else None)
+        new_weights, new_ids = routing(num_tokens, 16, 4, "cuda", only=seed if seed else None)
         x.copy_(torch.randn_like(x))
         weights.copy_(new_weights)
         ids.copy_(new_ids)
