@@ -1,4 +1,5 @@
-"""Start-up choice, per weight shape, between cuBLAS and the Triton GEMV for batch-1 products.
+"""Start-up choice, per weight shape, between cuBLAS and the Triton GEMV for batch-1 products, and
+between the MoE kernel's two one-token paths (blocks sorted by expert, or per-pair GEMV tilings).
 
 Batch-1 decode is bound by reading weights; which kernel reads them fastest depends on the shape
 and the GPU, so it is measured on the model's own weights (every layer's weight of a shape in turn,
@@ -17,6 +18,7 @@ from torch import nn
 
 from seekd.layers.embedding import ParallelLMHead
 from seekd.layers.linear import LinearBase
+from seekd.layers.moe import RoutedExperts
 
 if TYPE_CHECKING:
     from seekd.kernels.gemv import GemvConfig
@@ -62,7 +64,34 @@ def tune_batch1_gemv(model: nn.Module) -> dict[str, dict]:
             for module in modules:
                 module.normed_gemv = folded
             _record(report, name, modules, folded, timings)
+    tune_batch1_experts(model, report)
     return report
+
+
+def tune_batch1_experts(model: nn.Module, report: dict[str, dict]) -> None:
+    """Set `batch1_tiling` on the routed experts of each shape (and top-k) to the fastest one-token
+    path, timed over every layer's experts of that shape."""
+    from seekd.kernels.fused_moe import pick_batch1_tiling
+
+    groups: dict[tuple, list[RoutedExperts]] = defaultdict(list)
+    for module in model.modules():
+        experts, gate = getattr(module, "experts", None), getattr(module, "gate", None)
+        if isinstance(experts, RoutedExperts) and experts.use_kernel and experts.w13_weight.is_cuda:
+            key = (tuple(experts.w13_weight.shape), experts.w13_weight.dtype, gate.top_k, experts.swiglu_limit)
+            groups[key].append(experts)
+    for (shape, _, top_k, limit), members in groups.items():
+        try:
+            choice, timings = pick_batch1_tiling([m.w13_weight for m in members], [m.w2_weight for m in members],
+                                                 top_k, limit)
+        except Exception:  # an optional speed-up must not stop the server from starting
+            logger.exception("timing the one-token MoE paths for experts %s failed; keeping the default", shape)
+            continue
+        for member in members:
+            member.batch1_tiling = choice
+        report[f"experts {'x'.join(map(str, shape))} top{top_k}"] = {
+            "layers": len(members), "choice": choice.name, "ms_per_pass": timings}
+        logger.info("one-token MoE experts %s top-%d over %d layers: %s (%s)", shape, top_k, len(members),
+                    choice.name, ", ".join(f"{k} {v:.3f} ms" for k, v in timings.items()))
 
 
 def _record(

@@ -273,8 +273,14 @@ class PairTiling:
 
 # Up to this many tokens the per-pair GEMVs beat sorting by expert: a token's experts are distinct,
 # so at one token no weight is read twice, and the alignment and the sum over slots cost a launch each
+# (on an H100 pairs won at one token for V2-Lite and V3 shapes and lost from two on:
+# benchmarks/results/fused_moe_h100.json)
 PAIR_PATH_MAX_TOKENS = 1
 PAIR_TILING = PairTiling(4, 512)
+# What `pick_batch1_tiling` tries: the best differed by shape on an H100 (2x512 for V2-Lite's short
+# rows, 4x1024 for V3's 7168-wide ones)
+PAIR_CANDIDATES = (PairTiling(2, 512), PairTiling(4, 512), PairTiling(4, 1024), PairTiling(8, 512),
+                   PairTiling(2, 1024))
 
 
 @triton.jit
@@ -408,3 +414,27 @@ def fused_moe(
         IEEE=ieee, BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n_down, BLOCK_K=tiling.block_k, **launch,
     )
     return per_slot.view(num_tokens, top_k, hidden).sum(dim=1)  # accumulates in fp32, rounds once
+
+
+def pick_batch1_tiling(
+    w13s: list[torch.Tensor], w2s: list[torch.Tensor], top_k: int, swiglu_limit: float | None, reps: int = 5,
+) -> tuple[MoeTiling | PairTiling, dict[str, float]]:
+    """The fastest way to run one token through every layer's experts of one shape (all layers in
+    turn, so weights come from memory as in decode): the blocked path or a per-pair tiling, timed as
+    CUDA graph replays on a fixed routing of distinct experts. Returns it and the ms per pass of each."""
+    from seekd.kernels.gemv import graph_time_ms
+
+    num_experts, two_inter, hidden = w13s[0].shape
+    device, dtype = w13s[0].device, w13s[0].dtype
+    x = torch.randn(1, hidden, dtype=dtype, device=device)
+    ids = torch.randperm(num_experts, device=device)[:top_k].view(1, top_k)
+    weights = torch.full((1, top_k), 1.0 / top_k, device=device)
+    blocked = pick_tiling(top_k, num_experts, hidden, two_inter // 2, device)
+
+    def one_pass(tiling: MoeTiling | PairTiling) -> None:
+        for w13, w2 in zip(w13s, w2s):
+            fused_moe(x, w13, w2, weights, ids, swiglu_limit, tiling)
+
+    timings = {t.name: graph_time_ms(lambda t=t: one_pass(t), reps) for t in (blocked, *PAIR_CANDIDATES)}
+    best = min((blocked, *PAIR_CANDIDATES), key=lambda t: timings[t.name])
+    return best, timings

@@ -141,7 +141,7 @@ def _launch(
     )
 
 
-def _time_ms(fn: Callable[[], object], reps: int) -> float:
+def graph_time_ms(fn: Callable[[], object], reps: int) -> float:
     """GPU time of `fn` replayed as a CUDA graph, as decode steps run: eager timing would charge
     Triton's Python launch cost, which graphs remove, against it."""
     fn()  # compiles the kernel before capture
@@ -215,10 +215,10 @@ def pick_normed_gemv(
 def _fastest(
     run: Callable[[GemvConfig | None], Callable[[], None]], baseline_name: str, reps: int
 ) -> tuple[GemvConfig | None, dict[str, float]]:
-    timings = {baseline_name: _time_ms(run(None), reps)}
+    timings = {baseline_name: graph_time_ms(run(None), reps)}
     best, best_ms = None, timings[baseline_name]
     for config in CANDIDATES:
-        ms = _time_ms(run(config), reps)
+        ms = graph_time_ms(run(config), reps)
         timings[config.name] = ms
         if ms < best_ms * 0.98:  # a clear win only: the baseline stays on a tie
             best, best_ms = config, ms

@@ -118,6 +118,7 @@ class HashRouter(nn.Module):
         super().__init__()
         if scoring_func not in SCORING_FUNCS:
             raise ValueError(f"scoring_func must be one of {', '.join(SCORING_FUNCS)}, not {scoring_func!r}")
+        self.top_k = top_k
         self.scoring_func = scoring_func
         self.routed_scaling_factor = routed_scaling_factor
         self.weight = nn.Parameter(torch.empty(num_experts, hidden_size, dtype=torch.float32), requires_grad=False)
@@ -170,6 +171,7 @@ class RoutedExperts(nn.Module):
         self.w13_weight.weight_loader = self.weight_loader
         self.w2_weight.weight_loader = self.weight_loader
         self.use_kernel = False  # the ModelRunner turns on the fused Triton kernel on GPUs
+        self.batch1_tiling = None  # the kernel's tiling for one token, timed at start-up; None: its default
 
     @property
     def graph_safe(self) -> bool:
@@ -202,7 +204,8 @@ class RoutedExperts(nn.Module):
         if self.use_kernel:
             from seekd.kernels.fused_moe import fused_moe
 
-            out = fused_moe(x, self.w13_weight, self.w2_weight, topk_weights, topk_ids, self.swiglu_limit)
+            tiling = self.batch1_tiling if x.shape[0] == 1 else None
+            out = fused_moe(x, self.w13_weight, self.w2_weight, topk_weights, topk_ids, self.swiglu_limit, tiling)
             return all_reduce(out, self.tp_size)
         out = torch.zeros_like(x)
         for expert in topk_ids.unique().tolist():

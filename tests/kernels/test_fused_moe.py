@@ -295,3 +295,27 @@ def test_kernel_never_syncs_and_replays_in_a_cuda_graph_with_new_routings(num_to
         ids.copy_(new_ids)
         graph.replay()
         torch.testing.assert_close(out.float(), experts(x, weights, ids).float(), atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.gpu
+def test_start_up_tuning_picks_a_one_token_experts_path_and_keeps_the_reference_tokens(tmp_path):
+    """batch1_gemv=auto also times the MoE kernel's one-token paths per expert shape; the chosen one
+    runs in the captured decode graphs and generates the torch engine's tokens (float32)."""
+    from seekd.kernels.fused_moe import PAIR_CANDIDATES
+
+    _tiny_v2_lite(tmp_path / "model")
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    outs = {}
+    for backend in ("torch", "triton"):
+        llm = LLM(str(tmp_path / "model"), data_dir=str(tmp_path / backend), num_kv_blocks=64, block_size=16,
+                  device="cuda", dtype="float32", attention_backend=backend, batch1_gemv="auto", show_progress=False)
+        outs[backend] = llm.generate([5, 6, 7, 8, 9], params)[0].outputs[0].token_ids
+        if backend == "triton":
+            report = {k: v for k, v in llm.engine.runner.gemv_report.items() if k.startswith("experts ")}
+            experts = [m for m in llm.engine.runner.model.modules() if isinstance(m, RoutedExperts)]
+            assert len(report) == 1 and len(experts) >= 2
+            (entry,) = report.values()
+            assert entry["layers"] == len(experts)
+            assert {t.name for t in PAIR_CANDIDATES} < set(entry["ms_per_pass"])  # and the blocked path
+            assert all(m.batch1_tiling.name == entry["choice"] for m in experts)
+    assert outs["triton"] == outs["torch"]
