@@ -37,9 +37,9 @@ import triton
 
 from seekd.bench.report import result_header
 from seekd.kernels.fused_moe import (
+    PAIR_CANDIDATES,
     PAIR_TILING,
     MoeTiling,
-    PairTiling,
     align_by_expert_kernel,
     align_by_expert_torch,
     fused_moe,
@@ -61,7 +61,6 @@ ROUTERS = {
     "v3-tp4": ("sigmoid", "noaux_tc", 8, 4, True, 2.5),
     "tiny": ("softmax", "greedy", 1, 1, False, 1.0),
 }
-PAIR_SWEEP = [PairTiling(n, k, w) for n, k, w in ((2, 512, 4), (4, 512, 4), (4, 1024, 4), (8, 512, 4), (8, 256, 8))]
 
 
 def make_router(shape: str, gen: torch.Generator) -> TopKRouter:
@@ -169,7 +168,7 @@ def bench_case(shape: str, num_tokens: int, device: torch.device, dtype: torch.d
             row["sweep_graph_ms"].update({
                 t.name: round(time_ms(lambda t=t: fused_moe(x, w13, w2, weights, ids, tiling=t), device, reps,
                                       graph=device.type == "cuda"), 4)
-                for t in PAIR_SWEEP
+                for t in PAIR_CANDIDATES
             })
         row["sweep_best"] = min(row["sweep_graph_ms"], key=row["sweep_graph_ms"].get)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}

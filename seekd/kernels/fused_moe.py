@@ -265,10 +265,11 @@ class PairTiling:
     block_n: int  # output features per program (gate and up rows each for the gate-up pass)
     block_k: int  # reduction features per tile
     num_warps: int = 4
+    flat_down: bool = False  # the down pass as one loop over (slot, tile) rather than a loop per slot
 
     @property
     def name(self) -> str:
-        return f"pairs_n{self.block_n}_k{self.block_k}_w{self.num_warps}"
+        return f"pairs_n{self.block_n}_k{self.block_k}_w{self.num_warps}{'_flat' if self.flat_down else ''}"
 
 
 # Up to this many tokens the per-pair GEMVs beat sorting by expert: a token's experts are distinct,
@@ -280,7 +281,7 @@ PAIR_TILING = PairTiling(4, 512)
 # What `pick_batch1_tiling` tries: the best differed by shape on an H100 (2x512 for V2-Lite's short
 # rows, 4x1024 for V3's 7168-wide ones)
 PAIR_CANDIDATES = (PairTiling(2, 512), PairTiling(4, 512), PairTiling(4, 1024), PairTiling(8, 512),
-                   PairTiling(2, 1024))
+                   PairTiling(2, 1024), PairTiling(2, 512, flat_down=True), PairTiling(4, 1024, flat_down=True))
 
 
 @triton.jit
@@ -314,29 +315,44 @@ def _pair_gate_up_kernel(
 def _pair_down_kernel(
     act_ptr, w_ptr, topk_weights_ptr, ids_ptr, out_ptr, hidden, inter,
     stride_ap, stride_we, stride_wn, stride_ot,
-    TOP_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    TOP_K: tl.constexpr, TOP_K_P: tl.constexpr, FLAT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     token = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_valid = rows < hidden
     dtype = act_ptr.dtype.element_ty
-    total = tl.zeros([BLOCK_N], tl.float32)
-    for slot in range(TOP_K):  # the token's experts in slot order, summed here: no per-slot buffer
-        pair = token * TOP_K + slot
-        expert = tl.load(ids_ptr + pair).to(tl.int64)
-        a_row = act_ptr + pair.to(tl.int64) * stride_ap
-        w_base = w_ptr + expert * stride_we + rows[:, None] * stride_wn
-        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-        for start in range(0, inter, BLOCK_K):
-            ks = start + tl.arange(0, BLOCK_K)
+    slots = tl.arange(0, TOP_K_P)
+    per_slot = tl.zeros([TOP_K_P, BLOCK_N], tl.float32)  # each expert's output, before its weight
+    if FLAT:  # one loop over (slot, chunk), which the compiler pipelines across the slots
+        chunks = tl.cdiv(inter, BLOCK_K)
+        for it in range(0, TOP_K * chunks):
+            slot = it // chunks
+            pair = token * TOP_K + slot
+            expert = tl.load(ids_ptr + pair).to(tl.int64)
+            ks = (it - slot * chunks) * BLOCK_K + tl.arange(0, BLOCK_K)
             k_valid = ks < inter
-            a = tl.load(a_row + ks, mask=k_valid, other=0.0).to(tl.float32)
-            acc += tl.load(w_base + ks[None, :], mask=row_valid[:, None] & k_valid[None, :],
-                           other=0.0).to(tl.float32) * a[None, :]
-        weight = tl.load(topk_weights_ptr + pair).to(tl.float32)
-        # rounded as the blocked path rounds: the expert's output, its weighted share, then the sum
-        total += (tl.sum(acc, axis=1).to(dtype).to(tl.float32) * weight).to(dtype).to(tl.float32)
-    tl.store(out_ptr + token.to(tl.int64) * stride_ot + rows, total.to(dtype), mask=row_valid)
+            a = tl.load(act_ptr + pair.to(tl.int64) * stride_ap + ks, mask=k_valid, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + expert * stride_we + rows[:, None] * stride_wn + ks[None, :],
+                        mask=row_valid[:, None] & k_valid[None, :], other=0.0).to(tl.float32)
+            per_slot += tl.where(slots[:, None] == slot, tl.sum(w * a[None, :], axis=1)[None, :], 0.0)
+    else:
+        for slot in range(TOP_K):
+            pair = token * TOP_K + slot
+            expert = tl.load(ids_ptr + pair).to(tl.int64)
+            a_row = act_ptr + pair.to(tl.int64) * stride_ap
+            w_base = w_ptr + expert * stride_we + rows[:, None] * stride_wn
+            acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+            for start in range(0, inter, BLOCK_K):
+                ks = start + tl.arange(0, BLOCK_K)
+                k_valid = ks < inter
+                a = tl.load(a_row + ks, mask=k_valid, other=0.0).to(tl.float32)
+                acc += tl.load(w_base + ks[None, :], mask=row_valid[:, None] & k_valid[None, :],
+                               other=0.0).to(tl.float32) * a[None, :]
+            per_slot += tl.where(slots[:, None] == slot, tl.sum(acc, axis=1)[None, :], 0.0)
+    weight = tl.load(topk_weights_ptr + token * TOP_K + slots, mask=slots < TOP_K, other=0.0).to(tl.float32)
+    # rounded as the blocked path rounds: each expert's output, its weighted share, then the sum
+    shares = (per_slot.to(dtype).to(tl.float32) * weight[:, None]).to(dtype).to(tl.float32)
+    tl.store(out_ptr + token.to(tl.int64) * stride_ot + rows, tl.sum(shares, axis=0).to(dtype), mask=row_valid)
 
 
 def fused_moe_pairs(
@@ -363,7 +379,8 @@ def fused_moe_pairs(
     _pair_down_kernel[(num_tokens, triton.cdiv(hidden, tiling.block_n))](
         act, w2, topk_weights.contiguous(), ids, out, hidden, inter,
         act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
-        TOP_K=top_k, BLOCK_N=tiling.block_n, BLOCK_K=block_k_down, num_warps=tiling.num_warps,
+        TOP_K=top_k, TOP_K_P=triton.next_power_of_2(top_k), FLAT=tiling.flat_down, BLOCK_N=tiling.block_n,
+        BLOCK_K=block_k_down, num_warps=tiling.num_warps,
     )
     return out
 

@@ -132,8 +132,8 @@ def test_every_tiling_gives_the_reference_and_repeats_bit_for_bit(
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", ["one_token", "one_token_many_experts", "v4_clipping", "idle_experts"])
-@pytest.mark.parametrize("block_n,block_k", [(4, 512), (2, 16), (8, 32)])
-def test_pair_gemvs_equal_the_reference_loop(kernel_device, dtype, case, block_n, block_k):
+@pytest.mark.parametrize("block_n,block_k,flat", [(4, 512, False), (2, 16, False), (8, 32, True), (2, 16, True)])
+def test_pair_gemvs_equal_the_reference_loop(kernel_device, dtype, case, block_n, block_k, flat):
     """The per-pair path that one-token decode takes, forced for any batch and tiles that overhang."""
     from seekd.kernels.fused_moe import MoeTiling, PairTiling, fused_moe
 
@@ -142,7 +142,8 @@ def test_pair_gemvs_equal_the_reference_loop(kernel_device, dtype, case, block_n
     experts = make_experts(num_experts, hidden, inter, limit, kernel_device, dtype)
     x = torch.randn(num_tokens, hidden).to(kernel_device, dtype)
     weights, ids = routing(num_tokens, num_experts, top_k, kernel_device, only)
-    out = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, limit, PairTiling(block_n, block_k))
+    tiling = PairTiling(block_n, block_k, flat_down=flat)
+    out = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, limit, tiling)
     assert out.dtype == dtype and out.shape == x.shape
     torch.testing.assert_close(out.float(), experts(x, weights, ids).float(), **tolerance(dtype))
     blocked = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, limit,
