@@ -190,7 +190,10 @@ class MLAAttention(nn.Module):
         splits = mla_decode_splits(meta.num_seqs, self.num_heads, meta.max_seq_len)
         out_latent = mla_decode(q_abs, self.kv_cache, meta.block_tables, meta.seq_lens, self.kv_lora_rank,
                                 self.scale, splits, self._step_counters(meta, splits))
-        return torch.einsum("thr,hvr->thv", out_latent, w_uv)
+        out = out_latent.new_empty(out_latent.size(0), self.num_heads, self.v_head_dim)
+        # written through the head-major view, so o_proj's reshape needs no copy at batch > 1
+        torch.bmm(out_latent.transpose(0, 1), w_uv.transpose(1, 2), out=out.transpose(0, 1))
+        return out
 
     def _step_counters(self, meta: AttentionMetadata, splits: int) -> torch.Tensor | None:
         """The step's split counters (TritonStepData.counters, which decode CUDA graphs keep alive
