@@ -162,13 +162,15 @@ def _paged_attention_kernel(
 MIN_SPLIT_KEYS = 256
 
 
-def decode_splits(programs: int, max_seq_len: int, target_programs: int = 264) -> int:
+def decode_splits(
+    programs: int, max_seq_len: int, min_split: int = MIN_SPLIT_KEYS, target_programs: int = 264
+) -> int:
     """How many pieces to split each decode sequence's key range into (flash-decoding): double
     until there are about two programs per multiprocessor of an H100, never into pieces shorter
-    than MIN_SPLIT_KEYS. Host-side sizes only, so a captured graph bakes in the split count of its
+    than `min_split` keys. Host-side sizes only, so a captured graph bakes in the split count of its
     longest context; shorter contexts use fewer of them (see the kernel)."""
     splits = 1
-    while programs * splits < target_programs and max_seq_len // (splits * 2) >= MIN_SPLIT_KEYS:
+    while programs * splits < target_programs and max_seq_len // (splits * 2) >= min_split:
         splits *= 2
     return splits
 
