@@ -22,13 +22,7 @@ from seekd.engine.request import PENDING_TOKEN, Request
 from seekd.engine.sampler import Sampler, SamplingBatch, gather_logprobs
 from seekd.engine.scheduler import SchedulerOutput
 from seekd.engine.structured.backend import StructuredBackend, bitmask_width
-from seekd.layers.attention import (
-    Attention,
-    AttentionBackend,
-    TorchAttentionBackend,
-    make_backend,
-    resolve_backend_name,
-)
+from seekd.layers.attention import Attention, AttentionBackend, TorchAttentionBackend, make_backend
 from seekd.layers.forward_context import AttentionMetadata, CacheGroupMetadata, ForwardContext
 from seekd.layers.mla import MLAAttention
 from seekd.sampling_params import SamplingParams
@@ -134,15 +128,7 @@ class ModelRunner:
         if layers:
             self.attn_backend = make_backend(name, str(self.device), layers[0].num_kv_heads, prefill)
         elif all_layers and all(isinstance(layer, MLAAttention) for layer in all_layers):
-            if resolve_backend_name(name, str(self.device)) == "triton":
-                from seekd.kernels.mla_decode import MLA_MIN_SPLIT_KEYS, head_blocks
-
-                # latent space: one shared KV head, so a sequence's decode programs are its head
-                # blocks; the backend then makes the split counts and counters the MLA kernel uses
-                self.attn_backend = make_backend("triton", str(self.device), head_blocks(all_layers[0].num_heads),
-                                                 prefill, MLA_MIN_SPLIT_KEYS)
-            else:
-                self.attn_backend = make_backend(name, str(self.device), num_kv_heads=1)
+            self.attn_backend = make_backend(name, str(self.device), num_kv_heads=1)  # latent space: one KV head
         else:
             return
         for layer in layers:

@@ -35,43 +35,6 @@ def online_softmax_step(s, v, m_i, l_i, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
-def store_split_and_merge(
-    acc, m_i, l_i, part_acc_ptr, part_ml_ptr, counter, first, split, active_splits, out_ptrs, row_valid, dims,
-    out_mask, BLOCK_M: tl.constexpr, DIM_P: tl.constexpr,
-):
-    """Flash-decoding's merge without a second kernel: store this split's partial softmax of each row
-    (acc [BLOCK_M, DIM_P], running max m_i and denominator l_i in base 2) at partial index
-    first + split, where `first` [BLOCK_M] is the row's first partial; the last of the row group's
-    `active_splits` programs to count on `counter` merges all of them into out_ptrs and zeroes the
-    counter again (for the next layer, step and graph replay)."""
-    part = first + split
-    tl.store(part_acc_ptr + part[:, None] * DIM_P + dims[None, :], acc, mask=out_mask)
-    tl.store(part_ml_ptr + part * 2, m_i, mask=row_valid)
-    tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=row_valid)
-    # acq_rel: this program's partials are visible before its count, and the others' before the last
-    # one reads them
-    if tl.atomic_add(counter, 1) == active_splits - 1:
-        m_all = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_all = tl.zeros([BLOCK_M], tl.float32)
-        acc_all = tl.zeros([BLOCK_M, DIM_P], tl.float32)
-        for s in range(0, active_splits):
-            m_s = tl.load(part_ml_ptr + (first + s) * 2, mask=row_valid, other=float("-inf"), cache_modifier=".cg")
-            l_s = tl.load(part_ml_ptr + (first + s) * 2 + 1, mask=row_valid, other=0.0, cache_modifier=".cg")
-            acc_s = tl.load(part_acc_ptr + (first + s)[:, None] * DIM_P + dims[None, :], mask=out_mask,
-                            other=0.0, cache_modifier=".cg")
-            m_new = tl.maximum(m_all, m_s)
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            old_w = tl.exp2(m_all - m_safe)
-            new_w = tl.exp2(m_s - m_safe)
-            l_all = l_all * old_w + l_s * new_w
-            acc_all = acc_all * old_w[:, None] + acc_s * new_w[:, None]
-            m_all = m_new
-        out = acc_all / tl.where(l_all == 0.0, 1.0, l_all)[:, None]
-        tl.store(out_ptrs, out.to(out_ptrs.dtype.element_ty), mask=out_mask)
-        tl.atomic_xchg(counter, 0)
-
-
-@triton.jit
 def _paged_attention_kernel(
     q_ptr, kv_ptr, out_ptr, part_acc_ptr, part_ml_ptr, counters_ptr,
     block_tables_ptr, seq_lens_ptr, query_start_ptr, qblock_seq_ptr, qblock_start_ptr,
@@ -148,13 +111,57 @@ def _paged_attention_kernel(
             out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
             tl.store(out_ptr + o_offsets, out.to(out_ptr.dtype.element_ty), mask=out_mask)
     elif split < active_splits:
-        # partials of decode rows: [tokens, heads, splits, head_dim] and [tokens, heads, splits, 2]
+        # partials of decode rows: [tokens, heads, splits, head_dim] and [tokens, heads, splits, 2];
+        # the last split of a (sequence, KV head) to finish merges them, so no second kernel runs
         token = q_begin + q_idx
         n_heads = tl.num_programs(1) * GROUP
+        first = (token * n_heads + head) * NUM_SPLITS
+        part = first + split
+        tl.store(part_acc_ptr + part[:, None] * HEAD_DIM_P + dims[None, :], acc, mask=out_mask)
+        tl.store(part_ml_ptr + part * 2, m_i, mask=row_valid)
+        tl.store(part_ml_ptr + part * 2 + 1, l_i, mask=row_valid)
+        # acq_rel: this program's partials are visible before its count, and the others' before the
+        # last one reads them
         counter = counters_ptr + qb * tl.num_programs(1) + kv_head
-        store_split_and_merge(acc, m_i, l_i, part_acc_ptr, part_ml_ptr, counter, (token * n_heads + head) * NUM_SPLITS,
-                              split, active_splits, out_ptr + o_offsets, row_valid, dims, out_mask,
-                              BLOCK_M, HEAD_DIM_P)
+        if tl.atomic_add(counter, 1) == active_splits - 1:
+            m_all = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            l_all = tl.zeros([BLOCK_M], tl.float32)
+            acc_all = tl.zeros([BLOCK_M, HEAD_DIM_P], tl.float32)
+            for s in range(0, active_splits):
+                m_s = tl.load(part_ml_ptr + (first + s) * 2, mask=row_valid, other=float("-inf"), cache_modifier=".cg")
+                l_s = tl.load(part_ml_ptr + (first + s) * 2 + 1, mask=row_valid, other=0.0, cache_modifier=".cg")
+                acc_s = tl.load(part_acc_ptr + (first + s)[:, None] * HEAD_DIM_P + dims[None, :], mask=out_mask,
+                                other=0.0, cache_modifier=".cg")
+                m_new = tl.maximum(m_all, m_s)
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                old_w = tl.exp2(m_all - m_safe)
+                new_w = tl.exp2(m_s - m_safe)
+                l_all = l_all * old_w + l_s * new_w
+                acc_all = acc_all * old_w[:, None] + acc_s * new_w[:, None]
+                m_all = m_new
+            out = acc_all / tl.where(l_all == 0.0, 1.0, l_all)[:, None]
+            tl.store(out_ptr + o_offsets, out.to(out_ptr.dtype.element_ty), mask=out_mask)
+            tl.atomic_xchg(counter, 0)  # ready for the next step (and the next graph replay)
+
+
+@triton.jit
+def _merge_splits_kernel(
+    part_acc_ptr, part_ml_ptr, out_ptr, stride_ot, stride_oh, num_heads,
+    HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr, NUM_SPLITS: tl.constexpr,
+):
+    token = tl.program_id(0)
+    head = tl.program_id(1)
+    splits = tl.arange(0, NUM_SPLITS)
+    dims = tl.arange(0, HEAD_DIM_P)
+    part = (token * num_heads + head) * NUM_SPLITS + splits
+    m = tl.load(part_ml_ptr + part * 2)
+    denom = tl.load(part_ml_ptr + part * 2 + 1)
+    m_max = tl.max(m, axis=0)
+    w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - m_max))
+    acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM_P + dims[None, :])
+    total = tl.sum(acc * w[:, None], axis=0) / tl.sum(denom * w, axis=0)
+    tl.store(out_ptr + token * stride_ot + head * stride_oh + dims, total.to(out_ptr.dtype.element_ty),
+             mask=dims < HEAD_DIM)
 
 
 # Shortest key range a decode split takes: below it, one program reads the keys faster than a
@@ -162,15 +169,13 @@ def _paged_attention_kernel(
 MIN_SPLIT_KEYS = 256
 
 
-def decode_splits(
-    programs: int, max_seq_len: int, min_split: int = MIN_SPLIT_KEYS, target_programs: int = 264
-) -> int:
+def decode_splits(programs: int, max_seq_len: int, target_programs: int = 264) -> int:
     """How many pieces to split each decode sequence's key range into (flash-decoding): double
     until there are about two programs per multiprocessor of an H100, never into pieces shorter
-    than `min_split` keys. Host-side sizes only, so a captured graph bakes in the split count of its
+    than MIN_SPLIT_KEYS. Host-side sizes only, so a captured graph bakes in the split count of its
     longest context; shorter contexts use fewer of them (see the kernel)."""
     splits = 1
-    while programs * splits < target_programs and max_seq_len // (splits * 2) >= min_split:
+    while programs * splits < target_programs and max_seq_len // (splits * 2) >= MIN_SPLIT_KEYS:
         splits *= 2
     return splits
 
@@ -238,3 +243,13 @@ def paged_attention(
 
 def split_counters(num_qblocks: int, num_kv_heads: int, device: torch.device) -> torch.Tensor:
     return torch.zeros(num_qblocks * num_kv_heads, dtype=torch.int32, device=device)
+
+
+def merge_splits(part_acc: torch.Tensor, part_ml: torch.Tensor, out: torch.Tensor, num_splits: int) -> None:
+    """out[t, h] = the softmax-weighted merge of the NUM_SPLITS partial results of (t, h): partial
+    accumulators [T, H, splits, next_pow2(D)] and (running max, denominator) pairs [T, H, splits, 2]."""
+    num_tokens, num_heads, head_dim = out.shape
+    _merge_splits_kernel[(num_tokens, num_heads)](
+        part_acc, part_ml, out, out.stride(0), out.stride(1), num_heads,
+        HEAD_DIM=head_dim, HEAD_DIM_P=triton.next_power_of_2(head_dim), NUM_SPLITS=num_splits,
+    )

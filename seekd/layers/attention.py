@@ -159,24 +159,18 @@ class TritonAttentionBackend:
 
     name = "triton"
 
-    def __init__(self, num_kv_heads: int, prefill: str = "auto", min_split_keys: int | None = None) -> None:
-        """num_kv_heads: decode programs per sequence and split (MLA: the latent kernel's head
-        blocks); min_split_keys: the shortest key range a decode split takes (the kernel's own)."""
-        from seekd.kernels.paged_attention import MIN_SPLIT_KEYS
-
+    def __init__(self, num_kv_heads: int, prefill: str = "auto") -> None:
         if prefill not in PREFILL_KERNELS:
             raise ValueError(f"prefill attention must be one of {', '.join(PREFILL_KERNELS)}, not {prefill!r}")
         self.num_kv_heads = num_kv_heads
         self.prefill = prefill
-        self.min_split_keys = min_split_keys or MIN_SPLIT_KEYS
 
     def prepare(self, meta: AttentionMetadata) -> TritonStepData:
         from seekd.kernels.paged_attention import decode_splits, query_blocks, split_counters
 
         block_q = 1 if meta.is_pure_decode else 16
         seqs, starts = query_blocks(meta.query_lens_cpu, block_q)
-        num_splits = (decode_splits(len(seqs) * self.num_kv_heads, meta.max_seq_len, self.min_split_keys)
-                      if meta.is_pure_decode else 1)
+        num_splits = decode_splits(len(seqs) * self.num_kv_heads, meta.max_seq_len) if meta.is_pure_decode else 1
         device = meta.seq_lens.device
         return TritonStepData(
             counters=split_counters(len(seqs), self.num_kv_heads, device) if num_splits > 1 else None,
@@ -247,22 +241,15 @@ class TritonStepData:
     varlen: bool = False  # fresh prompts through FlashAttention varlen: decided once per step, not per layer
 
 
-def resolve_backend_name(name: str, device: str) -> str:
+def make_backend(name: str, device: str, num_kv_heads: int, prefill: str = "auto") -> AttentionBackend:
     """`auto` is triton on CUDA and the torch reference elsewhere."""
     if name == "auto":
-        return "triton" if device.startswith("cuda") else "torch"
-    return name
-
-
-def make_backend(
-    name: str, device: str, num_kv_heads: int, prefill: str = "auto", min_split_keys: int | None = None
-) -> AttentionBackend:
-    name = resolve_backend_name(name, device)
+        name = "triton" if device.startswith("cuda") else "torch"
     if name == "torch":
         return TorchAttentionBackend()
     if name == "triton":
         if not device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
             raise ValueError("the triton attention backend needs a CUDA device "
                              "(or TRITON_INTERPRET=1, Triton's slow CPU interpreter, to debug kernels)")
-        return TritonAttentionBackend(num_kv_heads, prefill, min_split_keys)
+        return TritonAttentionBackend(num_kv_heads, prefill)
     raise ValueError(f"attention backend must be auto, torch or triton, not {name!r}")

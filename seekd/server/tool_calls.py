@@ -128,6 +128,9 @@ def prepare_history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for i, msg in enumerate(messages):
         role = msg.get("role")
         if role == "assistant" and msg.get("tool_calls") is not None:
+            if not isinstance(msg["tool_calls"], list):
+                raise invalid_request(f"message {i}: tool_calls must be a list of tool calls",
+                                      param=f"messages.{i}.tool_calls")
             msg = {**msg, "tool_calls": [_history_call(i, j, call) for j, call in enumerate(msg["tool_calls"])]}
             pending = {call["id"] for call in msg["tool_calls"]}
         elif role == "tool":

@@ -95,6 +95,11 @@ BAD_BODIES = [
     (CHAT, b'{"messages": [{"content": "x"}]}', "messages.0.role", None),
     (CHAT, b'{"messages": [{"role": "tool", "content": "x"}], "max_tokens": 2}', "messages.0.tool_call_id", None),
     (CHAT, b'{"messages": [{"role": "bogus", "content": "x"}], "max_tokens": 2}', "messages", None),
+    # assistant tool_calls that are not a list: a number was iterated (TypeError, 500)
+    (CHAT, b'{"messages": [{"role": "assistant", "tool_calls": 5}, {"role": "user", "content": "x"}], '
+           b'"max_tokens": 2}', "messages.0.tool_calls", None),
+    (CHAT, b'{"messages": [{"role": "assistant", "tool_calls": "call"}], "max_tokens": 2}',
+     "messages.0.tool_calls", None),
     (CHAT, b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}], "max_tokens": 2}',
      "messages.0.content", None),
     # a text part without text once got "part type 'text' is not supported (only 'text')"
