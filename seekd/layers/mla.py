@@ -175,7 +175,7 @@ class MLAAttention(nn.Module):
     def _fused_decode(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """The absorbed path of a pure-decode step with four launches between the projections and
         o_proj: kv_a_layernorm + rope + cache write + q_pe into q' in one kernel, the W_UK product into
-        q', the latent decode kernel (splits merged inside it), W_UV. The math of project_and_cache
+        q', the latent decode kernel (and its split merge), W_UV. The math of project_and_cache
         then _absorbed. -> [T, H, v]."""
         from seekd.kernels.mla_decode import mla_decode, mla_decode_splits
         from seekd.kernels.mla_rope_cache import mla_rope_cache
@@ -189,22 +189,11 @@ class MLAAttention(nn.Module):
         w_uv = self._absorb_nope(q[..., : self.qk_nope_head_dim], q_abs)
         splits = mla_decode_splits(meta.num_seqs, self.num_heads, meta.max_seq_len)
         out_latent = mla_decode(q_abs, self.kv_cache, meta.block_tables, meta.seq_lens, self.kv_lora_rank,
-                                self.scale, splits, self._step_counters(meta, splits))
+                                self.scale, splits)
         out = out_latent.new_empty(out_latent.size(0), self.num_heads, self.v_head_dim)
         # written through the head-major view, so o_proj's reshape needs no copy at batch > 1
         torch.bmm(out_latent.transpose(0, 1), w_uv.transpose(1, 2), out=out.transpose(0, 1))
         return out
-
-    def _step_counters(self, meta: AttentionMetadata, splits: int) -> torch.Tensor | None:
-        """The step's split counters (TritonStepData.counters, which decode CUDA graphs keep alive
-        across replays; every layer leaves them zeroed) when they cover this layer's (sequence, head
-        block) pairs; otherwise None, and mla_decode makes zeroed ones for the call."""
-        from seekd.kernels.mla_decode import mla_counters_needed
-
-        counters = getattr(meta.backend_data, "counters", None)
-        if splits == 1 or counters is None:
-            return None
-        return counters if counters.numel() >= mla_counters_needed(meta.num_seqs, self.num_heads) else None
 
     def _absorbed(self, q_nope: torch.Tensor, q_pe: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Latent space: q' = [q_nope W_UK | q_pe] against the cached [c_kv | k_pe], values c_kv,

@@ -13,13 +13,13 @@ from seekd.layers.sparse_mla import SparseMLAAttention
 pytestmark = pytest.mark.triton
 
 
-LONG_PROMPT = [(i * 7) % 300 + 2 for i in range(506)]  # decodes past 512 keys: split-K merged in the kernel here too
+LONG_PROMPT = [(i * 7) % 300 + 2 for i in range(506)]  # decodes past 512 keys: split-K on the CPU interpreter too
 
 
 @pytest.mark.parametrize("variant,long_prompt", [("v2_lite", True), ("v3", False)])
 def test_kernel_decode_generates_the_reference_tokens(kernel_device, tiny_deepseek, tmp_path, variant, long_prompt):
-    """The fused norm/rope/cache kernel, q' without cats and the latent decode kernel (split-K merged
-    in-kernel on the step's counters) against the torch engine, token for token."""
+    """The fused norm/rope/cache kernel, q' without cats and the latent decode kernel (with split-K)
+    against the torch engine, token for token."""
     tiny_deepseek(variant, tmp_path / "model")
     # 200 keys: split-K on the GPU; the long prompt's prefill is slow in the interpreter, so one variant
     prompts = [[*range(10, 50), 7], [5, 6, 7, 8], list(range(100, 300)), *([LONG_PROMPT] if long_prompt else [])]
