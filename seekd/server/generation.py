@@ -66,8 +66,7 @@ LONG_PROMPT_CHARS = 32_768  # below this, tokenizing takes about a millisecond: 
 def build_sampling_params(
     req: SamplingFields, *, max_tokens: int | None, logprobs: int | None, max_n: int, vocab_size: int
 ) -> SamplingParams:
-    if req.n > max_n:
-        raise invalid_request(f"n must be at most {max_n}, got {req.n}", param="n")
+    check_n(req.n, max_n)
     logit_bias = parse_logit_bias(req.logit_bias, vocab_size)
     given = {
         "temperature": req.temperature,
@@ -130,6 +129,24 @@ def check_context_length(prompt_len: int, max_tokens: int | None, max_model_len:
             "completion). Please reduce the length of the prompt or of max_tokens.",
             param="max_tokens", code="context_length_exceeded",
         )
+
+
+def check_n(n: int, max_n: int) -> None:
+    if n > max_n:
+        raise invalid_request(f"n must be at most {max_n}, got {n}", param="n")
+
+
+def check_num_sequences(ctx: ServingContext, num_prompts: int, n: int, param: str) -> None:
+    """One request may not ask for more sequences than the engine runs at once: admission lets any
+    request into an idle engine, so a larger one (thousands of prompts in one completions call)
+    would hold every other request back until all of its sequences were done."""
+    check_n(n, ctx.max_n)
+    limit = ctx.admission.max_inflight_seqs
+    if num_prompts * n > limit:
+        raise invalid_request(
+            f"this request asks for {num_prompts * n} sequences ({num_prompts} prompts x n={n}); this server runs "
+            f"at most {limit} at once (server settings max_num_seqs, max_inflight_requests): split it into "
+            "smaller requests", param=param, code="too_many_sequences")
 
 
 def check_input_limits(ctx: ServingContext, prompt_len: int, max_tokens: int | None, param: str) -> None:

@@ -20,6 +20,7 @@ from seekd.server.generation import (
     build_sampling_params,
     check_context_length,
     check_input_limits,
+    check_num_sequences,
 )
 from seekd.server.legacy_functions import as_function_call, legacy_history
 from seekd.server.logprobs import chat_logprobs
@@ -104,6 +105,7 @@ async def create_chat_completion(
 ) -> JSONResponse | EventStreamResponse:
     policy = request_policy(request, req.priority, req.timeout, ctx.request_timeout_s, req.cache_salt)
     _check_supported(req)
+    check_num_sequences(ctx, 1, req.n, "n")
     tools = tool_setup(req, detect_tool_format(ctx.tokenizer.model_type, ctx.tokenizer.chat_template))
     messages = prepare_history(legacy_history([_message_dict(i, m) for i, m in enumerate(req.messages)]))
     try:

@@ -17,14 +17,17 @@ from seekd.server.generation import (
     build_sampling_params,
     check_context_length,
     check_input_limits,
+    check_num_sequences,
 )
 from seekd.server.logprobs import completion_logprobs
 from seekd.server.protocol import CompletionChoice, CompletionRequest, CompletionResponse
 from seekd.server.streaming import EventStreamResponse, prime, render_events, run_until_disconnect, sse
 
 
-async def _prompts(ctx: ServingContext, prompt: str | list[str] | list[int] | list[list[int]]) -> list[list[int]]:
-    """Normalise the four OpenAI prompt shapes to token id lists (text gets the model's BOS)."""
+async def _prompts(ctx: ServingContext, prompt: str | list[str] | list[int] | list[list[int]],
+                   n: int) -> list[list[int]]:
+    """Normalise the four OpenAI prompt shapes to token id lists (text gets the model's BOS). The
+    number of sequences is checked before any prompt is tokenized."""
     if isinstance(prompt, str):
         items: list[str | list[int]] = [prompt]
     elif prompt and all(isinstance(t, int) for t in prompt):
@@ -33,6 +36,7 @@ async def _prompts(ctx: ServingContext, prompt: str | list[str] | list[int] | li
         items = list(prompt)
     if not items:
         raise invalid_request("prompt must not be empty", param="prompt")
+    check_num_sequences(ctx, len(items), n, "prompt")
     out = []
     for item in items:
         ids = await ctx.encode(item) if isinstance(item, str) else list(item)
@@ -56,7 +60,7 @@ async def create_completion(
 ) -> JSONResponse | EventStreamResponse:
     policy = request_policy(request, req.priority, req.timeout, ctx.request_timeout_s, req.cache_salt)
     _check_supported(req)
-    prompts = await _prompts(ctx, req.prompt)
+    prompts = await _prompts(ctx, req.prompt, req.n)
     max_tokens = 16 if req.max_tokens is None else req.max_tokens  # the OpenAI default
     for ids in prompts:
         check_context_length(len(ids), max_tokens, ctx.max_model_len, "prompt")

@@ -89,6 +89,12 @@ BAD_BODIES = [
     (COMPLETIONS, b'{"prompt": [-1], "max_tokens": 2}', None, None),
     (COMPLETIONS, b'{"prompt": [1, "a"], "max_tokens": 2}', None, None),
     (COMPLETIONS, b'{"prompt": [999999999], "max_tokens": 2}', None, None),
+    # more sequences in one request than the engine runs at once (256 here): admitted into an idle
+    # engine, 20,000 one-letter prompts held every other request back for minutes
+    (COMPLETIONS, b'{"prompt": [' + b", ".join([b'"a"'] * 257) + b'], "max_tokens": 2}', "prompt",
+     "too_many_sequences"),
+    (COMPLETIONS, b'{"prompt": [' + b", ".join([b"[1]"] * 17) + b'], "n": 16, "max_tokens": 2}', "prompt",
+     "too_many_sequences"),
     # messages
     (CHAT, b'{"messages": []}', "messages", None),
     (CHAT, b'{"messages": [{}]}', "messages.0.role", None),
