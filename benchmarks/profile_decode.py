@@ -19,6 +19,7 @@ from offline_throughput import SHAPES, make_model_folder
 from torch.profiler import ProfilerActivity, profile
 
 from seekd import LLM, SamplingParams
+from seekd.bench.report import result_header
 from seekd.engine.request import EngineCoreRequest
 
 
@@ -36,7 +37,8 @@ def write_timeline(engine, path: str) -> None:
                      "gap_us": 0.0 if end is None else start - end})
         end = max(end or 0.0, e.time_range.end)
     with open(path, "w") as f:
-        json.dump({"kernels": rows, "span_us": end - kernels[0].time_range.start if kernels else 0.0,
+        json.dump({**result_header("profile_decode timeline", torch.cuda.get_device_name()), "kernels": rows,
+                   "span_us": end - kernels[0].time_range.start if kernels else 0.0,
                    "busy_us": sum(r["dur_us"] for r in rows)}, f, indent=1)
 
 

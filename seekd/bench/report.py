@@ -47,11 +47,17 @@ def _run(cmd: list[str], cwd: Path | None = None) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
-def seekd_commit() -> str:
-    """The commit of the seekd source tree in use (an editable install), else the version."""
-    root = Path(seekd.__file__).resolve().parent.parent
+def seekd_commit(root: Path | None = None) -> str:
+    """The commit of the seekd source tree in use (an editable install), else the version. A tree
+    exported with `git archive` names its commit in a COMMIT file; a tree that is not the top of its
+    own checkout (a copy inside another repository) must not report that repository's commit."""
+    root = (root or Path(seekd.__file__).parent.parent).resolve()
+    marker = root / "COMMIT"
+    if marker.is_file():
+        return marker.read_text().strip()
+    toplevel = _run(["git", "rev-parse", "--show-toplevel"], cwd=root)
     commit = _run(["git", "rev-parse", "HEAD"], cwd=root)
-    if commit is None:
+    if commit is None or toplevel is None or Path(toplevel).resolve() != root:
         return f"seekd {seekd.__version__} (no git checkout)"
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root)
     return commit + ("-dirty" if dirty else "")

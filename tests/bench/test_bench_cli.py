@@ -104,3 +104,20 @@ def test_result_header_names_the_benchmark_device_commit_date_and_command() -> N
 
     given = result_header("toy", "cpu", commit="abc123", command="seekd bench offline")
     assert given["commit"] == "abc123" and given["command"] == "seekd bench offline"
+
+
+def test_commit_of_an_exported_or_nested_tree_is_its_own(tmp_path):
+    """A `git archive` export names its commit in COMMIT; a copy inside another checkout must not
+    claim that checkout's commit (GPU runs copy the tree into one)."""
+    import subprocess
+
+    outer = tmp_path / "outer"
+    tree = outer / "snapshot"
+    tree.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(outer)], check=True)
+    subprocess.run(["git", "-C", str(outer), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
+                    "--allow-empty", "-m", "outer"], check=True)
+    assert seekd_commit(tree).endswith("(no git checkout)")
+    assert len(seekd_commit(outer).removesuffix("-dirty")) == 40
+    (tree / "COMMIT").write_text("0123abcd\n")
+    assert seekd_commit(tree) == "0123abcd"
