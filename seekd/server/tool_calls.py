@@ -101,7 +101,7 @@ def _tool_setup(tools: list[dict[str, Any]] | None, choice: Any, parallel_tool_c
         return ToolSetup("none", None, parallel)
     if choice == "required":
         items = {"anyOf": [
-            {"type": "object", "properties": {"name": {"const": name}, "arguments": schema},
+            {"type": "object", "properties": {"name": {"const": name}, "arguments": _own_resource(name, schema)},
              "required": ["name", "arguments"], "additionalProperties": False}
             for name, schema in schemas.items()
         ]}
@@ -119,6 +119,13 @@ def _tool_setup(tools: list[dict[str, Any]] | None, choice: Any, parallel_tool_c
                          structured=structured_from_schema(schemas[name], param="tool_choice"))
     raise invalid_request('tool_choice must be "none", "auto", "required" or {"type": "function", "function": '
                           '{"name": ...}}', param="tool_choice")
+
+
+def _own_resource(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A tool's schema, embedded in the "required" array schema, as a resource of its own (`$id`):
+    its refs (`#/$defs/...`, `#`) then resolve against the tool's schema, where they were written,
+    not against the wrapper. A schema with its own `$id` is one already."""
+    return schema if "$id" in schema else {**schema, "$id": f"urn:seekd:tool:{name}"}
 
 
 def prepare_history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -171,3 +171,37 @@ def test_forced_call_in_thinking_mode_comes_after_free_reasoning(server):
     assert free.message.reasoning_content
     assert forced.message.reasoning_content == free.message.reasoning_content
     assert not forced.message.tool_calls and forced.finish_reason == "length"
+
+
+# Schemas as pydantic and LangChain write them: nested models under `$defs`, refs by JSON pointer from
+# the schema's own root. "required" wraps every tool's schema in one array schema, where such a
+# pointer once resolved against the wrapper: a 400 ("Pointer '/$defs/City' does not exist"), or a
+# `#/properties/...` ref silently bound to the wrong subschema.
+NESTED = {
+    "$defs": {"City": {"type": "object", "properties": {"name": {"type": "string", "enum": ["Paris", "Oslo"]}},
+                       "required": ["name"], "additionalProperties": False}},
+    "type": "object",
+    "properties": {"city": {"$ref": "#/$defs/City"}, "days": {"type": "integer", "minimum": 1, "maximum": 3}},
+    "required": ["city", "days"],
+    "additionalProperties": False,
+}
+POINTER = {
+    "type": "object",
+    "properties": {"unit": {"type": "string", "enum": ["c", "f"]}, "again": {"$ref": "#/properties/unit"}},
+    "required": ["unit", "again"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("schema", [NESTED, POINTER], ids=["defs", "pointer"])
+def test_required_call_resolves_refs_within_each_tools_own_schema(server, schema):
+    client = openai.OpenAI(base_url=server.api_url, api_key="none", max_retries=0)
+    tools = [{"type": "function", "function": {"name": "f", "parameters": schema}},
+             {"type": "function", "function": {"name": "g", "parameters": CONVERT}}]
+    for seed in range(3):
+        choice = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "go"}], tools=tools, tool_choice="required",
+            parallel_tool_calls=False, max_tokens=64, seed=seed).choices[0]
+        assert choice.finish_reason == "tool_calls", choice
+        call = choice.message.tool_calls[0].function
+        jsonschema.validate(json.loads(call.arguments), {"f": schema, "g": CONVERT}[call.name])
