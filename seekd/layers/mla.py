@@ -150,13 +150,28 @@ class MLAAttention(nn.Module):
             kv = self.kv_b_proj(kv_c).view(seq_len, self.num_heads, self.qk_nope_head_dim + self.v_head_dim)
             k_nope, v = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
             k = torch.cat([k_nope, k_pe.unsqueeze(1).expand(-1, self.num_heads, -1)], dim=-1)
-            o = F.scaled_dot_product_attention(
-                q[start : start + q_len].transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                attn_mask=causal_mask(q_len, seq_len, q.device) if masks is None else masks[i], scale=self.scale,
-            )
-            out[start : start + q_len] = o.transpose(0, 1)
+            out[start : start + q_len] = self._attend(q[start : start + q_len], k, v,
+                                                      None if masks is None else masks[i])
             start += q_len
         return out
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """One sequence's attention, [q_len | seq_len, H, D] -> [q_len, H, v_head_dim]. A fresh prompt
+        (no cached prefix, no extra mask) is plain causal attention: SDPA's is_causal with no mask
+        tensor lets it take a fused flash kernel, whose one head size is met by zero-padding V (the
+        extra outputs are dropped). With a mask tensor and V narrower than Q, SDPA fell back to its
+        fp32 math path: some 0.5 ms per layer of DeepSeek-V2-Lite's 1024-token prefill on an H100
+        (benchmarks/results/timeline_prefill1024_deepseek-v2-lite_h100_39040e5.json)."""
+        q_len, seq_len, v_dim = q.size(0), k.size(0), v.size(-1)
+        causal = mask is None and q_len == seq_len
+        if causal and v_dim < q.size(-1):
+            v = F.pad(v, (0, q.size(-1) - v_dim))
+        o = F.scaled_dot_product_attention(
+            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+            attn_mask=None if causal else causal_mask(q_len, seq_len, q.device) if mask is None else mask,
+            is_causal=causal, scale=self.scale,
+        )
+        return o.transpose(0, 1)[..., :v_dim]
 
     def absorb_query(self, q_nope: torch.Tensor, q_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(q' = [q_nope W_UK | q_pe] of shape [T, H, latent_width], W_UV of shape [H, v, kv_lora_rank])."""
