@@ -45,16 +45,17 @@ def structured_from_response_format(response_format: dict[str, Any] | None) -> S
     return structured_from_schema(schema, param=PARAM)
 
 
-def structured_from_schema(schema: dict[str, Any], param: str) -> StructuredOutputParams:
+def structured_from_schema(schema: dict[str, Any], param: str, lenient: bool = False) -> StructuredOutputParams:
     """A validated constraint for a JSON schema; also for tool-call argument schemas (pass the
-    request field the schema came from as `param`, e.g. "tools")."""
-    return checked(StructuredOutputParams.from_schema(schema), param)
+    request field the schema came from as `param`, e.g. "tools"). `lenient`: the schema will not be
+    enforced, so keywords the grammar cannot enforce are accepted."""
+    return checked(StructuredOutputParams.from_schema(schema), param, lenient)
 
 
-def checked(params: StructuredOutputParams, param: str) -> StructuredOutputParams:
+def checked(params: StructuredOutputParams, param: str, lenient: bool = False) -> StructuredOutputParams:
     """`params` if it compiles, else a 400 naming `param`."""
     try:
-        validate(params)
+        validate(params, lenient)
     except GrammarError as e:
         raise invalid_request(f"invalid {param}: {e}", param=param) from e
     return params

@@ -53,8 +53,14 @@ def new_call_id() -> str:
     return f"call_{uuid.uuid4().hex[:24]}"
 
 
-def _check_tools(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Each tool's parameters schema by name; a 400 on the first bad entry."""
+def _is_named(choice: Any) -> bool:
+    """`tool_choice` of the form {"type": "function", "function": {"name": ...}}."""
+    return isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict)
+
+
+def _check_tools(tools: list[dict[str, Any]], choice: Any) -> dict[str, dict[str, Any]]:
+    """Each tool's parameters schema by name; a 400 on the first bad entry. A schema the choice
+    enforces by grammar must compile; one only shown to the model must just be a schema."""
     schemas: dict[str, dict[str, Any]] = {}
     for i, tool in enumerate(tools):
         param = f"tools.{i}"
@@ -72,7 +78,8 @@ def _check_tools(tools: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if not isinstance(parameters, dict):
             raise invalid_request(f"{param}.function.parameters must be a JSON schema object",
                                   param=f"{param}.function.parameters")
-        structured_from_schema(parameters, param=f"{param}.function.parameters")
+        enforced = choice == "required" or (_is_named(choice) and choice["function"].get("name") == name)
+        structured_from_schema(parameters, param=f"{param}.function.parameters", lenient=not enforced)
         schemas[name] = parameters
     return schemas
 
@@ -90,7 +97,7 @@ def _tool_setup(tools: list[dict[str, Any]] | None, choice: Any, parallel_tool_c
         if choice not in (None, "none"):
             raise invalid_request("tool_choice needs tools: the request has none", param="tool_choice")
         return ToolSetup("none", None)
-    schemas = _check_tools(tools)
+    schemas = _check_tools(tools, choice)
     if choice not in (None, "auto", "none") and (response_format or {}).get("type") not in (None, "text"):
         raise invalid_request("tool_choice 'required' or a named function cannot be combined with a "
                               "response_format: both constrain the whole output", param="tool_choice")
@@ -110,7 +117,7 @@ def _tool_setup(tools: list[dict[str, Any]] | None, choice: Any, parallel_tool_c
             schema["maxItems"] = 1
         return ToolSetup("required", tools, parallel,
                          structured=structured_from_schema(schema, param="tool_choice"))
-    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+    if _is_named(choice):
         name = choice["function"].get("name")
         if name not in schemas:
             raise invalid_request(f"tool_choice names function {name!r}, which is not among the tools "

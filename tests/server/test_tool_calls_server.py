@@ -205,3 +205,31 @@ def test_required_call_resolves_refs_within_each_tools_own_schema(server, schema
         assert choice.finish_reason == "tool_calls", choice
         call = choice.message.tool_calls[0].function
         jsonschema.validate(json.loads(call.arguments), {"f": schema, "g": CONVERT}[call.name])
+
+
+# Valid JSON Schema that the grammar engine cannot enforce: pydantic writes uniqueItems for a set,
+# MCP servers' tool schemas carry propertyNames, not and formats of their own. With tool_choice auto
+# (or none) nothing is enforced, and such tools were refused ("Unimplemented keys") all the same.
+UNENFORCEABLE = [
+    {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}}},
+    {"type": "object", "properties": {"q": {"not": {"type": "null"}}}},
+    {"type": "object", "propertyNames": {"pattern": "^[a-z]+$"}},
+    {"type": "object", "properties": {"path": {"type": "string", "format": "uri-template"}}},
+]
+
+
+@pytest.mark.parametrize("schema", UNENFORCEABLE, ids=["uniqueItems", "not", "propertyNames", "format"])
+def test_tools_the_grammar_cannot_enforce_are_served_unless_a_call_is_forced(server, schema):
+    client = openai.OpenAI(base_url=server.api_url, api_key="none", max_retries=0)
+    tools = [{"type": "function", "function": {"name": "g", "parameters": CONVERT}},
+             {"type": "function", "function": {"name": "f", "parameters": schema}}]
+    common = dict(model=MODEL, messages=[{"role": "user", "content": "go"}], tools=tools, max_tokens=4)
+    for tool_choice in ("auto", "none"):
+        assert client.chat.completions.create(**common, tool_choice=tool_choice).choices[0].finish_reason
+    named_other = client.chat.completions.create(**common, tool_choice={"type": "function", "function": {"name": "g"}},
+                                                 max_completion_tokens=32).choices[0]
+    assert named_other.finish_reason in ("tool_calls", "length")
+    for tool_choice in ("required", {"type": "function", "function": {"name": "f"}}):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.chat.completions.create(**common, tool_choice=tool_choice)
+        assert e.value.body["param"] == "tools.1.function.parameters", e.value.body

@@ -34,9 +34,10 @@ class GrammarError(ValueError):
     """The constraint does not compile: a bad schema, regex or grammar, or an unsupported keyword."""
 
 
-def to_grammar(params: StructuredOutputParams) -> str:
+def to_grammar(params: StructuredOutputParams, lenient: bool = False) -> str:
     """The llguidance grammar (its JSON form) of a constraint; raises GrammarError on input that
-    is not even well-formed (invalid JSON text); `validate` finds the deeper errors."""
+    is not even well-formed (invalid JSON text); `validate` finds the deeper errors. `lenient`:
+    schema keywords and formats the grammar cannot enforce are ignored, not errors."""
     if params.json_schema is not None or params.json_object:
         text = params.json_schema if params.json_schema is not None else ANY_JSON_OBJECT
         try:
@@ -46,7 +47,8 @@ def to_grammar(params: StructuredOutputParams) -> str:
         if not isinstance(schema, (dict, bool)):
             raise GrammarError("a JSON schema must be an object (or true/false)")
         try:
-            return llguidance.LLMatcher.grammar_from_json_schema(close_objects(schema), overrides=JSON_OPTIONS)
+            options = {**JSON_OPTIONS, "lenient": True} if lenient else JSON_OPTIONS
+            return llguidance.LLMatcher.grammar_from_json_schema(close_objects(schema), overrides=options)
         except ValueError as e:
             raise GrammarError(f"invalid JSON schema: {e}") from e
     if params.regex is not None:
@@ -83,10 +85,12 @@ def close_objects(schema: object) -> object:
     return out
 
 
-def validate(params: StructuredOutputParams) -> None:
+def validate(params: StructuredOutputParams, lenient: bool = False) -> None:
     """Compile the constraint without a tokenizer (cheap: no token masks); raise GrammarError with
-    the library's message if it would not compile in the engine."""
-    grammar = to_grammar(params)
+    the library's message if it would not compile in the engine. `lenient` checks a schema that
+    is shown to the model but not enforced (a tool under tool_choice auto): it must be a schema,
+    but keywords the grammar lacks (uniqueItems, not, unknown formats) are no error."""
+    grammar = to_grammar(params, lenient)
     error = llguidance.LLMatcher.validate_grammar(grammar)
     if error:
         raise GrammarError(error)
