@@ -159,19 +159,19 @@ class MLAAttention(nn.Module):
         """One sequence's attention, [q_len | seq_len, H, D] -> [q_len, H, v_head_dim]. A fresh prompt
         (no cached prefix, no extra mask) is plain causal attention: SDPA's is_causal with no mask
         tensor lets it take a fused flash kernel, whose one head size is met by zero-padding V (the
-        extra outputs are dropped). With a mask tensor and V narrower than Q, SDPA fell back to its
-        fp32 math path: some 0.5 ms per layer of DeepSeek-V2-Lite's 1024-token prefill on an H100
-        (benchmarks/results/timeline_prefill1024_deepseek-v2-lite_h100_39040e5.json)."""
+        extra outputs are dropped). SDPA's fused kernels also want 4-D inputs: with 3-D ones it fell
+        back to its fp32 math path, some 0.5 ms per layer of DeepSeek-V2-Lite's 1024-token prefill on
+        an H100 (benchmarks/results/timeline_prefill1024_deepseek-v2-lite_h100_39040e5.json)."""
         q_len, seq_len, v_dim = q.size(0), k.size(0), v.size(-1)
         causal = mask is None and q_len == seq_len
         if causal and v_dim < q.size(-1):
             v = F.pad(v, (0, q.size(-1) - v_dim))
         o = F.scaled_dot_product_attention(
-            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+            q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
             attn_mask=None if causal else causal_mask(q_len, seq_len, q.device) if mask is None else mask,
             is_causal=causal, scale=self.scale,
         )
-        return o.transpose(0, 1)[..., :v_dim]
+        return o[0].transpose(0, 1)[..., :v_dim]
 
     def absorb_query(self, q_nope: torch.Tensor, q_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(q' = [q_nope W_UK | q_pe] of shape [T, H, latent_width], W_UV of shape [H, v, kv_lora_rank])."""
