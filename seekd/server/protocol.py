@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 # JSON integers are unbounded; past these bounds a value could only overflow (msgpack, torch seeds)
 # deeper in the stack, so it is refused here as a 400.
@@ -18,6 +18,12 @@ MAX_COUNT = 2**31 - 1
 TokenId = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 
 # -- requests ----------------------------------------------------------------------------------
+
+
+def _null_means_default(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """OpenAI's spec declares some fields nullable, null meaning the default, and clients generated
+    from it send null for every field left unset; handlers see the default."""
+    return cls.model_fields[info.field_name].default if value is None else value
 
 
 class StreamOptions(BaseModel):
@@ -31,7 +37,7 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     model: str | None = None
-    n: int = Field(1, ge=1, le=MAX_COUNT)
+    n: int | None = Field(1, ge=1, le=MAX_COUNT)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=-1, le=MAX_COUNT)
@@ -48,13 +54,15 @@ class SamplingFields(BaseModel):
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     logit_bias: dict[str, float] | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
     # seekd: lower = served first (as in the engine); queued by class, then fairly
     priority: int = Field(0, ge=-MAX_COUNT, le=MAX_COUNT)
     timeout: float | None = Field(None, gt=0)  # seekd: seconds until the request is aborted (408)
     cache_salt: str | None = Field(None, max_length=256)  # narrows prefix-cache sharing (within the tenant)
+
+    _nullable = field_validator("n", "stream")(_null_means_default)
 
 
 class TextPart(BaseModel):
@@ -82,7 +90,7 @@ class ChatCompletionRequest(SamplingFields):
     thinking: ThinkingOption | bool | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"] | None = None
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_COUNT)
-    logprobs: bool = False
+    logprobs: bool | None = False
     top_logprobs: int | None = Field(None, ge=0, le=20)
     add_generation_prompt: bool = True
     chat_template_kwargs: dict[str, Any] | None = None
@@ -94,6 +102,8 @@ class ChatCompletionRequest(SamplingFields):
     function_call: Any = None  # the legacy form of tool_choice
     modalities: list[str] | None = None  # only ["text"]: seekd generates no audio
     audio: dict[str, Any] | None = None  # audio output parameters: refused, as modalities with "audio"
+
+    _nullable_chat = field_validator("logprobs")(_null_means_default)
 
     @field_validator("modalities")
     @classmethod
@@ -125,10 +135,12 @@ class ChatCompletionRequest(SamplingFields):
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
     logprobs: int | None = Field(None, ge=0, le=20)
-    echo: bool = False
+    echo: bool | None = False
     best_of: int | None = Field(None, ge=1, le=MAX_COUNT)
     suffix: str | None = None
     response_format: dict[str, Any] | None = None  # seekd (as vLLM): json_object / json_schema on completions
+
+    _nullable_completion = field_validator("echo")(_null_means_default)
 
 
 # -- responses ---------------------------------------------------------------------------------
