@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from seekd.distributed import tp_size
 from seekd.layers.attention import KVCacheSpec, causal_mask, gather_kv
@@ -25,6 +26,7 @@ from seekd.layers.norms import RMSNorm
 from seekd.layers.rotary import RotaryEmbedding
 
 MLA_MODES = ("auto", "naive", "absorbed")
+_SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class MLAAttention(nn.Module):
@@ -161,16 +163,19 @@ class MLAAttention(nn.Module):
         tensor lets it take a fused flash kernel, whose one head size is met by zero-padding V (the
         extra outputs are dropped). SDPA's fused kernels also want 4-D inputs: with 3-D ones it fell
         back to its fp32 math path, some 0.5 ms per layer of DeepSeek-V2-Lite's 1024-token prefill on
-        an H100 (benchmarks/results/timeline_prefill1024_deepseek-v2-lite_h100_39040e5.json)."""
+        an H100 (benchmarks/results/timeline_prefill1024_deepseek-v2-lite_h100_39040e5.json). cuDNN's
+        attention is left out: it builds a plan per new sequence length, which halved the offline
+        benchmark's throughput (random prompt lengths) though its kernel was fast."""
         q_len, seq_len, v_dim = q.size(0), k.size(0), v.size(-1)
         causal = mask is None and q_len == seq_len
         if causal and v_dim < q.size(-1):
             v = F.pad(v, (0, q.size(-1) - v_dim))
-        o = F.scaled_dot_product_attention(
-            q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
-            attn_mask=None if causal else causal_mask(q_len, seq_len, q.device) if mask is None else mask,
-            is_causal=causal, scale=self.scale,
-        )
+        with sdpa_kernel(_SDPA_BACKENDS):
+            o = F.scaled_dot_product_attention(
+                q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
+                attn_mask=None if causal else causal_mask(q_len, seq_len, q.device) if mask is None else mask,
+                is_causal=causal, scale=self.scale,
+            )
         return o[0].transpose(0, 1)[..., :v_dim]
 
     def absorb_query(self, q_nope: torch.Tensor, q_pe: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
