@@ -97,8 +97,14 @@ def build_sampling_params(
         raise invalid_request(str(e)) from e
 
 
+MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's own bound; the sampler applies every entry of every row each step
+
+
 def parse_logit_bias(raw: dict[str, float] | None, vocab_size: int) -> dict[int, float]:
     """OpenAI's {"token id": bias} with JSON's string keys -> token ids."""
+    if raw is not None and len(raw) > MAX_LOGIT_BIAS_ENTRIES:
+        raise invalid_request(f"logit_bias may hold at most {MAX_LOGIT_BIAS_ENTRIES} tokens, got {len(raw)}",
+                              param="logit_bias")
     bias = {}
     for key, value in (raw or {}).items():
         if not (key.isascii() and key.isdigit()):
