@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from seekd.kernels.rotary import rotate_heads
+from seekd.kernels.rotary import position_cos_sin, rotate_heads
 
 
 @triton.jit
@@ -28,11 +28,8 @@ def _mla_rope_cache_kernel(
     HEADS_P: tl.constexpr, HALF_P: tl.constexpr, REST_P: tl.constexpr, INTERLEAVED: tl.constexpr,
 ):
     token = tl.program_id(0)
-    pos = tl.load(pos_ptr + token)
     slot = tl.load(slot_ptr + token).to(tl.int64)
-    i = tl.arange(0, HALF_P)
-    cos = tl.load(cos_sin_ptr + pos * stride_cs + i, mask=i < half, other=0.0)
-    sin = tl.load(cos_sin_ptr + pos * stride_cs + half + i, mask=i < half, other=0.0)
+    cos, sin = position_cos_sin(pos_ptr, cos_sin_ptr, token, stride_cs, half, HALF_P)
 
     kv_row = kv_a_ptr + token * stride_kvt
     cache_row = cache_ptr + slot * stride_slot

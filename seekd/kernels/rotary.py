@@ -36,16 +36,23 @@ def rotate_heads(
 
 
 @triton.jit
+def position_cos_sin(pos_ptr, cos_sin_ptr, token, stride_cs, half, HALF_P: tl.constexpr):
+    """The cos and sin rows of `token`'s position ([cos | sin] per row of the cache), padded to HALF_P."""
+    pos = tl.load(pos_ptr + token)
+    i = tl.arange(0, HALF_P)
+    cos = tl.load(cos_sin_ptr + pos * stride_cs + i, mask=i < half, other=0.0)
+    sin = tl.load(cos_sin_ptr + pos * stride_cs + half + i, mask=i < half, other=0.0)
+    return cos, sin
+
+
+@triton.jit
 def _rotary_kernel(
     x_ptr, out_ptr, pos_ptr, cos_sin_ptr, stride_xt, stride_xh, stride_ot, stride_oh, stride_cs,
     num_heads, head_dim, half,
     HEADS_P: tl.constexpr, HALF_P: tl.constexpr, REST_P: tl.constexpr,
 ):
     token = tl.program_id(0)
-    pos = tl.load(pos_ptr + token)
-    i = tl.arange(0, HALF_P)
-    cos = tl.load(cos_sin_ptr + pos * stride_cs + i, mask=i < half, other=0.0)
-    sin = tl.load(cos_sin_ptr + pos * stride_cs + half + i, mask=i < half, other=0.0)
+    cos, sin = position_cos_sin(pos_ptr, cos_sin_ptr, token, stride_cs, half, HALF_P)
     rotate_heads(x_ptr + token * stride_xt, out_ptr + token * stride_ot, cos, sin, num_heads, head_dim, half,
                  stride_xh, stride_oh, HEADS_P, HALF_P, REST_P)
 
