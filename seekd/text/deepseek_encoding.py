@@ -104,11 +104,13 @@ def _render_tool_result(index: int, messages: list[Message], thinking: bool, las
     return out
 
 
-def render_message(index: int, messages: list[Message], thinking: bool) -> str:
+def render_message(index: int, messages: list[Message], thinking: bool, last_user: int | None = None) -> str:
+    """`last_user`: `_last_user_index(messages)` when the caller has it (looking it up per message
+    made encoding quadratic in the number of messages)."""
     msg = messages[index]
     role = msg.get("role")
     content = msg.get("content") or ""
-    last_user = _last_user_index(messages)
+    last_user = _last_user_index(messages) if last_user is None else last_user
     if role == "system":
         return content + _instructions(msg)
     if role in ("user", "developer"):
@@ -147,4 +149,5 @@ def encode_messages(
     full = context + messages
     prompt = BOS if add_bos and not context else ""
     thinking = thinking_mode == "thinking"
-    return prompt + "".join(render_message(i, full, thinking) for i in range(len(context), len(full)))
+    last_user = _last_user_index(full)
+    return prompt + "".join(render_message(i, full, thinking, last_user) for i in range(len(context), len(full)))

@@ -180,9 +180,11 @@ def _render_assistant(index: int, msg: Message, thinking: bool, keep_reasoning: 
 
 
 def render_message(index: int, messages: list[Message], thinking: bool, keep_reasoning: bool,
-                   reasoning_effort: str | None) -> str:
+                   reasoning_effort: str | None, last_user: int | None = None) -> str:
+    """`last_user`: `last_user_index(messages)` when the caller has it (looking it up per message made
+    encoding quadratic in the number of messages)."""
     msg, role = messages[index], messages[index].get("role")
-    last_user = last_user_index(messages)
+    last_user = last_user_index(messages) if last_user is None else last_user
     prompt = REASONING_EFFORT_MAX if index == 0 and thinking and reasoning_effort == "max" else ""
     if role == "system":
         prompt += _text(msg.get("content")) + _instructions(msg)
@@ -230,6 +232,7 @@ def encode_messages(
         first = len(drop_earlier_reasoning(context)) if context else 0
         full = drop_earlier_reasoning(full)
     prompt = BOS if add_bos and not context else ""
+    last_user = last_user_index(full)
     return prompt + "".join(
-        render_message(i, full, thinking, keep_reasoning, reasoning_effort) for i in range(first, len(full))
+        render_message(i, full, thinking, keep_reasoning, reasoning_effort, last_user) for i in range(first, len(full))
     )

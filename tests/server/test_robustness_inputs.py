@@ -7,6 +7,7 @@ non-object bodies, wrong content types, and fields that clash with the server's 
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -213,6 +214,18 @@ def test_many_and_long_stop_strings_are_served(server: ServerHandle) -> None:
     body["stop"] = "z" * 50_000
     response = post(server, COMPLETIONS, json.dumps(body).encode())
     assert response.status_code == 200 and response.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_conversation_of_many_short_messages_is_encoded_in_linear_time(server: ServerHandle) -> None:
+    """20,000 one-letter turns (730 KB, under the body limit): the prompt encoder looked up the last
+    user turn once per message, quadratic work on the event loop that froze the whole server for
+    about a minute (every other client's requests and /health included) before the 400."""
+    turns = [{"role": ("user", "assistant")[i % 2], "content": "a"} for i in range(20_000)]
+    start = time.monotonic()
+    response = post(server, CHAT, json.dumps({"messages": turns, "max_tokens": 2}).encode())
+    took = time.monotonic() - start
+    assert response.status_code == 400 and openai_error(response)["code"] == "context_length_exceeded"
+    assert took < 15, f"{took:.1f} s for 20,000 messages"
 
 
 def test_server_serves_correctly_after_the_hostile_inputs(server: ServerHandle) -> None:
