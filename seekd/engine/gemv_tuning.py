@@ -76,7 +76,8 @@ def tune_batch1_experts(model: nn.Module, report: dict[str, dict]) -> None:
     groups: dict[tuple, list[RoutedExperts]] = defaultdict(list)
     for module in model.modules():
         experts, gate = getattr(module, "experts", None), getattr(module, "gate", None)
-        if isinstance(experts, RoutedExperts) and experts.use_kernel and experts.w13_weight.is_cuda:
+        if (isinstance(experts, RoutedExperts) and hasattr(gate, "top_k") and experts.use_kernel
+                and experts.w13_weight.is_cuda):
             key = (tuple(experts.w13_weight.shape), experts.w13_weight.dtype, gate.top_k, experts.swiglu_limit)
             groups[key].append(experts)
     for (shape, _, top_k, limit), members in groups.items():
