@@ -88,11 +88,20 @@ def _last_user_index(messages: list[Message]) -> int:
     return max((i for i, m in enumerate(messages) if m.get("role") in ("user", "developer")), default=-1)
 
 
-def _render_tool_result(index: int, messages: list[Message], thinking: bool, last_user: int) -> str:
-    """Results of one assistant message's calls are grouped, in call order, in one <function_results>."""
+def _tool_caller(index: int, messages: list[Message]) -> int:
+    """The message before the run of tool results that message `index` ends."""
     caller = index - 1
     while caller >= 0 and messages[caller].get("role") == "tool":
         caller -= 1
+    return caller
+
+
+def _render_tool_result(index: int, messages: list[Message], thinking: bool, last_user: int,
+                        caller: int | None = None) -> str:
+    """Results of one assistant message's calls are grouped, in call order, in one <function_results>.
+    `caller`: `_tool_caller(index, messages)` when the caller of this function has it (walking back
+    from every result made a run of k results cost k^2)."""
+    caller = _tool_caller(index, messages) if caller is None else caller
     calls = messages[caller].get("tool_calls") if caller >= 0 and messages[caller].get("role") == "assistant" else None
     order = index - caller
     if not calls or order > len(calls):
@@ -104,9 +113,11 @@ def _render_tool_result(index: int, messages: list[Message], thinking: bool, las
     return out
 
 
-def render_message(index: int, messages: list[Message], thinking: bool, last_user: int | None = None) -> str:
-    """`last_user`: `_last_user_index(messages)` when the caller has it (looking it up per message
-    made encoding quadratic in the number of messages)."""
+def render_message(index: int, messages: list[Message], thinking: bool, last_user: int | None = None,
+                   tool_caller: int | None = None) -> str:
+    """`last_user` and `tool_caller` (for a tool result): `_last_user_index(messages)` and
+    `_tool_caller(index, messages)` when the caller has them (looking them up per message made
+    encoding quadratic in the number of messages)."""
     msg = messages[index]
     role = msg.get("role")
     content = msg.get("content") or ""
@@ -121,7 +132,7 @@ def render_message(index: int, messages: list[Message], thinking: bool, last_use
         think = THINK_START if thinking and index == last_user else THINK_END
         return f"<｜User｜>{content}<｜Assistant｜>{think}"
     if role == "tool":
-        return _render_tool_result(index, messages, thinking, last_user)
+        return _render_tool_result(index, messages, thinking, last_user, tool_caller)
     if role == "assistant":
         reasoning = ""
         if thinking and index > last_user:  # the current turn: its reasoning stays visible
@@ -150,4 +161,9 @@ def encode_messages(
     prompt = BOS if add_bos and not context else ""
     thinking = thinking_mode == "thinking"
     last_user = _last_user_index(full)
-    return prompt + "".join(render_message(i, full, thinking, last_user) for i in range(len(context), len(full)))
+    callers = []  # per message: the message before the run of tool results it belongs to
+    for i, msg in enumerate(full):
+        callers.append(callers[i - 1] if i and msg.get("role") == "tool" and full[i - 1].get("role") == "tool"
+                       else i - 1)
+    return prompt + "".join(render_message(i, full, thinking, last_user, callers[i])
+                            for i in range(len(context), len(full)))
