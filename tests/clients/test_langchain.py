@@ -233,6 +233,39 @@ def test_forced_tool_calls_parse_into_valid_arguments(server: ServerHandle, tool
         assert get_weather.invoke(call["args"]).startswith("sunny")
 
 
+class City(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["Paris", "Oslo"]
+
+
+class Trip(BaseModel):
+    """Nested models: pydantic puts City under `$defs` and refers to it as `#/$defs/City`."""
+
+    model_config = ConfigDict(extra="forbid")
+    origin: City
+    stops: list[City] = Field(max_length=2)
+
+
+class Tagged(BaseModel):
+    """A set: pydantic writes `uniqueItems`, which the grammar engine cannot enforce."""
+
+    tags: set[Literal["a", "b"]]
+
+
+def test_nested_models_as_tools_under_any_and_sets_under_auto(server: ServerHandle) -> None:
+    """`tool_choice="any"` wraps every tool's schema in one array schema: the nested models' `$defs`
+    refs were resolved against that wrapper (a 400, "Pointer '/$defs/City' does not exist"). A tool
+    with a set field was refused even under auto, where nothing is enforced."""
+    forced = chat_model(server, max_tokens=80, seed=3).bind_tools([Trip, Verdict], tool_choice="any",
+                                                                  parallel_tool_calls=False)
+    for message in (forced.invoke(HISTORY), add_chunks(list(forced.stream(HISTORY)))):
+        assert message.response_metadata["finish_reason"] == "tool_calls" and not message.invalid_tool_calls
+        (call,) = message.tool_calls
+        {"Trip": Trip, "Verdict": Verdict}[call["name"]].model_validate(call["args"])
+    auto = chat_model(server, max_tokens=4).bind_tools([Tagged, Trip]).invoke(HISTORY)
+    assert auto.response_metadata["finish_reason"] in ("stop", "length", "tool_calls")
+
+
 def test_required_parallel_calls_cut_by_max_tokens_keep_only_whole_calls(server: ServerHandle) -> None:
     """Random weights keep adding calls to the array; the calls that were finished arrive whole
     (streamed or not), the cut-off one is dropped, and the reason stays "length"."""
