@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 # deeper in the stack, so it is refused here as a 400.
 MAX_COUNT = 2**31 - 1
 TokenId = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+MAX_STOP_TOKEN_IDS = 1024
 
 # -- requests ----------------------------------------------------------------------------------
 
@@ -49,7 +50,8 @@ class SamplingFields(BaseModel):
     max_tokens: int | None = Field(None, ge=1, le=MAX_COUNT)
     min_tokens: int = Field(0, ge=0, le=MAX_COUNT)
     stop: str | list[str] | None = None
-    stop_token_ids: list[TokenId] | None = None
+    # a few special tokens are what it is for; the engine scans it for every token of every choice
+    stop_token_ids: list[TokenId] | None = Field(None, max_length=MAX_STOP_TOKEN_IDS)
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False

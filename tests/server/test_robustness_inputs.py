@@ -76,6 +76,10 @@ BAD_BODIES = [
     (COMPLETIONS, b'{"prompt": "x", "logit_bias": {' + b", ".join(b'"%d": -1' % i for i in range(301)) + b"}}",
      "logit_bias", None),
     (COMPLETIONS, b'{"prompt": "x", "user": 5}', "user", None),
+    # the engine scans the list for every token of every choice (and bans all of it per step under
+    # min_tokens): 100,000 ids with n=16 made the request, and every request batched with it, 7x slower
+    (COMPLETIONS, b'{"prompt": "x", "stop_token_ids": [' + b", ".join([b"7"] * 1025) + b"]}", "stop_token_ids",
+     None),
     (COMPLETIONS, b'{"prompt": "x", "model": 5}', "model", None),
     (COMPLETIONS, b'{"prompt": "x", "stream_options": 5}', "stream_options", None),
     (COMPLETIONS, b'{"prompt": "x", "max_tokens": 2, "min_tokens": 5}', None, None),
