@@ -145,14 +145,15 @@ def check_n(n: int, max_n: int) -> None:
 def check_num_sequences(ctx: ServingContext, num_prompts: int, n: int, param: str) -> None:
     """One request may not ask for more sequences than the engine runs at once: admission lets any
     request into an idle engine, so a larger one (thousands of prompts in one completions call)
-    would hold every other request back until all of its sequences were done."""
+    would hold every other request back until all of its sequences were done. The `n` the operator
+    allows (max_n) is always accepted, even where fewer sequences run at once."""
     check_n(n, ctx.max_n)
-    limit = ctx.admission.max_inflight_seqs
+    limit = max(ctx.admission.max_inflight_seqs, ctx.max_n)
     if num_prompts * n > limit:
         raise invalid_request(
-            f"this request asks for {num_prompts * n} sequences ({num_prompts} prompts x n={n}); this server runs "
-            f"at most {limit} at once (server settings max_num_seqs, max_inflight_requests): split it into "
-            "smaller requests", param=param, code="too_many_sequences")
+            f"this request asks for {num_prompts * n} sequences ({num_prompts} prompts x n={n}); this server takes "
+            f"at most {limit} in one request (server settings max_num_seqs, max_inflight_requests, max_n): split "
+            "it into smaller requests", param=param, code="too_many_sequences")
 
 
 def check_input_limits(ctx: ServingContext, prompt_len: int, max_tokens: int | None, param: str) -> None:

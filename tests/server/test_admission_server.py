@@ -212,3 +212,15 @@ def test_queue_endpoint_reports_the_callers_tenant(server: ServerHandle) -> None
     assert payload["estimated_wait_s"] == 0.0 and payload["max_inflight_seqs"] == MAX_INFLIGHT
     bad = httpx.get(f"{server.api_url}/queue", headers={"X-Seekd-Tenant": "x" * 100})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_tenant"
+
+
+def test_one_request_asks_for_at_most_the_sequences_the_server_takes(server: ServerHandle) -> None:
+    """Prompts x n beyond what runs at once is a 400 (admitted into an idle engine, 20,000 prompts
+    held everyone else back for minutes), but the n the operator allows (max_n, 16) still works
+    where only MAX_INFLIGHT sequences run at once."""
+    whole = httpx.post(f"{server.api_url}/completions", json=body(2, n=16), timeout=60)
+    assert whole.status_code == 200 and len(whole.json()["choices"]) == 16
+    too_many = httpx.post(f"{server.api_url}/completions", json=body(2, n=16, prompt=["a", "b"]), timeout=60)
+    assert too_many.status_code == 400, too_many.text
+    assert too_many.json()["error"]["code"] == "too_many_sequences"
+    wait_until_idle(server)
