@@ -54,7 +54,9 @@ def _route_kernel(
     choice = scores
     if METHOD == 2:  # noaux_tc chooses by the biased score and weights by the plain one
         choice += tl.load(bias_ptr + e, mask=valid, other=0.0).to(tl.float32)
-    choice = tl.where(valid, choice, float("-inf"))
+    # Only padding lanes and experts already taken are -inf; NaN scores (a diverged hidden state) and
+    # experts of dropped groups sit just above, so each pick is a distinct, valid expert id
+    choice = tl.where(valid, tl.where(choice == choice, choice, -1.0e38), float("-inf"))
 
     if METHOD != 0:  # keep the TOPK_GROUP best groups of experts, mask the others
         g = tl.arange(0, G_P)
@@ -74,7 +76,7 @@ def _route_kernel(
             kept = tl.where(g == best, 1, kept)
             group_score = tl.where(g == best, float("-inf"), group_score)
         in_kept = tl.sum(tl.where(member & (kept[:, None] == 1), 1, 0), axis=0) > 0
-        choice = tl.where(in_kept, choice, float("-inf"))
+        choice = tl.where(in_kept | ~valid, choice, -2.0e38)
 
     rank = tl.full([E_P], TOP_K, tl.int32)  # TOP_K: not chosen
     for i in tl.static_range(TOP_K):  # best first, as torch.topk orders them

@@ -72,3 +72,17 @@ def test_router_logits_gemv_equals_fp32_linear(kernel_device):
     out = router_logits(x, weight)
     assert out.dtype == torch.float32 and out.shape == (1, 64)
     torch.testing.assert_close(out, x @ weight.T, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["greedy", "noaux_tc"])
+def test_nan_logits_still_give_valid_expert_ids(kernel_device, method):
+    """A diverged hidden state must not make the kernel index past the expert weights."""
+    from seekd.kernels.moe_routing import route_topk
+
+    logits = torch.full((3, 20), float("nan"), device=kernel_device)
+    logits[1, 5] = 1.0  # one real score among NaNs
+    logits[2] = torch.randn(20)
+    _, ids = route_topk(logits, 4, scoring_func="sigmoid", topk_method=method, n_group=4, topk_group=2,
+                        correction_bias=torch.zeros(20, device=kernel_device))
+    assert ((ids >= 0) & (ids < 20)).all()
+    assert all(len(set(row)) == 4 for row in ids.tolist())  # distinct, as the weighted sum assumes
