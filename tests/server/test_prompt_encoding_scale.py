@@ -58,21 +58,15 @@ def _v4_reference(messages: list[dict], thinking: bool) -> str:
 
 
 @pytest.mark.parametrize("mode", ["chat", "thinking"])
-def test_v32_encoder_matches_per_message_rendering(mode: str) -> None:
-    rng = random.Random(0)
+@pytest.mark.parametrize("version", ["v32", "v4"])
+def test_encoder_matches_per_message_rendering(version: str, mode: str) -> None:
+    encoder, reference_of = {"v32": (deepseek_encoding, _v32_reference),
+                             "v4": (deepseek_v4_encoding, _v4_reference)}[version]
+    rng = random.Random(0 if version == "v32" else 1)
     for _ in range(300):
         messages = _random_conversation(rng)
-        reference = _outcome(_v32_reference, messages, mode == "thinking")
-        assert _outcome(deepseek_encoding.encode_messages, messages, mode) == reference, messages
-
-
-@pytest.mark.parametrize("mode", ["chat", "thinking"])
-def test_v4_encoder_matches_per_message_rendering(mode: str) -> None:
-    rng = random.Random(1)
-    for _ in range(300):
-        messages = _random_conversation(rng)
-        reference = _outcome(_v4_reference, messages, mode == "thinking")
-        assert _outcome(deepseek_v4_encoding.encode_messages, messages, mode) == reference, messages
+        reference = _outcome(reference_of, messages, mode == "thinking")
+        assert _outcome(encoder.encode_messages, messages, mode) == reference, messages
 
 
 def test_long_conversations_encode_in_linear_time() -> None:
