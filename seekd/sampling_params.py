@@ -18,13 +18,18 @@ class StructuredOutputParams(msgspec.Struct, kw_only=True, omit_defaults=True, f
 
     `start_after_token` leaves the output free until that token (the end of a reasoning model's
     `<think>` block) and constrains what follows it, so such a model reasons first and then
-    answers in the format."""
+    answers in the format.
+
+    `lenient` compiles a json_schema ignoring the keywords and formats the grammar cannot enforce
+    (uniqueItems, not, propertyNames, unknown formats) instead of refusing it: for OpenAI schemas
+    without `strict: true`, which OpenAI itself does not enforce at all."""
 
     json_schema: str | None = None
     json_object: bool = False
     regex: str | None = None
     grammar: str | None = None
     start_after_token: int | None = None
+    lenient: bool = False
 
     def __post_init__(self) -> None:
         kinds = [self.json_schema is not None, self.json_object, self.regex is not None, self.grammar is not None]
@@ -32,14 +37,14 @@ class StructuredOutputParams(msgspec.Struct, kw_only=True, omit_defaults=True, f
             raise ValueError("structured output needs exactly one of json_schema, json_object, regex, grammar")
 
     @classmethod
-    def from_schema(cls, schema: dict[str, Any]) -> StructuredOutputParams:
+    def from_schema(cls, schema: dict[str, Any], lenient: bool = False) -> StructuredOutputParams:
         """Compact text; key order is kept because it is the order the properties are generated in."""
-        return cls(json_schema=json.dumps(schema, separators=(",", ":"), ensure_ascii=False))
+        return cls(json_schema=json.dumps(schema, separators=(",", ":"), ensure_ascii=False), lenient=lenient)
 
     @property
     def cache_key(self) -> tuple[str, str]:
         if self.json_schema is not None:
-            return ("json_schema", self.json_schema)
+            return ("lenient_json_schema" if self.lenient else "json_schema", self.json_schema)
         if self.json_object:
             return ("json_object", "")
         if self.regex is not None:

@@ -4,7 +4,9 @@ engine so that a bad schema is a 400 and never an engine error.
 Shapes accepted: `{"type": "text"}`, `{"type": "json_object"}` and
 `{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}, "strict": bool}}`. The schema
 is enforced by grammar whether or not `strict` is set: a best-effort mode would only let invalid
-JSON through.
+JSON through. Without `strict: true` the keywords and formats the grammar cannot enforce
+(uniqueItems from a pydantic set, unknown formats) are ignored, as OpenAI ignores the whole schema
+then; with it they are a 400, as OpenAI refuses them in strict mode.
 """
 
 from __future__ import annotations
@@ -42,20 +44,20 @@ def structured_from_response_format(response_format: dict[str, Any] | None) -> S
     schema = spec.get("schema", {})
     if not isinstance(schema, dict):
         raise invalid_request("response_format json_schema 'schema' must be an object", param=PARAM)
-    return structured_from_schema(schema, param=PARAM)
+    return structured_from_schema(schema, param=PARAM, lenient=spec.get("strict") is not True)
 
 
 def structured_from_schema(schema: dict[str, Any], param: str, lenient: bool = False) -> StructuredOutputParams:
     """A validated constraint for a JSON schema; also for tool-call argument schemas (pass the
-    request field the schema came from as `param`, e.g. "tools"). `lenient`: the schema will not be
-    enforced, so keywords the grammar cannot enforce are accepted."""
-    return checked(StructuredOutputParams.from_schema(schema), param, lenient)
+    request field the schema came from as `param`, e.g. "tools"). `lenient`: keywords the grammar
+    cannot enforce are accepted and ignored (a schema not marked strict, or only shown to the model)."""
+    return checked(StructuredOutputParams.from_schema(schema, lenient), param)
 
 
-def checked(params: StructuredOutputParams, param: str, lenient: bool = False) -> StructuredOutputParams:
+def checked(params: StructuredOutputParams, param: str) -> StructuredOutputParams:
     """`params` if it compiles, else a 400 naming `param`."""
     try:
-        validate(params, lenient)
+        validate(params)
     except GrammarError as e:
         raise invalid_request(f"invalid {param}: {e}", param=param) from e
     return params

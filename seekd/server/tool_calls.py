@@ -58,10 +58,13 @@ def _is_named(choice: Any) -> bool:
     return isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict)
 
 
-def _check_tools(tools: list[dict[str, Any]], choice: Any) -> dict[str, dict[str, Any]]:
-    """Each tool's parameters schema by name; a 400 on the first bad entry. A schema the choice
-    enforces by grammar must compile; one only shown to the model must just be a schema."""
+def _check_tools(tools: list[dict[str, Any]], choice: Any) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """Each tool's parameters schema by name, and the names of the tools marked `strict`; a 400 on
+    the first bad entry. A strict schema the choice enforces must compile whole; the others are
+    compiled leniently (keywords the grammar cannot enforce are ignored, as OpenAI enforces no
+    schema that is not strict), and one only shown to the model must just be a schema."""
     schemas: dict[str, dict[str, Any]] = {}
+    strict: set[str] = set()
     for i, tool in enumerate(tools):
         param = f"tools.{i}"
         if tool.get("type", "function") != "function" or not isinstance(tool.get("function"), dict):
@@ -79,9 +82,12 @@ def _check_tools(tools: list[dict[str, Any]], choice: Any) -> dict[str, dict[str
             raise invalid_request(f"{param}.function.parameters must be a JSON schema object",
                                   param=f"{param}.function.parameters")
         enforced = choice == "required" or (_is_named(choice) and choice["function"].get("name") == name)
-        structured_from_schema(parameters, param=f"{param}.function.parameters", lenient=not enforced)
+        if function.get("strict") is True:
+            strict.add(name)
+        structured_from_schema(parameters, param=f"{param}.function.parameters",
+                               lenient=not (enforced and name in strict))
         schemas[name] = parameters
-    return schemas
+    return schemas, strict
 
 
 def tool_setup(req: ChatCompletionRequest, tool_format: str) -> ToolSetup:
@@ -97,7 +103,7 @@ def _tool_setup(tools: list[dict[str, Any]] | None, choice: Any, parallel_tool_c
         if choice not in (None, "none"):
             raise invalid_request("tool_choice needs tools: the request has none", param="tool_choice")
         return ToolSetup("none", None)
-    schemas = _check_tools(tools, choice)
+    schemas, strict = _check_tools(tools, choice)
     if choice not in (None, "auto", "none") and (response_format or {}).get("type") not in (None, "text"):
         raise invalid_request("tool_choice 'required' or a named function cannot be combined with a "
                               "response_format: both constrain the whole output", param="tool_choice")
@@ -115,15 +121,15 @@ def _tool_setup(tools: list[dict[str, Any]] | None, choice: Any, parallel_tool_c
         schema: dict[str, Any] = {"type": "array", "items": items, "minItems": 1}
         if not parallel:
             schema["maxItems"] = 1
-        return ToolSetup("required", tools, parallel,
-                         structured=structured_from_schema(schema, param="tool_choice"))
+        return ToolSetup("required", tools, parallel, structured=structured_from_schema(
+            schema, param="tool_choice", lenient=not strict.issuperset(schemas)))
     if _is_named(choice):
         name = choice["function"].get("name")
         if name not in schemas:
             raise invalid_request(f"tool_choice names function {name!r}, which is not among the tools "
                                   f"({', '.join(schemas)})", param="tool_choice")
-        return ToolSetup("named", tools, parallel, named=name,
-                         structured=structured_from_schema(schemas[name], param="tool_choice"))
+        return ToolSetup("named", tools, parallel, named=name, structured=structured_from_schema(
+            schemas[name], param="tool_choice", lenient=name not in strict))
     raise invalid_request('tool_choice must be "none", "auto", "required" or {"type": "function", "function": '
                           '{"name": ...}}', param="tool_choice")
 

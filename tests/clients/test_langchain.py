@@ -347,6 +347,18 @@ def test_structured_output_validates_into_the_pydantic_class(server: ServerHandl
     assert awaited == result["parsed"]  # the last seed's, asked again asynchronously
 
 
+def test_structured_output_of_a_model_with_a_set_field(server: ServerHandle) -> None:
+    """pydantic's set becomes uniqueItems, which the grammar cannot enforce. LangChain's function
+    calling sends the schema without strict: it is served with the rest enforced (it was a 400).
+    Its json_schema method marks the schema strict, which OpenAI also refuses with uniqueItems."""
+    llm = chat_model(server, max_tokens=40, seed=0)
+    result = llm.with_structured_output(Tagged, method="function_calling", include_raw=True).invoke(HISTORY)
+    if result["raw"].response_metadata["finish_reason"] != "length":
+        assert result["parsing_error"] is None and isinstance(result["parsed"], Tagged), result
+    with pytest.raises(openai.BadRequestError, match="uniqueItems"):
+        llm.with_structured_output(Tagged, method="json_schema").invoke(HISTORY)
+
+
 def test_structured_output_json_mode_gives_json(server: ServerHandle) -> None:
     """json_mode sends no schema (OpenAI's json_object): the server only guarantees a JSON object,
     so a run that finished must be one, and `{}`-like objects validate into the optional class."""

@@ -193,8 +193,8 @@ def test_logprobs_of_constrained_tokens_are_the_models_and_finite(server):
     ("response_format", "message"),
     [
         ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}, "nonsense"),
-        ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "format": "zz"}}},
-         "format"),
+        ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "format": "zz"},
+                                                 "strict": True}}, "format"),
         ({"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}, "name"),
         ({"type": "json_schema"}, "json_schema"),
         ({"type": "xml"}, "not supported"),
@@ -241,3 +241,24 @@ def test_thinking_mode_reasons_freely_before_the_format_binds(server, stream):
     assert free.message.reasoning_content and "</think>" not in free.message.reasoning_content
     assert reasoning == free.message.reasoning_content
     assert not content and finish == "length"
+
+
+def test_keywords_the_grammar_cannot_enforce_are_ignored_unless_strict(server):
+    """pydantic writes uniqueItems for a set and formats llguidance lacks: without strict: true
+    (OpenAI enforces no such schema) the rest of the schema is enforced; with it, a 400."""
+    client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
+    schema = {"type": "object", "properties": {
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 3}, "uniqueItems": True, "maxItems": 2},
+        "url": {"type": "string", "format": "uri-template", "maxLength": 5}}, "required": ["tags", "url"]}
+    common = dict(model=DEMO_MODEL_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=60, seed=3)
+    resp = client.chat.completions.create(
+        **common, response_format={"type": "json_schema", "json_schema": {"name": "t", "schema": schema}})
+    if resp.choices[0].finish_reason == "stop":
+        lax = {**schema, "properties": {"tags": {k: v for k, v in schema["properties"]["tags"].items()
+                                                 if k != "uniqueItems"},
+                                        "url": {"type": "string", "maxLength": 5}}}
+        jsonschema.validate(json.loads(resp.choices[0].message.content), lax)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(**common, response_format={
+            "type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": True}})
+    assert info.value.body["param"] == "response_format"

@@ -209,7 +209,8 @@ def test_required_call_resolves_refs_within_each_tools_own_schema(server, schema
 
 # Valid JSON Schema that the grammar engine cannot enforce: pydantic writes uniqueItems for a set,
 # MCP servers' tool schemas carry propertyNames, not and formats of their own. With tool_choice auto
-# (or none) nothing is enforced, and such tools were refused ("Unimplemented keys") all the same.
+# (or none) nothing is enforced, and such tools were refused ("Unimplemented keys") all the same; a
+# forced call enforces the rest of the schema unless the tool is marked strict.
 UNENFORCEABLE = [
     {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}}},
     {"type": "object", "properties": {"q": {"not": {"type": "null"}}}},
@@ -219,7 +220,7 @@ UNENFORCEABLE = [
 
 
 @pytest.mark.parametrize("schema", UNENFORCEABLE, ids=["uniqueItems", "not", "propertyNames", "format"])
-def test_tools_the_grammar_cannot_enforce_are_served_unless_a_call_is_forced(server, schema):
+def test_tools_the_grammar_cannot_enforce_are_served_unless_strict_and_forced(server, schema):
     client = openai.OpenAI(base_url=server.api_url, api_key="none", max_retries=0)
     tools = [{"type": "function", "function": {"name": "g", "parameters": CONVERT}},
              {"type": "function", "function": {"name": "f", "parameters": schema}}]
@@ -230,6 +231,9 @@ def test_tools_the_grammar_cannot_enforce_are_served_unless_a_call_is_forced(ser
                                                  max_completion_tokens=32).choices[0]
     assert named_other.finish_reason in ("tool_calls", "length")
     for tool_choice in ("required", {"type": "function", "function": {"name": "f"}}):
+        forced = client.chat.completions.create(**common, tool_choice=tool_choice, max_completion_tokens=32)
+        assert forced.choices[0].finish_reason in ("tool_calls", "length")
+        strict_tools = [tools[0], {"type": "function", "function": {"name": "f", "parameters": schema, "strict": True}}]
         with pytest.raises(openai.BadRequestError) as e:
-            client.chat.completions.create(**common, tool_choice=tool_choice)
+            client.chat.completions.create(**{**common, "tools": strict_tools}, tool_choice=tool_choice)
         assert e.value.body["param"] == "tools.1.function.parameters", e.value.body

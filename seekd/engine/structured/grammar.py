@@ -34,10 +34,10 @@ class GrammarError(ValueError):
     """The constraint does not compile: a bad schema, regex or grammar, or an unsupported keyword."""
 
 
-def to_grammar(params: StructuredOutputParams, lenient: bool = False) -> str:
+def to_grammar(params: StructuredOutputParams) -> str:
     """The llguidance grammar (its JSON form) of a constraint; raises GrammarError on input that
-    is not even well-formed (invalid JSON text); `validate` finds the deeper errors. `lenient`:
-    schema keywords and formats the grammar cannot enforce are ignored, not errors."""
+    is not even well-formed (invalid JSON text); `validate` finds the deeper errors. A lenient
+    constraint ignores the schema keywords and formats the grammar cannot enforce."""
     if params.json_schema is not None or params.json_object:
         text = params.json_schema if params.json_schema is not None else ANY_JSON_OBJECT
         try:
@@ -47,7 +47,7 @@ def to_grammar(params: StructuredOutputParams, lenient: bool = False) -> str:
         if not isinstance(schema, (dict, bool)):
             raise GrammarError("a JSON schema must be an object (or true/false)")
         try:
-            options = {**JSON_OPTIONS, "lenient": True} if lenient else JSON_OPTIONS
+            options = {**JSON_OPTIONS, "lenient": True} if params.lenient else JSON_OPTIONS
             return llguidance.LLMatcher.grammar_from_json_schema(close_objects(schema), overrides=options)
         except ValueError as e:
             raise GrammarError(f"invalid JSON schema: {e}") from e
@@ -85,12 +85,11 @@ def close_objects(schema: object) -> object:
     return out
 
 
-def validate(params: StructuredOutputParams, lenient: bool = False) -> None:
+def validate(params: StructuredOutputParams) -> None:
     """Compile the constraint without a tokenizer (cheap: no token masks); raise GrammarError with
-    the library's message if it would not compile in the engine. `lenient` checks a schema that
-    is shown to the model but not enforced (a tool under tool_choice auto): it must be a schema,
-    but keywords the grammar lacks (uniqueItems, not, unknown formats) are no error."""
-    grammar = to_grammar(params, lenient)
+    the library's message if it would not compile in the engine. A lenient constraint must still be
+    a schema, but keywords the grammar lacks (uniqueItems, not, unknown formats) are no error."""
+    grammar = to_grammar(params)
     error = llguidance.LLMatcher.validate_grammar(grammar)
     if error:
         raise GrammarError(error)
