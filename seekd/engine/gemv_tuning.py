@@ -21,6 +21,7 @@ from seekd.layers.linear import LinearBase
 from seekd.layers.moe import RoutedExperts
 
 if TYPE_CHECKING:
+    from seekd.kernels.fused_moe import MoeTiling, PairTiling
     from seekd.kernels.gemv import GemvConfig
 
 logger = logging.getLogger(__name__)
@@ -89,17 +90,15 @@ def tune_batch1_experts(model: nn.Module, report: dict[str, dict]) -> None:
             continue
         for member in members:
             member.batch1_tiling = choice
-        report[f"experts {'x'.join(map(str, shape))} top{top_k}"] = {
-            "layers": len(members), "choice": choice.name, "ms_per_pass": timings}
-        logger.info("one-token MoE experts %s top-%d over %d layers: %s (%s)", shape, top_k, len(members),
-                    choice.name, ", ".join(f"{k} {v:.3f} ms" for k, v in timings.items()))
+        _record(report, f"experts {'x'.join(map(str, shape))} top{top_k}", members, choice, timings)
 
 
 def _record(
-    report: dict[str, dict], name: str, modules: list, choice: GemvConfig | None, timings: dict[str, float]
+    report: dict[str, dict], name: str, modules: list, choice: GemvConfig | MoeTiling | PairTiling | None,
+    timings: dict[str, float],
 ) -> None:
     """The choice is named as timed; the first timing is the baseline's (what runs without a GEMV)."""
     chosen = choice.name if choice is not None else next(iter(timings), "baseline")
     report[name] = {"layers": len(modules), "choice": chosen, "ms_per_pass": timings}
-    logger.info("batch-1 GEMV %s over %d layers: %s (%s)", name, len(modules), chosen,
+    logger.info("batch-1 kernel for %s over %d layers: %s (%s)", name, len(modules), chosen,
                 ", ".join(f"{k} {v:.3f} ms" for k, v in timings.items()))
