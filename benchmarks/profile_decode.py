@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 
 import torch
 from offline_throughput import SHAPES, make_model_folder
@@ -42,6 +43,25 @@ def write_timeline(engine, path: str) -> None:
                    "busy_us": sum(r["dur_us"] for r in rows)}, f, indent=1)
 
 
+def measure(step: Callable[[], object], steps: int, label: str, rows: int) -> None:
+    """Wall time per step, then the summed GPU kernel time per step and the top kernels, each over
+    `steps` runs of `step` (already warmed up)."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - start) / steps * 1e3
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in events) / steps
+    print(f"{label}: wall {wall_ms:.3f} ms/step, GPU kernels {gpu_us / 1e3:.3f} ms/step")
+    print(events.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=60))
+
+
 def profile_prefill(engine, args: argparse.Namespace) -> int:
     """Each step prefills a new prompt (its own tokens, so no prefix-cache hit) and samples its one
     output token."""
@@ -56,20 +76,7 @@ def profile_prefill(engine, args: argparse.Namespace) -> int:
 
     for _ in range(3):
         one_prefill()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        one_prefill()
-    torch.cuda.synchronize()
-    wall_ms = (time.perf_counter() - start) / args.steps * 1e3
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(args.steps):
-            one_prefill()
-        torch.cuda.synchronize()
-    events = prof.key_averages()
-    gpu_us = sum(e.self_device_time_total for e in events) / args.steps
-    print(f"prefill of {args.context} tokens: wall {wall_ms:.3f} ms/step, GPU kernels {gpu_us / 1e3:.3f} ms/step")
-    print(events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
+    measure(one_prefill, args.steps, f"prefill of {args.context} tokens", rows=25)
     if args.timeline:
         engine.add_request(EngineCoreRequest(request_id="timeline", sampling_params=params,
                                              prompt_token_ids=[7 + j % 20_000 for j in range(args.context)]))
@@ -99,21 +106,7 @@ def main() -> int:
         engine.step()
     for _ in range(10):
         engine.step()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        engine.step()
-    torch.cuda.synchronize()
-    wall_ms = (time.perf_counter() - start) / args.steps * 1e3
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(args.steps):
-            engine.step()
-        torch.cuda.synchronize()
-    events = prof.key_averages()
-    gpu_us = sum(e.self_device_time_total for e in events) / args.steps
-    print(f"batch {args.batch}, context {args.context}: wall {wall_ms:.3f} ms/step, "
-          f"GPU kernels {gpu_us / 1e3:.3f} ms/step")
-    print(events.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))
+    measure(engine.step, args.steps, f"batch {args.batch}, context {args.context}", rows=15)
     if args.timeline:
         write_timeline(engine, args.timeline)
     return 0
