@@ -48,8 +48,9 @@ async def idle_regime(num_requests: int) -> list[float]:
 async def backlog_regime(num_requests: int, num_tenants: int) -> list[float]:
     """A queue kept ~1000 deep over many tenants and priorities, rate limits on: each measured
     request pays its enqueue (push) and one release (pop + grant of the next in line)."""
-    config = AdmissionConfig(max_queued_requests=100_000, rate_limit_requests_per_min=10**9,
-                             rate_limit_tokens_per_min=10**12)
+    config = AdmissionConfig(
+        max_queued_requests=100_000, rate_limit_requests_per_min=10**9, rate_limit_tokens_per_min=10**12
+    )
     ctl = AdmissionController(config, max_inflight_seqs=64)
     rng = random.Random(0)
     running: deque[Ticket] = deque()
@@ -82,22 +83,26 @@ def main() -> int:
 
     rows = {
         "idle (admitted at once)": asyncio.run(idle_regime(args.requests)),
-        f"backlog (~1000 queued, {args.tenants} tenants, rate limits on)":
-            asyncio.run(backlog_regime(args.requests, args.tenants)),
+        f"backlog (~1000 queued, {args.tenants} tenants, rate limits on)": asyncio.run(
+            backlog_regime(args.requests, args.tenants)
+        ),
     }
     results = []
     print(f"{'regime':<58} {'p50 µs':>8} {'p99 µs':>8} {'max µs':>8}")
     for name, costs in rows.items():
         p50, p99 = percentile(costs, 0.5) * 1e6, percentile(costs, 0.99) * 1e6
         print(f"{name:<58} {p50:8.1f} {p99:8.1f} {max(costs) * 1e6:8.1f}")
-        results.append({"regime": name, "requests": len(costs), "p50_us": p50, "p99_us": p99,
-                        "max_us": max(costs) * 1e6})
+        results.append(
+            {"regime": name, "requests": len(costs), "p50_us": p50, "p99_us": p99, "max_us": max(costs) * 1e6}
+        )
     worst_p99_ms = max(r["p99_us"] for r in results) / 1000
     print(f"worst p99: {worst_p99_ms:.3f} ms (target < {TARGET_P99_MS} ms)")
     record = {
-        **result_header("admission_overhead",
-                        f"cpu ({platform.processor() or platform.machine()}), Python {platform.python_version()}",
-                        command=" ".join([Path(sys.executable).name, *sys.argv])),
+        **result_header(
+            "admission_overhead",
+            f"cpu ({platform.processor() or platform.machine()}), Python {platform.python_version()}",
+            command=" ".join([Path(sys.executable).name, *sys.argv]),
+        ),
         "target_p99_ms": TARGET_P99_MS,
         "worst_p99_ms": worst_p99_ms,
         "results": results,

@@ -66,15 +66,37 @@ ROUTERS = {
 def make_router(shape: str, gen: torch.Generator) -> TopKRouter:
     num_experts, top_k, hidden, _ = SHAPES[shape]
     scoring, method, n_group, topk_group, norm, scale = ROUTERS[shape]
-    router = TopKRouter(hidden, num_experts, top_k, scoring_func=scoring, topk_method=method, n_group=n_group,
-                        topk_group=topk_group, norm_topk_prob=norm, routed_scaling_factor=scale)
+    router = TopKRouter(
+        hidden,
+        num_experts,
+        top_k,
+        scoring_func=scoring,
+        topk_method=method,
+        n_group=n_group,
+        topk_group=topk_group,
+        norm_topk_prob=norm,
+        routed_scaling_factor=scale,
+    )
     router.weight.normal_(0.0, hidden**-0.5, generator=gen)
     if method == "noaux_tc":
         router.e_score_correction_bias.normal_(0.0, 0.1, generator=gen)
     return router
-SWEEP = [MoeTiling(m, up, down, k, w, s) for m in (16, 32, 64) for up, down, k, w, s in (
-    (16, 32, 128, 4, 3), (32, 64, 64, 4, 3), (32, 64, 128, 4, 3), (64, 64, 64, 4, 3), (64, 64, 128, 4, 4),
-    (64, 128, 64, 8, 3), (128, 128, 64, 8, 3), (32, 32, 256, 4, 3))]
+
+
+SWEEP = [
+    MoeTiling(m, up, down, k, w, s)
+    for m in (16, 32, 64)
+    for up, down, k, w, s in (
+        (16, 32, 128, 4, 3),
+        (32, 64, 64, 4, 3),
+        (32, 64, 128, 4, 3),
+        (64, 64, 64, 4, 3),
+        (64, 64, 128, 4, 4),
+        (64, 128, 64, 8, 3),
+        (128, 128, 64, 8, 3),
+        (32, 32, 256, 4, 3),
+    )
+]
 
 
 def copy_bandwidth_gbs(device: torch.device) -> float | None:
@@ -111,8 +133,15 @@ def time_ms(fn: Callable[[], object], device: torch.device, reps: int, graph: bo
     return start.elapsed_time(end) / reps
 
 
-def bench_case(shape: str, num_tokens: int, device: torch.device, dtype: torch.dtype, reps: int,
-               bandwidth: float | None, sweep: bool) -> dict:
+def bench_case(
+    shape: str,
+    num_tokens: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    reps: int,
+    bandwidth: float | None,
+    sweep: bool,
+) -> dict:
     num_experts, top_k, hidden, inter = SHAPES[shape]
     gen = torch.Generator(device).manual_seed(num_tokens)
     with torch.device(device):  # V3's experts are gigabytes: fill them where they live
@@ -128,8 +157,14 @@ def bench_case(shape: str, num_tokens: int, device: torch.device, dtype: torch.d
     active = ids.unique().numel()
     weight_bytes = active * 3 * hidden * inter * w13.element_size()
     row = {
-        "shape": shape, "tokens": num_tokens, "experts": num_experts, "top_k": top_k, "hidden": hidden,
-        "intermediate": inter, "active_experts": active, "expert_weight_mb": round(weight_bytes / 1e6, 2),
+        "shape": shape,
+        "tokens": num_tokens,
+        "experts": num_experts,
+        "top_k": top_k,
+        "hidden": hidden,
+        "intermediate": inter,
+        "active_experts": active,
+        "expert_weight_mb": round(weight_bytes / 1e6, 2),
         "tiling": pick_tiling(num_tokens * top_k, num_experts, hidden, inter, device).name,
         "max_abs_diff_vs_loop": float((out.float() - ref.float()).abs().max()),
         "loop_ms": time_ms(lambda: experts(x, weights, ids), device, reps, graph=False),
@@ -139,12 +174,16 @@ def bench_case(shape: str, num_tokens: int, device: torch.device, dtype: torch.d
         row["kernel_graph_ms"] = time_ms(lambda: fused_moe(x, w13, w2, weights, ids), device, reps, graph=True)
         block_m = pick_tiling(num_tokens * top_k, num_experts, hidden, inter, device).block_m
         for method, align in (("kernel", align_by_expert_kernel), ("torch", align_by_expert_torch)):
-            row[f"align_{method}_graph_ms"] = time_ms(lambda a=align: a(ids, num_experts, block_m), device, reps,
-                                                      graph=True)
-        for name, forced in (("pairs", PAIR_TILING), ("blocks", pick_tiling(num_tokens * top_k, num_experts, hidden,
-                                                                         inter, device))):
-            row[f"{name}_graph_ms"] = time_ms(lambda t=forced: fused_moe(x, w13, w2, weights, ids, tiling=t), device,
-                                              reps, graph=True)
+            row[f"align_{method}_graph_ms"] = time_ms(
+                lambda a=align: a(ids, num_experts, block_m), device, reps, graph=True
+            )
+        for name, forced in (
+            ("pairs", PAIR_TILING),
+            ("blocks", pick_tiling(num_tokens * top_k, num_experts, hidden, inter, device)),
+        ):
+            row[f"{name}_graph_ms"] = time_ms(
+                lambda t=forced: fused_moe(x, w13, w2, weights, ids, tiling=t), device, reps, graph=True
+            )
         with torch.device(device):
             router = make_router(shape, gen)
         ref_route = router(x)
@@ -160,16 +199,30 @@ def bench_case(shape: str, num_tokens: int, device: torch.device, dtype: torch.d
     row["speedup_vs_loop"] = row["loop_ms"] / row.get("kernel_graph_ms", row["kernel_ms"])
     if sweep:
         row["sweep_graph_ms"] = {
-            t.name: round(time_ms(lambda t=t: fused_moe(x, w13, w2, weights, ids, tiling=t), device, reps,
-                                          graph=device.type == "cuda"), 4)
-            for t in SWEEP if t.block_m <= max(16, triton.next_power_of_2(num_tokens * top_k))
+            t.name: round(
+                time_ms(
+                    lambda t=t: fused_moe(x, w13, w2, weights, ids, tiling=t), device, reps, graph=device.type == "cuda"
+                ),
+                4,
+            )
+            for t in SWEEP
+            if t.block_m <= max(16, triton.next_power_of_2(num_tokens * top_k))
         }
         if num_tokens <= 4:
-            row["sweep_graph_ms"].update({
-                t.name: round(time_ms(lambda t=t: fused_moe(x, w13, w2, weights, ids, tiling=t), device, reps,
-                                      graph=device.type == "cuda"), 4)
-                for t in PAIR_CANDIDATES
-            })
+            row["sweep_graph_ms"].update(
+                {
+                    t.name: round(
+                        time_ms(
+                            lambda t=t: fused_moe(x, w13, w2, weights, ids, tiling=t),
+                            device,
+                            reps,
+                            graph=device.type == "cuda",
+                        ),
+                        4,
+                    )
+                    for t in PAIR_CANDIDATES
+                }
+            )
         row["sweep_best"] = min(row["sweep_graph_ms"], key=row["sweep_graph_ms"].get)
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
 
@@ -192,20 +245,27 @@ def main() -> None:
     bandwidth = copy_bandwidth_gbs(device)
     rows = [bench_case(s, t, device, dtype, args.reps, bandwidth, args.sweep) for s in shapes for t in args.tokens]
 
-    print(f"{'shape':<9}{'T':>5}{'active':>7}{'loop ms':>10}{'kernel ms':>11}{'graph ms':>10}"
-          f"{'roofline':>10}{'speedup':>9}{'max diff':>10}")
+    print(
+        f"{'shape':<9}{'T':>5}{'active':>7}{'loop ms':>10}{'kernel ms':>11}{'graph ms':>10}"
+        f"{'roofline':>10}{'speedup':>9}{'max diff':>10}"
+    )
     for r in rows:
-        print(f"{r['shape']:<9}{r['tokens']:>5}{r['active_experts']:>7}{r['loop_ms']:>10.3f}{r['kernel_ms']:>11.3f}"
-              f"{r.get('kernel_graph_ms', float('nan')):>10.3f}{r.get('roofline_ms', float('nan')):>10.3f}"
-              f"{r['speedup_vs_loop']:>9.1f}{r['max_abs_diff_vs_loop']:>10.2e}")
+        print(
+            f"{r['shape']:<9}{r['tokens']:>5}{r['active_experts']:>7}{r['loop_ms']:>10.3f}{r['kernel_ms']:>11.3f}"
+            f"{r.get('kernel_graph_ms', float('nan')):>10.3f}{r.get('roofline_ms', float('nan')):>10.3f}"
+            f"{r['speedup_vs_loop']:>9.1f}{r['max_abs_diff_vs_loop']:>10.2e}"
+        )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
     tag = "cuda" if device.type == "cuda" else "cpu"
     out = args.out or Path("benchmarks/results") / f"fused_moe_{tag}.json"
     result = {
         **result_header("fused_moe", name, command=" ".join(["python", *sys.argv])),
         "python": platform.python_version(),
-        "torch": torch.__version__, "triton": triton.__version__, "dtype": str(dtype).removeprefix("torch."),
-        "interpreted": os.environ.get("TRITON_INTERPRET") == "1", "copy_bandwidth_gbs": bandwidth,
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "dtype": str(dtype).removeprefix("torch."),
+        "interpreted": os.environ.get("TRITON_INTERPRET") == "1",
+        "copy_bandwidth_gbs": bandwidth,
         "shapes": {s: dict(zip(("experts", "top_k", "hidden", "intermediate"), SHAPES[s])) for s in shapes},
         "results": rows,
     }

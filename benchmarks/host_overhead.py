@@ -50,8 +50,12 @@ def main() -> int:
     max_output = 4 * args.steps + 256  # nobody finishes while prefills and timed steps run
     max_len = args.context + max_output + 1
     blocks = args.num_seqs * (-(-max_len // block_size)) + 1
-    sched = Scheduler(SchedulerConfig(max_num_seqs=args.num_seqs, max_num_batched_tokens=8192),
-                      CacheConfig(block_size=block_size), blocks, max_len)
+    sched = Scheduler(
+        SchedulerConfig(max_num_seqs=args.num_seqs, max_num_batched_tokens=8192),
+        CacheConfig(block_size=block_size),
+        blocks,
+        max_len,
+    )
     runner = ModelRunner(OneAttentionLayer(), "cpu", torch.bfloat16, block_size, 152064)
     params = SamplingParams(temperature=0.0, max_tokens=max_output, ignore_eos=True)
     for i in range(args.num_seqs):
@@ -59,8 +63,11 @@ def main() -> int:
         sched.add_request(Request(f"r{i}", prompt, params, max_output_tokens=max_output))
     while any(r.num_output_tokens == 0 for r in sched.requests.values()):  # prefill, untimed
         plan = sched.schedule()
-        done = {r.request_id: 1 for r in plan.requests
-                if r.num_computed_tokens + plan.num_scheduled_tokens[r.request_id] == r.num_tokens}
+        done = {
+            r.request_id: 1
+            for r in plan.requests
+            if r.num_computed_tokens + plan.num_scheduled_tokens[r.request_id] == r.num_tokens
+        }
         sched.update(plan, done)
 
     parts: dict[str, list[float]] = {"schedule": [], "prepare_inputs": [], "sampling_batch": [], "update": []}
@@ -81,8 +88,9 @@ def main() -> int:
     medians = {f"{k}_ms": statistics.median(v) for k, v in parts.items()}
     totals = [sum(v[i] for v in parts.values()) for i in range(args.steps)]
     result = {
-        **result_header("host_overhead",
-                        f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"),
+        **result_header(
+            "host_overhead", f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+        ),
         "num_seqs": args.num_seqs,
         "context": args.context,
         **medians,

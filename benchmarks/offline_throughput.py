@@ -26,34 +26,83 @@ from seekd.layers.moe import SparseMoE
 
 SHAPES = {
     "r1-distill-qwen-7b": {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 3584,
-        "intermediate_size": 18944, "num_hidden_layers": 28, "num_attention_heads": 28,
-        "num_key_value_heads": 4, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "vocab_size": 152064, "tie_word_embeddings": False,
-        "bos_token_id": 151646, "eos_token_id": 151643, "torch_dtype": "bfloat16",
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "vocab_size": 152064,
+        "tie_word_embeddings": False,
+        "bos_token_id": 151646,
+        "eos_token_id": 151643,
+        "torch_dtype": "bfloat16",
     },
     "r1-distill-qwen-1.5b": {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 1536,
-        "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
-        "num_key_value_heads": 2, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "vocab_size": 151936, "tie_word_embeddings": False,
-        "bos_token_id": 151646, "eos_token_id": 151643, "torch_dtype": "bfloat16",
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": 1536,
+        "intermediate_size": 8960,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "vocab_size": 151936,
+        "tie_word_embeddings": False,
+        "bos_token_id": 151646,
+        "eos_token_id": 151643,
+        "torch_dtype": "bfloat16",
     },
     # deepseek-ai/DeepSeek-V2-Lite(-Chat): MLA without q compression, 64 routed experts (6 per token)
     # and 2 shared, the first layer dense; 15.7B parameters, 2.4B active
     "deepseek-v2-lite": {
-        "architectures": ["DeepseekV2ForCausalLM"], "model_type": "deepseek_v2", "hidden_size": 2048,
-        "intermediate_size": 10944, "moe_intermediate_size": 1408, "num_hidden_layers": 27,
-        "num_attention_heads": 16, "num_key_value_heads": 16, "kv_lora_rank": 512, "q_lora_rank": None,
-        "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "n_routed_experts": 64,
-        "n_shared_experts": 2, "num_experts_per_tok": 6, "first_k_dense_replace": 1, "moe_layer_freq": 1,
-        "topk_method": "greedy", "scoring_func": "softmax", "norm_topk_prob": False,
-        "routed_scaling_factor": 1.0, "n_group": 1, "topk_group": 1, "max_position_embeddings": 163840,
-        "rope_theta": 10000.0, "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
-                                                 "beta_fast": 32, "beta_slow": 1, "mscale": 0.707,
-                                                 "mscale_all_dim": 0.707},
-        "rms_norm_eps": 1e-6, "vocab_size": 102400, "tie_word_embeddings": False, "bos_token_id": 100000,
-        "eos_token_id": 100001, "torch_dtype": "bfloat16",
+        "architectures": ["DeepseekV2ForCausalLM"],
+        "model_type": "deepseek_v2",
+        "hidden_size": 2048,
+        "intermediate_size": 10944,
+        "moe_intermediate_size": 1408,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "kv_lora_rank": 512,
+        "q_lora_rank": None,
+        "qk_nope_head_dim": 128,
+        "qk_rope_head_dim": 64,
+        "v_head_dim": 128,
+        "n_routed_experts": 64,
+        "n_shared_experts": 2,
+        "num_experts_per_tok": 6,
+        "first_k_dense_replace": 1,
+        "moe_layer_freq": 1,
+        "topk_method": "greedy",
+        "scoring_func": "softmax",
+        "norm_topk_prob": False,
+        "routed_scaling_factor": 1.0,
+        "n_group": 1,
+        "topk_group": 1,
+        "max_position_embeddings": 163840,
+        "rope_theta": 10000.0,
+        "rope_scaling": {
+            "type": "yarn",
+            "factor": 40,
+            "original_max_position_embeddings": 4096,
+            "beta_fast": 32,
+            "beta_slow": 1,
+            "mscale": 0.707,
+            "mscale_all_dim": 0.707,
+        },
+        "rms_norm_eps": 1e-6,
+        "vocab_size": 102400,
+        "tie_word_embeddings": False,
+        "bos_token_id": 100000,
+        "eos_token_id": 100001,
+        "torch_dtype": "bfloat16",
     },
 }
 
@@ -159,12 +208,19 @@ def bench_hf(folder: Path, prompts, outputs, device: str) -> dict:
         ).eval()
     try:
         gen_config = transformers.GenerationConfig(
-            max_new_tokens=max(outputs), do_sample=False, eos_token_id=-1, pad_token_id=0,
+            max_new_tokens=max(outputs),
+            do_sample=False,
+            eos_token_id=-1,
+            pad_token_id=0,
         )
         elapsed, out = timed(lambda: model.generate_batch(inputs=prompts, generation_config=gen_config))
         tokens = sum(len(r.generated_tokens) for r in out.values())
-        result.update(hf_cb_elapsed_s=elapsed, hf_cb_output_tokens=tokens, hf_cb_output_tok_s=tokens / elapsed,
-                      hf_cb_note="max_new_tokens = longest output of the subset for every request")
+        result.update(
+            hf_cb_elapsed_s=elapsed,
+            hf_cb_output_tokens=tokens,
+            hf_cb_output_tok_s=tokens / elapsed,
+            hf_cb_note="max_new_tokens = longest output of the subset for every request",
+        )
     except Exception as e:  # reported, not hidden: the comparison is part of the result
         result["hf_cb_error"] = f"{type(e).__name__}: {e}"
     return result
@@ -193,9 +249,17 @@ def main() -> int:
 
     device = "cuda"
     folder = make_model_folder(args.shape)
-    llm = LLM(str(folder), load_format="dummy", dtype="bfloat16", device=device, max_model_len=4096,
-              max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-              attention_backend=args.attention_backend, show_progress=False)
+    llm = LLM(
+        str(folder),
+        load_format="dummy",
+        dtype="bfloat16",
+        device=device,
+        max_model_len=4096,
+        max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        attention_backend=args.attention_backend,
+        show_progress=False,
+    )
     vocab = SHAPES[args.shape]["vocab_size"]
     prompts, outputs = random_workload(args.num_requests, args.seed, args.input_len, args.output_len, vocab)
 
@@ -221,8 +285,10 @@ def main() -> int:
         """Record each stage as it finishes, so a run cut short still leaves its numbers."""
         result.update(values)
         out.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                      for k, v in values.items()), flush=True)
+        print(
+            f"{name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items()),
+            flush=True,
+        )
 
     stage("roofline", {"roofline_ms_per_token": result["roofline_ms_per_token"]})
     stage("batch-1 decode", {"bs1_ms_per_token": bench_bs1_decode(llm, vocab)})

@@ -37,10 +37,15 @@ def fresh_prompts(lengths: list[int], block_size: int, device: str) -> tuple[Att
     starts = torch.zeros(len(lengths) + 1, dtype=torch.int32)
     starts[1:] = torch.tensor(lengths).cumsum(0)
     meta = AttentionMetadata(
-        slot_mapping=torch.cat(slots).to(device), query_start_loc=starts.to(device),
+        slot_mapping=torch.cat(slots).to(device),
+        query_start_loc=starts.to(device),
         seq_lens=torch.tensor(lengths, dtype=torch.int32, device=device),
-        block_tables=torch.stack(tables).to(torch.int32).to(device), block_size=block_size,
-        max_query_len=max(lengths), max_seq_len=max(lengths), query_lens_cpu=list(lengths), seq_lens_cpu=list(lengths),
+        block_tables=torch.stack(tables).to(torch.int32).to(device),
+        block_size=block_size,
+        max_query_len=max(lengths),
+        max_seq_len=max(lengths),
+        query_lens_cpu=list(lengths),
+        seq_lens_cpu=list(lengths),
     )
     return meta, next_block
 
@@ -73,8 +78,9 @@ def main() -> int:
     rows = []
     for lengths in CASES:
         meta, blocks = fresh_prompts(lengths, args.block_size, "cuda")
-        layer.kv_cache = torch.randn(blocks, args.block_size, 2, args.kv_heads, args.head_dim,
-                                     device="cuda", dtype=torch.bfloat16)
+        layer.kv_cache = torch.randn(
+            blocks, args.block_size, 2, args.kv_heads, args.head_dim, device="cuda", dtype=torch.bfloat16
+        )
         q = torch.randn(sum(lengths), args.heads, args.head_dim, device="cuda", dtype=torch.bfloat16)
         row = {"prompt_lens": lengths, "tokens": sum(lengths)}
         outs = {}
@@ -86,10 +92,14 @@ def main() -> int:
         row["max_abs_diff"] = (outs["triton"].float() - outs["varlen"].float()).abs().max().item()
         row["varlen_speedup"] = row["triton_ms"] / row["varlen_ms"]
         rows.append(row)
-        print(f"{str(lengths)[:40]:<42} triton {row['triton_ms']:8.3f} ms  varlen {row['varlen_ms']:8.3f} ms  "
-              f"x{row['varlen_speedup']:.2f}", flush=True)
+        print(
+            f"{str(lengths)[:40]:<42} triton {row['triton_ms']:8.3f} ms  varlen {row['varlen_ms']:8.3f} ms  "
+            f"x{row['varlen_speedup']:.2f}",
+            flush=True,
+        )
     result = {
-        **result_header("prefill_attention", torch.cuda.get_device_name()), "torch": torch.__version__,
+        **result_header("prefill_attention", torch.cuda.get_device_name()),
+        "torch": torch.__version__,
         "shape": {"heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.head_dim, "dtype": "bfloat16"},
         "results": rows,
     }

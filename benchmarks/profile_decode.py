@@ -34,13 +34,26 @@ def write_timeline(engine, path: str) -> None:
     rows, end = [], None
     for e in kernels:
         start = e.time_range.start
-        rows.append({"name": e.name[:120], "start_us": start, "dur_us": e.time_range.elapsed_us(),
-                     "gap_us": 0.0 if end is None else start - end})
+        rows.append(
+            {
+                "name": e.name[:120],
+                "start_us": start,
+                "dur_us": e.time_range.elapsed_us(),
+                "gap_us": 0.0 if end is None else start - end,
+            }
+        )
         end = max(end or 0.0, e.time_range.end)
     with open(path, "w") as f:
-        json.dump({**result_header("profile_decode timeline", torch.cuda.get_device_name()), "kernels": rows,
-                   "span_us": end - kernels[0].time_range.start if kernels else 0.0,
-                   "busy_us": sum(r["dur_us"] for r in rows)}, f, indent=1)
+        json.dump(
+            {
+                **result_header("profile_decode timeline", torch.cuda.get_device_name()),
+                "kernels": rows,
+                "span_us": end - kernels[0].time_range.start if kernels else 0.0,
+                "busy_us": sum(r["dur_us"] for r in rows),
+            },
+            f,
+            indent=1,
+        )
 
 
 def measure(step: Callable[[], object], steps: int, label: str, rows: int) -> None:
@@ -78,8 +91,13 @@ def profile_prefill(engine, args: argparse.Namespace) -> int:
         one_prefill()
     measure(one_prefill, args.steps, f"prefill of {args.context} tokens", rows=25)
     if args.timeline:
-        engine.add_request(EngineCoreRequest(request_id="timeline", sampling_params=params,
-                                             prompt_token_ids=[7 + j % 20_000 for j in range(args.context)]))
+        engine.add_request(
+            EngineCoreRequest(
+                request_id="timeline",
+                sampling_params=params,
+                prompt_token_ids=[7 + j % 20_000 for j in range(args.context)],
+            )
+        )
         write_timeline(engine, args.timeline)
     return 0
 
@@ -93,8 +111,14 @@ def main() -> int:
     parser.add_argument("--prefill", action="store_true", help="profile prefill steps of fresh prompts instead")
     parser.add_argument("--timeline", help="write one step's kernels (name, start and duration in µs) as JSON here")
     args = parser.parse_args()
-    llm = LLM(str(make_model_folder(args.shape)), load_format="dummy", dtype="bfloat16", device="cuda",
-              max_model_len=4096, show_progress=False)
+    llm = LLM(
+        str(make_model_folder(args.shape)),
+        load_format="dummy",
+        dtype="bfloat16",
+        device="cuda",
+        max_model_len=4096,
+        show_progress=False,
+    )
     engine = llm.engine
     if args.prefill:
         return profile_prefill(engine, args)

@@ -26,10 +26,17 @@ def main() -> int:
     parser.add_argument("--output-len", type=int, nargs=2, default=(100, 200))
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
-    llm = LLM(str(make_model_folder(args.shape)), load_format="dummy", dtype="bfloat16", device="cuda",
-              max_model_len=4096, show_progress=False)
-    prompts, outputs = random_workload(args.num_requests, 0, args.input_len, args.output_len,
-                                       SHAPES[args.shape]["vocab_size"])
+    llm = LLM(
+        str(make_model_folder(args.shape)),
+        load_format="dummy",
+        dtype="bfloat16",
+        device="cuda",
+        max_model_len=4096,
+        show_progress=False,
+    )
+    prompts, outputs = random_workload(
+        args.num_requests, 0, args.input_len, args.output_len, SHAPES[args.shape]["vocab_size"]
+    )
     params = [SamplingParams(temperature=0.0, max_tokens=o, ignore_eos=True) for o in outputs]
     llm.generate(prompts[:4], params[:4])
     profiler = cProfile.Profile()

@@ -40,8 +40,9 @@ def time_ms(vocab: int, rows: int, seeded: bool, repeats: int) -> float:
 
 
 def measure(vocab: int, repeats: int) -> dict[str, float]:
-    return {f"{kind} x{n}": time_ms(vocab, n, kind == "seeded", repeats)
-            for kind in ("sampled", "seeded") for n in ROWS}
+    return {
+        f"{kind} x{n}": time_ms(vocab, n, kind == "seeded", repeats) for kind in ("sampled", "seeded") for n in ROWS
+    }
 
 
 def measure_commit(ref: str, vocab: int, repeats: int) -> dict[str, float]:
@@ -52,8 +53,10 @@ def measure_commit(ref: str, vocab: int, repeats: int) -> dict[str, float]:
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), ref], cwd=root, check=True)
         try:
             here = str(Path(__file__).resolve().parent)
-            code = (f"import sys, json; sys.path[:0] = [{str(tree)!r}, {here!r}]; import sampler_draw; "
-                    f"print(json.dumps(sampler_draw.measure({vocab}, {repeats})))")
+            code = (
+                f"import sys, json; sys.path[:0] = [{str(tree)!r}, {here!r}]; import sampler_draw; "
+                f"print(json.dumps(sampler_draw.measure({vocab}, {repeats})))"
+            )
             out = subprocess.run([sys.executable, "-c", code], cwd=tree, check=True, capture_output=True, text=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=root, check=True)
@@ -76,8 +79,10 @@ def main() -> None:
     }
     if args.before:
         commit = subprocess.run(["git", "rev-parse", args.before], capture_output=True, text=True, check=True)
-        result["before"] = {"commit": commit.stdout.strip(), "ms_median": measure_commit(args.before, args.vocab,
-                                                                                          args.repeats)}
+        result["before"] = {
+            "commit": commit.stdout.strip(),
+            "ms_median": measure_commit(args.before, args.vocab, args.repeats),
+        }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
     for name, ms in result["ms_median"].items():
         before = result.get("before", {}).get("ms_median", {}).get(name)

@@ -38,8 +38,12 @@ def timed(fn: Callable[[int], object], n: int) -> dict[str, float]:
         start = time.perf_counter()
         fn(i)
         costs.append(time.perf_counter() - start)
-    return {"requests": n, "p50_us": percentile(costs, 0.5) * 1e6, "p99_us": percentile(costs, 0.99) * 1e6,
-            "max_us": max(costs) * 1e6}
+    return {
+        "requests": n,
+        "p50_us": percentile(costs, 0.5) * 1e6,
+        "p99_us": percentile(costs, 0.99) * 1e6,
+        "max_us": max(costs) * 1e6,
+    }
 
 
 def main() -> int:
@@ -54,18 +58,34 @@ def main() -> int:
         keys = [store.create(f"tenant-{i % 50}")[0] for i in range(args.keys)]
         auth = Authenticator(store, None)
         assert auth.enabled and auth.authenticate(keys[0]) is not None
-        fields = {"request_id": "r", "key_id": "abcd1234", "role": "user", "tenant": "tenant-1", "client": "10.0.0.1",
-                  "method": "POST", "route": "/v1/chat/completions", "status": 200, "model": "m",
-                  "prompt_tokens": 812, "completion_tokens": 256, "cached_tokens": 512}
-        plain, sealed = AuditLog(folder / "plain.jsonl"), AuditLog(folder / "sealed.jsonl",
-                                                                       ContentCipher(secrets.token_bytes(32)))
+        fields = {
+            "request_id": "r",
+            "key_id": "abcd1234",
+            "role": "user",
+            "tenant": "tenant-1",
+            "client": "10.0.0.1",
+            "method": "POST",
+            "route": "/v1/chat/completions",
+            "status": 200,
+            "model": "m",
+            "prompt_tokens": 812,
+            "completion_tokens": 256,
+            "cached_tokens": 512,
+        }
+        plain, sealed = (
+            AuditLog(folder / "plain.jsonl"),
+            AuditLog(folder / "sealed.jsonl", ContentCipher(secrets.token_bytes(32))),
+        )
         content = {"request": {"messages": [{"role": "user", "content": "x" * 3000}]}, "outputs": ["y" * 1000]}
-        chat = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hello " * 600}] * 4,
-                           "max_tokens": 256}).encode()
+        chat = json.dumps(
+            {"model": "m", "messages": [{"role": "user", "content": "hello " * 600}] * 4, "max_tokens": 256}
+        ).encode()
         brackets = b"[" * (8 * 2**20)
         rows = [
-            (f"authenticate a key (store of {args.keys} keys)",
-             timed(lambda i: auth.authenticate(keys[i % len(keys)]), args.requests)),
+            (
+                f"authenticate a key (store of {args.keys} keys)",
+                timed(lambda i: auth.authenticate(keys[i % len(keys)]), args.requests),
+            ),
             ("refuse a wrong key", timed(lambda i: auth.authenticate(keys[i % len(keys)][:-1] + "?"), args.requests)),
             ("audit append, no content", timed(lambda i: plain.append(fields), args.requests)),
             ("audit append, 4 KB sealed content", timed(lambda i: sealed.append(fields, content), args.requests)),

@@ -66,16 +66,34 @@ def write_model_folder(folder: Path) -> None:
     tokenizer = json.loads((source / "tokenizer.json").read_text())
     ids = [t["id"] for t in tokenizer["added_tokens"]] + list(tokenizer["model"]["vocab"].values())
     config = {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": max(ids) + 1,
-        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
-        "num_key_value_heads": 1, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "tie_word_embeddings": True, "bos_token_id": 0, "eos_token_id": 1, "torch_dtype": "float32",
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "vocab_size": max(ids) + 1,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "tie_word_embeddings": True,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "torch_dtype": "float32",
     }
     (folder / "config.json").write_text(json.dumps(config))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>",
-        "chat_template": CHAT_TEMPLATE, "model_max_length": 2048,
-    }, ensure_ascii=False))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<｜begin▁of▁sentence｜>",
+                "eos_token": "<｜end▁of▁sentence｜>",
+                "chat_template": CHAT_TEMPLATE,
+                "model_max_length": 2048,
+            },
+            ensure_ascii=False,
+        )
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -114,13 +132,36 @@ class Server:
 @contextlib.contextmanager
 def serve(model: Path, work: Path, max_seqs: int) -> Iterator[Server]:
     port = free_port()
-    cmd = [sys.executable, "-m", "seekd.cli", "serve", "--model", str(model), "--load-format", "dummy",
-           "--port", str(port), "--data-dir", str(work / "data"), "--max-num-seqs", str(max_seqs),
-           "--max-inflight-requests", str(max_seqs), "--inflight-reserved-for-new-tenants", "0",
-           "--log-level", "warning", "--cpu-threads", "1", "--served-model-name", MODEL_NAME]
+    cmd = [
+        sys.executable,
+        "-m",
+        "seekd.cli",
+        "serve",
+        "--model",
+        str(model),
+        "--load-format",
+        "dummy",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(work / "data"),
+        "--max-num-seqs",
+        str(max_seqs),
+        "--max-inflight-requests",
+        str(max_seqs),
+        "--inflight-reserved-for-new-tenants",
+        "0",
+        "--log-level",
+        "warning",
+        "--cpu-threads",
+        "1",
+        "--served-model-name",
+        MODEL_NAME,
+    ]
     with open(work / "server.log", "wb") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+        process = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+        )
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -147,9 +188,23 @@ def serve(model: Path, work: Path, max_seqs: int) -> Iterator[Server]:
 @contextlib.contextmanager
 def py_spy(pid: int, raw_out: Path) -> Iterator[None]:
     """Sample one process (not its children) while the block runs; raw collapsed stacks to `raw_out`."""
-    process = subprocess.Popen(["py-spy", "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
-                                "--nonblocking", "-o", str(raw_out)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--format",
+            "raw",
+            "--rate",
+            "250",
+            "--nonblocking",
+            "-o",
+            str(raw_out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(1.0)  # attached before the workload starts
     try:
         yield
@@ -162,8 +217,14 @@ async def one_stream(client: httpx.AsyncClient, endpoint: str, index: int, max_t
     """One streamed request; returns (completion tokens from usage, SSE data events, its text).
     Greedy: seeded or random sampling over DeepSeek's 129k vocabulary costs the CPU engine ~10x more
     per token, and the server's work does not depend on which tokens come."""
-    body: dict[str, Any] = {"model": MODEL_NAME, "max_tokens": max_tokens, "ignore_eos": True, "stream": True,
-                            "stream_options": {"include_usage": True}, "temperature": 0.0}
+    body: dict[str, Any] = {
+        "model": MODEL_NAME,
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": 0.0,
+    }
     if endpoint == "chat":
         body["messages"] = [{"role": "user", "content": f"Tell me a story about request {index}."}]
         path = "/v1/chat/completions"
@@ -204,9 +265,15 @@ def measure(server: Server, endpoint: str, concurrency: int, max_tokens: int) ->
     server_cpu = cpu_seconds(server.server_pid) - server_cpu
     engine_cpu = cpu_seconds(server.engine_pid) - engine_cpu
     return {
-        "endpoint": endpoint, "concurrency": concurrency, "max_tokens": max_tokens, "tokens": tokens,
-        "sse_events": events, "wall_s": round(wall, 3), "output_tok_per_s": round(tokens / wall, 1),
-        "server_cpu_s": round(server_cpu, 3), "engine_cpu_s": round(engine_cpu, 3),
+        "endpoint": endpoint,
+        "concurrency": concurrency,
+        "max_tokens": max_tokens,
+        "tokens": tokens,
+        "sse_events": events,
+        "wall_s": round(wall, 3),
+        "output_tok_per_s": round(tokens / wall, 1),
+        "server_cpu_s": round(server_cpu, 3),
+        "engine_cpu_s": round(engine_cpu, 3),
         "server_cpu_us_per_token": round(server_cpu / tokens * 1e6, 2),
         "engine_cpu_us_per_token": round(engine_cpu / tokens * 1e6, 2),
         "sample_text": sample[:120],
@@ -248,8 +315,12 @@ def summarize_profile(path: Path, top: int) -> dict[str, Any]:
     def share(counter: collections.Counter[str]) -> list[dict[str, Any]]:
         return [{"function": f, "share": round(c / total, 4)} for f, c in counter.most_common(top)]
 
-    return {"busy_samples": total, "waiting_samples": waiting, "self": share(self_count),
-            "inclusive": share(incl_count)}
+    return {
+        "busy_samples": total,
+        "waiting_samples": waiting,
+        "self": share(self_count),
+        "inclusive": share(incl_count),
+    }
 
 
 def detokenizer_cost_by_position(num_tokens: int, window: int = 4096) -> list[dict[str, float]]:
@@ -267,7 +338,7 @@ def detokenizer_cost_by_position(num_tokens: int, window: int = 4096) -> list[di
     out = []
     for start in range(0, num_tokens, window):
         began = time.perf_counter()
-        for token_id in ids[start:start + window]:
+        for token_id in ids[start : start + window]:
             detok.push([token_id])
         out.append({"from_token": start, "us_per_token": round((time.perf_counter() - began) / window * 1e6, 2)})
     return out
@@ -280,8 +351,12 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--repeat", type=int, default=1, help="runs per row; the median one is reported")
     parser.add_argument("--profile", action="store_true", help="then sample the server with py-spy under load")
-    parser.add_argument("--detokenizer-tokens", type=int, default=32768,
-                        help="length of the in-process long-output detokenizer measurement; 0 = skip")
+    parser.add_argument(
+        "--detokenizer-tokens",
+        type=int,
+        default=32768,
+        help="length of the in-process long-output detokenizer measurement; 0 = skip",
+    )
     parser.add_argument("--label", default="current", help="the entry of the result file this run replaces")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "server_overhead_cpu.json"))
     args = parser.parse_args()
@@ -291,8 +366,10 @@ def main() -> int:
     model.mkdir()
     write_model_folder(model)
     runs = []
-    print(f"{'endpoint':<12} {'conc':>5} {'tokens':>7} {'events':>7} {'tok/s':>8} {'server µs/tok':>14} "
-          f"{'engine µs/tok':>14}")
+    print(
+        f"{'endpoint':<12} {'conc':>5} {'tokens':>7} {'events':>7} {'tok/s':>8} {'server µs/tok':>14} "
+        f"{'engine µs/tok':>14}"
+    )
     profile = None
     try:
         with serve(model, work, max(args.concurrency)) as server:
@@ -303,18 +380,22 @@ def main() -> int:
                     row = sorted(repeats, key=lambda r: r["server_cpu_us_per_token"])[len(repeats) // 2]
                     row["server_cpu_us_per_token_repeats"] = [r["server_cpu_us_per_token"] for r in repeats]
                     runs.append(row)
-                    print(f"{endpoint:<12} {concurrency:>5} {row['tokens']:>7} {row['sse_events']:>7} "
-                          f"{row['output_tok_per_s']:>8.0f} {row['server_cpu_us_per_token']:>14.1f} "
-                          f"{row['engine_cpu_us_per_token']:>14.1f}")
+                    print(
+                        f"{endpoint:<12} {concurrency:>5} {row['tokens']:>7} {row['sse_events']:>7} "
+                        f"{row['output_tok_per_s']:>8.0f} {row['server_cpu_us_per_token']:>14.1f} "
+                        f"{row['engine_cpu_us_per_token']:>14.1f}"
+                    )
             if args.profile:
                 raw = work / "server.pyspy.txt"
                 concurrency = max(args.concurrency)
                 with py_spy(server.server_pid, raw):
                     for endpoint in args.endpoints:
                         measure(server, endpoint, concurrency, args.max_tokens)
-                profile = {"workload": f"{'+'.join(args.endpoints)} at concurrency {concurrency}, "
-                                       "server process only, py-spy --nonblocking at 250 Hz",
-                           **summarize_profile(raw, 30)}
+                profile = {
+                    "workload": f"{'+'.join(args.endpoints)} at concurrency {concurrency}, "
+                    "server process only, py-spy --nonblocking at 250 Hz",
+                    **summarize_profile(raw, 30),
+                }
                 for row in profile["self"][:15]:
                     print(f"  {row['share'] * 100:5.1f}%  {row['function']}")
     finally:
@@ -325,10 +406,12 @@ def main() -> int:
         print("detokenizer µs/token from token: " + ", ".join(f"{d['from_token']}: {d['us_per_token']}" for d in detok))
     out = Path(args.out)
     record = json.loads(out.read_text()) if out.is_file() else {"benchmark": "server_overhead", "results": {}}
-    header = result_header("server_overhead",
-                           f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores shared), "
-                           f"Python {platform.python_version()}",
-                           command=" ".join([Path(sys.executable).name, *sys.argv]))
+    header = result_header(
+        "server_overhead",
+        f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores shared), "
+        f"Python {platform.python_version()}",
+        command=" ".join([Path(sys.executable).name, *sys.argv]),
+    )
     del header["benchmark"]  # named once at the top of the file, for every label
     record["results"][args.label] = {
         **header,

@@ -159,10 +159,14 @@ def run(driver, batch: int, steps: int, seed: int) -> dict:
                 driver.reset(m)
     fill_ms, advance_ms = 1e3 * float(np.mean(fill_s)), 1e3 * float(np.mean(advance_s))
     return {
-        "library": driver.name, "batch": batch, "steps": steps,
+        "library": driver.name,
+        "batch": batch,
+        "steps": steps,
         "compile_ms_per_schema": round(compile_ms, 2),
-        "fill_ms_per_step_mean": round(fill_ms, 4), "advance_ms_per_step_mean": round(advance_ms, 4),
-        "host_ms_per_step_mean": round(fill_ms + advance_ms, 4), "documents_completed": completed,
+        "fill_ms_per_step_mean": round(fill_ms, 4),
+        "advance_ms_per_step_mean": round(advance_ms, 4),
+        "host_ms_per_step_mean": round(fill_ms + advance_ms, 4),
+        "documents_completed": completed,
     }
 
 
@@ -192,15 +196,24 @@ def main() -> None:
             rows.append(row)
     print(f"{'library':<12}{'batch':>6}{'fill ms':>10}{'advance ms':>12}{'host ms/step':>14}{'compile ms':>12}")
     for r in rows:
-        print(f"{r['library']:<12}{r['batch']:>6}{r['fill_ms_per_step_mean']:>10.3f}"
-              f"{r['advance_ms_per_step_mean']:>12.3f}{r['host_ms_per_step_mean']:>14.3f}"
-              f"{r['compile_ms_per_schema']:>12.1f}")
+        print(
+            f"{r['library']:<12}{r['batch']:>6}{r['fill_ms_per_step_mean']:>10.3f}"
+            f"{r['advance_ms_per_step_mean']:>12.3f}{r['host_ms_per_step_mean']:>14.3f}"
+            f"{r['compile_ms_per_schema']:>12.1f}"
+        )
     versions = {lib: importlib.metadata.version(lib) for lib in ("llguidance", "xgrammar")}
     result = {
-        **result_header("structured_backends", f"cpu ({platform.processor() or platform.machine()})",
-                        command=" ".join([Path(sys.executable).name, *sys.argv])),
-        "cpu_count": __import__("os").cpu_count(), "versions": versions,
-        "threads": args.threads, "vocab_size": vocab_size, "schemas": SCHEMAS, "results": rows,
+        **result_header(
+            "structured_backends",
+            f"cpu ({platform.processor() or platform.machine()})",
+            command=" ".join([Path(sys.executable).name, *sys.argv]),
+        ),
+        "cpu_count": __import__("os").cpu_count(),
+        "versions": versions,
+        "threads": args.threads,
+        "vocab_size": vocab_size,
+        "schemas": SCHEMAS,
+        "results": rows,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

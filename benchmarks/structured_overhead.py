@@ -87,9 +87,13 @@ def run(backend: StructuredBackend, batch: int, steps: int, device: torch.device
     fill, apply, advance = (1e3 * statistics.median(x) for x in (fill_s, apply_s, advance_s))
     step = fill + apply + advance
     return {
-        "schemas": schema_set, "batch": batch, "steps": steps,
-        "fill_ms_per_step": round(fill, 4), "apply_ms_per_step": round(apply, 4),
-        "advance_ms_per_step": round(advance, 4), "overhead_ms_per_step": round(step, 4),
+        "schemas": schema_set,
+        "batch": batch,
+        "steps": steps,
+        "fill_ms_per_step": round(fill, 4),
+        "apply_ms_per_step": round(apply, 4),
+        "advance_ms_per_step": round(advance, 4),
+        "overhead_ms_per_step": round(step, 4),
         "overhead_us_per_token": round(1e3 * step / batch, 2),
     }
 
@@ -110,11 +114,14 @@ def main() -> None:
     backend = StructuredBackend(tokenizer.read_text(), VOCAB_SIZE, frozenset({EOS}), threads=args.threads)
     rows = [run(backend, b, args.steps, device, name) for name in SCHEMA_SETS for b in args.batch_sizes]
 
-    print(f"{'schemas':<14}{'batch':>6}{'fill ms':>10}{'apply ms':>10}{'advance ms':>12}"
-          f"{'ms/step':>10}{'us/token':>10}")
+    print(
+        f"{'schemas':<14}{'batch':>6}{'fill ms':>10}{'apply ms':>10}{'advance ms':>12}{'ms/step':>10}{'us/token':>10}"
+    )
     for r in rows:
-        print(f"{r['schemas']:<14}{r['batch']:>6}{r['fill_ms_per_step']:>10.3f}{r['apply_ms_per_step']:>10.3f}"
-              f"{r['advance_ms_per_step']:>12.3f}{r['overhead_ms_per_step']:>10.3f}{r['overhead_us_per_token']:>10.1f}")
+        print(
+            f"{r['schemas']:<14}{r['batch']:>6}{r['fill_ms_per_step']:>10.3f}{r['apply_ms_per_step']:>10.3f}"
+            f"{r['advance_ms_per_step']:>12.3f}{r['overhead_ms_per_step']:>10.3f}{r['overhead_us_per_token']:>10.1f}"
+        )
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
     tag = "cuda" if device.type == "cuda" else "cpu"
     out = args.out or Path("benchmarks/results") / f"structured_overhead_{tag}.json"
@@ -122,10 +129,15 @@ def main() -> None:
 
     result = {
         **result_header("structured_overhead", name, command=" ".join(["python", *sys.argv])),
-        "cpu_count": os.cpu_count(), "python": platform.python_version(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "llguidance": llguidance.__version__, "threads": args.threads,
-        "vocab_size": VOCAB_SIZE, "schema_sets": SCHEMA_SETS, "results": rows,
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "llguidance": llguidance.__version__,
+        "threads": args.threads,
+        "vocab_size": VOCAB_SIZE,
+        "schema_sets": SCHEMA_SETS,
+        "results": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")

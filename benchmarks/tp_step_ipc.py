@@ -98,13 +98,19 @@ def main() -> int:
             t2 = time.perf_counter()
             sends.append((t1 - t0) * 1e6)
             trips.append((t2 - t0) * 1e6)
-        rows.append({
-            "shape": name, "frame_bytes": len(frame),
-            "send_us_p50": statistics.median(sends), "round_trip_us_p50": statistics.median(trips),
-            "round_trip_us_p99": sorted(trips)[int(0.99 * (len(trips) - 1))],
-        })
-        print(f"{name:20s} {len(frame):>9d} B  send {rows[-1]['send_us_p50']:8.1f} us  "
-              f"round trip {rows[-1]['round_trip_us_p50']:8.1f} us (p99 {rows[-1]['round_trip_us_p99']:.1f})")
+        rows.append(
+            {
+                "shape": name,
+                "frame_bytes": len(frame),
+                "send_us_p50": statistics.median(sends),
+                "round_trip_us_p50": statistics.median(trips),
+                "round_trip_us_p99": sorted(trips)[int(0.99 * (len(trips) - 1))],
+            }
+        )
+        print(
+            f"{name:20s} {len(frame):>9d} B  send {rows[-1]['send_us_p50']:8.1f} us  "
+            f"round trip {rows[-1]['round_trip_us_p50']:8.1f} us (p99 {rows[-1]['round_trip_us_p99']:.1f})"
+        )
     send.close()
     proc.wait(timeout=10)
     result = {

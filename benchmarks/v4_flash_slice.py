@@ -36,25 +36,68 @@ NUM_LAYERS, NUM_HASH_LAYERS = 43, 3
 # deepseek-ai/DeepSeek-V4-Flash config.json (the fields that shape the model), as transformers'
 # DeepseekV4Config defaults give it; the attention schedule is HCA, HCA, then CSA/HCA alternating.
 V4_FLASH = {
-    "architectures": ["DeepseekV4ForCausalLM"], "model_type": "deepseek_v4", "vocab_size": 129280,
-    "hidden_size": 4096, "moe_intermediate_size": 2048, "num_hidden_layers": NUM_LAYERS, "num_attention_heads": 64,
-    "num_key_value_heads": 1, "head_dim": 512, "q_lora_rank": 1024, "num_experts_per_tok": 6,
-    "n_routed_experts": 256, "n_shared_experts": 1, "scoring_func": "sqrtsoftplus", "norm_topk_prob": True,
-    "routed_scaling_factor": 1.5, "max_position_embeddings": 1048576, "rope_theta": 10000.0,
+    "architectures": ["DeepseekV4ForCausalLM"],
+    "model_type": "deepseek_v4",
+    "vocab_size": 129280,
+    "hidden_size": 4096,
+    "moe_intermediate_size": 2048,
+    "num_hidden_layers": NUM_LAYERS,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 1,
+    "head_dim": 512,
+    "q_lora_rank": 1024,
+    "num_experts_per_tok": 6,
+    "n_routed_experts": 256,
+    "n_shared_experts": 1,
+    "scoring_func": "sqrtsoftplus",
+    "norm_topk_prob": True,
+    "routed_scaling_factor": 1.5,
+    "max_position_embeddings": 1048576,
+    "rope_theta": 10000.0,
     "layer_types": [HCA, HCA] + [CSA if i % 2 else HCA for i in range(2, NUM_LAYERS)],
     "mlp_layer_types": ["hash_moe"] * NUM_HASH_LAYERS + ["moe"] * (NUM_LAYERS - NUM_HASH_LAYERS),
-    "compress_rates": {CSA: 4, HCA: 128}, "compress_rope_theta": 160000.0, "hc_mult": 4, "hc_sinkhorn_iters": 20,
-    "hc_eps": 1e-06, "swiglu_limit": 10.0, "sliding_window": 128, "o_groups": 8, "o_lora_rank": 1024,
-    "index_n_heads": 64, "index_head_dim": 128, "index_topk": 512, "num_nextn_predict_layers": 1,
-    "hidden_act": "silu", "rms_norm_eps": 1e-06, "bos_token_id": 0, "eos_token_id": 1,
-    "tie_word_embeddings": False, "partial_rotary_factor": 0.125, "qk_rope_head_dim": 64, "torch_dtype": "bfloat16",
+    "compress_rates": {CSA: 4, HCA: 128},
+    "compress_rope_theta": 160000.0,
+    "hc_mult": 4,
+    "hc_sinkhorn_iters": 20,
+    "hc_eps": 1e-06,
+    "swiglu_limit": 10.0,
+    "sliding_window": 128,
+    "o_groups": 8,
+    "o_lora_rank": 1024,
+    "index_n_heads": 64,
+    "index_head_dim": 128,
+    "index_topk": 512,
+    "num_nextn_predict_layers": 1,
+    "hidden_act": "silu",
+    "rms_norm_eps": 1e-06,
+    "bos_token_id": 0,
+    "eos_token_id": 1,
+    "tie_word_embeddings": False,
+    "partial_rotary_factor": 0.125,
+    "qk_rope_head_dim": 64,
+    "torch_dtype": "bfloat16",
 }
 
 # Dimensions that make the same schedule small enough for a CPU smoke run.
-TINY = {"hidden_size": 64, "moe_intermediate_size": 32, "num_attention_heads": 4, "head_dim": 64,
-        "q_lora_rank": 32, "n_routed_experts": 8, "num_experts_per_tok": 2, "o_groups": 2, "o_lora_rank": 32,
-        "index_n_heads": 4, "index_head_dim": 32, "index_topk": 16, "qk_rope_head_dim": 16, "vocab_size": 1024,
-        "sliding_window": 16, "compress_rates": {CSA: 4, HCA: 16}}
+TINY = {
+    "hidden_size": 64,
+    "moe_intermediate_size": 32,
+    "num_attention_heads": 4,
+    "head_dim": 64,
+    "q_lora_rank": 32,
+    "n_routed_experts": 8,
+    "num_experts_per_tok": 2,
+    "o_groups": 2,
+    "o_lora_rank": 32,
+    "index_n_heads": 4,
+    "index_head_dim": 32,
+    "index_topk": 16,
+    "qk_rope_head_dim": 16,
+    "vocab_size": 1024,
+    "sliding_window": 16,
+    "compress_rates": {CSA: 4, HCA: 16},
+}
 
 
 def slice_config(first: int, count: int, tiny: bool) -> dict:
@@ -118,8 +161,9 @@ def decode_step_ms(llm: LLM, timer: LayerTimer, batch: int, context: int, steps:
     params = SamplingParams(temperature=0.0, max_tokens=steps + 8, ignore_eos=True)
     for i in range(batch):
         prompt = [(1000 + 7 * i + 13 * j) % vocab for j in range(context)]
-        engine.add_request(EngineCoreRequest(request_id=f"b{batch}-{i}", prompt_token_ids=prompt,
-                                             sampling_params=params))
+        engine.add_request(
+            EngineCoreRequest(request_id=f"b{batch}-{i}", prompt_token_ids=prompt, sampling_params=params)
+        )
     while any(r.num_output_tokens < 2 for r in engine.scheduler.requests.values()):
         engine.step()
     timer.reset()
@@ -156,19 +200,30 @@ def main() -> int:
         folder = Path(tmp)
         (folder / "config.json").write_text(json.dumps(config))
         dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
-        llm = LLM(str(folder), load_format="dummy", dtype=dtype, device=args.device,
-                  max_model_len=args.context + args.steps + 64, max_num_seqs=max(args.batches), show_progress=True)
+        llm = LLM(
+            str(folder),
+            load_format="dummy",
+            dtype=dtype,
+            device=args.device,
+            max_model_len=args.context + args.steps + 64,
+            max_num_seqs=max(args.batches),
+            show_progress=True,
+        )
     runner = llm.engine.runner
     timer = LayerTimer(runner.model.layers, args.device)
     runs = [decode_step_ms(llm, timer, b, args.context, args.steps) for b in args.batches]
     kinds = list(zip(config["layer_types"], config["mlp_layer_types"]))
     for run in runs:
-        print(f"batch {run['batch']}: {run['step_ms']:.2f} ms/step; per layer " + ", ".join(
-            f"{a.split('_')[0]}+{m} {t:.2f} ms" for (a, m), t in zip(kinds, run["per_layer_ms"])))
+        print(
+            f"batch {run['batch']}: {run['step_ms']:.2f} ms/step; per layer "
+            + ", ".join(f"{a.split('_')[0]}+{m} {t:.2f} ms" for (a, m), t in zip(kinds, run["per_layer_ms"]))
+        )
     layout = runner.kv_layout
     result = {
-        **result_header("v4_flash_slice", torch.cuda.get_device_name() if args.device.startswith("cuda")
-                        else platform.processor() or "cpu"),
+        **result_header(
+            "v4_flash_slice",
+            torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
+        ),
         "dtype": str(llm.engine.dtype),
         "tiny": args.tiny,
         "layers": [{"index": args.first_layer + i, "attention": a, "mlp": m} for i, (a, m) in enumerate(kinds)],

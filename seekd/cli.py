@@ -27,8 +27,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         group_help = f"[{section}] default: {f.default if f.default is not dataclasses.MISSING else '-'}"
         if typ is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
-                                help=group_help)
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=group_help)
         else:
             parser.add_argument(flag, dest=name, type=typ, default=None, help=group_help)
 
@@ -127,8 +126,13 @@ def _cmd_chat(args: argparse.Namespace, config: SeekdConfig) -> int:
         history.append({"role": "user", "content": text})
         options = {"thinking": args.thinking, "reasoning_effort": args.reasoning_effort}
         prompt_text = llm.tokenizer.apply_chat_template(history, **options)
-        reply = _stream_reply(console, llm, llm.tokenizer.encode(prompt_text, add_special_tokens=False),
-                              params, prompt_opens_reasoning(prompt_text))
+        reply = _stream_reply(
+            console,
+            llm,
+            llm.tokenizer.encode(prompt_text, add_special_tokens=False),
+            params,
+            prompt_opens_reasoning(prompt_text),
+        )
         history.append({"role": "assistant", "content": reply.content, "reasoning_content": reply.reasoning})
 
 
@@ -188,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args)
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
-    handlers = {"generate": _cmd_generate, "chat": _cmd_chat, "serve": _cmd_serve, "keys": run_keys,
-                "audit": run_audit}
+    handlers = {"generate": _cmd_generate, "chat": _cmd_chat, "serve": _cmd_serve, "keys": run_keys, "audit": run_audit}
     try:
         return handlers[args.command](args, config)
     except (FileNotFoundError, ValueError) as e:

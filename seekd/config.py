@@ -174,9 +174,17 @@ class AdmissionConfig:
     drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight work may take to finish
 
     def __post_init__(self) -> None:
-        for name in ("max_queued_requests", "max_queued_tokens", "max_queued_per_tenant", "max_inflight_requests",
-                     "max_inflight_tokens", "inflight_reserved_for_new_tenants",
-                     "rate_limit_requests_per_min", "rate_limit_tokens_per_min", "engine_max_restarts"):
+        for name in (
+            "max_queued_requests",
+            "max_queued_tokens",
+            "max_queued_per_tenant",
+            "max_inflight_requests",
+            "max_inflight_tokens",
+            "inflight_reserved_for_new_tenants",
+            "rate_limit_requests_per_min",
+            "rate_limit_tokens_per_min",
+            "engine_max_restarts",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         for name in ("request_timeout_s", "drain_timeout_s"):
@@ -233,8 +241,10 @@ class SecurityConfig:
         if self.ssl_ca_certs and not self.ssl_certfile:
             raise ValueError("ssl_ca_certs (client certificates) needs ssl_certfile and ssl_keyfile")
         if self.audit_store_content and not (self.audit_encryption_key or self.audit_encryption_key_file):
-            raise ValueError("audit_store_content needs a key: SEEKD_AUDIT_ENCRYPTION_KEY or "
-                             "audit_encryption_key_file (content is never stored in clear)")
+            raise ValueError(
+                "audit_store_content needs a key: SEEKD_AUDIT_ENCRYPTION_KEY or "
+                "audit_encryption_key_file (content is never stored in clear)"
+            )
 
 
 @dataclass

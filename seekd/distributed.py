@@ -51,16 +51,14 @@ def all_reduce(x: torch.Tensor, world_size: int) -> torch.Tensor:
 def create_store(port: int = 0) -> dist.TCPStore:
     """The group's rendezvous on loopback. Rank 0 hosts it (port 0: the kernel picks a free one,
     read back as `store.port`, so there is no race for a port); workers connect to that port."""
-    return dist.TCPStore("127.0.0.1", port, is_master=port == 0, wait_for_workers=False,
-                         timeout=timedelta(seconds=300))
+    return dist.TCPStore("127.0.0.1", port, is_master=port == 0, wait_for_workers=False, timeout=timedelta(seconds=300))
 
 
 def init_tensor_parallel(rank: int, world_size: int, store: dist.TCPStore, device: str) -> None:
     """Join the group: NCCL on CUDA (each rank on its own device), gloo on the CPU."""
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-        dist.init_process_group("nccl", store=store, rank=rank, world_size=world_size,
-                                device_id=torch.device(device))
+        dist.init_process_group("nccl", store=store, rank=rank, world_size=world_size, device_id=torch.device(device))
     else:
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size)
 

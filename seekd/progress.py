@@ -16,7 +16,10 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         yield lambda n: None
         return
     progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
         transient=True,
     )
     with progress:

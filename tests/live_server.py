@@ -44,13 +44,25 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(data_dir: Path, log_path: Path, *extra: str, scheme: str = "http",
-                   client_options: dict | None = None):
+def running_server(
+    data_dir: Path, log_path: Path, *extra: str, scheme: str = "http", client_options: dict | None = None
+):
     """`client_options` (httpx keyword arguments) let the readiness poll pass auth and TLS."""
     port = free_port()
     cmd = [
-        sys.executable, "-m", "seekd.cli", "serve", "--port", str(port), "--data-dir", str(data_dir),
-        "--num-kv-blocks", "1536", "--max-request-body-bytes", str(MAX_REQUEST_BODY_BYTES), *extra,
+        sys.executable,
+        "-m",
+        "seekd.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--num-kv-blocks",
+        "1536",
+        "--max-request-body-bytes",
+        str(MAX_REQUEST_BODY_BYTES),
+        *extra,
     ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     with open(log_path, "wb") as log:

@@ -13,10 +13,13 @@ def hf_greedy(hf_model: torch.nn.Module, prompt: list[int], n: int) -> list[int]
     hf_model.generation_config.eos_token_id = None
     with torch.no_grad():
         out = hf_model.generate(
-            torch.tensor([prompt]), max_new_tokens=n, do_sample=False,
-            attention_mask=torch.ones(1, len(prompt), dtype=torch.long), pad_token_id=0,
+            torch.tensor([prompt]),
+            max_new_tokens=n,
+            do_sample=False,
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            pad_token_id=0,
         )
-    return out[0, len(prompt):].tolist()
+    return out[0, len(prompt) :].tolist()
 
 
 def assert_prefill_logits_match(llm: LLM, hf_model: torch.nn.Module, prompts: list[list[int]]) -> None:

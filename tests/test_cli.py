@@ -10,7 +10,9 @@ import sys
 def run_cli(*args: str, data_dir) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "seekd.cli", *args, "--data-dir", str(data_dir), "--num-kv-blocks", "64"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -28,9 +30,22 @@ def test_generate_with_a_missing_model_folder_fails_with_a_clear_message(data_di
 
 def test_chat_streams_replies_and_exits_on_eof(data_dir):
     proc = subprocess.run(
-        [sys.executable, "-m", "seekd.cli", "chat", "--data-dir", str(data_dir), "--num-kv-blocks", "64",
-         "--max-tokens", "6"],
-        input="Hi there\n/reset\nAgain\n", capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "seekd.cli",
+            "chat",
+            "--data-dir",
+            str(data_dir),
+            "--num-kv-blocks",
+            "64",
+            "--max-tokens",
+            "6",
+        ],
+        input="Hi there\n/reset\nAgain\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("assistant>") == 2
@@ -42,9 +57,25 @@ def test_chat_thinking_shows_the_reasoning_dimmed_on_the_v4_demo(data_dir):
     runs = {}
     for flags in ((), ("--thinking", "--reasoning-effort", "max")):
         proc = subprocess.run(
-            [sys.executable, "-m", "seekd.cli", "chat", "--data-dir", str(data_dir), "--num-kv-blocks", "64",
-             "--max-tokens", "6", "--temperature", "0", *flags],
-            input="Hi there\nAnd now?\n", capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "seekd.cli",
+                "chat",
+                "--data-dir",
+                str(data_dir),
+                "--num-kv-blocks",
+                "64",
+                "--max-tokens",
+                "6",
+                "--temperature",
+                "0",
+                *flags,
+            ],
+            input="Hi there\nAnd now?\n",
+            capture_output=True,
+            text=True,
+            timeout=300,
             env={**os.environ, "FORCE_COLOR": "1", "COLUMNS": "200"},
         )
         assert proc.returncode == 0, proc.stderr

@@ -23,9 +23,15 @@ PROMPT_ROUNDS = [
 
 def build(args: dict) -> LLM:
     return LLM(
-        args["model"], tensor_parallel_size=args["tp"], dtype="float32", num_kv_blocks=64,
-        max_num_batched_tokens=32, async_scheduling=args.get("async_scheduling", "off"),
-        load_format=args.get("load_format", "auto"), device=args.get("device", "cpu"), show_progress=False,
+        args["model"],
+        tensor_parallel_size=args["tp"],
+        dtype="float32",
+        num_kv_blocks=64,
+        max_num_batched_tokens=32,
+        async_scheduling=args.get("async_scheduling", "off"),
+        load_format=args.get("load_format", "auto"),
+        device=args.get("device", "cpu"),
+        show_progress=False,
     )
 
 

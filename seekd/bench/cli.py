@@ -42,31 +42,51 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--endpoint", choices=ENDPOINTS, default="completions")
     p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="default: $OPENAI_API_KEY")
     w = p.add_argument_group("workload")
-    w.add_argument("--dataset", choices=DATASETS, default="random",
-                   help="random: lengths uniform in len*(1±range-ratio); fixed: exact lengths; shared-prefix: "
-                        "N system prompts x M questions; jsonl: --dataset-path of {messages|prompt, max_tokens}")
+    w.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="random",
+        help="random: lengths uniform in len*(1±range-ratio); fixed: exact lengths; shared-prefix: "
+        "N system prompts x M questions; jsonl: --dataset-path of {messages|prompt, max_tokens}",
+    )
     w.add_argument("--dataset-path", type=Path, default=None)
     w.add_argument("--num-prompts", type=int, default=200, help="requests per rate (shared-prefix: N x M)")
     w.add_argument("--input-len", type=int, default=256, help="prompt tokens (shared-prefix: question tokens)")
     w.add_argument("--output-len", type=int, default=128, help="max_tokens of each request")
     w.add_argument("--range-ratio", type=float, default=0.5, help="random dataset length spread")
-    w.add_argument("--output-range-ratio", type=float, default=None,
-                   help="random dataset output length spread (default: --range-ratio)")
+    w.add_argument(
+        "--output-range-ratio",
+        type=float,
+        default=None,
+        help="random dataset output length spread (default: --range-ratio)",
+    )
     w.add_argument("--prefix-len", type=int, default=512, help="shared-prefix: system prompt tokens")
     w.add_argument("--num-prefixes", type=int, default=4, help="shared-prefix: N system prompts")
     w.add_argument("--questions-per-prefix", type=int, default=16, help="shared-prefix: M questions each")
-    w.add_argument("--tokenizer", type=Path, default=None,
-                   help="model folder with tokenizer.json: exact prompt token counts, and output tokens "
-                        "counted when the server sends no usage")
+    w.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        help="model folder with tokenizer.json: exact prompt token counts, and output tokens "
+        "counted when the server sends no usage",
+    )
     w.add_argument("--seed", type=int, default=0)
     w.add_argument("--ignore-eos", action="store_true", help="ask the server to generate exactly max_tokens")
     w.add_argument("--temperature", type=float, default=None)
     w.add_argument("--extra-body", type=json.loads, default={}, help="JSON merged into every request body")
     a = p.add_argument_group("arrival")
-    a.add_argument("--request-rate", type=_rates, default=[math.inf],
-                   help="Poisson arrival rate(s) in req/s, comma separated for a sweep: 1,2,4,inf")
-    a.add_argument("--max-concurrency", type=int, default=None,
-                   help="at most this many in flight; with rate inf, a fixed concurrency")
+    a.add_argument(
+        "--request-rate",
+        type=_rates,
+        default=[math.inf],
+        help="Poisson arrival rate(s) in req/s, comma separated for a sweep: 1,2,4,inf",
+    )
+    a.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        help="at most this many in flight; with rate inf, a fixed concurrency",
+    )
     a.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     s = p.add_argument_group("SLO (goodput counts requests meeting all given)")
     s.add_argument("--slo-ttft-ms", type=float, default=None)
@@ -83,8 +103,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
 def _add_offline_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("offline", help="throughput of the in-process engine (benchmarks/offline_throughput.py)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--shape", default=None,
-                   help="public shape with dummy weights (GPU: r1-distill-qwen-7b, ...; CPU: tiny-qwen2)")
+    p.add_argument(
+        "--shape", default=None, help="public shape with dummy weights (GPU: r1-distill-qwen-7b, ...; CPU: tiny-qwen2)"
+    )
     p.add_argument("--model", default=None, help="a model folder instead of a shape (runs in-process)")
     p.add_argument("--num-requests", type=int, default=None, help="default: 256 on GPU, 16 on CPU")
     p.add_argument("--input-len", type=int, nargs=2, default=None, metavar=("MIN", "MAX"))
@@ -114,12 +135,14 @@ def build_requests(args: argparse.Namespace, source: TextSource, seed: int) -> l
             raise ValueError(f"{args.dataset_path} holds chat messages; use --endpoint chat")
         return requests
     if args.dataset == "shared-prefix":
-        return shared_prefix_requests(source, args.num_prefixes, args.questions_per_prefix, args.prefix_len,
-                                      args.input_len, args.output_len, seed)
+        return shared_prefix_requests(
+            source, args.num_prefixes, args.questions_per_prefix, args.prefix_len, args.input_len, args.output_len, seed
+        )
     if args.dataset == "fixed":
         return random_requests(source, args.num_prompts, args.input_len, args.output_len, 0.0, seed)
-    return random_requests(source, args.num_prompts, args.input_len, args.output_len, args.range_ratio, seed,
-                           args.output_range_ratio)
+    return random_requests(
+        source, args.num_prompts, args.input_len, args.output_len, args.range_ratio, seed, args.output_range_ratio
+    )
 
 
 def _first_model(base_url: str, api_key: str | None) -> str:
@@ -138,18 +161,33 @@ def _settings(args: argparse.Namespace, model: str) -> dict[str, Any]:
     from seekd.bench.metrics import SLO
 
     return {
-        "base_url": args.base_url, "model": model, "endpoint": args.endpoint, "dataset": args.dataset,
+        "base_url": args.base_url,
+        "model": model,
+        "endpoint": args.endpoint,
+        "dataset": args.dataset,
         "dataset_path": str(args.dataset_path) if args.dataset_path else None,
-        "num_prompts": args.num_prompts, "input_len": args.input_len, "output_len": args.output_len,
+        "num_prompts": args.num_prompts,
+        "input_len": args.input_len,
+        "output_len": args.output_len,
         "range_ratio": args.range_ratio if args.dataset == "random" else 0.0,
         "output_range_ratio": args.output_range_ratio if args.dataset == "random" else 0.0,
-        "shared_prefix": {"num_prefixes": args.num_prefixes, "questions_per_prefix": args.questions_per_prefix,
-                          "prefix_len": args.prefix_len} if args.dataset == "shared-prefix" else None,
-        "tokenizer": str(args.tokenizer) if args.tokenizer else None, "seed": args.seed,
-        "ignore_eos": args.ignore_eos, "temperature": args.temperature, "extra_body": args.extra_body,
+        "shared_prefix": {
+            "num_prefixes": args.num_prefixes,
+            "questions_per_prefix": args.questions_per_prefix,
+            "prefix_len": args.prefix_len,
+        }
+        if args.dataset == "shared-prefix"
+        else None,
+        "tokenizer": str(args.tokenizer) if args.tokenizer else None,
+        "seed": args.seed,
+        "ignore_eos": args.ignore_eos,
+        "temperature": args.temperature,
+        "extra_body": args.extra_body,
         "request_rates": [None if math.isinf(r) else r for r in args.request_rate],
-        "max_concurrency": args.max_concurrency, "timeout_s": args.timeout,
-        "slo": SLO(args.slo_ttft_ms, args.slo_tpot_ms, args.slo_e2e_ms).as_dict(), "note": args.note,
+        "max_concurrency": args.max_concurrency,
+        "timeout_s": args.timeout,
+        "slo": SLO(args.slo_ttft_ms, args.slo_tpot_ms, args.slo_e2e_ms).as_dict(),
+        "note": args.note,
     }
 
 
@@ -180,8 +218,16 @@ def cmd_serve(args: argparse.Namespace, argv: Sequence[str], console: Console) -
     model = args.model or _first_model(args.base_url, args.api_key)
     tokenizer = Tokenizer(args.tokenizer) if args.tokenizer else None
     source = TextSource(tokenizer)
-    config = ClientConfig(args.base_url, model, args.endpoint, args.ignore_eos, args.temperature,
-                          args.extra_body, args.api_key, args.timeout)
+    config = ClientConfig(
+        args.base_url,
+        model,
+        args.endpoint,
+        args.ignore_eos,
+        args.temperature,
+        args.extra_body,
+        args.api_key,
+        args.timeout,
+    )
     slo = SLO(args.slo_ttft_ms, args.slo_tpot_ms, args.slo_e2e_ms)
     result = report.new_result(argv, _settings(args, model))
     first = build_requests(args, source, args.seed)
@@ -193,16 +239,24 @@ def cmd_serve(args: argparse.Namespace, argv: Sequence[str], console: Console) -
         requests = first if i == 0 else build_requests(args, source, args.seed + i)
         label = report.rate_label(rate, args.max_concurrency)
         with progress_bar(f"rate {label}", len(requests)) as advance:
-            results, duration = asyncio.run(run_load(config, requests, rate, args.max_concurrency, args.seed + i,
-                                                     tokenizer, on_done=lambda _: advance(1)))
-        run = {"label": label, "request_rate": None if math.isinf(rate) else rate,
-               "max_concurrency": args.max_concurrency, **summarize(results, duration, slo),
-               "load_average_1m": report.load_average()}
+            results, duration = asyncio.run(
+                run_load(
+                    config, requests, rate, args.max_concurrency, args.seed + i, tokenizer, on_done=lambda _: advance(1)
+                )
+            )
+        run = {
+            "label": label,
+            "request_rate": None if math.isinf(rate) else rate,
+            "max_concurrency": args.max_concurrency,
+            **summarize(results, duration, slo),
+            "load_average_1m": report.load_average(),
+        }
         result["runs"].append(run)
         report.write_json(args.out, result)  # after every rate: a sweep cut short keeps what it measured
         if run["failed"]:
-            console.print(f"[yellow]rate {label}: {run['failed']} of {run['num_requests']} failed: "
-                          f"{run['errors']}[/yellow]")
+            console.print(
+                f"[yellow]rate {label}: {run['failed']} of {run['num_requests']} failed: {run['errors']}[/yellow]"
+            )
     console.print(report.summary_table(result))
     console.print(f"result: {args.out}")
     if not args.no_plot:
@@ -238,8 +292,14 @@ def cmd_offline(args: argparse.Namespace, argv: Sequence[str], console: Console)
         device = "cuda" if torch.cuda.is_available() else "cpu"
     gpu = device == "cuda"
     if gpu and args.model is None and args.shape not in offline.TINY_SHAPES:
-        forwarded = ["--shape", args.shape or "r1-distill-qwen-7b", "--seed", str(args.seed),
-                     "--max-num-seqs", str(args.max_num_seqs)]
+        forwarded = [
+            "--shape",
+            args.shape or "r1-distill-qwen-7b",
+            "--seed",
+            str(args.seed),
+            "--max-num-seqs",
+            str(args.max_num_seqs),
+        ]
         if args.num_requests is not None:
             forwarded += ["--num-requests", str(args.num_requests)]
         for flag, value in (("--input-len", args.input_len), ("--output-len", args.output_len)):
@@ -250,16 +310,23 @@ def cmd_offline(args: argparse.Namespace, argv: Sequence[str], console: Console)
         return offline.run_script(forwarded)
     default_len = (100, 1024) if gpu else (16, 64)
     result = offline.run_in_process(
-        model=args.model, shape=args.shape or "tiny-qwen2", device=device,
+        model=args.model,
+        shape=args.shape or "tiny-qwen2",
+        device=device,
         num_requests=args.num_requests or (256 if gpu else 16),
-        input_len=tuple(args.input_len or default_len), output_len=tuple(args.output_len or default_len),
-        seed=args.seed, max_num_seqs=args.max_num_seqs, argv=argv,
+        input_len=tuple(args.input_len or default_len),
+        output_len=tuple(args.output_len or default_len),
+        seed=args.seed,
+        max_num_seqs=args.max_num_seqs,
+        argv=argv,
     )
     out = args.out or Path(f"seekd_bench_offline_{Path(result['model']).name}_{device}.json")
     report.write_json(out, result)
-    console.print(f"{result['model']} on {device}: {result['output_tok_s']:.1f} output tok/s, "
-                  f"{result['total_tok_s']:.1f} total tok/s ({result['num_requests']} requests, "
-                  f"{result['elapsed_s']:.2f} s)")
+    console.print(
+        f"{result['model']} on {device}: {result['output_tok_s']:.1f} output tok/s, "
+        f"{result['total_tok_s']:.1f} total tok/s ({result['num_requests']} requests, "
+        f"{result['elapsed_s']:.2f} s)"
+    )
     console.print(f"result: {out}")
     return 0
 

@@ -94,8 +94,9 @@ def _chunk_text(chunk: dict[str, Any]) -> str:
     return "".join(text)
 
 
-async def _stream(client: httpx.AsyncClient, config: ClientConfig, request: BenchRequest,
-                  result: RequestResult, start: float) -> None:
+async def _stream(
+    client: httpx.AsyncClient, config: ClientConfig, request: BenchRequest, result: RequestResult, start: float
+) -> None:
     last = start
     pieces = []
     async with client.stream("POST", config.url, json=config.payload(request), headers=config.headers) as response:
@@ -131,8 +132,13 @@ async def _stream(client: httpx.AsyncClient, config: ClientConfig, request: Benc
         result.error, result.error_detail = "stream", "the stream ended before any text"
 
 
-async def send_request(client: httpx.AsyncClient, config: ClientConfig, request: BenchRequest,
-                       tokenizer: Tokenizer | None = None, run_start: float = 0.0) -> RequestResult:
+async def send_request(
+    client: httpx.AsyncClient,
+    config: ClientConfig,
+    request: BenchRequest,
+    tokenizer: Tokenizer | None = None,
+    run_start: float = 0.0,
+) -> RequestResult:
     """Send one streamed request; never raises (except on cancellation)."""
     start = time.perf_counter()
     result = RequestResult(ok=False, send_time=start - run_start)
@@ -171,8 +177,9 @@ async def _warm_up(client: httpx.AsyncClient, config: ClientConfig) -> None:
     """One untimed GET first, so that the HTTP stack's lazy imports and first connection are not charged
     to the first request's TTFT (on a busy machine that alone was a quarter of a second)."""
     with contextlib.suppress(httpx.HTTPError):  # an unreachable server is reported per request by the timed run
-        await client.get(config.base_url.rstrip("/") + "/v1/models", headers=config.headers,
-                         timeout=min(config.timeout_s, 10.0))
+        await client.get(
+            config.base_url.rstrip("/") + "/v1/models", headers=config.headers, timeout=min(config.timeout_s, 10.0)
+        )
 
 
 async def run_load(

@@ -26,11 +26,21 @@ SCRIPT = Path(seekd.__file__).resolve().parent.parent / "benchmarks" / "offline_
 # Small enough to run on a laptop CPU in seconds; for checking the path, not for numbers.
 TINY_SHAPES: dict[str, dict[str, Any]] = {
     "tiny-qwen2": {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 256,
-        "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0, "vocab_size": 32000, "tie_word_embeddings": False,
-        "bos_token_id": 0, "eos_token_id": 1, "torch_dtype": "float32",
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": 256,
+        "intermediate_size": 512,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "vocab_size": 32000,
+        "tie_word_embeddings": False,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "torch_dtype": "float32",
     },
 }
 
@@ -42,8 +52,9 @@ def run_script(argv: Sequence[str]) -> int:
     return subprocess.call([sys.executable, str(SCRIPT), *argv])
 
 
-def random_prompts(num: int, input_len: tuple[int, int], output_len: tuple[int, int], vocab: int,
-                   seed: int) -> tuple[list[list[int]], list[int]]:
+def random_prompts(
+    num: int, input_len: tuple[int, int], output_len: tuple[int, int], vocab: int, seed: int
+) -> tuple[list[list[int]], list[int]]:
     """The same draw as the reference script: token ids in [min(1000, vocab/4), vocab - that)."""
     rng = random.Random(seed)
     margin = min(1000, vocab // 4)
@@ -54,9 +65,18 @@ def random_prompts(num: int, input_len: tuple[int, int], output_len: tuple[int, 
     return prompts, outputs
 
 
-def run_in_process(*, model: str | None, shape: str | None, device: str, num_requests: int,
-                   input_len: tuple[int, int], output_len: tuple[int, int], seed: int, max_num_seqs: int,
-                   argv: Sequence[str]) -> dict[str, Any]:
+def run_in_process(
+    *,
+    model: str | None,
+    shape: str | None,
+    device: str,
+    num_requests: int,
+    input_len: tuple[int, int],
+    output_len: tuple[int, int],
+    seed: int,
+    max_num_seqs: int,
+    argv: Sequence[str],
+) -> dict[str, Any]:
     from seekd import LLM, SamplingParams
 
     if model is None:
@@ -64,8 +84,14 @@ def run_in_process(*, model: str | None, shape: str | None, device: str, num_req
             raise ValueError(f"shape {shape!r} is not a CPU shape; choose one of {sorted(TINY_SHAPES)} or --model DIR")
         folder = Path(tempfile.mkdtemp(prefix=f"seekd-bench-{shape}-"))
         (folder / "config.json").write_text(json.dumps(TINY_SHAPES[shape]))
-        llm = LLM(str(folder), load_format="dummy", dtype="float32", device=device, max_num_seqs=max_num_seqs,
-                  show_progress=False)
+        llm = LLM(
+            str(folder),
+            load_format="dummy",
+            dtype="float32",
+            device=device,
+            max_num_seqs=max_num_seqs,
+            show_progress=False,
+        )
     else:
         llm = LLM(model, device=device, max_num_seqs=max_num_seqs, show_progress=False)
     vocab = json.loads((llm.engine.model_folder / "config.json").read_text())["vocab_size"]

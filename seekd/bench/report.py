@@ -63,8 +63,7 @@ def seekd_commit(root: Path | None = None) -> str:
     return commit + ("-dirty" if dirty else "")
 
 
-def result_header(benchmark: str, device: str, commit: str | None = None,
-                  command: str | None = None) -> dict[str, str]:
+def result_header(benchmark: str, device: str, commit: str | None = None, command: str | None = None) -> dict[str, str]:
     """The five keys every benchmark result opens with, so a number can be traced to what produced it.
     `commit` overrides the checked-out one (a run from a copied tree); `command` overrides
     `python <argv>` where a script records its invocation differently."""
@@ -190,8 +189,9 @@ def compare_table(results: Sequence[dict[str, Any]], names: Sequence[str]) -> Ta
         table.add_column("change", justify="right")
     extra = [""] if len(results) == 2 else []
     for key in ("model", "base_url", "endpoint", "dataset", "date", "seekd_commit"):
-        table.add_row(key, *(str(result.get(key, "-")) for result in results), *extra,
-                      end_section=key == "seekd_commit")
+        table.add_row(
+            key, *(str(result.get(key, "-")) for result in results), *extra, end_section=key == "seekd_commit"
+        )
     for i in range(max(len(result["runs"]) for result in results)):
         runs = [result["runs"][i] if i < len(result["runs"]) else None for result in results]
         table.add_row("[bold]request rate[/bold]", *(run["label"] if run else "-" for run in runs), *extra)

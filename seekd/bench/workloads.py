@@ -87,7 +87,12 @@ def _length(rng: random.Random, mean: int, range_ratio: float) -> int:
 
 
 def random_requests(
-    source: TextSource, num_prompts: int, input_len: int, output_len: int, range_ratio: float, seed: int,
+    source: TextSource,
+    num_prompts: int,
+    input_len: int,
+    output_len: int,
+    range_ratio: float,
+    seed: int,
     output_range_ratio: float | None = None,
 ) -> list[BenchRequest]:
     """Lengths uniform in [len*(1-r), len*(1+r)]; r = 0 gives fixed lengths. Output lengths use
@@ -102,8 +107,13 @@ def random_requests(
 
 
 def shared_prefix_requests(
-    source: TextSource, num_prefixes: int, questions_per_prefix: int, prefix_len: int, question_len: int,
-    output_len: int, seed: int,
+    source: TextSource,
+    num_prefixes: int,
+    questions_per_prefix: int,
+    prefix_len: int,
+    question_len: int,
+    output_len: int,
+    seed: int,
 ) -> list[BenchRequest]:
     """N system prompts x M questions, shuffled: a server with prefix caching prefills each system
     prompt once, so its TTFT drops against the same lengths without shared prefixes."""

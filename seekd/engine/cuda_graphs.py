@@ -38,8 +38,14 @@ class _Graph:
 
 class DecodeGraphs:
     def __init__(
-        self, model: nn.Module, backend: AttentionBackend, device: torch.device, max_batch: int,
-        max_blocks_per_seq: int, block_size: int, max_seq_len: int,
+        self,
+        model: nn.Module,
+        backend: AttentionBackend,
+        device: torch.device,
+        max_batch: int,
+        max_blocks_per_seq: int,
+        block_size: int,
+        max_seq_len: int,
     ) -> None:
         if not isinstance(backend, TritonAttentionBackend):
             raise ValueError("decode CUDA graphs need the triton attention backend")
@@ -74,8 +80,9 @@ class DecodeGraphs:
         )
         # splits sized for the longest context; shorter ones leave the extra programs idle
         data = self.backend.prepare(meta)
-        meta.backend_data = TritonStepData(self.qblock_seq[:bs], self.qblock_start[:bs], 1, data.num_splits,
-                                           data.counters)
+        meta.backend_data = TritonStepData(
+            self.qblock_seq[:bs], self.qblock_start[:bs], 1, data.num_splits, data.counters
+        )
         return meta
 
     @torch.inference_mode()

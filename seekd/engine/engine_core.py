@@ -104,9 +104,16 @@ class EngineCore:
         if any(t >= vocab for t in params.logit_bias):
             raise ValueError(f"logit_bias token ids must be in [0, {vocab})")
         request = Request(
-            req.request_id, req.prompt_token_ids, params, self.eos_token_ids,
-            max_output_tokens=max_output, arrival_time=req.arrival_time, priority=req.priority,
-            tenant=req.tenant, cache_salt=req.cache_salt, deadline=req.deadline,
+            req.request_id,
+            req.prompt_token_ids,
+            params,
+            self.eos_token_ids,
+            max_output_tokens=max_output,
+            arrival_time=req.arrival_time,
+            priority=req.priority,
+            tenant=req.tenant,
+            cache_salt=req.cache_salt,
+            deadline=req.deadline,
             output_token_ids=req.resume_output_token_ids,
         )
         if params.structured is not None:
@@ -168,7 +175,9 @@ class EngineCore:
             else:
                 outputs.append(
                     EngineOutput(
-                        request.request_id, [token], [lp] if lp else None,
+                        request.request_id,
+                        [token],
+                        [lp] if lp else None,
                         num_prompt_tokens=request.num_prompt_tokens,
                         num_cached_tokens=max(request.num_cached_tokens, 0),
                     )
@@ -210,7 +219,11 @@ def _can_overlap(step: InflightStep) -> bool:
 def _finished_output(request: Request, token: list[int], lp=None) -> EngineOutput:
     assert request.status >= RequestStatus.FINISHED_STOPPED
     return EngineOutput(
-        request.request_id, token, [lp] if lp else None,
-        finish_reason=request.finish_reason, stop_reason=request.stop_reason,
-        num_prompt_tokens=request.num_prompt_tokens, num_cached_tokens=max(request.num_cached_tokens, 0),
+        request.request_id,
+        token,
+        [lp] if lp else None,
+        finish_reason=request.finish_reason,
+        stop_reason=request.stop_reason,
+        num_prompt_tokens=request.num_prompt_tokens,
+        num_cached_tokens=max(request.num_cached_tokens, 0),
     )

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-
 # -- server -> engine --------------------------------------------------------------------------
 class AddRequest(msgspec.Struct, tag="add"):
     request: EngineCoreRequest
@@ -104,9 +103,7 @@ def run_engine_core(config: SeekdConfig, input_address: str, output_address: str
         output_socket.close(linger=5000)
         raise SystemExit(1) from e
     output_socket.send(
-        encoder.encode(
-            Ready(os.getpid(), str(engine.model_folder), engine.max_model_len, sorted(engine.eos_token_ids))
-        )
+        encoder.encode(Ready(os.getpid(), str(engine.model_folder), engine.max_model_len, sorted(engine.eos_token_ids)))
     )
     logger.info("engine core ready (pid %d, max_model_len %d)", os.getpid(), engine.max_model_len)
     try:
@@ -124,7 +121,11 @@ class EngineLoop:
     waking every heartbeat interval to report that it is alive."""
 
     def __init__(
-        self, engine: EngineCore, input_socket: zmq.Socket, output_socket: zmq.Socket, parent_pid: int,
+        self,
+        engine: EngineCore,
+        input_socket: zmq.Socket,
+        output_socket: zmq.Socket,
+        parent_pid: int,
         heartbeat_s: float,
     ) -> None:
         self.engine = engine

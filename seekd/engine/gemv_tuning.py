@@ -35,9 +35,12 @@ def tune_batch1_gemv(model: nn.Module) -> dict[str, dict]:
 
     groups: dict[tuple, list[LinearBase | ParallelLMHead]] = defaultdict(list)
     for module in model.modules():
-        if (isinstance(module, (LinearBase, ParallelLMHead))
-                and module.weight.dtype in (torch.bfloat16, torch.float16)
-                and module.weight.dim() == 2 and module.weight.is_cuda):
+        if (
+            isinstance(module, (LinearBase, ParallelLMHead))
+            and module.weight.dtype in (torch.bfloat16, torch.float16)
+            and module.weight.dim() == 2
+            and module.weight.is_cuda
+        ):
             bias, gated = getattr(module, "bias", None), getattr(module, "gated_input", False)  # no LM head has them
             normed = getattr(module, "normed_input", False)
             key = (tuple(module.weight.shape), module.weight.dtype, bias is not None, gated, normed)
@@ -77,14 +80,19 @@ def tune_batch1_experts(model: nn.Module, report: dict[str, dict]) -> None:
     groups: dict[tuple, list[RoutedExperts]] = defaultdict(list)
     for module in model.modules():
         experts, gate = getattr(module, "experts", None), getattr(module, "gate", None)
-        if (isinstance(experts, RoutedExperts) and hasattr(gate, "top_k") and experts.use_kernel
-                and experts.w13_weight.is_cuda):
+        if (
+            isinstance(experts, RoutedExperts)
+            and hasattr(gate, "top_k")
+            and experts.use_kernel
+            and experts.w13_weight.is_cuda
+        ):
             key = (tuple(experts.w13_weight.shape), experts.w13_weight.dtype, gate.top_k, experts.swiglu_limit)
             groups[key].append(experts)
     for (shape, _, top_k, limit), members in groups.items():
         try:
-            choice, timings = pick_batch1_tiling([m.w13_weight for m in members], [m.w2_weight for m in members],
-                                                 top_k, limit)
+            choice, timings = pick_batch1_tiling(
+                [m.w13_weight for m in members], [m.w2_weight for m in members], top_k, limit
+            )
         except Exception:  # an optional speed-up must not stop the server from starting
             logger.exception("timing the one-token MoE paths for experts %s failed; keeping the default", shape)
             continue
@@ -94,11 +102,19 @@ def tune_batch1_experts(model: nn.Module, report: dict[str, dict]) -> None:
 
 
 def _record(
-    report: dict[str, dict], name: str, modules: list, choice: GemvConfig | MoeTiling | PairTiling | None,
+    report: dict[str, dict],
+    name: str,
+    modules: list,
+    choice: GemvConfig | MoeTiling | PairTiling | None,
     timings: dict[str, float],
 ) -> None:
     """The choice is named as timed; the first timing is the baseline's (what runs without a GEMV)."""
     chosen = choice.name if choice is not None else next(iter(timings), "baseline")
     report[name] = {"layers": len(modules), "choice": chosen, "ms_per_pass": timings}
-    logger.info("batch-1 kernel for %s over %d layers: %s (%s)", name, len(modules), chosen,
-                ", ".join(f"{k} {v:.3f} ms" for k, v in timings.items()))
+    logger.info(
+        "batch-1 kernel for %s over %d layers: %s (%s)",
+        name,
+        len(modules),
+        chosen,
+        ", ".join(f"{k} {v:.3f} ms" for k, v in timings.items()),
+    )

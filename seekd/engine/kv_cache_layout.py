@@ -204,9 +204,15 @@ def bytes_per_token_by_kind(layout: KVCacheLayout) -> dict[str, dict[str, float]
     report: dict[str, dict[str, float]] = {}
     for group in layout.groups:
         for _, _, spec in group.members:
-            row = report.setdefault(spec.kind, {
-                "group": group.shape.name, "layers": 0, "per_token": 0.0, "per_request_window": 0.0,
-            })
+            row = report.setdefault(
+                spec.kind,
+                {
+                    "group": group.shape.name,
+                    "layers": 0,
+                    "per_token": 0.0,
+                    "per_request_window": 0.0,
+                },
+            )
             row["layers"] += 1
             if spec.sliding_window is None:
                 row["per_token"] += spec.bytes_per_entry / spec.tokens_per_entry

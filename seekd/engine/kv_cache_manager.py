@@ -39,7 +39,10 @@ def root_hash(cache_salt: str | None) -> bytes:
 
 class KVCacheManager:
     def __init__(
-        self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+        self,
+        num_blocks: int,
+        block_size: int,
+        enable_prefix_caching: bool = True,
         groups: list[CacheGroupShape] | None = None,
     ) -> None:
         """`block_size` is the hash granularity; every group's block tokens are a multiple of it.
@@ -48,8 +51,9 @@ class KVCacheManager:
         self.groups = groups or [CacheGroupShape("kv", block_size)]
         for g in self.groups:
             if g.block_tokens % block_size:
-                raise ValueError(f"group {g.name}: {g.block_tokens} tokens per block is not a multiple of "
-                                 f"block_size {block_size}")
+                raise ValueError(
+                    f"group {g.name}: {g.block_tokens} tokens per block is not a multiple of block_size {block_size}"
+                )
         self.hit_granularity = math.lcm(*(g.block_tokens for g in self.groups))
         self._sliding = [i for i, g in enumerate(self.groups) if g.sliding_window is not None]
         self._block_tokens = [g.block_tokens for g in self.groups]

@@ -114,9 +114,7 @@ class LLM:
             return self.tokenizer.encode(prompt)
         return list(prompt)
 
-    def _submit(
-        self, prompt_ids: list[int], params: SamplingParams, request_id: str, **extra: Any
-    ) -> list[_Sequence]:
+    def _submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str, **extra: Any) -> list[_Sequence]:
         sequences = []
         for i in range(params.n):
             child = params if params.n == 1 else params.for_choice(i)
@@ -151,8 +149,9 @@ class LLM:
             sequences = self._submit(ids, params, request_id, **request_options)
             by_engine_id.update((s.engine_id, s) for s in sequences)
             results.append(
-                RequestOutput(request_id, prompt if isinstance(prompt, str) else None, ids,
-                              [s.output for s in sequences])
+                RequestOutput(
+                    request_id, prompt if isinstance(prompt, str) else None, ids, [s.output for s in sequences]
+                )
             )
         cached: dict[str, int] = {}
         with progress_bar("Generating", total=len(by_engine_id), enabled=self.show_progress) as advance:
@@ -211,9 +210,7 @@ class LLM:
             yield from self.engine.step()
 
 
-def _broadcast_params(
-    params: SamplingParams | Sequence[SamplingParams] | None, n: int
-) -> list[SamplingParams]:
+def _broadcast_params(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:
     if params is None:
         return [SamplingParams()] * n
     if isinstance(params, SamplingParams):

@@ -60,8 +60,12 @@ class InflightStep:
     memory behind an event, so that waiting for them does not wait for a step queued after it."""
 
     def __init__(
-        self, plan: SchedulerOutput, requests: list[Request], sampled: torch.Tensor | None,
-        raw_logprobs: torch.Tensor | None, num_logprobs: list[int | None],
+        self,
+        plan: SchedulerOutput,
+        requests: list[Request],
+        sampled: torch.Tensor | None,
+        raw_logprobs: torch.Tensor | None,
+        num_logprobs: list[int | None],
     ) -> None:
         self.plan = plan
         self.requests = requests
@@ -164,15 +168,21 @@ class ModelRunner:
         self.num_blocks = num_blocks
         logger.info(
             "KV cache: %d blocks (%.1f MiB); tokens per block by cache group: %s",
-            num_blocks, num_blocks * self.kv_bytes_per_block() / 2**20,
+            num_blocks,
+            num_blocks * self.kv_bytes_per_block() / 2**20,
             {g.name: g.block_tokens for g in self.kv_layout.shapes},
         )
 
     def capture_decode_graphs(self, max_batch: int, max_model_len: int) -> None:
         """Replay pure-decode steps as CUDA graphs (needs the KV cache bound and a graph-safe backend)."""
         self.decode_graphs = DecodeGraphs(
-            self.model, self.attn_backend, self.device, max_batch,
-            -(-max_model_len // self.block_size), self.block_size, max_model_len,
+            self.model,
+            self.attn_backend,
+            self.device,
+            max_batch,
+            -(-max_model_len // self.block_size),
+            self.block_size,
+            max_model_len,
         )
         self.decode_graphs.capture()
 
@@ -260,15 +270,18 @@ class ModelRunner:
     def _group_tables(self, out: SchedulerOutput, g: int) -> tuple[np.ndarray, list[int] | None]:
         """Block tables of cache group g and, if it has a kind of one entry per token, the step's slots."""
         e = self.kv_layout.shapes[g].block_tokens
-        tables = np.zeros((len(out.requests), max(len(out.block_ids[r.request_id][g]) for r in out.requests)),
-                          dtype=np.int32)
+        tables = np.zeros(
+            (len(out.requests), max(len(out.block_ids[r.request_id][g]) for r in out.requests)), dtype=np.int32
+        )
         slots: list[int] | None = [] if any(m == 1 for _, m, _ in self._group_kinds[g]) else None
         for i, request in enumerate(out.requests):
             blocks = out.block_ids[request.request_id][g]
             tables[i, : len(blocks)] = blocks
             if slots is not None:
-                pos = np.arange(request.num_computed_tokens,
-                                request.num_computed_tokens + out.num_scheduled_tokens[request.request_id])
+                pos = np.arange(
+                    request.num_computed_tokens,
+                    request.num_computed_tokens + out.num_scheduled_tokens[request.request_id],
+                )
                 slots.extend((tables[i][pos // e].astype(np.int64) * e + pos % e).tolist())
         return tables, slots
 
@@ -333,8 +346,10 @@ class ModelRunner:
             return None
         if self._host_bitmask.shape[0] < len(requests):
             self._host_bitmask = torch.empty(
-                max(len(requests), 2 * self._host_bitmask.shape[0]), self._host_bitmask.shape[1],
-                dtype=torch.int32, pin_memory=self.device.type == "cuda",
+                max(len(requests), 2 * self._host_bitmask.shape[0]),
+                self._host_bitmask.shape[1],
+                dtype=torch.int32,
+                pin_memory=self.device.type == "cuda",
             )
         host = self._host_bitmask[: len(requests)]
         self.structured.fill_bitmask(grammars, host)
@@ -372,7 +387,8 @@ class ModelRunner:
         starts = np.cumsum([1, *per_group]).tolist()
         probe = Request("prefill-probe", token_ids, SamplingParams(max_tokens=1), max_output_tokens=1)
         plan = SchedulerOutput(
-            requests=[probe], num_scheduled_tokens={probe.request_id: n},
+            requests=[probe],
+            num_scheduled_tokens={probe.request_id: n},
             block_ids={probe.request_id: [list(range(a, a + k)) for a, k in zip(starts, per_group)]},
         )
         step, _, _ = self.flatten(plan)

@@ -55,8 +55,13 @@ def load_runner(config: SeekdConfig, device: str, show_progress: bool) -> Loaded
     hf_config = HFConfig.from_folder(model_folder)
     dtype = resolve_dtype(config.model.dtype, hf_config, device)
     model = load_model(
-        model_folder, hf_config, device=device, dtype=dtype,
-        load_format=load_format, seed=config.model.seed, show_progress=show_progress,
+        model_folder,
+        hf_config,
+        device=device,
+        dtype=dtype,
+        load_format=load_format,
+        seed=config.model.seed,
+        show_progress=show_progress,
     )
     runner = ModelRunner(model, device, dtype, config.cache.block_size, hf_config.vocab_size, config.model.seed)
     runner.select_attention_backend(config.model.attention_backend, config.model.prefill_attention)
@@ -77,13 +82,13 @@ def load_runner(config: SeekdConfig, device: str, show_progress: bool) -> Loaded
 def _capture_graphs(config: SeekdConfig, runner: ModelRunner, max_model_len: int) -> None:
     blockers = runner.graph_blockers()
     if tp_size() > 1:
-        logger.info("tensor parallel: decode runs eagerly (CUDA graphs holding NCCL collectives are not "
-                    "validated in seekd yet)")
+        logger.info(
+            "tensor parallel: decode runs eagerly (CUDA graphs holding NCCL collectives are not validated in seekd yet)"
+        )
     elif runner.attn_backend.name != "triton":
         logger.info("decode CUDA graphs need the triton attention backend; running eagerly")
     elif blockers:
-        logger.info("decode runs eagerly: %s read host-side step values that a graph would freeze",
-                    ", ".join(blockers))
+        logger.info("decode runs eagerly: %s read host-side step values that a graph would freeze", ", ".join(blockers))
     else:
         max_batch = min(config.scheduler.max_num_seqs, config.device.cuda_graph_max_batch)
         runner.capture_decode_graphs(max_batch, max_model_len)

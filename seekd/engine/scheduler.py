@@ -81,9 +81,7 @@ class Scheduler:
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in the engine")
         if request.num_tokens >= self.max_model_len:
-            raise ValueError(
-                f"prompt has {request.num_tokens} tokens; this model's context is {self.max_model_len}"
-            )
+            raise ValueError(f"prompt has {request.num_tokens} tokens; this model's context is {self.max_model_len}")
         self.requests[request.request_id] = request
         self._enqueue(request)
 
@@ -131,12 +129,7 @@ class Scheduler:
                 continue
             break
 
-        while (
-            self.waiting
-            and budget > 0
-            and not preempted_any
-            and len(self.running) < self.config.max_num_seqs
-        ):
+        while self.waiting and budget > 0 and not preempted_any and len(self.running) < self.config.max_num_seqs:
             request = self.waiting[0][3]
             computed_blocks, num_hit = self.kv.get_computed_blocks(request)
             num_new = request.num_tokens - num_hit

@@ -17,8 +17,12 @@ logger = logging.getLogger(__name__)
 # architectures whose every layer is tensor-parallel aware and tested split across ranks (V4 and
 # V3.2's indexer keep their attention projections replicated: each rank computes all of it)
 TP_ARCHITECTURES = (
-    "Qwen2ForCausalLM", "LlamaForCausalLM", "DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM",
-    "DeepseekV32ForCausalLM", "DeepseekV4ForCausalLM",
+    "Qwen2ForCausalLM",
+    "LlamaForCausalLM",
+    "DeepseekV2ForCausalLM",
+    "DeepseekV3ForCausalLM",
+    "DeepseekV32ForCausalLM",
+    "DeepseekV4ForCausalLM",
 )
 
 

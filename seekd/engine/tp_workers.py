@@ -74,10 +74,15 @@ WorkerMessage = StepMessage | Stop
 
 def encode_step(step: FlatStep) -> StepMessage:
     return StepMessage(
-        step.input_ids.data, step.positions.data, step.query_lens, step.seq_lens,
+        step.input_ids.data,
+        step.positions.data,
+        step.query_lens,
+        step.seq_lens,
         [(t.data, t.shape[1]) for t in step.block_tables],
         [None if s is None else s.data for s in step.slot_mapping],
-        step.logits_indices.data, step.pending.data, step.share_sampled,
+        step.logits_indices.data,
+        step.pending.data,
+        step.share_sampled,
     )
 
 
@@ -116,8 +121,12 @@ class TPDriver:
         try:
             for rank in range(1, self.world_size):
                 self._spawn(config, rank, device)
-            logger.info("tensor parallel: %d ranks, rank 0 on %s, workers pid %s", self.world_size, device,
-                        ", ".join(str(p.pid) for p in self._procs))
+            logger.info(
+                "tensor parallel: %d ranks, rank 0 on %s, workers pid %s",
+                self.world_size,
+                device,
+                ", ".join(str(p.pid) for p in self._procs),
+            )
             self._wait_for_workers()
             init_tensor_parallel(0, self.world_size, self._store, device)
         except BaseException:
@@ -129,8 +138,9 @@ class TPDriver:
     def _spawn(self, config: SeekdConfig, rank: int, device: str) -> None:
         read_fd, write_fd = os.pipe()
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "seekd.engine.tp_workers", str(read_fd)],
-                                    pass_fds=(read_fd,))
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "seekd.engine.tp_workers", str(read_fd)], pass_fds=(read_fd,)
+            )
         except BaseException:
             os.close(write_fd)
             raise

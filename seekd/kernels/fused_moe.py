@@ -39,8 +39,10 @@ class MoeTiling:
 
     @property
     def name(self) -> str:
-        return (f"m{self.block_m}_up{self.block_n_up}_down{self.block_n_down}_k{self.block_k}"
-                f"_w{self.num_warps}_s{self.num_stages}")
+        return (
+            f"m{self.block_m}_up{self.block_n_up}_down{self.block_n_down}_k{self.block_k}"
+            f"_w{self.num_warps}_s{self.num_stages}"
+        )
 
 
 @lru_cache
@@ -115,8 +117,17 @@ ALIGN_KERNEL_MAX_PAIRS = 2048
 
 @triton.jit
 def _align_kernel(
-    ids_ptr, sorted_rows_ptr, block_expert_ptr, cursor_ptr, num_pairs, num_experts, num_blocks,
-    BLOCK_M: tl.constexpr, E_P: tl.constexpr, CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr,
+    ids_ptr,
+    sorted_rows_ptr,
+    block_expert_ptr,
+    cursor_ptr,
+    num_pairs,
+    num_experts,
+    num_blocks,
+    BLOCK_M: tl.constexpr,
+    E_P: tl.constexpr,
+    CHUNK: tl.constexpr,
+    BLOCK_CHUNK: tl.constexpr,
 ):
     experts = tl.arange(0, E_P)
     spare = E_P - 1  # a bin no expert uses (E_P > num_experts): masked-off pairs count there
@@ -164,8 +175,17 @@ def align_by_expert_kernel(topk_ids: torch.Tensor, num_experts: int, block_m: in
     block_expert = torch.empty(num_blocks, dtype=torch.int32, device=device)
     cursor = torch.empty(experts_p, dtype=torch.int32, device=device)
     _align_kernel[(1,)](
-        topk_ids, sorted_rows, block_expert, cursor, num_pairs, num_experts, num_blocks,
-        BLOCK_M=block_m, E_P=experts_p, CHUNK=128, BLOCK_CHUNK=max(1, min(64, 8192 // experts_p)),
+        topk_ids,
+        sorted_rows,
+        block_expert,
+        cursor,
+        num_pairs,
+        num_experts,
+        num_blocks,
+        BLOCK_M=block_m,
+        E_P=experts_p,
+        CHUNK=128,
+        BLOCK_CHUNK=max(1, min(64, 8192 // experts_p)),
         num_warps=4,
     )
     return ExpertAlignment(sorted_rows, block_expert, block_m)
@@ -186,11 +206,26 @@ def _swiglu(acc_gate, acc_up, swiglu_limit, dtype: tl.constexpr, HAS_LIMIT: tl.c
 
 @triton.jit
 def _gate_up_kernel(
-    x_ptr, w_ptr, act_ptr, sorted_rows_ptr, block_expert_ptr,
-    num_pairs, num_experts, hidden, inter, swiglu_limit,
-    stride_xt, stride_we, stride_wn, stride_am,
-    TOP_K: tl.constexpr, HAS_LIMIT: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    act_ptr,
+    sorted_rows_ptr,
+    block_expert_ptr,
+    num_pairs,
+    num_experts,
+    hidden,
+    inter,
+    swiglu_limit,
+    stride_xt,
+    stride_we,
+    stride_wn,
+    stride_am,
+    TOP_K: tl.constexpr,
+    HAS_LIMIT: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     block = tl.program_id(0)
     expert = tl.load(block_expert_ptr + block)
@@ -209,8 +244,11 @@ def _gate_up_kernel(
     for start in range(0, hidden, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         k_valid = ks < hidden
-        x = tl.load(x_ptr + tokens[:, None].to(tl.int64) * stride_xt + ks[None, :],
-                    mask=row_valid[:, None] & k_valid[None, :], other=0.0)
+        x = tl.load(
+            x_ptr + tokens[:, None].to(tl.int64) * stride_xt + ks[None, :],
+            mask=row_valid[:, None] & k_valid[None, :],
+            other=0.0,
+        )
         w_mask = k_valid[:, None] & col_valid[None, :]
         g = tl.load(w_gate + ks[:, None], mask=w_mask, other=0.0)
         u = tl.load(w_up + ks[:, None], mask=w_mask, other=0.0)
@@ -221,16 +259,33 @@ def _gate_up_kernel(
             acc_gate = tl.dot(x, g, acc_gate)
             acc_up = tl.dot(x, u, acc_up)
     out = _swiglu(acc_gate, acc_up, swiglu_limit, act_ptr.dtype.element_ty, HAS_LIMIT)
-    tl.store(act_ptr + offs_m[:, None].to(tl.int64) * stride_am + cols[None, :], out,
-             mask=row_valid[:, None] & col_valid[None, :])
+    tl.store(
+        act_ptr + offs_m[:, None].to(tl.int64) * stride_am + cols[None, :],
+        out,
+        mask=row_valid[:, None] & col_valid[None, :],
+    )
 
 
 @triton.jit
 def _down_kernel(
-    act_ptr, w_ptr, topk_weights_ptr, out_ptr, sorted_rows_ptr, block_expert_ptr,
-    num_pairs, num_experts, hidden, inter,
-    stride_am, stride_we, stride_wn, stride_or,
-    IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    act_ptr,
+    w_ptr,
+    topk_weights_ptr,
+    out_ptr,
+    sorted_rows_ptr,
+    block_expert_ptr,
+    num_pairs,
+    num_experts,
+    hidden,
+    inter,
+    stride_am,
+    stride_we,
+    stride_wn,
+    stride_or,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     block = tl.program_id(0)
     expert = tl.load(block_expert_ptr + block)
@@ -246,8 +301,11 @@ def _down_kernel(
     for start in range(0, inter, BLOCK_K):
         ks = start + tl.arange(0, BLOCK_K)
         k_valid = ks < inter
-        a = tl.load(act_ptr + offs_m[:, None].to(tl.int64) * stride_am + ks[None, :],
-                    mask=row_valid[:, None] & k_valid[None, :], other=0.0)
+        a = tl.load(
+            act_ptr + offs_m[:, None].to(tl.int64) * stride_am + ks[None, :],
+            mask=row_valid[:, None] & k_valid[None, :],
+            other=0.0,
+        )
         w = tl.load(w_base + ks[:, None], mask=k_valid[:, None] & col_valid[None, :], other=0.0)
         if IEEE:
             acc = tl.dot(a, w, acc, input_precision="ieee")
@@ -256,8 +314,11 @@ def _down_kernel(
     weight = tl.load(topk_weights_ptr + rows, mask=row_valid, other=0.0).to(tl.float32)
     # rounded as the reference rounds it: the expert's output, then its weighted share
     y = acc.to(act_ptr.dtype.element_ty).to(tl.float32) * weight[:, None]
-    tl.store(out_ptr + rows[:, None].to(tl.int64) * stride_or + cols[None, :], y.to(out_ptr.dtype.element_ty),
-             mask=row_valid[:, None] & col_valid[None, :])
+    tl.store(
+        out_ptr + rows[:, None].to(tl.int64) * stride_or + cols[None, :],
+        y.to(out_ptr.dtype.element_ty),
+        mask=row_valid[:, None] & col_valid[None, :],
+    )
 
 
 @dataclass(frozen=True)
@@ -280,15 +341,34 @@ PAIR_PATH_MAX_TOKENS = 1
 PAIR_TILING = PairTiling(4, 512)
 # What `pick_batch1_tiling` tries: the best differed by shape on an H100 (2x512 for V2-Lite's short
 # rows, 4x1024 for V3's 7168-wide ones)
-PAIR_CANDIDATES = (PairTiling(2, 512), PairTiling(4, 512), PairTiling(4, 1024), PairTiling(8, 512),
-                   PairTiling(2, 1024), PairTiling(2, 512, flat_down=True), PairTiling(4, 1024, flat_down=True))
+PAIR_CANDIDATES = (
+    PairTiling(2, 512),
+    PairTiling(4, 512),
+    PairTiling(4, 1024),
+    PairTiling(8, 512),
+    PairTiling(2, 1024),
+    PairTiling(2, 512, flat_down=True),
+    PairTiling(4, 1024, flat_down=True),
+)
 
 
 @triton.jit
 def _pair_gate_up_kernel(
-    x_ptr, w_ptr, act_ptr, ids_ptr, hidden, inter, swiglu_limit,
-    stride_xt, stride_we, stride_wn, stride_ap,
-    TOP_K: tl.constexpr, HAS_LIMIT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    act_ptr,
+    ids_ptr,
+    hidden,
+    inter,
+    swiglu_limit,
+    stride_xt,
+    stride_we,
+    stride_wn,
+    stride_ap,
+    TOP_K: tl.constexpr,
+    HAS_LIMIT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     pair = tl.program_id(0)
     expert = tl.load(ids_ptr + pair).to(tl.int64)
@@ -306,16 +386,28 @@ def _pair_gate_up_kernel(
         w_mask = row_valid[:, None] & k_valid[None, :]
         acc_gate += tl.load(w_gate + ks[None, :], mask=w_mask, other=0.0).to(tl.float32) * x
         acc_up += tl.load(w_up + ks[None, :], mask=w_mask, other=0.0).to(tl.float32) * x
-    out = _swiglu(tl.sum(acc_gate, axis=1), tl.sum(acc_up, axis=1), swiglu_limit, act_ptr.dtype.element_ty,
-                  HAS_LIMIT)
+    out = _swiglu(tl.sum(acc_gate, axis=1), tl.sum(acc_up, axis=1), swiglu_limit, act_ptr.dtype.element_ty, HAS_LIMIT)
     tl.store(act_ptr + pair.to(tl.int64) * stride_ap + rows, out, mask=row_valid)
 
 
 @triton.jit
 def _pair_down_kernel(
-    act_ptr, w_ptr, topk_weights_ptr, ids_ptr, out_ptr, hidden, inter,
-    stride_ap, stride_we, stride_wn, stride_ot,
-    TOP_K: tl.constexpr, TOP_K_P: tl.constexpr, FLAT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    act_ptr,
+    w_ptr,
+    topk_weights_ptr,
+    ids_ptr,
+    out_ptr,
+    hidden,
+    inter,
+    stride_ap,
+    stride_we,
+    stride_wn,
+    stride_ot,
+    TOP_K: tl.constexpr,
+    TOP_K_P: tl.constexpr,
+    FLAT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     token = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -332,8 +424,11 @@ def _pair_down_kernel(
             ks = (it - slot * chunks) * BLOCK_K + tl.arange(0, BLOCK_K)
             k_valid = ks < inter
             a = tl.load(act_ptr + pair.to(tl.int64) * stride_ap + ks, mask=k_valid, other=0.0).to(tl.float32)
-            w = tl.load(w_ptr + expert * stride_we + rows[:, None] * stride_wn + ks[None, :],
-                        mask=row_valid[:, None] & k_valid[None, :], other=0.0).to(tl.float32)
+            w = tl.load(
+                w_ptr + expert * stride_we + rows[:, None] * stride_wn + ks[None, :],
+                mask=row_valid[:, None] & k_valid[None, :],
+                other=0.0,
+            ).to(tl.float32)
             per_slot += tl.where(slots[:, None] == slot, tl.sum(w * a[None, :], axis=1)[None, :], 0.0)
     else:
         for slot in range(TOP_K):
@@ -346,8 +441,10 @@ def _pair_down_kernel(
                 ks = start + tl.arange(0, BLOCK_K)
                 k_valid = ks < inter
                 a = tl.load(a_row + ks, mask=k_valid, other=0.0).to(tl.float32)
-                acc += tl.load(w_base + ks[None, :], mask=row_valid[:, None] & k_valid[None, :],
-                               other=0.0).to(tl.float32) * a[None, :]
+                acc += (
+                    tl.load(w_base + ks[None, :], mask=row_valid[:, None] & k_valid[None, :], other=0.0).to(tl.float32)
+                    * a[None, :]
+                )
             per_slot += tl.where(slots[:, None] == slot, tl.sum(acc, axis=1)[None, :], 0.0)
     weight = tl.load(topk_weights_ptr + token * TOP_K + slots, mask=slots < TOP_K, other=0.0).to(tl.float32)
     # rounded as the blocked path rounds: each expert's output, its weighted share, then the sum
@@ -356,8 +453,13 @@ def _pair_down_kernel(
 
 
 def fused_moe_pairs(
-    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor,
-    swiglu_limit: float | None = None, tiling: PairTiling = PAIR_TILING,
+    x: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    swiglu_limit: float | None = None,
+    tiling: PairTiling = PAIR_TILING,
 ) -> torch.Tensor:
     """`fused_moe` as one GEMV per (token, slot) pair and a down GEMV that sums each token's slots:
     two launches in all, no alignment, for decode batches of a token or so (each pair streams its
@@ -370,17 +472,42 @@ def fused_moe_pairs(
     act = torch.empty(num_tokens * top_k, inter, dtype=x.dtype, device=x.device)
     block_k_up, block_k_down = (min(tiling.block_k, triton.next_power_of_2(n)) for n in (hidden, inter))
     _pair_gate_up_kernel[(num_tokens * top_k, triton.cdiv(inter, tiling.block_n))](
-        x, w13, act, ids, hidden, inter, float(swiglu_limit or 0.0),
-        x.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
-        TOP_K=top_k, HAS_LIMIT=swiglu_limit is not None, BLOCK_N=tiling.block_n, BLOCK_K=block_k_up,
+        x,
+        w13,
+        act,
+        ids,
+        hidden,
+        inter,
+        float(swiglu_limit or 0.0),
+        x.stride(0),
+        w13.stride(0),
+        w13.stride(1),
+        act.stride(0),
+        TOP_K=top_k,
+        HAS_LIMIT=swiglu_limit is not None,
+        BLOCK_N=tiling.block_n,
+        BLOCK_K=block_k_up,
         num_warps=tiling.num_warps,
     )
     out = torch.empty_like(x)
     _pair_down_kernel[(num_tokens, triton.cdiv(hidden, tiling.block_n))](
-        act, w2, topk_weights.contiguous(), ids, out, hidden, inter,
-        act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
-        TOP_K=top_k, TOP_K_P=triton.next_power_of_2(top_k), FLAT=tiling.flat_down, BLOCK_N=tiling.block_n,
-        BLOCK_K=block_k_down, num_warps=tiling.num_warps,
+        act,
+        w2,
+        topk_weights.contiguous(),
+        ids,
+        out,
+        hidden,
+        inter,
+        act.stride(0),
+        w2.stride(0),
+        w2.stride(1),
+        out.stride(0),
+        TOP_K=top_k,
+        TOP_K_P=triton.next_power_of_2(top_k),
+        FLAT=tiling.flat_down,
+        BLOCK_N=tiling.block_n,
+        BLOCK_K=block_k_down,
+        num_warps=tiling.num_warps,
     )
     return out
 
@@ -417,24 +544,59 @@ def fused_moe(
 
     act = torch.empty(align.sorted_rows.numel(), inter, dtype=x.dtype, device=x.device)
     _gate_up_kernel[(num_blocks, triton.cdiv(inter, tiling.block_n_up))](
-        x, w13, act, align.sorted_rows, align.block_expert,
-        num_pairs, num_experts, hidden, inter, float(swiglu_limit or 0.0),
-        x.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
-        TOP_K=top_k, HAS_LIMIT=swiglu_limit is not None, IEEE=ieee,
-        BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n_up, BLOCK_K=tiling.block_k, **launch,
+        x,
+        w13,
+        act,
+        align.sorted_rows,
+        align.block_expert,
+        num_pairs,
+        num_experts,
+        hidden,
+        inter,
+        float(swiglu_limit or 0.0),
+        x.stride(0),
+        w13.stride(0),
+        w13.stride(1),
+        act.stride(0),
+        TOP_K=top_k,
+        HAS_LIMIT=swiglu_limit is not None,
+        IEEE=ieee,
+        BLOCK_M=tiling.block_m,
+        BLOCK_N=tiling.block_n_up,
+        BLOCK_K=tiling.block_k,
+        **launch,
     )
     per_slot = torch.empty(num_pairs, hidden, dtype=x.dtype, device=x.device)
     _down_kernel[(num_blocks, triton.cdiv(hidden, tiling.block_n_down))](
-        act, w2, topk_weights.flatten().contiguous(), per_slot, align.sorted_rows, align.block_expert,
-        num_pairs, num_experts, hidden, inter,
-        act.stride(0), w2.stride(0), w2.stride(1), per_slot.stride(0),
-        IEEE=ieee, BLOCK_M=tiling.block_m, BLOCK_N=tiling.block_n_down, BLOCK_K=tiling.block_k, **launch,
+        act,
+        w2,
+        topk_weights.flatten().contiguous(),
+        per_slot,
+        align.sorted_rows,
+        align.block_expert,
+        num_pairs,
+        num_experts,
+        hidden,
+        inter,
+        act.stride(0),
+        w2.stride(0),
+        w2.stride(1),
+        per_slot.stride(0),
+        IEEE=ieee,
+        BLOCK_M=tiling.block_m,
+        BLOCK_N=tiling.block_n_down,
+        BLOCK_K=tiling.block_k,
+        **launch,
     )
     return per_slot.view(num_tokens, top_k, hidden).sum(dim=1)  # accumulates in fp32, rounds once
 
 
 def pick_batch1_tiling(
-    w13s: list[torch.Tensor], w2s: list[torch.Tensor], top_k: int, swiglu_limit: float | None, reps: int = 5,
+    w13s: list[torch.Tensor],
+    w2s: list[torch.Tensor],
+    top_k: int,
+    swiglu_limit: float | None,
+    reps: int = 5,
 ) -> tuple[MoeTiling | PairTiling, dict[str, float]]:
     """The fastest way to run one token through every layer's experts of one shape (all layers in
     turn, so weights come from memory as in decode): the blocked path or a per-pair tiling, timed as

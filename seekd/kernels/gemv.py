@@ -51,10 +51,23 @@ CANDIDATES = (
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, b_ptr, out_ptr, n, k, stride_w,
-    res_ptr, norm_ptr, res_out_ptr, eps,
-    HAS_BIAS: tl.constexpr, GATED: tl.constexpr, NORMED: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    out_ptr,
+    n,
+    k,
+    stride_w,
+    res_ptr,
+    norm_ptr,
+    res_out_ptr,
+    eps,
+    HAS_BIAS: tl.constexpr,
+    GATED: tl.constexpr,
+    NORMED: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -83,8 +96,9 @@ def _gemv_kernel(
             x = hf * tl.load(norm_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
         else:
             x = tl.load(x_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + rows[:, None] * stride_w + cols[None, :],
-                    mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+        w = tl.load(
+            w_ptr + rows[:, None] * stride_w + cols[None, :], mask=row_mask[:, None] & col_mask[None, :], other=0.0
+        )
         acc += w.to(tl.float32) * x[None, :]
     out = tl.sum(acc, axis=1)
     if NORMED:
@@ -95,7 +109,11 @@ def _gemv_kernel(
 
 
 def gemv(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: GemvConfig, gated: bool = False,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    config: GemvConfig,
+    gated: bool = False,
     out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """x: [1, K] (or [1, 2K] as [gate | up] when gated); weight: [N, K] -> [1, N] = F.linear(x', weight, bias)
@@ -110,8 +128,13 @@ def gemv(
 
 
 def normed_gemv(
-    x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
-    weight: torch.Tensor, bias: torch.Tensor | None, config: GemvConfig,
+    x: torch.Tensor,
+    residual: torch.Tensor | None,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    config: GemvConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(F.linear(RMSNorm(h), weight, bias), h) for one row, h = x + residual (x alone without one):
     the add-RMSNorm in front of a projection, without its own kernel."""
@@ -128,16 +151,37 @@ def normed_gemv(
 
 
 def _launch(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor, config: GemvConfig,
-    gated: bool = False, norm: tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None = None,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    out: torch.Tensor,
+    config: GemvConfig,
+    gated: bool = False,
+    norm: tuple[torch.Tensor, torch.Tensor, torch.Tensor, float] | None = None,
     has_residual: bool = True,
 ) -> None:
     n, k = weight.shape
     res, norm_weight, res_out, eps = norm if norm is not None else (x, x, x, 0.0)
     _gemv_kernel[(triton.cdiv(n, config.block_n),)](
-        x, weight, bias if bias is not None else weight, out, n, k, weight.stride(0), res, norm_weight, res_out, eps,
-        HAS_BIAS=bias is not None, GATED=gated, NORMED=norm is not None, HAS_RESIDUAL=has_residual,
-        BLOCK_N=config.block_n, BLOCK_K=config.block_k, num_warps=config.num_warps, num_stages=config.num_stages,
+        x,
+        weight,
+        bias if bias is not None else weight,
+        out,
+        n,
+        k,
+        weight.stride(0),
+        res,
+        norm_weight,
+        res_out,
+        eps,
+        HAS_BIAS=bias is not None,
+        GATED=gated,
+        NORMED=norm is not None,
+        HAS_RESIDUAL=has_residual,
+        BLOCK_N=config.block_n,
+        BLOCK_K=config.block_k,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
     )
 
 
@@ -180,6 +224,7 @@ def pick_gemv(
                     F.linear(baseline(x), w, b)
                 else:
                     gemv(x, w, b, config, gated)
+
         return one_pass
 
     return _fastest(run, "cublas", reps)
@@ -207,6 +252,7 @@ def pick_normed_gemv(
                     F.linear(normed, w, b)
                 else:
                     gemv(normed, w, b, plain)
+
         return one_pass
 
     return _fastest(run, f"rmsnorm+{'cublas' if plain is None else plain.name}", reps)

@@ -21,11 +21,32 @@ from seekd.kernels.rotary import position_cos_sin, rotate_heads
 
 @triton.jit
 def _mla_rope_cache_kernel(
-    q_ptr, kv_a_ptr, norm_w_ptr, pos_ptr, slot_ptr, cos_sin_ptr, cache_ptr, q_out_ptr,
-    stride_qt, stride_qh, stride_kvt, stride_cs, stride_slot, stride_ot, stride_oh,
-    num_heads, half, eps,
-    RANK: tl.constexpr, RANK_P: tl.constexpr, NOPE: tl.constexpr, ROPE: tl.constexpr,
-    HEADS_P: tl.constexpr, HALF_P: tl.constexpr, REST_P: tl.constexpr, INTERLEAVED: tl.constexpr,
+    q_ptr,
+    kv_a_ptr,
+    norm_w_ptr,
+    pos_ptr,
+    slot_ptr,
+    cos_sin_ptr,
+    cache_ptr,
+    q_out_ptr,
+    stride_qt,
+    stride_qh,
+    stride_kvt,
+    stride_cs,
+    stride_slot,
+    stride_ot,
+    stride_oh,
+    num_heads,
+    half,
+    eps,
+    RANK: tl.constexpr,
+    RANK_P: tl.constexpr,
+    NOPE: tl.constexpr,
+    ROPE: tl.constexpr,
+    HEADS_P: tl.constexpr,
+    HALF_P: tl.constexpr,
+    REST_P: tl.constexpr,
+    INTERLEAVED: tl.constexpr,
 ):
     token = tl.program_id(0)
     slot = tl.load(slot_ptr + token).to(tl.int64)
@@ -43,8 +64,21 @@ def _mla_rope_cache_kernel(
     tl.store(cache_row + r, (normed * w).to(c_kv.dtype).to(cache_ptr.dtype.element_ty), mask=r_valid)
     # k_pe is one shared head after c_kv in the same row, in the input and in the cache
     rotate_heads(kv_row + RANK, cache_row + RANK, cos, sin, 1, ROPE, half, 0, 0, 1, HALF_P, REST_P, INTERLEAVED)
-    rotate_heads(q_ptr + token * stride_qt + NOPE, q_out_ptr + token * stride_ot + RANK, cos, sin, num_heads, ROPE,
-                 half, stride_qh, stride_oh, HEADS_P, HALF_P, REST_P, INTERLEAVED)
+    rotate_heads(
+        q_ptr + token * stride_qt + NOPE,
+        q_out_ptr + token * stride_ot + RANK,
+        cos,
+        sin,
+        num_heads,
+        ROPE,
+        half,
+        stride_qh,
+        stride_oh,
+        HEADS_P,
+        HALF_P,
+        REST_P,
+        INTERLEAVED,
+    )
 
 
 def mla_rope_cache(
@@ -77,11 +111,31 @@ def mla_rope_cache(
     half = rotary_dim // 2
     rest = rope - rotary_dim
     _mla_rope_cache_kernel[(tokens,)](
-        q, kv_a, norm_weight, positions, slot_mapping, cos_sin_cache, flat, q_out,
-        q.stride(0), q.stride(1), kv_a.stride(0), cos_sin_cache.stride(0), flat.stride(0),
-        q_out.stride(0), q_out.stride(1), num_heads, half, eps,
-        RANK=rank, RANK_P=triton.next_power_of_2(rank), NOPE=qk_head_dim - rope, ROPE=rope,
-        HEADS_P=triton.next_power_of_2(num_heads), HALF_P=triton.next_power_of_2(half),
-        REST_P=triton.next_power_of_2(rest) if rest else 0, INTERLEAVED=interleaved,
+        q,
+        kv_a,
+        norm_weight,
+        positions,
+        slot_mapping,
+        cos_sin_cache,
+        flat,
+        q_out,
+        q.stride(0),
+        q.stride(1),
+        kv_a.stride(0),
+        cos_sin_cache.stride(0),
+        flat.stride(0),
+        q_out.stride(0),
+        q_out.stride(1),
+        num_heads,
+        half,
+        eps,
+        RANK=rank,
+        RANK_P=triton.next_power_of_2(rank),
+        NOPE=qk_head_dim - rope,
+        ROPE=rope,
+        HEADS_P=triton.next_power_of_2(num_heads),
+        HALF_P=triton.next_power_of_2(half),
+        REST_P=triton.next_power_of_2(rest) if rest else 0,
+        INTERLEAVED=interleaved,
         num_warps=4,
     )

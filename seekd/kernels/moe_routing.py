@@ -36,9 +36,22 @@ def _softplus(x):
 
 @triton.jit
 def _route_kernel(
-    logits_ptr, bias_ptr, weights_ptr, ids_ptr, num_experts, group_size, num_groups, scale, stride_lt,
-    E_P: tl.constexpr, G_P: tl.constexpr, TOP_K: tl.constexpr, TOPK_GROUP: tl.constexpr,
-    SCORING: tl.constexpr, METHOD: tl.constexpr, NORM: tl.constexpr,
+    logits_ptr,
+    bias_ptr,
+    weights_ptr,
+    ids_ptr,
+    num_experts,
+    group_size,
+    num_groups,
+    scale,
+    stride_lt,
+    E_P: tl.constexpr,
+    G_P: tl.constexpr,
+    TOP_K: tl.constexpr,
+    TOPK_GROUP: tl.constexpr,
+    SCORING: tl.constexpr,
+    METHOD: tl.constexpr,
+    NORM: tl.constexpr,
 ):
     token = tl.program_id(0)
     e = tl.arange(0, E_P)
@@ -102,8 +115,15 @@ def router_logits(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def route_topk(
-    logits: torch.Tensor, top_k: int, *, scoring_func: str, topk_method: str, n_group: int = 1,
-    topk_group: int = 1, norm_topk_prob: bool = False, routed_scaling_factor: float = 1.0,
+    logits: torch.Tensor,
+    top_k: int,
+    *,
+    scoring_func: str,
+    topk_method: str,
+    n_group: int = 1,
+    topk_group: int = 1,
+    norm_topk_prob: bool = False,
+    routed_scaling_factor: float = 1.0,
     correction_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 logits [T, E] -> (topk_weights [T, top_k] fp32, topk_ids [T, top_k] int64), the choice
@@ -117,10 +137,22 @@ def route_topk(
     if method == 2 and correction_bias is None:
         raise ValueError("noaux_tc routing needs e_score_correction_bias")
     _route_kernel[(num_tokens,)](
-        logits, correction_bias if correction_bias is not None else logits, weights, ids,
-        num_experts, num_experts // n_group, n_group, float(routed_scaling_factor), logits.stride(0),
-        E_P=triton.next_power_of_2(num_experts), G_P=triton.next_power_of_2(n_group), TOP_K=top_k,
-        TOPK_GROUP=topk_group if method else 1, SCORING=SCORING_CODES[scoring_func], METHOD=method,
-        NORM=norm_topk_prob and top_k > 1, num_warps=4 if num_experts > 64 else 2,
+        logits,
+        correction_bias if correction_bias is not None else logits,
+        weights,
+        ids,
+        num_experts,
+        num_experts // n_group,
+        n_group,
+        float(routed_scaling_factor),
+        logits.stride(0),
+        E_P=triton.next_power_of_2(num_experts),
+        G_P=triton.next_power_of_2(n_group),
+        TOP_K=top_k,
+        TOPK_GROUP=topk_group if method else 1,
+        SCORING=SCORING_CODES[scoring_func],
+        METHOD=method,
+        NORM=norm_topk_prob and top_k > 1,
+        num_warps=4 if num_experts > 64 else 2,
     )
     return weights, ids

@@ -36,17 +36,38 @@ def online_softmax_step(s, v, m_i, l_i, acc, IEEE: tl.constexpr):
 
 @triton.jit
 def _paged_attention_kernel(
-    q_ptr, kv_ptr, out_ptr, part_acc_ptr, part_ml_ptr, counters_ptr,
-    block_tables_ptr, seq_lens_ptr, query_start_ptr, qblock_seq_ptr, qblock_start_ptr,
+    q_ptr,
+    kv_ptr,
+    out_ptr,
+    part_acc_ptr,
+    part_ml_ptr,
+    counters_ptr,
+    block_tables_ptr,
+    seq_lens_ptr,
+    query_start_ptr,
+    qblock_seq_ptr,
+    qblock_start_ptr,
     sm_scale_log2,
-    stride_qt, stride_qh,
-    stride_ot, stride_oh,
-    stride_kb, stride_kt, stride_kkv, stride_kh,
+    stride_qt,
+    stride_qh,
+    stride_ot,
+    stride_oh,
+    stride_kb,
+    stride_kt,
+    stride_kkv,
+    stride_kh,
     stride_bt,
-    PAGE: tl.constexpr, GROUP: tl.constexpr, GROUP_P: tl.constexpr,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    MIN_SPLIT: tl.constexpr, IEEE: tl.constexpr,
+    PAGE: tl.constexpr,
+    GROUP: tl.constexpr,
+    GROUP_P: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_P: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    MIN_SPLIT: tl.constexpr,
+    IEEE: tl.constexpr,
 ):
     qb = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -130,8 +151,12 @@ def _paged_attention_kernel(
             for s in range(0, active_splits):
                 m_s = tl.load(part_ml_ptr + (first + s) * 2, mask=row_valid, other=float("-inf"), cache_modifier=".cg")
                 l_s = tl.load(part_ml_ptr + (first + s) * 2 + 1, mask=row_valid, other=0.0, cache_modifier=".cg")
-                acc_s = tl.load(part_acc_ptr + (first + s)[:, None] * HEAD_DIM_P + dims[None, :], mask=out_mask,
-                                other=0.0, cache_modifier=".cg")
+                acc_s = tl.load(
+                    part_acc_ptr + (first + s)[:, None] * HEAD_DIM_P + dims[None, :],
+                    mask=out_mask,
+                    other=0.0,
+                    cache_modifier=".cg",
+                )
                 m_new = tl.maximum(m_all, m_s)
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
                 old_w = tl.exp2(m_all - m_safe)
@@ -146,8 +171,15 @@ def _paged_attention_kernel(
 
 @triton.jit
 def _merge_splits_kernel(
-    part_acc_ptr, part_ml_ptr, out_ptr, stride_ot, stride_oh, num_heads,
-    HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    part_acc_ptr,
+    part_ml_ptr,
+    out_ptr,
+    stride_ot,
+    stride_oh,
+    num_heads,
+    HEAD_DIM: tl.constexpr,
+    HEAD_DIM_P: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
 ):
     token = tl.program_id(0)
     head = tl.program_id(1)
@@ -160,8 +192,9 @@ def _merge_splits_kernel(
     w = tl.where(m == float("-inf"), 0.0, tl.exp2(m - m_max))
     acc = tl.load(part_acc_ptr + part[:, None] * HEAD_DIM_P + dims[None, :])
     total = tl.sum(acc * w[:, None], axis=0) / tl.sum(denom * w, axis=0)
-    tl.store(out_ptr + token * stride_ot + head * stride_oh + dims, total.to(out_ptr.dtype.element_ty),
-             mask=dims < HEAD_DIM)
+    tl.store(
+        out_ptr + token * stride_ot + head * stride_oh + dims, total.to(out_ptr.dtype.element_ty), mask=dims < HEAD_DIM
+    )
 
 
 # Shortest key range a decode split takes: below it, one program reads the keys faster than a
@@ -226,17 +259,40 @@ def paged_attention(
         part_acc = part_ml = counters = out  # unused
     grid = (qblock_seq.numel(), num_kv_heads, num_splits)
     _paged_attention_kernel[grid](
-        q, kv_cache, out, part_acc, part_ml, counters,
-        block_tables, seq_lens, query_start_loc, qblock_seq, qblock_start,
+        q,
+        kv_cache,
+        out,
+        part_acc,
+        part_ml,
+        counters,
+        block_tables,
+        seq_lens,
+        query_start_loc,
+        qblock_seq,
+        qblock_start,
         scale * _LOG2E,
-        q.stride(0), q.stride(1),
-        out.stride(0), out.stride(1),
-        kv_cache.stride(0), kv_cache.stride(1), kv_cache.stride(2), kv_cache.stride(3),
+        q.stride(0),
+        q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        kv_cache.stride(0),
+        kv_cache.stride(1),
+        kv_cache.stride(2),
+        kv_cache.stride(3),
         block_tables.stride(0),
-        PAGE=kv_cache.shape[1], GROUP=group, GROUP_P=group_p, HEAD_DIM=head_dim, HEAD_DIM_P=head_dim_p,
-        BLOCK_Q=block_q, BLOCK_M=block_m, BLOCK_N=64 if head_dim_p <= 128 else 32, NUM_SPLITS=num_splits,
-        MIN_SPLIT=MIN_SPLIT_KEYS, IEEE=q.dtype == torch.float32,
-        num_warps=4, num_stages=2,
+        PAGE=kv_cache.shape[1],
+        GROUP=group,
+        GROUP_P=group_p,
+        HEAD_DIM=head_dim,
+        HEAD_DIM_P=head_dim_p,
+        BLOCK_Q=block_q,
+        BLOCK_M=block_m,
+        BLOCK_N=64 if head_dim_p <= 128 else 32,
+        NUM_SPLITS=num_splits,
+        MIN_SPLIT=MIN_SPLIT_KEYS,
+        IEEE=q.dtype == torch.float32,
+        num_warps=4,
+        num_stages=2,
     )
     return out
 
@@ -250,6 +306,13 @@ def merge_splits(part_acc: torch.Tensor, part_ml: torch.Tensor, out: torch.Tenso
     accumulators [T, H, splits, next_pow2(D)] and (running max, denominator) pairs [T, H, splits, 2]."""
     num_tokens, num_heads, head_dim = out.shape
     _merge_splits_kernel[(num_tokens, num_heads)](
-        part_acc, part_ml, out, out.stride(0), out.stride(1), num_heads,
-        HEAD_DIM=head_dim, HEAD_DIM_P=triton.next_power_of_2(head_dim), NUM_SPLITS=num_splits,
+        part_acc,
+        part_ml,
+        out,
+        out.stride(0),
+        out.stride(1),
+        num_heads,
+        HEAD_DIM=head_dim,
+        HEAD_DIM_P=triton.next_power_of_2(head_dim),
+        NUM_SPLITS=num_splits,
     )

@@ -9,8 +9,19 @@ import triton.language as tl
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr, res_ptr, w_ptr, out_ptr, res_out_ptr, stride_x, stride_r, stride_o, stride_ro, n_cols, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+    x_ptr,
+    res_ptr,
+    w_ptr,
+    out_ptr,
+    res_out_ptr,
+    stride_x,
+    stride_r,
+    stride_o,
+    stride_ro,
+    n_cols,
+    eps,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
@@ -39,7 +50,19 @@ def rms_norm(
     res = residual if residual is not None else x
     res_o = res_out if res_out is not None else out
     _rms_norm_kernel[(rows,)](
-        x, res, weight, out, res_o, x.stride(0), res.stride(0), out.stride(0), res_o.stride(0), cols, eps,
-        HAS_RESIDUAL=residual is not None, BLOCK=block, num_warps=min(16, max(4, block // 512)),
+        x,
+        res,
+        weight,
+        out,
+        res_o,
+        x.stride(0),
+        res.stride(0),
+        out.stride(0),
+        res_o.stride(0),
+        cols,
+        eps,
+        HAS_RESIDUAL=residual is not None,
+        BLOCK=block,
+        num_warps=min(16, max(4, block // 512)),
     )
     return out, res_out

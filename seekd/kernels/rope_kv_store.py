@@ -18,10 +18,27 @@ from seekd.kernels.rotary import position_cos_sin, rotate_heads
 
 @triton.jit
 def _rope_kv_store_kernel(
-    qkv_ptr, q_out_ptr, kv_ptr, pos_ptr, slot_ptr, cos_sin_ptr,
-    stride_qkv_t, stride_q_t, stride_q_h, stride_cs, stride_slot, stride_kv, stride_kv_h,
-    num_heads, num_kv_heads, head_dim, half,
-    HEADS_P: tl.constexpr, KV_HEADS_P: tl.constexpr, HALF_P: tl.constexpr, REST_P: tl.constexpr,
+    qkv_ptr,
+    q_out_ptr,
+    kv_ptr,
+    pos_ptr,
+    slot_ptr,
+    cos_sin_ptr,
+    stride_qkv_t,
+    stride_q_t,
+    stride_q_h,
+    stride_cs,
+    stride_slot,
+    stride_kv,
+    stride_kv_h,
+    num_heads,
+    num_kv_heads,
+    head_dim,
+    half,
+    HEADS_P: tl.constexpr,
+    KV_HEADS_P: tl.constexpr,
+    HALF_P: tl.constexpr,
+    REST_P: tl.constexpr,
     DIM_P: tl.constexpr,
 ):
     token = tl.program_id(0)
@@ -31,11 +48,24 @@ def _rope_kv_store_kernel(
     row = qkv_ptr + token * stride_qkv_t
     k_row = row + num_heads * head_dim
     v_row = k_row + num_kv_heads * head_dim
-    rotate_heads(row, q_out_ptr + token * stride_q_t, cos, sin, num_heads, head_dim, half, head_dim,
-                  stride_q_h, HEADS_P, HALF_P, REST_P)
+    rotate_heads(
+        row,
+        q_out_ptr + token * stride_q_t,
+        cos,
+        sin,
+        num_heads,
+        head_dim,
+        half,
+        head_dim,
+        stride_q_h,
+        HEADS_P,
+        HALF_P,
+        REST_P,
+    )
     cache = kv_ptr + slot * stride_slot
-    rotate_heads(k_row, cache, cos, sin, num_kv_heads, head_dim, half, head_dim, stride_kv_h,
-                  KV_HEADS_P, HALF_P, REST_P)
+    rotate_heads(
+        k_row, cache, cos, sin, num_kv_heads, head_dim, half, head_dim, stride_kv_h, KV_HEADS_P, HALF_P, REST_P
+    )
     heads = tl.arange(0, KV_HEADS_P)
     d = tl.arange(0, DIM_P)
     m = (heads < num_kv_heads)[:, None] & (d < head_dim)[None, :]
@@ -66,11 +96,27 @@ def rope_and_store_kv(
     half = rotary_dim // 2
     rest = head_dim - rotary_dim
     _rope_kv_store_kernel[(tokens,)](
-        qkv, q, flat, positions, slot_mapping, cos_sin_cache,
-        qkv.stride(0), q.stride(0), q.stride(1), cos_sin_cache.stride(0), flat.stride(0), flat.stride(1),
-        flat.stride(2), num_heads, num_kv_heads, head_dim, half,
-        HEADS_P=triton.next_power_of_2(num_heads), KV_HEADS_P=triton.next_power_of_2(num_kv_heads),
-        HALF_P=triton.next_power_of_2(half), REST_P=triton.next_power_of_2(rest) if rest else 0,
+        qkv,
+        q,
+        flat,
+        positions,
+        slot_mapping,
+        cos_sin_cache,
+        qkv.stride(0),
+        q.stride(0),
+        q.stride(1),
+        cos_sin_cache.stride(0),
+        flat.stride(0),
+        flat.stride(1),
+        flat.stride(2),
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        half,
+        HEADS_P=triton.next_power_of_2(num_heads),
+        KV_HEADS_P=triton.next_power_of_2(num_kv_heads),
+        HALF_P=triton.next_power_of_2(half),
+        REST_P=triton.next_power_of_2(rest) if rest else 0,
         DIM_P=triton.next_power_of_2(head_dim),
     )
     return q

@@ -9,8 +9,19 @@ import triton.language as tl
 
 @triton.jit
 def rotate_heads(
-    src, dst, cos, sin, num_heads, head_dim, half, stride_src_h, stride_dst_h,
-    HEADS_P: tl.constexpr, HALF_P: tl.constexpr, REST_P: tl.constexpr, INTERLEAVED: tl.constexpr = False,
+    src,
+    dst,
+    cos,
+    sin,
+    num_heads,
+    head_dim,
+    half,
+    stride_src_h,
+    stride_dst_h,
+    HEADS_P: tl.constexpr,
+    HALF_P: tl.constexpr,
+    REST_P: tl.constexpr,
+    INTERLEAVED: tl.constexpr = False,
 ):
     """Rotate the first 2 * half features of `num_heads` heads from src into dst (neox halves, in
     fp32, rounded once); copy the features past them. INTERLEAVED reads GPT-J pairs and writes the
@@ -47,14 +58,38 @@ def position_cos_sin(pos_ptr, cos_sin_ptr, token, stride_cs, half, HALF_P: tl.co
 
 @triton.jit
 def _rotary_kernel(
-    x_ptr, out_ptr, pos_ptr, cos_sin_ptr, stride_xt, stride_xh, stride_ot, stride_oh, stride_cs,
-    num_heads, head_dim, half,
-    HEADS_P: tl.constexpr, HALF_P: tl.constexpr, REST_P: tl.constexpr,
+    x_ptr,
+    out_ptr,
+    pos_ptr,
+    cos_sin_ptr,
+    stride_xt,
+    stride_xh,
+    stride_ot,
+    stride_oh,
+    stride_cs,
+    num_heads,
+    head_dim,
+    half,
+    HEADS_P: tl.constexpr,
+    HALF_P: tl.constexpr,
+    REST_P: tl.constexpr,
 ):
     token = tl.program_id(0)
     cos, sin = position_cos_sin(pos_ptr, cos_sin_ptr, token, stride_cs, half, HALF_P)
-    rotate_heads(x_ptr + token * stride_xt, out_ptr + token * stride_ot, cos, sin, num_heads, head_dim, half,
-                 stride_xh, stride_oh, HEADS_P, HALF_P, REST_P)
+    rotate_heads(
+        x_ptr + token * stride_xt,
+        out_ptr + token * stride_ot,
+        cos,
+        sin,
+        num_heads,
+        head_dim,
+        half,
+        stride_xh,
+        stride_oh,
+        HEADS_P,
+        HALF_P,
+        REST_P,
+    )
 
 
 def rotary(x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor, rotary_dim: int) -> torch.Tensor:
@@ -64,9 +99,20 @@ def rotary(x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
     half = rotary_dim // 2
     rest = head_dim - rotary_dim
     _rotary_kernel[(tokens,)](
-        x, out, positions, cos_sin_cache, x.stride(0), x.stride(1), out.stride(0), out.stride(1),
-        cos_sin_cache.stride(0), heads, head_dim, half,
-        HEADS_P=triton.next_power_of_2(heads), HALF_P=triton.next_power_of_2(half),
+        x,
+        out,
+        positions,
+        cos_sin_cache,
+        x.stride(0),
+        x.stride(1),
+        out.stride(0),
+        out.stride(1),
+        cos_sin_cache.stride(0),
+        heads,
+        head_dim,
+        half,
+        HEADS_P=triton.next_power_of_2(heads),
+        HALF_P=triton.next_power_of_2(half),
         REST_P=triton.next_power_of_2(rest) if rest else 0,
     )
     return out

@@ -95,8 +95,17 @@ class Attention(nn.Module):
             from seekd.kernels.rope_kv_store import rope_and_store_kv
 
             assert self.kv_cache is not None, "KV cache is not bound; the ModelRunner binds it"
-            q = rope_and_store_kv(qkv, positions, rope.cos_sin_cache, rope.rotary_dim, self.kv_cache,
-                                  ctx.attn.slot_mapping, self.num_heads, self.num_kv_heads, self.head_dim)
+            q = rope_and_store_kv(
+                qkv,
+                positions,
+                rope.cos_sin_cache,
+                rope.rotary_dim,
+                self.kv_cache,
+                ctx.attn.slot_mapping,
+                self.num_heads,
+                self.num_kv_heads,
+                self.head_dim,
+            )
             return self.backend.attend(self, q, ctx.attn).reshape(-1, q_size)
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
         q, k = rope(positions, q.view(-1, self.num_heads, self.head_dim), k.view(-1, self.num_kv_heads, self.head_dim))
@@ -193,8 +202,17 @@ class TritonAttentionBackend:
         if data.varlen:
             return varlen_prefill(layer, q, meta)
         return paged_attention(
-            q.contiguous(), layer.kv_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc,
-            data.qblock_seq, data.qblock_start, layer.scale, data.block_q, data.num_splits, counters=data.counters,
+            q.contiguous(),
+            layer.kv_cache,
+            meta.block_tables,
+            meta.seq_lens,
+            meta.query_start_loc,
+            data.qblock_seq,
+            data.qblock_start,
+            layer.scale,
+            data.block_q,
+            data.num_splits,
+            counters=data.counters,
         )
 
 
@@ -249,7 +267,9 @@ def make_backend(name: str, device: str, num_kv_heads: int, prefill: str = "auto
         return TorchAttentionBackend()
     if name == "triton":
         if not device.startswith("cuda") and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("the triton attention backend needs a CUDA device "
-                             "(or TRITON_INTERPRET=1, Triton's slow CPU interpreter, to debug kernels)")
+            raise ValueError(
+                "the triton attention backend needs a CUDA device "
+                "(or TRITON_INTERPRET=1, Triton's slow CPU interpreter, to debug kernels)"
+            )
         return TritonAttentionBackend(num_kv_heads, prefill)
     raise ValueError(f"attention backend must be auto, torch or triton, not {name!r}")

@@ -138,7 +138,10 @@ class MLAAttention(nn.Module):
         return rows[:, : self.latent_width].to(dtype)
 
     def _naive(
-        self, q_nope: torch.Tensor, q_pe: torch.Tensor, meta: AttentionMetadata,
+        self,
+        q_nope: torch.Tensor,
+        q_pe: torch.Tensor,
+        meta: AttentionMetadata,
         masks: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Reference: per-head K = [W_UK c_kv | k_pe], V = W_UV c_kv, standard attention. -> [T, H, v].
@@ -152,8 +155,9 @@ class MLAAttention(nn.Module):
             kv = self.kv_b_proj(kv_c).view(seq_len, self.num_heads, self.qk_nope_head_dim + self.v_head_dim)
             k_nope, v = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
             k = torch.cat([k_nope, k_pe.unsqueeze(1).expand(-1, self.num_heads, -1)], dim=-1)
-            out[start : start + q_len] = self._attend(q[start : start + q_len], k, v,
-                                                      None if masks is None else masks[i])
+            out[start : start + q_len] = self._attend(
+                q[start : start + q_len], k, v, None if masks is None else masks[i]
+            )
             start += q_len
         return out
 
@@ -172,9 +176,12 @@ class MLAAttention(nn.Module):
             v = F.pad(v, (0, q.size(-1) - v_dim))
         with sdpa_kernel(_SDPA_BACKENDS):
             o = F.scaled_dot_product_attention(
-                q.transpose(0, 1).unsqueeze(0), k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0),
+                q.transpose(0, 1).unsqueeze(0),
+                k.transpose(0, 1).unsqueeze(0),
+                v.transpose(0, 1).unsqueeze(0),
                 attn_mask=None if causal else causal_mask(q_len, seq_len, q.device) if mask is None else mask,
-                is_causal=causal, scale=self.scale,
+                is_causal=causal,
+                scale=self.scale,
             )
         return o[0].transpose(0, 1)[..., :v_dim]
 
@@ -204,12 +211,24 @@ class MLAAttention(nn.Module):
         q, _ = self.project_q(x)
         q_abs = q.new_empty(q.size(0), self.num_heads, self.latent_width)
         rope = self.rotary_emb
-        mla_rope_cache(q, self.kv_a_proj_with_mqa(x), self.kv_a_layernorm.weight, self.kv_a_layernorm.eps, positions,
-                       rope.cos_sin_cache, rope.rotary_dim, rope.interleaved, self.kv_cache, meta.slot_mapping, q_abs)
+        mla_rope_cache(
+            q,
+            self.kv_a_proj_with_mqa(x),
+            self.kv_a_layernorm.weight,
+            self.kv_a_layernorm.eps,
+            positions,
+            rope.cos_sin_cache,
+            rope.rotary_dim,
+            rope.interleaved,
+            self.kv_cache,
+            meta.slot_mapping,
+            q_abs,
+        )
         w_uv = self._absorb_nope(q[..., : self.qk_nope_head_dim], q_abs)
         splits = mla_decode_splits(meta.num_seqs, self.num_heads, meta.max_seq_len)
-        out_latent = mla_decode(q_abs, self.kv_cache, meta.block_tables, meta.seq_lens, self.kv_lora_rank,
-                                self.scale, splits)
+        out_latent = mla_decode(
+            q_abs, self.kv_cache, meta.block_tables, meta.seq_lens, self.kv_lora_rank, self.scale, splits
+        )
         out = out_latent.new_empty(out_latent.size(0), self.num_heads, self.v_head_dim)
         # written through the head-major view, so o_proj's reshape needs no copy at batch > 1
         torch.bmm(out_latent.transpose(0, 1), w_uv.transpose(1, 2), out=out.transpose(0, 1))
@@ -224,8 +243,11 @@ class MLAAttention(nn.Module):
         for i, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
             latent = self._latent_context(meta, i, q.dtype).unsqueeze(0).expand(self.num_heads, -1, -1)
             o = F.scaled_dot_product_attention(
-                q[start : start + q_len].transpose(0, 1), latent, latent[..., : self.kv_lora_rank],
-                attn_mask=causal_mask(q_len, seq_len, q.device), scale=self.scale,
+                q[start : start + q_len].transpose(0, 1),
+                latent,
+                latent[..., : self.kv_lora_rank],
+                attn_mask=causal_mask(q_len, seq_len, q.device),
+                scale=self.scale,
             )
             out_latent[start : start + q_len] = o.transpose(0, 1)
             start += q_len

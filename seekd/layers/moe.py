@@ -60,8 +60,9 @@ class TopKRouter(nn.Module):
         self.routed_scaling_factor = routed_scaling_factor
         self.weight = nn.Parameter(torch.empty(num_experts, hidden_size, dtype=torch.float32), requires_grad=False)
         if topk_method == "noaux_tc":
-            self.e_score_correction_bias = nn.Parameter(torch.empty(num_experts, dtype=torch.float32),
-                                                        requires_grad=False)
+            self.e_score_correction_bias = nn.Parameter(
+                torch.empty(num_experts, dtype=torch.float32), requires_grad=False
+            )
         self.use_kernel = False  # the ModelRunner turns on the one-launch Triton routing on GPUs
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,9 +72,14 @@ class TopKRouter(nn.Module):
             from seekd.kernels.moe_routing import route_topk, router_logits
 
             return route_topk(
-                router_logits(x, self.weight), self.top_k, scoring_func=self.scoring_func,
-                topk_method=self.topk_method, n_group=self.n_group, topk_group=self.topk_group,
-                norm_topk_prob=self.norm_topk_prob, routed_scaling_factor=self.routed_scaling_factor,
+                router_logits(x, self.weight),
+                self.top_k,
+                scoring_func=self.scoring_func,
+                topk_method=self.topk_method,
+                n_group=self.n_group,
+                topk_group=self.topk_group,
+                norm_topk_prob=self.norm_topk_prob,
+                routed_scaling_factor=self.routed_scaling_factor,
                 correction_bias=getattr(self, "e_score_correction_bias", None),
             )
         scores = expert_scores(F.linear(x.float(), self.weight.float()), self.scoring_func)
@@ -112,8 +118,14 @@ class HashRouter(nn.Module):
     gate only weights them (normalised, scaled). Needs the token ids, so it is called with them."""
 
     def __init__(
-        self, hidden_size: int, num_experts: int, top_k: int, vocab_size: int, *,
-        scoring_func: str = "sqrtsoftplus", routed_scaling_factor: float = 1.0,
+        self,
+        hidden_size: int,
+        num_experts: int,
+        top_k: int,
+        vocab_size: int,
+        *,
+        scoring_func: str = "sqrtsoftplus",
+        routed_scaling_factor: float = 1.0,
     ) -> None:
         super().__init__()
         if scoring_func not in SCORING_FUNCS:
@@ -160,14 +172,17 @@ class RoutedExperts(nn.Module):
         super().__init__()
         self.tp_rank, self.tp_size = tp_rank(), tp_size()
         if intermediate_size % self.tp_size:
-            raise ValueError(f"moe_intermediate_size={intermediate_size} is not divisible by "
-                             f"tensor-parallel size {self.tp_size}")
+            raise ValueError(
+                f"moe_intermediate_size={intermediate_size} is not divisible by tensor-parallel size {self.tp_size}"
+            )
         self.intermediate_size = intermediate_size // self.tp_size
         self.swiglu_limit = swiglu_limit
-        self.w13_weight = nn.Parameter(torch.empty(num_experts, 2 * self.intermediate_size, hidden_size),
-                                       requires_grad=False)
-        self.w2_weight = nn.Parameter(torch.empty(num_experts, hidden_size, self.intermediate_size),
-                                      requires_grad=False)
+        self.w13_weight = nn.Parameter(
+            torch.empty(num_experts, 2 * self.intermediate_size, hidden_size), requires_grad=False
+        )
+        self.w2_weight = nn.Parameter(
+            torch.empty(num_experts, hidden_size, self.intermediate_size), requires_grad=False
+        )
         self.w13_weight.weight_loader = self.weight_loader
         self.w2_weight.weight_loader = self.weight_loader
         self.use_kernel = False  # the ModelRunner turns on the fused Triton kernel on GPUs

@@ -123,17 +123,17 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos_sin_cache", cos_sin, persistent=False)
         self.use_kernel = False  # the ModelRunner turns on the fused Triton kernel on GPUs
 
-    def forward(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [T, heads, head_dim], k: [T, kv_heads, head_dim]."""
         if self.interleaved:
             q, k = deinterleave(q, self.rotary_dim), deinterleave(k, self.rotary_dim)
         if self.use_kernel:
             from seekd.kernels.rotary import rotary
 
-            return (rotary(q, positions, self.cos_sin_cache, self.rotary_dim),
-                    rotary(k, positions, self.cos_sin_cache, self.rotary_dim))
+            return (
+                rotary(q, positions, self.cos_sin_cache, self.rotary_dim),
+                rotary(k, positions, self.cos_sin_cache, self.rotary_dim),
+            )
         cos, sin = self.cos_sin_cache[positions].chunk(2, dim=-1)
         return apply_rotary(q, cos, sin, self.rotary_dim), apply_rotary(k, cos, sin, self.rotary_dim)
 

@@ -53,9 +53,18 @@ class V4Attention(nn.Module):
     graph_safe = False  # attends sequence by sequence on host-side lengths
 
     def __init__(
-        self, hidden_size: int, num_heads: int, head_dim: int, q_lora_rank: int, o_groups: int, o_lora_rank: int,
-        sliding_window: int, norm_eps: float, rotary_emb: RotaryEmbedding,
-        compressor: Compressor | None = None, indexer: CompressedIndexer | None = None,
+        self,
+        hidden_size: int,
+        num_heads: int,
+        head_dim: int,
+        q_lora_rank: int,
+        o_groups: int,
+        o_lora_rank: int,
+        sliding_window: int,
+        norm_eps: float,
+        rotary_emb: RotaryEmbedding,
+        compressor: Compressor | None = None,
+        indexer: CompressedIndexer | None = None,
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
@@ -111,15 +120,21 @@ class V4Attention(nn.Module):
         start = 0
         for i, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
             span = slice(start, start + q_len)
-            keys, mask = self._context(meta, i, q_len, seq_len, q.dtype,
-                                       None if index_q is None else (index_q[span], index_w[span]))
+            keys, mask = self._context(
+                meta, i, q_len, seq_len, q.dtype, None if index_q is None else (index_q[span], index_w[span])
+            )
             out[span] = self._attend(q[span], keys, mask)
             start += q_len
         out = apply_interleaved_rotary_tail(out, cos, -sin)
         return self.wo_b(self.wo_a(out.view(out.size(0), self.wo_a.groups, -1)))
 
     def _context(
-        self, meta: AttentionMetadata, i: int, q_len: int, seq_len: int, dtype: torch.dtype,
+        self,
+        meta: AttentionMetadata,
+        i: int,
+        q_len: int,
+        seq_len: int,
+        dtype: torch.dtype,
         index_inputs: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys of sequence i's queries ([K, head_dim]: window tokens, then compressed entries) and
@@ -150,8 +165,9 @@ class V4Attention(nn.Module):
         if end > first:
             state_group = meta.groups[self._kinds["state"]]
             lo = min(c.first_state_token(first) for c in self._compressors)
-            states = read_entries(self.kv_caches["state"], state_group.block_tables[i],
-                                  state_group.entries_per_block, lo, end * m)
+            states = read_entries(
+                self.kv_caches["state"], state_group.block_tables[i], state_group.entries_per_block, lo, end * m
+            )
             new, col = [], 0
             for c in self._compressors:
                 part = states[c.first_state_token(first) - lo :, col : col + c.state_width]

@@ -29,7 +29,12 @@ class Compressor(nn.Module):
     """Names as in the DeepSeek checkpoints: wkv, wgate, ape, norm."""
 
     def __init__(
-        self, hidden_size: int, head_dim: int, compress_rate: int, overlap: bool, norm_eps: float,
+        self,
+        hidden_size: int,
+        head_dim: int,
+        compress_rate: int,
+        overlap: bool,
+        norm_eps: float,
         rotary_emb: RotaryEmbedding,
     ) -> None:
         super().__init__()
@@ -104,9 +109,7 @@ class CompressedIndexer(nn.Module):
     def head_weights(self, x: torch.Tensor) -> torch.Tensor:
         return self.weights_proj(x).float() * self.n_heads**-0.5
 
-    def select(
-        self, q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor
-    ) -> torch.Tensor:
+    def select(self, q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """q [Q, H, c], weights [Q, H], keys [n, c], visible [Q, n] bool -> [Q, n] bool: the chosen entries."""
         scores = F.relu(torch.einsum("qhc,nc->qhn", q.float(), keys.float())) * self.head_dim**-0.5
         scores = (scores * weights.unsqueeze(-1)).sum(dim=1).masked_fill(~visible, float("-inf"))

@@ -27,8 +27,13 @@ from seekd.models.weights import load_named_weights
 def build_rope(config: HFConfig) -> RotaryEmbedding:
     """One table for all layers: at V3's 163,840 positions a per-layer copy would cost 2.5 GB."""
     rope_dim = config.qk_rope_head_dim
-    return get_rope(rope_dim, rope_dim, config.max_position_embeddings, config,
-                    interleaved=bool(config.get("rope_interleave", True)))
+    return get_rope(
+        rope_dim,
+        rope_dim,
+        config.max_position_embeddings,
+        config,
+        interleaved=bool(config.get("rope_interleave", True)),
+    )
 
 
 def mla_arguments(config: HFConfig, rotary: RotaryEmbedding) -> dict[str, Any]:
@@ -78,7 +83,12 @@ AttentionBuilder = Callable[[HFConfig, RotaryEmbedding], MLAAttention]
 
 class DeepseekV2DecoderLayer(nn.Module):
     def __init__(
-        self, config: HFConfig, layer_idx: int, rotary: RotaryEmbedding, scoring_func: str, topk_method: str,
+        self,
+        config: HFConfig,
+        layer_idx: int,
+        rotary: RotaryEmbedding,
+        scoring_func: str,
+        topk_method: str,
         build_attention: AttentionBuilder = build_mla,
     ) -> None:
         super().__init__()

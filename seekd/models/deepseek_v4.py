@@ -68,7 +68,7 @@ def rope_dim(config: HFConfig) -> int:
 
 
 def build_ropes(config: HFConfig) -> dict[str, RotaryEmbedding]:
-    """"main" (plain rope, sliding layers) and "compress" (compress_rope_theta, YaRN when configured;
+    """ "main" (plain rope, sliding layers) and "compress" (compress_rope_theta, YaRN when configured;
     CSA/HCA layers, their compressors and indexer). One table each, shared by all layers."""
     params = config.get("rope_parameters") or {}
     if not isinstance(params.get("main"), dict):
@@ -95,11 +95,21 @@ def build_attention(config: HFConfig, kind: str, ropes: dict[str, RotaryEmbeddin
         compressor = Compressor(hidden, config.head_dim, rate, kind == CSA, eps, rotary)
     if kind == CSA:
         index_compressor = Compressor(hidden, config.index_head_dim, rate, True, eps, rotary)
-        indexer = CompressedIndexer(hidden, config.q_lora_rank, config.index_n_heads, config.index_head_dim,
-                                    config.index_topk, index_compressor)
+        indexer = CompressedIndexer(
+            hidden, config.q_lora_rank, config.index_n_heads, config.index_head_dim, config.index_topk, index_compressor
+        )
     return V4Attention(
-        hidden, config.num_attention_heads, config.head_dim, config.q_lora_rank, config.o_groups,
-        config.o_lora_rank, config.sliding_window, eps, rotary, compressor, indexer,
+        hidden,
+        config.num_attention_heads,
+        config.head_dim,
+        config.q_lora_rank,
+        config.o_groups,
+        config.o_lora_rank,
+        config.sliding_window,
+        eps,
+        rotary,
+        compressor,
+        indexer,
     )
 
 
@@ -126,11 +136,19 @@ class V4MoE(nn.Module):
         limit = config.get("swiglu_limit")
         self.hashed = hashed
         if hashed:
-            self.gate = HashRouter(hidden, n_experts, top_k, config.vocab_size, scoring_func=scoring,
-                                   routed_scaling_factor=scaling)
+            self.gate = HashRouter(
+                hidden, n_experts, top_k, config.vocab_size, scoring_func=scoring, routed_scaling_factor=scaling
+            )
         else:  # bias-corrected choice over all experts (one group), weights from the unbiased scores
-            self.gate = TopKRouter(hidden, n_experts, top_k, scoring_func=scoring, topk_method="noaux_tc",
-                                   norm_topk_prob=True, routed_scaling_factor=scaling)
+            self.gate = TopKRouter(
+                hidden,
+                n_experts,
+                top_k,
+                scoring_func=scoring,
+                topk_method="noaux_tc",
+                norm_topk_prob=True,
+                routed_scaling_factor=scaling,
+            )
         self.experts = RoutedExperts(n_experts, hidden, config.moe_intermediate_size, limit)
         n_shared = int(config.get("n_shared_experts", 1))
         self.shared_experts = ClippedSwiGLUMLP(hidden, config.moe_intermediate_size * n_shared, limit)
@@ -144,8 +162,13 @@ class DeepseekV4DecoderLayer(nn.Module):
     def __init__(self, config: HFConfig, attn_kind: str, mlp_kind: str, ropes: dict[str, RotaryEmbedding]) -> None:
         super().__init__()
         hidden, eps = config.hidden_size, config.rms_norm_eps
-        hc = (hidden, int(config.get("hc_mult", 4)), int(config.get("hc_sinkhorn_iters", 20)),
-              float(config.get("hc_eps", 1e-6)), eps)
+        hc = (
+            hidden,
+            int(config.get("hc_mult", 4)),
+            int(config.get("hc_sinkhorn_iters", 20)),
+            float(config.get("hc_eps", 1e-6)),
+            eps,
+        )
         self.attn = build_attention(config, attn_kind, ropes)
         self.ffn = V4MoE(config, mlp_kind == "hash_moe")
         self.attn_norm = RMSNorm(hidden, eps)
@@ -172,9 +195,7 @@ class DeepseekV4ForCausalLM(nn.Module):
         hidden, eps = config.hidden_size, config.rms_norm_eps
         self.hc_mult = int(config.get("hc_mult", 4))
         self.embed = VocabParallelEmbedding(config.vocab_size, hidden)
-        self.layers = nn.ModuleList(
-            DeepseekV4DecoderLayer(config, a, m, ropes) for a, m in zip(attn_kinds, mlp_kinds)
-        )
+        self.layers = nn.ModuleList(DeepseekV4DecoderLayer(config, a, m, ropes) for a, m in zip(attn_kinds, mlp_kinds))
         self.hc_head = HyperHead(hidden, self.hc_mult, float(config.get("hc_eps", 1e-6)), eps)
         self.norm = RMSNorm(hidden, eps)
         self.head = ParallelLMHead(config.vocab_size, hidden)

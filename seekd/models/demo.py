@@ -61,8 +61,15 @@ def demo_hf_config(vocab_size: int = V4_VOCAB_SIZE) -> dict[str, Any]:
         "compress_rope_theta": 160000.0,
         "rope_parameters": {
             "main": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
-            "compress": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048,
-                         "beta_fast": 32, "beta_slow": 1, "rope_theta": 160000.0, "partial_rotary_factor": 0.25},
+            "compress": {
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "original_max_position_embeddings": 2048,
+                "beta_fast": 32,
+                "beta_slow": 1,
+                "rope_theta": 160000.0,
+                "partial_rotary_factor": 0.25,
+            },
         },
         "rms_norm_eps": 1e-6,
         "tie_word_embeddings": False,

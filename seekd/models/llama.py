@@ -30,7 +30,11 @@ class LlamaAttention(nn.Module):
         self.attn = Attention(self.qkv_proj.num_heads, head_dim, head_dim**-0.5, self.qkv_proj.num_kv_heads)
 
     def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm,
+        self,
+        positions: torch.Tensor,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        norm: RMSNorm,
         ctx: ForwardContext,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attention over norm(x + residual), and the new residual: the norm goes through the qkv

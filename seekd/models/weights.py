@@ -54,14 +54,17 @@ def _packed_target(name: str, packed_modules_mapping: dict[str, tuple[str, objec
     return name, None
 
 
-def dequantize_block_fp8(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int],
-                         dtype: torch.dtype) -> torch.Tensor:
+def dequantize_block_fp8(
+    weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int], dtype: torch.dtype
+) -> torch.Tensor:
     """weight [out, in] in float8 times its per-block scale_inv [ceil(out/bo), ceil(in/bi)]."""
     rows, cols = weight.shape
     expected = (-(-rows // block[0]), -(-cols // block[1]))
     if tuple(scale_inv.shape) != expected:
-        raise ValueError(f"block scales of shape {tuple(scale_inv.shape)} for a {rows}x{cols} weight with "
-                         f"{block[0]}x{block[1]} blocks; expected {expected}")
+        raise ValueError(
+            f"block scales of shape {tuple(scale_inv.shape)} for a {rows}x{cols} weight with "
+            f"{block[0]}x{block[1]} blocks; expected {expected}"
+        )
     scale = scale_inv.float().repeat_interleave(block[0], 0)[:rows].repeat_interleave(block[1], 1)[:, :cols]
     return (weight.float() * scale).to(dtype)
 
@@ -79,8 +82,10 @@ def dequantize_fp4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
     codes = packed.view(torch.uint8)
     rows, cols = codes.shape[0], codes.shape[1] * 2
     if tuple(scale.shape) != (rows, cols // FP4_BLOCK):
-        raise ValueError(f"FP4 scales of shape {tuple(scale.shape)} for a {rows}x{cols} weight; "
-                         f"expected {(rows, cols // FP4_BLOCK)} (one per {FP4_BLOCK} values of a row)")
+        raise ValueError(
+            f"FP4 scales of shape {tuple(scale.shape)} for a {rows}x{cols} weight; "
+            f"expected {(rows, cols // FP4_BLOCK)} (one per {FP4_BLOCK} values of a row)"
+        )
     table = torch.tensor(FP4_E2M1_VALUES, dtype=torch.float32, device=packed.device)
     values = table[torch.stack((codes & 0x0F, codes >> 4), dim=-1).flatten(-2).long()]
     return (values * scale.float().repeat_interleave(FP4_BLOCK, dim=1)).to(dtype)
@@ -96,8 +101,11 @@ def _scale_target(name: str, v4_layout: bool) -> str | None:
 
 
 def dequantize_fp8_blocks(
-    weights: Iterable[tuple[str, torch.Tensor]], block: tuple[int, int], dtype: torch.dtype,
-    fp4_experts: bool = False, v4_layout: bool = False,
+    weights: Iterable[tuple[str, torch.Tensor]],
+    block: tuple[int, int],
+    dtype: torch.dtype,
+    fp4_experts: bool = False,
+    v4_layout: bool = False,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Pair each quantized `X.weight` with its scale (in either order, possibly in different shards)
     and yield the dequantised `X.weight`; other tensors pass through. float8 weights are block FP8;

@@ -69,25 +69,28 @@ def request_id_of(headers: Headers) -> str:
     return given if _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
-def access_fields(request_id: str, method: str, path: str, status: int | None, started: float,
-                  gen: Generation | None) -> dict[str, Any]:
+def access_fields(
+    request_id: str, method: str, path: str, status: int | None, started: float, gen: Generation | None
+) -> dict[str, Any]:
     fields: dict[str, Any] = {"request_id": request_id, "method": method, "path": path, "status": status}
     if gen is None:
         fields["e2e_ms"] = round((time.monotonic() - started) * 1000.0, 3)
         return fields
     t = gen.tracker
-    fields.update({
-        "id": gen.request_id,
-        "tenant": gen.policy.tenant,
-        "model": gen.ctx.served_model_name,
-        "prompt_tokens": gen.prompt_tokens,
-        "output_tokens": gen.completion_tokens,
-        "cached_tokens": gen.cached_tokens,
-        "queue_ms": t.ms(t.arrival, t.scheduled),
-        "ttft_ms": t.ms(t.arrival, t.first_token),
-        "e2e_ms": t.ms(t.arrival, t.finished or time.monotonic()),
-        "finish_reason": ",".join(str(c.finish_reason) for c in gen.choices),
-    })
+    fields.update(
+        {
+            "id": gen.request_id,
+            "tenant": gen.policy.tenant,
+            "model": gen.ctx.served_model_name,
+            "prompt_tokens": gen.prompt_tokens,
+            "output_tokens": gen.completion_tokens,
+            "cached_tokens": gen.cached_tokens,
+            "queue_ms": t.ms(t.arrival, t.scheduled),
+            "ttft_ms": t.ms(t.arrival, t.first_token),
+            "e2e_ms": t.ms(t.arrival, t.finished or time.monotonic()),
+            "finish_reason": ",".join(str(c.finish_reason) for c in gen.choices),
+        }
+    )
     return fields
 
 

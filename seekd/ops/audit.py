@@ -52,8 +52,10 @@ def parse_key(text: str) -> bytes:
     except (ValueError, binascii.Error):
         key = b""
     if len(key) != KEY_BYTES:
-        raise ValueError("the audit encryption key must be 32 bytes, written as 64 hex characters or base64 "
-                         "(make one with: python -c 'import secrets; print(secrets.token_hex(32))')")
+        raise ValueError(
+            "the audit encryption key must be 32 bytes, written as 64 hex characters or base64 "
+            "(make one with: python -c 'import secrets; print(secrets.token_hex(32))')"
+        )
     return key
 
 
@@ -79,13 +81,17 @@ class ContentCipher:
     def seal(self, content: dict[str, Any], associated: str) -> dict[str, str]:
         nonce = secrets.token_bytes(NONCE_BYTES)
         sealed = self._aead.encrypt(nonce, _canonical(content), associated.encode())
-        return {"alg": "AES-256-GCM", "nonce": base64.b64encode(nonce).decode(),
-                "ciphertext": base64.b64encode(sealed).decode()}
+        return {
+            "alg": "AES-256-GCM",
+            "nonce": base64.b64encode(nonce).decode(),
+            "ciphertext": base64.b64encode(sealed).decode(),
+        }
 
     def open(self, sealed: dict[str, str], associated: str) -> dict[str, Any]:
         """Raises cryptography's InvalidTag if the key is wrong or the blob was altered."""
-        plain = self._aead.decrypt(base64.b64decode(sealed["nonce"]), base64.b64decode(sealed["ciphertext"]),
-                                   associated.encode())
+        plain = self._aead.decrypt(
+            base64.b64decode(sealed["nonce"]), base64.b64decode(sealed["ciphertext"]), associated.encode()
+        )
         return json.loads(plain)
 
 
@@ -125,7 +131,7 @@ def _last_line(f: Any) -> bytes | None:
         buf = f.read(step) + buf
         cut = buf.rstrip(b"\n").rfind(b"\n")
         if cut >= 0:
-            return buf[cut + 1:].rstrip(b"\n")
+            return buf[cut + 1 :].rstrip(b"\n")
     return buf.rstrip(b"\n") or None
 
 
@@ -173,13 +179,21 @@ def verify(path: Path, anchor: str | None = None) -> VerifyResult:
                 return VerifyResult(count, prev, number, f"{where}: its content does not match its hash (edited)")
             if record.get("prev") != prev or record.get("seq") != expected_seq:
                 return VerifyResult(
-                    count, prev, number,
+                    count,
+                    prev,
+                    number,
                     f"{where}: expected seq={expected_seq} chained to {prev[:16]}…, found prev "
-                    f"{str(record.get('prev'))[:16]}… (a record before it was deleted, inserted or moved)")
+                    f"{str(record.get('prev'))[:16]}… (a record before it was deleted, inserted or moved)",
+                )
             prev, expected_seq = record["hash"], expected_seq + 1
             anchor_seen = anchor_seen or prev == anchor
             count += 1
     if not anchor_seen:
-        return VerifyResult(count, prev, count + 1, f"the earlier head hash {str(anchor)[:16]}… is not in this chain: "
-                            "records were cut off the end or the whole log was rewritten")
+        return VerifyResult(
+            count,
+            prev,
+            count + 1,
+            f"the earlier head hash {str(anchor)[:16]}… is not in this chain: "
+            "records were cut off the end or the whole log was rewritten",
+        )
     return VerifyResult(count, prev)

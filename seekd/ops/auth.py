@@ -129,8 +129,9 @@ def _forbidden(message: str) -> APIError:
 
 
 def _unauthorized(message: str, code: str) -> APIError:
-    return APIError(HTTPStatus.UNAUTHORIZED, message, type="authentication_error", code=code,
-                    headers={"WWW-Authenticate": "Bearer"})
+    return APIError(
+        HTTPStatus.UNAUTHORIZED, message, type="authentication_error", code=code, headers={"WWW-Authenticate": "Bearer"}
+    )
 
 
 class AuthMiddleware:
@@ -164,12 +165,12 @@ class AuthMiddleware:
             return ANONYMOUS, None
         token = bearer_token(Headers(scope=scope))
         if token is None:
-            return None, _unauthorized("missing API key: send the header 'Authorization: Bearer sk-seekd-...'",
-                                       "missing_api_key")
+            return None, _unauthorized(
+                "missing API key: send the header 'Authorization: Bearer sk-seekd-...'", "missing_api_key"
+            )
         key = self.authenticator.authenticate(token)
         if key is None:
             return None, _unauthorized("invalid or revoked API key", "invalid_api_key")
         principal = Principal(key, authenticated=True)
         scope.setdefault("state", {})["principal"] = principal  # the audit record names a refused key too
         return principal, required_role_error(scope["path"], key)
-

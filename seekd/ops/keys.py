@@ -67,9 +67,17 @@ class ApiKey:
         return not self.models or model in self.models
 
     def public(self) -> dict[str, object]:
-        return {"id": self.id, "name": self.name, "tenant": self.tenant, "role": self.role,
-                "models": list(self.models), "rpm": self.rpm, "tpm": self.tpm, "created": self.created,
-                "revoked": self.revoked}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "tenant": self.tenant,
+            "role": self.role,
+            "models": list(self.models),
+            "rpm": self.rpm,
+            "tpm": self.tpm,
+            "created": self.created,
+            "revoked": self.revoked,
+        }
 
 
 def hash_secret(key: str) -> bytes:
@@ -80,7 +88,7 @@ def parse_key_id(key: str) -> str | None:
     """The id part of a well-formed key, else None (so junk never reaches the database)."""
     if not key.startswith(KEY_PREFIX):
         return None
-    key_id, sep, secret = key[len(KEY_PREFIX):].partition("_")
+    key_id, sep, secret = key[len(KEY_PREFIX) :].partition("_")
     if not sep or len(key_id) != ID_HEX_CHARS or not secret or len(secret) > 128:
         return None
     try:
@@ -130,8 +138,9 @@ class KeyStore:
         finally:
             conn.close()
 
-    def create(self, tenant: str, role: str = "user", models: tuple[str, ...] = (), rpm: int = 0, tpm: int = 0,
-               name: str = "") -> tuple[str, ApiKey]:
+    def create(
+        self, tenant: str, role: str = "user", models: tuple[str, ...] = (), rpm: int = 0, tpm: int = 0, name: str = ""
+    ) -> tuple[str, ApiKey]:
         """Returns (the key — shown to the caller once, never stored — and its record)."""
         validate_key_fields(tenant, role, rpm, tpm)
         key_id = secrets.token_hex(ID_HEX_CHARS // 2)
@@ -160,8 +169,9 @@ class KeyStore:
         with self._connect(create=False) as conn:
             if conn is None:
                 return False
-            cur = conn.execute("UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL",
-                               (time.time(), key_id))
+            cur = conn.execute(
+                "UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL", (time.time(), key_id)
+            )
             return cur.rowcount == 1
 
     def _read_one(self, sql: str, params: tuple) -> tuple | None:
@@ -171,8 +181,9 @@ class KeyStore:
             if self._reader is None:
                 if not self.path.exists():
                     return None
-                self._reader = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=5.0,
-                                               check_same_thread=False)
+                self._reader = sqlite3.connect(
+                    f"file:{self.path}?mode=ro", uri=True, timeout=5.0, check_same_thread=False
+                )
             try:
                 return self._reader.execute(sql, params).fetchone()
             except sqlite3.OperationalError:  # created by another process, table not yet there

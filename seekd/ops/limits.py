@@ -52,8 +52,10 @@ class RateLimitExceeded(Exception):
     subject: str = "tenant"  # or "API key"
 
     def __str__(self) -> str:
-        return (f"rate limit of {self.per_min} {self.limit} per minute exceeded for {self.subject} "
-                f"{self.tenant!r}; retry after {self.retry_after_s} s")
+        return (
+            f"rate limit of {self.per_min} {self.limit} per minute exceeded for {self.subject} "
+            f"{self.tenant!r}; retry after {self.retry_after_s} s"
+        )
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,7 @@ class TenantRateLimiter:
 
     def _forget_idle(self, now: float) -> None:
         """A full bucket is indistinguishable from a new one, so dropping it changes nothing."""
-        self._buckets = {
-            t: b for t, b in self._buckets.items() if not all(x is None or x.is_full(now) for x in b)
-        }
+        self._buckets = {t: b for t, b in self._buckets.items() if not all(x is None or x.is_full(now) for x in b)}
 
 
 class KeyRateLimiter:

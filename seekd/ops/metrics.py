@@ -23,12 +23,74 @@ from prometheus_client.registry import Collector
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # vLLM's buckets, so dashboards and SLOs written for vLLM read the same here.
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-                20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)
-ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
-               40.0, 80.0)
-LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0,
-                   240.0, 480.0, 960.0, 1920.0, 7680.0)
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+ITL_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+LATENCY_BUCKETS = (
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+    480.0,
+    960.0,
+    1920.0,
+    7680.0,
+)
 
 REJECTION_REASONS = ("queue_full", "rate_limit", "auth")
 FINISHED_REASONS = ("stop", "length")  # series that exist from the start; others appear when first seen
@@ -48,33 +110,53 @@ class ServerMetrics:
         def counter(name: str, doc: str) -> Counter:
             return Counter(name, doc, labels, registry=self.registry).labels(model_name)
 
-        self.ttft = histogram("seekd:time_to_first_token_seconds", "Time from arrival to the first token.",
-                              TTFT_BUCKETS)
-        self.itl = histogram("seekd:inter_token_latency_seconds", "Time between two outputs of one sequence.",
-                             ITL_BUCKETS)
-        self.e2e = histogram("seekd:e2e_request_latency_seconds", "Time from arrival to the last token.",
-                             LATENCY_BUCKETS)
-        self.queue_time = histogram("seekd:request_queue_time_seconds",
-                                    "Time in the admission queue before the engine got the request.",
-                                    LATENCY_BUCKETS)
-        self.prefill_time = histogram("seekd:request_prefill_time_seconds",
-                                      "Time from admission to the first token.", LATENCY_BUCKETS)
-        self.decode_time = histogram("seekd:request_decode_time_seconds",
-                                     "Time from the first token to the last.", LATENCY_BUCKETS)
+        self.ttft = histogram(
+            "seekd:time_to_first_token_seconds", "Time from arrival to the first token.", TTFT_BUCKETS
+        )
+        self.itl = histogram(
+            "seekd:inter_token_latency_seconds", "Time between two outputs of one sequence.", ITL_BUCKETS
+        )
+        self.e2e = histogram(
+            "seekd:e2e_request_latency_seconds", "Time from arrival to the last token.", LATENCY_BUCKETS
+        )
+        self.queue_time = histogram(
+            "seekd:request_queue_time_seconds",
+            "Time in the admission queue before the engine got the request.",
+            LATENCY_BUCKETS,
+        )
+        self.prefill_time = histogram(
+            "seekd:request_prefill_time_seconds", "Time from admission to the first token.", LATENCY_BUCKETS
+        )
+        self.decode_time = histogram(
+            "seekd:request_decode_time_seconds", "Time from the first token to the last.", LATENCY_BUCKETS
+        )
         self.prompt_tokens = counter("seekd:prompt_tokens", "Prompt tokens of finished requests.")
         self.generation_tokens = counter("seekd:generation_tokens", "Generated tokens, counted as produced.")
-        self.cached_prompt_tokens = counter("seekd:cached_prompt_tokens",
-                                            "Prompt tokens of finished requests served from the prefix cache.")
-        self.success = Counter("seekd:request_success", "Finished sequences, by why they finished.",
-                                ["model_name", "finished_reason"], registry=self.registry)
+        self.cached_prompt_tokens = counter(
+            "seekd:cached_prompt_tokens", "Prompt tokens of finished requests served from the prefix cache."
+        )
+        self.success = Counter(
+            "seekd:request_success",
+            "Finished sequences, by why they finished.",
+            ["model_name", "finished_reason"],
+            registry=self.registry,
+        )
         for reason in FINISHED_REASONS:
             self.success.labels(model_name, reason)
-        self.rejected = Counter("seekd:request_rejected", "Requests refused before any work, by reason.",
-                                 ["model_name", "reason"], registry=self.registry)
+        self.rejected = Counter(
+            "seekd:request_rejected",
+            "Requests refused before any work, by reason.",
+            ["model_name", "reason"],
+            registry=self.registry,
+        )
         for reason in REJECTION_REASONS:  # a zero series exists from the start, so rate() works at once
             self.rejected.labels(model_name, reason)
-        self.http_requests = Counter("seekd:http_requests", "API calls (/v1/...) by HTTP status; the error rate "
-                                     "is the share of 5xx.", ["model_name", "code"], registry=self.registry)
+        self.http_requests = Counter(
+            "seekd:http_requests",
+            "API calls (/v1/...) by HTTP status; the error rate is the share of 5xx.",
+            ["model_name", "code"],
+            registry=self.registry,
+        )
         for code in ("200", "500"):  # so the error-rate ratio has series to divide before the first error
             self.http_requests.labels(model_name, code)
 
@@ -167,8 +249,9 @@ class EngineCollector(Collector):
         self.model_name = model_name
         self.stats = stats
         self.restarts = restarts
-        self.totals = {key: _MonotonicTotal() for key in ("prefix_cache_queries", "prefix_cache_hits",
-                                                          "num_preemptions")}
+        self.totals = {
+            key: _MonotonicTotal() for key in ("prefix_cache_queries", "prefix_cache_hits", "num_preemptions")
+        }
 
     def collect(self) -> Iterator[Metric]:
         stats = self.stats()
@@ -182,9 +265,11 @@ class EngineCollector(Collector):
             gauge = GaugeMetricFamily(f"seekd:{key}", doc, labels=["model_name"])
             gauge.add_metric(labels, float(stats.get(key, 0.0)))
             yield gauge
-        swapped = GaugeMetricFamily("seekd:num_requests_swapped",
-                                    "Always 0: seekd preempts by recompute and never swaps KV to the CPU.",
-                                    labels=["model_name"])
+        swapped = GaugeMetricFamily(
+            "seekd:num_requests_swapped",
+            "Always 0: seekd preempts by recompute and never swaps KV to the CPU.",
+            labels=["model_name"],
+        )
         swapped.add_metric(labels, 0.0)
         yield swapped
         counters = {
@@ -198,7 +283,8 @@ class EngineCollector(Collector):
             family = CounterMetricFamily(name, doc, labels=["model_name"])
             family.add_metric(labels, self.totals[key].total)
             yield family
-        restarts = CounterMetricFamily("seekd:engine_restarts", "Times the supervisor restarted the engine core.",
-                                       labels=["model_name"])
+        restarts = CounterMetricFamily(
+            "seekd:engine_restarts", "Times the supervisor restarted the engine core.", labels=["model_name"]
+        )
         restarts.add_metric(labels, float(self.restarts()))
         yield restarts

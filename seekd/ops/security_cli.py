@@ -38,8 +38,12 @@ def add_security_parsers(sub: argparse._SubParsersAction) -> None:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
     check = audit_sub.add_parser("verify", help="find the first edited, deleted or reordered record (exit 1)")
     check.add_argument("file", nargs="?", help="audit log (default: audit_log_file or <data-dir>/audit.jsonl)")
-    check.add_argument("--head", default=None, help="a head hash printed by an earlier verify: it must still be "
-                       "in the chain (catches a cut-off tail or a rewritten file)")
+    check.add_argument(
+        "--head",
+        default=None,
+        help="a head hash printed by an earlier verify: it must still be "
+        "in the chain (catches a cut-off tail or a rewritten file)",
+    )
     check.add_argument("--audit-log-file", dest="audit_log_file", default=None, help=argparse.SUPPRESS)
     storage_flags(check)
 
@@ -50,8 +54,11 @@ def run_keys(args: argparse.Namespace, config: SeekdConfig) -> int:
         models = tuple(m.strip() for m in args.models.split(",") if m.strip())
         key, record = store.create(args.tenant, args.role, models, args.rpm, args.tpm, args.name)
         print(key)
-        print(f"created key {record.id} (tenant {record.tenant}, role {record.role}); this is the only time it is "
-              f"shown, store it now", file=sys.stderr)
+        print(
+            f"created key {record.id} (tenant {record.tenant}, role {record.role}); this is the only time it is "
+            f"shown, store it now",
+            file=sys.stderr,
+        )
         return 0
     if args.keys_command == "list":
         keys = store.list_keys()
@@ -80,6 +87,9 @@ def run_audit(args: argparse.Namespace, config: SeekdConfig) -> int:
     if result.ok:
         print(f"ok: {path}: {result.num_records} records, chain intact; head hash {result.head_hash}")
         return 0
-    print(f"TAMPERED: {path}: first bad record at line {result.bad_line}: {result.reason} "
-          f"({result.num_records} records before it are intact)", file=sys.stderr)
+    print(
+        f"TAMPERED: {path}: first bad record at line {result.bad_line}: {result.reason} "
+        f"({result.num_records} records before it are intact)",
+        file=sys.stderr,
+    )
     return 1

@@ -23,8 +23,9 @@ def build_ssl_context(security: SecurityConfig) -> ssl.SSLContext | None:
     try:
         ctx.load_cert_chain(security.ssl_certfile, security.ssl_keyfile)
     except (OSError, ssl.SSLError) as e:
-        raise ValueError(f"cannot load the TLS certificate {security.ssl_certfile} / key {security.ssl_keyfile}: "
-                         f"{e}") from e
+        raise ValueError(
+            f"cannot load the TLS certificate {security.ssl_certfile} / key {security.ssl_keyfile}: {e}"
+        ) from e
     if security.ssl_ca_certs:
         try:
             ctx.load_verify_locations(security.ssl_ca_certs)

@@ -87,8 +87,9 @@ def _fmt(value: float | None, unit: str = "", scale: float = 1.0, digits: int = 
 
 def render(url: str, now: Snapshot, before: Snapshot | None) -> Table:
     """The view of one scrape; rates need the previous scrape (`—` without one)."""
-    table = Table(title=f"seekd top — {now.model_name or 'unknown model'} at {url}", show_header=False,
-                  title_justify="left")
+    table = Table(
+        title=f"seekd top — {now.model_name or 'unknown model'} at {url}", show_header=False, title_justify="left"
+    )
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
     ttft = now.buckets.get(TTFT, [])
@@ -99,10 +100,16 @@ def render(url: str, now: Snapshot, before: Snapshot | None) -> Table:
         ("generated tok/s", _fmt(_rate(now, before, "seekd:generation_tokens_total"))),
         ("prompt tok/s", _fmt(_rate(now, before, "seekd:prompt_tokens_total"))),
         ("KV cache usage", _fmt(now.get("seekd:kv_cache_usage_perc"), " %", scale=100.0)),
-        ("TTFT p50 / p99 (since start)", f"{_fmt(histogram_quantile(0.5, ttft), ' ms', 1000.0, 0)} / "
-                                         f"{_fmt(histogram_quantile(0.99, ttft), ' ms', 1000.0, 0)}"),
-        ("e2e latency p50 / p99 (since start)", f"{_fmt(histogram_quantile(0.5, e2e), ' s', digits=2)} / "
-                                                f"{_fmt(histogram_quantile(0.99, e2e), ' s', digits=2)}"),
+        (
+            "TTFT p50 / p99 (since start)",
+            f"{_fmt(histogram_quantile(0.5, ttft), ' ms', 1000.0, 0)} / "
+            f"{_fmt(histogram_quantile(0.99, ttft), ' ms', 1000.0, 0)}",
+        ),
+        (
+            "e2e latency p50 / p99 (since start)",
+            f"{_fmt(histogram_quantile(0.5, e2e), ' s', digits=2)} / "
+            f"{_fmt(histogram_quantile(0.99, e2e), ' s', digits=2)}",
+        ),
         ("requests finished", _fmt(now.get("seekd:request_success_total"), digits=0)),
         ("requests rejected", _fmt(now.get("seekd:request_rejected_total"), digits=0)),
         ("engine restarts", _fmt(now.get("seekd:engine_restarts_total"), digits=0)),

@@ -62,8 +62,11 @@ def resolve_tenant(request: Request) -> str:
     if not raw:
         return DEFAULT_TENANT
     if len(raw) > MAX_TENANT_LEN or not raw.isprintable():
-        raise APIError(HTTPStatus.BAD_REQUEST, f"{TENANT_HEADER} must be at most {MAX_TENANT_LEN} printable "
-                       "characters", code="invalid_tenant")
+        raise APIError(
+            HTTPStatus.BAD_REQUEST,
+            f"{TENANT_HEADER} must be at most {MAX_TENANT_LEN} printable characters",
+            code="invalid_tenant",
+        )
     return raw
 
 
@@ -85,16 +88,18 @@ class RequestPolicy:
         return None if self.timeout_s is None else self.arrival + self.timeout_s
 
 
-def request_policy(request: Request, priority: int, timeout_s: float | None, default_timeout_s: float,
-                   cache_salt: str | None = None) -> RequestPolicy:
+def request_policy(
+    request: Request, priority: int, timeout_s: float | None, default_timeout_s: float, cache_salt: str | None = None
+) -> RequestPolicy:
     """The request's `timeout` field wins over the server's `request_timeout_s` (0 = none)."""
     timeout = timeout_s if timeout_s is not None else (default_timeout_s or None)
     principal = principal_of(request.scope)
     key_limits = None
     if principal is not None and (principal.key.rpm or principal.key.tpm):
         key_limits = KeyLimits(principal.key.id, principal.key.rpm, principal.key.tpm)
-    return RequestPolicy(resolve_tenant(request), priority, timeout, key_limits=key_limits,
-                         request_cache_salt=cache_salt)
+    return RequestPolicy(
+        resolve_tenant(request), priority, timeout, key_limits=key_limits, request_cache_salt=cache_salt
+    )
 
 
 @dataclass(eq=False)
@@ -218,8 +223,9 @@ class DrainRate:
     def completed(self, now: float) -> None:
         if self._last is not None:
             dt = now - self._last
-            self.interval_s = dt if self.interval_s is None else (
-                DRAIN_RATE_ALPHA * dt + (1 - DRAIN_RATE_ALPHA) * self.interval_s)
+            self.interval_s = (
+                dt if self.interval_s is None else (DRAIN_RATE_ALPHA * dt + (1 - DRAIN_RATE_ALPHA) * self.interval_s)
+            )
         self._last = now
 
     @property
@@ -253,16 +259,19 @@ class AdmissionController:
 
     def __post_init__(self) -> None:
         self.queue = FairQueue(self.config.weights())
-        self.limiter = TenantRateLimiter(self.config.rate_limit_requests_per_min,
-                                         self.config.rate_limit_tokens_per_min)
+        self.limiter = TenantRateLimiter(self.config.rate_limit_requests_per_min, self.config.rate_limit_tokens_per_min)
 
     # -- the request path -------------------------------------------------------------------
-    def enqueue(self, request_id: str, tenant: str, priority: int, cost: int, num_seqs: int,
-                key_limits: KeyLimits | None = None) -> Ticket:
+    def enqueue(
+        self, request_id: str, tenant: str, priority: int, cost: int, num_seqs: int, key_limits: KeyLimits | None = None
+    ) -> Ticket:
         """Admit at once, queue, or refuse (APIError 429/503) — synchronously, before any work."""
         if self.draining:
-            raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, "the server is shutting down; retry on another "
-                           "replica or after it restarts", code="server_shutting_down")
+            raise APIError(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                "the server is shutting down; retry on another replica or after it restarts",
+                code="server_shutting_down",
+            )
         now = time.monotonic()
         ticket = Ticket(request_id, tenant, priority, cost, num_seqs, now, key_limits)
         if (len(self.queue) == 0 or self._is_newcomer(ticket)) and self._fits(ticket):
@@ -270,23 +279,35 @@ class AdmissionController:
             self._admit(ticket, now)
             return ticket
         per_tenant = self.config.max_queued_per_tenant or max(1, self.config.max_queued_requests // 2)
-        if len(self.queue) >= self.config.max_queued_requests or self.queue.by_tenant.get(tenant, 0) >= per_tenant or (
-                self.queue.num_tokens + cost > self.config.max_queued_tokens and len(self.queue) > 0):
+        if (
+            len(self.queue) >= self.config.max_queued_requests
+            or self.queue.by_tenant.get(tenant, 0) >= per_tenant
+            or (self.queue.num_tokens + cost > self.config.max_queued_tokens and len(self.queue) > 0)
+        ):
             self.num_rejected += 1
             retry = self.retry_after_s()
-            logger.info("queue full request_id=%s tenant=%s queued=%d queued_tokens=%d retry_after=%d",
-                        request_id, tenant, len(self.queue), self.queue.num_tokens, retry)
+            logger.info(
+                "queue full request_id=%s tenant=%s queued=%d queued_tokens=%d retry_after=%d",
+                request_id,
+                tenant,
+                len(self.queue),
+                self.queue.num_tokens,
+                retry,
+            )
             raise APIError(
                 HTTPStatus.TOO_MANY_REQUESTS,
                 f"the server's queue is full ({len(self.queue)} requests, {self.queue.num_tokens} estimated "
                 f"tokens waiting); retry after {retry} s",
-                type="rate_limit_error", code="queue_full", headers={"Retry-After": str(retry)},
+                type="rate_limit_error",
+                code="queue_full",
+                headers={"Retry-After": str(retry)},
             )
         self._check_rate(ticket)
         ticket.granted = asyncio.get_running_loop().create_future()
         self.queue.push(ticket)
-        logger.debug("queued request_id=%s tenant=%s priority=%d position<=%d", request_id, tenant, priority,
-                     len(self.queue))
+        logger.debug(
+            "queued request_id=%s tenant=%s priority=%d position<=%d", request_id, tenant, priority, len(self.queue)
+        )
         return ticket
 
     async def wait(self, ticket: Ticket, deadline: float | None) -> None:
@@ -298,9 +319,12 @@ class AdmissionController:
             await asyncio.wait_for(asyncio.shield(ticket.granted), timeout)
         except asyncio.TimeoutError:
             self.release(ticket)
-            raise APIError(HTTPStatus.REQUEST_TIMEOUT,
-                           f"the request's deadline passed after {ticket.queue_time:.1f} s waiting in the queue",
-                           type="timeout_error", code="request_timeout") from None
+            raise APIError(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"the request's deadline passed after {ticket.queue_time:.1f} s waiting in the queue",
+                type="timeout_error",
+                code="request_timeout",
+            ) from None
         except asyncio.CancelledError:
             self.release(ticket)
             raise
@@ -335,16 +359,29 @@ class AdmissionController:
             check_limits(checks, ticket.cost)
         except RateLimitExceeded as e:
             self.num_rejected += 1
-            logger.info("rate limited request_id=%s tenant=%s limit=%s retry_after=%d",
-                        ticket.request_id, ticket.tenant, e.limit, e.retry_after_s)
-            raise APIError(HTTPStatus.TOO_MANY_REQUESTS, str(e), type="rate_limit_error",
-                           code="rate_limit_exceeded", headers={"Retry-After": str(e.retry_after_s)}) from None
+            logger.info(
+                "rate limited request_id=%s tenant=%s limit=%s retry_after=%d",
+                ticket.request_id,
+                ticket.tenant,
+                e.limit,
+                e.retry_after_s,
+            )
+            raise APIError(
+                HTTPStatus.TOO_MANY_REQUESTS,
+                str(e),
+                type="rate_limit_error",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(e.retry_after_s)},
+            ) from None
 
     def _is_newcomer(self, ticket: Ticket) -> bool:
         """Nothing of its tenant runs or waits, and nothing more urgent waits."""
         head = self.queue.peek()
-        return (ticket.tenant not in self.running_by_tenant and ticket.tenant not in self.queue.by_tenant
-                and (head is None or ticket.priority <= head.priority))
+        return (
+            ticket.tenant not in self.running_by_tenant
+            and ticket.tenant not in self.queue.by_tenant
+            and (head is None or ticket.priority <= head.priority)
+        )
 
     def _active_weight(self, extra: str) -> float | None:
         """Total weight of the active tenants (running or queued, plus `extra`); None when there is
@@ -369,7 +406,8 @@ class AdmissionController:
         unreserved = max(1, self.max_inflight_seqs - self.config.inflight_reserved_for_new_tenants)
         weight = self._active_weight(next(iter(self.queue.by_tenant), DEFAULT_TENANT))
         room = {
-            t for t in self.queue.by_tenant
+            t
+            for t in self.queue.by_tenant
             if t not in self.running_by_tenant
             or (self.inflight_seqs < unreserved and self.running_by_tenant[t] < self._share(t, weight))
         }
@@ -389,8 +427,9 @@ class AdmissionController:
         running = self.running_by_tenant.get(ticket.tenant, 0)
         if running:
             unreserved = max(1, self.max_inflight_seqs - self.config.inflight_reserved_for_new_tenants)
-            if (self.inflight_seqs + ticket.num_seqs > unreserved
-                    or running + 1 > self._share(ticket.tenant, self._active_weight(ticket.tenant))):
+            if self.inflight_seqs + ticket.num_seqs > unreserved or running + 1 > self._share(
+                ticket.tenant, self._active_weight(ticket.tenant)
+            ):
                 return False
         limit = self.config.max_inflight_tokens
         return not limit or self.inflight_tokens + ticket.cost <= limit
@@ -406,14 +445,20 @@ class AdmissionController:
 
     def _dispatch(self, now: float) -> None:
         while (head := self.queue.peek()) is not None and (
-                self._fits(head) or (head := self._first_fitting()) is not None):
+            self._fits(head) or (head := self._first_fitting()) is not None
+        ):
             self.queue.pop(head)
             self._admit(head, now)
             assert head.granted is not None
             if not head.granted.done():
                 head.granted.set_result(None)
-            logger.info("admitted request_id=%s tenant=%s priority=%d queue_s=%.3f", head.request_id,
-                        head.tenant, head.priority, now - head.arrival)
+            logger.info(
+                "admitted request_id=%s tenant=%s priority=%d queue_s=%.3f",
+                head.request_id,
+                head.tenant,
+                head.priority,
+                now - head.arrival,
+            )
 
     # -- observability and draining ---------------------------------------------------------
     def retry_after_s(self) -> int:
@@ -437,8 +482,12 @@ class AdmissionController:
             "draining": self.draining,
         }
         if tenant is not None:
-            out = {"tenant": tenant, "tenant_queued": self.queue.by_tenant.get(tenant, 0),
-                   "tenant_running": self.running_by_tenant.get(tenant, 0), **out}
+            out = {
+                "tenant": tenant,
+                "tenant_queued": self.queue.by_tenant.get(tenant, 0),
+                "tenant_running": self.running_by_tenant.get(tenant, 0),
+                **out,
+            }
         return out
 
     @property

@@ -77,7 +77,13 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
     demo = " (demo model with RANDOM weights)" if config.model.model is None else ""
     logger.info(
         "ready: serving %s%s from %s, context %d tokens, at %s://%s:%d/v1",
-        name, demo, info.model_folder, info.max_model_len, _scheme(config), config.server.host, config.server.port,
+        name,
+        demo,
+        info.model_folder,
+        info.max_model_len,
+        _scheme(config),
+        config.server.host,
+        config.server.port,
     )
 
 
@@ -106,11 +112,17 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
     app.state.admission = AdmissionController(config.admission, max_inflight)
     install_error_handlers(app)
     # Outermost first: access log -> audit -> auth -> body limit -> routes.
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=config.server.max_request_body_bytes,
-                       max_json_depth=config.server.max_json_depth)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=config.server.max_request_body_bytes,
+        max_json_depth=config.server.max_json_depth,
+    )
     app.state.key_store = KeyStore.in_data_dir(config.storage.path)
-    app.add_middleware(AuthMiddleware, authenticator=authenticator(config),
-                       on_reject=lambda: app.state.metrics.request_rejected("auth"))
+    app.add_middleware(
+        AuthMiddleware,
+        authenticator=authenticator(config),
+        on_reject=lambda: app.state.metrics.request_rejected("auth"),
+    )
     if config.security.audit_log:
         app.add_middleware(AuditMiddleware, log=audit_log(config), store_content=config.security.audit_store_content)
     app.include_router(router)
@@ -125,8 +137,9 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
         supervisor: EngineSupervisor | None = request.app.state.supervisor
         restarts = supervisor.health() if supervisor is not None and supervisor.num_restarts else {}
         if dead:
-            return JSONResponse({"status": "unhealthy", "reason": dead, **restarts},
-                                status_code=HTTPStatus.SERVICE_UNAVAILABLE)
+            return JSONResponse(
+                {"status": "unhealthy", "reason": dead, **restarts}, status_code=HTTPStatus.SERVICE_UNAVAILABLE
+            )
         return JSONResponse({"status": "ok", **restarts})
 
     @app.get("/ready")
@@ -225,13 +238,21 @@ class _DrainingServer(uvicorn.Server):
 
     async def _drain(self) -> None:
         admission: AdmissionController = self.fastapi_app.state.admission
-        logger.info("SIGTERM: draining (no new requests; %d queued, %d sequences running; up to %.0f s)",
-                    len(admission.queue), admission.inflight_seqs, self.drain_timeout_s)
+        logger.info(
+            "SIGTERM: draining (no new requests; %d queued, %d sequences running; up to %.0f s)",
+            len(admission.queue),
+            admission.inflight_seqs,
+            self.drain_timeout_s,
+        )
         if await admission.drain(self.drain_timeout_s):
             logger.info("drained: all requests finished; shutting down")
         else:
-            logger.warning("drain timeout of %.0f s passed with %d queued and %d sequences running; shutting "
-                           "down anyway", self.drain_timeout_s, len(admission.queue), admission.inflight_seqs)
+            logger.warning(
+                "drain timeout of %.0f s passed with %d queued and %d sequences running; shutting down anyway",
+                self.drain_timeout_s,
+                len(admission.queue),
+                admission.inflight_seqs,
+            )
         self.should_exit = True
 
 
@@ -240,15 +261,25 @@ async def _serve(config: SeekdConfig) -> int:
     ssl_context = build_ssl_context(config.security)
     app = create_app(config, failure)
     uvicorn_config = uvicorn.Config(
-        app, host=config.server.host, port=config.server.port, log_level=config.server.log_level,
-        timeout_graceful_shutdown=5, http=OpenAIErrorHttpProtocol,
+        app,
+        host=config.server.host,
+        port=config.server.port,
+        log_level=config.server.log_level,
+        timeout_graceful_shutdown=5,
+        http=OpenAIErrorHttpProtocol,
         log_config=None if config.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
     )
     uvicorn_config.load()
     uvicorn_config.ssl = ssl_context  # ours: uvicorn cannot set a minimum TLS version
     server = _DrainingServer(uvicorn_config, app, config.admission.drain_timeout_s)
-    logger.info("seekd %s starting on %s://%s:%d (model: %s)", __version__, _scheme(config), config.server.host,
-                config.server.port, config.model.model or "built-in demo")
+    logger.info(
+        "seekd %s starting on %s://%s:%d (model: %s)",
+        __version__,
+        _scheme(config),
+        config.server.host,
+        config.server.port,
+        config.model.model or "built-in demo",
+    )
 
     async def stop_on_failure() -> None:
         await failure.wait()

@@ -88,13 +88,15 @@ class AuditMiddleware:
         }
         content = None
         if gen is not None:
-            fields.update({
-                "response_id": gen.request_id,
-                "model": gen.ctx.served_model_name,
-                "prompt_tokens": gen.prompt_tokens,
-                "completion_tokens": gen.completion_tokens,
-                "cached_tokens": gen.cached_tokens,
-            })
+            fields.update(
+                {
+                    "response_id": gen.request_id,
+                    "model": gen.ctx.served_model_name,
+                    "prompt_tokens": gen.prompt_tokens,
+                    "completion_tokens": gen.completion_tokens,
+                    "cached_tokens": gen.cached_tokens,
+                }
+            )
             if self.store_content:
                 content = {"request": _as_json(body), "outputs": [c.text for c in gen.choices]}
         try:

@@ -72,7 +72,6 @@ class BodySizeLimitMiddleware:
         response = error.response()
         await response({"type": "http"}, _no_receive, send)
 
-
     async def _reject_depth(self, send: Send) -> None:
         error = APIError(
             HTTPStatus.BAD_REQUEST,
@@ -88,7 +87,8 @@ async def _reject_surrogate(where: str, send: Send) -> None:
         HTTPStatus.BAD_REQUEST,
         f"the request body holds a lone UTF-16 surrogate (half of an escaped pair, e.g. \\ud800) in "
         f"{where or 'the body'}; strings must be valid Unicode",
-        param=where or None, code="invalid_unicode",
+        param=where or None,
+        code="invalid_unicode",
     )
     await error.response()({"type": "http"}, _no_receive, send)
 

@@ -17,8 +17,17 @@ _FRAME_END = b"\n\n"
 
 
 def _head(request_id: str, object_name: str, created: int, model: str) -> bytes:
-    return (b'data: {"id":' + _encode(request_id) + b',"object":"' + object_name.encode() + b'","created":'
-            + str(int(created)).encode() + b',"model":' + _encode(model) + b',"choices":[{"index":')
+    return (
+        b'data: {"id":'
+        + _encode(request_id)
+        + b',"object":"'
+        + object_name.encode()
+        + b'","created":'
+        + str(int(created)).encode()
+        + b',"model":'
+        + _encode(model)
+        + b',"choices":[{"index":'
+    )
 
 
 class ChatChunkEncoder:
@@ -28,12 +37,20 @@ class ChatChunkEncoder:
         self._head = _head(request_id, "chat.completion.chunk", created, model)
 
     def text_delta(self, index: int, content: str | None, reasoning: str | None, finish_reason: str | None) -> bytes:
-        return b"".join((
-            self._head, str(index).encode(), b',"delta":{"role":null,"content":', _encode(content),
-            b',"reasoning_content":', _encode(reasoning),
-            b',"tool_calls":null,"function_call":null},"logprobs":null,"finish_reason":', _encode(finish_reason),
-            b'}],"usage":null}', _FRAME_END,
-        ))
+        return b"".join(
+            (
+                self._head,
+                str(index).encode(),
+                b',"delta":{"role":null,"content":',
+                _encode(content),
+                b',"reasoning_content":',
+                _encode(reasoning),
+                b',"tool_calls":null,"function_call":null},"logprobs":null,"finish_reason":',
+                _encode(finish_reason),
+                b'}],"usage":null}',
+                _FRAME_END,
+            )
+        )
 
 
 class CompletionChunkEncoder:
@@ -43,8 +60,17 @@ class CompletionChunkEncoder:
         self._head = _head(request_id, "text_completion", created, model)
 
     def text(self, index: int, text: str, finish_reason: str | None, stop_reason: int | str | None) -> bytes:
-        return b"".join((
-            self._head, str(index).encode(), b',"text":', _encode(text), b',"logprobs":null,"finish_reason":',
-            _encode(finish_reason), b',"stop_reason":', _encode(stop_reason),
-            b'}],"usage":null,"system_fingerprint":null}', _FRAME_END,
-        ))
+        return b"".join(
+            (
+                self._head,
+                str(index).encode(),
+                b',"text":',
+                _encode(text),
+                b',"logprobs":null,"finish_reason":',
+                _encode(finish_reason),
+                b',"stop_reason":',
+                _encode(stop_reason),
+                b'}],"usage":null,"system_fingerprint":null}',
+                _FRAME_END,
+            )
+        )

@@ -137,8 +137,11 @@ class RequestStream:
 
 def _merge(earlier: EngineOutput, later: EngineOutput) -> EngineOutput:
     """Two consecutive outputs of one engine request as one (the later one's status and counts)."""
-    return msgspec.structs.replace(later, new_token_ids=earlier.new_token_ids + later.new_token_ids,
-                                   new_logprobs=(earlier.new_logprobs or []) + (later.new_logprobs or []) or None)
+    return msgspec.structs.replace(
+        later,
+        new_token_ids=earlier.new_token_ids + later.new_token_ids,
+        new_logprobs=(earlier.new_logprobs or []) + (later.new_logprobs or []) or None,
+    )
 
 
 @dataclass
@@ -316,8 +319,7 @@ class EngineClient:
                 self._dispatch(msg)
             elif isinstance(msg, Ready):
                 if not engine.ready.done():
-                    engine.ready.set_result(
-                        EngineInfo(msg.pid, msg.model_folder, msg.max_model_len, msg.eos_token_ids))
+                    engine.ready.set_result(EngineInfo(msg.pid, msg.model_folder, msg.max_model_len, msg.eos_token_ids))
             elif isinstance(msg, StartupFailed) and not engine.ready.done():
                 engine.ready.set_exception(EngineDeadError(f"the engine core failed to start: {msg.message}"))
 

@@ -67,8 +67,9 @@ def validation_error(exc: RequestValidationError) -> APIError:
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     param = ".".join(loc) or None
     if param is None and first.get("type") in ("model_attributes_type", "dict_type"):
-        return invalid_request("the request body must be a JSON object, sent with Content-Type: application/json",
-                               code="invalid_json")
+        return invalid_request(
+            "the request body must be a JSON object, sent with Content-Type: application/json", code="invalid_json"
+        )
     msg = first.get("msg", "invalid value")
     if param is None:
         return invalid_request(f"invalid request body: {msg}")
@@ -81,8 +82,10 @@ FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
 
 
 def unparsable_body() -> APIError:
-    return invalid_request("the request body is not valid JSON: it must be UTF-8 text, and integers at most "
-                           "4,300 digits long", code="invalid_json")
+    return invalid_request(
+        "the request body is not valid JSON: it must be UTF-8 text, and integers at most 4,300 digits long",
+        code="invalid_json",
+    )
 
 
 SERVED_ENDPOINTS = "POST /v1/chat/completions, POST /v1/completions, GET /v1/models"
@@ -92,12 +95,20 @@ def routing_error(method: str, path: str, exc: StarletteHTTPException) -> APIErr
     """Routing's own 404/405 say which URL failed and what is served, as OpenAI's "Invalid URL" does:
     a client pointed at an endpoint seekd lacks (/v1/embeddings, /v1/responses) learns why."""
     if exc.status_code == HTTPStatus.NOT_FOUND and exc.detail == "Not Found":
-        return APIError(HTTPStatus.NOT_FOUND, f"Invalid URL ({method} {path}): seekd serves {SERVED_ENDPOINTS}",
-                        type="invalid_request_error", code="unknown_url")
+        return APIError(
+            HTTPStatus.NOT_FOUND,
+            f"Invalid URL ({method} {path}): seekd serves {SERVED_ENDPOINTS}",
+            type="invalid_request_error",
+            code="unknown_url",
+        )
     if exc.status_code == HTTPStatus.METHOD_NOT_ALLOWED:
         allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
-        return APIError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} is not allowed on {path} (allowed: {allowed})",
-                        code="method_not_allowed", headers=exc.headers)
+        return APIError(
+            HTTPStatus.METHOD_NOT_ALLOWED,
+            f"{method} is not allowed on {path} (allowed: {allowed})",
+            code="method_not_allowed",
+            headers=exc.headers,
+        )
     return APIError(exc.status_code, str(exc.detail), headers=exc.headers)
 
 
@@ -120,6 +131,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         logger.exception(
             "unhandled error request_id=%s path=%s",
-            getattr(request.state, "request_id", "-"), request.url.path,
+            getattr(request.state, "request_id", "-"),
+            request.url.path,
         )
         return APIError(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal server error: {type(exc).__name__}").response()

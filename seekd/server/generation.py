@@ -103,19 +103,22 @@ MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's own bound; the sampler applies every en
 def parse_logit_bias(raw: dict[str, float] | None, vocab_size: int) -> dict[int, float]:
     """OpenAI's {"token id": bias} with JSON's string keys -> token ids."""
     if raw is not None and len(raw) > MAX_LOGIT_BIAS_ENTRIES:
-        raise invalid_request(f"logit_bias may hold at most {MAX_LOGIT_BIAS_ENTRIES} tokens, got {len(raw)}",
-                              param="logit_bias")
+        raise invalid_request(
+            f"logit_bias may hold at most {MAX_LOGIT_BIAS_ENTRIES} tokens, got {len(raw)}", param="logit_bias"
+        )
     bias = {}
     for key, value in (raw or {}).items():
         if not (key.isascii() and key.isdigit()):
             raise invalid_request(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias")
         token = int(key)
         if token >= vocab_size:
-            raise invalid_request(f"logit_bias token id {token} is outside the vocabulary [0, {vocab_size})",
-                                  param="logit_bias")
+            raise invalid_request(
+                f"logit_bias token id {token} is outside the vocabulary [0, {vocab_size})", param="logit_bias"
+            )
         if not -100.0 <= value <= 100.0:
-            raise invalid_request(f"logit_bias values must be in [-100, 100], got {value} for token {token}",
-                                  param="logit_bias")
+            raise invalid_request(
+                f"logit_bias values must be in [-100, 100], got {value} for token {token}", param="logit_bias"
+            )
         bias[token] = float(value)
     return bias
 
@@ -126,14 +129,16 @@ def check_context_length(prompt_len: int, max_tokens: int | None, max_model_len:
         raise invalid_request(
             f"This model's maximum context length is {max_model_len} tokens. However, your {param} "
             f"resulted in {prompt_len} tokens. Please reduce the length of the {param}.",
-            param=param, code="context_length_exceeded",
+            param=param,
+            code="context_length_exceeded",
         )
     if max_tokens is not None and prompt_len + max_tokens > max_model_len:
         raise invalid_request(
             f"This model's maximum context length is {max_model_len} tokens. However, you requested "
             f"{prompt_len + max_tokens} tokens ({prompt_len} in the {param}, {max_tokens} in the "
             "completion). Please reduce the length of the prompt or of max_tokens.",
-            param="max_tokens", code="context_length_exceeded",
+            param="max_tokens",
+            code="context_length_exceeded",
         )
 
 
@@ -153,7 +158,10 @@ def check_num_sequences(ctx: ServingContext, num_prompts: int, n: int, param: st
         raise invalid_request(
             f"this request asks for {num_prompts * n} sequences ({num_prompts} prompts x n={n}); this server takes "
             f"at most {limit} in one request (server settings max_num_seqs, max_inflight_requests, max_n): split "
-            "it into smaller requests", param=param, code="too_many_sequences")
+            "it into smaller requests",
+            param=param,
+            code="too_many_sequences",
+        )
 
 
 def check_input_limits(ctx: ServingContext, prompt_len: int, max_tokens: int | None, param: str) -> None:
@@ -161,11 +169,17 @@ def check_input_limits(ctx: ServingContext, prompt_len: int, max_tokens: int | N
     if ctx.max_prompt_tokens and prompt_len > ctx.max_prompt_tokens:
         raise invalid_request(
             f"the {param} has {prompt_len} tokens; this server accepts at most {ctx.max_prompt_tokens} "
-            "(server setting max_prompt_tokens)", param=param, code="prompt_too_long")
+            "(server setting max_prompt_tokens)",
+            param=param,
+            code="prompt_too_long",
+        )
     if ctx.max_output_tokens and (max_tokens or 0) > ctx.max_output_tokens:
         raise invalid_request(
             f"max_tokens is {max_tokens}; this server allows at most {ctx.max_output_tokens} "
-            "(server setting max_output_tokens)", param="max_tokens", code="max_tokens_too_large")
+            "(server setting max_output_tokens)",
+            param="max_tokens",
+            code="max_tokens_too_large",
+        )
 
 
 @dataclass
@@ -220,8 +234,13 @@ class Generation:
     """All choices of one API request: `len(prompts) * n`, indexed prompt-major as OpenAI does."""
 
     def __init__(
-        self, ctx: ServingContext, request_id: str, prompts: list[list[int]], params: SamplingParams,
-        policy: RequestPolicy, reasoning: ReasoningTags | None = None,
+        self,
+        ctx: ServingContext,
+        request_id: str,
+        prompts: list[list[int]],
+        params: SamplingParams,
+        policy: RequestPolicy,
+        reasoning: ReasoningTags | None = None,
     ) -> None:
         """`reasoning` (chat): count each choice's reasoning tokens for the usage."""
         self.ctx = ctx
@@ -243,13 +262,19 @@ class Generation:
                 detok = IncrementalDetokenizer(
                     ctx.tokenizer, child.skip_special_tokens, child.stop, child.include_stop_str_in_output
                 )
-                self.choices.append(Choice(index, engine_id, p, detok,
-                                           reasoning=reasoning.counter() if reasoning is not None else None))
+                self.choices.append(
+                    Choice(index, engine_id, p, detok, reasoning=reasoning.counter() if reasoning is not None else None)
+                )
                 self._requests.append(
                     EngineCoreRequest(
-                        request_id=engine_id, prompt_token_ids=prompt, sampling_params=child,
-                        arrival_time=policy.arrival, priority=policy.priority, tenant=policy.tenant,
-                        deadline=policy.deadline, cache_salt=cache_salt,
+                        request_id=engine_id,
+                        prompt_token_ids=prompt,
+                        sampling_params=child,
+                        arrival_time=policy.arrival,
+                        priority=policy.priority,
+                        tenant=policy.tenant,
+                        deadline=policy.deadline,
+                        cache_salt=cache_salt,
                     )
                 )
 
@@ -257,17 +282,21 @@ class Generation:
     def estimated_tokens(self) -> int:
         """What admission charges: prompt + max_tokens (or the rest of the context) per sequence."""
         room = self.ctx.max_model_len
-        return self.params.n * sum(
-            len(p) + (self.params.max_tokens or room - len(p)) for p in self.prompts
-        )
+        return self.params.n * sum(len(p) + (self.params.max_tokens or room - len(p)) for p in self.prompts)
 
     async def updates(self) -> AsyncIterator[ChoiceUpdate]:
         """Choice updates in arrival order, once admitted; raises APIError if the queue refuses the
         request (429/503), its deadline passes (408), or the engine refuses it or is gone."""
         admission = self.ctx.admission
         try:
-            ticket = admission.enqueue(self.request_id, self.policy.tenant, self.policy.priority,
-                                       self.estimated_tokens, len(self._requests), self.policy.key_limits)
+            ticket = admission.enqueue(
+                self.request_id,
+                self.policy.tenant,
+                self.policy.priority,
+                self.estimated_tokens,
+                len(self._requests),
+                self.policy.key_limits,
+            )
         except APIError as e:
             if e.status == HTTPStatus.TOO_MANY_REQUESTS:
                 self.ctx.metrics.request_rejected("rate_limit" if e.code == "rate_limit_exceeded" else "queue_full")
@@ -280,9 +309,12 @@ class Generation:
             admission.release(ticket)
 
     def _deadline_error(self) -> APIError:
-        return APIError(HTTPStatus.REQUEST_TIMEOUT,
-                        f"the request's deadline of {self.policy.timeout_s:g} s passed before it finished",
-                        type="timeout_error", code="request_timeout")
+        return APIError(
+            HTTPStatus.REQUEST_TIMEOUT,
+            f"the request's deadline of {self.policy.timeout_s:g} s passed before it finished",
+            type="timeout_error",
+            code="request_timeout",
+        )
 
     def _arm_deadline(self, stream: RequestStream) -> asyncio.TimerHandle | None:
         """The engine aborts a request past its deadline by itself; this also ends the API request
@@ -302,8 +334,13 @@ class Generation:
             raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, str(e), code="engine_unavailable") from e
         logger.info(
             "started request_id=%s tenant=%s priority=%d prompts=%d prompt_tokens=%d n=%d max_tokens=%s",
-            self.request_id, self.policy.tenant, self.policy.priority, len(self.prompts), self.prompt_tokens,
-            self.params.n, self.params.max_tokens,
+            self.request_id,
+            self.policy.tenant,
+            self.policy.priority,
+            len(self.prompts),
+            self.prompt_tokens,
+            self.params.n,
+            self.params.max_tokens,
         )
         timer = self._arm_deadline(stream)
         try:
@@ -326,13 +363,20 @@ class Generation:
             if timer is not None:
                 timer.cancel()
             if stream.unfinished:
-                logger.info("aborting request_id=%s tenant=%s (%d sequences unfinished)", self.request_id,
-                            self.policy.tenant, len(stream.unfinished))
+                logger.info(
+                    "aborting request_id=%s tenant=%s (%d sequences unfinished)",
+                    self.request_id,
+                    self.policy.tenant,
+                    len(stream.unfinished),
+                )
             stream.abort()
         self.tracker.on_finished(self.prompt_tokens, self.cached_tokens, [c.finish_reason for c in self.choices])
         logger.info(
             "finished request_id=%s tenant=%s completion_tokens=%d cached_tokens=%d reasons=%s",
-            self.request_id, self.policy.tenant, self.completion_tokens, self.cached_tokens,
+            self.request_id,
+            self.policy.tenant,
+            self.completion_tokens,
+            self.cached_tokens,
             ",".join(str(c.finish_reason) for c in self.choices),
         )
 
@@ -360,6 +404,9 @@ class Generation:
             completion_tokens=self.completion_tokens,
             total_tokens=self.prompt_tokens + self.completion_tokens,
             prompt_tokens_details=PromptTokensDetails(cached_tokens=self.cached_tokens),
-            completion_tokens_details=None if self.reasoning is None else CompletionTokensDetails(
-                reasoning_tokens=sum(c.reasoning.tokens for c in self.choices if c.reasoning is not None)),
+            completion_tokens_details=None
+            if self.reasoning is None
+            else CompletionTokensDetails(
+                reasoning_tokens=sum(c.reasoning.tokens for c in self.choices if c.reasoning is not None)
+            ),
         )

@@ -13,8 +13,16 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 
 def malformed_http_body(msg: str) -> bytes:
-    return json.dumps({"error": {"message": f"malformed HTTP request: {msg}", "type": "invalid_request_error",
-                                 "param": None, "code": "malformed_http"}}).encode()
+    return json.dumps(
+        {
+            "error": {
+                "message": f"malformed HTTP request: {msg}",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "malformed_http",
+            }
+        }
+    ).encode()
 
 
 class OpenAIErrorHttpProtocol(HttpToolsProtocol):
@@ -23,12 +31,14 @@ class OpenAIErrorHttpProtocol(HttpToolsProtocol):
         content = [b"HTTP/1.1 400 Bad Request\r\n"]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
-        content.extend([
-            b"content-type: application/json\r\n",
-            b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
-            b"connection: close\r\n",
-            b"\r\n",
-            body,
-        ])
+        content.extend(
+            [
+                b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
+                b"connection: close\r\n",
+                b"\r\n",
+                body,
+            ]
+        )
         self.transport.write(b"".join(content))
         self.transport.close()

@@ -23,8 +23,9 @@ def tool_fields(req: ChatCompletionRequest) -> tuple[list[dict[str, Any]] | None
             raise invalid_request("function_call needs functions: the request has none", param="function_call")
         return req.tools, req.tool_choice, req.parallel_tool_calls, False
     if req.tools is not None or req.tool_choice is not None:
-        raise invalid_request("use either tools/tool_choice or the legacy functions/function_call, not both",
-                              param="functions")
+        raise invalid_request(
+            "use either tools/tool_choice or the legacy functions/function_call, not both", param="functions"
+        )
     if not req.functions:
         raise invalid_request("functions must not be empty", param="functions")
     tools = [{"type": "function", "function": function} for function in req.functions]
@@ -46,18 +47,25 @@ def legacy_history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if role == "assistant" and msg.get("function_call") is not None:
             call = msg["function_call"]
             if msg.get("tool_calls") is not None:
-                raise invalid_request(f"message {i}: an assistant message has either tool_calls or the legacy "
-                                      "function_call, not both", param=f"messages.{i}.function_call")
+                raise invalid_request(
+                    f"message {i}: an assistant message has either tool_calls or the legacy function_call, not both",
+                    param=f"messages.{i}.function_call",
+                )
             if not isinstance(call, dict):
-                raise invalid_request(f"message {i}: function_call must be an object with 'name' and 'arguments'",
-                                      param=f"messages.{i}.function_call")
+                raise invalid_request(
+                    f"message {i}: function_call must be an object with 'name' and 'arguments'",
+                    param=f"messages.{i}.function_call",
+                )
             pending = f"call_legacy_{i}"
             msg = {k: v for k, v in msg.items() if k != "function_call"}
             msg["tool_calls"] = [{"id": pending, "type": "function", "function": call}]
         elif role == "function":
             if pending is None:
-                raise invalid_request(f"message {i}: a 'function' message must answer the function_call of the "
-                                      "assistant message before it", param=f"messages.{i}.role")
+                raise invalid_request(
+                    f"message {i}: a 'function' message must answer the function_call of the "
+                    "assistant message before it",
+                    param=f"messages.{i}.role",
+                )
             msg = {**msg, "role": "tool", "tool_call_id": pending}
         elif role != "assistant":
             pending = None
@@ -72,8 +80,9 @@ def as_function_call(choice: ChatChoice | ChatChunkChoice) -> None:
     if isinstance(choice, ChatChoice):
         calls, choice.message.tool_calls = choice.message.tool_calls, None
         if calls:
-            choice.message.function_call = FunctionCall(name=calls[0].function.name,
-                                                        arguments=calls[0].function.arguments)
+            choice.message.function_call = FunctionCall(
+                name=calls[0].function.name, arguments=calls[0].function.arguments
+            )
         return
     calls, choice.delta.tool_calls = choice.delta.tool_calls, None
     if calls:

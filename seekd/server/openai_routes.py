@@ -40,8 +40,9 @@ def serving_context(request: Request) -> ServingContext:
             code="engine_unavailable",
         )
     if not ctx.client.is_ready:
-        raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, ctx.client.dead_reason or "engine not ready",
-                       code="engine_unavailable")
+        raise APIError(
+            HTTPStatus.SERVICE_UNAVAILABLE, ctx.client.dead_reason or "engine not ready", code="engine_unavailable"
+        )
     return ctx
 
 
@@ -50,14 +51,17 @@ def _check_model(ctx: ServingContext, model: str | None, request: Request) -> No
         raise APIError(
             HTTPStatus.NOT_FOUND,
             f"The model `{model}` does not exist; this server serves `{ctx.served_model_name}`.",
-            param="model", code="model_not_found",
+            param="model",
+            code="model_not_found",
         )
     principal = principal_of(request.scope)
     if principal is not None and not principal.key.allows_model(ctx.served_model_name):
         raise APIError(
             HTTPStatus.FORBIDDEN,
             f"API key {principal.key.id} may not use the model `{ctx.served_model_name}`",
-            type="permission_error", param="model", code="model_not_allowed",
+            type="permission_error",
+            param="model",
+            code="model_not_allowed",
         )
 
 

@@ -65,8 +65,9 @@ def _message_dict(index: int, message: ChatMessage) -> dict[str, Any]:
                     param=f"messages.{index}.content",
                 )
             if part.text is None:
-                raise invalid_request(f"message {index}: a 'text' content part needs a 'text' string",
-                                      param=f"messages.{index}.content")
+                raise invalid_request(
+                    f"message {index}: a 'text' content part needs a 'text' string", param=f"messages.{index}.content"
+                )
             texts.append(part.text)
         content = "".join(texts)
     out = {**(message.model_extra or {}), "role": message.role, "content": content}
@@ -83,8 +84,11 @@ def _check_supported(req: ChatCompletionRequest) -> None:
     if req.top_logprobs is not None and not req.logprobs:
         raise invalid_request("top_logprobs needs logprobs=true", param="top_logprobs")
     if clash := sorted(RESERVED_TEMPLATE_KWARGS & set(req.chat_template_kwargs or {})):
-        raise invalid_request(f"chat_template_kwargs may not set {', '.join(clash)}: the request's own fields "
-                              "(messages, tools, add_generation_prompt) set them", param="chat_template_kwargs")
+        raise invalid_request(
+            f"chat_template_kwargs may not set {', '.join(clash)}: the request's own fields "
+            "(messages, tools, add_generation_prompt) set them",
+            param="chat_template_kwargs",
+        )
 
 
 def _format_after_reasoning(
@@ -121,8 +125,9 @@ async def create_chat_completion(
     check_context_length(len(prompt_ids), max_tokens, ctx.max_model_len, "messages")
     check_input_limits(ctx, len(prompt_ids), max_tokens, "messages")
     num_top = (req.top_logprobs or 0) if req.logprobs else None
-    params = build_sampling_params(req, max_tokens=max_tokens, logprobs=num_top, max_n=ctx.max_n,
-                                   vocab_size=ctx.tokenizer.vocab_size)
+    params = build_sampling_params(
+        req, max_tokens=max_tokens, logprobs=num_top, max_n=ctx.max_n, vocab_size=ctx.tokenizer.vocab_size
+    )
     in_reasoning = prompt_opens_reasoning(prompt_text)
     if tools.structured is not None:  # a forced call (a response_format beside it is refused)
         params = msgspec.structs.replace(params, structured=tools.structured)
@@ -136,8 +141,9 @@ async def create_chat_completion(
         updates = gen.updates()
         first = await run_until_disconnect(request, prime(updates))
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = _chat_events(ctx, gen, updates, first, [ChoiceOutput(tools, in_reasoning) for _ in gen.choices],
-                              num_top, include_usage)
+        events = _chat_events(
+            ctx, gen, updates, first, [ChoiceOutput(tools, in_reasoning) for _ in gen.choices], num_top, include_usage
+        )
         return EventStreamResponse(events, request_id)
 
     await run_until_disconnect(request, gen.run())
@@ -147,8 +153,11 @@ async def create_chat_completion(
         choices.append(
             ChatChoice(
                 index=c.index,
-                message=ResponseMessage(content=split.content or (None if output.has_calls else ""),
-                                        reasoning_content=split.reasoning or None, tool_calls=output.calls or None),
+                message=ResponseMessage(
+                    content=split.content or (None if output.has_calls else ""),
+                    reasoning_content=split.reasoning or None,
+                    tool_calls=output.calls or None,
+                ),
                 logprobs=chat_logprobs(ctx.token_texts, c.logprobs, num_top) if num_top is not None else None,
                 finish_reason=chat_finish_reason(c.finish_reason, output),
                 stop_reason=c.stop_reason,
@@ -190,19 +199,31 @@ async def _chat_events(
         if not (delta.reasoning or delta.content or delta.tool_calls or update.logprobs or update.finish_reason):
             return None
         if num_top is None and not delta.tool_calls and not parser.setup.legacy:
-            return text_chunk.text_delta(update.index, delta.content or None, delta.reasoning or None,
-                                         chat_finish_reason(update.finish_reason, parser))
+            return text_chunk.text_delta(
+                update.index,
+                delta.content or None,
+                delta.reasoning or None,
+                chat_finish_reason(update.finish_reason, parser),
+            )
         logprobs = chat_logprobs(ctx.token_texts, update.logprobs, num_top) if num_top is not None else None
-        message = DeltaMessage(content=delta.content or None, reasoning_content=delta.reasoning or None,
-                               tool_calls=merge_tool_deltas(delta.tool_calls) or None)
-        choice = ChatChunkChoice(index=update.index, delta=message, logprobs=logprobs,
-                                 finish_reason=chat_finish_reason(update.finish_reason, parser))
+        message = DeltaMessage(
+            content=delta.content or None,
+            reasoning_content=delta.reasoning or None,
+            tool_calls=merge_tool_deltas(delta.tool_calls) or None,
+        )
+        choice = ChatChunkChoice(
+            index=update.index,
+            delta=message,
+            logprobs=logprobs,
+            finish_reason=chat_finish_reason(update.finish_reason, parser),
+        )
         if parser.setup.legacy:
             as_function_call(choice)
         return chunk([choice])
 
-    opening = [chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content=""))
-                      for c in gen.choices])]
+    opening = [
+        chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content="")) for c in gen.choices])
+    ]
     usage_event = (lambda: chunk([], gen.usage())) if include_usage else None
     async for event in render_events(updates, first, render, opening, usage_event):
         yield event

@@ -24,8 +24,9 @@ from seekd.server.protocol import CompletionChoice, CompletionRequest, Completio
 from seekd.server.streaming import EventStreamResponse, prime, render_events, run_until_disconnect, sse
 
 
-async def _prompts(ctx: ServingContext, prompt: str | list[str] | list[int] | list[list[int]],
-                   n: int) -> list[list[int]]:
+async def _prompts(
+    ctx: ServingContext, prompt: str | list[str] | list[int] | list[list[int]], n: int
+) -> list[list[int]]:
     """Normalise the four OpenAI prompt shapes to token id lists (text gets the model's BOS). The
     number of sequences is checked before any prompt is tokenized."""
     if isinstance(prompt, str):
@@ -65,8 +66,9 @@ async def create_completion(
     for ids in prompts:
         check_context_length(len(ids), max_tokens, ctx.max_model_len, "prompt")
         check_input_limits(ctx, len(ids), max_tokens, "prompt")
-    params = build_sampling_params(req, max_tokens=max_tokens, logprobs=req.logprobs, max_n=ctx.max_n,
-                                   vocab_size=ctx.tokenizer.vocab_size)
+    params = build_sampling_params(
+        req, max_tokens=max_tokens, logprobs=req.logprobs, max_n=ctx.max_n, vocab_size=ctx.tokenizer.vocab_size
+    )
     gen = Generation(ctx, request_id, prompts, params, policy)
     request.state.generation = gen  # for the access log
     echoes = [ctx.tokenizer.decode(ids, skip_special_tokens=True) if req.echo else "" for ids in prompts]
@@ -86,8 +88,13 @@ async def create_completion(
         if req.logprobs is not None:
             logprobs = completion_logprobs(ctx.token_texts, c.logprobs, req.logprobs, len(echo))
         choices.append(
-            CompletionChoice(index=c.index, text=echo + c.text, logprobs=logprobs,
-                             finish_reason=c.finish_reason, stop_reason=c.stop_reason)
+            CompletionChoice(
+                index=c.index,
+                text=echo + c.text,
+                logprobs=logprobs,
+                finish_reason=c.finish_reason,
+                stop_reason=c.stop_reason,
+            )
         )
     response = CompletionResponse(
         id=request_id, created=gen.created, model=ctx.served_model_name, choices=choices, usage=gen.usage()
@@ -126,8 +133,17 @@ async def _completion_events(
             return text_chunk.text(update.index, text, update.finish_reason, update.stop_reason)
         logprobs = completion_logprobs(ctx.token_texts, update.logprobs, num_top, offsets[update.index])
         offsets[update.index] += sum(len(t) for t in logprobs.tokens)
-        return chunk([CompletionChoice(index=update.index, text=text, logprobs=logprobs,
-                                       finish_reason=update.finish_reason, stop_reason=update.stop_reason)])
+        return chunk(
+            [
+                CompletionChoice(
+                    index=update.index,
+                    text=text,
+                    logprobs=logprobs,
+                    finish_reason=update.finish_reason,
+                    stop_reason=update.stop_reason,
+                )
+            ]
+        )
 
     usage_event = (lambda: chunk([], gen.usage())) if include_usage else None
     async for event in render_events(updates, first, render, [], usage_event):

@@ -63,7 +63,8 @@ class EventStreamResponse(StreamingResponse):
 
     def __init__(self, events: AsyncGenerator[str | bytes, None], request_id: str) -> None:
         super().__init__(
-            events, media_type="text/event-stream",
+            events,
+            media_type="text/event-stream",
             headers={"cache-control": "no-cache", "x-request-id": request_id},
         )
         self.events = events

@@ -77,9 +77,11 @@ class EngineSupervisor:
             self._recent.popleft()
         limit = self.config.engine_max_restarts
         if len(self._recent) >= limit:
-            why = (f"{reason}; not restarting it: {len(self._recent)} restarts in the last {window:.0f} s "
-                   f"reached engine_max_restarts={limit} (crash loop). Check the log above, then restart "
-                   "the server")
+            why = (
+                f"{reason}; not restarting it: {len(self._recent)} restarts in the last {window:.0f} s "
+                f"reached engine_max_restarts={limit} (crash loop). Check the log above, then restart "
+                "the server"
+            )
             logger.error("engine core crash loop: %s", why)
             self.client.fail(why)
             return False
@@ -87,8 +89,12 @@ class EngineSupervisor:
         self.num_restarts += 1
         self.last_reason = reason
         self.last_restart_wall_time = time.time()
-        logger.warning("restarting the engine core (restart %d): %s; %d requests will resume",
-                       self.num_restarts, reason, self.client.num_in_flight)
+        logger.warning(
+            "restarting the engine core (restart %d): %s; %d requests will resume",
+            self.num_restarts,
+            reason,
+            self.client.num_in_flight,
+        )
         return True
 
     async def _watch_heartbeats(self) -> None:

@@ -68,24 +68,29 @@ def _check_tools(tools: list[dict[str, Any]], choice: Any) -> tuple[dict[str, di
     for i, tool in enumerate(tools):
         param = f"tools.{i}"
         if tool.get("type", "function") != "function" or not isinstance(tool.get("function"), dict):
-            raise invalid_request(f"{param}: only tools of type 'function' with a 'function' object are supported",
-                                  param=param)
+            raise invalid_request(
+                f"{param}: only tools of type 'function' with a 'function' object are supported", param=param
+            )
         function = tool["function"]
         name = function.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
-            raise invalid_request(f"{param}.function.name must be 1-64 letters, digits, '_' or '-', got {name!r}",
-                                  param=f"{param}.function.name")
+            raise invalid_request(
+                f"{param}.function.name must be 1-64 letters, digits, '_' or '-', got {name!r}",
+                param=f"{param}.function.name",
+            )
         if name in schemas:
             raise invalid_request(f"tool name {name!r} is defined twice", param=f"{param}.function.name")
         parameters = function.get("parameters", EMPTY_PARAMETERS)
         if not isinstance(parameters, dict):
-            raise invalid_request(f"{param}.function.parameters must be a JSON schema object",
-                                  param=f"{param}.function.parameters")
+            raise invalid_request(
+                f"{param}.function.parameters must be a JSON schema object", param=f"{param}.function.parameters"
+            )
         enforced = choice == "required" or (_is_named(choice) and choice["function"].get("name") == name)
         if function.get("strict") is True:
             strict.add(name)
-        structured_from_schema(parameters, param=f"{param}.function.parameters",
-                               lenient=not (enforced and name in strict))
+        structured_from_schema(
+            parameters, param=f"{param}.function.parameters", lenient=not (enforced and name in strict)
+        )
         schemas[name] = parameters
     return schemas, strict
 
@@ -97,41 +102,68 @@ def tool_setup(req: ChatCompletionRequest, tool_format: str) -> ToolSetup:
     return replace(setup, legacy=True) if legacy else setup
 
 
-def _tool_setup(tools: list[dict[str, Any]] | None, choice: Any, parallel_tool_calls: bool | None,
-                response_format: dict[str, Any] | None, tool_format: str) -> ToolSetup:
+def _tool_setup(
+    tools: list[dict[str, Any]] | None,
+    choice: Any,
+    parallel_tool_calls: bool | None,
+    response_format: dict[str, Any] | None,
+    tool_format: str,
+) -> ToolSetup:
     if not tools:
         if choice not in (None, "none"):
             raise invalid_request("tool_choice needs tools: the request has none", param="tool_choice")
         return ToolSetup("none", None)
     schemas, strict = _check_tools(tools, choice)
     if choice not in (None, "auto", "none") and (response_format or {}).get("type") not in (None, "text"):
-        raise invalid_request("tool_choice 'required' or a named function cannot be combined with a "
-                              "response_format: both constrain the whole output", param="tool_choice")
+        raise invalid_request(
+            "tool_choice 'required' or a named function cannot be combined with a "
+            "response_format: both constrain the whole output",
+            param="tool_choice",
+        )
     parallel = parallel_tool_calls is not False
     if choice in (None, "auto"):
         return ToolSetup("auto", tools, parallel, tool_format=tool_format)
     if choice == "none":
         return ToolSetup("none", None, parallel)
     if choice == "required":
-        items = {"anyOf": [
-            {"type": "object", "properties": {"name": {"const": name}, "arguments": _own_resource(name, schema)},
-             "required": ["name", "arguments"], "additionalProperties": False}
-            for name, schema in schemas.items()
-        ]}
+        items = {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {"name": {"const": name}, "arguments": _own_resource(name, schema)},
+                    "required": ["name", "arguments"],
+                    "additionalProperties": False,
+                }
+                for name, schema in schemas.items()
+            ]
+        }
         schema: dict[str, Any] = {"type": "array", "items": items, "minItems": 1}
         if not parallel:
             schema["maxItems"] = 1
-        return ToolSetup("required", tools, parallel, structured=structured_from_schema(
-            schema, param="tool_choice", lenient=not strict.issuperset(schemas)))
+        return ToolSetup(
+            "required",
+            tools,
+            parallel,
+            structured=structured_from_schema(schema, param="tool_choice", lenient=not strict.issuperset(schemas)),
+        )
     if _is_named(choice):
         name = choice["function"].get("name")
         if name not in schemas:
-            raise invalid_request(f"tool_choice names function {name!r}, which is not among the tools "
-                                  f"({', '.join(schemas)})", param="tool_choice")
-        return ToolSetup("named", tools, parallel, named=name, structured=structured_from_schema(
-            schemas[name], param="tool_choice", lenient=name not in strict))
-    raise invalid_request('tool_choice must be "none", "auto", "required" or {"type": "function", "function": '
-                          '{"name": ...}}', param="tool_choice")
+            raise invalid_request(
+                f"tool_choice names function {name!r}, which is not among the tools ({', '.join(schemas)})",
+                param="tool_choice",
+            )
+        return ToolSetup(
+            "named",
+            tools,
+            parallel,
+            named=name,
+            structured=structured_from_schema(schemas[name], param="tool_choice", lenient=name not in strict),
+        )
+    raise invalid_request(
+        'tool_choice must be "none", "auto", "required" or {"type": "function", "function": {"name": ...}}',
+        param="tool_choice",
+    )
 
 
 def _own_resource(name: str, schema: dict[str, Any]) -> dict[str, Any]:
@@ -149,18 +181,23 @@ def prepare_history(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         role = msg.get("role")
         if role == "assistant" and msg.get("tool_calls") is not None:
             if not isinstance(msg["tool_calls"], list):
-                raise invalid_request(f"message {i}: tool_calls must be a list of tool calls",
-                                      param=f"messages.{i}.tool_calls")
+                raise invalid_request(
+                    f"message {i}: tool_calls must be a list of tool calls", param=f"messages.{i}.tool_calls"
+                )
             msg = {**msg, "tool_calls": [_history_call(i, j, call) for j, call in enumerate(msg["tool_calls"])]}
             pending = {call["id"] for call in msg["tool_calls"]}
         elif role == "tool":
             call_id = msg.get("tool_call_id")
             if not isinstance(call_id, str) or not call_id:
-                raise invalid_request(f"message {i}: a 'tool' message needs the 'tool_call_id' it answers",
-                                      param=f"messages.{i}.tool_call_id")
+                raise invalid_request(
+                    f"message {i}: a 'tool' message needs the 'tool_call_id' it answers",
+                    param=f"messages.{i}.tool_call_id",
+                )
             if call_id not in pending:
-                raise invalid_request(f"message {i}: tool_call_id {call_id!r} answers no tool call of the "
-                                      "assistant message before it", param=f"messages.{i}.tool_call_id")
+                raise invalid_request(
+                    f"message {i}: tool_call_id {call_id!r} answers no tool call of the assistant message before it",
+                    param=f"messages.{i}.tool_call_id",
+                )
         elif role != "assistant":
             pending = set()
         out.append(msg)
@@ -176,15 +213,20 @@ def _history_call(i: int, j: int, call: Any) -> dict[str, Any]:
         raise invalid_request(f"{param}: a tool call needs an 'id'", param=f"{param}.id")
     arguments = function.get("arguments", "{}")
     if not isinstance(arguments, str):
-        raise invalid_request(f"{param}.function.arguments must be a string of JSON",
-                              param=f"{param}.function.arguments")
+        raise invalid_request(
+            f"{param}.function.arguments must be a string of JSON", param=f"{param}.function.arguments"
+        )
     try:
         value = json.loads(arguments or "{}")
     except json.JSONDecodeError as e:
-        raise invalid_request(f"{param}.function.arguments is not valid JSON: {e}",
-                              param=f"{param}.function.arguments") from e
-    return {**call, "type": call.get("type", "function"),
-            "function": {**function, "arguments": ToolArguments(arguments, value)}}
+        raise invalid_request(
+            f"{param}.function.arguments is not valid JSON: {e}", param=f"{param}.function.arguments"
+        ) from e
+    return {
+        **call,
+        "type": call.get("type", "function"),
+        "function": {**function, "arguments": ToolArguments(arguments, value)},
+    }
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -237,8 +279,11 @@ class ChoiceOutput:
         if self.tools is None:
             return ChatDelta(reasoning, content)
         out = ChatDelta()
-        for piece in (self.tools.feed(reasoning, reasoning=True), self.tools.feed(content),
-                      *((self.tools.finish(),) if final else ())):
+        for piece in (
+            self.tools.feed(reasoning, reasoning=True),
+            self.tools.feed(content),
+            *((self.tools.finish(),) if final else ()),
+        ):
             out.reasoning += piece.reasoning
             out.content += piece.content
             out.tool_calls += self._deltas(piece.tool_calls)
@@ -252,8 +297,14 @@ class ChoiceOutput:
             if piece.name is not None:
                 self.ids.append(new_call_id())
                 self.calls.append(ToolCallOut(id=self.ids[-1], function=FunctionCall(name=piece.name, arguments="")))
-                out.append(DeltaToolCall(index=piece.index, id=self.ids[-1], type="function",
-                                         function=DeltaFunctionCall(name=piece.name, arguments=piece.arguments)))
+                out.append(
+                    DeltaToolCall(
+                        index=piece.index,
+                        id=self.ids[-1],
+                        type="function",
+                        function=DeltaFunctionCall(name=piece.name, arguments=piece.arguments),
+                    )
+                )
             else:
                 out.append(DeltaToolCall(index=piece.index, function=DeltaFunctionCall(arguments=piece.arguments)))
             self.calls[piece.index].function.arguments += piece.arguments
@@ -266,7 +317,9 @@ class ChoiceOutput:
             if not self.ids:
                 pieces.append(ToolCallDelta(0, name=self.setup.named))
             body = self._json.strip()
-            pieces.append(ToolCallDelta(0, arguments=body[len(self.calls[0].function.arguments) if self.calls else 0:]))
+            pieces.append(
+                ToolCallDelta(0, arguments=body[len(self.calls[0].function.arguments) if self.calls else 0 :])
+            )
             return ChatDelta(tool_calls=self._deltas(pieces))
         return ChatDelta(tool_calls=self._deltas(self._array_elements()))
 
@@ -296,8 +349,13 @@ def merge_tool_deltas(deltas: list[DeltaToolCall]) -> list[DeltaToolCall]:
     for delta in deltas:
         if out and out[-1].index == delta.index and delta.id is None:
             last = out[-1].function
-            out[-1] = out[-1].model_copy(update={"function": DeltaFunctionCall(
-                name=last.name, arguments=(last.arguments or "") + (delta.function.arguments or ""))})
+            out[-1] = out[-1].model_copy(
+                update={
+                    "function": DeltaFunctionCall(
+                        name=last.name, arguments=(last.arguments or "") + (delta.function.arguments or "")
+                    )
+                }
+            )
         else:
             out.append(delta)
     return out
@@ -311,5 +369,5 @@ def whole_output(setup: ToolSetup, in_reasoning: bool, text: str) -> tuple[ChatD
 
 
 def chat_finish_reason(reason: str | None, output: ChoiceOutput) -> str | None:
-    """"tool_calls" when the model stopped after calling tools (a cut-off call stays "length")."""
+    """ "tool_calls" when the model stopped after calling tools (a cut-off call stays "length")."""
     return "tool_calls" if reason == "stop" and output.has_calls else reason

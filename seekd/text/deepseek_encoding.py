@@ -96,8 +96,9 @@ def _tool_caller(index: int, messages: list[Message]) -> int:
     return caller
 
 
-def _render_tool_result(index: int, messages: list[Message], thinking: bool, last_user: int,
-                        caller: int | None = None) -> str:
+def _render_tool_result(
+    index: int, messages: list[Message], thinking: bool, last_user: int, caller: int | None = None
+) -> str:
     """Results of one assistant message's calls are grouped, in call order, in one <function_results>.
     `caller`: `_tool_caller(index, messages)` when the caller of this function has it (walking back
     from every result made a run of k results cost k^2)."""
@@ -113,8 +114,9 @@ def _render_tool_result(index: int, messages: list[Message], thinking: bool, las
     return out
 
 
-def render_message(index: int, messages: list[Message], thinking: bool, last_user: int | None = None,
-                   tool_caller: int | None = None) -> str:
+def render_message(
+    index: int, messages: list[Message], thinking: bool, last_user: int | None = None, tool_caller: int | None = None
+) -> str:
     """`last_user` and `tool_caller` (for a tool result): `_last_user_index(messages)` and
     `_tool_caller(index, messages)` when the caller has them (looking them up per message made
     encoding quadratic in the number of messages)."""
@@ -163,7 +165,9 @@ def encode_messages(
     last_user = _last_user_index(full)
     callers = []  # per message: the message before the run of tool results it belongs to
     for i, msg in enumerate(full):
-        callers.append(callers[i - 1] if i and msg.get("role") == "tool" and full[i - 1].get("role") == "tool"
-                       else i - 1)
-    return prompt + "".join(render_message(i, full, thinking, last_user, callers[i])
-                            for i in range(len(context), len(full)))
+        callers.append(
+            callers[i - 1] if i and msg.get("role") == "tool" and full[i - 1].get("role") == "tool" else i - 1
+        )
+    return prompt + "".join(
+        render_message(i, full, thinking, last_user, callers[i]) for i in range(len(context), len(full))
+    )

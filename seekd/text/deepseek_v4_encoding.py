@@ -128,8 +128,9 @@ def sort_tool_results(messages: list[Message]) -> list[Message]:
         if msg.get("role") == "assistant" and msg.get("tool_calls"):
             order = {call["id"]: i for i, call in enumerate(msg["tool_calls"]) if call.get("id")}
         elif msg.get("role") == "user" and order and "blocks" in msg:
-            results = sorted((b for b in msg["blocks"] if b["type"] == "tool_result"),
-                             key=lambda b: order.get(b["id"], 0))
+            results = sorted(
+                (b for b in msg["blocks"] if b["type"] == "tool_result"), key=lambda b: order.get(b["id"], 0)
+            )
             it = iter(results)
             msg["blocks"] = [next(it) if b["type"] == "tool_result" else b for b in msg["blocks"]]
     return messages
@@ -179,8 +180,14 @@ def _render_assistant(index: int, msg: Message, thinking: bool, keep_reasoning: 
     return reasoning + _text(msg.get("content")) + calls + EOS
 
 
-def render_message(index: int, messages: list[Message], thinking: bool, keep_reasoning: bool,
-                   reasoning_effort: str | None, last_user: int | None = None) -> str:
+def render_message(
+    index: int,
+    messages: list[Message],
+    thinking: bool,
+    keep_reasoning: bool,
+    reasoning_effort: str | None,
+    last_user: int | None = None,
+) -> str:
     """`last_user`: `last_user_index(messages)` when the caller has it (looking it up per message made
     encoding quadratic in the number of messages)."""
     msg, role = messages[index], messages[index].get("role")

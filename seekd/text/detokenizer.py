@@ -83,7 +83,7 @@ class IncrementalDetokenizer:
         best: tuple[int, int] | None = None  # (start index, rank)
         for length, ranks in self._rank_by_length.items():
             for index in range(max(0, searched - length + 1), len(text) - length + 1):
-                rank = ranks.get(text[index:index + length])
+                rank = ranks.get(text[index : index + length])
                 if rank is not None:
                     if best is None or (index, rank) < best:
                         best = (index, rank)

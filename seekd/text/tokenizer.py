@@ -37,9 +37,7 @@ class Tokenizer:
         self.model_type = self._model_type(folder)
         self.bos_token_id = self.token_to_id(self.bos_token)
         self.eos_token_id = self.token_to_id(self.eos_token)
-        self.all_special_ids = frozenset(
-            i for i, tok in self.backend.get_added_tokens_decoder().items() if tok.special
-        )
+        self.all_special_ids = frozenset(i for i, tok in self.backend.get_added_tokens_decoder().items() if tok.special)
 
     @staticmethod
     def _find_chat_template(folder: Path, config: dict[str, Any]) -> str | None:

@@ -104,8 +104,11 @@ class FakeOpenAIServer:
 
     async def _respond(self, writer: asyncio.StreamWriter, status: int, payload: dict) -> None:
         data = json.dumps(payload).encode()
-        writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-                     f"Connection: close\r\n\r\n".encode() + data)
+        writer.write(
+            f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+            f"Connection: close\r\n\r\n".encode()
+            + data
+        )
         await writer.drain()
 
     async def _stream(self, writer: asyncio.StreamWriter, body: dict, token_times: list[float]) -> None:
@@ -116,8 +119,10 @@ class FakeOpenAIServer:
             writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             await writer.drain()
 
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
-                     b"Connection: close\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\n"
+        )
         if chat:
             await event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
         num_tokens = body["max_tokens"]
@@ -128,8 +133,12 @@ class FakeOpenAIServer:
             await event({"choices": [choice]})
             token_times.append(time.perf_counter())
         if self.send_usage and (body.get("stream_options") or {}).get("include_usage"):
-            await event({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": num_tokens,
-                                                  "total_tokens": 7 + num_tokens}})
+            await event(
+                {
+                    "choices": [],
+                    "usage": {"prompt_tokens": 7, "completion_tokens": num_tokens, "total_tokens": 7 + num_tokens},
+                }
+            )
         await event("[DONE]")
         writer.write(b"0\r\n\r\n")
         await writer.drain()

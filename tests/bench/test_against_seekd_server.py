@@ -36,8 +36,15 @@ def test_token_counts_and_timings_agree_with_the_server(seekd_server: str, demo_
 
 
 def test_shared_prefixes_hit_the_servers_prefix_cache_over_chat(seekd_server: str, demo_tokenizer) -> None:
-    work = shared_prefix_requests(TextSource(demo_tokenizer), num_prefixes=2, questions_per_prefix=3,
-                                  prefix_len=300, question_len=8, output_len=3, seed=0)  # > 256: the V4 demo's hit unit
+    work = shared_prefix_requests(
+        TextSource(demo_tokenizer),
+        num_prefixes=2,
+        questions_per_prefix=3,
+        prefix_len=300,
+        question_len=8,
+        output_len=3,
+        seed=0,
+    )  # > 256: the V4 demo's hit unit
     config = ClientConfig(seekd_server, "seekd-demo-random", endpoint="chat", ignore_eos=True)
     # one at a time: a request that shares a step with its prefix's first request cannot hit its blocks
     results, duration = asyncio.run(run_load(config, work, max_concurrency=1))

@@ -17,15 +17,44 @@ from .conftest import FakeOpenAIServer
 
 
 def bench_serve(server: FakeOpenAIServer, out: Path, *extra: str) -> int:
-    return main(["bench", "serve", "--base-url", server.base_url, "--num-prompts", "6", "--input-len", "8",
-                 "--output-len", "3", "--max-concurrency", "3", "--out", str(out), *extra])
+    return main(
+        [
+            "bench",
+            "serve",
+            "--base-url",
+            server.base_url,
+            "--num-prompts",
+            "6",
+            "--input-len",
+            "8",
+            "--output-len",
+            "3",
+            "--max-concurrency",
+            "3",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_serve_sweep_writes_a_result_with_its_provenance_and_a_plot(tmp_path: Path, capsys) -> None:
     with FakeOpenAIServer(ttft_s=0.02, itl_s=0.01).running() as server:
-        rc = bench_serve(server, tmp_path / "a.json", "--request-rate", "40,inf", "--slo-ttft-ms", "500",
-                         "--slo-tpot-ms", "50", "--ignore-eos", "--extra-body", '{"top_k": 5}',
-                         "--api-key", "sk-secret")
+        rc = bench_serve(
+            server,
+            tmp_path / "a.json",
+            "--request-rate",
+            "40,inf",
+            "--slo-ttft-ms",
+            "500",
+            "--slo-tpot-ms",
+            "50",
+            "--ignore-eos",
+            "--extra-body",
+            '{"top_k": 5}',
+            "--api-key",
+            "sk-secret",
+        )
         assert rc == 0
         assert all(b["ignore_eos"] is True and b["top_k"] == 5 for b in server.bodies)
     result = json.loads((tmp_path / "a.json").read_text())
@@ -63,8 +92,16 @@ def test_compare_prints_results_side_by_side(tmp_path: Path, capsys) -> None:
 
 def test_a_wrong_model_fails_fast_with_the_servers_message(tmp_path: Path, capsys) -> None:
     with FakeOpenAIServer().running() as server:
-        rc = bench_serve(server, tmp_path / "x.json", "--model", "m", "--dataset", "fixed",
-                         "--extra-body", '{"prompt": "STATUS=404"}')
+        rc = bench_serve(
+            server,
+            tmp_path / "x.json",
+            "--model",
+            "m",
+            "--dataset",
+            "fixed",
+            "--extra-body",
+            '{"prompt": "STATUS=404"}',
+        )
     assert rc == 1
     assert "404" in capsys.readouterr().out and not (tmp_path / "x.json").exists()
 
@@ -83,8 +120,24 @@ def test_jsonl_of_chat_messages_needs_the_chat_endpoint(tmp_path: Path, capsys) 
 @pytest.mark.slow
 def test_offline_runs_a_tiny_shape_on_the_cpu(tmp_path: Path) -> None:
     out = tmp_path / "offline.json"
-    rc = main(["bench", "offline", "--device", "cpu", "--num-requests", "3", "--input-len", "4", "8",
-               "--output-len", "4", "8", "--out", str(out)])
+    rc = main(
+        [
+            "bench",
+            "offline",
+            "--device",
+            "cpu",
+            "--num-requests",
+            "3",
+            "--input-len",
+            "4",
+            "8",
+            "--output-len",
+            "4",
+            "8",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["output_tok_s"] > 0 and 12 <= result["output_tokens"] <= 24
@@ -115,8 +168,23 @@ def test_commit_of_an_exported_or_nested_tree_is_its_own(tmp_path):
     tree = outer / "snapshot"
     tree.mkdir(parents=True)
     subprocess.run(["git", "init", "-q", str(outer)], check=True)
-    subprocess.run(["git", "-C", str(outer), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q",
-                    "--allow-empty", "-m", "outer"], check=True)
+    subprocess.run(
+        [
+            "git",
+            "-C",
+            str(outer),
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "outer",
+        ],
+        check=True,
+    )
     assert seekd_commit(tree).endswith("(no git checkout)")
     assert len(seekd_commit(outer).removesuffix("-dirty")) == 40
     (tree / "COMMIT").write_text("0123abcd\n")

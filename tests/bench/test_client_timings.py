@@ -68,8 +68,13 @@ def test_output_tokens_are_counted_with_the_tokenizer_when_the_server_sends_no_u
 def test_errors_are_counted_by_status_and_never_stop_the_run() -> None:
     with FakeOpenAIServer(ttft_s=0.01, itl_s=0.005).running() as server:
         config = ClientConfig(server.base_url, "fake-model", timeout_s=1.0)
-        work = [*requests(3, 3), BenchRequest("STATUS=429", 3), BenchRequest("STATUS=500", 3),
-                BenchRequest("STATUS=429 again", 3), BenchRequest("HANG", 3)]
+        work = [
+            *requests(3, 3),
+            BenchRequest("STATUS=429", 3),
+            BenchRequest("STATUS=500", 3),
+            BenchRequest("STATUS=429 again", 3),
+            BenchRequest("HANG", 3),
+        ]
         results, duration = asyncio.run(run_load(config, work, max_concurrency=8))
     refused = ClientConfig("http://127.0.0.1:9", "fake-model", timeout_s=5.0)  # port 9 (discard) is closed
     unreachable, _ = asyncio.run(run_load(refused, requests(2, 3)))

@@ -17,8 +17,20 @@ SCRIPT = Path(__file__).parents[2] / "benchmarks" / "fused_moe.py"
 @pytest.mark.triton
 def test_tiny_run_reports_every_case_against_the_loop(tmp_path: Path) -> None:
     out = tmp_path / "fused_moe.json"
-    cmd = [sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--tokens", "1", "3", "--reps", "1",
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--tiny",
+        "--device",
+        "cpu",
+        "--tokens",
+        "1",
+        "3",
+        "--reps",
+        "1",
+        "--out",
+        str(out),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     result = json.loads(out.read_text())
     assert {"device", "commit", "command", "date"} <= result.keys() and result["interpreted"]

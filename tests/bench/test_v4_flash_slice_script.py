@@ -12,12 +12,31 @@ SCRIPT = Path(__file__).parents[2] / "benchmarks" / "v4_flash_slice.py"
 
 def test_tiny_slice_reports_per_layer_decode_and_kv_bytes(tmp_path: Path) -> None:
     out = tmp_path / "slice.json"
-    cmd = [sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--context", "40", "--steps", "3",
-           "--batches", "1", "3", "--num-layers", "3", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--tiny",
+        "--device",
+        "cpu",
+        "--context",
+        "40",
+        "--steps",
+        "3",
+        "--batches",
+        "1",
+        "3",
+        "--num-layers",
+        "3",
+        "--out",
+        str(out),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     result = json.loads(out.read_text())
     assert [layer["attention"] for layer in result["layers"]] == [
-        "heavily_compressed_attention", "compressed_sparse_attention", "heavily_compressed_attention"]
+        "heavily_compressed_attention",
+        "compressed_sparse_attention",
+        "heavily_compressed_attention",
+    ]
     assert [layer["mlp"] for layer in result["layers"]] == ["hash_moe", "moe", "moe"]
     assert [run["batch"] for run in result["decode"]] == [1, 3]
     assert all(len(run["per_layer_ms"]) == 3 and min(run["per_layer_ms"]) > 0 for run in result["decode"])

@@ -23,14 +23,22 @@ def test_random_prompts_have_exactly_the_drawn_token_counts(demo_tokenizer) -> N
 def test_fixed_lengths_and_words_without_a_tokenizer() -> None:
     work = random_requests(TextSource(None), 5, input_len=20, output_len=7, range_ratio=0.0, seed=0)
     assert all(len(r.prompt.split()) == 20 and r.max_tokens == 7 and r.prompt_len is None for r in work)
-    spread = random_requests(TextSource(None), 20, input_len=20, output_len=7, range_ratio=0.5, seed=0,
-                             output_range_ratio=0.0)
+    spread = random_requests(
+        TextSource(None), 20, input_len=20, output_len=7, range_ratio=0.5, seed=0, output_range_ratio=0.0
+    )
     assert {r.max_tokens for r in spread} == {7} and len({len(r.prompt.split()) for r in spread}) > 3
 
 
 def test_shared_prefix_is_n_system_prompts_times_m_questions(demo_tokenizer) -> None:
-    work = shared_prefix_requests(TextSource(demo_tokenizer), num_prefixes=3, questions_per_prefix=4,
-                                  prefix_len=64, question_len=8, output_len=5, seed=0)
+    work = shared_prefix_requests(
+        TextSource(demo_tokenizer),
+        num_prefixes=3,
+        questions_per_prefix=4,
+        prefix_len=64,
+        question_len=8,
+        output_len=5,
+        seed=0,
+    )
     assert len(work) == 12
     systems = {r.system for r in work}
     assert len(systems) == 3 and all(len(demo_tokenizer.encode(s)) == 64 for s in systems)

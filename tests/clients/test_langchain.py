@@ -133,8 +133,9 @@ def test_stream_usage_matches_invoke_usage(server: ServerHandle) -> None:
 
 
 def test_max_completion_tokens_stop_and_temperature_zero(server: ServerHandle) -> None:
-    assert chat_model(server, max_tokens=None, max_completion_tokens=3).invoke("hi").usage_metadata[
-        "output_tokens"] <= 3
+    assert (
+        chat_model(server, max_tokens=None, max_completion_tokens=3).invoke("hi").usage_metadata["output_tokens"] <= 3
+    )
     greedy = chat_model(server, temperature=0, max_tokens=6, extra_body={"ignore_eos": True})
     first = greedy.invoke("same prompt")
     assert greedy.invoke("same prompt").content == first.content
@@ -176,8 +177,10 @@ def test_logprobs_reach_response_metadata_whole_and_streamed(server: ServerHandl
 # -- thinking mode -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("options", [{"extra_body": THINKING}, {"reasoning_effort": "high"},
-                                     {"extra_body": {"thinking": {"type": "enabled"}}}])
+@pytest.mark.parametrize(
+    "options",
+    [{"extra_body": THINKING}, {"reasoning_effort": "high"}, {"extra_body": {"thinking": {"type": "enabled"}}}],
+)
 def test_thinking_mode_counts_reasoning_tokens_and_keeps_content_clean(server: ServerHandle, options: dict) -> None:
     """ChatOpenAI drops the non-standard `reasoning_content` (langchain-openai says so: it targets
     OpenAI's schema only); the reasoning must then not leak into `content`, and the usage still
@@ -196,8 +199,11 @@ def test_reasoning_is_reachable_through_the_openai_client_langchain_wraps(server
     """What langchain-openai hides is in the response it reads: `llm.root_client` is the openai client."""
     llm = chat_model(server, max_tokens=4)
     raw = llm.root_client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "2+2?"}], max_tokens=4,
-        extra_body={"ignore_eos": True, **THINKING})
+        model=MODEL,
+        messages=[{"role": "user", "content": "2+2?"}],
+        max_tokens=4,
+        extra_body={"ignore_eos": True, **THINKING},
+    )
     assert raw.choices[0].message.reasoning_content
     assert raw.usage.completion_tokens_details.reasoning_tokens == 4
 
@@ -205,8 +211,15 @@ def test_reasoning_is_reachable_through_the_openai_client_langchain_wraps(server
 def test_chat_deepseek_carries_reasoning_content_whole_and_streamed(server: ServerHandle) -> None:
     """langchain-deepseek's ChatDeepSeek (ChatOpenAI plus DeepSeek's `reasoning_content`) is the
     LangChain class that shows the reasoning; pointed at seekd it gets it, whole and streamed."""
-    llm = ChatDeepSeek(api_base=server.api_url, api_key="unused", model=MODEL, max_tokens=6, max_retries=0,
-                       stream_usage=True, extra_body={"thinking": {"type": "enabled"}, "ignore_eos": True})
+    llm = ChatDeepSeek(
+        api_base=server.api_url,
+        api_key="unused",
+        model=MODEL,
+        max_tokens=6,
+        max_retries=0,
+        stream_usage=True,
+        extra_body={"thinking": {"type": "enabled"}, "ignore_eos": True},
+    )
     whole = llm.invoke("2+2?")
     streamed = add_chunks(list(llm.stream("2+2?")))
     for message in (whole, streamed):
@@ -222,8 +235,9 @@ def test_chat_deepseek_carries_reasoning_content_whole_and_streamed(server: Serv
 
 @pytest.mark.parametrize("tool_choice", ["required", "get_weather", "any"])
 def test_forced_tool_calls_parse_into_valid_arguments(server: ServerHandle, tool_choice: str) -> None:
-    llm = chat_model(server, max_tokens=60, seed=1).bind_tools([get_weather], tool_choice=tool_choice,
-                                                               parallel_tool_calls=False, **STRICT)
+    llm = chat_model(server, max_tokens=60, seed=1).bind_tools(
+        [get_weather], tool_choice=tool_choice, parallel_tool_calls=False, **STRICT
+    )
     for message in (llm.invoke(HISTORY), add_chunks(list(llm.stream(HISTORY)))):
         assert message.response_metadata["finish_reason"] == "tool_calls"
         assert not message.invalid_tool_calls
@@ -256,8 +270,9 @@ def test_nested_models_as_tools_under_any_and_sets_under_auto(server: ServerHand
     """`tool_choice="any"` wraps every tool's schema in one array schema: the nested models' `$defs`
     refs were resolved against that wrapper (a 400, "Pointer '/$defs/City' does not exist"). A tool
     with a set field was refused even under auto, where nothing is enforced."""
-    forced = chat_model(server, max_tokens=80, seed=3).bind_tools([Trip, Verdict], tool_choice="any",
-                                                                  parallel_tool_calls=False)
+    forced = chat_model(server, max_tokens=80, seed=3).bind_tools(
+        [Trip, Verdict], tool_choice="any", parallel_tool_calls=False
+    )
     for message in (forced.invoke(HISTORY), add_chunks(list(forced.stream(HISTORY)))):
         assert message.response_metadata["finish_reason"] == "tool_calls" and not message.invalid_tool_calls
         (call,) = message.tool_calls
@@ -306,8 +321,9 @@ def test_tool_message_for_an_unknown_call_is_a_clear_error(server: ServerHandle)
 
 
 def test_parallel_tool_calls_false_gives_at_most_one_call(server: ServerHandle) -> None:
-    llm = chat_model(server, max_tokens=80, seed=4).bind_tools([get_weather], tool_choice="required",
-                                                               parallel_tool_calls=False, **STRICT)
+    llm = chat_model(server, max_tokens=80, seed=4).bind_tools(
+        [get_weather], tool_choice="required", parallel_tool_calls=False, **STRICT
+    )
     message = llm.invoke(HISTORY)
     assert len(message.tool_calls) == 1
 
@@ -315,8 +331,7 @@ def test_parallel_tool_calls_false_gives_at_most_one_call(server: ServerHandle) 
 def test_legacy_functions_with_langchains_function_parsers(server: ServerHandle) -> None:
     """Older LangChain chains bind `functions` and read `additional_kwargs["function_call"]`."""
     function = convert_to_openai_function(Verdict)
-    llm = chat_model(server, max_tokens=60, seed=6).bind(functions=[function],
-                                                          function_call={"name": function["name"]})
+    llm = chat_model(server, max_tokens=60, seed=6).bind(functions=[function], function_call={"name": function["name"]})
     message = llm.invoke(HISTORY)
     assert message.response_metadata["finish_reason"] == "function_call"
     assert message.additional_kwargs["function_call"]["name"] == "Verdict"
@@ -333,8 +348,9 @@ def test_legacy_functions_with_langchains_function_parsers(server: ServerHandle)
 
 
 @pytest.mark.parametrize("method", ["json_schema", "function_calling"])
-def test_structured_output_validates_into_the_pydantic_class(server: ServerHandle, method: str,
-                                                            run_async: Callable) -> None:
+def test_structured_output_validates_into_the_pydantic_class(
+    server: ServerHandle, method: str, run_async: Callable
+) -> None:
     for seed in range(3):
         llm = chat_model(server, max_tokens=60, seed=seed, temperature=1.0)
         result = llm.with_structured_output(Verdict, method=method, include_raw=True).invoke(HISTORY)
@@ -380,18 +396,40 @@ def test_structured_output_json_mode_gives_json(server: ServerHandle) -> None:
 
 
 def test_openai_completions_llm(server: ServerHandle, run_async: Callable) -> None:
-    llm = OpenAI(base_url=server.api_url, api_key="unused", model=MODEL, max_tokens=5, seed=9, max_retries=0,
-                 extra_body={"ignore_eos": True})
+    llm = OpenAI(
+        base_url=server.api_url,
+        api_key="unused",
+        model=MODEL,
+        max_tokens=5,
+        seed=9,
+        max_retries=0,
+        extra_body={"ignore_eos": True},
+    )
     text = llm.invoke("Once upon a time")
     assert text and "".join(llm.stream("Once upon a time")) == text
     assert run_async(llm.ainvoke("Once upon a time")) == text
     assert llm.batch(["Once upon a time", "x"])[0] == text
-    result = OpenAI(base_url=server.api_url, api_key="unused", model=MODEL, max_tokens=3, logprobs=2,
-                    max_retries=0, extra_body={"ignore_eos": True}).generate(["x"])
+    result = OpenAI(
+        base_url=server.api_url,
+        api_key="unused",
+        model=MODEL,
+        max_tokens=3,
+        logprobs=2,
+        max_retries=0,
+        extra_body={"ignore_eos": True},
+    ).generate(["x"])
     logprobs = result.generations[0][0].generation_info["logprobs"]
     assert len(logprobs["tokens"]) == 3 and all(len(top) == 2 for top in logprobs["top_logprobs"])
     assert result.llm_output["token_usage"]["completion_tokens"] == 3
-    several = OpenAI(base_url=server.api_url, api_key="unused", model=MODEL, max_tokens=3, n=2, seed=1,
-                     max_retries=0, extra_body={"ignore_eos": True}).generate(["x", "y"])
+    several = OpenAI(
+        base_url=server.api_url,
+        api_key="unused",
+        model=MODEL,
+        max_tokens=3,
+        n=2,
+        seed=1,
+        max_retries=0,
+        extra_body={"ignore_eos": True},
+    ).generate(["x", "y"])
     assert [len(g) for g in several.generations] == [2, 2]
     assert several.llm_output["token_usage"]["completion_tokens"] == 12

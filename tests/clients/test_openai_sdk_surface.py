@@ -80,8 +80,10 @@ def test_unknown_endpoints_are_openai_404s(client: openai.OpenAI, server: Server
 def test_a_body_that_is_not_a_json_object_says_how_to_send_one(server: ServerHandle) -> None:
     """curl -d sends form encoding unless told otherwise: the 400 names the header to set."""
     body = json.dumps({"model": MODEL, "messages": USER, "max_tokens": 2}).encode()
-    for content, headers in ((body, {"content-type": "application/x-www-form-urlencoded"}),
-                             (b"[1, 2]", {"content-type": "application/json"})):
+    for content, headers in (
+        (body, {"content-type": "application/x-www-form-urlencoded"}),
+        (b"[1, 2]", {"content-type": "application/json"}),
+    ):
         resp = httpx.post(f"{server.api_url}/chat/completions", content=content, headers=headers)
         assert resp.status_code == 400
         error = resp.json()["error"]
@@ -94,22 +96,33 @@ def test_a_body_that_is_not_a_json_object_says_how_to_send_one(server: ServerHan
 def test_fields_ignored_on_purpose_change_nothing(client: openai.OpenAI) -> None:
     base = dict(seed=21, temperature=1.0, max_tokens=6, extra_body=FREE)
     reference = chat(client, **base).choices[0].message.content
-    ignored = chat(client, user="u-42", metadata={"team": "ops"}, store=False, service_tier="auto",
-                   prediction={"type": "content", "content": "hello there"}, parallel_tool_calls=False,
-                   modalities=["text"], **base)
+    ignored = chat(
+        client,
+        user="u-42",
+        metadata={"team": "ops"},
+        store=False,
+        service_tier="auto",
+        prediction={"type": "content", "content": "hello there"},
+        parallel_tool_calls=False,
+        modalities=["text"],
+        **base,
+    )
     assert ignored.choices[0].message.content == reference
 
 
-@pytest.mark.parametrize(("kwargs", "param"), [
-    ({"modalities": ["text", "audio"]}, "modalities"),
-    ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
-    ({"logit_bias": {"42": 101}}, "logit_bias"),
-    ({"logit_bias": {"10000000": 5}}, "logit_bias"),  # past the vocabulary
-    ({"logit_bias": {"-3": 5}}, "logit_bias"),
-    ({"response_format": {"type": "xml"}}, "response_format"),
-    ({"top_logprobs": 2}, "top_logprobs"),  # needs logprobs=true
-    ({"function_call": "auto"}, "function_call"),  # needs functions
-])
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"modalities": ["text", "audio"]}, "modalities"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+        ({"logit_bias": {"42": 101}}, "logit_bias"),
+        ({"logit_bias": {"10000000": 5}}, "logit_bias"),  # past the vocabulary
+        ({"logit_bias": {"-3": 5}}, "logit_bias"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
+        ({"top_logprobs": 2}, "top_logprobs"),  # needs logprobs=true
+        ({"function_call": "auto"}, "function_call"),  # needs functions
+    ],
+)
 def test_unsupported_fields_are_400s_naming_the_field(client: openai.OpenAI, kwargs: dict, param: str) -> None:
     with pytest.raises(openai.BadRequestError) as info:
         chat(client, **kwargs)
@@ -143,8 +156,11 @@ def test_message_forms_clients_send(client: openai.OpenAI) -> None:
     """Text parts equal the joined string, `name` is accepted, and `developer` is a system turn."""
     kwargs = dict(seed=5, max_tokens=5, extra_body=FREE)
     plain = chat(client, [{"role": "user", "content": "hello there"}], **kwargs)
-    parts = chat(client, [{"role": "user", "content": [{"type": "text", "text": "hello "},
-                                                       {"type": "text", "text": "there"}]}], **kwargs)
+    parts = chat(
+        client,
+        [{"role": "user", "content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "there"}]}],
+        **kwargs,
+    )
     assert parts.usage.prompt_tokens == plain.usage.prompt_tokens
     assert parts.choices[0].message.content == plain.choices[0].message.content
     named = chat(client, [{"role": "user", "content": "hello there", "name": "alice"}], **kwargs)
@@ -153,15 +169,24 @@ def test_message_forms_clients_send(client: openai.OpenAI) -> None:
     developer = chat(client, [{"role": "developer", "content": "Be brief."}, *USER], **kwargs)
     assert developer.usage.prompt_tokens > plain.usage.prompt_tokens
     assert system.usage.prompt_tokens > plain.usage.prompt_tokens
-    history = [{"role": "system", "content": [{"type": "text", "text": "Be brief."}]}, *USER,
-               {"role": "assistant", "content": [{"type": "text", "text": "Hi."}]}, *USER]
+    history = [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        *USER,
+        {"role": "assistant", "content": [{"type": "text", "text": "Hi."}]},
+        *USER,
+    ]
     assert chat(client, history, **kwargs).choices[0].finish_reason == "length"
     said = [*USER, {"role": "assistant", "content": "I can't help with that."}, *USER]
-    refused = [*USER, {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}]},
-               *USER]
+    refused = [
+        *USER,
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't help with that."}]},
+        *USER,
+    ]
     assert chat(client, refused, **kwargs).usage.prompt_tokens == chat(client, said, **kwargs).usage.prompt_tokens
-    for part in ({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
-                 {"type": "refusal", "refusal": "users do not refuse"}):
+    for part in (
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "refusal", "refusal": "users do not refuse"},
+    ):
         with pytest.raises(openai.BadRequestError) as info:
             chat(client, [{"role": "user", "content": [part]}])
         assert info.value.param == "messages.0.content" and part["type"] in info.value.message
@@ -200,8 +225,7 @@ def test_logprobs_parse_into_the_sdk_types_whole_streamed_and_per_choice(client:
     assert "".join(t.token for t in content) == whole.message.content
     for token in content:
         assert token.logprob <= 0 and bytes(token.bytes).decode("utf-8", "replace")
-        assert [t.logprob for t in token.top_logprobs] == sorted((t.logprob for t in token.top_logprobs),
-                                                                reverse=True)
+        assert [t.logprob for t in token.top_logprobs] == sorted((t.logprob for t in token.top_logprobs), reverse=True)
         assert len(token.top_logprobs) == 3 and token.top_logprobs[0].logprob >= token.logprob
     chunks = [c for c in streamed(client, **base) if c.choices and c.choices[0].logprobs]
     streamed_tokens = [t for c in chunks for t in c.choices[0].logprobs.content]
@@ -254,13 +278,16 @@ def test_stream_without_include_usage_sends_no_usage(client: openai.OpenAI) -> N
     assert all(c.usage is None for c in chunks) and chunks[-1].choices
 
 
-@pytest.mark.parametrize(("open_in_prompt", "tokens", "expected"), [
-    (True, [5, 6, 2, 7, 8], 3),  # reasoning, </think> (counted), then the answer
-    (True, [5, 6, 7], 3),  # cut off while reasoning
-    (False, [1, 5, 2, 7], 3),  # the model opened the block itself
-    (False, [5, 1, 2, 7], 0),  # <think> later than the first token is just text
-    (False, [5, 6], 0),
-])
+@pytest.mark.parametrize(
+    ("open_in_prompt", "tokens", "expected"),
+    [
+        (True, [5, 6, 2, 7, 8], 3),  # reasoning, </think> (counted), then the answer
+        (True, [5, 6, 7], 3),  # cut off while reasoning
+        (False, [1, 5, 2, 7], 3),  # the model opened the block itself
+        (False, [5, 1, 2, 7], 0),  # <think> later than the first token is just text
+        (False, [5, 6], 0),
+    ],
+)
 def test_reasoning_token_counter(open_in_prompt: bool, tokens: list[int], expected: int) -> None:
     counter = ReasoningTags(open_in_prompt, start_id=1, end_id=2).counter()
     for token in tokens:  # one token per engine output, as streamed
@@ -288,8 +315,9 @@ def test_response_format_kinds_and_the_sdk_parse_helper(client: openai.OpenAI) -
     done = [r.choices[0].message.content for r in objects if r.choices[0].finish_reason == "stop"]
     assert done and all(isinstance(json.loads(t), dict) for t in done)
     for seed in range(3):
-        parsed = client.chat.completions.parse(model=MODEL, messages=USER, response_format=Ticket, max_tokens=40,
-                                               seed=seed)
+        parsed = client.chat.completions.parse(
+            model=MODEL, messages=USER, response_format=Ticket, max_tokens=40, seed=seed
+        )
         ticket = parsed.choices[0].message.parsed
         assert isinstance(ticket, Ticket) and 1 <= ticket.severity <= 5
     schema = {"type": "json_schema", "json_schema": {"name": "t", "schema": Ticket.model_json_schema()}}
@@ -301,8 +329,9 @@ def test_streamed_tool_call_chunks_hold_one_entry_per_call(client: openai.OpenAI
     """The first chunk of a call carries its id, name and first argument text in one entry, as
     OpenAI's do; clients that take `tool_calls[0]` of a chunk miss nothing."""
     tool = {"type": "function", "function": FUNCTIONS[0]}
-    base = dict(tools=[tool], tool_choice={"type": "function", "function": {"name": "page_oncall"}}, max_tokens=40,
-                seed=3)
+    base = dict(
+        tools=[tool], tool_choice={"type": "function", "function": {"name": "page_oncall"}}, max_tokens=40, seed=3
+    )
     whole = chat(client, **base).choices[0].message.tool_calls[0]
     arguments, ids = "", []
     for chunk in streamed(client, **base):
@@ -316,8 +345,9 @@ def test_streamed_tool_call_chunks_hold_one_entry_per_call(client: openai.OpenAI
 
 # -- legacy function calling ---------------------------------------------------------------------
 
-FUNCTIONS = [{"name": "page_oncall", "description": "Page the on-call engineer",
-              "parameters": Ticket.model_json_schema()}]
+FUNCTIONS = [
+    {"name": "page_oncall", "description": "Page the on-call engineer", "parameters": Ticket.model_json_schema()}
+]
 
 
 def test_legacy_function_call_whole_and_streamed(client: openai.OpenAI) -> None:
@@ -340,8 +370,11 @@ def test_legacy_function_call_whole_and_streamed(client: openai.OpenAI) -> None:
 
 def test_legacy_function_history_and_errors(client: openai.OpenAI) -> None:
     call = {"name": "page_oncall", "arguments": json.dumps({"severity": 2, "team": "db"})}
-    history = [*USER, {"role": "assistant", "content": None, "function_call": call},
-               {"role": "function", "name": "page_oncall", "content": "paged"}]
+    history = [
+        *USER,
+        {"role": "assistant", "content": None, "function_call": call},
+        {"role": "function", "name": "page_oncall", "content": "paged"},
+    ]
     with_result = chat(client, history, functions=FUNCTIONS, extra_body=FREE)
     assert with_result.usage.prompt_tokens > chat(client, functions=FUNCTIONS).usage.prompt_tokens
     with pytest.raises(openai.BadRequestError) as info:

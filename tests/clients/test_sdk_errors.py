@@ -53,8 +53,12 @@ def test_bad_request_not_found_and_rate_limit_classes(server: ServerHandle) -> N
         sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], temperature=7)
     assert info.value.param == "temperature" and "temperature" in info.value.message
     with pytest.raises(openai.BadRequestError) as info:
-        sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}], max_tokens=1,
-                                    extra_body={"thinking": {"type": "sometimes"}})
+        sdk.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": "x"}],
+            max_tokens=1,
+            extra_body={"thinking": {"type": "sometimes"}},
+        )
     assert info.value.param and info.value.param.startswith("thinking")
     with pytest.raises(openai.NotFoundError):
         sdk.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}], max_tokens=1)

@@ -30,8 +30,15 @@ def _workload(stop_token: int) -> tuple[list[list[int]], list[SamplingParams]]:
 
 def _run(folder, mode: str, prompts, params):
     llm = LLM(
-        str(folder), device="cpu", dtype="float32", show_progress=False, async_scheduling=mode,
-        num_kv_blocks=40, block_size=4, max_num_batched_tokens=48, max_num_seqs=8,
+        str(folder),
+        device="cpu",
+        dtype="float32",
+        show_progress=False,
+        async_scheduling=mode,
+        num_kv_blocks=40,
+        block_size=4,
+        max_num_batched_tokens=48,
+        max_num_seqs=8,
     )
     outs = llm.generate(prompts, params)
     assert_all_blocks_free(llm)
@@ -75,8 +82,9 @@ def test_async_scheduling_matches_sync_token_for_token(qwen2_model, stop_token):
 def test_async_step_queues_the_next_step_before_resolving(qwen2_model):
     """While a step's tokens are unresolved the next step is already launched, and its pending
     input rows read the previous step's sampled ids."""
-    llm = LLM(str(qwen2_model[0]), device="cpu", dtype="float32", show_progress=False,
-              async_scheduling="on", num_kv_blocks=64)
+    llm = LLM(
+        str(qwen2_model[0]), device="cpu", dtype="float32", show_progress=False, async_scheduling="on", num_kv_blocks=64
+    )
     from seekd.engine.request import EngineCoreRequest
 
     engine = llm.engine
@@ -103,8 +111,14 @@ def test_async_scheduling_matches_sync_on_the_v4_demo(data_dir):
     params.append(SamplingParams(temperature=1.0, seed=9, max_tokens=24, ignore_eos=True))
     runs = []
     for mode in ("off", "on"):
-        llm = LLM(data_dir=str(data_dir), show_progress=False, async_scheduling=mode,
-                  num_kv_blocks=20, max_num_batched_tokens=64, max_num_seqs=6)
+        llm = LLM(
+            data_dir=str(data_dir),
+            show_progress=False,
+            async_scheduling=mode,
+            num_kv_blocks=20,
+            max_num_batched_tokens=64,
+            max_num_seqs=6,
+        )
         runs.append([o.outputs[0].token_ids for o in llm.generate(prompts, params)])
         assert_all_blocks_free(llm)
         assert llm.engine.scheduler.num_preemptions > 0

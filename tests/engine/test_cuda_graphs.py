@@ -22,9 +22,18 @@ def test_graph_replay_matches_eager_for_padded_batches(qwen2_model, data_dir):
     seeded = SamplingParams(temperature=0.9, top_k=50, seed=9, max_tokens=40, ignore_eos=True)
     results = {}
     for eager in (True, False):
-        llm = LLM(str(qwen2_model[0]), data_dir=str(data_dir), num_kv_blocks=256, block_size=16, device="cuda",
-                  dtype="float32", attention_backend="triton", enforce_eager=eager, cuda_graph_max_batch=16,
-                  show_progress=False)
+        llm = LLM(
+            str(qwen2_model[0]),
+            data_dir=str(data_dir),
+            num_kv_blocks=256,
+            block_size=16,
+            device="cuda",
+            dtype="float32",
+            attention_backend="triton",
+            enforce_eager=eager,
+            cuda_graph_max_batch=16,
+            show_progress=False,
+        )
         assert (llm.engine.runner.decode_graphs is None) == eager
         results[eager] = [
             [o.outputs[0].token_ids for o in llm.generate(prompts, greedy)],

@@ -18,10 +18,19 @@ from seekd import LLM, SamplingParams
 pytestmark = pytest.mark.gpu
 
 SHAPE = {
-    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 3584,
-    "intermediate_size": 18944, "num_hidden_layers": 4, "num_attention_heads": 28,
-    "num_key_value_heads": 4, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
-    "rope_theta": 10000.0, "vocab_size": 152064, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 131072,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 10000.0,
+    "vocab_size": 152064,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
 }
 LENGTHS = (5, 37, 300, 1024, 2500)  # 2500: FlashAttention varlen prefill (auto from 2048)
 
@@ -42,9 +51,17 @@ def prompts() -> tuple[list[list[int]], list[list[int]]]:
 
 
 def run(folder: Path, data_dir: Path, backend: str) -> tuple[list[torch.Tensor], list, list[int]]:
-    llm = LLM(str(folder), load_format="dummy", dtype="bfloat16", device="cuda", max_model_len=4096,
-              attention_backend=backend, batch1_gemv="auto" if backend == "triton" else "cublas",
-              data_dir=str(data_dir), show_progress=False)
+    llm = LLM(
+        str(folder),
+        load_format="dummy",
+        dtype="bfloat16",
+        device="cuda",
+        max_model_len=4096,
+        attention_backend=backend,
+        batch1_gemv="auto" if backend == "triton" else "cublas",
+        data_dir=str(data_dir),
+        show_progress=False,
+    )
     try:
         fresh, shared = prompts()
         logits = [llm.engine.runner.prefill_logits(p, logits_rows=1)[0].float().cpu() for p in fresh]
@@ -66,7 +83,7 @@ def test_triton_backend_matches_the_torch_reference_within_bf16_tolerance(folder
         assert (fast - ref).norm() / ref.norm() < 2e-2
 
     assert fast_cached == ref_cached
-    assert all(n > 0 for n, length in zip(fast_cached[len(LENGTHS):], LENGTHS) if length >= 300)
+    assert all(n > 0 for n, length in zip(fast_cached[len(LENGTHS) :], LENGTHS) if length >= 300)
     compared = 0
     for ref, fast in zip(ref_outs, fast_outs):
         for position, (r, f) in enumerate(zip(ref.logprobs, fast.logprobs)):

@@ -49,13 +49,15 @@ def test_kinds_of_one_lifetime_share_a_group_and_groups_get_pages_of_nearly_equa
     layout = KVCacheLayout(layers, torch.float32, 4)
     groups = {g.shape.name: g for g in layout.groups}
     assert {name: sorted(g.kinds) for name, g in groups.items()} == {
-        "window_8": ["state", "window"], "full": ["entries", "kv"],
+        "window_8": ["state", "window"],
+        "full": ["entries", "kv"],
     }
     # window_8's smallest block (4 tokens x 2 layers x (32 + 96) floats) sets the page; the full group
     # (4 tokens: 2 x one 48-float entry + 4 x 32 floats) takes 4 of its smallest blocks per page
     assert layout.page_bytes == 4 * 2 * 128 * 4
     assert {name: (g.shape.block_tokens, g.bytes_per_block) for name, g in groups.items()} == {
-        "window_8": (4, 4096), "full": (16, 4 * (2 * 48 + 4 * 32) * 4),
+        "window_8": (4, 4096),
+        "full": (16, 4 * (2 * 48 + 4 * 32) * 4),
     }
     assert layout.hit_granularity == 16
     layout.allocate(6, torch.device("cpu"))

@@ -39,16 +39,23 @@ def test_undeclared_keys_are_refused_unless_the_schema_opens_the_object(tokenize
 
 
 def test_composed_schemas_stay_satisfiable(tokenizer):
-    both = {"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
-                      {"type": "object", "properties": {"b": {"type": "integer"}}, "required": ["b"]}]}
+    both = {
+        "allOf": [
+            {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+            {"type": "object", "properties": {"b": {"type": "integer"}}, "required": ["b"]},
+        ]
+    }
     assert close_objects(both) == both  # closing either member alone would refuse the other's key
     one_of = {"anyOf": [POINT, {"type": "object", "properties": {"y": {"type": "string"}}}]}
     assert all(member["additionalProperties"] is False for member in close_objects(one_of)["anyOf"])
 
 
 def test_only_subschema_positions_are_walked():
-    schema = {"type": "object", "properties": {"properties": {"type": "string"}, "items": {"type": "integer"}},
-              "$defs": {"P": POINT}}
+    schema = {
+        "type": "object",
+        "properties": {"properties": {"type": "string"}, "items": {"type": "integer"}},
+        "$defs": {"P": POINT},
+    }
     closed = close_objects(schema)
     assert closed["properties"] == schema["properties"]  # property names are not schema keywords
     assert closed["$defs"]["P"]["additionalProperties"] is False

@@ -168,10 +168,14 @@ def test_resumed_request_replays_its_tokens_into_the_matcher(demo):
     assert len(tokens) > 6
     engine = demo.engine
     prompt = demo.tokenizer.encode("resume me")
-    engine.add_request(EngineCoreRequest(
-        request_id="resumed", prompt_token_ids=prompt, sampling_params=params,
-        resume_output_token_ids=tokens[:5],
-    ))
+    engine.add_request(
+        EngineCoreRequest(
+            request_id="resumed",
+            prompt_token_ids=prompt,
+            sampling_params=params,
+            resume_output_token_ids=tokens[:5],
+        )
+    )
     produced, finish = [], None
     while engine.has_unfinished_requests():
         for out in engine.step():
@@ -203,13 +207,16 @@ def test_lark_grammar_with_special_tokens_and_an_embedded_schema(demo):
     compact = {**PERSON, "x-guidance": {"whitespace_pattern": " ?"}}  # %json reads its options here
     grammar = f"start: <｜tool▁calls▁begin｜> args <｜tool▁calls▁end｜>\nargs: %json {json.dumps(compact)}\n"
     params = SamplingParams(
-        temperature=0.0, max_tokens=80, skip_special_tokens=False,
+        temperature=0.0,
+        max_tokens=80,
+        skip_special_tokens=False,
         structured=StructuredOutputParams(grammar=grammar),
     )
     (out,) = demo.generate("call a tool", params)
     o = out.outputs[0]
-    begin, end = (demo.tokenizer.encode(t, add_special_tokens=False)
-                  for t in ("<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"))
+    begin, end = (
+        demo.tokenizer.encode(t, add_special_tokens=False) for t in ("<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>")
+    )
     assert o.finish_reason == "stop"
     assert o.token_ids[:1] == begin and o.token_ids[-1:] == end
     args = o.text.removeprefix("<｜tool▁calls▁begin｜>").removesuffix("<｜tool▁calls▁end｜>")
@@ -219,18 +226,21 @@ def test_lark_grammar_with_special_tokens_and_an_embedded_schema(demo):
 def test_grammar_starting_after_a_token_leaves_the_reasoning_free(demo):
     """`start_after_token` (the server's `</think>`): the output is the unconstrained one up to and
     including that token, and the schema binds everything after it."""
-    free = demo.generate(["Describe a person as JSON"], SamplingParams(temperature=0.0, max_tokens=12,
-                                                                        ignore_eos=True))[0].outputs[0]
+    free = demo.generate(
+        ["Describe a person as JSON"], SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    )[0].outputs[0]
     end = free.token_ids[5]
     first = free.token_ids.index(end)  # where it first appears
     structured = msgspec.structs.replace(StructuredOutputParams.from_schema(PERSON), start_after_token=end)
-    out = demo.generate(["Describe a person as JSON"],
-                        SamplingParams(temperature=0.0, max_tokens=80, structured=structured))[0].outputs[0]
+    out = demo.generate(
+        ["Describe a person as JSON"], SamplingParams(temperature=0.0, max_tokens=80, structured=structured)
+    )[0].outputs[0]
     assert out.token_ids[: first + 1] == free.token_ids[: first + 1]
     answer = demo.tokenizer.decode(out.token_ids[first + 1 :])
     jsonschema.validate(json.loads(answer), PERSON)
     assert out.finish_reason == "stop"
     never = msgspec.structs.replace(structured, start_after_token=demo.engine.hf_config.vocab_size - 1)
-    unbound = demo.generate(["Describe a person as JSON"],
-                            SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, structured=never))
+    unbound = demo.generate(
+        ["Describe a person as JSON"], SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True, structured=never)
+    )
     assert unbound[0].outputs[0].token_ids == free.token_ids  # the token never came: nothing was constrained

@@ -41,8 +41,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 def run_child(args: dict, timeout: float = CHILD_TIMEOUT_S) -> dict:
-    proc = subprocess.run([sys.executable, str(CHILD), json.dumps(args)], capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, str(CHILD), json.dumps(args)], capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -56,13 +57,16 @@ def pid_alive(pid: int) -> bool:
     return not status.exists() or status.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest.mark.parametrize(("model", "load_format", "async_scheduling"), [
-    ("qwen2", "auto", "off"),
-    ("v3", "auto", "on"),  # async: rank 0 broadcasts sampled ids that the next step reads on the device
-    ("v32", "auto", "off"),
-    ("v4", "auto", "on"),
-    ("qwen2-dummy", "dummy", "on"),  # random weights: each rank's shard of the one-rank model
-])
+@pytest.mark.parametrize(
+    ("model", "load_format", "async_scheduling"),
+    [
+        ("qwen2", "auto", "off"),
+        ("v3", "auto", "on"),  # async: rank 0 broadcasts sampled ids that the next step reads on the device
+        ("v32", "auto", "off"),
+        ("v4", "auto", "on"),
+        ("qwen2-dummy", "dummy", "on"),  # random weights: each rank's shard of the one-rank model
+    ],
+)
 def test_tp2_greedy_output_matches_tp1(models, model, load_format, async_scheduling) -> None:
     args = {"model": str(models[model]), "load_format": load_format, "async_scheduling": async_scheduling}
     llm = tp_child.build({**args, "tp": 1})
@@ -111,8 +115,11 @@ def test_worker_exits_when_rank0_dies(models) -> None:
 
 
 def test_indivisible_sizes_are_refused_with_the_sizes_that_work(models) -> None:
-    with pytest.raises(ValueError, match=r"tensor_parallel_size=3 does not divide this model's "
-                                         r"num_attention_heads=4.*sizes that work: 1, 2, 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"tensor_parallel_size=3 does not divide this model's "
+        r"num_attention_heads=4.*sizes that work: 1, 2, 4",
+    ):
         LLM(str(models["qwen2"]), tensor_parallel_size=3, num_kv_blocks=64, show_progress=False)
     qwen2 = HFConfig.from_folder(models["qwen2"])
     with pytest.raises(ValueError, match="num_key_value_heads=2"):

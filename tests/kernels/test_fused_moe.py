@@ -15,26 +15,40 @@ from seekd.layers.moe import RoutedExperts, TopKRouter
 pytestmark = pytest.mark.triton
 
 # the interpreter computes bfloat16 casts and dots wrongly; bf16 runs where a GPU compiles them
-DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
-    INTERPRETED, reason="Triton's interpreter computes bfloat16 wrongly"))]
+DTYPES = [
+    torch.float32,
+    pytest.param(
+        torch.bfloat16, marks=pytest.mark.skipif(INTERPRETED, reason="Triton's interpreter computes bfloat16 wrongly")
+    ),
+]
 
 
-def make_experts(num_experts: int, hidden: int, inter: int, limit: float | None, device: str,
-                 dtype: torch.dtype) -> RoutedExperts:
+def make_experts(
+    num_experts: int, hidden: int, inter: int, limit: float | None, device: str, dtype: torch.dtype
+) -> RoutedExperts:
     experts = RoutedExperts(num_experts, hidden, inter, limit)
     experts.w13_weight.data.normal_(0.0, hidden**-0.5)
     experts.w2_weight.data.normal_(0.0, inter**-0.5)
     return experts.to(device, dtype)
 
 
-def routing(num_tokens: int, num_experts: int, top_k: int, device: str, only: int | None = None,
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def routing(
+    num_tokens: int,
+    num_experts: int,
+    top_k: int,
+    device: str,
+    only: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct random experts per token (or every slot-0 pick on expert `only`), random weights."""
     ids = torch.stack([torch.randperm(num_experts)[:top_k] for _ in range(num_tokens)])
     if only is not None:
         others = [e for e in range(num_experts) if e != only]
-        ids = torch.tensor([[only, *torch.tensor(others)[torch.randperm(len(others))[: top_k - 1]].tolist()]
-                            for _ in range(num_tokens)])
+        ids = torch.tensor(
+            [
+                [only, *torch.tensor(others)[torch.randperm(len(others))[: top_k - 1]].tolist()]
+                for _ in range(num_tokens)
+            ]
+        )
     return torch.rand(num_tokens, top_k).to(device), ids.to(device)
 
 
@@ -63,13 +77,16 @@ def test_alignment_puts_every_pair_once_in_padded_single_expert_blocks(kernel_de
     assert torch.equal(flat[rows[valid].long()], row_expert[valid])  # a block holds its expert's pairs only
     counts = torch.bincount(flat, minlength=num_experts)
     used = blocks[blocks < num_experts]
-    assert torch.equal(torch.bincount(used.long(), minlength=num_experts),
-                       (counts + block_m - 1) // block_m)  # each expert's run padded to whole blocks
-    assert used.tolist() == sorted(used.tolist()) and (blocks[len(used):] == num_experts).all()
+    assert torch.equal(
+        torch.bincount(used.long(), minlength=num_experts), (counts + block_m - 1) // block_m
+    )  # each expert's run padded to whole blocks
+    assert used.tolist() == sorted(used.tolist()) and (blocks[len(used) :] == num_experts).all()
 
 
-@pytest.mark.parametrize("num_tokens,num_experts,top_k,block_m", [
-    (1, 4, 1, 16), (1, 8, 2, 16), (1, 256, 8, 16), (7, 64, 6, 16), (300, 64, 6, 32), (90, 4, 1, 64), (1000, 8, 2, 16)])
+@pytest.mark.parametrize(
+    "num_tokens,num_experts,top_k,block_m",
+    [(1, 4, 1, 16), (1, 8, 2, 16), (1, 256, 8, 16), (7, 64, 6, 16), (300, 64, 6, 32), (90, 4, 1, 64), (1000, 8, 2, 16)],
+)
 def test_alignment_kernel_equals_the_torch_alignment(kernel_device, num_tokens, num_experts, top_k, block_m):
     from seekd.kernels.fused_moe import align_by_expert_kernel, align_by_expert_torch
 
@@ -112,8 +129,9 @@ def test_fused_moe_equals_the_reference_loop(kernel_device, dtype, case):
         assert (unclipped.float() - ref.float()).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("block_m,block_n_up,block_n_down,block_k", [
-    (16, 16, 32, 16), (32, 32, 16, 64), (64, 64, 64, 32)])
+@pytest.mark.parametrize(
+    "block_m,block_n_up,block_n_down,block_k", [(16, 16, 32, 16), (32, 32, 16, 64), (64, 64, 64, 32)]
+)
 def test_every_tiling_gives_the_reference_and_repeats_bit_for_bit(
     kernel_device, block_m, block_n_up, block_n_down, block_k
 ):
@@ -146,8 +164,7 @@ def test_pair_gemvs_equal_the_reference_loop(kernel_device, dtype, case, block_n
     out = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, limit, tiling)
     assert out.dtype == dtype and out.shape == x.shape
     torch.testing.assert_close(out.float(), experts(x, weights, ids).float(), **tolerance(dtype))
-    blocked = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, limit,
-                        MoeTiling(16, 16, 16, 16))
+    blocked = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, limit, MoeTiling(16, 16, 16, 16))
     torch.testing.assert_close(out.float(), blocked.float(), **tolerance(dtype))
 
 
@@ -204,9 +221,7 @@ def _tiny_v4(folder):
 
 
 @pytest.mark.parametrize("build", [_tiny_v2_lite, _tiny_v3, _tiny_v4], ids=["v2_lite", "v3", "v4"])
-def test_deepseek_generates_the_reference_tokens_with_routed_experts_on_the_kernel(
-    kernel_device, tmp_path, build
-):
+def test_deepseek_generates_the_reference_tokens_with_routed_experts_on_the_kernel(kernel_device, tmp_path, build):
     """Routers and experts on their kernels: the second request stops early, so the last decode steps
     have one token and take the per-pair path, the earlier ones the blocks sorted by expert."""
     build(tmp_path)
@@ -214,8 +229,16 @@ def test_deepseek_generates_the_reference_tokens_with_routed_experts_on_the_kern
     params = [SamplingParams(temperature=0.0, max_tokens=n, ignore_eos=True) for n in (16, 6)]
     outs = []
     for forced in (False, True):
-        llm = LLM(str(tmp_path), data_dir=str(tmp_path / "data"), num_kv_blocks=64, block_size=8,
-                  device=kernel_device, dtype="float32", enforce_eager=True, show_progress=False)
+        llm = LLM(
+            str(tmp_path),
+            data_dir=str(tmp_path / "data"),
+            num_kv_blocks=64,
+            block_size=8,
+            device=kernel_device,
+            dtype="float32",
+            enforce_eager=True,
+            show_progress=False,
+        )
         experts = [m for m in llm.engine.runner.model.modules() if isinstance(m, RoutedExperts)]
         routers = [m for m in llm.engine.runner.model.modules() if isinstance(m, TopKRouter)]
         assert len(experts) >= 2
@@ -238,9 +261,17 @@ def test_moe_decode_in_cuda_graphs_generates_the_reference_tokens(tmp_path, buil
     params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
     outs = {}
     for backend in ("torch", "triton"):
-        llm = LLM(str(tmp_path / "model"), data_dir=str(tmp_path / backend), num_kv_blocks=128, block_size=16,
-                  device="cuda", dtype="float32", attention_backend=backend, cuda_graph_max_batch=8,
-                  show_progress=False)
+        llm = LLM(
+            str(tmp_path / "model"),
+            data_dir=str(tmp_path / backend),
+            num_kv_blocks=128,
+            block_size=16,
+            device="cuda",
+            dtype="float32",
+            attention_backend=backend,
+            cuda_graph_max_batch=8,
+            show_progress=False,
+        )
         experts = [m for m in llm.engine.runner.model.modules() if isinstance(m, RoutedExperts)]
         assert all(m.use_kernel == (backend == "triton") for m in experts)
         assert (llm.engine.runner.decode_graphs is not None) == (backend == "triton")
@@ -308,8 +339,17 @@ def test_start_up_tuning_picks_a_one_token_experts_path_and_keeps_the_reference_
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     outs = {}
     for backend in ("torch", "triton"):
-        llm = LLM(str(tmp_path / "model"), data_dir=str(tmp_path / backend), num_kv_blocks=64, block_size=16,
-                  device="cuda", dtype="float32", attention_backend=backend, batch1_gemv="auto", show_progress=False)
+        llm = LLM(
+            str(tmp_path / "model"),
+            data_dir=str(tmp_path / backend),
+            num_kv_blocks=64,
+            block_size=16,
+            device="cuda",
+            dtype="float32",
+            attention_backend=backend,
+            batch1_gemv="auto",
+            show_progress=False,
+        )
         outs[backend] = llm.generate([5, 6, 7, 8, 9], params)[0].outputs[0].token_ids
         if backend == "triton":
             report = {k: v for k, v in llm.engine.runner.gemv_report.items() if k.startswith("experts ")}

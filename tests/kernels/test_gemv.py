@@ -85,17 +85,24 @@ def test_normed_gemv_equals_add_rmsnorm_then_linear(kernel_device, dtype, bias, 
     assert torch.equal(out2, proj(norm(rows)))
 
 
-def test_engine_with_every_projection_on_the_gemv_generates_the_reference_tokens(
-    kernel_device, qwen2_model, data_dir
-):
+def test_engine_with_every_projection_on_the_gemv_generates_the_reference_tokens(kernel_device, qwen2_model, data_dir):
     from seekd.kernels.gemv import CANDIDATES
 
     prompts = [[*range(10, 40), 7], [5, 6, 7, 8]]
     params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
     outs = []
     for forced in (False, True):
-        llm = LLM(str(qwen2_model[0]), data_dir=str(data_dir), num_kv_blocks=64, block_size=16, device=kernel_device,
-                  dtype="float32", attention_backend="triton", enforce_eager=True, show_progress=False)
+        llm = LLM(
+            str(qwen2_model[0]),
+            data_dir=str(data_dir),
+            num_kv_blocks=64,
+            block_size=16,
+            device=kernel_device,
+            dtype="float32",
+            attention_backend="triton",
+            enforce_eager=True,
+            show_progress=False,
+        )
         linears = [m for m in llm.engine.runner.model.modules() if isinstance(m, (LinearBase, ParallelLMHead))]
         assert len(linears) == 2 * 4 + 1
         for m in linears:
@@ -112,18 +119,34 @@ def test_start_up_tuning_reports_every_shape_and_keeps_outputs(qwen2_model, data
     prompt = [*range(10, 40)]
     runs = {}
     for mode in ("cublas", "auto"):
-        llm = LLM(str(qwen2_model[0]), data_dir=str(data_dir), num_kv_blocks=64, block_size=16, device="cuda",
-                  dtype="bfloat16", batch1_gemv=mode, show_progress=False)
+        llm = LLM(
+            str(qwen2_model[0]),
+            data_dir=str(data_dir),
+            num_kv_blocks=64,
+            block_size=16,
+            device="cuda",
+            dtype="bfloat16",
+            batch1_gemv=mode,
+            show_progress=False,
+        )
         runs[mode] = llm.generate(prompt, params)[0].outputs[0].token_ids
         report = llm.engine.runner.gemv_report
         if mode == "auto":
             # qkv, o, gate-up, down (with the activation fused) and LM head of the tiny Qwen2, named out x in
             # (qkv and gate-up also with their RMSNorm folded in, against the norm kernel + their choice)
-            assert set(report) == {"128x64", "64x64", "320x64", "64x160 gated", "384x64",
-                                   "128x64 normed", "320x64 normed"}
+            assert set(report) == {
+                "128x64",
+                "64x64",
+                "320x64",
+                "64x160 gated",
+                "384x64",
+                "128x64 normed",
+                "320x64 normed",
+            }
             for name, r in report.items():
                 assert next(iter(r["ms_per_pass"])) == ("rmsnorm+" if "normed" in name else "") + (
-                    report[name.removesuffix(" normed")]["choice"] if "normed" in name else "cublas")
+                    report[name.removesuffix(" normed")]["choice"] if "normed" in name else "cublas"
+                )
             assert [r["layers"] for r in report.values()].count(2) == 6
         else:
             assert report == {}

@@ -14,13 +14,31 @@ from seekd.layers.rotary import RotaryEmbedding
 
 pytestmark = pytest.mark.triton
 
-DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=pytest.mark.skipif(
-    INTERPRETED, reason="Triton's interpreter computes bfloat16 wrongly"))]
+DTYPES = [
+    torch.float32,
+    pytest.param(
+        torch.bfloat16, marks=pytest.mark.skipif(INTERPRETED, reason="Triton's interpreter computes bfloat16 wrongly")
+    ),
+]
 
 # DeepSeek-V2-Lite's attention and rope (YaRN, mscale == mscale_all_dim), and a tiny neox/default one
-V2_LITE = dict(heads=16, kv_lora_rank=512, nope=128, rope_dim=64, v=128, interleaved=True,
-               scaling={"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096,
-                        "mscale": 0.707, "mscale_all_dim": 0.707, "beta_fast": 32, "beta_slow": 1})
+V2_LITE = dict(
+    heads=16,
+    kv_lora_rank=512,
+    nope=128,
+    rope_dim=64,
+    v=128,
+    interleaved=True,
+    scaling={
+        "rope_type": "yarn",
+        "factor": 40.0,
+        "original_max_position_embeddings": 4096,
+        "mscale": 0.707,
+        "mscale_all_dim": 0.707,
+        "beta_fast": 32,
+        "beta_slow": 1,
+    },
+)
 TINY = dict(heads=4, kv_lora_rank=32, nope=16, rope_dim=8, v=24, interleaved=False, scaling=None)
 CONFIGS = {
     "v2_lite_yarn_interleaved": V2_LITE,
@@ -29,9 +47,19 @@ CONFIGS = {
 }
 
 
-def make_mla(heads: int, kv_lora_rank: int, nope: int, rope_dim: int, v: int, interleaved: bool,
-             scaling: dict | None, q_lora_rank: int | None = None, hidden: int = 64,
-             dtype: torch.dtype = torch.float32, device: str = "cpu") -> MLAAttention:
+def make_mla(
+    heads: int,
+    kv_lora_rank: int,
+    nope: int,
+    rope_dim: int,
+    v: int,
+    interleaved: bool,
+    scaling: dict | None,
+    q_lora_rank: int | None = None,
+    hidden: int = 64,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+) -> MLAAttention:
     rope = RotaryEmbedding(rope_dim, rope_dim, 8192, 10000.0, scaling, interleaved)
     mla = MLAAttention(hidden, heads, q_lora_rank, kv_lora_rank, nope, rope_dim, v, rope, (nope + rope_dim) ** -0.5)
     for p in mla.parameters():
@@ -50,8 +78,12 @@ def decode_metadata(seq_lens: list[int], block_size: int, num_blocks: int, devic
         slot_mapping=torch.tensor(slots, device=device),
         seq_lens=torch.tensor(seq_lens, device=device, dtype=torch.int32),
         query_start_loc=torch.arange(len(seq_lens) + 1, device=device, dtype=torch.int32),
-        block_tables=tables.to(device=device, dtype=torch.int32), block_size=block_size, max_query_len=1,
-        max_seq_len=max(seq_lens), query_lens_cpu=[1] * len(seq_lens), seq_lens_cpu=seq_lens,
+        block_tables=tables.to(device=device, dtype=torch.int32),
+        block_size=block_size,
+        max_query_len=1,
+        max_seq_len=max(seq_lens),
+        query_lens_cpu=[1] * len(seq_lens),
+        seq_lens_cpu=seq_lens,
     )
 
 
@@ -80,8 +112,19 @@ def test_fused_rope_cache_writes_the_reference_rows_and_query_tail(kernel_device
     q, _ = mla.project_q(x)
     q_abs = torch.full((tokens, mla.num_heads, mla.latent_width), float("nan"), device=device, dtype=dtype)
     rope = mla.rotary_emb
-    mla_rope_cache(q, mla.kv_a_proj_with_mqa(x), mla.kv_a_layernorm.weight, mla.kv_a_layernorm.eps, positions,
-                   rope.cos_sin_cache, rope.rotary_dim, rope.interleaved, cache, slots, q_abs)
+    mla_rope_cache(
+        q,
+        mla.kv_a_proj_with_mqa(x),
+        mla.kv_a_layernorm.weight,
+        mla.kv_a_layernorm.eps,
+        positions,
+        rope.cos_sin_cache,
+        rope.rotary_dim,
+        rope.interleaved,
+        cache,
+        slots,
+        q_abs,
+    )
 
     tol = {"atol": 1e-6, "rtol": 1e-6} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     assert q_abs[..., :rank].isnan().all(), "q' head is the W_UK product's to write"
@@ -95,8 +138,11 @@ def test_fused_decode_step_equals_the_torch_absorbed_path(kernel_device, heads, 
     """Contexts long enough that the decode kernel splits their keys; a second call gives the same bits."""
     torch.manual_seed(0)
     device, block_size, num_blocks = kernel_device, 16, 260
-    mla = make_mla(**{**V2_LITE, "heads": heads, "kv_lora_rank": 64, "nope": 32, "rope_dim": 16, "v": 32},
-                   dtype=dtype, device=device)
+    mla = make_mla(
+        **{**V2_LITE, "heads": heads, "kv_lora_rank": 64, "nope": 32, "rope_dim": 16, "v": 32},
+        dtype=dtype,
+        device=device,
+    )
     seq_lens = [1000, 530, 9, 1]
     meta = decode_metadata(seq_lens, block_size, num_blocks, device)
     positions = torch.tensor(seq_lens, device=device) - 1

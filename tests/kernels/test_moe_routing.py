@@ -24,8 +24,17 @@ ROUTERS = {
 
 def make_router(name: str, hidden: int, device: str) -> TopKRouter:
     experts, top_k, scoring, method, n_group, topk_group, norm, scale = ROUTERS[name]
-    router = TopKRouter(hidden, experts, top_k, scoring_func=scoring, topk_method=method, n_group=n_group,
-                        topk_group=topk_group, norm_topk_prob=norm, routed_scaling_factor=scale)
+    router = TopKRouter(
+        hidden,
+        experts,
+        top_k,
+        scoring_func=scoring,
+        topk_method=method,
+        n_group=n_group,
+        topk_group=topk_group,
+        norm_topk_prob=norm,
+        routed_scaling_factor=scale,
+    )
     router.weight.data.normal_(0.0, 1.0)  # spread logits: sqrt-softplus sees large and small ones
     if method == "noaux_tc":
         router.e_score_correction_bias.data.normal_(0.0, 0.3)
@@ -54,12 +63,12 @@ def test_group_limit_excludes_the_best_expert_of_a_losing_group(kernel_device):
     # groups of 4: group 0 = one huge logit + three tiny ones; groups 1 and 2 have two good ones each
     logits = torch.tensor([[9.0, -9, -8, -7, 5, 5, 0, 0, 4, 4, 0, 0]], device=kernel_device)
     bias = torch.zeros(12, device=kernel_device)
-    _, ids = route_topk(logits, 2, scoring_func="sigmoid", topk_method="noaux_tc", n_group=3, topk_group=2,
-                        correction_bias=bias)
+    _, ids = route_topk(
+        logits, 2, scoring_func="sigmoid", topk_method="noaux_tc", n_group=3, topk_group=2, correction_bias=bias
+    )
     # noaux_tc ranks groups by the sum of their top two: 5+5 and 4+4 beat sigmoid(9)+sigmoid(-9)
     assert ids.tolist() == [[4, 5]]
-    _, ids = route_topk(logits, 2, scoring_func="sigmoid", topk_method="group_limited_greedy", n_group=3,
-                        topk_group=1)
+    _, ids = route_topk(logits, 2, scoring_func="sigmoid", topk_method="group_limited_greedy", n_group=3, topk_group=1)
     assert ids.tolist() == [[0, 3]]  # group-limited greedy ranks groups by their max: group 0 alone
 
 
@@ -82,7 +91,14 @@ def test_nan_logits_still_give_valid_expert_ids(kernel_device, method):
     logits = torch.full((3, 20), float("nan"), device=kernel_device)
     logits[1, 5] = 1.0  # one real score among NaNs
     logits[2] = torch.randn(20)
-    _, ids = route_topk(logits, 4, scoring_func="sigmoid", topk_method=method, n_group=4, topk_group=2,
-                        correction_bias=torch.zeros(20, device=kernel_device))
+    _, ids = route_topk(
+        logits,
+        4,
+        scoring_func="sigmoid",
+        topk_method=method,
+        n_group=4,
+        topk_group=2,
+        correction_bias=torch.zeros(20, device=kernel_device),
+    )
     assert ((ids >= 0) & (ids < 20)).all()
     assert all(len(set(row)) == 4 for row in ids.tolist())  # distinct, as the weighted sum assumes

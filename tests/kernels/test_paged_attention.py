@@ -109,8 +109,16 @@ def test_triton_engine_greedy_equals_torch_engine_with_prefix_hits(kernel_device
     params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
     outs = {}
     for backend in ("torch", "triton"):
-        llm = LLM(str(qwen2_model[0]), data_dir=str(data_dir), num_kv_blocks=256, block_size=16, device=kernel_device,
-                  dtype="float32", attention_backend=backend, show_progress=False)
+        llm = LLM(
+            str(qwen2_model[0]),
+            data_dir=str(data_dir),
+            num_kv_blocks=256,
+            block_size=16,
+            device=kernel_device,
+            dtype="float32",
+            attention_backend=backend,
+            show_progress=False,
+        )
         llm.generate(prompts[0], params)  # warm the prefix cache
         outs[backend] = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
         assert llm.engine.scheduler.kv.prefix_hits > 0

@@ -10,8 +10,15 @@ from seekd.layers.mla import MLAAttention
 from seekd.layers.rotary import RotaryEmbedding
 
 
-def make_mla(q_lora_rank: int | None = 48, kv_lora_rank: int = 32, rope_dim: int = 8, heads: int = 4,
-             hidden: int = 64, nope: int = 16, v: int = 24) -> MLAAttention:
+def make_mla(
+    q_lora_rank: int | None = 48,
+    kv_lora_rank: int = 32,
+    rope_dim: int = 8,
+    heads: int = 4,
+    hidden: int = 64,
+    nope: int = 16,
+    v: int = 24,
+) -> MLAAttention:
     rope = RotaryEmbedding(rope_dim, rope_dim, 4096, 10000.0, interleaved=True)
     return MLAAttention(hidden, heads, q_lora_rank, kv_lora_rank, nope, rope_dim, v, rope, (nope + rope_dim) ** -0.5)
 
@@ -25,8 +32,10 @@ def test_mla_caches_576_values_per_token_and_layer_far_below_gqa():
     assert mla_spec.entry_shape == (576,)
     v3_bytes = 61 * mla_spec.bytes_per_block(1)
     gqa_bytes = 126 * gqa_spec.bytes_per_block(1)
-    print(f"\nKV cache per token (bf16): DeepSeek-V3 MLA {v3_bytes / 1024:.1f} KiB, "
-          f"Llama-3.1-405B GQA {gqa_bytes / 1024:.1f} KiB ({gqa_bytes / v3_bytes:.1f}x more)")
+    print(
+        f"\nKV cache per token (bf16): DeepSeek-V3 MLA {v3_bytes / 1024:.1f} KiB, "
+        f"Llama-3.1-405B GQA {gqa_bytes / 1024:.1f} KiB ({gqa_bytes / v3_bytes:.1f}x more)"
+    )
     assert v3_bytes == 61 * 576 * 2
     assert gqa_bytes > 7 * v3_bytes
 
@@ -43,9 +52,15 @@ def metadata(cached: list[int], new: list[int], block_size: int = 4) -> tuple[At
             positions.append(p)
     seq_lens = [c + n for c, n in zip(cached, new)]
     meta = AttentionMetadata(
-        slot_mapping=torch.tensor(slots), query_start_loc=torch.tensor([0, *torch.tensor(new).cumsum(0).tolist()]),
-        seq_lens=torch.tensor(seq_lens), block_tables=torch.tensor(tables, dtype=torch.int32), block_size=block_size,
-        max_query_len=max(new), max_seq_len=max(seq_lens), query_lens_cpu=new, seq_lens_cpu=seq_lens,
+        slot_mapping=torch.tensor(slots),
+        query_start_loc=torch.tensor([0, *torch.tensor(new).cumsum(0).tolist()]),
+        seq_lens=torch.tensor(seq_lens),
+        block_tables=torch.tensor(tables, dtype=torch.int32),
+        block_size=block_size,
+        max_query_len=max(new),
+        max_seq_len=max(seq_lens),
+        query_lens_cpu=new,
+        seq_lens_cpu=seq_lens,
     )
     return meta, torch.tensor(positions)
 

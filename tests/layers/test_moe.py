@@ -10,8 +10,17 @@ from seekd.layers.moe import RoutedExperts, TopKRouter, expert_weight_target
 
 def test_noaux_tc_bias_steers_the_choice_but_not_the_weights():
     torch.manual_seed(0)
-    router = TopKRouter(16, 8, 2, scoring_func="sigmoid", topk_method="noaux_tc", n_group=1, topk_group=1,
-                        norm_topk_prob=False, routed_scaling_factor=2.0)
+    router = TopKRouter(
+        16,
+        8,
+        2,
+        scoring_func="sigmoid",
+        topk_method="noaux_tc",
+        n_group=1,
+        topk_group=1,
+        norm_topk_prob=False,
+        routed_scaling_factor=2.0,
+    )
     router.weight.data.normal_()
     router.e_score_correction_bias.data.zero_()
     router.e_score_correction_bias.data[5] = 100.0
@@ -45,8 +54,11 @@ def test_routed_experts_equal_a_per_token_sum_and_load_both_layouts():
     packed.weight_loader(packed.w2_weight, down)
     per_expert = RoutedExperts(num_experts, hidden, inter)
     for e in range(num_experts):
-        for part, tensor in (("gate_proj", gate_up[e, :inter]), ("up_proj", gate_up[e, inter:]),
-                             ("down_proj", down[e])):
+        for part, tensor in (
+            ("gate_proj", gate_up[e, :inter]),
+            ("up_proj", gate_up[e, inter:]),
+            ("down_proj", down[e]),
+        ):
             name, shard = expert_weight_target(f"model.layers.1.mlp.experts.{e}.{part}.weight")
             assert name == "model.layers.1.mlp.experts." + ("w2_weight" if part == "down_proj" else "w13_weight")
             per_expert.weight_loader(getattr(per_expert, name.rsplit(".", 1)[1]), tensor, shard)

@@ -13,8 +13,16 @@ def test_yarn_table_matches_transformers_at_deepseek_v3_scale(mscale, mscale_all
     from transformers import DeepseekV3Config
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    rope = {"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 4096, "beta_fast": 32,
-            "beta_slow": 1, "mscale": mscale, "mscale_all_dim": mscale_all_dim, "rope_theta": 10000.0}
+    rope = {
+        "rope_type": "yarn",
+        "factor": 40.0,
+        "original_max_position_embeddings": 4096,
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "mscale": mscale,
+        "mscale_all_dim": mscale_all_dim,
+        "rope_theta": 10000.0,
+    }
     config = DeepseekV3Config(qk_rope_head_dim=64, max_position_embeddings=163840, rope_parameters=dict(rope))
     inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](config)
     ours = RotaryEmbedding(64, 64, 163840, 10000.0, rope)

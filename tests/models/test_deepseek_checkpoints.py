@@ -82,8 +82,9 @@ def test_fp8_block_checkpoint_loads_dequantized_and_skips_the_mtp_layer(tmp_path
     src = tmp_path / "bf16"
     hf_model = tiny_deepseek("v3", src)
     expected = write_fp8_checkpoint(src, tmp_path / "fp8", hf_model.config.num_hidden_layers)
-    llm = LLM(str(tmp_path / "fp8"), data_dir=str(tmp_path / "data"), num_kv_blocks=32, block_size=8,
-              show_progress=False)
+    llm = LLM(
+        str(tmp_path / "fp8"), data_dir=str(tmp_path / "data"), num_kv_blocks=32, block_size=8, show_progress=False
+    )
     params = dict(llm.engine.runner.model.named_parameters())
     q_a = "model.layers.1.self_attn.q_a_proj.weight"
     assert torch.equal(params[q_a], expected[q_a])

@@ -15,6 +15,7 @@ PROMPTS = [
     list(range(30, 70)),
 ]
 
+
 @pytest.fixture(scope="module", params=["v2_lite", "v2_group_limited", "v3"])
 def model_pair(request, tmp_path_factory, tiny_deepseek):
     folder = tmp_path_factory.mktemp(request.param)

@@ -20,14 +20,43 @@ from seekd.models.deepseek_v32 import build_sparse_mla
 from seekd.models.hf_config import HFConfig
 
 CONFIG = dict(
-    vocab_size=384, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=4, q_lora_rank=48, kv_lora_rank=32, qk_nope_head_dim=16,
-    qk_rope_head_dim=8, v_head_dim=24, max_position_embeddings=1024, rms_norm_eps=1e-6, tie_word_embeddings=False,
-    bos_token_id=0, eos_token_id=1, n_routed_experts=8, num_experts_per_tok=2, first_k_dense_replace=1,
-    n_shared_experts=1, n_group=4, topk_group=2, norm_topk_prob=True, routed_scaling_factor=2.5,
-    index_n_heads=8, index_head_dim=16,
-    rope_parameters={"rope_type": "yarn", "factor": 40.0, "original_max_position_embeddings": 64,
-                     "mscale": 1.0, "mscale_all_dim": 1.0, "beta_fast": 32, "beta_slow": 1, "rope_theta": 10000.0},
+    vocab_size=384,
+    hidden_size=64,
+    intermediate_size=128,
+    moe_intermediate_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    q_lora_rank=48,
+    kv_lora_rank=32,
+    qk_nope_head_dim=16,
+    qk_rope_head_dim=8,
+    v_head_dim=24,
+    max_position_embeddings=1024,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+    bos_token_id=0,
+    eos_token_id=1,
+    n_routed_experts=8,
+    num_experts_per_tok=2,
+    first_k_dense_replace=1,
+    n_shared_experts=1,
+    n_group=4,
+    topk_group=2,
+    norm_topk_prob=True,
+    routed_scaling_factor=2.5,
+    index_n_heads=8,
+    index_head_dim=16,
+    rope_parameters={
+        "rope_type": "yarn",
+        "factor": 40.0,
+        "original_max_position_embeddings": 64,
+        "mscale": 1.0,
+        "mscale_all_dim": 1.0,
+        "beta_fast": 32,
+        "beta_slow": 1,
+        "rope_theta": 10000.0,
+    },
 )
 SPARSE_TOPK = 12  # well below the prompt lengths: the indexer's choice decides the output
 _gen = torch.Generator().manual_seed(0)
@@ -92,19 +121,30 @@ def model_pair(request) -> tuple[LLM, Tiny]:
 
 def test_cache_row_holds_latent_and_indexer_key():
     """The published V3.2 shape: 576 latent values + 128 indexer-key values per token and layer."""
-    config = HFConfig({
-        "hidden_size": 7168, "num_attention_heads": 128, "q_lora_rank": 1536, "kv_lora_rank": 512,
-        "qk_nope_head_dim": 128, "qk_rope_head_dim": 64, "v_head_dim": 128, "index_n_heads": 64,
-        "index_head_dim": 128, "index_topk": 2048,
-    })
+    config = HFConfig(
+        {
+            "hidden_size": 7168,
+            "num_attention_heads": 128,
+            "q_lora_rank": 1536,
+            "kv_lora_rank": 512,
+            "qk_nope_head_dim": 128,
+            "qk_rope_head_dim": 64,
+            "v_head_dim": 128,
+            "index_n_heads": 64,
+            "index_head_dim": 128,
+            "index_topk": 2048,
+        }
+    )
     with torch.device("meta"):
         rope = RotaryEmbedding(64, 64, 16, 10000.0, interleaved=True)
         attn = build_sparse_mla(config, rope)
     spec = attn.kv_cache_spec(torch.bfloat16)
     assert spec.entry_shape == (576 + 128,)
     v32, v3 = 61 * spec.bytes_per_block(1), 61 * 576 * 2
-    print(f"\nKV cache per token (bf16, 61 layers): DeepSeek-V3.2 {v32:,} B ({spec.bytes_per_block(1)} B/layer: "
-          f"latent 1152 + indexer key 256), DeepSeek-V3 {v3:,} B ({v32 / v3:.2f}x)")
+    print(
+        f"\nKV cache per token (bf16, 61 layers): DeepSeek-V3.2 {v32:,} B ({spec.bytes_per_block(1)} B/layer: "
+        f"latent 1152 + indexer key 256), DeepSeek-V3 {v3:,} B ({v32 / v3:.2f}x)"
+    )
     assert v32 == 61 * 704 * 2
 
 
@@ -186,15 +226,28 @@ def test_block_fp8_checkpoint_with_indexer_weights_loads(tmp_path, sparse_topk):
         if t.dim() == 2 and "embed" not in name and "lm_head" not in name and not name.endswith("gate.weight"):
             q, scale_inv = quantize_block_fp8(t)
             fp8[name], fp8[name + "_scale_inv"] = q, scale_inv
-            rounded[name] = q.float() * scale_inv.repeat_interleave(128, 0)[: t.size(0)].repeat_interleave(128, 1)[
-                :, : t.size(1)]
+            rounded[name] = (
+                q.float() * scale_inv.repeat_interleave(128, 0)[: t.size(0)].repeat_interleave(128, 1)[:, : t.size(1)]
+            )
         else:
             fp8[name] = rounded[name] = t
     assert fp8["model.layers.1.self_attn.indexer.wq_b.weight"].dtype == torch.float8_e4m3fn
     config = json.loads((src / "config.json").read_text())
-    for folder, tensors, extra in ((tmp_path / "fp8", fp8, {"quantization_config": {
-            "quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}}),
-            (tmp_path / "rounded", rounded, {})):
+    for folder, tensors, extra in (
+        (
+            tmp_path / "fp8",
+            fp8,
+            {
+                "quantization_config": {
+                    "quant_method": "fp8",
+                    "fmt": "e4m3",
+                    "activation_scheme": "dynamic",
+                    "weight_block_size": [128, 128],
+                }
+            },
+        ),
+        (tmp_path / "rounded", rounded, {}),
+    ):
         folder.mkdir()
         save_file(tensors, str(folder / "model.safetensors"))
         (folder / "config.json").write_text(json.dumps({**config, **extra}))

@@ -26,14 +26,38 @@ from seekd.models.hf_config import HFConfig
 
 SLIDING, CSA, HCA = "sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"
 CONFIG = dict(
-    vocab_size=384, hidden_size=64, moe_intermediate_size=32, num_hidden_layers=4, num_attention_heads=4,
-    head_dim=32, q_lora_rank=48, partial_rotary_factor=0.25, n_routed_experts=8, num_experts_per_tok=2,
-    o_groups=2, o_lora_rank=16, index_n_heads=16, index_head_dim=16, index_topk=3, sliding_window=8,
-    compress_rates={CSA: 4, HCA: 16}, layer_types=[SLIDING, CSA, HCA, CSA],
-    mlp_layer_types=["hash_moe", "hash_moe", "moe", "moe"], hc_mult=4, max_position_embeddings=1024,
-    swiglu_limit=0.8, rms_norm_eps=1e-6, bos_token_id=0, eos_token_id=1,
-    rope_parameters={"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 64,
-                     "beta_fast": 32, "beta_slow": 1},
+    vocab_size=384,
+    hidden_size=64,
+    moe_intermediate_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    head_dim=32,
+    q_lora_rank=48,
+    partial_rotary_factor=0.25,
+    n_routed_experts=8,
+    num_experts_per_tok=2,
+    o_groups=2,
+    o_lora_rank=16,
+    index_n_heads=16,
+    index_head_dim=16,
+    index_topk=3,
+    sliding_window=8,
+    compress_rates={CSA: 4, HCA: 16},
+    layer_types=[SLIDING, CSA, HCA, CSA],
+    mlp_layer_types=["hash_moe", "hash_moe", "moe", "moe"],
+    hc_mult=4,
+    max_position_embeddings=1024,
+    swiglu_limit=0.8,
+    rms_norm_eps=1e-6,
+    bos_token_id=0,
+    eos_token_id=1,
+    rope_parameters={
+        "rope_type": "yarn",
+        "factor": 16.0,
+        "original_max_position_embeddings": 64,
+        "beta_fast": 32,
+        "beta_slow": 1,
+    },
 )
 _gen = torch.Generator().manual_seed(0)
 # longer than the window (8), several CSA (4) and HCA (16) blocks, one below every block size
@@ -160,12 +184,14 @@ def test_kv_bytes_per_token_of_v4_flash_cache_kinds():
     blocks = {g.shape.name: g.shape.block_tokens for g in layout.groups}
     assert blocks == {"window_128": 16, "window_8": 16, "full": 256}
     assert layout.hit_granularity == 256
-    print(f"\nbf16 KV bytes per token, V4-Flash: {per_token:,.0f} for good (" +
-          ", ".join(f"{k} {v['per_token']:,.0f}" for k, v in report.items() if v["per_token"]) +
-          ") + per request window " +
-          ", ".join(f"{k} {v['per_request_window'] / 2**20:.2f} MiB" for k, v in report.items() if not v["per_token"]) +
-          f"; one row per token {one_row_layout:,}; V3 latent (576 values x 61 layers) {v3:,}; "
-          f"page {layout.page_bytes:,} B, hit granularity {layout.hit_granularity} tokens")
+    print(
+        f"\nbf16 KV bytes per token, V4-Flash: {per_token:,.0f} for good ("
+        + ", ".join(f"{k} {v['per_token']:,.0f}" for k, v in report.items() if v["per_token"])
+        + ") + per request window "
+        + ", ".join(f"{k} {v['per_request_window'] / 2**20:.2f} MiB" for k, v in report.items() if not v["per_token"])
+        + f"; one row per token {one_row_layout:,}; V3 latent (576 values x 61 layers) {v3:,}; "
+        f"page {layout.page_bytes:,} B, hit granularity {layout.hit_granularity} tokens"
+    )
 
 
 def test_indexer_selection_and_swiglu_clipping_decide_the_output(tiny_v4):

@@ -18,8 +18,13 @@ from seekd import LLM
 from seekd.models.weights import FP4_E2M1_VALUES, dequantize_fp4
 
 FP4_MAGNITUDES = torch.tensor(FP4_E2M1_VALUES[:8])
-V4_QUANT_CONFIG = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "scale_fmt": "ue8m0",
-                   "weight_block_size": [128, 128]}
+V4_QUANT_CONFIG = {
+    "activation_scheme": "dynamic",
+    "fmt": "e4m3",
+    "quant_method": "fp8",
+    "scale_fmt": "ue8m0",
+    "weight_block_size": [128, 128],
+}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -127,8 +132,7 @@ def test_fp4_fp8_checkpoint_loads_within_quantization_tolerance_of_the_full_prec
     save_tiny_v4(tmp_path / "full")
     expected = write_v4_checkpoint(tmp_path / "full", tmp_path / "fp4")
     full = prefill_logits(tmp_path / "full", tmp_path / "d1")
-    llm = LLM(str(tmp_path / "fp4"), data_dir=str(tmp_path / "d2"), num_kv_blocks=64, block_size=8,
-              show_progress=False)
+    llm = LLM(str(tmp_path / "fp4"), data_dir=str(tmp_path / "d2"), num_kv_blocks=64, block_size=8, show_progress=False)
     quantized = [llm.engine.runner.prefill_logits(p) for p in PROMPTS]
 
     params = dict(llm.engine.runner.model.named_parameters())

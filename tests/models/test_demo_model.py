@@ -36,5 +36,6 @@ def test_demo_model_is_deepseek_v4_and_generates_with_no_arguments(tmp_path):
     messages = [{"role": "user", "content": "Hi"}]
     (chat,) = llm.chat(messages, SamplingParams(temperature=0.0, max_tokens=8), thinking=True)
     assert llm.tokenizer.decode(chat.prompt_token_ids, skip_special_tokens=False) == encode_messages(
-        messages, "thinking")
+        messages, "thinking"
+    )
     assert chat.outputs[0].token_ids

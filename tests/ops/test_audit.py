@@ -20,14 +20,26 @@ NUM_RECORDS = 6
 
 def write_log(path: Path, cipher: ContentCipher | None = None) -> list[dict]:
     log = AuditLog(path, cipher)
-    return [log.append({"request_id": f"r{i}", "key_id": "k1", "tenant": "acme", "route": "/v1/completions",
-                        "status": 200, "prompt_tokens": 10 + i}, {"request": {"prompt": f"secret {i}"}})
-            for i in range(NUM_RECORDS)]
+    return [
+        log.append(
+            {
+                "request_id": f"r{i}",
+                "key_id": "k1",
+                "tenant": "acme",
+                "route": "/v1/completions",
+                "status": 200,
+                "prompt_tokens": 10 + i,
+            },
+            {"request": {"prompt": f"secret {i}"}},
+        )
+        for i in range(NUM_RECORDS)
+    ]
 
 
 def audit_verify(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "seekd.cli", "audit", "verify", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "seekd.cli", "audit", "verify", str(path)], capture_output=True, text=True, timeout=60
+    )
 
 
 def lines(path: Path) -> list[str]:
@@ -73,9 +85,15 @@ def tamper_edit_and_rehash(rows: list[str]) -> list[str]:
     return rows
 
 
-@pytest.mark.parametrize(("tamper", "bad_line"), [
-    (tamper_edit, 3), (tamper_delete, 3), (tamper_swap, 3), (tamper_edit_and_rehash, 4),
-])
+@pytest.mark.parametrize(
+    ("tamper", "bad_line"),
+    [
+        (tamper_edit, 3),
+        (tamper_delete, 3),
+        (tamper_swap, 3),
+        (tamper_edit_and_rehash, 4),
+    ],
+)
 def test_tampering_is_found_at_the_first_bad_record(tmp_path: Path, tamper, bad_line: int) -> None:
     path = tmp_path / "audit.jsonl"
     write_log(path)
@@ -122,6 +140,10 @@ def test_an_earlier_head_hash_catches_a_cut_off_tail(tmp_path: Path) -> None:
     assert verify(path, records[2]["hash"]).ok
     result = verify(path, records[-1]["hash"])
     assert not result.ok and "cut off" in result.reason
-    proc = subprocess.run([sys.executable, "-m", "seekd.cli", "audit", "verify", str(path), "--head",
-                           records[-1]["hash"]], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "seekd.cli", "audit", "verify", str(path), "--head", records[-1]["hash"]],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1 and "cut off" in proc.stderr

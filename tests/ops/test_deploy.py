@@ -60,8 +60,12 @@ def test_dashboard_names_only_metrics_the_server_exports(server: ServerHandle) -
 def test_alert_rules_name_only_metrics_the_server_exports(server: ServerHandle) -> None:
     rules = alert_rules()
     assert {r["alert"] for r in rules} >= {
-        "SeekdGpuTemperatureHigh", "SeekdGpuMemoryHigh", "SeekdHighErrorRate", "SeekdTimeToFirstTokenP99OverSlo",
-        "SeekdQueueGrowing", "SeekdEngineRestarted",
+        "SeekdGpuTemperatureHigh",
+        "SeekdGpuMemoryHigh",
+        "SeekdHighErrorRate",
+        "SeekdTimeToFirstTokenP99OverSlo",
+        "SeekdQueueGrowing",
+        "SeekdEngineRestarted",
     }
     exported = metric_names(server) | GPU_NAMES
     for rule in rules:
@@ -83,8 +87,9 @@ def test_promtool_accepts_the_alert_rules() -> None:
 
 @needs_promtool
 def test_error_rate_and_temperature_alerts_fire_when_they_should() -> None:
-    result = subprocess.run(["promtool", "test", "rules", ALERT_TESTS.name], cwd=ALERT_TESTS.parent,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["promtool", "test", "rules", ALERT_TESTS.name], cwd=ALERT_TESTS.parent, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 

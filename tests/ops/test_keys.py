@@ -52,15 +52,23 @@ def test_invalid_key_fields_are_refused(tmp_path: Path, tenant: str, role: str) 
 
 def test_cli_creates_lists_and_revokes(tmp_path: Path) -> None:
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "seekd.cli", "keys", *args, "--data-dir", str(tmp_path)],
-                              capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "seekd.cli", "keys", *args, "--data-dir", str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     created = cli("create", "--tenant", "acme", "--role", "admin", "--models", "a, b", "--rpm", "7")
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     record = KeyStore.in_data_dir(tmp_path).authenticate(key)
-    assert record is not None and (record.tenant, record.role, record.models, record.rpm) == ("acme", "admin",
-                                                                                              ("a", "b"), 7)
+    assert record is not None and (record.tenant, record.role, record.models, record.rpm) == (
+        "acme",
+        "admin",
+        ("a", "b"),
+        7,
+    )
     listed = cli("list")
     assert record.id in listed.stdout and "active" in listed.stdout and key not in listed.stdout
     assert cli("revoke", record.id).returncode == 0

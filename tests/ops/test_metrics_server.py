@@ -17,8 +17,13 @@ pytestmark = pytest.mark.slow
 
 LONG_PROMPT = " ".join(f"line {i} says {i * 5 % 11}" for i in range(50))
 MAX_TOKENS = (3, 5, 8)
-HISTOGRAMS = ("time_to_first_token_seconds", "e2e_request_latency_seconds", "request_queue_time_seconds",
-              "request_prefill_time_seconds", "request_decode_time_seconds")
+HISTOGRAMS = (
+    "time_to_first_token_seconds",
+    "e2e_request_latency_seconds",
+    "request_queue_time_seconds",
+    "request_prefill_time_seconds",
+    "request_decode_time_seconds",
+)
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +105,13 @@ def test_request_id_is_echoed_or_generated(server: ServerHandle, client: openai.
     assert len(fresh.headers["x-request-id"]) == 32 and fresh.headers["x-request-id"] != "gw-42.a"
     forged = httpx.post(f"{server.api_url}/completions", json=body, headers={"X-Request-Id": "a b\tc"}, timeout=30)
     assert forged.headers["x-request-id"] != "a b\tc"
-    with httpx.stream("POST", f"{server.api_url}/completions", json={**body, "stream": True},
-                      headers={"X-Request-Id": "stream-7"}, timeout=30) as streamed:
+    with httpx.stream(
+        "POST",
+        f"{server.api_url}/completions",
+        json={**body, "stream": True},
+        headers={"X-Request-Id": "stream-7"},
+        timeout=30,
+    ) as streamed:
         assert streamed.headers["x-request-id"] == "stream-7"
         assert b"[DONE]" in b"".join(streamed.iter_bytes())
 
@@ -119,12 +129,18 @@ def access_lines(server: ServerHandle) -> list[dict]:
 def test_access_log_has_one_json_line_per_request(server: ServerHandle, client: openai.OpenAI) -> None:
     model = client.models.list().data[0].id
     response = httpx.post(
-        f"{server.api_url}/completions", headers={"X-Request-Id": "access-1", "X-Seekd-Tenant": "team-a"},
-        json={"model": model, "prompt": LONG_PROMPT, "max_tokens": 4, "ignore_eos": True}, timeout=30,
+        f"{server.api_url}/completions",
+        headers={"X-Request-Id": "access-1", "X-Seekd-Tenant": "team-a"},
+        json={"model": model, "prompt": LONG_PROMPT, "max_tokens": 4, "ignore_eos": True},
+        timeout=30,
     )
     usage = response.json()["usage"]
-    bad = httpx.post(f"{server.api_url}/completions", headers={"X-Request-Id": "access-2"},
-                     json={"model": model, "prompt": "x", "max_tokens": -1}, timeout=30)
+    bad = httpx.post(
+        f"{server.api_url}/completions",
+        headers={"X-Request-Id": "access-2"},
+        json={"model": model, "prompt": "x", "max_tokens": -1},
+        timeout=30,
+    )
     assert bad.status_code == 400
     deadline = time.monotonic() + 5.0
     while not {"access-1", "access-2"} <= {r["request_id"] for r in access_lines(server)}:

@@ -14,8 +14,12 @@ from seekd.ops.metrics import ServerMetrics
 
 def samples(metrics: ServerMetrics) -> dict[str, float]:
     text = metrics.render().decode()
-    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels.keys()
-            - {"model_name"}}
+    return {
+        s.name: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if not s.labels.keys() - {"model_name"}
+    }
 
 
 def test_two_apps_in_one_process_keep_separate_registries() -> None:

@@ -31,7 +31,10 @@ def test_top_renders_once_against_a_live_server(server: ServerHandle) -> None:
         httpx.post(f"{server.api_url}/completions", json=body, timeout=30).raise_for_status()
     result = subprocess.run(
         [sys.executable, "-m", "seekd.cli", "top", "--url", server.base_url, "--once", "--interval", "0.2"],
-        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "120"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "120"},
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -45,6 +48,10 @@ def test_top_renders_once_against_a_live_server(server: ServerHandle) -> None:
 
 
 def test_top_says_what_is_wrong_when_no_server_answers() -> None:
-    result = subprocess.run([sys.executable, "-m", "seekd.cli", "top", "--url", "http://127.0.0.1:9", "--once"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "seekd.cli", "top", "--url", "http://127.0.0.1:9", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and "cannot read http://127.0.0.1:9/metrics" in result.stderr

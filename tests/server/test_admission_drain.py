@@ -19,11 +19,16 @@ def test_sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_0(data_d
     with running_server(data_dir, tmp_path / "server.log", "--max-inflight-requests", "2") as server:
         body = {"prompt": "drain me", "max_tokens": 24, "ignore_eos": True}
         results: list[httpx.Response] = []
-        threads = [threading.Thread(target=lambda: results.append(
-            httpx.post(f"{server.api_url}/completions", json=body, timeout=120))) for _ in range(4)]
+        threads = [
+            threading.Thread(
+                target=lambda: results.append(httpx.post(f"{server.api_url}/completions", json=body, timeout=120))
+            )
+            for _ in range(4)
+        ]
         for t in threads:
             t.start()
         deadline = time.monotonic() + 30
+
         def admitted_or_queued() -> int:
             admission = server.ready_payload()["admission"]
             return admission["inflight_seqs"] + admission["queued"]

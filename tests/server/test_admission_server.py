@@ -31,15 +31,16 @@ def server(data_dir: Path, tmp_path_factory) -> ServerHandle:
 
 
 def body(max_tokens: int, **extra) -> dict:
-    return {"prompt": "tell me about queues", "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
-            **extra}
+    return {"prompt": "tell me about queues", "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0, **extra}
 
 
-async def complete(client: httpx.AsyncClient, server: ServerHandle, max_tokens: int, tenant: str = "default",
-                   **extra) -> tuple[httpx.Response, float]:
+async def complete(
+    client: httpx.AsyncClient, server: ServerHandle, max_tokens: int, tenant: str = "default", **extra
+) -> tuple[httpx.Response, float]:
     start = time.monotonic()
-    resp = await client.post(f"{server.api_url}/completions", json=body(max_tokens, **extra),
-                             headers={"X-Seekd-Tenant": tenant})
+    resp = await client.post(
+        f"{server.api_url}/completions", json=body(max_tokens, **extra), headers={"X-Seekd-Tenant": tenant}
+    )
     return resp, time.monotonic() - start
 
 
@@ -48,9 +49,13 @@ def wait_until_idle(server: ServerHandle, timeout: float = 20.0) -> dict:
     while True:
         payload = server.ready_payload()
         engine, admission = payload["engine"], payload["admission"]
-        if (engine.get("num_requests_running") == 0 and engine.get("num_requests_waiting") == 0
-                and engine.get("kv_cache_usage_perc") == 0 and admission["inflight_seqs"] == 0
-                and admission["queued"] == 0):
+        if (
+            engine.get("num_requests_running") == 0
+            and engine.get("num_requests_waiting") == 0
+            and engine.get("kv_cache_usage_perc") == 0
+            and admission["inflight_seqs"] == 0
+            and admission["queued"] == 0
+        ):
             return payload
         if time.monotonic() > deadline:
             pytest.fail(f"server still busy after {timeout} s: {payload}")
@@ -102,8 +107,10 @@ def test_overload_gets_429_with_retry_after_and_every_admitted_request_completes
         else:
             ok += 1
     admission = wait_until_idle(server)["admission"]
-    print(f"\noverload: {ok} completed, {rejected} got 429; queue time p50 {admission['queue_time_p50_s']:.3f} s, "
-          f"p99 {admission['queue_time_p99_s']:.3f} s; drain rate {admission['drain_rate_per_s']:.1f}/s")
+    print(
+        f"\noverload: {ok} completed, {rejected} got 429; queue time p50 {admission['queue_time_p50_s']:.3f} s, "
+        f"p99 {admission['queue_time_p99_s']:.3f} s; drain rate {admission['drain_rate_per_s']:.1f}/s"
+    )
     assert ok >= MAX_INFLIGHT + MAX_QUEUED // 2 and rejected > 0  # one tenant gets half the queue
     assert rejected_total(server) - rejected_before == rejected  # every 429 is counted in /metrics
 
@@ -141,6 +148,7 @@ def test_flooding_tenant_does_not_starve_a_quiet_one(server: ServerHandle) -> No
                 if resp.status_code == 429:  # its share of the queue is full: back off, as clients do
                     await asyncio.sleep(float(resp.headers["retry-after"]))
             return done
+
         return sum(await asyncio.gather(*[worker(i) for i in range(workers)]))
 
     async def measure(workers: int) -> tuple[list[float], int]:
@@ -156,9 +164,11 @@ def test_flooding_tenant_does_not_starve_a_quiet_one(server: ServerHandle) -> No
     contended, flood_done = asyncio.run(measure(MAX_QUEUED + MAX_INFLIGHT))
     wait_until_idle(server)
     base, worst = max(alone), max(contended)  # p99 of a handful of requests is their maximum
-    print(f"\nfairness: quiet tenant p50/p99 alone {statistics.median(alone):.3f}/{base:.3f} s; under "
-          f"a flood ({flood_done} flood requests done) {statistics.median(contended):.3f}/{worst:.3f} s = "
-          f"{worst / base:.2f}x")
+    print(
+        f"\nfairness: quiet tenant p50/p99 alone {statistics.median(alone):.3f}/{base:.3f} s; under "
+        f"a flood ({flood_done} flood requests done) {statistics.median(contended):.3f}/{worst:.3f} s = "
+        f"{worst / base:.2f}x"
+    )
     assert flood_done > len(contended)
     assert worst <= 2 * base
 
@@ -190,8 +200,9 @@ def test_high_priority_requests_overtake_queued_low_priority_ones(server: Server
 def test_deadline_aborts_queued_and_running_work_and_frees_kv_blocks(server: ServerHandle) -> None:
     resp = httpx.post(f"{server.api_url}/completions", json=body(4000, timeout=1.0), timeout=30)
     assert resp.status_code == 408 and resp.json()["error"]["code"] == "request_timeout"
-    with httpx.stream("POST", f"{server.api_url}/completions", json=body(4000, timeout=1.5, stream=True),
-                      timeout=30) as stream:
+    with httpx.stream(
+        "POST", f"{server.api_url}/completions", json=body(4000, timeout=1.5, stream=True), timeout=30
+    ) as stream:
         lines = [line for line in stream.iter_lines() if line]
     assert stream.status_code == 200 and lines[-1] == "data: [DONE]"
     assert json.loads(lines[-2][6:])["error"]["code"] == "request_timeout"

@@ -31,17 +31,20 @@ DEMO = "seekd-demo-random"
 def keys(tmp_path_factory) -> dict:
     data_dir = tmp_path_factory.mktemp("auth-data")
     store = KeyStore.in_data_dir(data_dir)
-    made = {name: store.create(tenant, role, models, rpm=rpm)[0] for name, (tenant, role, models, rpm) in {
-        "admin": ("ops", "admin", (), 0),
-        "alice": ("tenant-a", "user", (), 0),
-        "alice2": ("tenant-a", "user", (), 0),
-        "bob": ("tenant-b", "user", (), 0),
-        "metrics": ("ops", "metrics", (), 0),
-        "other_model": ("tenant-a", "user", ("some-other-model",), 0),
-        "demo_only": ("tenant-a", "user", (DEMO,), 0),
-        "slow": ("tenant-c", "user", (), 2),
-        "revoked": ("tenant-a", "user", (), 0),
-    }.items()}
+    made = {
+        name: store.create(tenant, role, models, rpm=rpm)[0]
+        for name, (tenant, role, models, rpm) in {
+            "admin": ("ops", "admin", (), 0),
+            "alice": ("tenant-a", "user", (), 0),
+            "alice2": ("tenant-a", "user", (), 0),
+            "bob": ("tenant-b", "user", (), 0),
+            "metrics": ("ops", "metrics", (), 0),
+            "other_model": ("tenant-a", "user", ("some-other-model",), 0),
+            "demo_only": ("tenant-a", "user", (DEMO,), 0),
+            "slow": ("tenant-c", "user", (), 2),
+            "revoked": ("tenant-a", "user", (), 0),
+        }.items()
+    }
     return {"data_dir": data_dir, **made}
 
 
@@ -81,22 +84,31 @@ def app_routes() -> list[tuple[str, str]]:
     return out
 
 
-def call(server: ServerHandle, method: str, path: str, key: str | None = None, headers: dict | None = None,
-         **kw) -> httpx.Response:
+def call(
+    server: ServerHandle, method: str, path: str, key: str | None = None, headers: dict | None = None, **kw
+) -> httpx.Response:
     headers = {**(headers or {}), **(bearer(key) if key is not None else {})}
     return httpx.request(method, server.base_url + path, headers=headers, timeout=30.0, **kw)
 
 
 def test_route_list_covers_the_api() -> None:
     routes = app_routes()
-    for expected in [("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("GET", "/v1/models"),
-                     ("GET", "/metrics"), ("GET", "/admin/keys"), ("POST", "/admin/keys"),
-                     ("DELETE", "/admin/keys/abc"), ("GET", "/openapi.json"), ("GET", "/ready")]:
+    for expected in [
+        ("POST", "/v1/chat/completions"),
+        ("POST", "/v1/completions"),
+        ("GET", "/v1/models"),
+        ("GET", "/metrics"),
+        ("GET", "/admin/keys"),
+        ("POST", "/admin/keys"),
+        ("DELETE", "/admin/keys/abc"),
+        ("GET", "/openapi.json"),
+        ("GET", "/ready"),
+    ]:
         assert expected in routes
 
 
 def test_every_route_refuses_missing_wrong_and_revoked_keys(server: ServerHandle, keys: dict) -> None:
-    KeyStore.in_data_dir(keys["data_dir"]).revoke(keys["revoked"].split("_")[0][len("sk-seekd-"):])
+    KeyStore.in_data_dir(keys["data_dir"]).revoke(keys["revoked"].split("_")[0][len("sk-seekd-") :])
     wrong = keys["alice"][:-2] + ("xx" if not keys["alice"].endswith("xx") else "yy")
     for method, path in app_routes():
         if path == "/health":
@@ -128,13 +140,17 @@ def test_roles_guard_admin_and_metrics(server: ServerHandle, keys: dict) -> None
     assert call(server, "GET", "/metrics", keys["admin"]).status_code == 200
     assert call(server, "GET", "/v1/models", keys["metrics"]).status_code == 403  # a scraper cannot generate
     scrape = call(server, "GET", "/metrics", keys["admin"]).text
-    assert 'seekd:request_rejected_total{' in scrape and 'reason="auth"' in scrape
+    assert "seekd:request_rejected_total{" in scrape and 'reason="auth"' in scrape
 
 
 def test_seekd_top_reads_metrics_with_a_metrics_key(server: ServerHandle, keys: dict) -> None:
     def top(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "seekd.cli", "top", "--url", server.base_url, "--once",
-                               "--interval", "0.1", *extra], capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "seekd.cli", "top", "--url", server.base_url, "--once", "--interval", "0.1", *extra],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     assert top("--api-key", keys["metrics"]).returncode == 0
     refused = top()
@@ -158,9 +174,13 @@ def test_admin_creates_uses_and_revokes_a_key_over_http(server: ServerHandle, ke
 
 def test_cli_revocation_takes_effect_on_the_running_server(server: ServerHandle, keys: dict) -> None:
     assert call(server, "GET", "/v1/models", keys["alice2"]).status_code == 200
-    key_id = keys["alice2"].split("_")[0][len("sk-seekd-"):]
-    proc = subprocess.run([sys.executable, "-m", "seekd.cli", "keys", "revoke", key_id, "--data-dir",
-                           str(keys["data_dir"])], capture_output=True, text=True, timeout=60)
+    key_id = keys["alice2"].split("_")[0][len("sk-seekd-") :]
+    proc = subprocess.run(
+        [sys.executable, "-m", "seekd.cli", "keys", "revoke", key_id, "--data-dir", str(keys["data_dir"])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert call(server, "GET", "/v1/models", keys["alice2"]).status_code == 401
 
@@ -185,8 +205,10 @@ def test_tenant_comes_from_the_key_not_the_header(server: ServerHandle, keys: di
 
 
 def test_per_key_rate_limit(server: ServerHandle, keys: dict) -> None:
-    statuses = [call(server, "POST", "/v1/completions", keys["slow"], json={"prompt": "x", "max_tokens": 1}).status_code
-                for _ in range(3)]
+    statuses = [
+        call(server, "POST", "/v1/completions", keys["slow"], json={"prompt": "x", "max_tokens": 1}).status_code
+        for _ in range(3)
+    ]
     assert statuses == [200, 200, 429]
     refused = call(server, "POST", "/v1/completions", keys["slow"], json={"prompt": "x", "max_tokens": 1})
     assert "API key" in refused.json()["error"]["message"] and int(refused.headers["retry-after"]) >= 1
@@ -195,8 +217,9 @@ def test_per_key_rate_limit(server: ServerHandle, keys: dict) -> None:
 
 
 def cached_tokens(server: ServerHandle, key: str, prompt: list[int], **extra) -> int:
-    response = call(server, "POST", "/v1/completions", key,
-                    json={"prompt": prompt, "max_tokens": 2, "temperature": 0, **extra})
+    response = call(
+        server, "POST", "/v1/completions", key, json={"prompt": prompt, "max_tokens": 2, "temperature": 0, **extra}
+    )
     assert response.status_code == 200, response.text
     return response.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
 
@@ -226,12 +249,16 @@ def test_audit_chain_records_calls_and_refusals(server: ServerHandle, keys: dict
     assert any(r["status"] == 401 and r["route"] == "/v1/models" and r["key_id"] is None for r in records)
     done = [r for r in records if r["route"] == "/v1/completions" and r.get("completion_tokens") == 3]
     assert done and done[-1]["tenant"] == "tenant-b" and done[-1]["model"] == DEMO
-    assert done[-1]["key_id"] == keys["bob"].split("_")[0][len("sk-seekd-"):]
+    assert done[-1]["key_id"] == keys["bob"].split("_")[0][len("sk-seekd-") :]
     assert "audit me" not in path.read_text()  # prompts are not stored by default
 
 
 def test_without_keys_a_public_bind_is_refused_at_start(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "seekd.cli", "serve", "--host", "0.0.0.0", "--data-dir",
-                           str(tmp_path)], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "seekd.cli", "serve", "--host", "0.0.0.0", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "refusing to listen on 0.0.0.0 without API keys" in proc.stderr

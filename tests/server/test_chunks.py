@@ -39,9 +39,14 @@ def test_chat_text_chunk_is_the_models_json(request_id: str, model: str) -> None
         finish = [None, "stop", "length", "tool_calls"][i % 4]
         index = i % 17
         reference = ChatCompletionChunk(
-            id=request_id, created=1_700_000_000, model=model,
-            choices=[ChatChunkChoice(index=index, delta=DeltaMessage(content=content, reasoning_content=reasoning),
-                                     finish_reason=finish)],
+            id=request_id,
+            created=1_700_000_000,
+            model=model,
+            choices=[
+                ChatChunkChoice(
+                    index=index, delta=DeltaMessage(content=content, reasoning_content=reasoning), finish_reason=finish
+                )
+            ],
         )
         expected = sse(reference.model_dump_json(exclude_none=False)).encode()
         assert encoder.text_delta(index, content, reasoning, finish) == expected
@@ -52,9 +57,11 @@ def test_completion_text_chunk_is_the_models_json(request_id: str, model: str) -
     encoder = CompletionChunkEncoder(request_id, 5, model)
     for i, text in enumerate(random_texts(400, seed=2)):
         finish = [None, "stop", "length"][i % 3]
-        stop_reason = [None, 2**40 + i, "</s>\n\"", 0][i % 4]
+        stop_reason = [None, 2**40 + i, '</s>\n"', 0][i % 4]
         reference = CompletionResponse(
-            id=request_id, created=5, model=model,
+            id=request_id,
+            created=5,
+            model=model,
             choices=[CompletionChoice(index=i, text=text, finish_reason=finish, stop_reason=stop_reason)],
         )
         assert encoder.text(i, text, finish, stop_reason) == sse(reference.model_dump_json()).encode()

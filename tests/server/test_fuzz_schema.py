@@ -42,9 +42,21 @@ def audit_key(admin_key) -> bytes:
 @pytest.fixture(scope="module")
 def server(admin_key, audit_key, tmp_path_factory) -> ServerHandle:
     data_dir, key = admin_key
-    flags = ["--max-output-tokens", "4", "--max-n", "2", "--max-prompt-tokens", "128", "--max-model-len", "512",
-             "--max-json-depth", "8", "--audit-store-content", "--audit-encryption-key-file",
-             str(data_dir / "audit.key")]
+    flags = [
+        "--max-output-tokens",
+        "4",
+        "--max-n",
+        "2",
+        "--max-prompt-tokens",
+        "128",
+        "--max-model-len",
+        "512",
+        "--max-json-depth",
+        "8",
+        "--audit-store-content",
+        "--audit-encryption-key-file",
+        str(data_dir / "audit.key"),
+    ]
     log = tmp_path_factory.mktemp("fuzz-log") / "server.log"
     with running_server(data_dir, log, *flags, client_options={"headers": {"Authorization": f"Bearer {key}"}}) as h:
         yield h
@@ -56,15 +68,26 @@ def test_schema_fuzz_finds_no_server_errors(server: ServerHandle, admin_key) -> 
     schema_doc = httpx.get(f"{server.base_url}/openapi.json", headers=auth, timeout=10).json()
     schema = schemathesis.openapi.from_dict(schema_doc)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.label for op in operations} >= {"POST /v1/chat/completions", "POST /v1/completions",
-                                               "GET /v1/models", "POST /admin/keys"}
-    strategy = st.one_of([op.as_strategy(generation_mode=mode) for op in operations
-                          for mode in schemathesis.GenerationMode])
+    assert {op.label for op in operations} >= {
+        "POST /v1/chat/completions",
+        "POST /v1/completions",
+        "GET /v1/models",
+        "POST /admin/keys",
+    }
+    strategy = st.one_of(
+        [op.as_strategy(generation_mode=mode) for op in operations for mode in schemathesis.GenerationMode]
+    )
     seen: list[tuple[str, int]] = []
     failures: list[str] = []
 
-    @settings(max_examples=MAX_CASES, derandomize=True, database=None,
-              deadline=None, suppress_health_check=list(HealthCheck), phases=[Phase.generate])
+    @settings(
+        max_examples=MAX_CASES,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        phases=[Phase.generate],
+    )
     @given(case=strategy)
     def run(case: schemathesis.Case) -> None:
         response = case.call(base_url=server.base_url, headers=auth, timeout=60)
@@ -88,22 +111,38 @@ def post(server: ServerHandle, admin_key, path: str, **kw) -> httpx.Response:
     return httpx.post(f"{server.api_url}{path}", headers=headers, timeout=30, **kw)
 
 
-@pytest.mark.parametrize(("body", "code"), [
-    (b"[" * 200_000, "json_too_deep"),  # would be a RecursionError in the JSON parser
-    (b'{"prompt": "x", "extra": ' + b"[" * 9 + b"]" * 9 + b"}", "json_too_deep"),
-    (b'{"prompt": "x", "max_tokens": 5}', "max_tokens_too_large"),
-    (b'{"prompt": "' + b"word " * 200 + b'"}', "prompt_too_long"),
-    (b'{"prompt": "x", "n": 3}', None),
-    (b'{"prompt": "x", "max_tokens": 2', "invalid_json"),
-    (b"\xff\xfe", "invalid_json"),
-    # integers past 64 bits once overflowed in the engine client (500s found by probing)
-    (b'{"prompt": [1180591620717411303424]}', None),
-    (b'{"prompt": "x", "seed": 9223372036854775808}', None),
-    (b'{"prompt": "x", "priority": 1180591620717411303424}', None),
-    (b'{"prompt": "x", "top_k": 1180591620717411303424}', None),
-    (b'{"prompt": "x", "stop_token_ids": [1180591620717411303424]}', None),
-], ids=["200k-brackets", "depth-9", "max-tokens", "prompt-length", "n", "truncated-json", "not-utf8",
-        "huge-token-id", "huge-seed", "huge-priority", "huge-top-k", "huge-stop-token"])
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"[" * 200_000, "json_too_deep"),  # would be a RecursionError in the JSON parser
+        (b'{"prompt": "x", "extra": ' + b"[" * 9 + b"]" * 9 + b"}", "json_too_deep"),
+        (b'{"prompt": "x", "max_tokens": 5}', "max_tokens_too_large"),
+        (b'{"prompt": "' + b"word " * 200 + b'"}', "prompt_too_long"),
+        (b'{"prompt": "x", "n": 3}', None),
+        (b'{"prompt": "x", "max_tokens": 2', "invalid_json"),
+        (b"\xff\xfe", "invalid_json"),
+        # integers past 64 bits once overflowed in the engine client (500s found by probing)
+        (b'{"prompt": [1180591620717411303424]}', None),
+        (b'{"prompt": "x", "seed": 9223372036854775808}', None),
+        (b'{"prompt": "x", "priority": 1180591620717411303424}', None),
+        (b'{"prompt": "x", "top_k": 1180591620717411303424}', None),
+        (b'{"prompt": "x", "stop_token_ids": [1180591620717411303424]}', None),
+    ],
+    ids=[
+        "200k-brackets",
+        "depth-9",
+        "max-tokens",
+        "prompt-length",
+        "n",
+        "truncated-json",
+        "not-utf8",
+        "huge-token-id",
+        "huge-seed",
+        "huge-priority",
+        "huge-top-k",
+        "huge-stop-token",
+    ],
+)
 def test_hardened_inputs_get_openai_400s(server: ServerHandle, admin_key, body: bytes, code: str | None) -> None:
     response = post(server, admin_key, "/completions", content=body)
     assert response.status_code == 400, response.text
@@ -111,8 +150,16 @@ def test_hardened_inputs_get_openai_400s(server: ServerHandle, admin_key, body: 
 
 
 def test_largest_accepted_integers_work(server: ServerHandle, admin_key) -> None:
-    body = {"prompt": "x", "max_tokens": 1, "n": 2, "seed": 2**63 - 1, "priority": 2**31 - 1, "top_k": 2**31 - 1,
-            "stop_token_ids": [2**31 - 1], "stream": True}
+    body = {
+        "prompt": "x",
+        "max_tokens": 1,
+        "n": 2,
+        "seed": 2**63 - 1,
+        "priority": 2**31 - 1,
+        "top_k": 2**31 - 1,
+        "stop_token_ids": [2**31 - 1],
+        "stream": True,
+    }
     response = post(server, admin_key, "/completions", json=body)
     assert response.status_code == 200 and response.text.rstrip().endswith("data: [DONE]"), response.text
 
@@ -123,8 +170,12 @@ def test_strings_with_brackets_do_not_count_as_nesting(server: ServerHandle, adm
 
 
 def test_chat_without_max_tokens_is_capped_by_the_server(server: ServerHandle, admin_key) -> None:
-    response = post(server, admin_key, "/chat/completions",
-                    json={"messages": [{"role": "user", "content": "hi"}], "ignore_eos": True})
+    response = post(
+        server,
+        admin_key,
+        "/chat/completions",
+        json={"messages": [{"role": "user", "content": "hi"}], "ignore_eos": True},
+    )
     assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] == 4
 
 

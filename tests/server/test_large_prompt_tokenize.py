@@ -21,8 +21,13 @@ def test_a_huge_prompt_does_not_stall_other_streams(data_dir: Path, tmp_path: Pa
             first = asyncio.Event()
 
             async def stream() -> None:
-                body = {"model": "seekd-demo-random", "prompt": "Once upon a time", "max_tokens": 400,
-                        "ignore_eos": True, "stream": True}
+                body = {
+                    "model": "seekd-demo-random",
+                    "prompt": "Once upon a time",
+                    "max_tokens": 400,
+                    "ignore_eos": True,
+                    "stream": True,
+                }
                 async with client.stream("POST", f"{base}/v1/completions", json=body) as resp:
                     async for line in resp.aiter_lines():
                         if line.startswith("data:") and line != "data: [DONE]":
@@ -32,8 +37,14 @@ def test_a_huge_prompt_does_not_stall_other_streams(data_dir: Path, tmp_path: Pa
             streaming = asyncio.create_task(stream())
             await first.wait()
             start = time.monotonic()
-            big = await client.post(f"{base}/v1/completions", json={
-                "model": "seekd-demo-random", "prompt": "tokens of a very long prompt " * 400_000, "max_tokens": 1})
+            big = await client.post(
+                f"{base}/v1/completions",
+                json={
+                    "model": "seekd-demo-random",
+                    "prompt": "tokens of a very long prompt " * 400_000,
+                    "max_tokens": 1,
+                },
+            )
             took = time.monotonic() - start
             await streaming
             window = [b - a for a, b in itertools.pairwise(arrivals) if start <= a and b <= start + took]

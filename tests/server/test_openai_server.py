@@ -50,8 +50,11 @@ def wait_until_idle(server: ServerHandle, timeout: float = 5.0) -> dict:
     while True:
         payload = server.ready_payload()
         engine = payload["engine"]
-        if engine.get("num_requests_running") == 0 and engine.get("num_requests_waiting") == 0 \
-                and payload["requests_in_flight"] == 0:
+        if (
+            engine.get("num_requests_running") == 0
+            and engine.get("num_requests_waiting") == 0
+            and payload["requests_in_flight"] == 0
+        ):
             return payload
         if time.monotonic() > deadline:
             pytest.fail(f"engine still busy after {timeout} s: {payload}")
@@ -109,8 +112,9 @@ def test_reasoning_content_sent_back_continues_the_conversation(client: openai.O
     first = chat(client, model, "2+2?", max_tokens=6, extra_body={"ignore_eos": True, **THINKING}).choices[0]
     turn = {"role": "assistant", "content": "4", "reasoning_content": first.message.reasoning_content}
     messages = [{"role": "user", "content": "2+2?"}, turn, {"role": "user", "content": "and 3+3?"}]
-    resp = client.chat.completions.create(model=model, messages=messages, max_tokens=4,
-                                          extra_body={"ignore_eos": True, **THINKING})
+    resp = client.chat.completions.create(
+        model=model, messages=messages, max_tokens=4, extra_body={"ignore_eos": True, **THINKING}
+    )
     assert resp.choices[0].message.reasoning_content and resp.choices[0].finish_reason == "length"
 
 
@@ -146,8 +150,9 @@ def test_multibyte_text_round_trips_through_the_detokenizer(client: openai.OpenA
 
 
 def test_n_returns_distinct_choices(client: openai.OpenAI, model: str) -> None:
-    resp = client.completions.create(model=model, prompt="count", n=2, max_tokens=6, seed=3,
-                                     extra_body={"ignore_eos": True})
+    resp = client.completions.create(
+        model=model, prompt="count", n=2, max_tokens=6, seed=3, extra_body={"ignore_eos": True}
+    )
     assert [c.index for c in resp.choices] == [0, 1]
     assert resp.choices[0].text != resp.choices[1].text
     assert resp.usage.completion_tokens == 12
@@ -166,10 +171,22 @@ def test_seed_reproduces_text(client: openai.OpenAI, model: str) -> None:
 
 def test_sampling_fields_and_unknown_fields_are_accepted(client: openai.OpenAI, model: str) -> None:
     resp = chat(
-        client, model, max_completion_tokens=5, temperature=0.7, top_p=0.8, presence_penalty=0.5,
-        frequency_penalty=0.3, user="u-1", metadata=None,
-        extra_body={"top_k": 20, "min_p": 0.05, "repetition_penalty": 1.2, "ignore_eos": True,
-                    "some_future_field": {"x": 1}},
+        client,
+        model,
+        max_completion_tokens=5,
+        temperature=0.7,
+        top_p=0.8,
+        presence_penalty=0.5,
+        frequency_penalty=0.3,
+        user="u-1",
+        metadata=None,
+        extra_body={
+            "top_k": 20,
+            "min_p": 0.05,
+            "repetition_penalty": 1.2,
+            "ignore_eos": True,
+            "some_future_field": {"x": 1},
+        },
     )
     assert resp.usage.completion_tokens == 5
 
@@ -236,15 +253,18 @@ def test_chat_logprobs_shape(client: openai.OpenAI, model: str) -> None:
         assert len(item.top_logprobs) == 3
         assert item.top_logprobs[0].logprob >= item.top_logprobs[-1].logprob
     streamed = [
-        lp for c in chat(client, model, max_tokens=6, logprobs=True, top_logprobs=2, stream=True)
-        if c.choices and c.choices[0].logprobs for lp in c.choices[0].logprobs.content
+        lp
+        for c in chat(client, model, max_tokens=6, logprobs=True, top_logprobs=2, stream=True)
+        if c.choices and c.choices[0].logprobs
+        for lp in c.choices[0].logprobs.content
     ]
     assert len(streamed) >= 1 and all(len(lp.top_logprobs) == 2 for lp in streamed)
 
 
 def test_completion_logprobs_shape(client: openai.OpenAI, model: str) -> None:
-    resp = client.completions.create(model=model, prompt="abc", max_tokens=5, logprobs=2,
-                                     extra_body={"ignore_eos": True})
+    resp = client.completions.create(
+        model=model, prompt="abc", max_tokens=5, logprobs=2, extra_body={"ignore_eos": True}
+    )
     lp = resp.choices[0].logprobs
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 5
     assert all(1 <= len(top) <= 2 for top in lp.top_logprobs)
@@ -268,8 +288,11 @@ def test_sixteen_parallel_requests_complete(server: ServerHandle, model: str) ->
         async with openai.AsyncOpenAI(base_url=server.api_url, api_key="x", max_retries=0, timeout=60) as aclient:
             calls = [
                 aclient.chat.completions.create(
-                    model=model, messages=[{"role": "user", "content": f"question {i}"}],
-                    max_tokens=8, seed=i, extra_body={"ignore_eos": True},
+                    model=model,
+                    messages=[{"role": "user", "content": f"question {i}"}],
+                    max_tokens=8,
+                    seed=i,
+                    extra_body={"ignore_eos": True},
                 )
                 for i in range(16)
             ]
@@ -379,8 +402,11 @@ def test_engine_rejection_becomes_400(client: openai.OpenAI, model: str) -> None
 
 
 def test_malformed_json_and_wrong_types_are_400(server: ServerHandle) -> None:
-    resp = httpx.post(f"{server.api_url}/chat/completions", content=b'{"model": "x", "messages": [',
-                      headers={"content-type": "application/json"})
+    resp = httpx.post(
+        f"{server.api_url}/chat/completions",
+        content=b'{"model": "x", "messages": [',
+        headers={"content-type": "application/json"},
+    )
     assert resp.status_code == 400 and _error(resp)["code"] == "invalid_json"
     resp = httpx.post(f"{server.api_url}/chat/completions", json={"messages": "not a list"})
     assert resp.status_code == 400 and _error(resp)["param"] == "messages"

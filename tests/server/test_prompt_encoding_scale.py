@@ -29,8 +29,10 @@ def _random_conversation(rng: random.Random) -> list[dict]:
         if kind == "calls":
             calls = [_call(j) for j in range(rng.randint(1, 3))]
             messages.append({"role": "assistant", "content": "a", "tool_calls": calls})
-            messages += [{"role": "tool", "tool_call_id": c["id"], "content": f"r{j}"}
-                         for j, c in enumerate(calls[:rng.randint(0, len(calls))])]
+            messages += [
+                {"role": "tool", "tool_call_id": c["id"], "content": f"r{j}"}
+                for j, c in enumerate(calls[: rng.randint(0, len(calls))])
+            ]
         elif kind == "tool":
             messages.append({"role": "tool", "tool_call_id": "call_0", "content": "t"})
         else:
@@ -47,21 +49,24 @@ def _outcome(encode: Callable[..., str], *args: object) -> str | tuple[str, str]
 
 def _v32_reference(messages: list[dict], thinking: bool) -> str:
     return deepseek_encoding.BOS + "".join(
-        deepseek_encoding.render_message(i, messages, thinking) for i in range(len(messages)))
+        deepseek_encoding.render_message(i, messages, thinking) for i in range(len(messages))
+    )
 
 
 def _v4_reference(messages: list[dict], thinking: bool) -> str:
     full = deepseek_v4_encoding.sort_tool_results(deepseek_v4_encoding.merge_tool_messages(messages))
     full = deepseek_v4_encoding.drop_earlier_reasoning(full) if thinking else full
     return deepseek_v4_encoding.BOS + "".join(
-        deepseek_v4_encoding.render_message(i, full, thinking, False, None) for i in range(len(full)))
+        deepseek_v4_encoding.render_message(i, full, thinking, False, None) for i in range(len(full))
+    )
 
 
 @pytest.mark.parametrize("mode", ["chat", "thinking"])
 @pytest.mark.parametrize("version", ["v32", "v4"])
 def test_encoder_matches_per_message_rendering(version: str, mode: str) -> None:
-    encoder, reference_of = {"v32": (deepseek_encoding, _v32_reference),
-                             "v4": (deepseek_v4_encoding, _v4_reference)}[version]
+    encoder, reference_of = {"v32": (deepseek_encoding, _v32_reference), "v4": (deepseek_v4_encoding, _v4_reference)}[
+        version
+    ]
     rng = random.Random(0 if version == "v32" else 1)
     for _ in range(300):
         messages = _random_conversation(rng)
@@ -73,8 +78,11 @@ def test_long_conversations_encode_in_linear_time() -> None:
     turns = [{"role": ("user", "assistant")[i % 2], "content": "a"} for i in range(20_000)]
     calls = [_call(i) for i in range(32_000)]
     results = [{"role": "tool", "tool_call_id": c["id"], "content": "r"} for c in calls]
-    tool_loop = [{"role": "user", "content": "q"}, {"role": "assistant", "content": None, "tool_calls": calls},
-                 *results]
+    tool_loop = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        *results,
+    ]
     start = time.monotonic()
     deepseek_v4_encoding.encode_messages(turns)
     deepseek_encoding.encode_messages(turns)

@@ -36,9 +36,13 @@ def lp(token: int) -> TokenLogprob:
 
 def test_queued_outputs_merge_per_engine_request_in_order_of_first_appearance() -> None:
     stream = RequestStream(EngineClient(SeekdConfig()), ["a", "b"], coalesce=True)
-    for out in (EngineOutput("a", [1], [lp(1)]), EngineOutput("b", [2], [lp(2)]), EngineOutput("a", [3], [lp(3)]),
-                EngineOutput("b", [4], [lp(4)], finish_reason="length"),
-                EngineOutput("a", [5], [lp(5)], finish_reason="stop", stop_reason=9, num_cached_tokens=16)):
+    for out in (
+        EngineOutput("a", [1], [lp(1)]),
+        EngineOutput("b", [2], [lp(2)]),
+        EngineOutput("a", [3], [lp(3)]),
+        EngineOutput("b", [4], [lp(4)], finish_reason="length"),
+        EngineOutput("a", [5], [lp(5)], finish_reason="stop", stop_reason=9, num_cached_tokens=16),
+    ):
         stream.put(out)
     assert asyncio.run(collect(stream)) == [
         EngineOutput("a", [1, 3, 5], [lp(1), lp(3), lp(5)], finish_reason="stop", stop_reason=9, num_cached_tokens=16),
@@ -65,11 +69,16 @@ def test_an_error_behind_queued_outputs_is_raised_after_them() -> None:
 def test_an_abort_is_not_merged_into_the_tokens_before_it() -> None:
     """The server turns an engine abort into an error; the tokens before it still go out first."""
     stream = RequestStream(EngineClient(SeekdConfig()), ["a", "b"], coalesce=True)
-    for out in (EngineOutput("a", [1]), EngineOutput("a", [2]), EngineOutput("a", [], finish_reason="abort"),
-                EngineOutput("b", [3], finish_reason="length")):
+    for out in (
+        EngineOutput("a", [1]),
+        EngineOutput("a", [2]),
+        EngineOutput("a", [], finish_reason="abort"),
+        EngineOutput("b", [3], finish_reason="length"),
+    ):
         stream.put(out)
     assert asyncio.run(collect(stream)) == [
-        EngineOutput("a", [1, 2]), EngineOutput("a", [], finish_reason="abort"),
+        EngineOutput("a", [1, 2]),
+        EngineOutput("a", [], finish_reason="abort"),
         EngineOutput("b", [3], finish_reason="length"),
     ]
 
@@ -116,11 +125,18 @@ def test_choices_read_merged_outputs_as_they_read_them_one_by_one(tokenizer: Tok
     for step in range(60):
         for i in (0, 1):
             last = step == 59
-            outputs.append(EngineOutput(f"r-{i}", [streams[i][step]], finish_reason="length" if last else None,
-                                        num_prompt_tokens=7))
+            outputs.append(
+                EngineOutput(
+                    f"r-{i}", [streams[i][step]], finish_reason="length" if last else None, num_prompt_tokens=7
+                )
+            )
     reference = choices_fed(tokenizer, outputs, coalesce=False)
     merged = choices_fed(tokenizer, outputs, coalesce=True)
     for ref, got in zip(reference, merged, strict=True):
         assert (got.text, got.num_tokens, got.finish_reason, got.reasoning.tokens) == (
-            ref.text, ref.num_tokens, ref.finish_reason, ref.reasoning.tokens)
+            ref.text,
+            ref.num_tokens,
+            ref.finish_reason,
+            ref.reasoning.tokens,
+        )
         assert ref.num_tokens == 60 and ref.reasoning.tokens > 0

@@ -61,7 +61,8 @@ def request_specs() -> list[dict]:
         if kind == "schema":
             schema = SCHEMAS[i % len(SCHEMAS)]
             spec["response_format"] = {
-                "type": "json_schema", "json_schema": {"name": f"s{i % 3}", "schema": schema, "strict": True}
+                "type": "json_schema",
+                "json_schema": {"name": f"s{i % 3}", "schema": schema, "strict": True},
             }
         elif kind == "object":
             spec["response_format"] = {"type": "json_object"}
@@ -158,14 +159,22 @@ def test_n_choices_and_completions_endpoint_are_constrained(server):
     client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
     schema = SCHEMAS[0]
     resp = client.chat.completions.create(
-        model=DEMO_MODEL_NAME, messages=[{"role": "user", "content": "cities"}], n=3, temperature=1.0, seed=4,
-        max_tokens=80, response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+        model=DEMO_MODEL_NAME,
+        messages=[{"role": "user", "content": "cities"}],
+        n=3,
+        temperature=1.0,
+        seed=4,
+        max_tokens=80,
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
     )
     assert len(resp.choices) == 3
     for choice in resp.choices:
         jsonschema.validate(json.loads(choice.message.content), schema)
     completion = client.completions.create(
-        model=DEMO_MODEL_NAME, prompt="JSON:", max_tokens=80, temperature=0.0,
+        model=DEMO_MODEL_NAME,
+        prompt="JSON:",
+        max_tokens=80,
+        temperature=0.0,
         extra_body={"response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}},
     )
     assert completion.choices[0].finish_reason == "stop"
@@ -175,8 +184,12 @@ def test_n_choices_and_completions_endpoint_are_constrained(server):
 def test_logprobs_of_constrained_tokens_are_the_models_and_finite(server):
     client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
     resp = client.chat.completions.create(
-        model=DEMO_MODEL_NAME, messages=[{"role": "user", "content": "pick"}], max_tokens=40, temperature=0.0,
-        logprobs=True, top_logprobs=5,
+        model=DEMO_MODEL_NAME,
+        messages=[{"role": "user", "content": "pick"}],
+        max_tokens=40,
+        temperature=0.0,
+        logprobs=True,
+        top_logprobs=5,
         response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMAS[2]}},
     )
     choice = resp.choices[0]
@@ -193,8 +206,13 @@ def test_logprobs_of_constrained_tokens_are_the_models_and_finite(server):
     ("response_format", "message"),
     [
         ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}, "nonsense"),
-        ({"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "string", "format": "zz"},
-                                                 "strict": True}}, "format"),
+        (
+            {
+                "type": "json_schema",
+                "json_schema": {"name": "x", "schema": {"type": "string", "format": "zz"}, "strict": True},
+            },
+            "format",
+        ),
         ({"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}, "name"),
         ({"type": "json_schema"}, "json_schema"),
         ({"type": "xml"}, "not supported"),
@@ -204,7 +222,9 @@ def test_invalid_response_format_is_a_400_openai_error(server, response_format, 
     client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
-            model=DEMO_MODEL_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+            model=DEMO_MODEL_NAME,
+            messages=[{"role": "user", "content": "hi"}],
+            max_tokens=5,
             response_format=response_format,
         )
     error = info.value.body
@@ -213,7 +233,10 @@ def test_invalid_response_format_is_a_400_openai_error(server, response_format, 
     assert error["param"].startswith("response_format")
     assert message in error["message"]
     ok = client.chat.completions.create(  # the server goes on serving
-        model=DEMO_MODEL_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=40, temperature=0.0,
+        model=DEMO_MODEL_NAME,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=40,
+        temperature=0.0,
         response_format={"type": "json_schema", "json_schema": {"name": "a", "schema": SCHEMAS[2]}},
     )
     jsonschema.validate(json.loads(ok.choices[0].message.content), SCHEMAS[2])
@@ -224,8 +247,13 @@ def test_thinking_mode_reasons_freely_before_the_format_binds(server, stream):
     """With thinking on, the format binds after `</think>` (the random model does not reach it in
     a few tokens): the reasoning is exactly the unconstrained request's, and no answer yet."""
     client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
-    common = dict(model=DEMO_MODEL_NAME, messages=[{"role": "user", "content": "Describe a person"}], max_tokens=10,
-                  temperature=0, extra_body={"thinking": {"type": "enabled"}})
+    common = dict(
+        model=DEMO_MODEL_NAME,
+        messages=[{"role": "user", "content": "Describe a person"}],
+        max_tokens=10,
+        temperature=0,
+        extra_body={"thinking": {"type": "enabled"}},
+    )
     free = client.chat.completions.create(**common).choices[0]
     fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMAS[0], "strict": True}}
     if stream:
@@ -247,18 +275,30 @@ def test_keywords_the_grammar_cannot_enforce_are_ignored_unless_strict(server):
     """pydantic writes uniqueItems for a set and formats llguidance lacks: without strict: true
     (OpenAI enforces no such schema) the rest of the schema is enforced; with it, a 400."""
     client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
-    schema = {"type": "object", "properties": {
-        "tags": {"type": "array", "items": {"type": "string", "maxLength": 3}, "uniqueItems": True, "maxItems": 2},
-        "url": {"type": "string", "format": "uri-template", "maxLength": 5}}, "required": ["tags", "url"]}
+    schema = {
+        "type": "object",
+        "properties": {
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 3}, "uniqueItems": True, "maxItems": 2},
+            "url": {"type": "string", "format": "uri-template", "maxLength": 5},
+        },
+        "required": ["tags", "url"],
+    }
     common = dict(model=DEMO_MODEL_NAME, messages=[{"role": "user", "content": "hi"}], max_tokens=60, seed=3)
     resp = client.chat.completions.create(
-        **common, response_format={"type": "json_schema", "json_schema": {"name": "t", "schema": schema}})
+        **common, response_format={"type": "json_schema", "json_schema": {"name": "t", "schema": schema}}
+    )
     if resp.choices[0].finish_reason == "stop":
-        lax = {**schema, "properties": {"tags": {k: v for k, v in schema["properties"]["tags"].items()
-                                                 if k != "uniqueItems"},
-                                        "url": {"type": "string", "maxLength": 5}}}
+        lax = {
+            **schema,
+            "properties": {
+                "tags": {k: v for k, v in schema["properties"]["tags"].items() if k != "uniqueItems"},
+                "url": {"type": "string", "maxLength": 5},
+            },
+        }
         jsonschema.validate(json.loads(resp.choices[0].message.content), lax)
     with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(**common, response_format={
-            "type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": True}})
+        client.chat.completions.create(
+            **common,
+            response_format={"type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": True}},
+        )
     assert info.value.body["param"] == "response_format"

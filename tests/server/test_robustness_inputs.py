@@ -73,13 +73,16 @@ BAD_BODIES = [
     (COMPLETIONS, b'{"prompt": "x", "logit_bias": {"not a token": 1}}', "logit_bias", None),
     # more entries than OpenAI takes (300): the sampler rebuilds every entry of every row each step,
     # and 64,000 entries with n=16 made the request 30x slower and every other request's steps with it
-    (COMPLETIONS, b'{"prompt": "x", "logit_bias": {' + b", ".join(b'"%d": -1' % i for i in range(301)) + b"}}",
-     "logit_bias", None),
+    (
+        COMPLETIONS,
+        b'{"prompt": "x", "logit_bias": {' + b", ".join(b'"%d": -1' % i for i in range(301)) + b"}}",
+        "logit_bias",
+        None,
+    ),
     (COMPLETIONS, b'{"prompt": "x", "user": 5}', "user", None),
     # the engine scans the list for every token of every choice (and bans all of it per step under
     # min_tokens): 100,000 ids with n=16 made the request, and every request batched with it, 7x slower
-    (COMPLETIONS, b'{"prompt": "x", "stop_token_ids": [' + b", ".join([b"7"] * 1025) + b"]}", "stop_token_ids",
-     None),
+    (COMPLETIONS, b'{"prompt": "x", "stop_token_ids": [' + b", ".join([b"7"] * 1025) + b"]}", "stop_token_ids", None),
     (COMPLETIONS, b'{"prompt": "x", "model": 5}', "model", None),
     (COMPLETIONS, b'{"prompt": "x", "stream_options": 5}', "stream_options", None),
     (COMPLETIONS, b'{"prompt": "x", "max_tokens": 2, "min_tokens": 5}', None, None),
@@ -100,10 +103,18 @@ BAD_BODIES = [
     (COMPLETIONS, b'{"prompt": [999999999], "max_tokens": 2}', None, None),
     # more sequences in one request than the engine runs at once (256 here): admitted into an idle
     # engine, 20,000 one-letter prompts held every other request back for minutes
-    (COMPLETIONS, b'{"prompt": [' + b", ".join([b'"a"'] * 257) + b'], "max_tokens": 2}', "prompt",
-     "too_many_sequences"),
-    (COMPLETIONS, b'{"prompt": [' + b", ".join([b"[1]"] * 17) + b'], "n": 16, "max_tokens": 2}', "prompt",
-     "too_many_sequences"),
+    (
+        COMPLETIONS,
+        b'{"prompt": [' + b", ".join([b'"a"'] * 257) + b'], "max_tokens": 2}',
+        "prompt",
+        "too_many_sequences",
+    ),
+    (
+        COMPLETIONS,
+        b'{"prompt": [' + b", ".join([b"[1]"] * 17) + b'], "n": 16, "max_tokens": 2}',
+        "prompt",
+        "too_many_sequences",
+    ),
     # messages
     (CHAT, b'{"messages": []}', "messages", None),
     (CHAT, b'{"messages": [{}]}', "messages.0.role", None),
@@ -111,15 +122,31 @@ BAD_BODIES = [
     (CHAT, b'{"messages": [{"role": "tool", "content": "x"}], "max_tokens": 2}', "messages.0.tool_call_id", None),
     (CHAT, b'{"messages": [{"role": "bogus", "content": "x"}], "max_tokens": 2}', "messages", None),
     # assistant tool_calls that are not a list: a number was iterated (TypeError, 500)
-    (CHAT, b'{"messages": [{"role": "assistant", "tool_calls": 5}, {"role": "user", "content": "x"}], '
-           b'"max_tokens": 2}', "messages.0.tool_calls", None),
-    (CHAT, b'{"messages": [{"role": "assistant", "tool_calls": "call"}], "max_tokens": 2}',
-     "messages.0.tool_calls", None),
-    (CHAT, b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}], "max_tokens": 2}',
-     "messages.0.content", None),
+    (
+        CHAT,
+        b'{"messages": [{"role": "assistant", "tool_calls": 5}, {"role": "user", "content": "x"}], "max_tokens": 2}',
+        "messages.0.tool_calls",
+        None,
+    ),
+    (
+        CHAT,
+        b'{"messages": [{"role": "assistant", "tool_calls": "call"}], "max_tokens": 2}',
+        "messages.0.tool_calls",
+        None,
+    ),
+    (
+        CHAT,
+        b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}], "max_tokens": 2}',
+        "messages.0.content",
+        None,
+    ),
     # a text part without text once got "part type 'text' is not supported (only 'text')"
-    (CHAT, b'{"messages": [{"role": "user", "content": [{"type": "text", "text": null}]}], "max_tokens": 2}',
-     "messages.0.content", None),
+    (
+        CHAT,
+        b'{"messages": [{"role": "user", "content": [{"type": "text", "text": null}]}], "max_tokens": 2}',
+        "messages.0.content",
+        None,
+    ),
     # keys the server passes to the chat template itself: a copy in chat_template_kwargs was a TypeError (500)
     (CHAT, _chat('"chat_template_kwargs": {"messages": 1}'), "chat_template_kwargs", None),
     (CHAT, _chat('"chat_template_kwargs": {"tools": 1}'), "chat_template_kwargs", None),
@@ -133,22 +160,44 @@ BAD_BODIES = [
     (COMPLETIONS, b'{"prompt": "x", "stop": ["ok", "\\udfff\\ud800"], "max_tokens": 2}', "stop.1", "invalid_unicode"),
     (COMPLETIONS, b'{"prompt": "x", "model": "\\ud800"}', "model", "invalid_unicode"),
     (COMPLETIONS, b'{"prompt": "x", "\\ud800": 1}', "\\ud800", "invalid_unicode"),
-    (CHAT, b'{"messages": [{"role": "user", "content": "\\ud800"}], "max_tokens": 2}',
-     "messages.0.content", "invalid_unicode"),
-    (CHAT, b'{"messages": [{"role": "user", "content": "x", "name": "\\udc00"}], "max_tokens": 2}',
-     "messages.0.name", "invalid_unicode"),
-    (CHAT, _chat('"tools": [{"type": "function", "function": {"name": "f", "description": "\\udc00"}}]'),
-     "tools.0.function.description", "invalid_unicode"),
-    (CHAT, _chat('"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": '
-                 '{"type": "object", "properties": {"\\ud800": {"type": "string"}}}}}'),
-     "response_format.json_schema.schema.properties.\\ud800", "invalid_unicode"),
+    (
+        CHAT,
+        b'{"messages": [{"role": "user", "content": "\\ud800"}], "max_tokens": 2}',
+        "messages.0.content",
+        "invalid_unicode",
+    ),
+    (
+        CHAT,
+        b'{"messages": [{"role": "user", "content": "x", "name": "\\udc00"}], "max_tokens": 2}',
+        "messages.0.name",
+        "invalid_unicode",
+    ),
+    (
+        CHAT,
+        _chat('"tools": [{"type": "function", "function": {"name": "f", "description": "\\udc00"}}]'),
+        "tools.0.function.description",
+        "invalid_unicode",
+    ),
+    (
+        CHAT,
+        _chat(
+            '"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": '
+            '{"type": "object", "properties": {"\\ud800": {"type": "string"}}}}}'
+        ),
+        "response_format.json_schema.schema.properties.\\ud800",
+        "invalid_unicode",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("path", "body", "param", "code"), BAD_BODIES,
-                         ids=[f"{i}-{body[:40]!r}" for i, (_, body, _, _) in enumerate(BAD_BODIES)])
-def test_bad_body_gets_an_openai_400(server: ServerHandle, path: str, body: bytes, param: str | None,
-                                     code: str | None) -> None:
+@pytest.mark.parametrize(
+    ("path", "body", "param", "code"),
+    BAD_BODIES,
+    ids=[f"{i}-{body[:40]!r}" for i, (_, body, _, _) in enumerate(BAD_BODIES)],
+)
+def test_bad_body_gets_an_openai_400(
+    server: ServerHandle, path: str, body: bytes, param: str | None, code: str | None
+) -> None:
     response = post(server, path, body)
     assert response.status_code == 400, response.text
     error = openai_error(response)
@@ -168,8 +217,9 @@ NULLABLE = [
 
 
 @pytest.mark.parametrize(("path", "nulls", "defaults"), NULLABLE, ids=["chat", "completions"])
-def test_null_in_an_openai_nullable_field_means_its_default(server: ServerHandle, path: str, nulls: str,
-                                                            defaults: str) -> None:
+def test_null_in_an_openai_nullable_field_means_its_default(
+    server: ServerHandle, path: str, nulls: str, defaults: str
+) -> None:
     common = '"messages": [{"role": "user", "content": "x"}]' if path == CHAT else '"prompt": "x"'
     common += ', "max_tokens": 3, "temperature": 0'
     responses = [post(server, path, ("{" + common + ", " + fields + "}").encode()) for fields in (nulls, defaults)]
@@ -180,18 +230,25 @@ def test_null_in_an_openai_nullable_field_means_its_default(server: ServerHandle
     assert len(with_nulls) == 1 and with_nulls == with_defaults
 
 
-@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=b"])
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=b"]
+)
 def test_a_body_that_is_not_declared_json_is_a_400(server: ServerHandle, content_type: str | None) -> None:
     response = post(server, COMPLETIONS, b'{"prompt": "x", "max_tokens": 2}', content_type)
     assert response.status_code == 400, response.text
     openai_error(response)
 
 
-@pytest.mark.parametrize(("method", "path", "status"), [
-    ("GET", COMPLETIONS, 405), ("PUT", CHAT, 405), ("DELETE", CHAT, 405), ("POST", "/models", 405),
-    ("POST", "/no-such-route", 404),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", COMPLETIONS, 405),
+        ("PUT", CHAT, 405),
+        ("DELETE", CHAT, 405),
+        ("POST", "/models", 405),
+        ("POST", "/no-such-route", 404),
+    ],
+)
 def test_wrong_method_or_route_is_an_openai_error(server: ServerHandle, method: str, path: str, status: int) -> None:
     response = httpx.request(method, f"{server.api_url}{path}", content=b"{}", timeout=30)
     assert response.status_code == status
@@ -201,10 +258,10 @@ def test_wrong_method_or_route_is_an_openai_error(server: ServerHandle, method: 
 def test_valid_but_unusual_text_is_served(server: ServerHandle) -> None:
     """Well-formed Unicode of every kind goes through: paired surrogate escapes (emoji from
     ensure_ascii clients), NUL, right-to-left marks, and strings with brackets."""
-    texts = ["\U0001F600 emoji", "a\x00b", "\u202eRTL\u202c text", "[[{{", "你好"]
+    texts = ["\U0001f600 emoji", "a\x00b", "\u202eRTL\u202c text", "[[{{", "你好"]
     for text in texts:
         body = json.dumps({"prompt": text, "max_tokens": 2, "stop": [text]}, ensure_ascii=True).encode()
-        assert b"\\ud83d\\ude00" in body or "\U0001F600" not in text
+        assert b"\\ud83d\\ude00" in body or "\U0001f600" not in text
         response = post(server, COMPLETIONS, body)
         assert response.status_code == 200, (text, response.text)
         chat = json.dumps({"messages": [{"role": "user", "content": text}], "max_tokens": 2}).encode()
@@ -243,11 +300,14 @@ def test_server_serves_correctly_after_the_hostile_inputs(server: ServerHandle) 
     assert "Traceback" not in server.log() and "unhandled error" not in server.log()
 
 
-@pytest.mark.parametrize("raw", [
-    b"GARBAGE\x01 / HTTP/1.1\r\n\r\n",  # bad request line
-    b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",  # header without a colon
-    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n\r\n",  # bad chunk size
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GARBAGE\x01 / HTTP/1.1\r\n\r\n",  # bad request line
+        b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",  # header without a colon
+        b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nZZZ\r\n\r\n",  # bad chunk size
+    ],
+)
 def test_unparseable_http_gets_an_openai_error_object(server: ServerHandle, raw: bytes) -> None:
     """uvicorn answers these before the application runs; the body is still {"error": {...}}."""
     import socket

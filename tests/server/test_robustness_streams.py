@@ -26,8 +26,13 @@ from .conftest import ServerHandle, running_server
 pytestmark = pytest.mark.slow
 
 MAX_INFLIGHT = 8
-TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -39,9 +44,14 @@ def server(data_dir: Path, tmp_path_factory) -> ServerHandle:
 
 def is_idle(payload: dict) -> bool:
     engine, admission = payload["engine"], payload["admission"]
-    return (engine.get("num_requests_running") == 0 and engine.get("num_requests_waiting") == 0
-            and engine.get("kv_cache_usage_perc") == 0.0 and payload["requests_in_flight"] == 0
-            and admission["inflight_seqs"] == 0 and admission["queued"] == 0)
+    return (
+        engine.get("num_requests_running") == 0
+        and engine.get("num_requests_waiting") == 0
+        and engine.get("kv_cache_usage_perc") == 0.0
+        and payload["requests_in_flight"] == 0
+        and admission["inflight_seqs"] == 0
+        and admission["queued"] == 0
+    )
 
 
 def wait_until_idle(server: ServerHandle, timeout: float = 20.0) -> dict:
@@ -75,14 +85,37 @@ def mixed_request(i: int) -> tuple[str, dict]:
         ("/completions", {"prompt": f"count {i}", "max_tokens": 5, "n": 3, "seed": i, "stream": True}),
         ("/chat/completions", {"messages": user, "max_tokens": 6, "stop": [" ", "e"]}),
         ("/chat/completions", {"messages": user, "max_tokens": 16, "tools": [TOOL], "tool_choice": "required"}),
-        ("/chat/completions", {"messages": user, "max_tokens": 6, "stream": True,
-                               "response_format": {"type": "json_object"}}),
-        ("/chat/completions", {"messages": user, "max_tokens": 4, "n": 2, "logprobs": True, "top_logprobs": 2,
-                               "stream": True, "stream_options": {"include_usage": True}}),
+        (
+            "/chat/completions",
+            {"messages": user, "max_tokens": 6, "stream": True, "response_format": {"type": "json_object"}},
+        ),
+        (
+            "/chat/completions",
+            {
+                "messages": user,
+                "max_tokens": 4,
+                "n": 2,
+                "logprobs": True,
+                "top_logprobs": 2,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            },
+        ),
         ("/completions", {"prompt": [1, 2, 3, 5 + i % 100], "max_tokens": 4, "logprobs": 1}),
-        ("/chat/completions", {"messages": user, "max_tokens": 6, "response_format": {"type": "json_schema",
-                               "json_schema": {"name": "p", "schema": {"type": "object",
-                                                                       "properties": {"a": {"type": "integer"}}}}}}),
+        (
+            "/chat/completions",
+            {
+                "messages": user,
+                "max_tokens": 6,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {
+                        "name": "p",
+                        "schema": {"type": "object", "properties": {"a": {"type": "integer"}}},
+                    },
+                },
+            },
+        ),
     ]
     return shapes[i % len(shapes)]
 
@@ -104,11 +137,14 @@ def test_burst_of_mixed_requests_all_complete_and_greedy_output_matches_lone_run
     async def burst() -> tuple[list[tuple[int, str]], list[str]]:
         limits = httpx.Limits(max_connections=200)
         async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
             async def sample(prompt: str) -> str:
                 body = {"prompt": prompt, "max_tokens": 8, "temperature": 0, "ignore_eos": True}
                 return (await client.post(f"{server.api_url}/completions", json=body)).json()["choices"][0]["text"]
-            results = await asyncio.gather(*(_send_mixed(client, server, i) for i in range(96)),
-                                           *(sample(p) for p in prompts))
+
+            results = await asyncio.gather(
+                *(_send_mixed(client, server, i) for i in range(96)), *(sample(p) for p in prompts)
+            )
         return results[:96], results[96:]
 
     started = time.monotonic()
@@ -176,8 +212,11 @@ def test_clients_vanishing_at_every_stage_free_all_work(server: ServerHandle) ->
             await asyncio.gather(
                 *(_drop_stream_after(client, server, i, rng.randint(1, 25)) for i in range(24)),
                 *(_give_up_waiting(client, server, i, rng.uniform(0.05, 1.5)) for i in range(16)),
-                *(_send_and_vanish(server, i, how) for i in range(6)
-                  for how in ("partial", "full", "reset", "half-close")),
+                *(
+                    _send_and_vanish(server, i, how)
+                    for i in range(6)
+                    for how in ("partial", "full", "reset", "half-close")
+                ),
             )
 
     asyncio.run(chaos())
@@ -194,8 +233,9 @@ def test_queued_requests_whose_clients_leave_leave_the_queue(server: ServerHandl
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=100)) as client:
             long = {"prompt": "occupy", "max_tokens": 4000, "ignore_eos": True, "stream": True}
             # one tenant alone gets every slot but the one kept for newcomers
-            holders = [client.stream("POST", f"{server.api_url}/completions", json=long)
-                       for _ in range(MAX_INFLIGHT - 1)]
+            holders = [
+                client.stream("POST", f"{server.api_url}/completions", json=long) for _ in range(MAX_INFLIGHT - 1)
+            ]
             responses = [await h.__aenter__() for h in holders]
             assert all(r.status_code == 200 for r in responses)
             waiting = [asyncio.create_task(_give_up_waiting(client, server, i, 30)) for i in range(5)]
@@ -227,7 +267,7 @@ def test_slow_and_idle_connections_do_not_block_others(server: ServerHandle) -> 
         for i in range(len(part)):
             if stop.is_set():
                 break
-            writer.write(part[i:i + 1])
+            writer.write(part[i : i + 1])
             await writer.drain()
             await asyncio.sleep(0.1)
         await stop.wait()
@@ -236,14 +276,17 @@ def test_slow_and_idle_connections_do_not_block_others(server: ServerHandle) -> 
     async def scenario() -> list[int]:
         stop = asyncio.Event()
         header_end = request.index(b"\r\n\r\n") + 4
-        hogs = [asyncio.create_task(slow_writer(stop, request[:header_end - 1])) for _ in range(20)]  # slow headers
+        hogs = [asyncio.create_task(slow_writer(stop, request[: header_end - 1])) for _ in range(20)]  # slow headers
         hogs += [asyncio.create_task(slow_writer(stop, request[:-1])) for _ in range(20)]  # slow body
         hogs += [asyncio.create_task(slow_writer(stop, b"")) for _ in range(20)]  # connect, say nothing
         await asyncio.sleep(0.5)
         async with httpx.AsyncClient(timeout=30) as client:
-            replies = await asyncio.gather(*(client.post(f"{server.api_url}/completions",
-                                                         json={"prompt": f"q{i}", "max_tokens": 2})
-                                             for i in range(8)))
+            replies = await asyncio.gather(
+                *(
+                    client.post(f"{server.api_url}/completions", json={"prompt": f"q{i}", "max_tokens": 2})
+                    for i in range(8)
+                )
+            )
         assert server.ready_payload()["admission"]["inflight_seqs"] == 0  # unfinished bodies hold nothing
         stop.set()
         await asyncio.gather(*hogs)
@@ -258,15 +301,18 @@ def test_deadline_mid_stream_ends_with_an_error_event_and_frees_blocks(server: S
     started = time.monotonic()
     with httpx.stream("POST", f"{server.api_url}/completions", json=body, timeout=30) as response:
         assert response.status_code == 200
-        events = [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+        events = [line[len("data: ") :] for line in response.iter_lines() if line.startswith("data: ")]
     assert time.monotonic() - started < 10
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]
     assert error["code"] == "request_timeout" and error["type"] == "timeout_error"
     assert any('"text"' in e for e in events[:-2])  # it had streamed tokens before the deadline
     wait_until_idle(server)
-    response = httpx.post(f"{server.api_url}/completions", timeout=30,
-                          json={"prompt": "tell me", "max_tokens": 4000, "ignore_eos": True, "timeout": 0.5})
+    response = httpx.post(
+        f"{server.api_url}/completions",
+        timeout=30,
+        json={"prompt": "tell me", "max_tokens": 4000, "ignore_eos": True, "timeout": 0.5},
+    )
     assert response.status_code == 408 and response.json()["error"]["code"] == "request_timeout"
     wait_until_idle(server)
 
@@ -276,7 +322,7 @@ def test_stop_string_on_the_last_allowed_token_finishes_as_stop(server: ServerHa
     reference = httpx.post(f"{server.api_url}/completions", json=body, timeout=30).json()["choices"][0]
     last = reference["logprobs"]["tokens"][-1]
     stop = last.strip() or last
-    expected = reference["text"][:reference["text"].rindex(stop)]
+    expected = reference["text"][: reference["text"].rindex(stop)]
     body = {**body, "stop": [stop], "logprobs": None}
     whole = httpx.post(f"{server.api_url}/completions", json=body, timeout=30).json()["choices"][0]
     assert (whole["text"], whole["finish_reason"], whole["stop_reason"]) == (expected, "stop", stop)
@@ -290,14 +336,15 @@ def test_stop_string_on_the_last_allowed_token_finishes_as_stop(server: ServerHa
 def test_one_of_n_choices_stopping_early_leaves_the_others_unchanged(server: ServerHandle) -> None:
     body = {"prompt": "abc", "max_tokens": 12, "n": 3, "seed": 7, "ignore_eos": True}
     texts = [c["text"] for c in httpx.post(f"{server.api_url}/completions", json=body, timeout=30).json()["choices"]]
-    stops = [texts[0][i:i + 3] for i in range(1, len(texts[0]) - 3)]
+    stops = [texts[0][i : i + 3] for i in range(1, len(texts[0]) - 3)]
     stop = next(s for s in stops if s.strip() and "\ufffd" not in s and not any(s in t for t in texts[1:]))
-    expected = [(texts[0][:texts[0].index(stop)], "stop")] + [(t, "length") for t in texts[1:]]
+    expected = [(texts[0][: texts[0].index(stop)], "stop")] + [(t, "length") for t in texts[1:]]
     whole = httpx.post(f"{server.api_url}/completions", json={**body, "stop": [stop]}, timeout=30).json()["choices"]
     assert [(c["text"], c["finish_reason"]) for c in whole] == expected
     streamed = [["", None] for _ in texts]
-    with httpx.stream("POST", f"{server.api_url}/completions", json={**body, "stop": [stop], "stream": True},
-                      timeout=30) as response:
+    with httpx.stream(
+        "POST", f"{server.api_url}/completions", json={**body, "stop": [stop], "stream": True}, timeout=30
+    ) as response:
         for line in response.iter_lines():
             if line.startswith("data: {"):
                 for c in json.loads(line[6:])["choices"]:
@@ -308,19 +355,29 @@ def test_one_of_n_choices_stopping_early_leaves_the_others_unchanged(server: Ser
 
 
 def test_leaving_while_a_large_grammar_compiles_frees_everything(server: ServerHandle) -> None:
-    schema = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(2000)},
-              "required": [f"p{i}" for i in range(2000)]}
+    schema = {
+        "type": "object",
+        "properties": {f"p{i}": {"type": "string"} for i in range(2000)},
+        "required": [f"p{i}" for i in range(2000)],
+    }
 
     async def scenario() -> None:
         for i in range(4):
-            body = {"messages": [{"role": "user", "content": f"form {i}"}], "max_tokens": 50, "stream": i % 2 == 0,
-                    "response_format": {"type": "json_schema", "json_schema": {"name": f"f{i}", "schema": schema}}}
+            body = {
+                "messages": [{"role": "user", "content": f"form {i}"}],
+                "max_tokens": 50,
+                "stream": i % 2 == 0,
+                "response_format": {"type": "json_schema", "json_schema": {"name": f"f{i}", "schema": schema}},
+            }
             await _send_and_vanish_with(server, _raw_request(body, "/v1/chat/completions"))
 
     asyncio.run(scenario())
     wait_until_idle(server)
-    body = {"messages": [{"role": "user", "content": "form"}], "max_tokens": 3,
-            "response_format": {"type": "json_schema", "json_schema": {"name": "f", "schema": schema}}}
+    body = {
+        "messages": [{"role": "user", "content": "form"}],
+        "max_tokens": 3,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "f", "schema": schema}},
+    }
     response = httpx.post(f"{server.api_url}/chat/completions", json=body, timeout=60)
     assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"].startswith("{")
 

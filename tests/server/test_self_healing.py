@@ -97,8 +97,7 @@ def test_crash_loop_fails_fast_with_a_clear_503(data_dir: Path, tmp_path: Path) 
     with running_server(data_dir, tmp_path / "server.log", *flags) as server:
         os.kill(server.ready_payload()["engine_pid"], signal.SIGKILL)
         deadline = time.monotonic() + 60
-        while server.ready_payload().get("engine_state") != "running" or \
-                server.ready_payload()["engine_pid"] is None:
+        while server.ready_payload().get("engine_state") != "running" or server.ready_payload()["engine_pid"] is None:
             assert time.monotonic() < deadline
             time.sleep(0.1)
         first_restart_pid = server.ready_payload()["engine_pid"]

@@ -22,19 +22,35 @@ def run_to_end(engine: EngineCore, request: EngineCoreRequest) -> tuple[list[int
 
 
 def test_resumed_request_continues_seeded_penalized_output_exactly(qwen2_model, data_dir) -> None:
-    engine = LLM(str(qwen2_model[0]), data_dir=str(data_dir), num_kv_blocks=64, block_size=8,
-                 show_progress=False).engine
-    params = SamplingParams(temperature=0.9, seed=7, max_tokens=24, ignore_eos=True, frequency_penalty=0.7,
-                            presence_penalty=0.3, repetition_penalty=1.2, min_tokens=20, stop_token_ids=[5])
+    engine = LLM(
+        str(qwen2_model[0]), data_dir=str(data_dir), num_kv_blocks=64, block_size=8, show_progress=False
+    ).engine
+    params = SamplingParams(
+        temperature=0.9,
+        seed=7,
+        max_tokens=24,
+        ignore_eos=True,
+        frequency_penalty=0.7,
+        presence_penalty=0.3,
+        repetition_penalty=1.2,
+        min_tokens=20,
+        stop_token_ids=[5],
+    )
     prompt = [3, 14, 15, 92, 65, 35, 89, 79]
-    full, reason = run_to_end(engine, EngineCoreRequest(request_id="a", prompt_token_ids=prompt,
-                                                        sampling_params=params))
+    full, reason = run_to_end(
+        engine, EngineCoreRequest(request_id="a", prompt_token_ids=prompt, sampling_params=params)
+    )
     assert reason == "length" and len(full) == 24
 
     produced = full[:10]
-    rest, reason = run_to_end(engine, EngineCoreRequest(
-        request_id="a-resumed", prompt_token_ids=prompt, sampling_params=params,
-        resume_output_token_ids=produced,
-    ))
+    rest, reason = run_to_end(
+        engine,
+        EngineCoreRequest(
+            request_id="a-resumed",
+            prompt_token_ids=prompt,
+            sampling_params=params,
+            resume_output_token_ids=produced,
+        ),
+    )
     assert produced + rest == full
     assert reason == "length"  # 14 more tokens, not 24: max_tokens counts the resumed ones

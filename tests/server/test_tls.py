@@ -31,10 +31,16 @@ def _name(common_name: str) -> x509.Name:
 def _issue(subject: str, issuer_key, issuer_name: x509.Name | None, *, ca: bool, server: bool = False):
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer_name or _name(subject))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(subject))
+        .issuer_name(issuer_name or _name(subject))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
     if server:
         loopback = x509.IPAddress(ipaddress.ip_address("127.0.0.1"))
         builder = builder.add_extension(x509.SubjectAlternativeName([loopback]), critical=False)
@@ -45,8 +51,9 @@ def _issue(subject: str, issuer_key, issuer_name: x509.Name | None, *, ca: bool,
 def _write(folder: Path, name: str, key, cert) -> tuple[Path, Path]:
     cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 
@@ -56,15 +63,22 @@ def pki(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("pki")
     ca_key, ca_cert = _issue("seekd test CA", None, None, ca=True)
     ca_path, _ = _write(folder, "ca", ca_key, ca_cert)
-    server_cert, server_key = _write(folder, "server", *_issue("127.0.0.1", ca_key, ca_cert.subject, ca=False,
-                                                                  server=True))
+    server_cert, server_key = _write(
+        folder, "server", *_issue("127.0.0.1", ca_key, ca_cert.subject, ca=False, server=True)
+    )
     client_cert, client_key = _write(folder, "client", *_issue("client-1", ca_key, ca_cert.subject, ca=False))
-    return {"ca": ca_path, "server_cert": server_cert, "server_key": server_key, "client_cert": client_cert,
-            "client_key": client_key}
+    return {
+        "ca": ca_path,
+        "server_cert": server_cert,
+        "server_key": server_key,
+        "client_cert": client_cert,
+        "client_key": client_key,
+    }
 
 
-def client_context(pki: dict[str, Path], *, max_version: ssl.TLSVersion | None = None,
-                   with_cert: bool = False) -> ssl.SSLContext:
+def client_context(
+    pki: dict[str, Path], *, max_version: ssl.TLSVersion | None = None, with_cert: bool = False
+) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=str(pki["ca"]))
     if max_version is not None:
         ctx.maximum_version = max_version
@@ -77,8 +91,10 @@ def handshake(server: ServerHandle, ctx: ssl.SSLContext) -> str:
     """The negotiated version, after sending one request (a TLS 1.3 server checks the client's
     certificate after the handshake, so a refusal may only show on the first read)."""
     url = urlparse(server.base_url)
-    with socket.create_connection((url.hostname, url.port), timeout=10) as raw, \
-            ctx.wrap_socket(raw, server_hostname=url.hostname) as tls:
+    with (
+        socket.create_connection((url.hostname, url.port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname=url.hostname) as tls,
+    ):
         tls.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         reply = tls.recv(1024)
         if not reply:
@@ -88,10 +104,22 @@ def handshake(server: ServerHandle, ctx: ssl.SSLContext) -> str:
 
 
 def serve_tls(data_dir: Path, log_dir: Path, pki: dict[str, Path], client: ssl.SSLContext, *extra: str):
-    flags = ["--ssl-certfile", str(pki["server_cert"]), "--ssl-keyfile", str(pki["server_key"]),
-             "--api-key", API_KEY, *extra]
-    return running_server(data_dir, log_dir / "server.log", *flags, scheme="https",
-                          client_options={"verify": client, "headers": {"Authorization": f"Bearer {API_KEY}"}})
+    flags = [
+        "--ssl-certfile",
+        str(pki["server_cert"]),
+        "--ssl-keyfile",
+        str(pki["server_key"]),
+        "--api-key",
+        API_KEY,
+        *extra,
+    ]
+    return running_server(
+        data_dir,
+        log_dir / "server.log",
+        *flags,
+        scheme="https",
+        client_options={"verify": client, "headers": {"Authorization": f"Bearer {API_KEY}"}},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +141,7 @@ def test_tls13_works_and_tls12_is_refused_by_default(tls_server: ServerHandle, p
     assert "https://127.0.0.1" in tls_server.log()
 
 
-def test_mtls_refuses_clients_without_a_certificate_and_tls12_is_an_option(data_dir: Path, pki,
-                                                                           tmp_path: Path) -> None:
+def test_mtls_refuses_clients_without_a_certificate_and_tls12_is_an_option(data_dir: Path, pki, tmp_path: Path) -> None:
     with_cert = client_context(pki, with_cert=True)
     flags = ("--ssl-ca-certs", str(pki["ca"]), "--ssl-min-version", "1.2")
     with serve_tls(data_dir, tmp_path, pki, with_cert, *flags) as server:

@@ -37,8 +37,12 @@ NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
 
 def request(i: int, kind: str, stream: bool) -> dict:
-    body = {"model": MODEL, "messages": [{"role": "user", "content": f"Request {i}: weather?"}],
-            "temperature": 0, "stream": stream}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": f"Request {i}: weather?"}],
+        "temperature": 0,
+        "stream": stream,
+    }
     if kind == "plain":
         return {**body, "max_tokens": 16}
     body.update(tools=TOOLS, max_tokens=64)
@@ -102,8 +106,11 @@ def test_required_and_named_calls_validate_alone_and_batched_with_unconstrained(
 def test_streamed_and_whole_give_the_same_call(server):
     async def main() -> list[dict]:
         async with openai.AsyncOpenAI(base_url=server.api_url, api_key="none", max_retries=0) as client:
-            return [await run(client, request(7, kind, stream))
-                    for kind in ("named", "required") for stream in (False, True)]
+            return [
+                await run(client, request(7, kind, stream))
+                for kind in ("named", "required")
+                for stream in (False, True)
+            ]
 
     named_whole, named_stream, required_whole, required_stream = [without_ids(r) for r in asyncio.run(main())]
     assert named_whole == named_stream and required_whole == required_stream
@@ -112,8 +119,11 @@ def test_streamed_and_whole_give_the_same_call(server):
 BAD = [
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "nope"),
     ({"tool_choice": "required"}, "tool_choice", "needs tools"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "strin"}}}]},
-     "tools.0.function.parameters", "strin"),
+    (
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "strin"}}}]},
+        "tools.0.function.parameters",
+        "strin",
+    ),
     ({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}, "tools.0.function.name", "letters"),
     ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice", "must be"),
 ]
@@ -130,13 +140,25 @@ def test_bad_tool_requests_are_400s(server, extra, param, words):
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
 BAD_HISTORY = [
-    ([{"role": "assistant", "content": None, "tool_calls": [CALL]}, {"role": "tool", "content": "sunny"}],
-     "messages.2.tool_call_id", "tool_call_id"),
-    ([{"role": "assistant", "content": None, "tool_calls": [CALL]},
-      {"role": "tool", "tool_call_id": "call_2", "content": "sunny"}], "messages.2.tool_call_id", "call_2"),
+    (
+        [{"role": "assistant", "content": None, "tool_calls": [CALL]}, {"role": "tool", "content": "sunny"}],
+        "messages.2.tool_call_id",
+        "tool_call_id",
+    ),
+    (
+        [
+            {"role": "assistant", "content": None, "tool_calls": [CALL]},
+            {"role": "tool", "tool_call_id": "call_2", "content": "sunny"},
+        ],
+        "messages.2.tool_call_id",
+        "call_2",
+    ),
     ([{"role": "tool", "tool_call_id": "call_1", "content": "sunny"}], "messages.1.tool_call_id", "answers no"),
-    ([{"role": "assistant", "tool_calls": [{**CALL, "function": {"name": "f", "arguments": "{oops"}}]}],
-     "messages.1.tool_calls.0.function.arguments", "not valid JSON"),
+    (
+        [{"role": "assistant", "tool_calls": [{**CALL, "function": {"name": "f", "arguments": "{oops"}}]}],
+        "messages.1.tool_calls.0.function.arguments",
+        "not valid JSON",
+    ),
 ]
 
 
@@ -144,8 +166,9 @@ BAD_HISTORY = [
 def test_malformed_tool_history_is_a_400(server, history, param, words):
     client = openai.OpenAI(base_url=server.api_url, api_key="none", max_retries=0)
     with pytest.raises(openai.BadRequestError) as e:
-        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}, *history],
-                                       tools=TOOLS, max_tokens=4)
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}, *history], tools=TOOLS, max_tokens=4
+        )
     assert e.value.body["param"] == param and words in e.value.body["message"]
 
 
@@ -164,8 +187,14 @@ def test_forced_call_in_thinking_mode_comes_after_free_reasoning(server):
     """With thinking on, a named call binds after `</think>`: the reasoning is exactly the
     unconstrained request's (the random model does not close it in a few tokens), and no call yet."""
     client = openai.OpenAI(base_url=server.api_url, api_key="unused", max_retries=0)
-    common = dict(model=MODEL, messages=[{"role": "user", "content": "Weather in Paris?"}], max_tokens=10,
-                  temperature=0, tools=TOOLS, extra_body={"thinking": {"type": "enabled"}})
+    common = dict(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+        max_tokens=10,
+        temperature=0,
+        tools=TOOLS,
+        extra_body={"thinking": {"type": "enabled"}},
+    )
     free = client.chat.completions.create(**common).choices[0]
     forced = client.chat.completions.create(**common, tool_choice=NAMED).choices[0]
     assert free.message.reasoning_content
@@ -178,8 +207,14 @@ def test_forced_call_in_thinking_mode_comes_after_free_reasoning(server):
 # pointer once resolved against the wrapper: a 400 ("Pointer '/$defs/City' does not exist"), or a
 # `#/properties/...` ref silently bound to the wrong subschema.
 NESTED = {
-    "$defs": {"City": {"type": "object", "properties": {"name": {"type": "string", "enum": ["Paris", "Oslo"]}},
-                       "required": ["name"], "additionalProperties": False}},
+    "$defs": {
+        "City": {
+            "type": "object",
+            "properties": {"name": {"type": "string", "enum": ["Paris", "Oslo"]}},
+            "required": ["name"],
+            "additionalProperties": False,
+        }
+    },
     "type": "object",
     "properties": {"city": {"$ref": "#/$defs/City"}, "days": {"type": "integer", "minimum": 1, "maximum": 3}},
     "required": ["city", "days"],
@@ -196,12 +231,20 @@ POINTER = {
 @pytest.mark.parametrize("schema", [NESTED, POINTER], ids=["defs", "pointer"])
 def test_required_call_resolves_refs_within_each_tools_own_schema(server, schema):
     client = openai.OpenAI(base_url=server.api_url, api_key="none", max_retries=0)
-    tools = [{"type": "function", "function": {"name": "f", "parameters": schema}},
-             {"type": "function", "function": {"name": "g", "parameters": CONVERT}}]
+    tools = [
+        {"type": "function", "function": {"name": "f", "parameters": schema}},
+        {"type": "function", "function": {"name": "g", "parameters": CONVERT}},
+    ]
     for seed in range(3):
         choice = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "go"}], tools=tools, tool_choice="required",
-            parallel_tool_calls=False, max_tokens=64, seed=seed).choices[0]
+            model=MODEL,
+            messages=[{"role": "user", "content": "go"}],
+            tools=tools,
+            tool_choice="required",
+            parallel_tool_calls=False,
+            max_tokens=64,
+            seed=seed,
+        ).choices[0]
         assert choice.finish_reason == "tool_calls", choice
         call = choice.message.tool_calls[0].function
         jsonschema.validate(json.loads(call.arguments), {"f": schema, "g": CONVERT}[call.name])
@@ -222,13 +265,16 @@ UNENFORCEABLE = [
 @pytest.mark.parametrize("schema", UNENFORCEABLE, ids=["uniqueItems", "not", "propertyNames", "format"])
 def test_tools_the_grammar_cannot_enforce_are_served_unless_strict_and_forced(server, schema):
     client = openai.OpenAI(base_url=server.api_url, api_key="none", max_retries=0)
-    tools = [{"type": "function", "function": {"name": "g", "parameters": CONVERT}},
-             {"type": "function", "function": {"name": "f", "parameters": schema}}]
+    tools = [
+        {"type": "function", "function": {"name": "g", "parameters": CONVERT}},
+        {"type": "function", "function": {"name": "f", "parameters": schema}},
+    ]
     common = dict(model=MODEL, messages=[{"role": "user", "content": "go"}], tools=tools, max_tokens=4)
     for tool_choice in ("auto", "none"):
         assert client.chat.completions.create(**common, tool_choice=tool_choice).choices[0].finish_reason
-    named_other = client.chat.completions.create(**common, tool_choice={"type": "function", "function": {"name": "g"}},
-                                                 max_completion_tokens=32).choices[0]
+    named_other = client.chat.completions.create(
+        **common, tool_choice={"type": "function", "function": {"name": "g"}}, max_completion_tokens=32
+    ).choices[0]
     assert named_other.finish_reason in ("tool_calls", "length")
     for tool_choice in ("required", {"type": "function", "function": {"name": "f"}}):
         forced = client.chat.completions.create(**common, tool_choice=tool_choice, max_completion_tokens=32)

@@ -8,10 +8,14 @@ import pytest
 
 from seekd.text.deepseek_encoding import BOS, EOS, encode_messages, render_tools
 
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather of a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}},
-}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}},
+    },
+}
 
 
 def test_single_turn_ends_with_think_in_thinking_mode_and_end_think_in_chat_mode():
@@ -27,16 +31,20 @@ def test_earlier_turns_lose_their_reasoning():
         {"role": "assistant", "content": "Hello! I am DeepSeek.", "reasoning_content": "thinking..."},
         {"role": "user", "content": "1+1=?"},
     ]
-    expected = (f"{BOS}<｜User｜>hello<｜Assistant｜></think>Hello! I am DeepSeek.{EOS}"
-                "<｜User｜>1+1=?<｜Assistant｜><think>")
+    expected = (
+        f"{BOS}<｜User｜>hello<｜Assistant｜></think>Hello! I am DeepSeek.{EOS}<｜User｜>1+1=?<｜Assistant｜><think>"
+    )
     assert encode_messages(messages, "thinking") == expected
     chat = encode_messages(messages, "chat")
     assert chat.endswith("<｜User｜>1+1=?<｜Assistant｜></think>") and "thinking..." not in chat
 
 
 def test_current_turn_keeps_reasoning_across_tool_calls_in_dsml():
-    call = {"id": "c1", "type": "function",
-            "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris", "days": 2})}}
+    call = {
+        "id": "c1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": json.dumps({"city": "Paris", "days": 2})},
+    }
     messages = [
         {"role": "system", "content": "", "tools": [WEATHER_TOOL]},
         {"role": "user", "content": "Weather in Paris?"},
@@ -60,10 +68,16 @@ def test_current_turn_keeps_reasoning_across_tool_calls_in_dsml():
 
 
 def test_several_tool_results_share_one_function_results_block():
-    calls = [{"type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": c})}}
-             for c in ("Paris", "Oslo")]
-    messages = [{"role": "user", "content": "Compare"}, {"role": "assistant", "content": "", "tool_calls": calls},
-                {"role": "tool", "content": "sunny"}, {"role": "tool", "content": "snow"}]
+    calls = [
+        {"type": "function", "function": {"name": "get_weather", "arguments": json.dumps({"city": c})}}
+        for c in ("Paris", "Oslo")
+    ]
+    messages = [
+        {"role": "user", "content": "Compare"},
+        {"role": "assistant", "content": "", "tool_calls": calls},
+        {"role": "tool", "content": "sunny"},
+        {"role": "tool", "content": "snow"},
+    ]
     assert encode_messages(messages, "chat").endswith(
         f"{EOS}\n\n<function_results>\n<result>sunny</result>\n<result>snow</result>\n</function_results>\n\n</think>"
     )
@@ -71,8 +85,7 @@ def test_several_tool_results_share_one_function_results_block():
 
 def test_developer_message_carries_tools_and_response_format_before_the_question():
     schema = {"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}}
-    messages = [{"role": "developer", "content": "List two cities", "tools": [WEATHER_TOOL],
-                 "response_format": schema}]
+    messages = [{"role": "developer", "content": "List two cities", "tools": [WEATHER_TOOL], "response_format": schema}]
     prompt = encode_messages(messages, "chat")
     assert prompt.startswith(f"{BOS}<｜User｜>\n\n{render_tools([WEATHER_TOOL])}\n\n## Response Format:")
     assert prompt.endswith(f"{json.dumps(schema)}\n\n# The user's message is: List two cities<｜Assistant｜></think>")

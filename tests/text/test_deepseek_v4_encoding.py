@@ -16,10 +16,14 @@ from seekd.text.deepseek_prompt import encode_chat_prompt
 from seekd.text.deepseek_v4_encoding import BOS, EOS, encode_messages, render_tools
 from seekd.text.tokenizer import Tokenizer
 
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather of a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}},
-}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}},
+    },
+}
 MAX_EFFORT = (
     "Reasoning Effort: Absolute maximum with no shortcuts permitted.\nYou MUST be very thorough in your thinking "
     "and comprehensively decompose the problem to resolve the root cause, rigorously stress-testing your logic "
@@ -36,8 +40,11 @@ HISTORY = [
 
 
 def call(call_id: str, city: str) -> dict:
-    return {"id": call_id, "type": "function",
-            "function": {"name": "get_weather", "arguments": json.dumps({"city": city, "days": 2})}}
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": json.dumps({"city": city, "days": 2})},
+    }
 
 
 def test_chat_and_thinking_modes_drop_earlier_reasoning():
@@ -72,8 +79,12 @@ def test_tool_loop_keeps_every_reasoning_and_orders_results_by_call():
     messages = [
         {"role": "system", "content": "", "tools": [WEATHER_TOOL]},
         {"role": "user", "content": "Paris or Oslo?"},
-        {"role": "assistant", "content": "", "reasoning_content": "Need both.",
-         "tool_calls": [call("a", "Paris"), call("b", "Oslo")]},
+        {
+            "role": "assistant",
+            "content": "",
+            "reasoning_content": "Need both.",
+            "tool_calls": [call("a", "Paris"), call("b", "Oslo")],
+        },
         {"role": "tool", "tool_call_id": "b", "content": "snow"},
         {"role": "tool", "tool_call_id": "a", "content": "sunny"},
     ]
@@ -97,33 +108,44 @@ def test_tool_loop_keeps_every_reasoning_and_orders_results_by_call():
         "<tool_result>snow</tool_result><｜Assistant｜></think>"
     )
     # the reasoning_content the client sends back on the next turn is rendered, not dropped
-    follow_up = [*messages, {"role": "assistant", "content": "Paris.", "reasoning_content": "Sunny wins."},
-                 {"role": "user", "content": "Thanks"}]
+    follow_up = [
+        *messages,
+        {"role": "assistant", "content": "Paris.", "reasoning_content": "Sunny wins."},
+        {"role": "user", "content": "Thanks"},
+    ]
     assert encode_messages(follow_up, "thinking").endswith(
         f"<｜Assistant｜><think>Sunny wins.</think>Paris.{EOS}<｜User｜>Thanks<｜Assistant｜><think>"
     )
 
 
 def test_user_text_after_tool_results_joins_their_turn_and_tools_text_is_v4s():
-    messages = [{"role": "user", "content": "Weather?"},
-                {"role": "assistant", "content": "", "tool_calls": [call("a", "Rome")]},
-                {"role": "tool", "tool_call_id": "a", "content": "hot"},
-                {"role": "user", "content": "And tomorrow?"}]
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [call("a", "Rome")]},
+        {"role": "tool", "tool_call_id": "a", "content": "hot"},
+        {"role": "user", "content": "And tomorrow?"},
+    ]
     assert encode_messages(messages, "chat").endswith(
         f"{EOS}<｜User｜><tool_result>hot</tool_result>\n\nAnd tomorrow?<｜Assistant｜></think>"
     )
     tools = render_tools([WEATHER_TOOL])
-    assert tools.startswith('## Tools\n\nYou have access to a set of tools to help answer the user\'s question. '
-                            'You can invoke tools by writing a "<｜DSML｜tool_calls>" block')
-    assert tools.endswith(f"### Available Tool Schemas\n\n{json.dumps(WEATHER_TOOL['function'])}\n\n"
-                          "You MUST strictly follow the above defined tool name and parameter schemas "
-                          "to invoke tool calls.\n")
+    assert tools.startswith(
+        "## Tools\n\nYou have access to a set of tools to help answer the user's question. "
+        'You can invoke tools by writing a "<｜DSML｜tool_calls>" block'
+    )
+    assert tools.endswith(
+        f"### Available Tool Schemas\n\n{json.dumps(WEATHER_TOOL['function'])}\n\n"
+        "You MUST strictly follow the above defined tool name and parameter schemas "
+        "to invoke tool calls.\n"
+    )
 
 
 def test_developer_turns_of_earlier_rounds_are_dropped_in_thinking_mode():
-    messages = [{"role": "developer", "content": "Answer in French"},
-                {"role": "assistant", "content": "Oui", "reasoning_content": "r"},
-                {"role": "user", "content": "Encore"}]
+    messages = [
+        {"role": "developer", "content": "Answer in French"},
+        {"role": "assistant", "content": "Oui", "reasoning_content": "r"},
+        {"role": "user", "content": "Encore"},
+    ]
     assert encode_messages(messages, "chat") == (
         f"{BOS}<｜User｜>Answer in French<｜Assistant｜></think>Oui{EOS}<｜User｜>Encore<｜Assistant｜></think>"
     )
@@ -135,15 +157,18 @@ def test_unknown_role_is_an_error():
         encode_messages([{"role": "wizard", "content": "x"}])
 
 
-@pytest.mark.parametrize(("options", "mode", "effort"), [
-    ({}, "chat", None),
-    ({"thinking": True}, "thinking", None),
-    ({"thinking": {"type": "enabled"}}, "thinking", None),
-    ({"thinking": {"type": "disabled"}, "reasoning_effort": "max"}, "chat", None),
-    ({"enable_thinking": True, "reasoning_effort": "xhigh"}, "thinking", "max"),
-    ({"reasoning_effort": "low"}, "thinking", "high"),
-    ({"thinking": True, "reasoning_effort": "none"}, "chat", None),
-])
+@pytest.mark.parametrize(
+    ("options", "mode", "effort"),
+    [
+        ({}, "chat", None),
+        ({"thinking": True}, "thinking", None),
+        ({"thinking": {"type": "enabled"}}, "thinking", None),
+        ({"thinking": {"type": "disabled"}, "reasoning_effort": "max"}, "chat", None),
+        ({"enable_thinking": True, "reasoning_effort": "xhigh"}, "thinking", "max"),
+        ({"reasoning_effort": "low"}, "thinking", "high"),
+        ({"thinking": True, "reasoning_effort": "none"}, "chat", None),
+    ],
+)
 def test_api_options_select_mode_and_effort(options, mode, effort):
     assert encode_chat_prompt("deepseek_v4", HISTORY, **options) == encode_messages(HISTORY, mode, effort)
 
@@ -172,7 +197,9 @@ def test_tokenizer_uses_the_v4_encoder_and_its_tags_are_single_tokens(v4_tokeniz
     assert text == encode_messages(HISTORY, "thinking")
     ids = v4_tokenizer.encode_chat(HISTORY, thinking=True)
     assert ids[0] == v4_tokenizer.bos_token_id and ids[-2:] == [
-        v4_tokenizer.token_to_id("<｜Assistant｜>"), v4_tokenizer.token_to_id("<think>")]
+        v4_tokenizer.token_to_id("<｜Assistant｜>"),
+        v4_tokenizer.token_to_id("<think>"),
+    ]
     for tag in ("<think>", "</think>", "｜DSML｜", "<｜latest_reminder｜>"):
         assert len(v4_tokenizer.encode(tag, add_special_tokens=False)) == 1
     with pytest.raises(ChatTemplateError, match="deepseek_v4"):
@@ -185,6 +212,7 @@ def test_reasoning_parser_sees_the_open_think_block_of_thinking_prompts_only():
     for messages in (HISTORY, with_tools):
         assert prompt_opens_reasoning(encode_messages(messages, "thinking"))
         assert not prompt_opens_reasoning(encode_messages(messages, "chat"))
-    split = split_reasoning("Paris is sunny.</think>\n\nParis.", prompt_opens_reasoning(
-        encode_messages(with_tools, "thinking")))
+    split = split_reasoning(
+        "Paris is sunny.</think>\n\nParis.", prompt_opens_reasoning(encode_messages(with_tools, "thinking"))
+    )
     assert (split.reasoning, split.content) == ("Paris is sunny.", "Paris.")

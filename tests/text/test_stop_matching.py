@@ -71,7 +71,7 @@ def run(
 ) -> tuple[list[str], str | None, str]:
     pieces, stop, i = [], None, 0
     for size in chunks:
-        delta = detok.push(ids[i:i + size])
+        delta = detok.push(ids[i : i + size])
         pieces.append(delta.text)
         stop = stop or delta.stop
         i += size
@@ -88,7 +88,7 @@ def test_length_buckets_match_find_on_random_text(tokenizer: Tokenizer) -> None:
         stops = []
         for _ in range(rng.randint(1, 6)):
             a = rng.randrange(len(text))
-            stops.append(text[a:a + rng.randint(1, 6)] if rng.random() < 0.7 else rng.choice(WORDS) + "z")
+            stops.append(text[a : a + rng.randint(1, 6)] if rng.random() < 0.7 else rng.choice(WORDS) + "z")
         chunks = []
         while sum(chunks) < len(ids):
             chunks.append(rng.randint(1, 3))

@@ -41,8 +41,9 @@ def dsml(block: str, *invokes: tuple[str, list[tuple[str, str, str]]]) -> str:
     """invokes: (name, [(param, string_flag, raw value)])."""
     parts = []
     for name, params in invokes:
-        lines = [f'<｜DSML｜parameter name="{p}" string="{flag}">{value}</｜DSML｜parameter>'
-                 for p, flag, value in params]
+        lines = [
+            f'<｜DSML｜parameter name="{p}" string="{flag}">{value}</｜DSML｜parameter>' for p, flag, value in params
+        ]
         parts.append(f'<｜DSML｜invoke name="{name}">\n' + "\n".join(lines) + "\n</｜DSML｜invoke>")
     return f"\n\n<｜DSML｜{block}>\n" + "\n".join(parts) + f"\n</｜DSML｜{block}>"
 
@@ -79,8 +80,12 @@ CASES = {
         ("plain", "Just text, no tools: 2 < 3 and ``` fences.", "Just text, no tools: 2 < 3 and ``` fences.", []),
         ("one", v3(WEATHER), "", [WEATHER]),
         ("text before", "Let me look that up.\n" + v3(WEATHER), "Let me look that up.", [WEATHER]),
-        ("parallel nested", "Two calls." + v3(WEATHER, NESTED, ToolCall("noop", "{}")), "Two calls.",
-         [WEATHER, NESTED, ToolCall("noop", "{}")]),
+        (
+            "parallel nested",
+            "Two calls." + v3(WEATHER, NESTED, ToolCall("noop", "{}")),
+            "Two calls.",
+            [WEATHER, NESTED, ToolCall("noop", "{}")],
+        ),
     ],
     "deepseek_v31": [
         ("plain", "No calls <here> at all.", "No calls <here> at all.", []),
@@ -90,10 +95,18 @@ CASES = {
     "hermes": [
         ("plain", "A <tool> tag that is not one, and {json}.", "A <tool> tag that is not one, and {json}.", []),
         ("one", hermes(WEATHER), "", [WEATHER]),
-        ("parallel nested", "I'll call two tools.\n" + hermes(WEATHER, NESTED), "I'll call two tools.",
-         [WEATHER, NESTED]),
-        ("arguments first", '<tool_call>\n{"arguments": {"b": [1, {"c": 2}]}, "name": "f"}\n</tool_call>', "",
-         [ToolCall("f", '{"b": [1, {"c": 2}]}')]),
+        (
+            "parallel nested",
+            "I'll call two tools.\n" + hermes(WEATHER, NESTED),
+            "I'll call two tools.",
+            [WEATHER, NESTED],
+        ),
+        (
+            "arguments first",
+            '<tool_call>\n{"arguments": {"b": [1, {"c": 2}]}, "name": "f"}\n</tool_call>',
+            "",
+            [ToolCall("f", '{"b": [1, {"c": 2}]}')],
+        ),
     ],
 }
 DSML_PARAMS = [
@@ -102,14 +115,24 @@ DSML_PARAMS = [
     ("filter", "false", '{"tags": ["a", "b"], "deep": {"x": [1, {"y": null}]}}'),
     ("note", "true", "line one\nline two"),
 ]
-DSML_ARGS = json.dumps({"city": 'Pa"ris\\n <b>', "days": 3,
-                        "filter": {"tags": ["a", "b"], "deep": {"x": [1, {"y": None}]}},
-                        "note": "line one\nline two"}, ensure_ascii=False)
+DSML_ARGS = json.dumps(
+    {
+        "city": 'Pa"ris\\n <b>',
+        "days": 3,
+        "filter": {"tags": ["a", "b"], "deep": {"x": [1, {"y": None}]}},
+        "note": "line one\nline two",
+    },
+    ensure_ascii=False,
+)
 for block, fmt in (("function_calls", "deepseek_v32"), ("tool_calls", "deepseek_v4")):
     CASES[fmt] = [
         ("plain", "Nothing to call; <｜DSML｜ appears alone.", "Nothing to call; <｜DSML｜ appears alone.", []),
-        ("text before, parallel nested", "Let me check." + dsml(block, ("get_weather", DSML_PARAMS), ("ping", [])),
-         "Let me check.", [ToolCall("get_weather", DSML_ARGS), ToolCall("ping", "{}")]),
+        (
+            "text before, parallel nested",
+            "Let me check." + dsml(block, ("get_weather", DSML_PARAMS), ("ping", [])),
+            "Let me check.",
+            [ToolCall("get_weather", DSML_ARGS), ToolCall("ping", "{}")],
+        ),
     ]
 
 
@@ -137,7 +160,7 @@ def test_dsml_arguments_validate_as_the_encoders_json():
 
 
 def test_cut_off_call_keeps_its_name_and_arguments_so_far():
-    text = "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{\"city\": \"Pa"
+    text = '<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{"city": "Pa'
     assert stream("deepseek_v3", [text[:40], text[40:]]) == ("", [ToolCall("get_weather", '{"city": "Pa')])
 
 
@@ -172,8 +195,11 @@ def read_choice(fmt: str, chunks: list[str], in_reasoning: bool = True) -> tuple
 @pytest.mark.parametrize("fmt", ["deepseek_v3", "deepseek_v31", "hermes", "deepseek_v4"])
 def test_calls_after_reasoning_at_every_split(fmt):
     block = {"deepseek_v3": v3, "deepseek_v31": v31, "hermes": hermes}.get(fmt)
-    calls = block(WEATHER, NESTED) if block else dsml("tool_calls", ("get_weather", [("city", "true", "Paris"),
-                                                                                     ("unit", "true", "celsius")]))
+    calls = (
+        block(WEATHER, NESTED)
+        if block
+        else dsml("tool_calls", ("get_weather", [("city", "true", "Paris"), ("unit", "true", "celsius")]))
+    )
     expected_calls = [WEATHER, NESTED] if block else [ToolCall("get_weather", WEATHER.arguments)]
     text = "I need the weather <first>.</think>\n\nOn it." + calls
     expected = ("I need the weather <first>.", "On it.", expected_calls)
@@ -184,9 +210,11 @@ def test_calls_after_reasoning_at_every_split(fmt):
 
 @pytest.mark.parametrize("fmt", ["deepseek_v3", "hermes", "deepseek_v4"])
 def test_a_call_started_inside_reasoning_is_a_call_and_leaves_no_markup(fmt):
-    block = {"deepseek_v3": v3(WEATHER), "hermes": hermes(WEATHER),
-             "deepseek_v4": dsml("tool_calls", ("get_weather", [("city", "true", "Paris"),
-                                                                 ("unit", "true", "celsius")]))}[fmt]
+    block = {
+        "deepseek_v3": v3(WEATHER),
+        "hermes": hermes(WEATHER),
+        "deepseek_v4": dsml("tool_calls", ("get_weather", [("city", "true", "Paris"), ("unit", "true", "celsius")])),
+    }[fmt]
     text = "Thinking about it." + block
     for i in range(len(text) + 1):
         assert read_choice(fmt, [text[:i], text[i:]]) == ("Thinking about it.", "", [WEATHER]), f"split at {i}"
@@ -195,8 +223,9 @@ def test_a_call_started_inside_reasoning_is_a_call_and_leaves_no_markup(fmt):
 @pytest.mark.parametrize("mode", ["named", "required"])
 def test_a_forced_call_after_reasoning_at_every_split(mode):
     """The forced call's grammar binds after `</think>`: reasoning first, then the JSON is the call."""
-    setup = ToolSetup(mode, [], named="get_weather" if mode == "named" else None,
-                      structured=StructuredOutputParams(json_object=True))
+    setup = ToolSetup(
+        mode, [], named="get_weather" if mode == "named" else None, structured=StructuredOutputParams(json_object=True)
+    )
     args = '{"city": "Paris", "unit": "celsius"}'
     answer = args if mode == "named" else f'[{{"name": "get_weather", "arguments": {args}}}]'
     text = "Which city? Paris.</think>" + answer
@@ -207,4 +236,5 @@ def test_a_forced_call_after_reasoning_at_every_split(mode):
             reasoning, content = reasoning + delta.reasoning, content + delta.content
         assert (reasoning, content) == ("Which city? Paris.", ""), f"split at {i}"
         assert [(c.function.name, json.loads(c.function.arguments)) for c in out.calls] == [
-            ("get_weather", json.loads(args))], f"split at {i}"
+            ("get_weather", json.loads(args))
+        ], f"split at {i}"

@@ -25,8 +25,12 @@ SEP = "<｜tool▁sep｜>"
 FENCE = "```json"
 
 _CALL = re.compile(
-    re.escape(CALL_BEGIN) + r"(?P<type>.*?)" + re.escape(SEP) + r"(?P<name>[^\n]*)\n(?P<args>.*?)"
-    + re.escape(CALL_END), re.DOTALL,
+    re.escape(CALL_BEGIN)
+    + r"(?P<type>.*?)"
+    + re.escape(SEP)
+    + r"(?P<name>[^\n]*)\n(?P<args>.*?)"
+    + re.escape(CALL_END),
+    re.DOTALL,
 )
 
 
@@ -97,7 +101,8 @@ class DeepSeekV3ToolParser(SpecialTokenCallsParser):
         content, blocks = split_blocks(text, self.start_tags, CALLS_END, keep=(CALL_BEGIN,))
         calls = [
             ToolCall(m["name"].strip(), settle_fenced(strip_fence_open(m["args"]), final=True))
-            for block in blocks for m in _CALL.finditer(block)
+            for block in blocks
+            for m in _CALL.finditer(block)
         ]
         return ParsedOutput(content, calls)
 

@@ -25,9 +25,7 @@ def settle_plain(raw: str, final: bool) -> str:
 class DeepSeekV31ToolParser(SpecialTokenCallsParser):
     def parse(self, text: str) -> ParsedOutput:
         content, blocks = split_blocks(text, self.start_tags, CALLS_END, keep=(CALL_BEGIN,))
-        calls = [
-            ToolCall(m["name"].strip(), m["args"].strip()) for block in blocks for m in _CALL.finditer(block)
-        ]
+        calls = [ToolCall(m["name"].strip(), m["args"].strip()) for block in blocks for m in _CALL.finditer(block)]
         return ParsedOutput(content, calls)
 
     def _step_header(self, buf: str, final: bool) -> bool:

@@ -28,8 +28,8 @@ DSML = "｜DSML｜"
 V32_BLOCK = "function_calls"
 V4_BLOCK = "tool_calls"
 
-_INVOKE_OPEN = re.compile(r'<' + DSML + r'invoke\s+name="(?P<name>[^"]*)"\s*>')
-_PARAM_OPEN = re.compile(r'<' + DSML + r'parameter\s+name="(?P<name>[^"]*)"\s+string="(?P<string>true|false)"\s*>')
+_INVOKE_OPEN = re.compile(r"<" + DSML + r'invoke\s+name="(?P<name>[^"]*)"\s*>')
+_PARAM_OPEN = re.compile(r"<" + DSML + r'parameter\s+name="(?P<name>[^"]*)"\s+string="(?P<string>true|false)"\s*>')
 INVOKE_CLOSE = f"</{DSML}invoke>"
 PARAM_CLOSE = f"</{DSML}parameter>"
 _INVOKE = re.compile(_INVOKE_OPEN.pattern + r"(?P<body>.*?)" + re.escape(INVOKE_CLOSE), re.DOTALL)
@@ -63,8 +63,9 @@ class DSMLToolParser(ToolParser):
         calls = []
         for block in blocks:
             for invoke in _INVOKE.finditer(block):
-                args = {p["name"]: decode_value(p["value"], p["string"] == "true")
-                        for p in _PARAM.finditer(invoke["body"])}
+                args = {
+                    p["name"]: decode_value(p["value"], p["string"] == "true") for p in _PARAM.finditer(invoke["body"])
+                }
                 calls.append(ToolCall(invoke["name"], json.dumps(args, ensure_ascii=False)))
         return ParsedOutput(content + text, calls)
 
@@ -99,8 +100,12 @@ class DSMLToolParser(ToolParser):
                 self._num_params = 0
                 self._state = "params"
             else:
-                self._arguments(("{" if self._num_params == 0 else ", ") + json.dumps(m["name"], ensure_ascii=False)
-                                + ": " + ('"' if m["string"] == "true" else ""))
+                self._arguments(
+                    ("{" if self._num_params == 0 else ", ")
+                    + json.dumps(m["name"], ensure_ascii=False)
+                    + ": "
+                    + ('"' if m["string"] == "true" else "")
+                )
                 self._num_params += 1
                 self._is_string = m["string"] == "true"
                 self._value_sent = 0
