@@ -33,8 +33,19 @@ class ModelConfig:
     # triton backend, prompts with no cached prefix: auto (FlashAttention varlen from 2048 tokens
     # on CUDA, measured in benchmarks/results/prefill_attention_h100.json) | triton | varlen
     prefill_attention: str = "auto"
+    # weight precision on the device: auto (the checkpoint's own: DeepSeek's block FP8 and V4's FP4
+    # experts stay low-bit, bf16 stays bf16) | none (dequantize everything on load: the reference) |
+    # fp8 (also quantize bf16 weights to 128x128 block FP8 while loading: half the memory)
+    quantization: str = "auto"
+    # block-FP8 products: auto (w8a8 on sm_89+, e.g. H100/L40/4090; w8a16 before) | w8a8 (FP8 tensor
+    # cores, activations quantized per token and 128 channels) | w8a16 (FP8 decoded in registers)
+    fp8_gemm: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.quantization not in ("auto", "none", "fp8"):
+            raise ValueError(f"quantization must be auto, none or fp8, not {self.quantization!r}")
+        if self.fp8_gemm not in ("auto", "w8a8", "w8a16"):
+            raise ValueError(f"fp8_gemm must be auto, w8a8 or w8a16, not {self.fp8_gemm!r}")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}")
         if self.prefill_attention not in ("auto", "triton", "varlen"):

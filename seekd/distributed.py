@@ -14,30 +14,40 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-_single_rank_view = False
+_rank_view: tuple[int, int] | None = None  # (rank, size) layers see instead of the process group's
 
 
 def _in_group() -> bool:
-    return not _single_rank_view and dist.is_available() and dist.is_initialized()
+    return dist.is_available() and dist.is_initialized()
 
 
 def tp_rank() -> int:
+    if _rank_view is not None:
+        return _rank_view[0]
     return dist.get_rank() if _in_group() else 0
 
 
 def tp_size() -> int:
+    if _rank_view is not None:
+        return _rank_view[1]
     return dist.get_world_size() if _in_group() else 1
 
 
 @contextlib.contextmanager
-def single_rank_view() -> Iterator[None]:
-    """Layers built inside see one rank: the unsplit shapes (for a meta-device copy of the model)."""
-    global _single_rank_view
-    previous, _single_rank_view = _single_rank_view, True
+def rank_view(rank: int, size: int) -> Iterator[None]:
+    """Layers built inside see rank `rank` of `size`: a meta-device copy of one rank's shard of the
+    model, for memory plans, without any process group."""
+    global _rank_view
+    previous, _rank_view = _rank_view, (rank, size)
     try:
         yield
     finally:
-        _single_rank_view = previous
+        _rank_view = previous
+
+
+def single_rank_view() -> contextlib.AbstractContextManager[None]:
+    """Layers built inside see one rank: the unsplit shapes (for a meta-device copy of the model)."""
+    return rank_view(0, 1)
 
 
 def all_reduce(x: torch.Tensor, world_size: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ from seekd.distributed import all_reduce_min, tp_size
 from seekd.engine.model_runner import ModelRunner
 from seekd.models.demo import ensure_demo_model
 from seekd.models.hf_config import HFConfig
-from seekd.models.loader import load_model, resolve_dtype
+from seekd.models.loader import load_model, resolve_dtype, resolve_quant_config
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def load_runner(config: SeekdConfig, device: str, show_progress: bool) -> Loaded
         load_format=load_format,
         seed=config.model.seed,
         show_progress=show_progress,
+        quant=resolve_quant_config(hf_config, config.model.quantization, config.model.fp8_gemm, device),
     )
     runner = ModelRunner(model, device, dtype, config.cache.block_size, hf_config.vocab_size, config.model.seed)
     runner.select_attention_backend(config.model.attention_backend, config.model.prefill_attention)

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from seekd.distributed import all_reduce, tp_rank, tp_size
+from seekd.layers.quantization import QuantizedWeight, build_config
+from seekd.layers.quantization.linear_methods import DenseLinear, linear_method
 
 if TYPE_CHECKING:
     from seekd.kernels.gemv import GemvConfig
@@ -28,15 +30,27 @@ def _divide(n: int, d: int) -> int:
 
 
 class LinearBase(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool, tp_dim: int | None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        tp_dim: int | None,
+        out_parts: list[int] | None = None,
+        quantizable: bool = True,
+    ) -> None:
         super().__init__()
         self.tp_dim = tp_dim
         self.tp_rank = tp_rank()
         self.tp_size = tp_size()
         self.in_features = in_features
         self.out_features = out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.params_dtype = torch.get_default_dtype()  # the model dtype, which a dense weight has
+        # chosen once, from the model's QuantConfig: the weight's format, how it loads and multiplies
+        self.quant_method = linear_method(build_config(), out_parts or [out_features], quantizable)
+        self.quant_method.create_weights(self, in_features, out_features)
         self.weight.weight_loader = self.weight_loader
+        self.weight.accepts_quantized = True  # the quant method dequantizes or keeps a QuantizedWeight
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False)
             self.bias.weight_loader = self.weight_loader
@@ -49,17 +63,44 @@ class LinearBase(nn.Module):
         self.normed_input = False  # fed through forward_normed, which may fold in the RMSNorm before it
         self.normed_gemv: GemvConfig | None = None
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
-        if self.tp_dim is not None and self.tp_size > 1 and loaded.dim() > self.tp_dim:
-            size = param.size(self.tp_dim)
-            loaded = loaded.narrow(self.tp_dim, self.tp_rank * size, size)
-        _copy_checked(param.data, loaded)
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor | QuantizedWeight, shard_id=None) -> None:
+        dim = self.tp_dim
+        if dim is not None and self.tp_size > 1 and len(loaded.shape) > dim:
+            size = (self.out_features, self.in_features)[dim]
+            self._load(param, loaded, 0, (dim, self.tp_rank * size, size))
+        else:
+            self._load(param, loaded, 0, (0, 0, loaded.shape[0]))
+
+    def _load(
+        self, param: nn.Parameter, loaded: torch.Tensor | QuantizedWeight, row: int, src: tuple[int, int, int]
+    ) -> None:
+        """Copy the slice `src` = (dim, start, length) of a checkpoint tensor into `param` from `row`
+        on: the weight through the layer's format, a bias as it is."""
+        if param is self.weight:
+            self.quant_method.load(self, loaded, row, src)
+        elif param is self.bias:
+            dim, start, length = src
+            if dim == 0:
+                _copy_checked(param.data.narrow(0, row, length), loaded.narrow(0, start, length))
+            else:
+                _copy_checked(param.data, loaded)
+        else:
+            raise ValueError("a weight's scales load with it, as one QuantizedWeight, not on their own")
+
+    def become_dense(self) -> None:
+        """Keep this layer in the model dtype after all: its checkpoint tensor is not low-bit."""
+        self.quant_method = DenseLinear()
+        self.quant_method.adopt(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._product(x, self.bias)
 
     def _product(self, x: torch.Tensor, bias: torch.Tensor | None, gated: bool = False) -> torch.Tensor:
-        return linear_product(x, self.weight, bias, self.gemv, gated)
+        return self.quant_method.apply(self, x, bias, gated)
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.quant_method.weight_bytes(self) + (self.bias.nbytes if self.bias is not None else 0)
 
 
 def linear_product(
@@ -90,8 +131,15 @@ class ReplicatedLinear(LinearBase):
 class ColumnParallelLinear(LinearBase):
     """Output features split across ranks; no communication."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False) -> None:
-        super().__init__(in_features, _divide(out_features, tp_size()), bias, tp_dim=0)
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        out_parts: list[int] | None = None,
+        quantizable: bool = True,
+    ) -> None:
+        super().__init__(in_features, _divide(out_features, tp_size()), bias, 0, out_parts, quantizable)
 
     def forward_normed(
         self, x: torch.Tensor, residual: torch.Tensor | None, norm: RMSNorm
@@ -113,15 +161,14 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 
     def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False) -> None:
         self.output_sizes = output_sizes
-        super().__init__(in_features, sum(output_sizes), bias)
+        tp = tp_size()
+        super().__init__(in_features, sum(output_sizes), bias, out_parts=[_divide(s, tp) for s in output_sizes])
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: int | None = None) -> None:
         if shard_id is None:
             raise ValueError("a merged linear loads one part at a time")
         sizes = [s // self.tp_size for s in self.output_sizes]
-        offset = sum(sizes[:shard_id])
-        loaded = loaded.narrow(0, self.tp_rank * sizes[shard_id], sizes[shard_id])
-        _copy_checked(param.data.narrow(0, offset, sizes[shard_id]), loaded)
+        self._load(param, loaded, sum(sizes[:shard_id]), (0, self.tp_rank * sizes[shard_id], sizes[shard_id]))
 
 
 class QKVParallelLinear(ColumnParallelLinear):
@@ -134,7 +181,8 @@ class QKVParallelLinear(ColumnParallelLinear):
         self.num_kv_heads = max(1, num_kv_heads // tp)
         self.kv_replicas = max(1, tp // num_kv_heads)
         out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
-        super().__init__(hidden_size, out, bias)
+        kv = self.num_kv_heads * head_dim
+        super().__init__(hidden_size, out, bias, out_parts=[self.num_heads * head_dim, kv, kv])
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: str | None = None) -> None:
         q_size = self.num_heads * self.head_dim
@@ -147,8 +195,7 @@ class QKVParallelLinear(ColumnParallelLinear):
             offset, size, rank = q_size + kv_size, kv_size, self.tp_rank // self.kv_replicas
         else:
             raise ValueError(f"QKV shard id must be q, k or v, not {shard_id!r}")
-        loaded = loaded.narrow(0, rank * size, size)
-        _copy_checked(param.data.narrow(0, offset, size), loaded)
+        self._load(param, loaded, offset, (0, rank * size, size))
 
 
 class RowParallelLinear(LinearBase):
@@ -169,6 +216,6 @@ class RowParallelLinear(LinearBase):
     def forward_gated(self, h: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """self(act(h)) for h = [gate | up] from a gate-up projection; at batch 1 with a tuned GEMV
         the activation is computed inside the product instead of by its own kernel."""
-        if self.gemv is not None and h.dim() == 2 and h.shape[0] == 1:
+        if isinstance(self.quant_method, DenseLinear) and self.gemv is not None and h.dim() == 2 and h.shape[0] == 1:
             return all_reduce(self._product(h, self.bias if self.tp_rank == 0 else None, gated=True), self.tp_size)
         return self(act(h))

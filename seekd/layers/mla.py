@@ -69,7 +69,10 @@ class MLAAttention(nn.Module):
             self.q_b_proj = ColumnParallelLinear(q_lora_rank, num_heads * qk_head_dim)
         self.kv_a_proj_with_mqa = ReplicatedLinear(hidden_size, kv_lora_rank + qk_rope_head_dim, bias)
         self.kv_a_layernorm = RMSNorm(kv_lora_rank)
-        self.kv_b_proj = ColumnParallelLinear(kv_lora_rank, num_heads * (qk_nope_head_dim + v_head_dim))
+        # folded into attention as dense W_UK / W_UV (absorbed decode), so never low-bit
+        self.kv_b_proj = ColumnParallelLinear(
+            kv_lora_rank, num_heads * (qk_nope_head_dim + v_head_dim), quantizable=False
+        )
         self.o_proj = RowParallelLinear(num_heads * v_head_dim, hidden_size, bias)
         self.rotary_emb = rotary_emb
         self.kv_cache: torch.Tensor | None = None  # [num_blocks, block_size, kv_lora_rank + qk_rope_head_dim]

@@ -10,12 +10,17 @@ fused kernel can replace the reference loop over active experts without touching
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from seekd.distributed import all_reduce, tp_rank, tp_size
+from seekd.layers.quantization import FP4_BLOCK, FP8_BLOCK, QuantizedWeight, build_config, cdiv, quantize_fp8_blocks
+
+if TYPE_CHECKING:
+    from seekd.kernels.fused_moe import ExpertWeights
 
 SCORING_FUNCS = ("softmax", "sigmoid", "sqrtsoftplus")
 TOPK_METHODS = ("greedy", "group_limited_greedy", "noaux_tc")
@@ -164,7 +169,12 @@ def expert_weight_target(name: str) -> tuple[str, object] | None:
 class RoutedExperts(nn.Module):
     """All routed experts of one layer as stacked SwiGLU weights: w13 [E, 2*I, H] (gate rows, then up
     rows) and w2 [E, H, I]. Tensor parallelism splits I across ranks and sums the outputs.
-    `swiglu_limit` (V4) clips gate pre-activations from above and up pre-activations to +-limit."""
+    `swiglu_limit` (V4) clips gate pre-activations from above and up pre-activations to +-limit.
+
+    Low-bit formats keep the checkpoint's codes: fp8_block adds `*_weight_scale_inv` [E, rows/128,
+    cols/128]; fp4 stores two codes a byte ([E, rows, cols/2]) with `*_weight_scale` [E, rows, cols/32]
+    ue8m0 bytes. The format comes from the model's QuantConfig, unless this rank's shard of I does not
+    fall on the format's scale boundaries (then the experts are dense)."""
 
     def __init__(
         self, num_experts: int, hidden_size: int, intermediate_size: int, swiglu_limit: float | None = None
@@ -175,18 +185,49 @@ class RoutedExperts(nn.Module):
             raise ValueError(
                 f"moe_intermediate_size={intermediate_size} is not divisible by tensor-parallel size {self.tp_size}"
             )
-        self.intermediate_size = intermediate_size // self.tp_size
+        self.intermediate_size = inter = intermediate_size // self.tp_size
         self.swiglu_limit = swiglu_limit
-        self.w13_weight = nn.Parameter(
-            torch.empty(num_experts, 2 * self.intermediate_size, hidden_size), requires_grad=False
-        )
-        self.w2_weight = nn.Parameter(
-            torch.empty(num_experts, hidden_size, self.intermediate_size), requires_grad=False
-        )
-        self.w13_weight.weight_loader = self.weight_loader
-        self.w2_weight.weight_loader = self.weight_loader
+        self.format = expert_format(build_config().experts, hidden_size, inter)
+        self.w13_weight = self._stack(num_experts, 2 * inter, hidden_size, "w13")
+        self.w2_weight = self._stack(num_experts, hidden_size, inter, "w2")
         self.use_kernel = False  # the ModelRunner turns on the fused Triton kernel on GPUs
         self.batch1_tiling = None  # the kernel's tiling for one token, timed at start-up; None: its default
+
+    def _stack(self, num_experts: int, rows: int, cols: int, name: str) -> nn.Parameter:
+        """The [E, rows, cols] weight stack in this layer's format, with its scales registered beside it."""
+        if self.format == "dense":
+            weight = nn.Parameter(torch.empty(num_experts, rows, cols), requires_grad=False)
+        elif self.format == "fp8_block":
+            weight = nn.Parameter(torch.empty(num_experts, rows, cols, dtype=torch.float8_e4m3fn), requires_grad=False)
+            scale = nn.Parameter(
+                torch.empty(num_experts, cdiv(rows, FP8_BLOCK), cdiv(cols, FP8_BLOCK), dtype=torch.float32),
+                requires_grad=False,
+            )
+            self.register_parameter(f"{name}_weight_scale_inv", scale)
+        else:
+            weight = nn.Parameter(torch.empty(num_experts, rows, cols // 2, dtype=torch.uint8), requires_grad=False)
+            scale = nn.Parameter(
+                torch.empty(num_experts, rows, cols // FP4_BLOCK, dtype=torch.uint8), requires_grad=False
+            )
+            self.register_parameter(f"{name}_weight_scale", scale)
+        weight.weight_loader = self.weight_loader
+        if self.format != "dense":
+            weight.accepts_quantized = True
+            weight.low_bit_format = scale.low_bit_format = self.format
+        return weight
+
+    def scale_of(self, weight: nn.Parameter) -> nn.Parameter | None:
+        """The scales stored beside a low-bit weight stack; None for dense experts."""
+        name = "w13" if weight is self.w13_weight else "w2"
+        suffix = {"fp8_block": "_weight_scale_inv", "fp4": "_weight_scale"}.get(self.format)
+        return getattr(self, name + suffix) if suffix else None
+
+    def expert_weights(self) -> ExpertWeights:
+        from seekd.kernels.fused_moe import ExpertWeights
+
+        return ExpertWeights(
+            self.w13_weight, self.w2_weight, self.scale_of(self.w13_weight), self.scale_of(self.w2_weight), self.format
+        )
 
     @property
     def graph_safe(self) -> bool:
@@ -194,11 +235,15 @@ class RoutedExperts(nn.Module):
         on the host."""
         return self.use_kernel
 
-    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id: tuple[int, str] | None = None) -> None:
+    def weight_loader(
+        self, param: nn.Parameter, loaded: torch.Tensor | QuantizedWeight, shard_id: tuple[int, str] | None = None
+    ) -> None:
         """shard_id (expert, gate_proj|up_proj|down_proj) loads one expert's matrix; None loads the
-        packed tensor of all experts."""
+        packed tensor of all experts (dense only)."""
         size, start = self.intermediate_size, self.tp_rank * self.intermediate_size
         if shard_id is None:
+            if self.format != "dense":
+                raise ValueError("low-bit experts load one expert's matrix at a time (DeepSeek's layout)")
             if param is self.w2_weight:
                 _copy(param.data, loaded.narrow(2, start, size))
             else:  # gate rows [0, I), up rows [I, 2I) of the full intermediate size I
@@ -207,10 +252,33 @@ class RoutedExperts(nn.Module):
             return
         expert, part = shard_id
         if part == "down_proj":
-            _copy(param.data[expert], loaded.narrow(1, start, size))
+            self._load_matrix(param, expert, 0, loaded, (1, start, size))
         else:
-            offset = 0 if part == "gate_proj" else size
-            _copy(param.data[expert, offset : offset + size], loaded.narrow(0, start, size))
+            self._load_matrix(param, expert, 0 if part == "gate_proj" else size, loaded, (0, start, size))
+
+    def _load_matrix(
+        self, param: nn.Parameter, expert: int, row: int, loaded: torch.Tensor | QuantizedWeight, src: tuple
+    ) -> None:
+        """The slice `src` = (dim, start, length) of one expert's checkpoint matrix into rows [row, ...)
+        of that expert's stack entry, as codes and scales when low-bit."""
+        dim, start, length = src
+        if self.format == "dense":
+            part = loaded.dequantize(param.dtype) if isinstance(loaded, QuantizedWeight) else loaded
+            part = part.narrow(dim, start, length)
+            _copy(param.data[expert].narrow(0, row, part.shape[0]), part)
+            return
+        if not isinstance(loaded, QuantizedWeight):
+            if self.format != "fp8_block":
+                raise ValueError(f"{self.format} experts need an {self.format} checkpoint, got {loaded.dtype} weights")
+            loaded = quantize_fp8_blocks(loaded.narrow(dim, start, length).to(param.device))
+            dim, start, length = 0, 0, loaded.shape[0]
+        elif loaded.format != self.format:
+            raise ValueError(f"{loaded.format} expert weights cannot load into {self.format} experts")
+        part = loaded.narrow(dim, start, length)
+        rows = part.data.shape[0]
+        scale_row = row // FP8_BLOCK if self.format == "fp8_block" else row
+        _copy(param.data[expert].narrow(0, row, rows), part.data)
+        _copy(self.scale_of(param).data[expert].narrow(0, scale_row, part.scale.shape[0]), part.scale)
 
     def forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         """x: [T, H], topk_weights/ids: [T, k] -> sum over each token's experts of weight * expert(x).
@@ -220,15 +288,34 @@ class RoutedExperts(nn.Module):
             from seekd.kernels.fused_moe import fused_moe
 
             tiling = self.batch1_tiling if x.shape[0] == 1 else None
-            out = fused_moe(x, self.w13_weight, self.w2_weight, topk_weights, topk_ids, self.swiglu_limit, tiling)
+            out = fused_moe(x, self.expert_weights(), topk_weights, topk_ids, self.swiglu_limit, tiling)
             return all_reduce(out, self.tp_size)
         out = torch.zeros_like(x)
         for expert in topk_ids.unique().tolist():
             token_idx, slot = (topk_ids == expert).nonzero(as_tuple=True)
-            gate, up = F.linear(x[token_idx], self.w13_weight[expert]).chunk(2, dim=-1)
-            y = F.linear(swiglu(gate, up, self.swiglu_limit), self.w2_weight[expert])
+            w13, w2 = self.dense_expert(expert, x.dtype)
+            gate, up = F.linear(x[token_idx], w13).chunk(2, dim=-1)
+            y = F.linear(swiglu(gate, up, self.swiglu_limit), w2)
             out.index_add_(0, token_idx, (y * topk_weights[token_idx, slot, None]).to(out.dtype))
         return all_reduce(out, self.tp_size)
+
+    def dense_expert(self, expert: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w13, w2) of one expert in `dtype`: the stored matrices, or the low-bit ones dequantized."""
+        if self.format == "dense":
+            return self.w13_weight[expert], self.w2_weight[expert]
+        return tuple(
+            QuantizedWeight(w[expert], self.scale_of(w)[expert], self.format).dequantize(dtype)
+            for w in (self.w13_weight, self.w2_weight)
+        )
+
+
+def expert_format(wanted: str, hidden_size: int, inter: int) -> str:
+    """`wanted` where this rank's [2I, H] and [H, I] matrices split on the format's scale boundaries."""
+    if wanted == "fp8_block" and inter % FP8_BLOCK == 0:
+        return wanted
+    if wanted == "fp4" and inter % FP4_BLOCK == 0 and hidden_size % FP4_BLOCK == 0:
+        return wanted
+    return "dense"
 
 
 def swiglu(gate: torch.Tensor, up: torch.Tensor, limit: float | None = None) -> torch.Tensor:

@@ -171,7 +171,7 @@ class V4Attention(nn.Module):
             new, col = [], 0
             for c in self._compressors:
                 part = states[c.first_state_token(first) - lo :, col : col + c.state_width]
-                new.append(c.pool(part.to(c.wkv.weight.dtype), first, end))
+                new.append(c.pool(part.to(c.norm.weight.dtype), first, end))
                 col += c.state_width
             index = torch.arange(first, end, device=cache.device)
             cache[table.long()[index // per_block], index % per_block] = torch.cat(new, dim=-1).to(cache.dtype)

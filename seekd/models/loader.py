@@ -1,10 +1,11 @@
-"""Builds a model from a Hugging Face folder: safetensors (single or sharded, DeepSeek block FP8 and
-DeepSeek-V4's FP4 experts dequantised on load) or random weights."""
+"""Builds a model from a Hugging Face folder: safetensors (single or sharded; DeepSeek's block FP8 and
+V4's FP4 experts kept low-bit, or dequantised with --quantization none) or random weights."""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,14 +14,16 @@ from safetensors import safe_open
 from torch import nn
 
 from seekd.distributed import tp_size
+from seekd.layers.quantization import DENSE, QuantConfig, QuantizedWeight, building_with
 from seekd.models.hf_config import HFConfig
 from seekd.models.registry import model_class
 from seekd.models.tp_dummy import init_sharded_dummy_weights
-from seekd.models.weights import dequantize_fp8_blocks, skip_layers_from
+from seekd.models.weights import pair_quantized, skip_layers_from
 from seekd.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
+_LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -79,31 +82,82 @@ def fp4_experts(hf_config: HFConfig) -> bool:
     return expert_dtype == "fp4"
 
 
+QUANTIZATION_CHOICES = ("auto", "none", "fp8")
+FP8_GEMM_CHOICES = ("auto", "w8a8", "w8a16")
+
+
+def resolve_quant_config(hf_config: HFConfig, quantization: str, fp8_gemm: str, device: str) -> QuantConfig:
+    """What the layers hold. auto: the checkpoint's own precision (block FP8 stays FP8, V4's FP4
+    experts stay FP4, bf16 stays bf16); none: everything dequantized to the model dtype (the
+    reference); fp8: as auto, and bf16 weights quantized to block FP8 while loading. On the CPU the
+    low-bit products dequantize per call; on a GPU they run the Triton kernels, W8A8 from sm_89 up."""
+    if quantization not in QUANTIZATION_CHOICES:
+        raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_CHOICES)}, not {quantization!r}")
+    if fp8_gemm not in FP8_GEMM_CHOICES:
+        raise ValueError(f"fp8_gemm must be one of {', '.join(FP8_GEMM_CHOICES)}, not {fp8_gemm!r}")
+    if quantization == "none":
+        return DENSE
+    fp8, fp4 = fp8_block_size(hf_config) is not None, fp4_experts(hf_config)
+    online = quantization == "fp8"
+    if not (fp8 or fp4 or online):
+        return DENSE
+    if not device.startswith("cuda"):
+        gemm = "torch"
+    elif fp8_gemm != "auto":
+        gemm = fp8_gemm
+    else:
+        gemm = "w8a8" if torch.cuda.get_device_capability(torch.device(device)) >= (8, 9) else "w8a16"
+    linear = "fp8_block" if fp8 or online else "dense"
+    experts = "fp4" if fp4 else linear
+    return QuantConfig(linear=linear, experts=experts, fp8_gemm=gemm, online=online)
+
+
 def checkpoint_stream(
-    weights: Iterator[tuple[str, torch.Tensor]], hf_config: HFConfig, dtype: torch.dtype
-) -> Iterator[tuple[str, torch.Tensor]]:
+    weights: Iterator[tuple[str, torch.Tensor]], hf_config: HFConfig
+) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
     """The checkpoint's tensors as the model expects them: multi-token-prediction layers (after the
-    last decoder layer) dropped, block-FP8 and FP4 weights dequantised to `dtype`. V4 names a weight's
-    scale `X.scale` (V3: `X.weight_scale_inv`); its MTP module (`mtp.*`) is skipped by the model."""
+    last decoder layer) dropped, block-FP8 and FP4 weights paired with their scales. V4 names a
+    weight's scale `X.scale` (V3: `X.weight_scale_inv`); its MTP module (`mtp.*`) is skipped by the model."""
     v4_layout = hf_config.get("model_type") == "deepseek_v4"
     num_mtp = int(hf_config.get("num_nextn_predict_layers", 0))
     if num_mtp:
         weights = skip_layers_from(weights, hf_config.num_hidden_layers, num_mtp)
     block, fp4 = fp8_block_size(hf_config), fp4_experts(hf_config)
+    if block not in (None, (128, 128)):
+        raise ValueError(f"block FP8 with {block[0]}x{block[1]} blocks; seekd reads DeepSeek's 128x128 blocks")
     if block is not None or fp4:
-        weights = dequantize_fp8_blocks(weights, block or (128, 128), dtype, fp4_experts=fp4, v4_layout=v4_layout)
+        weights = pair_quantized(weights, fp4_experts=fp4, v4_layout=v4_layout)
     return weights
 
 
 def init_dummy_weights(model: nn.Module, seed: int) -> None:
-    """Random weights of the real shapes: norms at 1, the rest small and seeded (reproducible)."""
+    """Random weights of the real shapes and precision: norms at 1, the rest small and seeded
+    (reproducible); low-bit codes random, with scales that make the weights about N(0, 0.02)."""
     for name, param in model.named_parameters():
         gen = torch.Generator(device=param.device).manual_seed(seed + hash_name(name))
-        if param.dim() == 1 and "norm" in name:
+        if getattr(param, "low_bit_format", None):
+            init_dummy_low_bit(param, name, gen)
+        elif param.dim() == 1 and "norm" in name:
             param.data.fill_(1.0)
         elif param.dtype.is_floating_point:
             param.data.normal_(0.0, 0.02, generator=gen)
     init_dummy_hash_tables(model, seed)
+
+
+def init_dummy_low_bit(param: nn.Parameter, name: str, gen: torch.Generator) -> None:
+    """FP8 codes ~ N(0, 32) under scales of 0.02/32; FP4 codes uniform (mean magnitude ~2.6) under
+    scales of 2**-7. Filled a slice at a time: no float32 copy of a whole expert stack."""
+    data = param.data
+    is_scale = name.endswith(("_scale_inv", "_scale"))
+    if is_scale:
+        data.fill_(0.02 / 32 if data.dtype == torch.float32 else 127 - 7)
+        return
+    for chunk in data.view(-1, data.shape[-1]).split(4096):
+        if chunk.dtype == torch.float8_e4m3fn:
+            noise = torch.empty(chunk.shape, device=chunk.device).normal_(0.0, 32.0, generator=gen)
+            chunk.copy_(noise.clamp_(-448, 448).to(chunk.dtype))
+        else:
+            chunk.copy_(torch.randint(0, 256, chunk.shape, generator=gen, device=chunk.device, dtype=torch.int32))
 
 
 def init_dummy_hash_tables(model: nn.Module, seed: int) -> None:
@@ -132,6 +186,7 @@ def load_model(
     load_format: str = "auto",
     seed: int = 0,
     show_progress: bool = True,
+    quant: QuantConfig = DENSE,
 ) -> nn.Module:
     folder = Path(folder)
     cls = model_class(hf_config.architecture)
@@ -148,7 +203,7 @@ def load_model(
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device(device):
+        with torch.device(device), building_with(quant):
             model = cls(hf_config)
     finally:
         torch.set_default_dtype(previous)
@@ -157,6 +212,40 @@ def load_model(
     elif load_format == "dummy":
         init_dummy_weights(model, seed)
     else:
-        model.load_weights(checkpoint_stream(iter_safetensors(files, show_progress), hf_config, dtype))
-    logger.info("loaded %s (%s) on %s in %s", hf_config.architecture, load_format, device, dtype)
+        model.load_weights(checkpoint_stream(iter_safetensors(files, show_progress), hf_config))
+    logger.info(
+        "loaded %s (%s) on %s in %s: %.2f GiB of weights%s",
+        hf_config.architecture,
+        load_format,
+        device,
+        dtype,
+        model_weight_bytes(model) / 2**30,
+        f" (linear {quant.linear}, experts {quant.experts}, products {quant.fp8_gemm})" if quant.low_bit else "",
+    )
     return model.eval()
+
+
+def model_weight_bytes(model: nn.Module) -> int:
+    """Bytes the model's parameters and buffers hold on their device (low-bit codes and scales as stored)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return sum(t.nbytes for t in {id(t): t for t in tensors}.values())
+
+
+def checkpoint_bytes(files: list[Path], hf_config: HFConfig) -> int:
+    """Bytes of the checkpoint tensors a model loads (multi-token-prediction layers excluded), read
+    from the safetensors headers without loading anything."""
+    first_mtp = hf_config.num_hidden_layers
+    num_mtp = int(hf_config.get("num_nextn_predict_layers", 0))
+    total = 0
+    for path in files:
+        with open(path, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        for name, meta in header.items():
+            if name == "__metadata__" or name.startswith("mtp."):
+                continue
+            m = _LAYER.match(name)
+            if m and first_mtp <= int(m[1]) < first_mtp + num_mtp:
+                continue
+            start, end = meta["data_offsets"]
+            total += end - start
+    return total

@@ -1,5 +1,6 @@
 """Generic mapping of checkpoint tensors onto model parameters (fused layers, TP shards), and the
-stream transforms that run before it (block-FP8 and V4 FP4 dequantisation, dropping MTP layers)."""
+stream transforms that run before it (pairing low-bit weights with their scales, dropping MTP layers).
+A parameter built low-bit receives a QuantizedWeight as it is; any other gets it dequantized."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
+
+from seekd.layers.quantization import QuantizedWeight, ue8m0_bytes, ue8m0_to_float
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +37,8 @@ def load_named_weights(
         param = params.get(target)
         if param is None:
             raise ValueError(f"checkpoint tensor {name} matches no parameter of {type(model).__name__}")
+        if isinstance(tensor, QuantizedWeight) and not getattr(param, "accepts_quantized", False):
+            tensor = tensor.dequantize(param.dtype)
         loader = getattr(param, "weight_loader", None)
         if loader is None:
             if param.shape != tensor.shape:
@@ -54,41 +59,8 @@ def _packed_target(name: str, packed_modules_mapping: dict[str, tuple[str, objec
     return name, None
 
 
-def dequantize_block_fp8(
-    weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int], dtype: torch.dtype
-) -> torch.Tensor:
-    """weight [out, in] in float8 times its per-block scale_inv [ceil(out/bo), ceil(in/bi)]."""
-    rows, cols = weight.shape
-    expected = (-(-rows // block[0]), -(-cols // block[1]))
-    if tuple(scale_inv.shape) != expected:
-        raise ValueError(
-            f"block scales of shape {tuple(scale_inv.shape)} for a {rows}x{cols} weight with "
-            f"{block[0]}x{block[1]} blocks; expected {expected}"
-        )
-    scale = scale_inv.float().repeat_interleave(block[0], 0)[:rows].repeat_interleave(block[1], 1)[:, :cols]
-    return (weight.float() * scale).to(dtype)
-
-
-# e2m1 code -> value; bit 3 is the sign (DeepSeek's FP4_TABLE, the OCP MX FP4 element format)
-FP4_E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
-FP4_BLOCK = 32  # values along the input dimension that share one power-of-two scale
 _FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e4m3fnuz)
 _FP4_DTYPES = (torch.int8, torch.uint8, torch.float4_e2m1fn_x2)
-
-
-def dequantize_fp4(packed: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """DeepSeek-V4's FP4 expert weights: packed [out, in/2] bytes holding two e2m1 codes each (the
-    low nibble is the even column), times scale [out, in/32] (ue8m0, i.e. powers of two)."""
-    codes = packed.view(torch.uint8)
-    rows, cols = codes.shape[0], codes.shape[1] * 2
-    if tuple(scale.shape) != (rows, cols // FP4_BLOCK):
-        raise ValueError(
-            f"FP4 scales of shape {tuple(scale.shape)} for a {rows}x{cols} weight; "
-            f"expected {(rows, cols // FP4_BLOCK)} (one per {FP4_BLOCK} values of a row)"
-        )
-    table = torch.tensor(FP4_E2M1_VALUES, dtype=torch.float32, device=packed.device)
-    values = table[torch.stack((codes & 0x0F, codes >> 4), dim=-1).flatten(-2).long()]
-    return (values * scale.float().repeat_interleave(FP4_BLOCK, dim=1)).to(dtype)
 
 
 def _scale_target(name: str, v4_layout: bool) -> str | None:
@@ -100,34 +72,31 @@ def _scale_target(name: str, v4_layout: bool) -> str | None:
     return None
 
 
-def dequantize_fp8_blocks(
-    weights: Iterable[tuple[str, torch.Tensor]],
-    block: tuple[int, int],
-    dtype: torch.dtype,
-    fp4_experts: bool = False,
-    v4_layout: bool = False,
-) -> Iterator[tuple[str, torch.Tensor]]:
+def _quantized(weight: torch.Tensor, scale: torch.Tensor) -> QuantizedWeight:
+    if weight.dtype in _FP8_DTYPES:  # V3 ships float32 scale_inv, V4 ue8m0 powers of two
+        return QuantizedWeight(weight.view(torch.float8_e4m3fn), ue8m0_to_float(scale), "fp8_block")
+    return QuantizedWeight(weight.view(torch.uint8), ue8m0_bytes(scale), "fp4")
+
+
+def pair_quantized(
+    weights: Iterable[tuple[str, torch.Tensor]], fp4_experts: bool = False, v4_layout: bool = False
+) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
     """Pair each quantized `X.weight` with its scale (in either order, possibly in different shards)
-    and yield the dequantised `X.weight`; other tensors pass through. float8 weights are block FP8;
-    with `fp4_experts`, byte-typed weights are V4's packed FP4 experts."""
+    into one QuantizedWeight named `X.weight`; other tensors pass through. float8 weights are block
+    FP8; with `fp4_experts`, byte-typed weights are V4's packed FP4 experts. The parameter that
+    receives it keeps it low-bit or dequantizes it (`load_named_weights`)."""
     pending_weights: dict[str, torch.Tensor] = {}
     pending_scales: dict[str, torch.Tensor] = {}
-
-    def dequantize(weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        if weight.dtype in _FP8_DTYPES:
-            return dequantize_block_fp8(weight, scale, block, dtype)
-        return dequantize_fp4(weight, scale, dtype)
-
     for name, tensor in weights:
         base = _scale_target(name, v4_layout)
         if base is not None:
             if base in pending_weights:
-                yield base, dequantize(pending_weights.pop(base), tensor)
+                yield base, _quantized(pending_weights.pop(base), tensor)
             else:
                 pending_scales[base] = tensor
         elif tensor.dtype in _FP8_DTYPES or (fp4_experts and tensor.dtype in _FP4_DTYPES):
             if name in pending_scales:
-                yield name, dequantize(tensor, pending_scales.pop(name))
+                yield name, _quantized(tensor, pending_scales.pop(name))
             else:
                 pending_weights[name] = tensor
         else:

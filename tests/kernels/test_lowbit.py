@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from seekd.kernels.lowbit import E2M1_DECODE_FACTOR, E4M3_DECODE_FACTOR, e2m1_to_f16, e4m3_to_f16, ue8m0_to_f32
-from seekd.models.weights import FP4_E2M1_VALUES
+from seekd.layers.quantization import FP4_E2M1_VALUES
 
 pytestmark = pytest.mark.triton
 

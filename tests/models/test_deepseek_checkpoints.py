@@ -14,7 +14,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from seekd import LLM
-from seekd.models.weights import dequantize_block_fp8
+from seekd.layers.quantization import dequantize_block_fp8
 
 PROMPT = [5, 17, 99, 3, 200, 45, 7, 8, 9, 10, 11, 300, 301, 22, 23, 24, 25, 26, 27, 28]
 FP8_MAX = torch.finfo(torch.float8_e4m3fn).max
@@ -78,18 +78,32 @@ def write_fp8_checkpoint(src: Path, dst: Path, num_hidden_layers: int) -> dict[s
     return expected
 
 
-def test_fp8_block_checkpoint_loads_dequantized_and_skips_the_mtp_layer(tmp_path, tiny_deepseek):
+@pytest.mark.parametrize("quantization", ["none", "auto"])
+def test_fp8_block_checkpoint_loads_and_skips_the_mtp_layer(tmp_path, tiny_deepseek, quantization):
+    """none: dequantized on load (the reference); auto: kept FP8 with its scales, and on the CPU
+    multiplied by dequantizing per call, so the logits are the same to float32 rounding."""
     src = tmp_path / "bf16"
     hf_model = tiny_deepseek("v3", src)
     expected = write_fp8_checkpoint(src, tmp_path / "fp8", hf_model.config.num_hidden_layers)
     llm = LLM(
-        str(tmp_path / "fp8"), data_dir=str(tmp_path / "data"), num_kv_blocks=32, block_size=8, show_progress=False
+        str(tmp_path / "fp8"),
+        data_dir=str(tmp_path / "data"),
+        num_kv_blocks=32,
+        block_size=8,
+        show_progress=False,
+        quantization=quantization,
     )
     params = dict(llm.engine.runner.model.named_parameters())
     q_a = "model.layers.1.self_attn.q_a_proj.weight"
-    assert torch.equal(params[q_a], expected[q_a])
+    if quantization == "auto":
+        assert params[q_a].dtype == torch.float8_e4m3fn
+        scale = params[q_a.replace(".weight", ".weight_scale_inv")]
+        assert torch.equal(dequantize_block_fp8(params[q_a], scale, (128, 128), torch.float32), expected[q_a])
+        assert params["model.layers.1.self_attn.kv_b_proj.weight"].dtype == torch.float32  # absorbed by MLA
+    else:
+        assert torch.equal(params[q_a], expected[q_a])
     original = load_file(str(src / "model.safetensors"))[q_a]
-    assert (params[q_a] - original).abs().max() <= original.abs().max() * 2**-4
+    assert (expected[q_a] - original).abs().max() <= original.abs().max() * 2**-4
     expert_gate = expected["model.layers.1.mlp.experts.3.gate_proj.weight"]
     assert torch.equal(params["model.layers.1.mlp.experts.w13_weight"][3, :32], expert_gate)
 

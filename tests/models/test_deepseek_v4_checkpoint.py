@@ -15,7 +15,7 @@ from models.test_deepseek_v4 import PROMPTS, save_tiny_v4
 from safetensors.torch import load_file, save_file
 
 from seekd import LLM
-from seekd.models.weights import FP4_E2M1_VALUES, dequantize_fp4
+from seekd.layers.quantization import FP4_E2M1_VALUES, dequantize_block_fp8, dequantize_fp4
 
 FP4_MAGNITUDES = torch.tensor(FP4_E2M1_VALUES[:8])
 V4_QUANT_CONFIG = {
@@ -135,11 +135,22 @@ def test_fp4_fp8_checkpoint_loads_within_quantization_tolerance_of_the_full_prec
     llm = LLM(str(tmp_path / "fp4"), data_dir=str(tmp_path / "d2"), num_kv_blocks=64, block_size=8, show_progress=False)
     quantized = [llm.engine.runner.prefill_logits(p) for p in PROMPTS]
 
-    params = dict(llm.engine.runner.model.named_parameters())
+    model = llm.engine.runner.model
+    params = dict(model.named_parameters())
     wq_a = "layers.1.attn.wq_a.weight"
-    assert torch.equal(params[wq_a], expected[wq_a])  # block FP8, exactly what the checkpoint encodes
-    assert not torch.equal(params[wq_a], load_file(str(tmp_path / "full" / "model.safetensors"))["model." + wq_a])
-    assert all(p.dtype == torch.float32 for p in params.values() if p.is_floating_point())
+    assert params[wq_a].dtype == torch.float8_e4m3fn  # kept as shipped: block FP8 ...
+    held = dequantize_block_fp8(
+        params[wq_a], params[wq_a.replace(".weight", ".weight_scale_inv")], (128, 128), torch.float32
+    )
+    assert torch.equal(held, expected[wq_a])  # ... encoding exactly what the checkpoint does
+    assert not torch.equal(held, load_file(str(tmp_path / "full" / "model.safetensors"))["model." + wq_a])
+    experts = model.layers[1].ffn.experts
+    assert experts.format == "fp4" and experts.w13_weight.dtype == torch.uint8  # two FP4 codes a byte
+    w13, w2 = experts.dense_expert(2, torch.float32)
+    assert torch.equal(w2, expected["layers.1.ffn.experts.2.w2.weight"])
+    assert torch.equal(w13[: w13.shape[0] // 2], expected["layers.1.ffn.experts.2.w1.weight"])
+    low_bit = {n for n, p in params.items() if getattr(p, "low_bit_format", None)}
+    assert all(p.dtype == torch.float32 for n, p in params.items() if p.is_floating_point() and n not in low_bit)
 
     # exact: the same numbers as the full-precision model given the dequantised weights directly
     rounded = tmp_path / "rounded"
