@@ -29,55 +29,7 @@ from seekd.engine.kv_cache_layout import KVCacheLayout, bytes_per_token_by_kind,
 from seekd.engine.request import EngineCoreRequest
 from seekd.models.deepseek_v4 import build_attention, build_ropes, layer_types
 from seekd.models.hf_config import HFConfig
-
-CSA, HCA = "compressed_sparse_attention", "heavily_compressed_attention"
-NUM_LAYERS, NUM_HASH_LAYERS = 43, 3
-
-# deepseek-ai/DeepSeek-V4-Flash config.json (the fields that shape the model), as transformers'
-# DeepseekV4Config defaults give it; the attention schedule is HCA, HCA, then CSA/HCA alternating.
-V4_FLASH = {
-    "architectures": ["DeepseekV4ForCausalLM"],
-    "model_type": "deepseek_v4",
-    "vocab_size": 129280,
-    "hidden_size": 4096,
-    "moe_intermediate_size": 2048,
-    "num_hidden_layers": NUM_LAYERS,
-    "num_attention_heads": 64,
-    "num_key_value_heads": 1,
-    "head_dim": 512,
-    "q_lora_rank": 1024,
-    "num_experts_per_tok": 6,
-    "n_routed_experts": 256,
-    "n_shared_experts": 1,
-    "scoring_func": "sqrtsoftplus",
-    "norm_topk_prob": True,
-    "routed_scaling_factor": 1.5,
-    "max_position_embeddings": 1048576,
-    "rope_theta": 10000.0,
-    "layer_types": [HCA, HCA] + [CSA if i % 2 else HCA for i in range(2, NUM_LAYERS)],
-    "mlp_layer_types": ["hash_moe"] * NUM_HASH_LAYERS + ["moe"] * (NUM_LAYERS - NUM_HASH_LAYERS),
-    "compress_rates": {CSA: 4, HCA: 128},
-    "compress_rope_theta": 160000.0,
-    "hc_mult": 4,
-    "hc_sinkhorn_iters": 20,
-    "hc_eps": 1e-06,
-    "swiglu_limit": 10.0,
-    "sliding_window": 128,
-    "o_groups": 8,
-    "o_lora_rank": 1024,
-    "index_n_heads": 64,
-    "index_head_dim": 128,
-    "index_topk": 512,
-    "num_nextn_predict_layers": 1,
-    "hidden_act": "silu",
-    "rms_norm_eps": 1e-06,
-    "bos_token_id": 0,
-    "eos_token_id": 1,
-    "tie_word_embeddings": False,
-    "partial_rotary_factor": 0.125,
-    "qk_rope_head_dim": 64,
-    "torch_dtype": "bfloat16",
-}
+from seekd.models.published_configs import CSA, HCA, V4_FLASH
 
 # Dimensions that make the same schedule small enough for a CPU smoke run.
 TINY = {

@@ -16,9 +16,11 @@ import torch
 from seekd.config import SeekdConfig
 from seekd.distributed import all_reduce_min, tp_size
 from seekd.engine.model_runner import ModelRunner
+from seekd.layers.quantization import QuantConfig
 from seekd.models.demo import ensure_demo_model
 from seekd.models.hf_config import HFConfig
 from seekd.models.loader import load_model, resolve_dtype, resolve_quant_config
+from seekd.models.memory_plan import fitting_advice, weight_bytes_per_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +52,30 @@ class LoadedRunner:
     num_blocks: int
 
 
+def check_weights_fit(
+    config: SeekdConfig, hf_config: HFConfig, quant: QuantConfig, device: str, dtype: torch.dtype
+) -> None:
+    """Refuse at once, with the precision and TP size that would fit, a model whose weights alone
+    exceed the GPU: loading a 600 GB checkpoint only to fail at the end costs an hour."""
+    if not device.startswith("cuda"):
+        return
+    total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    usable = config.cache.gpu_memory_utilization
+    need = weight_bytes_per_gpu(hf_config, quant, tp_size(), dtype)
+    if need > total * usable:
+        raise RuntimeError(
+            f"the model does not fit: its weights need {need / 2**30:.1f} GiB per GPU at tensor-parallel size "
+            f"{tp_size()} (linear {quant.linear}, experts {quant.experts}), and this GPU has "
+            f"{total / 2**30:.1f} GiB x gpu_memory_utilization {usable}; " + fitting_advice(hf_config, total, usable)
+        )
+
+
 def load_runner(config: SeekdConfig, device: str, show_progress: bool) -> LoadedRunner:
     model_folder, load_format = resolve_model_folder(config)
     hf_config = HFConfig.from_folder(model_folder)
     dtype = resolve_dtype(config.model.dtype, hf_config, device)
+    quant = resolve_quant_config(hf_config, config.model.quantization, config.model.fp8_gemm, device)
+    check_weights_fit(config, hf_config, quant, device, dtype)
     model = load_model(
         model_folder,
         hf_config,
@@ -62,7 +84,7 @@ def load_runner(config: SeekdConfig, device: str, show_progress: bool) -> Loaded
         load_format=load_format,
         seed=config.model.seed,
         show_progress=show_progress,
-        quant=resolve_quant_config(hf_config, config.model.quantization, config.model.fp8_gemm, device),
+        quant=quant,
     )
     runner = ModelRunner(model, device, dtype, config.cache.block_size, hf_config.vocab_size, config.model.seed)
     runner.select_attention_backend(config.model.attention_backend, config.model.prefill_attention)
@@ -132,7 +154,8 @@ def num_kv_blocks(config: SeekdConfig, runner: ModelRunner, device: str, max_mod
             f"the model does not fit: {detail} leaves {max(budget, 0) / 2**30:.2f} GiB for the KV cache, "
             f"and {min_tokens} tokens of context need {min_blocks * per_block / 2**30:.2f}"
             " GiB. Try a shorter --max-model-len, a smaller --max-num-batched-tokens, a higher "
-            "--gpu-memory-utilization, a quantized checkpoint, or more GPUs (tensor parallelism)"
+            "--gpu-memory-utilization, --kv-cache-dtype fp8, --quantization fp8 (bf16 checkpoints), or more "
+            "GPUs (tensor parallelism)"
         )
     logger.info("KV cache budget: %s -> %d blocks", detail, num_blocks)
     return num_blocks

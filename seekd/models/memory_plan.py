@@ -1,0 +1,88 @@
+"""How many bytes of weights one GPU holds for a model at a precision and tensor-parallel size.
+
+Counted, not estimated: rank 0's shard of the model is built on the meta device with the same layer
+classes and QuantConfig a real load uses, so the plan changes whenever a layer's format does. The
+"does not fit" error and the README's table of full-size DeepSeeks come from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from seekd.distributed import rank_view
+from seekd.layers.quantization import DENSE, QuantConfig, building_with
+from seekd.models.hf_config import HFConfig
+from seekd.models.registry import model_class
+
+TP_SIZES = (1, 2, 4, 8)
+
+
+@dataclass(frozen=True)
+class WeightPlan:
+    precision: str  # "shipped" (the checkpoint's low-bit formats kept) or "bf16" (all dequantized)
+    tp_size: int
+    bytes_per_gpu: int
+
+    @property
+    def gib_per_gpu(self) -> float:
+        return self.bytes_per_gpu / 2**30
+
+
+def shipped_quant_config(hf_config: HFConfig) -> QuantConfig:
+    """The formats `--quantization auto` keeps on a GPU for this checkpoint (W8A8 products)."""
+    from seekd.models.loader import fp4_experts, fp8_block_size
+
+    fp8 = fp8_block_size(hf_config) is not None
+    fp4 = fp4_experts(hf_config)
+    if not (fp8 or fp4):
+        return DENSE
+    linear = "fp8_block" if fp8 else "dense"
+    return QuantConfig(linear=linear, experts="fp4" if fp4 else linear, fp8_gemm="w8a8")
+
+
+def weight_bytes_per_gpu(
+    hf_config: HFConfig, quant: QuantConfig, tp_size: int, dtype: torch.dtype = torch.bfloat16
+) -> int:
+    """Bytes of parameters and buffers on rank 0 of `tp_size` (the largest rank: it holds every
+    replicated layer and the first vocabulary shard)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with rank_view(0, tp_size), building_with(quant), torch.device("meta"):
+            model = model_class(hf_config.architecture)(hf_config)
+    finally:
+        torch.set_default_dtype(previous)
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def plan(hf_config: HFConfig, tp_sizes: tuple[int, ...] = TP_SIZES) -> list[WeightPlan]:
+    """Bytes per GPU at each TP size, in the checkpoint's precision and fully dequantized to bf16."""
+    shipped = shipped_quant_config(hf_config)
+    plans = []
+    for tp in tp_sizes:
+        plans.append(WeightPlan("shipped", tp, weight_bytes_per_gpu(hf_config, shipped, tp)))
+        if shipped.low_bit:
+            plans.append(WeightPlan("bf16", tp, weight_bytes_per_gpu(hf_config, DENSE, tp)))
+    return plans
+
+
+def fitting_advice(hf_config: HFConfig, gpu_bytes: int, usable_fraction: float) -> str:
+    """Which precision and tensor-parallel sizes leave room for a KV cache on GPUs of `gpu_bytes`
+    (weights within `usable_fraction` of each GPU, less a tenth for activations and cache)."""
+    budget = gpu_bytes * usable_fraction * 0.9
+    fits = [p for p in plan(hf_config) if p.bytes_per_gpu <= budget]
+    if not fits:
+        largest = max(TP_SIZES)
+        need = min(p.bytes_per_gpu for p in plan(hf_config, (largest,)))
+        return (
+            f"even at tensor-parallel size {largest} in its shipped precision it needs {need / 2**30:.0f} GiB "
+            f"of weights per GPU; it needs more GPUs (pipeline parallel across nodes) or bigger ones"
+        )
+    best = min(fits, key=lambda p: (p.tp_size, p.precision != "shipped"))
+    return (
+        f"it fits with --tensor-parallel-size {best.tp_size} in {best.precision} precision "
+        f"({best.gib_per_gpu:.1f} GiB of weights per GPU)"
+    )
