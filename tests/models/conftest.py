@@ -81,6 +81,18 @@ VARIANTS = {
         ),
     ),
 }
+# V3 at dimensions where every projection and expert falls on 128-row FP8 scale blocks, so a block-FP8
+# checkpoint stays FP8 throughout (experts and fused gate/up included) when kept low-bit
+VARIANTS["v3_aligned"] = (
+    "DeepseekV3",
+    {
+        **VARIANTS["v3"][1],
+        "hidden_size": 256,
+        "intermediate_size": 256,
+        "moe_intermediate_size": 128,
+        "q_lora_rank": 128,
+    },
+)
 
 
 def save_tiny_deepseek(variant: str, folder: Path) -> torch.nn.Module:

