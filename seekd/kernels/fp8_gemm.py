@@ -177,8 +177,10 @@ def _quantize_fp8_groups_kernel(
     row_mask = rows < m
     mask = row_mask[:, None] & (cols < k)[None, :]
     x = tl.load(x_ptr + rows[:, None].to(tl.int64) * stride_xm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-    scale = tl.maximum(tl.max(tl.abs(x), axis=1), _AMAX_FLOOR) / _FP8_MAX
-    q = tl.clamp(x / scale[:, None], -_FP8_MAX, _FP8_MAX).to(tl.float8e4nv)
+    # rounded divisions (`/` compiles to approximate ones), so scales and codes equal torch's
+    amax = tl.maximum(tl.max(tl.abs(x), axis=1), _AMAX_FLOOR)
+    scale = tl.math.div_rn(amax, _FP8_MAX)
+    q = tl.clamp(tl.math.div_rn(x, scale[:, None]), -_FP8_MAX, _FP8_MAX).to(tl.float8e4nv)
     tl.store(q_ptr + rows[:, None].to(tl.int64) * stride_qm + cols[None, :], q, mask=mask)
     tl.store(scale_ptr + rows * stride_sm + tl.program_id(1), scale, mask=row_mask)
 
@@ -335,8 +337,8 @@ class Fp8GemvConfig:
     num_stages: int = 3
 
     def __post_init__(self) -> None:
-        if FP8_BLOCK % self.block_n or self.block_k < 16 or self.block_k & (self.block_k - 1):
-            raise ValueError(f"block_n {self.block_n} must divide {FP8_BLOCK}; block_k a power of two >= 16")
+        if FP8_BLOCK % self.block_n or self.block_k < 64 or self.block_k & (self.block_k - 1):
+            raise ValueError(f"block_n {self.block_n} must divide {FP8_BLOCK}; block_k a power of two >= 64")
 
     @property
     def name(self) -> str:
@@ -344,15 +346,24 @@ class Fp8GemvConfig:
 
 
 # At one byte per weight a tile moves half the bytes of gemv.py's bf16 tiles of the same shape, so the
-# list leans wider (more features per tile) or taller to keep as many bytes in flight per program.
+# list leans wider or taller to keep as many bytes in flight per program; taller tiles also share
+# each loaded and scaled slice of x among more rows.
 FP8_GEMV_CANDIDATES = (
     Fp8GemvConfig(4, 1024, 4),
     Fp8GemvConfig(8, 1024, 4),
     Fp8GemvConfig(4, 2048, 4),
-    Fp8GemvConfig(4, 2048, 8, 4),
-    Fp8GemvConfig(16, 512, 8),
-    Fp8GemvConfig(2, 2048, 4),
+    Fp8GemvConfig(8, 2048, 8),
+    Fp8GemvConfig(16, 1024, 8),
+    Fp8GemvConfig(16, 512, 4),
 )
+
+
+@triton.jit
+def _f16_pairs_to_f32(pairs):
+    """uint32 holding two float16 patterns -> (low half, high half) as float32."""
+    low = (pairs & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    high = (pairs >> 16).to(tl.uint16).to(tl.float16, bitcast=True).to(tl.float32)
+    return low, high
 
 
 @triton.jit
@@ -370,20 +381,34 @@ def _block_fp8_gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
+    # The codes are read as 32-bit words of four: e4m3_to_f16's bit moves applied to a whole word
+    # turn bytes 0 and 2 (then 1 and 3) into two float16 patterns at once, which takes about half
+    # the instructions of moving every byte into its own register first (SASS of sm_90).
     pid = tl.program_id(0)
     rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < n
     w_rows = w_ptr + rows[:, None].to(tl.int64) * stride_w
     scale_row = w_scale_ptr + ((pid * BLOCK_N) // _SCALE_BLOCK) * stride_ws
-    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    for start in range(0, k, BLOCK_K):
-        cols = start + tl.arange(0, BLOCK_K)
-        col_mask = cols < k
+    num_words = k // 4
+    acc = tl.zeros([BLOCK_N, BLOCK_K // 4], tl.float32)
+    for start in range(0, num_words, BLOCK_K // 4):
+        words = start + tl.arange(0, BLOCK_K // 4)
+        word_mask = words < num_words
         # the block scale rides on x: one multiply per feature instead of one per weight
-        x = tl.load(x_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-        x *= tl.load(scale_row + cols // _SCALE_BLOCK, mask=col_mask, other=0.0)
-        codes = tl.load(w_rows + cols[None, :], mask=row_mask[:, None] & col_mask[None, :], other=0)
-        acc += e4m3_to_f16(codes).to(tl.float32) * x[None, :]
+        scale = tl.load(scale_row + (words * 4) // _SCALE_BLOCK, mask=word_mask, other=0.0)
+        x0 = tl.load(x_ptr + words * 4, mask=word_mask, other=0.0).to(tl.float32) * scale
+        x1 = tl.load(x_ptr + words * 4 + 1, mask=word_mask, other=0.0).to(tl.float32) * scale
+        x2 = tl.load(x_ptr + words * 4 + 2, mask=word_mask, other=0.0).to(tl.float32) * scale
+        x3 = tl.load(x_ptr + words * 4 + 3, mask=word_mask, other=0.0).to(tl.float32) * scale
+        w = tl.load(w_rows + words[None, :], mask=row_mask[:, None] & word_mask[None, :], other=0)
+        w = w.to(tl.uint32, bitcast=True)
+        w0, w2 = _f16_pairs_to_f32(((w & 0x00800080) << 8) | ((w & 0x007F007F) << 7))
+        w = w >> 8
+        w1, w3 = _f16_pairs_to_f32(((w & 0x00800080) << 8) | ((w & 0x007F007F) << 7))
+        acc += w0 * x0[None, :]
+        acc += w1 * x1[None, :]
+        acc += w2 * x2[None, :]
+        acc += w3 * x3[None, :]
     out = tl.sum(acc, axis=1) * _DECODE_FACTOR
     if HAS_BIAS:
         out += tl.load(bias_ptr + rows, mask=row_mask, other=0.0).to(tl.float32)
@@ -400,23 +425,26 @@ def block_fp8_gemv(
     out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """One token's product with a block-FP8 weight: x [1, K] -> [1, N] in out_dtype (default x's
-    dtype), reading each weight byte once and accumulating in fp32."""
+    dtype), reading each weight byte once and accumulating in fp32. The weight is read in 4-byte
+    words, so K (and the row stride and offset) must be multiples of 4, as in every DeepSeek layer."""
     n, k = _check_weight(weight, weight_scale)
     if x.shape != (1, k):
         raise ValueError(f"the batch-1 product takes x of shape (1, {k}), got {tuple(x.shape)}")
     if bias is not None and bias.shape != (n,):
         raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+    if not gemv_supports(weight):
+        raise ValueError(f"block_fp8_gemv reads 4-byte words: K={k} must be a multiple of 4; use block_fp8_matmul")
     x = x.contiguous()
     out = torch.empty((1, n), dtype=out_dtype or x.dtype, device=x.device)
     _block_fp8_gemv_kernel[(triton.cdiv(n, config.block_n),)](
         x,
-        weight.view(torch.uint8),
+        weight.view(torch.int32),
         weight_scale,
         bias if bias is not None else weight_scale,
         out,
         n,
         k,
-        weight.stride(0),
+        weight.stride(0) // 4,
         weight_scale.stride(0),
         HAS_BIAS=bias is not None,
         BLOCK_N=config.block_n,
@@ -425,6 +453,11 @@ def block_fp8_gemv(
         num_stages=config.num_stages,
     )
     return out
+
+
+def gemv_supports(weight: torch.Tensor) -> bool:
+    """Whether block_fp8_gemv can read this weight as 4-byte words."""
+    return weight.shape[1] % 4 == 0 and weight.stride(0) % 4 == 0 and weight.storage_offset() % 4 == 0
 
 
 Fp8Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
@@ -442,8 +475,11 @@ def pick_fp8_gemv(
 ) -> tuple[Fp8GemvConfig | None, dict[str, float]]:
     """The fastest batch-1 product for every block-FP8 weight of one shape, timed over all layers'
     weights in turn (so that they stream from memory as at decode, not from a warm L2): None means
-    `baseline(x, weight, scale, bias)` (the GEMM at M=1) is at least as fast. Returns the choice and
-    the ms per pass over all the weights for each option tried. CUDA only (graph replay)."""
+    `baseline(x, weight, scale, bias)` (the GEMM at M=1) is at least as fast, or the GEMV cannot read
+    these weights (K not a multiple of 4: nothing is timed). Returns the choice and the ms per pass
+    over all the weights for each option tried. CUDA only (graph replay)."""
+    if not all(gemv_supports(w) for w in weights):
+        return None, {}
     k = weights[0].shape[1]
     x = torch.randn(1, k, dtype=dtype, device=weights[0].device)
 
