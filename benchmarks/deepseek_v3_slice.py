@@ -67,7 +67,9 @@ def step_ms(llm: LLM, batch: int, context: int, steps: int) -> float:
     params = SamplingParams(temperature=0.0, max_tokens=steps + 8, ignore_eos=True)
     for i in range(batch):
         prompt = [(1000 + 7 * i + 13 * j) % vocab for j in range(context)]
-        engine.add_request(EngineCoreRequest(request_id=f"b{batch}-{i}", prompt_token_ids=prompt, sampling_params=params))
+        engine.add_request(
+            EngineCoreRequest(request_id=f"b{batch}-{i}", prompt_token_ids=prompt, sampling_params=params)
+        )
     while any(r.num_output_tokens < 2 for r in engine.scheduler.requests.values()):
         engine.step()
     torch.cuda.synchronize()

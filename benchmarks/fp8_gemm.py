@@ -45,9 +45,8 @@ from seekd.kernels.fp8_gemm import (
     block_fp8_matmul,
     default_fp8_mode,
     pick_fp8_gemm_config,
-    quantize_weight_fp8_blocks,
 )
-from seekd.models.weights import dequantize_block_fp8
+from seekd.layers.quantization import dequantize_block_fp8, quantize_weight_fp8_blocks
 
 # [N, K] of DeepSeek-V3/R1's projections on one GPU
 SHAPES = {

@@ -18,6 +18,7 @@ from torch import nn
 
 from seekd.layers.embedding import ParallelLMHead
 from seekd.layers.linear import LinearBase
+from seekd.layers.quantization.linear_methods import Fp8BlockLinear
 from seekd.layers.moe import RoutedExperts
 
 if TYPE_CHECKING:
@@ -68,8 +69,38 @@ def tune_batch1_gemv(model: nn.Module) -> dict[str, dict]:
             for module in modules:
                 module.normed_gemv = folded
             _record(report, name, modules, folded, timings)
+    tune_batch1_fp8(model, report)
     tune_batch1_experts(model, report)
     return report
+
+
+def tune_batch1_fp8(model: nn.Module, report: dict[str, dict]) -> None:
+    """Set `gemv` on block-FP8 linear layers where the one-byte-a-weight GEMV beats the block-FP8 GEMM
+    at one token, timed per weight shape over every layer of that shape."""
+    from seekd.kernels.fp8_gemm import block_fp8_matmul, gemv_supports, pick_fp8_gemv
+
+    groups: dict[tuple, list[LinearBase]] = defaultdict(list)
+    for module in model.modules():
+        method = getattr(module, "quant_method", None)
+        if isinstance(method, Fp8BlockLinear) and method.gemm != "torch" and module.weight.is_cuda:
+            groups[(tuple(module.weight.shape), method.gemm, module.bias is not None)].append(module)
+    for (shape, gemm, _), modules in groups.items():
+        if not gemv_supports(modules[0].weight):
+            continue
+        try:
+            choice, timings = pick_fp8_gemv(
+                [m.weight for m in modules],
+                [m.weight_scale_inv for m in modules],
+                [m.bias for m in modules],
+                lambda x, w, s, b, gemm=gemm: block_fp8_matmul(x, w, s, b, mode=gemm),
+                baseline_name=f"block_fp8_matmul {gemm}",
+            )
+        except Exception:  # an optional speed-up must not stop the server from starting
+            logger.exception("timing the FP8 GEMV for %s failed; keeping the block-FP8 GEMM", shape)
+            continue
+        for module in modules:
+            module.gemv = choice
+        _record(report, f"{shape[0]}x{shape[1]} fp8", modules, choice, timings)
 
 
 def tune_batch1_experts(model: nn.Module, report: dict[str, dict]) -> None:

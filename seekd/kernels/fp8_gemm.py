@@ -500,24 +500,3 @@ def pick_fp8_gemv(
         if timings[config.name] < best_ms * 0.98:  # a clear win only: the baseline stays on a tie
             best, best_ms = config, timings[config.name]
     return best, timings
-
-
-def quantize_weight_fp8_blocks(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A float weight [N, K] -> (codes float8_e4m3fn [N, K], scale float32 [ceil(N/128), ceil(K/128)]) in
-    DeepSeek's layout (real = code * scale), each 128x128 block's largest magnitude mapped to 448: the
-    online FP8 of bf16 checkpoints. Works one 128-row band at a time, so no float32 copy of the whole
-    weight is ever made."""
-    if weight.dim() != 2 or not weight.is_floating_point():
-        raise ValueError(f"expected a 2-D floating-point weight, got {weight.dtype} {tuple(weight.shape)}")
-    n, k = weight.shape
-    k_blocks = triton.cdiv(k, FP8_BLOCK)
-    codes = torch.empty((n, k), dtype=torch.float8_e4m3fn, device=weight.device)
-    scale = torch.empty((triton.cdiv(n, FP8_BLOCK), k_blocks), dtype=torch.float32, device=weight.device)
-    for band, start in enumerate(range(0, n, FP8_BLOCK)):
-        rows = weight[start : start + FP8_BLOCK].float()
-        padded = torch.nn.functional.pad(rows, (0, k_blocks * FP8_BLOCK - k)).view(rows.shape[0], k_blocks, FP8_BLOCK)
-        band_scale = padded.abs().amax(dim=(0, 2)).clamp(min=AMAX_FLOOR) / FP8_MAX
-        scaled = (padded / band_scale[None, :, None]).clamp(-FP8_MAX, FP8_MAX)
-        codes[start : start + FP8_BLOCK] = scaled.view(rows.shape[0], -1)[:, :k].to(torch.float8_e4m3fn)
-        scale[band] = band_scale
-    return codes, scale

@@ -22,10 +22,9 @@ from seekd.kernels.fp8_gemm import (
     pick_fp8_gemm_config,
     pick_fp8_gemv,
     quantize_fp8_groups,
-    quantize_weight_fp8_blocks,
     w8a8_block_matmul,
 )
-from seekd.models.weights import dequantize_block_fp8
+from seekd.layers.quantization import dequantize_block_fp8, quantize_weight_fp8_blocks
 
 pytestmark = pytest.mark.triton
 

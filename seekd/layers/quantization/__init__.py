@@ -21,6 +21,7 @@ import torch
 FP8_BLOCK = 128  # rows and columns of one block-FP8 scale (DeepSeek's weight_block_size)
 FP4_BLOCK = 32  # input columns that share one FP4 (ue8m0) scale
 FP8_MAX = 448.0  # largest float8_e4m3fn value
+AMAX_FLOOR = 1e-10  # an all-zero block still gets a finite scale
 
 # e2m1 code -> value; bit 3 is the sign (DeepSeek's FP4_TABLE, the OCP MX FP4 element format)
 FP4_E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
@@ -106,17 +107,25 @@ class QuantizedWeight:
             return dequantize_fp4(self.data, self.scale, dtype)
         return dequantize_block_fp8(self.data, self.scale, (FP8_BLOCK, FP8_BLOCK), dtype)
 
+    def _scale_step(self, dim: int) -> int:
+        if self.format == "fp4":
+            return FP4_BLOCK if dim == 1 else 1
+        return FP8_BLOCK
+
+    def splits_at(self, dim: int, start: int, length: int) -> bool:
+        """Whether [start, start + length) along `dim` begins and ends on scale boundaries (or the end)."""
+        step = self._scale_step(dim)
+        return start % step == 0 and (length % step == 0 or start + length == self.shape[dim])
+
     def narrow(self, dim: int, start: int, length: int) -> QuantizedWeight:
         """The slice [start, start + length) along `dim` of the full-precision matrix, codes and scales
         together; a slice must begin and end on a scale boundary (or at the matrix's end)."""
-        size = self.shape[dim]
-        if start == 0 and length == size:
+        if start == 0 and length == self.shape[dim]:
             return self
-        step = FP4_BLOCK if (self.format == "fp4" and dim == 1) else 1 if self.format == "fp4" else FP8_BLOCK
-        if start % step or (length % step and start + length != size):
+        if not self.splits_at(dim, start, length):
             raise ValueError(
                 f"a {self.format} weight of shape {self.shape} cannot be split at [{start}, {start + length}) "
-                f"along dim {dim}: its scales cover {step} values; load it with --quantization none"
+                f"along dim {dim}: its scales cover {self._scale_step(dim)} values; load it with --quantization none"
             )
         if self.format == "fp4":
             if dim == 0:
@@ -133,20 +142,30 @@ class QuantizedWeight:
         )
 
 
+def quantize_weight_fp8_blocks(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A float weight [N, K] -> (codes float8_e4m3fn [N, K], scale float32 [ceil(N/128), ceil(K/128)]) in
+    DeepSeek's layout (real = code * scale), each 128x128 block's largest magnitude mapped to 448: the
+    online FP8 of bf16 checkpoints. Works one 128-row band at a time, so no float32 copy of the whole
+    weight is ever made."""
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(f"expected a 2-D floating-point weight, got {weight.dtype} {tuple(weight.shape)}")
+    n, k = weight.shape
+    k_blocks = cdiv(k, FP8_BLOCK)
+    codes = torch.empty((n, k), dtype=torch.float8_e4m3fn, device=weight.device)
+    scale = torch.empty((cdiv(n, FP8_BLOCK), k_blocks), dtype=torch.float32, device=weight.device)
+    for band, start in enumerate(range(0, n, FP8_BLOCK)):
+        rows = weight[start : start + FP8_BLOCK].float()
+        padded = torch.nn.functional.pad(rows, (0, k_blocks * FP8_BLOCK - k)).view(rows.shape[0], k_blocks, FP8_BLOCK)
+        band_scale = padded.abs().amax(dim=(0, 2)).clamp(min=AMAX_FLOOR) / FP8_MAX
+        scaled = (padded / band_scale[None, :, None]).clamp(-FP8_MAX, FP8_MAX)
+        codes[start : start + FP8_BLOCK] = scaled.view(rows.shape[0], -1)[:, :k].to(torch.float8_e4m3fn)
+        scale[band] = band_scale
+    return codes, scale
+
+
 def quantize_fp8_blocks(weight: torch.Tensor) -> QuantizedWeight:
-    """Online FP8 for a bf16/fp32 matrix: 128x128 blocks scaled by amax / 448. Works 128 rows at a time,
-    so no float32 copy of the whole matrix is ever made."""
-    rows, cols = weight.shape
-    data = torch.empty(rows, cols, dtype=torch.float8_e4m3fn, device=weight.device)
-    scale = torch.empty(cdiv(rows, FP8_BLOCK), cdiv(cols, FP8_BLOCK), dtype=torch.float32, device=weight.device)
-    pad = cdiv(cols, FP8_BLOCK) * FP8_BLOCK - cols
-    for i, start in enumerate(range(0, rows, FP8_BLOCK)):
-        chunk = weight[start : start + FP8_BLOCK].float()
-        padded = torch.nn.functional.pad(chunk, (0, pad)).view(chunk.shape[0], -1, FP8_BLOCK)
-        s = padded.abs().amax(dim=(0, 2)).clamp(min=1e-12) / FP8_MAX
-        scale[i] = s
-        data[start : start + FP8_BLOCK] = (padded / s[None, :, None]).view(chunk.shape[0], -1)[:, :cols].to(data.dtype)
-    return QuantizedWeight(data, scale, "fp8_block")
+    """quantize_weight_fp8_blocks as a QuantizedWeight."""
+    return QuantizedWeight(*quantize_weight_fp8_blocks(weight), "fp8_block")
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,10 @@ class DenseLinear:
     def load(self, layer: LinearBase, loaded: torch.Tensor | QuantizedWeight, row: int, src: tuple[int, int, int]):
         """Copy the slice `src` (dim, start, length) of the checkpoint tensor into the weight from `row` on."""
         dim, start, length = src
-        if isinstance(loaded, QuantizedWeight):
+        if isinstance(loaded, QuantizedWeight) and loaded.splits_at(dim, start, length):
             loaded = loaded.narrow(dim, start, length).dequantize(layer.weight.dtype)
+        elif isinstance(loaded, QuantizedWeight):  # a shard inside a scale block: widen, then cut
+            loaded = loaded.dequantize(layer.weight.dtype).narrow(dim, start, length)
         else:
             loaded = loaded.narrow(dim, start, length)
         rows = loaded.shape[0]
