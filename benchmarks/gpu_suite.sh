@@ -50,8 +50,12 @@ step fused_moe 60 python3 benchmarks/fused_moe.py --out "$OUT/fused_moe.json"
 step v3_slice 150 python3 benchmarks/deepseek_v3_slice.py --quantization auto none --fp8-gemm w8a8 w8a16 \
     --out "$OUT/v3_slice.json"
 
+# 4. DeepSeek-V4-Flash slice: FP4 experts + FP8 attention as shipped, and all bf16
+step v4_slice_fp4 90 python3 benchmarks/v4_flash_slice.py --quantization auto --batches 1 64 --out "$OUT/v4_slice_fp4.json"
+step v4_slice_bf16 90 python3 benchmarks/v4_flash_slice.py --quantization none --batches 1 64 --out "$OUT/v4_slice_bf16.json"
+
 echo
 echo "seekd GPU suite at $COMMIT on $(cat "$OUT/device.txt")"
-for name in tests fp8_gemm fused_moe v3_slice; do
+for name in tests fp8_gemm fused_moe v3_slice v4_slice_fp4 v4_slice_bf16; do
     printf '%-10s %s\n' "$name" "${STATUS[$name]:-not run}"
 done

@@ -242,6 +242,10 @@ def main() -> int:
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument("--attention-backend", default="auto")
+    parser.add_argument(
+        "--quantization", default="auto", help="auto | none | fp8 (online block FP8 of the bf16 weights)"
+    )
+    parser.add_argument("--fp8-gemm", default="auto", help="auto | w8a8 | w8a16")
     parser.add_argument("--hf-requests", type=int, default=0, help="run transformers on this many requests")
     parser.add_argument("--out", default=None, help="result JSON path")
     parser.add_argument("--commit", default=None, help="commit id, where the tree has no .git")
@@ -258,6 +262,8 @@ def main() -> int:
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         attention_backend=args.attention_backend,
+        quantization=args.quantization,
+        fp8_gemm=args.fp8_gemm,
         show_progress=False,
     )
     vocab = SHAPES[args.shape]["vocab_size"]
@@ -269,6 +275,8 @@ def main() -> int:
         **result_header("offline_throughput", torch.cuda.get_device_name(), commit=args.commit or None),
         "shape": args.shape,
         "dtype": "bfloat16",
+        "quantization": args.quantization,
+        "fp8_gemm": args.fp8_gemm,
         "attention_backend": llm.engine.runner.attn_backend.name,
         "num_requests": args.num_requests,
         "input_len": list(args.input_len),

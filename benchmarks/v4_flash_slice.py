@@ -135,6 +135,39 @@ def decode_step_ms(llm: LLM, timer: LayerTimer, batch: int, context: int, steps:
     return {"batch": batch, "context": context, "step_ms": wall_ms, "per_layer_ms": per_layer}
 
 
+NUM_V4_FLASH_LAYERS = V4_FLASH["num_hidden_layers"]
+
+
+def batch1_roofline(layers: torch.nn.ModuleList, device: str) -> dict:
+    """Bytes one token's decode step reads per layer (every weight but the routed experts, of which the
+    top-k's share) over the measured copy bandwidth."""
+    per_layer = []
+    for layer in layers:
+        experts = getattr(layer.ffn, "experts", None)
+        routed = {id(p) for p in experts.parameters()} if experts is not None else set()
+        rest = sum(p.nbytes for p in layer.parameters() if id(p) not in routed)
+        share = 0
+        if experts is not None:
+            top_k, num_experts = layer.ffn.gate.top_k, experts.w13_weight.shape[0]
+            share = sum(p.nbytes for p in experts.parameters()) * top_k // num_experts
+        per_layer.append(rest + share)
+    result: dict = {"bytes_per_layer": per_layer}
+    if device.startswith("cuda"):
+        src = torch.empty(2**30, dtype=torch.uint8, device=device)
+        dst = torch.empty_like(src)
+        dst.copy_(src)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(10):
+            dst.copy_(src)
+        end.record()
+        torch.cuda.synchronize()
+        bandwidth = 2 * src.numel() * 10 / (start.elapsed_time(end) * 1e-3)
+        result["copy_bandwidth_gbs"] = bandwidth / 1e9
+        result["roofline_ms_per_layer"] = [b / bandwidth * 1e3 for b in per_layer]
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--first-layer", type=int, default=2, help="index of the slice's first layer in V4-Flash")
@@ -144,6 +177,9 @@ def main() -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="small dimensions, for a CPU smoke run")
+    parser.add_argument(
+        "--quantization", default="auto", help="auto: FP4 experts + FP8 elsewhere, as V4 ships; none: all bf16"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
@@ -159,6 +195,7 @@ def main() -> int:
             device=args.device,
             max_model_len=args.context + args.steps + 64,
             max_num_seqs=max(args.batches),
+            quantization=args.quantization,
             show_progress=True,
         )
     runner = llm.engine.runner
@@ -171,6 +208,13 @@ def main() -> int:
             + ", ".join(f"{a.split('_')[0]}+{m} {t:.2f} ms" for (a, m), t in zip(kinds, run["per_layer_ms"]))
         )
     layout = runner.kv_layout
+    roofline = batch1_roofline(runner.model.layers, args.device)
+    for run in runs:
+        in_layers = sum(run["per_layer_ms"])
+        run["outside_layers_ms"] = run["step_ms"] - in_layers
+        mean_layer = in_layers / len(run["per_layer_ms"])
+        run["projected_full_model_step_ms"] = NUM_V4_FLASH_LAYERS * mean_layer + run["outside_layers_ms"]
+        run["projected_full_model_tok_s"] = run["batch"] * 1e3 / run["projected_full_model_step_ms"]
     result = {
         **result_header(
             "v4_flash_slice",
@@ -183,7 +227,10 @@ def main() -> int:
         "slice_kv_bytes_per_token_by_kind": bytes_per_token_by_kind(layout),
         "slice_kv_page_bytes_per_token": page_bytes_per_token(layout),
         "v4_flash_kv_bytes_per_token": full_model_kv(llm.engine.dtype, llm.config.cache.block_size),
-        "note": "attention and MoE run the torch reference path on the GPU (no fused V4 kernels yet)",
+        "quantization": args.quantization,
+        "batch1_roofline": roofline,
+        "note": "attention runs the torch reference path on the GPU (no fused V4 attention kernels yet); "
+        "projected_full_model_* = 43 layers at this slice's mean layer time + the slice's time outside layers",
     }
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
