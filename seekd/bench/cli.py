@@ -286,7 +286,7 @@ def cmd_serve(args: argparse.Namespace, argv: Sequence[str], console: Console) -
         if report.plot(result, plot_path):
             console.print(f"plot: {plot_path}")
         else:
-            console.print("[yellow]matplotlib is not installed: no plot (pip install -e '.[bench]' in the checkout)[/yellow]")
+            console.print("[yellow]matplotlib is not installed: no plot (pip install -e '.[bench]')[/yellow]")
     if args.compare:
         others = [report.load_json(p) for p in args.compare]
         console.print(report.compare_table([*others, result], [*(p.name for p in args.compare), args.out.name]))
