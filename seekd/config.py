@@ -3,6 +3,10 @@
 Every knob lives in a dataclass below. CLI flags, a YAML file and `SEEKD_*` environment variables
 all fill the same tree (`load_config`); nothing else in the package reads flags or the environment.
 Precedence, lowest first: dataclass defaults < YAML < environment < CLI flags.
+
+Each field is declared with `setting(default, help, choices=...)`: its one line of help is what
+`seekd <command> --help` prints, and a closed set of values is both listed there and enforced by
+the section's `__post_init__` (`check_choices`), so the docs and the validation cannot drift apart.
 """
 
 from __future__ import annotations
@@ -13,45 +17,91 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 DEMO_MODEL_NAME = "seekd-demo-random"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+T = TypeVar("T")
+
+
+def setting(default: T, help: str, *, choices: tuple[str, ...] = ()) -> T:
+    """A config field with its documentation: `help` is one line saying what the value means
+    (and what 0 or unset means where that is special); `choices` are the only values accepted."""
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def field_help(f: dataclasses.Field) -> str:
+    return f.metadata.get("help", "")
+
+
+def field_choices(f: dataclasses.Field) -> tuple[str, ...]:
+    return f.metadata.get("choices", ())
+
+
+def one_of(choices: tuple[str, ...]) -> str:
+    """("a", "b", "c") -> "a, b or c"."""
+    return choices[0] if len(choices) == 1 else f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+
+def check_choices(section: Any) -> None:
+    """Raise ValueError for a field holding a value outside its declared choices."""
+    for f in dataclasses.fields(section):
+        value, choices = getattr(section, f.name), field_choices(f)
+        if choices and value not in choices:
+            raise ValueError(f"{f.name} must be {one_of(choices)}, not {value!r}")
 
 
 @dataclass
 class ModelConfig:
-    model: str | None = None  # HF model folder; None serves the built-in random demo model
-    tokenizer: str | None = None  # defaults to the model folder
-    served_model_name: str | None = None
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    load_format: str = "auto"  # auto | safetensors | dummy
-    max_model_len: int | None = None  # defaults to the model's max_position_embeddings
-    seed: int = 0  # seeds dummy weights and unseeded sampling
-    attention_backend: str = "auto"  # auto (triton on CUDA, torch elsewhere) | torch | triton
-    # triton backend, prompts with no cached prefix: auto (FlashAttention varlen from 2048 tokens
-    # on CUDA, measured in benchmarks/results/prefill_attention_h100.json) | triton | varlen
-    prefill_attention: str = "auto"
-    # weight precision on the device: auto (the checkpoint's own: DeepSeek's block FP8 and V4's FP4
-    # experts stay low-bit, bf16 stays bf16) | none (dequantize everything on load: the reference) |
-    # fp8 (also quantize bf16 weights to 128x128 block FP8 while loading: half the memory)
-    quantization: str = "auto"
-    # block-FP8 products: auto (w8a8 on sm_89+, e.g. H100/L40/4090; w8a16 before) | w8a8 (FP8 tensor
-    # cores, activations quantized per token and 128 channels) | w8a16 (FP8 decoded in registers)
-    fp8_gemm: str = "auto"
+    model: str | None = setting(
+        None, "Hugging Face model folder (config.json, *.safetensors, tokenizer.json); unset = the random demo model"
+    )
+    tokenizer: str | None = setting(None, "folder with tokenizer.json and tokenizer_config.json; unset = the model's")
+    served_model_name: str | None = setting(None, "model name the API lists and requests use; unset = the folder name")
+    dtype: str = setting(
+        "auto",
+        "weights and activations; auto = the checkpoint's dtype on a GPU, float32 on the CPU",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    )
+    load_format: str = setting(
+        "auto",
+        "auto = safetensors (dummy for the demo model); dummy = random weights of the real shapes (benchmarks)",
+        choices=("auto", "safetensors", "dummy"),
+    )
+    max_model_len: int | None = setting(
+        None, "context length in tokens (prompt + output); unset = the model's max_position_embeddings"
+    )
+    seed: int = setting(0, "seeds the dummy weights and the sampling of requests that give no seed")
+    attention_backend: str = setting(
+        "auto",
+        "auto = triton on CUDA, torch elsewhere; torch is the reference path",
+        choices=("auto", "torch", "triton"),
+    )
+    prefill_attention: str = setting(
+        "auto",
+        "triton backend, prompts with no cached prefix: auto = FlashAttention varlen from 2048 tokens on CUDA "
+        "(benchmarks/results/prefill_attention_h100.json), else triton",
+        choices=("auto", "triton", "varlen"),
+    )
+    quantization: str = setting(
+        "auto",
+        "weight precision on the device: auto = the checkpoint's own (DeepSeek's block FP8 and V4's FP4 experts "
+        "stay low-bit, bf16 stays bf16); none = dequantize all on load (the reference); fp8 = also quantize "
+        "bf16 weights to 128x128 block FP8 while loading (half the memory)",
+        choices=("auto", "none", "fp8"),
+    )
+    fp8_gemm: str = setting(
+        "auto",
+        "block-FP8 products: auto = w8a8 on sm_89+ (H100, L40, 4090), w8a16 before; w8a8 = FP8 tensor cores with "
+        "activations quantized per token and 128 channels; w8a16 = FP8 decoded in registers, bf16 tensor cores",
+        choices=("auto", "w8a8", "w8a16"),
+    )
 
     def __post_init__(self) -> None:
-        if self.quantization not in ("auto", "none", "fp8"):
-            raise ValueError(f"quantization must be auto, none or fp8, not {self.quantization!r}")
-        if self.fp8_gemm not in ("auto", "w8a8", "w8a16"):
-            raise ValueError(f"fp8_gemm must be auto, w8a8 or w8a16, not {self.fp8_gemm!r}")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, not {self.dtype!r}")
-        if self.prefill_attention not in ("auto", "triton", "varlen"):
-            raise ValueError(f"prefill_attention must be auto, triton or varlen, not {self.prefill_attention!r}")
-        if self.load_format not in ("auto", "safetensors", "dummy"):
-            raise ValueError(f"load_format must be auto, safetensors or dummy, not {self.load_format!r}")
+        check_choices(self)
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError("max_model_len must be positive")
 
@@ -66,11 +116,15 @@ class ModelConfig:
 
 @dataclass
 class CacheConfig:
-    block_size: int = 16
-    enable_prefix_caching: bool = True
-    gpu_memory_utilization: float = 0.9
-    cpu_kv_cache_gib: float = 1.0  # KV cache budget when running on the CPU
-    num_kv_blocks: int | None = None  # overrides memory-based sizing (tests, debugging)
+    block_size: int = setting(16, "tokens per KV cache block (a power of two)")
+    enable_prefix_caching: bool = setting(True, "reuse the cached KV blocks of a prompt prefix seen before")
+    gpu_memory_utilization: float = setting(
+        0.9, "share of GPU memory seekd may take for weights, activations and KV cache, in (0, 1]"
+    )
+    cpu_kv_cache_gib: float = setting(1.0, "KV cache budget in GiB when running on the CPU")
+    num_kv_blocks: int | None = setting(
+        None, "number of KV cache blocks (tests, debugging); unset = as many as the memory budget holds"
+    )
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
@@ -83,16 +137,18 @@ class CacheConfig:
 
 @dataclass
 class SchedulerConfig:
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192  # token budget of one engine step (prefill + decode)
-    enable_chunked_prefill: bool = True
-    # schedule step N+1 while the device runs step N: auto = on for CUDA, where the host work of a
-    # step would otherwise leave the GPU idle; on/off force it (on also works on the CPU, for tests)
-    async_scheduling: str = "auto"
+    max_num_seqs: int = setting(256, "most sequences the engine runs at once (the decode batch)")
+    max_num_batched_tokens: int = setting(8192, "token budget of one engine step, prefill and decode together")
+    enable_chunked_prefill: bool = setting(True, "split long prompts over several steps so decodes keep running")
+    # auto = on for CUDA, where the host work of a step would otherwise leave the GPU idle
+    async_scheduling: str = setting(
+        "auto",
+        "schedule step N+1 while the device runs step N: auto = on for CUDA; on also works on the CPU (tests)",
+        choices=("auto", "on", "off"),
+    )
 
     def __post_init__(self) -> None:
-        if self.async_scheduling not in ("auto", "on", "off"):
-            raise ValueError(f"async_scheduling must be auto, on or off, not {self.async_scheduling!r}")
+        check_choices(self)
         if self.max_num_seqs < 1:
             raise ValueError("max_num_seqs must be positive")
         if self.max_num_batched_tokens < 1:
@@ -101,15 +157,20 @@ class SchedulerConfig:
 
 @dataclass
 class DeviceConfig:
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    enforce_eager: bool = False  # never replay decode steps as CUDA graphs
-    cpu_threads: int | None = None  # torch threads when running on the CPU; default: all cores but one
-    cuda_graph_max_batch: int = 256  # largest decode batch captured as a graph
-    batch1_gemv: str = "auto"  # auto: time cuBLAS against the Triton GEMV per weight shape at start-up | cublas
+    device: str = setting(
+        "auto", "auto (cuda if there is a GPU, else cpu), cpu, cuda or cuda:N (tensor parallel starts at GPU N)"
+    )
+    enforce_eager: bool = setting(False, "never replay decode steps as CUDA graphs")
+    cpu_threads: int | None = setting(None, "torch threads when running on the CPU; unset = all cores but one")
+    cuda_graph_max_batch: int = setting(256, "largest decode batch captured as a CUDA graph (larger ones run eagerly)")
+    batch1_gemv: str = setting(
+        "auto",
+        "batch-1 products: auto = time cuBLAS against the Triton GEMV per weight shape at start-up; cublas = cuBLAS",
+        choices=("auto", "cublas"),
+    )
 
     def __post_init__(self) -> None:
-        if self.batch1_gemv not in ("auto", "cublas"):
-            raise ValueError(f"batch1_gemv must be auto or cublas, not {self.batch1_gemv!r}")
+        check_choices(self)
 
     def resolve(self) -> str:
         if self.device != "auto":
@@ -121,8 +182,9 @@ class DeviceConfig:
 
 @dataclass
 class ParallelConfig:
-    # GPUs one model is split across: rank 0 is the engine core, each further rank a worker process
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: int = setting(
+        1, "GPUs one model is split across: rank 0 is the engine core, each further rank a worker process"
+    )
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:
@@ -131,25 +193,32 @@ class ParallelConfig:
 
 @dataclass
 class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8000
-    log_level: str = "info"
-    log_format: str = "text"  # text | json (one JSON object per log line, for log shippers)
-    max_request_body_bytes: int = 8 * 2**20  # larger bodies get 413 before they are parsed
-    max_n: int = 16  # most choices one request may ask for (`n`)
-    max_prompt_tokens: int = 0  # longest prompt accepted, in tokens; 0 = the model's context length
-    max_output_tokens: int = 0  # largest max_tokens accepted; 0 = the rest of the context
-    max_json_depth: int = 64  # deepest nesting of arrays/objects in a body (400 beyond); a JSON schema level is 2
+    host: str = setting("127.0.0.1", "address to listen on; other than loopback only with API keys")
+    port: int = setting(8000, "TCP port to listen on")
+    log_level: str = setting(
+        "info",
+        "least severe level logged; libraries (httpx, uvicorn, ...) log only warnings unless it is debug",
+        choices=LOG_LEVELS,
+    )
+    log_format: str = setting(
+        "text", "text, or json: every log line one JSON object, for log shippers", choices=("text", "json")
+    )
+    max_request_body_bytes: int = setting(8 * 2**20, "larger request bodies get 413 before they are parsed")
+    max_n: int = setting(16, "most choices one request may ask for (`n`)")
+    max_prompt_tokens: int = setting(0, "longest prompt accepted, in tokens; 0 = the model's context length")
+    max_output_tokens: int = setting(0, "largest max_tokens accepted; 0 = the rest of the context")
+    max_json_depth: int = setting(
+        64, "deepest nesting of arrays/objects in a body (400 beyond); a JSON schema level counts 2"
+    )
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], not {self.port}")
         if self.max_request_body_bytes < 1024:
             raise ValueError("max_request_body_bytes must be at least 1024")
         if self.max_n < 1:
             raise ValueError("max_n must be at least 1")
-        if self.log_format not in ("text", "json"):
-            raise ValueError(f"log_format must be text or json, not {self.log_format!r}")
         if self.max_prompt_tokens < 0 or self.max_output_tokens < 0:
             raise ValueError("max_prompt_tokens and max_output_tokens must not be negative")
         if self.max_json_depth < 2:
@@ -166,23 +235,34 @@ class AdmissionConfig:
     request gets 429 with Retry-After before any work is done for it.
     """
 
-    max_queued_requests: int = 512  # requests waiting for admission, all tenants together
-    max_queued_tokens: int = 4_000_000  # estimated tokens (prompt + max_tokens) waiting, all tenants
-    max_queued_per_tenant: int = 0  # one tenant's share of the queue; 0 = half of max_queued_requests
-    max_inflight_requests: int = 0  # admitted into the engine at once; 0 = scheduler max_num_seqs
-    max_inflight_tokens: int = 0  # estimated tokens admitted at once; 0 = no token bound
-    # in-flight slots that only a tenant with nothing running may take: a newcomer starts at once
-    # instead of waiting for a flooding tenant's request to finish
-    inflight_reserved_for_new_tenants: int = 1
-    tenant_weights: str = ""  # fair-share weights, "teamA=2,teamB=0.5"; unlisted tenants weigh 1
-    rate_limit_requests_per_min: int = 0  # per tenant; 0 = off
-    rate_limit_tokens_per_min: int = 0  # per tenant, estimated prompt + max_tokens; 0 = off
-    request_timeout_s: float = 0.0  # default deadline of a request (queue + generation); 0 = none
-    engine_heartbeat_interval_s: float = 1.0  # the engine loop reports at least this often
-    engine_hang_timeout_s: float = 60.0  # no heartbeat this long with work in flight = hung: kill -9
-    engine_max_restarts: int = 5  # more restarts than this within the window = crash loop: give up
-    engine_restart_window_s: float = 300.0
-    drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight work may take to finish
+    max_queued_requests: int = setting(512, "requests waiting for admission, all tenants together; more get 429")
+    max_queued_tokens: int = setting(
+        4_000_000, "estimated tokens (prompt + max_tokens) waiting, all tenants together; more get 429"
+    )
+    max_queued_per_tenant: int = setting(0, "one tenant's share of the queue; 0 = half of max_queued_requests")
+    max_inflight_requests: int = setting(0, "requests admitted into the engine at once; 0 = max_num_seqs")
+    max_inflight_tokens: int = setting(0, "estimated tokens admitted into the engine at once; 0 = no token bound")
+    # a newcomer starts at once instead of waiting for a flooding tenant's request to finish
+    inflight_reserved_for_new_tenants: int = setting(
+        1, "in-flight slots only a tenant with nothing running may take (0 = none kept free)"
+    )
+    tenant_weights: str = setting("", "fair-share weights, teamA=2,teamB=0.5; unlisted tenants weigh 1")
+    rate_limit_requests_per_min: int = setting(0, "requests per minute per tenant; 0 = no limit")
+    rate_limit_tokens_per_min: int = setting(
+        0, "estimated tokens (prompt + max_tokens) per minute per tenant; 0 = no limit"
+    )
+    request_timeout_s: float = setting(
+        0.0, "default deadline of a request in seconds, queue and generation together (408 past it); 0 = none"
+    )
+    engine_heartbeat_interval_s: float = setting(1.0, "seconds between the engine loop's reports, at most")
+    engine_hang_timeout_s: float = setting(
+        60.0, "seconds without a heartbeat, with work in flight, after which the engine is killed and restarted"
+    )
+    engine_max_restarts: int = setting(
+        5, "more engine restarts than this within engine_restart_window_s is a crash loop: the server stops"
+    )
+    engine_restart_window_s: float = setting(300.0, "seconds over which engine_max_restarts counts restarts")
+    drain_timeout_s: float = setting(30.0, "on SIGTERM, seconds that queued and running requests get to finish")
 
     def __post_init__(self) -> None:
         for name in (
@@ -232,21 +312,24 @@ class SecurityConfig:
     server only binds loopback addresses.
     """
 
-    api_key: str | None = None
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_ca_certs: str | None = None  # CA bundle of client certificates; set = clients must present one (mTLS)
-    ssl_min_version: str = "1.3"  # 1.3 | 1.2
-    tenant_cache_isolation: bool = True  # salt the prefix cache with the tenant: no hits across tenants
-    audit_log: bool = True
-    audit_log_file: str | None = None  # default <data_dir>/audit.jsonl
-    audit_store_content: bool = False  # also store prompts and outputs, AES-256-GCM encrypted
-    audit_encryption_key: str | None = None  # 32 bytes as 64 hex chars; set it as SEEKD_AUDIT_ENCRYPTION_KEY
-    audit_encryption_key_file: str | None = None  # a file holding the same
+    api_key: str | None = setting(
+        None, "one admin API key besides <data_dir>/keys.db; prefer SEEKD_API_KEY (flags show in ps)"
+    )
+    ssl_certfile: str | None = setting(None, "TLS certificate chain (PEM), with ssl_keyfile; unset = plain HTTP")
+    ssl_keyfile: str | None = setting(None, "private key (PEM) of ssl_certfile")
+    ssl_ca_certs: str | None = setting(None, "CA bundle of client certificates; set = clients must present one (mTLS)")
+    ssl_min_version: str = setting("1.3", "oldest TLS version accepted", choices=("1.3", "1.2"))
+    tenant_cache_isolation: bool = setting(True, "salt the prefix cache with the tenant: no cache hits across tenants")
+    audit_log: bool = setting(True, "one hash-chained record per API call and per refused caller")
+    audit_log_file: str | None = setting(None, "audit log path; unset = <data_dir>/audit.jsonl")
+    audit_store_content: bool = setting(False, "also store prompts and outputs, AES-256-GCM encrypted")
+    audit_encryption_key: str | None = setting(
+        None, "content key, 32 bytes as 64 hex chars; set it as SEEKD_AUDIT_ENCRYPTION_KEY (flags show in ps)"
+    )
+    audit_encryption_key_file: str | None = setting(None, "a file holding the content key (64 hex chars)")
 
     def __post_init__(self) -> None:
-        if self.ssl_min_version not in ("1.2", "1.3"):
-            raise ValueError(f"ssl_min_version must be 1.2 or 1.3, not {self.ssl_min_version!r}")
+        check_choices(self)
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             raise ValueError("ssl_certfile and ssl_keyfile go together: give both or neither")
         if self.ssl_ca_certs and not self.ssl_certfile:
@@ -260,7 +343,7 @@ class SecurityConfig:
 
 @dataclass
 class StorageConfig:
-    data_dir: str = "~/.local/share/seekd"  # demo model, key store, audit log
+    data_dir: str = setting("~/.local/share/seekd", "holds the demo model, the key store and the audit log")
 
     @property
     def path(self) -> Path:
@@ -331,11 +414,13 @@ def load_config(
     yaml_path: str | os.PathLike | None = None,
     overrides: dict[str, Any] | None = None,
     environ: dict[str, str] | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> SeekdConfig:
     """Build the config tree from YAML, `SEEKD_<FIELD>` environment variables and overrides.
 
     `overrides` use leaf field names (`{"max_num_seqs": 8}`) and win over everything else;
-    values of None in overrides mean "not given" and are skipped.
+    values of None in overrides mean "not given" and are skipped. `defaults`, by the same names,
+    are a command's own defaults (`seekd chat` logs warnings only): they lose to everything else.
     """
     fields_by_name = config_fields()
     values: dict[str, dict[str, Any]] = {s.name: {} for s in dataclasses.fields(SeekdConfig)}
@@ -345,6 +430,9 @@ def load_config(
             raise ValueError(f"unknown config key {name!r} in {source}")
         section, _ = fields_by_name[name]
         values[section][name] = _coerce(section, name, value)
+
+    for name, val in (defaults or {}).items():
+        put(name, val, "defaults")
 
     if yaml_path is not None:
         path = Path(yaml_path)

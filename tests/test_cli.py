@@ -50,6 +50,8 @@ def test_chat_streams_replies_and_exits_on_eof(data_dir):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("assistant>") == 2
     assert "RANDOM weights" in proc.stdout
+    # the chat screen shows warnings only (the demo's capped context is one); no INFO start-up lines
+    assert not [line for line in proc.stderr.splitlines() if " INFO " in line], proc.stderr
 
 
 def test_chat_thinking_shows_the_reasoning_dimmed_on_the_v4_demo(data_dir):

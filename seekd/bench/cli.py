@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 from collections.abc import Sequence
@@ -35,12 +34,14 @@ def _rates(text: str) -> list[float]:
     return rates
 
 
-def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+def _add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="benchmark a running OpenAI-compatible server (seekd, vLLM, SGLang, Ollama)")
     p.add_argument("--base-url", default="http://127.0.0.1:8000", help="server root, without /v1")
     p.add_argument("--model", default=None, help="model name to request (default: the first of /v1/models)")
-    p.add_argument("--endpoint", choices=ENDPOINTS, default="completions")
-    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="default: $OPENAI_API_KEY")
+    p.add_argument("--endpoint", choices=ENDPOINTS, default="completions", help="the API the requests go to")
+    p.add_argument(
+        "--api-key", default=os.environ.get("OPENAI_API_KEY"), help="sent as a Bearer token (default: $OPENAI_API_KEY)"
+    )
     w = p.add_argument_group("workload")
     w.add_argument(
         "--dataset",
@@ -49,7 +50,7 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
         help="random: lengths uniform in len*(1±range-ratio); fixed: exact lengths; shared-prefix: "
         "N system prompts x M questions; jsonl: --dataset-path of {messages|prompt, max_tokens}",
     )
-    w.add_argument("--dataset-path", type=Path, default=None)
+    w.add_argument("--dataset-path", type=Path, default=None, help="the JSONL file of --dataset jsonl")
     w.add_argument("--num-prompts", type=int, default=200, help="requests per rate (shared-prefix: N x M)")
     w.add_argument("--input-len", type=int, default=256, help="prompt tokens (shared-prefix: question tokens)")
     w.add_argument("--output-len", type=int, default=128, help="max_tokens of each request")
@@ -70,58 +71,79 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
         help="model folder with tokenizer.json: exact prompt token counts, and output tokens "
         "counted when the server sends no usage",
     )
-    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--seed", type=int, default=0, help="seeds the prompts and the arrival times")
     w.add_argument("--ignore-eos", action="store_true", help="ask the server to generate exactly max_tokens")
-    w.add_argument("--temperature", type=float, default=None)
+    w.add_argument("--temperature", type=float, default=None, help="sent with every request (default: the server's)")
     w.add_argument("--extra-body", type=json.loads, default={}, help="JSON merged into every request body")
     a = p.add_argument_group("arrival")
     a.add_argument(
         "--request-rate",
         type=_rates,
         default=[math.inf],
-        help="Poisson arrival rate(s) in req/s, comma separated for a sweep: 1,2,4,inf",
+        help="Poisson arrival rate(s) in req/s, comma separated for a sweep: 1,2,4,inf (default: inf, all at once)",
     )
     a.add_argument(
         "--max-concurrency",
         type=int,
         default=None,
-        help="at most this many in flight; with rate inf, a fixed concurrency",
+        help="at most this many in flight; with rate inf, a fixed concurrency (default: no bound)",
     )
     a.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     s = p.add_argument_group("SLO (goodput counts requests meeting all given)")
-    s.add_argument("--slo-ttft-ms", type=float, default=None)
-    s.add_argument("--slo-tpot-ms", type=float, default=None)
-    s.add_argument("--slo-e2e-ms", type=float, default=None)
+    s.add_argument("--slo-ttft-ms", type=float, default=None, help="time to first token at most this")
+    s.add_argument("--slo-tpot-ms", type=float, default=None, help="time per output token after the first at most this")
+    s.add_argument("--slo-e2e-ms", type=float, default=None, help="whole request at most this")
     o = p.add_argument_group("output")
     o.add_argument("--out", type=Path, default=Path("seekd_bench_serve.json"), help="result JSON")
-    o.add_argument("--plot", type=Path, default=None, help="PNG (default: --out with .png)")
-    o.add_argument("--no-plot", action="store_true")
+    o.add_argument(
+        "--plot", type=Path, default=None, help="latency and throughput plot, PNG (default: --out with .png)"
+    )
+    o.add_argument("--no-plot", action="store_true", help="write no PNG")
     o.add_argument("--note", default=None, help="free text kept in the result (server version, flags, GPU)")
     o.add_argument("--compare", type=Path, nargs="+", default=None, help="earlier result(s) to compare against")
+    return p
 
 
-def _add_offline_parser(sub: argparse._SubParsersAction) -> None:
+def _add_offline_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("offline", help="throughput of the in-process engine (benchmarks/offline_throughput.py)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto = cuda if there is a GPU")
     p.add_argument(
         "--shape", default=None, help="public shape with dummy weights (GPU: r1-distill-qwen-7b, ...; CPU: tiny-qwen2)"
     )
     p.add_argument("--model", default=None, help="a model folder instead of a shape (runs in-process)")
-    p.add_argument("--num-requests", type=int, default=None, help="default: 256 on GPU, 16 on CPU")
-    p.add_argument("--input-len", type=int, nargs=2, default=None, metavar=("MIN", "MAX"))
-    p.add_argument("--output-len", type=int, nargs=2, default=None, metavar=("MIN", "MAX"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-num-seqs", type=int, default=256)
-    p.add_argument("--out", type=Path, default=None, help="result JSON")
+    p.add_argument(
+        "--num-requests", type=int, default=None, help="requests in the run (default: 256 on GPU, 16 on CPU)"
+    )
+    p.add_argument(
+        "--input-len",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="prompt tokens, uniform in [MIN, MAX] (default: 100 1024 on GPU, 16 64 on CPU)",
+    )
+    p.add_argument(
+        "--output-len",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("MIN", "MAX"),
+        help="output tokens, uniform in [MIN, MAX] (default: as --input-len)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds the random prompts and their lengths")
+    p.add_argument("--max-num-seqs", type=int, default=256, help="the engine's decode batch")
+    p.add_argument("--out", type=Path, default=None, help="result JSON (default: a name from the model and device)")
+    return p
 
 
-def add_bench_parser(sub: argparse._SubParsersAction) -> None:
+def add_bench_parser(sub: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
+    """Adds `bench` and returns its commands' parsers."""
     bench = sub.add_parser("bench", help="benchmark a server (serve), compare results, or the offline engine")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    _add_serve_parser(bench_sub)
+    serve = _add_serve_parser(bench_sub)
     compare = bench_sub.add_parser("compare", help="side-by-side table of `bench serve` results")
-    compare.add_argument("results", type=Path, nargs="+")
-    _add_offline_parser(bench_sub)
+    compare.add_argument("results", type=Path, nargs="+", help="result JSON files of `seekd bench serve`")
+    return [serve, compare, _add_offline_parser(bench_sub)]
 
 
 def build_requests(args: argparse.Namespace, source: TextSource, seed: int) -> list[BenchRequest]:
@@ -264,7 +286,7 @@ def cmd_serve(args: argparse.Namespace, argv: Sequence[str], console: Console) -
         if report.plot(result, plot_path):
             console.print(f"plot: {plot_path}")
         else:
-            console.print("[yellow]matplotlib is not installed: no plot (pip install 'seekd[bench]')[/yellow]")
+            console.print("[yellow]matplotlib is not installed: no plot (pip install -e '.[bench]')[/yellow]")
     if args.compare:
         others = [report.load_json(p) for p in args.compare]
         console.print(report.compare_table([*others, result], [*(p.name for p in args.compare), args.out.name]))
@@ -336,7 +358,6 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     import httpx
     from rich.console import Console
 
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request would bury the bar
     console = Console()
     if args.bench_command == "serve":
         try:

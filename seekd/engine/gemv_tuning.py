@@ -18,8 +18,8 @@ from torch import nn
 
 from seekd.layers.embedding import ParallelLMHead
 from seekd.layers.linear import LinearBase
-from seekd.layers.quantization.linear_methods import Fp8BlockLinear
 from seekd.layers.moe import RoutedExperts
+from seekd.layers.quantization.linear_methods import Fp8BlockLinear
 
 if TYPE_CHECKING:
     from seekd.kernels.fused_moe import MoeTiling, PairTiling

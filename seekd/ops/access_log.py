@@ -5,8 +5,10 @@ request through our logs), else a fresh one; either way it is echoed in the resp
 `X-Request-Id`. The OpenAI response id (`chatcmpl-…`) stays separate: it must be unique in the
 engine, and a caller's id need not be.
 
-With `--log-format json` every log line is a JSON object (for Loki, Elasticsearch, CloudWatch); with
-`text` the access line is still JSON, after the usual prefix.
+With `--log-format json` every log line is a JSON object (`seekd.ops.logging_setup`); with `text`
+the access line is still JSON, after the usual prefix. It is the one line a request leaves at the
+default level: uvicorn's own access log is off, and the server logs a generation's start and end
+at debug.
 """
 
 from __future__ import annotations
@@ -32,36 +34,6 @@ REQUEST_ID_HEADER = "x-request-id"
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")  # nothing that could forge a log line
 LOGGED_PATH_PREFIX = "/v1/"  # API calls, not probes and scrapes
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left before the response
-
-
-class JsonFormatter(logging.Formatter):
-    """A log record as one JSON object; records with `fields` (the access log) merge them in."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            line.update(fields)
-        else:
-            line["msg"] = record.getMessage()
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
-
-
-def configure_logging(log_format: str) -> None:
-    """Switch the root handlers to JSON lines (`json`) or leave the text format (`text`)."""
-    if log_format != "json":
-        return
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO)
-    for handler in root.handlers:
-        handler.setFormatter(JsonFormatter())
 
 
 def request_id_of(headers: Headers) -> str:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from seekd.config import SeekdConfig
+from seekd.config import SeekdConfig, config_fields, field_help
 from seekd.ops.audit import AUDIT_FILE, verify
 from seekd.ops.keys import ROLES, KeyStore
 
@@ -15,23 +15,33 @@ from seekd.ops.keys import ROLES, KeyStore
 def add_security_parsers(sub: argparse._SubParsersAction) -> None:
     def storage_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--config", metavar="FILE", help="YAML config file (flags win over it)")
-        parser.add_argument("--data-dir", dest="data_dir", default=None, help="[storage] the server's data directory")
+        data_dir = config_fields()["data_dir"][1]
+        parser.add_argument(
+            "--data-dir", dest="data_dir", default=None, help=f"{field_help(data_dir)} (default: {data_dir.default})"
+        )
 
     keys = sub.add_parser("keys", help="create, list and revoke API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key and print it (shown once, stored only as a hash)")
     create.add_argument("--tenant", required=True, help="tenant the key's requests are accounted to")
-    create.add_argument("--role", choices=ROLES, default="user")
+    create.add_argument(
+        "--role",
+        choices=ROLES,
+        default="user",
+        help="user: the API; admin: also /admin and /metrics; metrics: /metrics only",
+    )
     create.add_argument("--models", default="", help="comma-separated models the key may use (default: all)")
     create.add_argument("--rpm", type=int, default=0, help="requests per minute for this key (0 = tenant limits only)")
-    create.add_argument("--tpm", type=int, default=0, help="estimated tokens per minute for this key")
+    create.add_argument(
+        "--tpm", type=int, default=0, help="estimated tokens per minute for this key (0 = tenant limits only)"
+    )
     create.add_argument("--name", default="", help="a label for `keys list`")
     storage_flags(create)
     listing = keys_sub.add_parser("list", help="list keys (never their secrets)")
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print the keys as JSON")
     storage_flags(listing)
     revoke = keys_sub.add_parser("revoke", help="revoke a key by id; a running server refuses it at once")
-    revoke.add_argument("key_id")
+    revoke.add_argument("key_id", help="the id `keys list` shows")
     storage_flags(revoke)
 
     audit = sub.add_parser("audit", help="check the audit log's hash chain")

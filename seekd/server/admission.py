@@ -452,7 +452,7 @@ class AdmissionController:
             assert head.granted is not None
             if not head.granted.done():
                 head.granted.set_result(None)
-            logger.info(
+            logger.debug(
                 "admitted request_id=%s tenant=%s priority=%d queue_s=%.3f",
                 head.request_id,
                 head.tenant,

@@ -24,10 +24,10 @@ from fastapi.responses import JSONResponse
 
 from seekd import __version__
 from seekd.config import SeekdConfig
-from seekd.ops.access_log import configure_logging
 from seekd.ops.audit import AUDIT_FILE, AuditLog, ContentCipher, load_key
 from seekd.ops.auth import Authenticator, AuthMiddleware, check_bind_is_safe, principal_of
 from seekd.ops.keys import KeyStore
+from seekd.ops.logging_setup import configure_logging
 from seekd.ops.observability import install_observability
 from seekd.ops.tls import build_ssl_context
 from seekd.server.admin_routes import router as admin_router
@@ -201,7 +201,7 @@ def run_server(config: SeekdConfig) -> int:
     """Serve until interrupted; returns the process exit code (1 if the engine never started).
     Raises ValueError before binding if the configuration is unsafe (no keys on a public address,
     unreadable certificates)."""
-    configure_logging(config.server.log_format)
+    configure_logging(config.server.log_level, config.server.log_format)
     check_bind_is_safe(config.server.host, authenticator(config).enabled)
     if config.security.audit_store_content:
         audit_log(config)  # a bad encryption key fails here, not on the first request
@@ -267,7 +267,8 @@ async def _serve(config: SeekdConfig) -> int:
         log_level=config.server.log_level,
         timeout_graceful_shutdown=5,
         http=OpenAIErrorHttpProtocol,
-        log_config=None if config.server.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
+        log_config=None,  # uvicorn's lines go through our root handler, in our format
+        access_log=False,  # seekd.access logs each request once, with tokens and timings
     )
     uvicorn_config.load()
     uvicorn_config.ssl = ssl_context  # ours: uvicorn cannot set a minimum TLS version

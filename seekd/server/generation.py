@@ -332,7 +332,7 @@ class Generation:
             stream = self.ctx.client.submit(self._requests)
         except EngineDeadError as e:
             raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, str(e), code="engine_unavailable") from e
-        logger.info(
+        logger.debug(
             "started request_id=%s tenant=%s priority=%d prompts=%d prompt_tokens=%d n=%d max_tokens=%s",
             self.request_id,
             self.policy.tenant,
@@ -371,7 +371,7 @@ class Generation:
                 )
             stream.abort()
         self.tracker.on_finished(self.prompt_tokens, self.cached_tokens, [c.finish_reason for c in self.choices])
-        logger.info(
+        logger.debug(
             "finished request_id=%s tenant=%s completion_tokens=%d cached_tokens=%d reasons=%s",
             self.request_id,
             self.policy.tenant,

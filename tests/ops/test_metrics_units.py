@@ -8,7 +8,8 @@ import logging
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.datastructures import Headers
 
-from seekd.ops.access_log import JsonFormatter, request_id_of
+from seekd.ops.access_log import request_id_of
+from seekd.ops.logging_setup import JsonFormatter
 from seekd.ops.metrics import ServerMetrics
 
 

@@ -37,6 +37,7 @@ def test_top_renders_once_against_a_live_server(server: ServerHandle) -> None:
         env={**os.environ, "COLUMNS": "120"},
     )
     assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr  # no library lines (httpx logged each scrape at INFO)
     out = result.stdout
     assert "seekd-demo-random" in out
     for label in ("requests running", "requests waiting", "generated tok/s", "KV cache usage", "TTFT p50 / p99"):

@@ -239,17 +239,29 @@ def test_prefix_cache_is_isolated_per_tenant(server: ServerHandle, keys: dict) -
 
 
 def test_audit_chain_records_calls_and_refusals(server: ServerHandle, keys: dict) -> None:
-    call(server, "GET", "/v1/models")  # refused: recorded too
-    body = {"prompt": "audit me", "max_tokens": 3, "ignore_eos": True}
-    call(server, "POST", "/v1/completions", keys["bob"], json=body)
+    """Self-contained: counts only the records of its own calls (by request id), whatever other
+    tests wrote before it."""
     path = keys["data_dir"] / "audit.jsonl"
+    before = verify(path).num_records if path.exists() else 0
+    body = {"prompt": "audit me", "max_tokens": 3, "ignore_eos": True}
+    calls = {
+        "audit-refused": call(server, "GET", "/v1/models", headers={"X-Request-Id": "audit-refused"}),
+        "audit-wrong-key": call(server, "GET", "/v1/models", "sk-seekd-nope_nope", {"X-Request-Id": "audit-wrong-key"}),
+        "audit-models": call(server, "GET", "/v1/models", keys["alice"], {"X-Request-Id": "audit-models"}),
+        "audit-done": call(server, "POST", "/v1/completions", keys["bob"], {"X-Request-Id": "audit-done"}, json=body),
+    }
+    assert [r.status_code for r in calls.values()] == [401, 401, 200, 200]
     result = verify(path)
-    assert result.ok and result.num_records > 10, result
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    assert any(r["status"] == 401 and r["route"] == "/v1/models" and r["key_id"] is None for r in records)
-    done = [r for r in records if r["route"] == "/v1/completions" and r.get("completion_tokens") == 3]
-    assert done and done[-1]["tenant"] == "tenant-b" and done[-1]["model"] == DEMO
-    assert done[-1]["key_id"] == keys["bob"].split("_")[0][len("sk-seekd-") :]
+    assert result.ok and result.num_records >= before + len(calls), result
+    records = {r["request_id"]: r for r in map(json.loads, path.read_text().splitlines())}
+    assert records["audit-refused"]["status"] == 401 and records["audit-refused"]["key_id"] is None
+    assert records["audit-refused"]["route"] == "/v1/models"
+    assert records["audit-wrong-key"]["status"] == 401
+    assert records["audit-models"]["status"] == 200 and records["audit-models"]["tenant"] == "tenant-a"
+    done = records["audit-done"]
+    assert done["route"] == "/v1/completions" and done["completion_tokens"] == 3
+    assert done["tenant"] == "tenant-b" and done["model"] == DEMO
+    assert done["key_id"] == keys["bob"].split("_")[0][len("sk-seekd-") :]
     assert "audit me" not in path.read_text()  # prompts are not stored by default
 
 
