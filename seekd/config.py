@@ -60,10 +60,14 @@ class CacheConfig:
     gpu_memory_utilization: float = 0.9
     cpu_kv_cache_gib: float = 1.0  # KV cache budget when running on the CPU
     num_kv_blocks: int | None = None  # overrides memory-based sizing (tests, debugging)
+    # auto (the model's dtype) | fp8 (e4m3 codes + a float32 scale per token and head: about twice the blocks)
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, not {self.block_size}")
+        if self.kv_cache_dtype not in ("auto", "fp8"):
+            raise ValueError(f"kv_cache_dtype must be auto or fp8, not {self.kv_cache_dtype!r}")
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 2:
