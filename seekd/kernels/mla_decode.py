@@ -88,8 +88,8 @@ def _mla_decode_kernel(
         k_pe = tl.load(row[:, None] + RANK + p[None, :], mask=k_valid[:, None] & p_valid[None, :], other=0)
         if FP8:
             scales = scale_ptr + page.to(tl.int64) * stride_sb + (k_pos % PAGE) * stride_st
-            latent = dequantize_tile(latent, scales, k_valid, q_nope.dtype)
-            k_pe = dequantize_tile(k_pe, scales + 1, k_valid, q_nope.dtype)
+            latent = dequantize_tile(latent, scales, k_valid).to(q_nope.dtype)
+            k_pe = dequantize_tile(k_pe, scales + 1, k_valid).to(q_nope.dtype)
         if IEEE:  # float32 caches: exact products, so fp32 runs match the reference token for token
             s = tl.dot(q_nope, tl.trans(latent), input_precision="ieee")
             s += tl.dot(q_pe, tl.trans(k_pe), input_precision="ieee")

@@ -40,10 +40,10 @@ def online_softmax_step(s, v, m_i, l_i, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
-def dequantize_tile(codes, scale_ptrs, valid, dtype: tl.constexpr):
-    """uint8 e4m3 codes [N, D] and the pointers of their rows' scales [N] -> values [N, D] in dtype."""
+def dequantize_tile(codes, scale_ptrs, valid):
+    """uint8 e4m3 codes [N, D] and the pointers of their rows' scales [N] -> float32 values [N, D]."""
     scales = tl.load(scale_ptrs, mask=valid, other=0.0) * E4M3_DECODE_FACTOR
-    return (e4m3_to_f16(codes).to(tl.float32) * scales[:, None]).to(dtype)
+    return e4m3_to_f16(codes).to(tl.float32) * scales[:, None]
 
 
 @triton.jit
@@ -134,8 +134,8 @@ def _paged_attention_kernel(
         v = tl.load(kv_ptr + stride_kkv + base[:, None] + dims[None, :], mask=kv_mask, other=0)
         if FP8:
             s_rows = scale_ptr + page.to(tl.int64) * stride_sb + (k_pos % PAGE) * stride_st + kv_head * stride_sh
-            k = dequantize_tile(k, s_rows, k_valid, q.dtype)
-            v = dequantize_tile(v, s_rows + stride_skv, k_valid, q.dtype)
+            k = dequantize_tile(k, s_rows, k_valid).to(q.dtype)
+            v = dequantize_tile(v, s_rows + stride_skv, k_valid).to(q.dtype)
         if IEEE:  # float32 caches: exact products, so fp32 runs can match the reference token for token
             s = tl.dot(q, tl.trans(k), input_precision="ieee") * sm_scale_log2
         else:
