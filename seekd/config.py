@@ -125,10 +125,17 @@ class CacheConfig:
     num_kv_blocks: int | None = setting(
         None, "number of KV cache blocks (tests, debugging); unset = as many as the memory budget holds"
     )
+    kv_cache_dtype: str = setting(
+        "auto",
+        "KV cache storage: auto = the model dtype; fp8 = e4m3 codes + a float32 scale per token and head "
+        "(about twice the blocks; costs accuracy, see the README)",
+        choices=("auto", "fp8"),
+    )
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.block_size & (self.block_size - 1):
             raise ValueError(f"block_size must be a power of two, not {self.block_size}")
+        check_choices(self)
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 2:

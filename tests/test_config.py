@@ -36,3 +36,16 @@ def test_boolean_env_and_cli_flags_fill_the_same_tree(monkeypatch):
     args = build_parser().parse_args(["generate", "hi", "--max-num-seqs", "3", "--no-enable-prefix-caching"])
     cfg = config_from_args(args)
     assert cfg.scheduler.max_num_seqs == 3 and cfg.cache.enable_prefix_caching is False
+
+
+def test_kv_cache_dtype_from_flag_env_and_yaml_and_bad_values(tmp_path, monkeypatch):
+    monkeypatch.delenv("SEEKD_KV_CACHE_DTYPE", raising=False)
+    assert load_config(environ={}).cache.kv_cache_dtype == "auto"  # the model's dtype: no change by default
+    assert load_config(environ={"SEEKD_KV_CACHE_DTYPE": "fp8"}).cache.kv_cache_dtype == "fp8"
+    yaml_file = tmp_path / "seekd.yaml"
+    yaml_file.write_text("cache:\n  kv_cache_dtype: fp8\n")
+    assert load_config(yaml_file, environ={}).cache.kv_cache_dtype == "fp8"
+    cfg = config_from_args(build_parser().parse_args(["serve", "--kv-cache-dtype", "fp8"]))
+    assert cfg.cache.kv_cache_dtype == "fp8"
+    with pytest.raises(ValueError, match="kv_cache_dtype must be auto or fp8, not 'int4'"):
+        load_config(overrides={"kv_cache_dtype": "int4"}, environ={})

@@ -30,6 +30,7 @@ def build(args: dict) -> LLM:
         max_num_batched_tokens=32,
         async_scheduling=args.get("async_scheduling", "off"),
         load_format=args.get("load_format", "auto"),
+        kv_cache_dtype=args.get("kv_cache_dtype", "auto"),
         device=args.get("device", "cpu"),
         show_progress=False,
     )

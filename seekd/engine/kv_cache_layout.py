@@ -24,7 +24,10 @@ Storage: a single group of a single kind keeps one contiguous tensor per layer
 [num_blocks, block_size, *entry_shape] (the paged kernels and CUDA graphs index those, unchanged).
 Otherwise the groups share one byte arena [num_blocks, page_bytes]; each (layer, kind) of a group
 views its byte range of every page as [num_blocks, entries_per_block, *entry_shape]. Those views are
-strided, so layers index them by (block, offset) and never flatten them.
+strided, so layers index them by (block, offset) and never flatten them. FP8 kinds (`kv_cache_dtype
+fp8`) also bind their float32 scales [num_blocks, entries_per_block, *scale_shape]: a tensor of its own
+beside a contiguous cache, the bytes after the codes' range in an arena page; the page bytes count
+them, so memory-based sizing sees what an FP8 block really costs.
 """
 
 from __future__ import annotations
@@ -75,31 +78,34 @@ class CacheGroup:
         return {spec.kind: spec for _, _, spec in self.members}
 
 
-def layer_cache_specs(layer: nn.Module, dtype: torch.dtype) -> dict[str, KVCacheSpec]:
-    """A layer with several kinds of entries declares `kv_cache_specs` (and holds `kv_caches`);
-    a layer with one declares `kv_cache_spec` (and holds `kv_cache`)."""
+def layer_cache_specs(layer: nn.Module, dtype: torch.dtype, fp8: bool = False) -> dict[str, KVCacheSpec]:
+    """A layer with several kinds of entries declares `kv_cache_specs` (and holds `kv_caches` and, for
+    FP8 kinds, `kv_scales`); a layer with one declares `kv_cache_spec` (and holds `kv_cache` and
+    `kv_scales`). `dtype` is the model's; with `fp8` the layer says which kinds it stores as FP8."""
     if hasattr(layer, "kv_cache_specs"):
-        return layer.kv_cache_specs(dtype)
-    return {"kv": layer.kv_cache_spec(dtype)}
+        return layer.kv_cache_specs(dtype, fp8=fp8)
+    return {"kv": layer.kv_cache_spec(dtype, fp8=fp8)}
 
 
-def _bind(layer: nn.Module, name: str, tensor: torch.Tensor | None) -> None:
+def _bind(layer: nn.Module, name: str, tensor: torch.Tensor | None, scales: torch.Tensor | None = None) -> None:
     if hasattr(layer, "kv_cache_specs"):
-        if tensor is None:
-            layer.kv_caches.pop(name, None)
-        else:
-            layer.kv_caches[name] = tensor
+        for store, value in ((layer.kv_caches, tensor), (layer.kv_scales, scales)):
+            if value is None:
+                store.pop(name, None)
+            else:
+                store[name] = value
     else:
         layer.kv_cache = tensor
+        layer.kv_scales = scales
 
 
 class KVCacheLayout:
-    def __init__(self, layers: list[nn.Module], dtype: torch.dtype, block_size: int) -> None:
+    def __init__(self, layers: list[nn.Module], dtype: torch.dtype, block_size: int, fp8: bool = False) -> None:
         self.block_size = block_size
         members: dict[int | None, list[tuple[nn.Module, str, KVCacheSpec]]] = {}
         kinds: dict[str, KVCacheSpec] = {}
         for layer in layers:
-            for name, spec in layer_cache_specs(layer, dtype).items():
+            for name, spec in layer_cache_specs(layer, dtype, fp8).items():
                 if kinds.setdefault(spec.kind, spec) != spec:
                     raise ValueError(f"cache kind {spec.kind!r} has two different specs; name each kind apart")
                 members.setdefault(spec.sliding_window, []).append((layer, name, spec))
@@ -178,17 +184,25 @@ class KVCacheLayout:
         if len(self.groups) == 1 and len(self.groups[0].kinds) == 1:
             group = self.groups[0]
             for layer, name, spec in group.members:
-                shape = (num_blocks, group.entries_per_block(spec), *spec.entry_shape)
-                _bind(layer, name, torch.zeros(shape, dtype=spec.dtype, device=device))
+                entries = (num_blocks, group.entries_per_block(spec))
+                scales = None
+                if spec.scale_shape is not None:
+                    scales = torch.zeros((*entries, *spec.scale_shape), dtype=torch.float32, device=device)
+                _bind(layer, name, torch.zeros((*entries, *spec.entry_shape), dtype=spec.dtype, device=device), scales)
         else:
             arena = torch.zeros((num_blocks, self.page_bytes), dtype=torch.uint8, device=device)
             for group in self.groups:
                 offset = 0
                 for layer, name, spec in group.members:
-                    width = group.member_bytes(spec)
-                    view = arena[:, offset : offset + width].view(spec.dtype)
-                    _bind(layer, name, view.view(num_blocks, group.entries_per_block(spec), *spec.entry_shape))
-                    offset += width
+                    per_block = group.entries_per_block(spec)
+                    data = spec.data_bytes_per_block(per_block)
+                    view = arena[:, offset : offset + per_block * spec.data_bytes_per_entry].view(spec.dtype)
+                    scales = None
+                    if spec.scale_shape is not None:
+                        scale_view = arena[:, offset + data : offset + group.member_bytes(spec)].view(torch.float32)
+                        scales = scale_view.view(num_blocks, per_block, *spec.scale_shape)
+                    _bind(layer, name, view.view(num_blocks, per_block, *spec.entry_shape), scales)
+                    offset += group.member_bytes(spec)
         self.num_blocks = num_blocks
 
     def release(self) -> None:

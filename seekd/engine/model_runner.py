@@ -24,6 +24,7 @@ from seekd.engine.scheduler import SchedulerOutput
 from seekd.engine.structured.backend import StructuredBackend, bitmask_width
 from seekd.layers.attention import Attention, AttentionBackend, TorchAttentionBackend, make_backend
 from seekd.layers.forward_context import AttentionMetadata, CacheGroupMetadata, ForwardContext
+from seekd.layers.kv_quant import is_fp8_kv_cache
 from seekd.layers.mla import MLAAttention
 from seekd.sampling_params import SamplingParams
 
@@ -100,7 +101,14 @@ class InflightStep:
 
 class ModelRunner:
     def __init__(
-        self, model: nn.Module, device: str, dtype: torch.dtype, block_size: int, vocab_size: int, seed: int = 0
+        self,
+        model: nn.Module,
+        device: str,
+        dtype: torch.dtype,
+        block_size: int,
+        vocab_size: int,
+        seed: int = 0,
+        kv_cache_dtype: str = "auto",
     ) -> None:
         self.model = model
         self.device = torch.device(device)
@@ -109,7 +117,10 @@ class ModelRunner:
         self.vocab_size = vocab_size
         self.sampler = Sampler(self.device, seed)
         self.num_blocks = 0
-        self.kv_layout = KVCacheLayout(list(model.attention_layers()), dtype, block_size)
+        self.kv_cache_dtype = kv_cache_dtype
+        self.kv_layout = KVCacheLayout(
+            list(model.attention_layers()), dtype, block_size, fp8=is_fp8_kv_cache(kv_cache_dtype)
+        )
         # per cache group: (kind, tokens per entry, entries per block) of each kind it holds
         self._group_kinds = [
             [(kind, spec.tokens_per_entry, group.entries_per_block(spec)) for kind, spec in group.kinds.items()]
@@ -167,9 +178,10 @@ class ModelRunner:
         self.kv_layout.allocate(num_blocks, self.device)
         self.num_blocks = num_blocks
         logger.info(
-            "KV cache: %d blocks (%.1f MiB); tokens per block by cache group: %s",
+            "KV cache: %d blocks (%.1f MiB, kv_cache_dtype %s); tokens per block by cache group: %s",
             num_blocks,
             num_blocks * self.kv_bytes_per_block() / 2**20,
+            self.kv_cache_dtype,
             {g.name: g.block_tokens for g in self.kv_layout.shapes},
         )
 

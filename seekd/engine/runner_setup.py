@@ -86,7 +86,15 @@ def load_runner(config: SeekdConfig, device: str, show_progress: bool) -> Loaded
         show_progress=show_progress,
         quant=quant,
     )
-    runner = ModelRunner(model, device, dtype, config.cache.block_size, hf_config.vocab_size, config.model.seed)
+    runner = ModelRunner(
+        model,
+        device,
+        dtype,
+        config.cache.block_size,
+        hf_config.vocab_size,
+        config.model.seed,
+        kv_cache_dtype=config.cache.kv_cache_dtype,
+    )
     runner.select_attention_backend(config.model.attention_backend, config.model.prefill_attention)
     if runner.attn_backend.name == "triton" and device.startswith("cuda") and config.device.batch1_gemv == "auto":
         runner.tune_batch1_gemv()

@@ -9,6 +9,8 @@ Unlike paged attention, the merge stays a second kernel: a program's partial is 
 here, and the last split pulling every split's partial through one multiprocessor took 12.7 us of
 V2-Lite's batch-1 decode on an H100, against 5.3 + 1.9 us for the kernel and a merge spread over
 heads (benchmarks/results/timeline_bs1_deepseek-v2-lite_h100_*.json).
+An FP8 cache (e4m3 codes read as uint8, float32 scales [num_blocks, block_size, >= 2] for c_kv and
+k_pe) is dequantized tile by tile in registers into the query's dtype.
 The torch path in seekd/layers/mla.py (`MLAAttention._absorbed`) is the reference.
 """
 
@@ -18,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from seekd.kernels.paged_attention import decode_splits, merge_splits, online_softmax_step
+from seekd.kernels.paged_attention import decode_splits, dequantize_tile, merge_splits, online_softmax_step
 
 _LOG2E = 1.4426950408889634
 
@@ -27,6 +29,7 @@ _LOG2E = 1.4426950408889634
 def _mla_decode_kernel(
     q_ptr,
     cache_ptr,
+    scale_ptr,
     out_ptr,
     part_acc_ptr,
     part_ml_ptr,
@@ -40,6 +43,8 @@ def _mla_decode_kernel(
     stride_oh,
     stride_cb,
     stride_ct,
+    stride_sb,
+    stride_st,
     stride_bt,
     RANK: tl.constexpr,
     RANK_P: tl.constexpr,
@@ -50,6 +55,7 @@ def _mla_decode_kernel(
     BLOCK_N: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     IEEE: tl.constexpr,
+    FP8: tl.constexpr,
 ):
     seq = tl.program_id(0)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -78,8 +84,12 @@ def _mla_decode_kernel(
         k_valid = k_pos < kv_stop
         page = tl.load(block_tables_ptr + seq * stride_bt + k_pos // PAGE, mask=k_valid, other=0)
         row = cache_ptr + page.to(tl.int64) * stride_cb + (k_pos % PAGE) * stride_ct
-        latent = tl.load(row[:, None] + r[None, :], mask=k_valid[:, None] & r_valid[None, :], other=0.0)
-        k_pe = tl.load(row[:, None] + RANK + p[None, :], mask=k_valid[:, None] & p_valid[None, :], other=0.0)
+        latent = tl.load(row[:, None] + r[None, :], mask=k_valid[:, None] & r_valid[None, :], other=0)
+        k_pe = tl.load(row[:, None] + RANK + p[None, :], mask=k_valid[:, None] & p_valid[None, :], other=0)
+        if FP8:
+            scales = scale_ptr + page.to(tl.int64) * stride_sb + (k_pos % PAGE) * stride_st
+            latent = dequantize_tile(latent, scales, k_valid).to(q_nope.dtype)
+            k_pe = dequantize_tile(k_pe, scales + 1, k_valid).to(q_nope.dtype)
         if IEEE:  # float32 caches: exact products, so fp32 runs match the reference token for token
             s = tl.dot(q_nope, tl.trans(latent), input_precision="ieee")
             s += tl.dot(q_pe, tl.trans(k_pe), input_precision="ieee")
@@ -116,9 +126,11 @@ def mla_decode(
     kv_lora_rank: int,
     scale: float,
     num_splits: int = 1,
+    cache_scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q: [B, H, kv_lora_rank + rope] absorbed queries, one per sequence (pure decode); cache:
-    [num_blocks, block_size, >= kv_lora_rank + rope] latent rows -> [B, H, kv_lora_rank]."""
+    [num_blocks, block_size, >= kv_lora_rank + rope] latent rows -> [B, H, kv_lora_rank]. With
+    `cache_scales` ([num_blocks, block_size, >= 2] float32: c_kv's, then k_pe's) the cache is FP8."""
     num_seqs, num_heads, width = q.shape
     rope = width - kv_lora_rank
     assert cache.stride(-1) == 1 and q.stride(-1) == 1 and cache.shape[-1] >= width
@@ -130,10 +142,15 @@ def mla_decode(
         part_ml = torch.empty(num_seqs * num_heads * num_splits * 2, device=q.device, dtype=torch.float32)
     else:
         part_acc = part_ml = out  # unused
+    fp8 = cache_scales is not None
+    if fp8:
+        assert cache.element_size() == 1 and cache_scales.dtype == torch.float32 and cache_scales.stride(-1) == 1
+        cache = cache.view(torch.uint8)
     bh = block_heads(num_heads)
     _mla_decode_kernel[(num_seqs, triton.cdiv(num_heads, bh), num_splits)](
         q,
         cache,
+        cache_scales if fp8 else q,  # unused without FP8
         out,
         part_acc,
         part_ml,
@@ -147,6 +164,8 @@ def mla_decode(
         out.stride(1),
         cache.stride(0),
         cache.stride(1),
+        cache_scales.stride(0) if fp8 else 0,
+        cache_scales.stride(1) if fp8 else 0,
         block_tables.stride(0),
         RANK=kv_lora_rank,
         RANK_P=rank_p,
@@ -157,6 +176,7 @@ def mla_decode(
         BLOCK_N=32,
         NUM_SPLITS=num_splits,
         IEEE=q.dtype == torch.float32,
+        FP8=fp8,
         num_warps=4 if bh <= 16 else 8,
         num_stages=2,
     )

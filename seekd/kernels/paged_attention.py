@@ -6,7 +6,10 @@ of BLOCK_N at a time (a tile may span several pages). Decode batches with little
 the key range over NUM_SPLITS programs (flash-decoding); the last of them to finish merges the
 partial softmaxes, so no second kernel (and no launch gap) follows.
 
-Cache layout: [num_blocks, block_size, 2, num_kv_heads, head_dim] (K at index 0, V at 1).
+Cache layout: [num_blocks, block_size, 2, num_kv_heads, head_dim] (K at index 0, V at 1). An FP8 cache
+holds e4m3 codes (read as uint8) with a float32 scale per token, K/V and head beside it ([num_blocks,
+block_size, 2, num_kv_heads, 1]); each tile is dequantized in registers into the query's dtype, so the
+math after the loads is the model-dtype kernel's.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from seekd.kernels.lowbit import E4M3_DECODE_FACTOR, e4m3_to_f16
 
 _LOG2E = 1.4426950408889634
 
@@ -35,9 +40,17 @@ def online_softmax_step(s, v, m_i, l_i, acc, IEEE: tl.constexpr):
 
 
 @triton.jit
+def dequantize_tile(codes, scale_ptrs, valid):
+    """uint8 e4m3 codes [N, D] and the pointers of their rows' scales [N] -> float32 values [N, D]."""
+    scales = tl.load(scale_ptrs, mask=valid, other=0.0) * E4M3_DECODE_FACTOR
+    return e4m3_to_f16(codes).to(tl.float32) * scales[:, None]
+
+
+@triton.jit
 def _paged_attention_kernel(
     q_ptr,
     kv_ptr,
+    scale_ptr,
     out_ptr,
     part_acc_ptr,
     part_ml_ptr,
@@ -56,6 +69,10 @@ def _paged_attention_kernel(
     stride_kt,
     stride_kkv,
     stride_kh,
+    stride_sb,
+    stride_st,
+    stride_skv,
+    stride_sh,
     stride_bt,
     PAGE: tl.constexpr,
     GROUP: tl.constexpr,
@@ -68,6 +85,7 @@ def _paged_attention_kernel(
     NUM_SPLITS: tl.constexpr,
     MIN_SPLIT: tl.constexpr,
     IEEE: tl.constexpr,
+    FP8: tl.constexpr,
 ):
     qb = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -112,8 +130,12 @@ def _paged_attention_kernel(
         page = tl.load(block_tables_ptr + seq * stride_bt + k_pos // PAGE, mask=k_valid, other=0)
         base = page.to(tl.int64) * stride_kb + (k_pos % PAGE) * stride_kt + kv_head * stride_kh
         kv_mask = k_valid[:, None] & dim_valid[None, :]
-        k = tl.load(kv_ptr + base[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(kv_ptr + stride_kkv + base[:, None] + dims[None, :], mask=kv_mask, other=0.0)
+        k = tl.load(kv_ptr + base[:, None] + dims[None, :], mask=kv_mask, other=0)
+        v = tl.load(kv_ptr + stride_kkv + base[:, None] + dims[None, :], mask=kv_mask, other=0)
+        if FP8:
+            s_rows = scale_ptr + page.to(tl.int64) * stride_sb + (k_pos % PAGE) * stride_st + kv_head * stride_sh
+            k = dequantize_tile(k, s_rows, k_valid).to(q.dtype)
+            v = dequantize_tile(v, s_rows + stride_skv, k_valid).to(q.dtype)
         if IEEE:  # float32 caches: exact products, so fp32 runs can match the reference token for token
             s = tl.dot(q, tl.trans(k), input_precision="ieee") * sm_scale_log2
         else:
@@ -236,11 +258,12 @@ def paged_attention(
     num_splits: int = 1,
     out: torch.Tensor | None = None,
     counters: torch.Tensor | None = None,
+    kv_scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q: [T, H, D] -> out [T, H, D]. `qblock_seq/qblock_start` come from `query_blocks(.., block_q)`;
     num_splits > 1 only for decode (block_q == 1). `counters`: int32 zeros, one per (query block,
     KV head), which the split programs count on and leave zeroed; persistent ones let a CUDA graph
-    skip the memset."""
+    skip the memset. `kv_scales`: an FP8 cache's scales [num_blocks, block_size, 2, kv_heads, 1]."""
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = kv_cache.shape[3]
     group = num_heads // num_kv_heads
@@ -257,10 +280,17 @@ def paged_attention(
             counters = split_counters(qblock_seq.numel(), num_kv_heads, q.device)
     else:
         part_acc = part_ml = counters = out  # unused
+    fp8 = kv_scales is not None
+    if fp8:
+        assert kv_cache.element_size() == 1 and kv_scales.dtype == torch.float32
+        kv_cache = kv_cache.view(torch.uint8)
+    scales = kv_scales if fp8 else q  # unused without FP8
+    scale_strides = kv_scales.stride()[:4] if fp8 else (0, 0, 0, 0)
     grid = (qblock_seq.numel(), num_kv_heads, num_splits)
     _paged_attention_kernel[grid](
         q,
         kv_cache,
+        scales,
         out,
         part_acc,
         part_ml,
@@ -279,6 +309,7 @@ def paged_attention(
         kv_cache.stride(1),
         kv_cache.stride(2),
         kv_cache.stride(3),
+        *scale_strides,
         block_tables.stride(0),
         PAGE=kv_cache.shape[1],
         GROUP=group,
@@ -291,6 +322,7 @@ def paged_attention(
         NUM_SPLITS=num_splits,
         MIN_SPLIT=MIN_SPLIT_KEYS,
         IEEE=q.dtype == torch.float32,
+        FP8=fp8,
         num_warps=4,
         num_stages=2,
     )

@@ -8,6 +8,34 @@ import triton.language as tl
 
 
 @triton.jit
+def rotated_halves(
+    src,
+    cos,
+    sin,
+    num_heads,
+    half,
+    stride_src_h,
+    HEADS_P: tl.constexpr,
+    HALF_P: tl.constexpr,
+    INTERLEAVED: tl.constexpr = False,
+):
+    """The rotated first and second halves of `num_heads` heads at src, in fp32 ([HEADS_P, HALF_P]
+    each, zero where padded). INTERLEAVED reads GPT-J pairs, as deinterleave() does (DeepSeek's layout)."""
+    heads = tl.arange(0, HEADS_P)
+    i = tl.arange(0, HALF_P)
+    m = (heads < num_heads)[:, None] & (i < half)[None, :]
+    s = src + heads[:, None] * stride_src_h
+    if INTERLEAVED:
+        x1 = tl.load(s + 2 * i[None, :], mask=m, other=0.0)
+        x2 = tl.load(s + 2 * i[None, :] + 1, mask=m, other=0.0)
+    else:
+        x1 = tl.load(s + i[None, :], mask=m, other=0.0)
+        x2 = tl.load(s + half + i[None, :], mask=m, other=0.0)
+    x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
+    return x1f * cos[None, :] - x2f * sin[None, :], x2f * cos[None, :] + x1f * sin[None, :]
+
+
+@triton.jit
 def rotate_heads(
     src,
     dst,
@@ -29,20 +57,14 @@ def rotate_heads(
     heads = tl.arange(0, HEADS_P)
     i = tl.arange(0, HALF_P)
     m = (heads < num_heads)[:, None] & (i < half)[None, :]
-    s = src + heads[:, None] * stride_src_h
     d = dst + heads[:, None] * stride_dst_h
-    if INTERLEAVED:
-        x1 = tl.load(s + 2 * i[None, :], mask=m, other=0.0)
-        x2 = tl.load(s + 2 * i[None, :] + 1, mask=m, other=0.0)
-    else:
-        x1 = tl.load(s + i[None, :], mask=m, other=0.0)
-        x2 = tl.load(s + half + i[None, :], mask=m, other=0.0)
-    x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
-    tl.store(d + i[None, :], (x1f * cos[None, :] - x2f * sin[None, :]).to(dst.dtype.element_ty), mask=m)
-    tl.store(d + half + i[None, :], (x2f * cos[None, :] + x1f * sin[None, :]).to(dst.dtype.element_ty), mask=m)
+    o1, o2 = rotated_halves(src, cos, sin, num_heads, half, stride_src_h, HEADS_P, HALF_P, INTERLEAVED)
+    tl.store(d + i[None, :], o1.to(dst.dtype.element_ty), mask=m)
+    tl.store(d + half + i[None, :], o2.to(dst.dtype.element_ty), mask=m)
     if REST_P > 0:  # features past the rotary part pass through
         r = 2 * half + tl.arange(0, REST_P)
         rm = (heads < num_heads)[:, None] & (r < head_dim)[None, :]
+        s = src + heads[:, None] * stride_src_h
         tl.store(d + r[None, :], tl.load(s + r[None, :], mask=rm, other=0.0).to(dst.dtype.element_ty), mask=rm)
 
 

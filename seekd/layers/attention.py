@@ -7,6 +7,7 @@ backend: `torch` is the reference that runs everywhere; faster backends are comp
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 from typing import Protocol
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seekd.layers.forward_context import AttentionMetadata, ForwardContext
+from seekd.layers.kv_quant import FP8, dequantize, quantize
 from seekd.layers.rotary import RotaryEmbedding
 
 
@@ -27,7 +29,8 @@ class KVCacheSpec:
     `kind` names the group (the key of AttentionMetadata.groups); an entry summarises
     `tokens_per_entry` consecutive tokens (a compressed entry) or is one token's (1); with a
     `sliding_window` W, the token at position p is never read by queries after p + W - 1, so its
-    blocks are freed as the request moves on.
+    blocks are freed as the request moves on. An FP8 entry (dtype float8_e4m3fn) carries float32
+    scales of `scale_shape` beside its codes (seekd/layers/kv_quant.py), in a tensor of their own.
     """
 
     entry_shape: tuple[int, ...]
@@ -35,16 +38,31 @@ class KVCacheSpec:
     kind: str = "kv"
     tokens_per_entry: int = 1
     sliding_window: int | None = None
+    scale_shape: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.dtype == FP8) != (self.scale_shape is not None):
+            raise ValueError("an FP8 cache entry needs its scale_shape, and only an FP8 one has scales")
+
+    @property
+    def data_bytes_per_entry(self) -> int:
+        return torch.empty((), dtype=self.dtype).element_size() * math.prod(self.entry_shape)
+
+    @property
+    def scale_bytes_per_entry(self) -> int:
+        return 0 if self.scale_shape is None else 4 * math.prod(self.scale_shape)
 
     @property
     def bytes_per_entry(self) -> int:
-        n = torch.empty((), dtype=self.dtype).element_size()
-        for d in self.entry_shape:
-            n *= d
-        return n
+        return self.data_bytes_per_entry + self.scale_bytes_per_entry
+
+    def data_bytes_per_block(self, entries_per_block: int) -> int:
+        """The codes' bytes, padded to 16 when float32 scales follow them in a shared page."""
+        n = entries_per_block * self.data_bytes_per_entry
+        return n if self.scale_shape is None else -(-n // 16) * 16
 
     def bytes_per_block(self, entries_per_block: int) -> int:
-        return entries_per_block * self.bytes_per_entry
+        return self.data_bytes_per_block(entries_per_block) + entries_per_block * self.scale_bytes_per_entry
 
 
 class AttentionBackend(Protocol):
@@ -60,7 +78,8 @@ class AttentionBackend(Protocol):
 
 
 class Attention(nn.Module):
-    """Multi-head / grouped-query attention. The cache layout per token is [2, kv_heads, head_dim]."""
+    """Multi-head / grouped-query attention. The cache layout per token is [2, kv_heads, head_dim];
+    an FP8 cache has a float32 scale per K and V head beside it, `kv_scales` [.., 2, kv_heads, 1]."""
 
     def __init__(self, num_heads: int, head_dim: int, scale: float, num_kv_heads: int) -> None:
         super().__init__()
@@ -69,10 +88,12 @@ class Attention(nn.Module):
         self.scale = scale
         self.num_kv_heads = num_kv_heads
         self.kv_cache: torch.Tensor | None = None  # [num_blocks, block_size, 2, kv_heads, head_dim]
+        self.kv_scales: torch.Tensor | None = None  # FP8 caches: [num_blocks, block_size, 2, kv_heads, 1]
         self.backend: AttentionBackend = TorchAttentionBackend()
 
-    def kv_cache_spec(self, dtype: torch.dtype) -> KVCacheSpec:
-        return KVCacheSpec((2, self.num_kv_heads, self.head_dim), dtype)
+    def kv_cache_spec(self, dtype: torch.dtype, fp8: bool = False) -> KVCacheSpec:
+        shape = (2, self.num_kv_heads, self.head_dim)
+        return KVCacheSpec(shape, FP8, scale_shape=(2, self.num_kv_heads, 1)) if fp8 else KVCacheSpec(shape, dtype)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         """q: [T, heads*head_dim], k/v: [T, kv_heads*head_dim] -> [T, heads*head_dim]."""
@@ -80,7 +101,7 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        store_kv(self.kv_cache, k, v, ctx.attn.slot_mapping)
+        store_kv(self.kv_cache, k, v, ctx.attn.slot_mapping, self.kv_scales)
         out = self.backend.attend(self, q, ctx.attn)
         return out.reshape(-1, self.num_heads * self.head_dim)
 
@@ -105,6 +126,7 @@ class Attention(nn.Module):
                 self.num_heads,
                 self.num_kv_heads,
                 self.head_dim,
+                self.kv_scales,
             )
             return self.backend.attend(self, q, ctx.attn).reshape(-1, q_size)
         q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
@@ -112,10 +134,22 @@ class Attention(nn.Module):
         return self.forward(q, k, v, ctx)
 
 
-def store_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+def store_kv(
+    kv_cache: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    kv_scales: torch.Tensor | None = None,
+) -> None:
+    """Write k and v [T, kv_heads, head_dim] at their slots; with `kv_scales`, as FP8 codes and scales."""
     flat = kv_cache.view(-1, *kv_cache.shape[2:])
-    flat[slot_mapping, 0] = k.to(kv_cache.dtype)
-    flat[slot_mapping, 1] = v.to(kv_cache.dtype)
+    if kv_scales is None:
+        flat[slot_mapping, 0] = k.to(kv_cache.dtype)
+        flat[slot_mapping, 1] = v.to(kv_cache.dtype)
+        return
+    codes, scales = quantize(torch.stack([k, v], dim=1))
+    flat[slot_mapping] = codes
+    kv_scales.view(-1, *kv_scales.shape[2:])[slot_mapping] = scales
 
 
 def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -123,6 +157,21 @@ def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -
     block_size = kv_cache.shape[1]
     num_blocks = -(-seq_len // block_size)
     return kv_cache[block_table[:num_blocks]].flatten(0, 1)[:seq_len]
+
+
+def gather_entries(
+    cache: torch.Tensor,
+    scales: torch.Tensor | None,
+    block_table: torch.Tensor,
+    seq_len: int,
+    dtype: torch.dtype,
+    widths: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """gather_kv as `dtype`: FP8 entries dequantized with their scales (segments of `widths`)."""
+    rows = gather_kv(cache, block_table, seq_len)
+    if scales is None:
+        return rows.to(dtype)
+    return dequantize(rows, gather_kv(scales, block_table, seq_len), dtype, widths)
 
 
 class TorchAttentionBackend:
@@ -139,9 +188,9 @@ class TorchAttentionBackend:
         group = layer.num_heads // layer.num_kv_heads
         start = 0
         for i, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
-            kv = gather_kv(layer.kv_cache, meta.block_tables[i], seq_len)
-            keys = kv[:, 0].to(q.dtype).repeat_interleave(group, dim=1).transpose(0, 1)
-            values = kv[:, 1].to(q.dtype).repeat_interleave(group, dim=1).transpose(0, 1)
+            kv = gather_entries(layer.kv_cache, layer.kv_scales, meta.block_tables[i], seq_len, q.dtype)
+            keys = kv[:, 0].repeat_interleave(group, dim=1).transpose(0, 1)
+            values = kv[:, 1].repeat_interleave(group, dim=1).transpose(0, 1)
             queries = q[start : start + q_len].transpose(0, 1)
             mask = causal_mask(q_len, seq_len, q.device)
             o = F.scaled_dot_product_attention(queries, keys, values, attn_mask=mask, scale=layer.scale)
@@ -213,6 +262,7 @@ class TritonAttentionBackend:
             data.block_q,
             data.num_splits,
             counters=data.counters,
+            kv_scales=layer.kv_scales,
         )
 
 
@@ -225,8 +275,10 @@ def varlen_prefill(layer: Attention, q: torch.Tensor, meta: AttentionMetadata) -
     kernel, over this step's keys and values read back from their cache slots."""
     from torch.nn.attention.varlen import varlen_attn
 
-    flat = layer.kv_cache.view(-1, *layer.kv_cache.shape[2:])
-    k, v = flat[meta.slot_mapping, 0], flat[meta.slot_mapping, 1]
+    rows = layer.kv_cache.view(-1, *layer.kv_cache.shape[2:])[meta.slot_mapping]
+    if layer.kv_scales is not None:
+        rows = dequantize(rows, layer.kv_scales.view(-1, *layer.kv_scales.shape[2:])[meta.slot_mapping], q.dtype)
+    k, v = rows[:, 0], rows[:, 1]
     kwargs = varlen_causal_kwargs()
     if "enable_gqa" not in kwargs and layer.num_heads != layer.num_kv_heads:  # older torch: expand the heads
         group = layer.num_heads // layer.num_kv_heads

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seekd.layers.attention import causal_mask, gather_kv
+from seekd.layers.attention import causal_mask, gather_entries
 from seekd.layers.forward_context import AttentionMetadata
+from seekd.layers.kv_quant import quantize
 from seekd.layers.linear import ReplicatedLinear
 from seekd.layers.rotary import RotaryEmbedding, apply_rotary
 
@@ -66,13 +67,19 @@ class LightningIndexer(nn.Module):
         q_latent: torch.Tensor,
         key_cache: torch.Tensor,
         meta: AttentionMetadata,
+        key_scales: torch.Tensor | None = None,
     ) -> list[torch.Tensor]:
         """Writes this step's indexer keys into `key_cache` ([num_blocks, block_size, head_dim], a view
-        of the layer's cache rows) and returns, per sequence, the selected context positions
-        [q_len, min(topk, seq_len)] (int64). A query with fewer visible tokens than topk also gets
-        positions after its own, which the attention must mask causally (as transformers does)."""
+        of the layer's cache rows; FP8 codes with `key_scales` [num_blocks, block_size, 1]) and
+        returns, per sequence, the selected context positions [q_len, min(topk, seq_len)] (int64). A
+        query with fewer visible tokens than topk also gets positions after its own, which the
+        attention must mask causally (as transformers does)."""
         k = self._rope(positions, self.k_norm(self.wk(x)).unsqueeze(1)).squeeze(1)
-        key_cache.view(-1, self.head_dim)[meta.slot_mapping] = k.to(key_cache.dtype)
+        slots = key_cache.view(-1, self.head_dim)
+        if key_scales is None:
+            slots[meta.slot_mapping] = k.to(key_cache.dtype)
+        else:
+            slots[meta.slot_mapping], key_scales.view(-1, 1)[meta.slot_mapping] = quantize(k)
         q = self._rope(positions, self.wq_b(q_latent).view(-1, self.n_heads, self.head_dim)).float()
         weights = self.weights_proj(x).float() * self.n_heads**-0.5
         selected = []
@@ -81,7 +88,7 @@ class LightningIndexer(nn.Module):
             if seq_len <= self.topk:  # every visible token is selected: skip the scores
                 selected.append(torch.arange(seq_len, device=x.device).expand(q_len, seq_len))
             else:
-                keys = gather_kv(key_cache, meta.block_tables[i], seq_len).float()
+                keys = gather_entries(key_cache, key_scales, meta.block_tables[i], seq_len, torch.float32)
                 scores = self.index_scores(q[start : start + q_len], weights[start : start + q_len], keys)
                 scores = scores.masked_fill(~causal_mask(q_len, seq_len, x.device), float("-inf"))
                 selected.append(scores.topk(self.topk, dim=-1).indices)

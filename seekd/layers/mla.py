@@ -9,6 +9,8 @@ attention from it:
   Decode reads far fewer bytes this way; prefill does fewer FLOPs the naive way.
 On the GPU fast path (`use_kernel`) an absorbed pure-decode step runs fused Triton kernels instead
 (`_fused_decode`); the torch paths stay the reference.
+An FP8 cache (`kv_cache_dtype fp8`) holds e4m3 codes of the row and, in `kv_scales`, a float32 scale
+for each of its segments: c_kv, k_pe (their magnitudes differ) and, for sparse MLA, the indexer key.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from seekd.distributed import tp_size
 from seekd.layers.attention import KVCacheSpec, causal_mask, gather_kv
 from seekd.layers.forward_context import AttentionMetadata, ForwardContext
+from seekd.layers.kv_quant import FP8, dequantize, quantize
 from seekd.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
 from seekd.layers.norms import RMSNorm
 from seekd.layers.rotary import RotaryEmbedding
@@ -76,6 +79,7 @@ class MLAAttention(nn.Module):
         self.o_proj = RowParallelLinear(num_heads * v_head_dim, hidden_size, bias)
         self.rotary_emb = rotary_emb
         self.kv_cache: torch.Tensor | None = None  # [num_blocks, block_size, kv_lora_rank + qk_rope_head_dim]
+        self.kv_scales: torch.Tensor | None = None  # FP8 caches: [num_blocks, block_size, segments]
         self.mode = "auto"
         self.use_kernel = False  # the ModelRunner turns on the Triton latent decode kernel on GPUs
 
@@ -84,8 +88,16 @@ class MLAAttention(nn.Module):
         """Decode steps are capturable once they run the kernel: the torch paths loop over sequences."""
         return self.use_kernel
 
-    def kv_cache_spec(self, dtype: torch.dtype) -> KVCacheSpec:
-        return KVCacheSpec((self.latent_width,), dtype)
+    def kv_cache_spec(self, dtype: torch.dtype, fp8: bool = False) -> KVCacheSpec:
+        segments = self.cache_segments
+        if fp8:
+            return KVCacheSpec((sum(segments),), FP8, scale_shape=(len(segments),))
+        return KVCacheSpec((sum(segments),), dtype)
+
+    @property
+    def cache_segments(self) -> tuple[int, ...]:
+        """Widths of the parts of a cache row, each with its own FP8 scale: c_kv, then k_pe."""
+        return (self.kv_lora_rank, self.qk_rope_head_dim)
 
     @property
     def latent_width(self) -> int:
@@ -122,8 +134,14 @@ class MLAAttention(nn.Module):
         kv_c = self.kv_a_layernorm(kv_c)
         q_pe, k_pe = self.rotary_emb(positions, q_pe, k_pe.unsqueeze(1))
         assert self.kv_cache is not None, "KV cache is not bound; the ModelRunner binds it"
+        latent = torch.cat([kv_c, k_pe.squeeze(1)], dim=-1)
         flat = self.kv_cache.view(-1, self.kv_cache.shape[-1])
-        flat[meta.slot_mapping, : self.latent_width] = torch.cat([kv_c, k_pe.squeeze(1)], dim=-1).to(flat.dtype)
+        if self.kv_scales is None:
+            flat[meta.slot_mapping, : self.latent_width] = latent.to(flat.dtype)
+        else:
+            codes, scales = quantize(latent, self.cache_segments[:2])
+            flat[meta.slot_mapping, : self.latent_width] = codes
+            self.kv_scales.view(-1, self.kv_scales.shape[-1])[meta.slot_mapping, :2] = scales
         return q_nope, q_pe, q_latent
 
     def use_absorbed(self, meta: AttentionMetadata) -> bool:
@@ -137,8 +155,11 @@ class MLAAttention(nn.Module):
 
     def _latent_context(self, meta: AttentionMetadata, i: int, dtype: torch.dtype) -> torch.Tensor:
         """The cached latents of sequence i: [seq_len, kv_lora_rank + qk_rope_head_dim]."""
-        rows = gather_kv(self.kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i])
-        return rows[:, : self.latent_width].to(dtype)
+        rows = gather_kv(self.kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i])[:, : self.latent_width]
+        if self.kv_scales is None:
+            return rows.to(dtype)
+        scales = gather_kv(self.kv_scales, meta.block_tables[i], meta.seq_lens_cpu[i])[:, :2]
+        return dequantize(rows, scales, dtype, self.cache_segments[:2])
 
     def _naive(
         self,
@@ -226,11 +247,19 @@ class MLAAttention(nn.Module):
             self.kv_cache,
             meta.slot_mapping,
             q_abs,
+            self.kv_scales,
         )
         w_uv = self._absorb_nope(q[..., : self.qk_nope_head_dim], q_abs)
         splits = mla_decode_splits(meta.num_seqs, self.num_heads, meta.max_seq_len)
         out_latent = mla_decode(
-            q_abs, self.kv_cache, meta.block_tables, meta.seq_lens, self.kv_lora_rank, self.scale, splits
+            q_abs,
+            self.kv_cache,
+            meta.block_tables,
+            meta.seq_lens,
+            self.kv_lora_rank,
+            self.scale,
+            splits,
+            self.kv_scales,
         )
         out = out_latent.new_empty(out_latent.size(0), self.num_heads, self.v_head_dim)
         # written through the head-major view, so o_proj's reshape needs no copy at batch > 1

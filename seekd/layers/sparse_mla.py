@@ -1,7 +1,8 @@
 """Sparse MLA (DeepSeek-V3.2): MLA whose queries attend only to the tokens the lightning indexer selects.
 
 One paged cache row per token and layer holds [c_kv | k_pe | indexer key]: the MLA latent and the
-indexer key share blocks, block table, prefix-cache hashes and preemption with no engine changes.
+indexer key share blocks, block table, prefix-cache hashes and preemption with no engine changes (an
+FP8 row has a scale per part).
 Two attention paths, as for MLA:
 - naive (the reference): dense per-head attention with mask = causal & selected;
 - absorbed (the sparse one): each query gathers its top-k latents and attends in latent space, so a
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from seekd.layers.attention import KVCacheSpec, causal_mask
+from seekd.layers.attention import causal_mask
 from seekd.layers.forward_context import AttentionMetadata, ForwardContext
 from seekd.layers.indexer import LightningIndexer
 from seekd.layers.mla import MLAAttention
@@ -30,13 +31,15 @@ class SparseMLAAttention(MLAAttention):
     def graph_safe(self) -> bool:
         return False  # the indexer's selection and the sparse gather loop over sequences on the host
 
-    def kv_cache_spec(self, dtype: torch.dtype) -> KVCacheSpec:
-        return KVCacheSpec((self.latent_width + self.indexer.head_dim,), dtype)
+    @property
+    def cache_segments(self) -> tuple[int, ...]:
+        return (self.kv_lora_rank, self.qk_rope_head_dim, self.indexer.head_dim)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         meta = ctx.attn
         q_nope, q_pe, q_latent = self.project_and_cache(positions, x, meta)
-        selected = self.indexer(positions, x, q_latent, self.kv_cache[..., self.latent_width :], meta)
+        key_scales = None if self.kv_scales is None else self.kv_scales[..., 2:]
+        selected = self.indexer(positions, x, q_latent, self.kv_cache[..., self.latent_width :], meta, key_scales)
         if self.use_absorbed(meta):
             out = self._sparse_absorbed(q_nope, q_pe, meta, selected)
         else:

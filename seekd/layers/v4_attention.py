@@ -17,6 +17,9 @@ Caches (see seekd/engine/kv_cache_layout.py), one cache group each, shared by th
   2 x rate when blocks overlap);
 - `compressed_<rate>`: one entry per `rate` tokens (CSA: the attention entry, then the indexer key),
   kept for the whole context.
+With `kv_cache_dtype fp8` the sliding keys and the compressed entries are stored as e4m3 codes with a
+float32 scale per token (per entry and part: attention entry, indexer key) in `kv_scales`; the
+compressor states, short-lived and holding the gate logits of a softmax, stay in the model's dtype.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from torch import nn
 from seekd.layers.attention import KVCacheSpec
 from seekd.layers.forward_context import AttentionMetadata, ForwardContext
 from seekd.layers.hyper_connection import unweighted_rms_norm
+from seekd.layers.kv_quant import FP8, dequantize, quantize
 from seekd.layers.linear import ReplicatedLinear
 from seekd.layers.norms import RMSNorm
 from seekd.layers.rotary import RotaryEmbedding, apply_interleaved_rotary_tail
@@ -84,20 +88,30 @@ class V4Attention(nn.Module):
         self.compressor = compressor
         self.indexer = indexer
         self.kv_caches: dict[str, torch.Tensor] = {}  # "kv", "state", "entries": [num_blocks, entries_per_block, width]
+        self.kv_scales: dict[str, torch.Tensor] = {}  # FP8 "kv" and "entries": [num_blocks, entries_per_block, parts]
         self._compressors = [c for c in (compressor, indexer and indexer.compressor) if c is not None]
         rate = compressor.compress_rate if compressor is not None else 0
         self._kinds = {"kv": "sliding_kv", "state": f"compressor_state_{rate}", "entries": f"compressed_{rate}"}
 
-    def kv_cache_specs(self, dtype: torch.dtype) -> dict[str, KVCacheSpec]:
-        specs = {"kv": KVCacheSpec((self.head_dim,), dtype, self._kinds["kv"], 1, self.sliding_window)}
+    def kv_cache_specs(self, dtype: torch.dtype, fp8: bool = False) -> dict[str, KVCacheSpec]:
+        def quantizable(parts: tuple[int, ...], kind: str, tokens_per_entry: int, window: int | None) -> KVCacheSpec:
+            if fp8:
+                return KVCacheSpec((sum(parts),), FP8, kind, tokens_per_entry, window, (len(parts),))
+            return KVCacheSpec((sum(parts),), dtype, kind, tokens_per_entry, window)
+
+        specs = {"kv": quantizable((self.head_dim,), self._kinds["kv"], 1, self.sliding_window)}
         if self.compressor is not None:
             cs = self._compressors
             window = max(c.state_window for c in cs)
             specs["state"] = KVCacheSpec((sum(c.state_width for c in cs),), dtype, self._kinds["state"], 1, window)
-            specs["entries"] = KVCacheSpec(
-                (sum(c.head_dim for c in cs),), dtype, self._kinds["entries"], self.compressor.compress_rate
-            )
+            rate = self.compressor.compress_rate
+            specs["entries"] = quantizable(self.entry_parts, self._kinds["entries"], rate, None)
         return specs
+
+    @property
+    def entry_parts(self) -> tuple[int, ...]:
+        """Widths of a compressed entry's parts (each with its own FP8 scale): attention, then indexer key."""
+        return tuple(c.head_dim for c in self._compressors)
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         meta = ctx.attn
@@ -108,12 +122,14 @@ class V4Attention(nn.Module):
         q = apply_interleaved_rotary_tail(q, cos, sin)
         kv = apply_interleaved_rotary_tail(self.norm(self.wkv(x)).unsqueeze(1), cos, sin).squeeze(1)
         kv_group = meta.groups[self._kinds["kv"]]
-        write_slots(self.kv_caches["kv"], kv_group.slot_mapping, kv_group.entries_per_block, kv)
+        slots, per_block = kv_group.slot_mapping, kv_group.entries_per_block
+        write_entries(self.kv_caches["kv"], self.kv_scales.get("kv"), slots // per_block, slots % per_block, kv)
         index_q = index_w = None
         if self.compressor is not None:
             group = meta.groups[self._kinds["state"]]
             states = torch.cat([c.project(x) for c in self._compressors], dim=-1)
-            write_slots(self.kv_caches["state"], group.slot_mapping, group.entries_per_block, states)
+            slots, per_block = group.slot_mapping, group.entries_per_block
+            write_entries(self.kv_caches["state"], None, slots // per_block, slots % per_block, states)
         if self.indexer is not None:
             index_q, index_w = self.indexer.queries(q_latent, cos, sin), self.indexer.head_weights(x)
         out = torch.empty_like(q)
@@ -141,8 +157,8 @@ class V4Attention(nn.Module):
         the mask [q_len, K] (True = attend). Pools the blocks that closed in this step first."""
         group = meta.groups[self._kinds["kv"]]
         first = max(0, seq_len - q_len - self.sliding_window + 1)
-        keys = read_entries(self.kv_caches["kv"], group.block_tables[i], group.entries_per_block, first, seq_len)
-        keys = keys.to(dtype)
+        table, per_block = group.block_tables[i], group.entries_per_block
+        keys = read_entries(self.kv_caches["kv"], table, per_block, first, seq_len, self.kv_scales.get("kv")).to(dtype)
         q_pos = torch.arange(seq_len - q_len, seq_len, device=keys.device).unsqueeze(1)
         k_pos = torch.arange(first, seq_len, device=keys.device).unsqueeze(0)
         mask = (k_pos <= q_pos) & (k_pos > q_pos - self.sliding_window)
@@ -162,6 +178,7 @@ class V4Attention(nn.Module):
         first, end = (seq_len - q_len) // m, seq_len // m
         group = meta.groups[self._kinds["entries"]]
         cache, table, per_block = self.kv_caches["entries"], group.block_tables[i], group.entries_per_block
+        scales = self.kv_scales.get("entries")
         if end > first:
             state_group = meta.groups[self._kinds["state"]]
             lo = min(c.first_state_token(first) for c in self._compressors)
@@ -174,8 +191,9 @@ class V4Attention(nn.Module):
                 new.append(c.pool(part.to(c.norm.weight.dtype), first, end))
                 col += c.state_width
             index = torch.arange(first, end, device=cache.device)
-            cache[table.long()[index // per_block], index % per_block] = torch.cat(new, dim=-1).to(cache.dtype)
-        return read_entries(cache, table, per_block, 0, end)
+            blocks, offsets = table.long()[index // per_block], index % per_block
+            write_entries(cache, scales, blocks, offsets, torch.cat(new, dim=-1), self.entry_parts)
+        return read_entries(cache, table, per_block, 0, end, scales, self.entry_parts)
 
     def _attend(self, q: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Softmax over [scores | sink] in float32; the shared KV head is key and value. -> [Q, H, D]."""
@@ -186,13 +204,34 @@ class V4Attention(nn.Module):
         return torch.einsum("qhk,kd->qhd", probs.to(q.dtype), keys)
 
 
-def write_slots(cache: torch.Tensor, slots: torch.Tensor, per_block: int, values: torch.Tensor) -> None:
+def write_entries(
+    cache: torch.Tensor,
+    scales: torch.Tensor | None,
+    blocks: torch.Tensor,
+    offsets: torch.Tensor,
+    values: torch.Tensor,
+    parts: tuple[int, ...] | None = None,
+) -> None:
     """cache [num_blocks, per_block, width] may be a strided view of the shared arena: index it by
-    (block, offset), never flatten it."""
-    cache[slots // per_block, slots % per_block] = values.to(cache.dtype)
+    (block, offset), never flatten it. An FP8 cache gets codes, and `scales` one per part of `parts`."""
+    if scales is None:
+        cache[blocks, offsets] = values.to(cache.dtype)
+    else:
+        cache[blocks, offsets], scales[blocks, offsets] = quantize(values, parts)
 
 
-def read_entries(cache: torch.Tensor, block_table: torch.Tensor, per_block: int, start: int, end: int) -> torch.Tensor:
-    """Entries start..end-1 of one sequence: [end - start, width]."""
+def read_entries(
+    cache: torch.Tensor,
+    block_table: torch.Tensor,
+    per_block: int,
+    start: int,
+    end: int,
+    scales: torch.Tensor | None = None,
+    parts: tuple[int, ...] | None = None,
+) -> torch.Tensor:
+    """Entries start..end-1 of one sequence: [end - start, width]; FP8 ones dequantized to float32."""
     index = torch.arange(start, end, device=cache.device)
-    return cache[block_table.long()[index // per_block], index % per_block]
+    blocks, offsets = block_table.long()[index // per_block], index % per_block
+    if scales is None:
+        return cache[blocks, offsets]
+    return dequantize(cache[blocks, offsets], scales[blocks, offsets], torch.float32, parts)

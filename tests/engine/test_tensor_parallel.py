@@ -58,17 +58,24 @@ def pid_alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize(
-    ("model", "load_format", "async_scheduling"),
+    ("model", "load_format", "async_scheduling", "kv_cache_dtype"),
     [
-        ("qwen2", "auto", "off"),
-        ("v3", "auto", "on"),  # async: rank 0 broadcasts sampled ids that the next step reads on the device
-        ("v32", "auto", "off"),
-        ("v4", "auto", "on"),
-        ("qwen2-dummy", "dummy", "on"),  # random weights: each rank's shard of the one-rank model
+        ("qwen2", "auto", "off", "auto"),
+        ("v3", "auto", "on", "auto"),  # async: rank 0 broadcasts sampled ids that the next step reads on the device
+        ("v32", "auto", "off", "auto"),
+        ("v4", "auto", "on", "auto"),
+        ("qwen2-dummy", "dummy", "on", "auto"),  # random weights: each rank's shard of the one-rank model
+        ("qwen2", "auto", "off", "fp8"),  # each rank quantizes its own KV heads
+        ("v3", "auto", "off", "fp8"),  # every rank holds the whole FP8 latent cache
     ],
 )
-def test_tp2_greedy_output_matches_tp1(models, model, load_format, async_scheduling) -> None:
-    args = {"model": str(models[model]), "load_format": load_format, "async_scheduling": async_scheduling}
+def test_tp2_greedy_output_matches_tp1(models, model, load_format, async_scheduling, kv_cache_dtype) -> None:
+    args = {
+        "model": str(models[model]),
+        "load_format": load_format,
+        "async_scheduling": async_scheduling,
+        "kv_cache_dtype": kv_cache_dtype,
+    }
     llm = tp_child.build({**args, "tp": 1})
     expected = tp_child.generate(llm)
     got = run_child({**args, "tp": 2})

@@ -8,6 +8,7 @@ import torch
 from kernel_env import BF16_TILES, INTERPRETED
 
 from seekd.layers.attention import gather_kv
+from seekd.layers.kv_quant import dequantize, quantize
 
 pytestmark = pytest.mark.triton
 
@@ -72,3 +73,26 @@ def test_split_merge_repeats_bit_for_bit_and_agrees_with_one_split(kernel_device
     ref = reference(q, cache, block_tables, lens, rank, 0.125)
     torch.testing.assert_close(first, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(first, mla_decode(q, cache, block_tables, lens, rank, 0.125, 1), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("seq_lens,splits", [([1, 17, 300], 1), ([5, 700], 4), ([1], 1)])
+def test_kernel_over_fp8_latents_matches_attention_over_dequantized_latents(kernel_device, dtype, seq_lens, splits):
+    """FP8 rows [c_kv | k_pe | extra] with a scale per segment; k_pe far smaller than c_kv and token
+    magnitudes spread over orders of ten, as the per-segment scales must handle."""
+    from seekd.kernels.mla_decode import mla_decode
+
+    if INTERPRETED and dtype == torch.bfloat16:
+        pytest.skip(BF16_TILES)
+    torch.manual_seed(0)
+    heads, rank, rope, extra = 20, 64, 16, 8
+    rows, block_tables, lens = paged_latents(seq_lens, rank + rope + extra, torch.float32, kernel_device)
+    rows[..., rank : rank + rope] *= 0.01
+    rows *= torch.exp(torch.randn(*rows.shape[:2], 1, device=kernel_device))
+    codes, scales = quantize(rows, (rank, rope, extra))
+    q = torch.randn(len(seq_lens), heads, rank + rope, device=kernel_device, dtype=dtype)
+    scale = (rank + rope) ** -0.5
+
+    out = mla_decode(q, codes, block_tables, lens, rank, scale, splits, scales)
+    ref = reference(q, dequantize(codes, scales, dtype, (rank, rope, extra)), block_tables, lens, rank, scale)
+    assert (out.float() - ref).norm() / ref.norm() < (1e-5 if dtype == torch.float32 else 1e-2)
