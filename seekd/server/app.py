@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 
 from seekd import __version__
 from seekd.config import SeekdConfig
+from seekd.models.generation_config import GenerationConfig
 from seekd.ops.access_log import configure_logging
 from seekd.ops.audit import AUDIT_FILE, AuditLog, ContentCipher, load_key
 from seekd.ops.auth import Authenticator, AuthMiddleware, check_bind_is_safe, principal_of
@@ -51,6 +52,7 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
     try:
         info = await client.start()
         tokenizer = await asyncio.to_thread(Tokenizer, Path(info.model_folder))
+        generation_config = GenerationConfig.from_folder(info.model_folder)
     except Exception as e:
         logger.error("cannot serve: %s", e)
         app.state.startup_error = str(e)
@@ -73,6 +75,7 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
         tenant_cache_isolation=config.security.tenant_cache_isolation,
         max_prompt_tokens=config.server.max_prompt_tokens,
         max_output_tokens=config.server.max_output_tokens,
+        generation_config=generation_config,
     )
     demo = " (demo model with RANDOM weights)" if config.model.model is None else ""
     logger.info(

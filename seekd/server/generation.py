@@ -18,6 +18,7 @@ from http import HTTPStatus
 
 from seekd.engine.outputs import EngineOutput, TokenLogprob
 from seekd.engine.request import EngineCoreRequest
+from seekd.models.generation_config import GenerationConfig
 from seekd.ops.auth import cache_salt_for
 from seekd.ops.metrics import ServerMetrics
 from seekd.sampling_params import SamplingParams
@@ -51,6 +52,15 @@ class ServingContext:
     tenant_cache_isolation: bool = True  # prefix-cache hits only within a tenant
     max_prompt_tokens: int = 0  # 0 = the context length is the only bound
     max_output_tokens: int = 0  # 0 = the rest of the context
+    generation_config: GenerationConfig = field(default_factory=GenerationConfig)  # the model's defaults
+
+    def default_max_tokens(self, prompt_len: int) -> int | None:
+        """`max_tokens` of a chat request that sets none: the model's generation config, capped by
+        the operator's `max_output_tokens` and by the context; None = the rest of the context."""
+        limits = [n for n in (self.generation_config.default_max_tokens(prompt_len), self.max_output_tokens) if n]
+        if not limits:
+            return None
+        return max(1, min(*limits, self.max_model_len - prompt_len))
 
     async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of a prompt. Long texts are tokenized in a worker thread without the GIL: on
