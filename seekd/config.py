@@ -171,7 +171,9 @@ class AdmissionConfig:
     engine_hang_timeout_s: float = 60.0  # no heartbeat this long with work in flight = hung: kill -9
     engine_max_restarts: int = 5  # more restarts than this within the window = crash loop: give up
     engine_restart_window_s: float = 300.0
-    drain_timeout_s: float = 30.0  # on SIGTERM, how long in-flight work may take to finish
+    # on SIGTERM, how long queued and running requests may take to finish; those left then end with
+    # a 503 (Retry-After) or, mid-stream, an error event and [DONE]
+    drain_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in (

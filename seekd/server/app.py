@@ -3,7 +3,8 @@
 The socket is bound before the model is loaded, so `/health` answers at once and `/ready` turns
 200 only when the engine core has loaded the model and the tokenizer is in memory.
 SIGTERM drains: new requests get 503 while queued and running ones finish (up to `drain_timeout_s`),
-then the server exits 0. A second SIGTERM, or Ctrl-C, stops at once.
+then the server exits 0; what is still running then ends with an error its client can read
+(`seekd.server.shutdown`). A second SIGTERM, or Ctrl-C, stops at once.
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from pathlib import Path
-from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -41,6 +40,7 @@ from seekd.server.generation import ServingContext
 from seekd.server.http_protocol import OpenAIErrorHttpProtocol
 from seekd.server.logprobs import TokenTexts
 from seekd.server.openai_routes import router
+from seekd.server.shutdown import DrainingServer, LiveRequests
 from seekd.server.supervisor import EngineSupervisor
 from seekd.text.tokenizer import Tokenizer
 
@@ -71,6 +71,7 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
         created=int(time.time()),
         metrics=app.state.metrics,
         admission=app.state.admission,
+        live=app.state.live,
         request_timeout_s=config.admission.request_timeout_s,
         tenant_cache_isolation=config.security.tenant_cache_isolation,
         max_prompt_tokens=config.server.max_prompt_tokens,
@@ -113,6 +114,7 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
     app.state.supervisor = None
     max_inflight = config.admission.max_inflight_requests or config.scheduler.max_num_seqs
     app.state.admission = AdmissionController(config.admission, max_inflight)
+    app.state.live = LiveRequests()
     install_error_handlers(app)
     # Outermost first: access log -> audit -> auth -> body limit -> routes.
     app.add_middleware(
@@ -214,51 +216,6 @@ def run_server(config: SeekdConfig) -> int:
         return 0
 
 
-class _DrainingServer(uvicorn.Server):
-    """uvicorn, except that the first SIGTERM drains before the usual graceful shutdown. The signal
-    is not recorded, so uvicorn does not re-raise it afterwards and the process exits 0."""
-
-    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout_s: float) -> None:
-        super().__init__(config)
-        self.fastapi_app = app
-        self.drain_timeout_s = drain_timeout_s
-        self.drain_task: asyncio.Task | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    async def serve(self, sockets=None) -> None:
-        self.loop = asyncio.get_running_loop()
-        await super().serve(sockets)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig == signal.SIGTERM and self.drain_task is None and self.loop is not None and not self.should_exit:
-            self.loop.call_soon_threadsafe(self._start_drain)
-            return
-        super().handle_exit(sig, frame)
-
-    def _start_drain(self) -> None:
-        if self.drain_task is None:
-            self.drain_task = asyncio.create_task(self._drain(), name="seekd-drain")
-
-    async def _drain(self) -> None:
-        admission: AdmissionController = self.fastapi_app.state.admission
-        logger.info(
-            "SIGTERM: draining (no new requests; %d queued, %d sequences running; up to %.0f s)",
-            len(admission.queue),
-            admission.inflight_seqs,
-            self.drain_timeout_s,
-        )
-        if await admission.drain(self.drain_timeout_s):
-            logger.info("drained: all requests finished; shutting down")
-        else:
-            logger.warning(
-                "drain timeout of %.0f s passed with %d queued and %d sequences running; shutting down anyway",
-                self.drain_timeout_s,
-                len(admission.queue),
-                admission.inflight_seqs,
-            )
-        self.should_exit = True
-
-
 async def _serve(config: SeekdConfig) -> int:
     failure = asyncio.Event()
     ssl_context = build_ssl_context(config.security)
@@ -274,7 +231,7 @@ async def _serve(config: SeekdConfig) -> int:
     )
     uvicorn_config.load()
     uvicorn_config.ssl = ssl_context  # ours: uvicorn cannot set a minimum TLS version
-    server = _DrainingServer(uvicorn_config, app, config.admission.drain_timeout_s)
+    server = DrainingServer(uvicorn_config, app, config.admission.drain_timeout_s)
     logger.info(
         "seekd %s starting on %s://%s:%d (model: %s)",
         __version__,
