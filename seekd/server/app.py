@@ -40,6 +40,7 @@ from seekd.server.generation import ServingContext
 from seekd.server.http_protocol import OpenAIErrorHttpProtocol
 from seekd.server.logprobs import TokenTexts
 from seekd.server.openai_routes import router
+from seekd.server.openapi import DESCRIPTION, KEYED, errors, install_openapi, probe
 from seekd.server.shutdown import DrainingServer, LiveRequests
 from seekd.server.supervisor import EngineSupervisor
 from seekd.text.tokenizer import Tokenizer
@@ -107,7 +108,7 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
                 await app.state.supervisor.stop()
             await app.state.engine.shutdown()
 
-    app = FastAPI(title="seekd", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="seekd", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.engine = None
     app.state.serving = None
     app.state.startup_error = None
@@ -133,8 +134,9 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
     app.include_router(router)
     app.include_router(admin_router)
     install_observability(app, config.model.display_name)
+    install_openapi(app)
 
-    @app.get("/health")
+    @app.get("/health", responses=probe())
     async def health(request: Request) -> JSONResponse:
         """Liveness: the server runs and its engine core has not died."""
         client: EngineClient | None = request.app.state.engine
@@ -147,7 +149,7 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
             )
         return JSONResponse({"status": "ok", **restarts})
 
-    @app.get("/ready")
+    @app.get("/ready", responses=probe(*KEYED))
     async def ready(request: Request) -> JSONResponse:
         """Readiness, plus the engine's latest stats (running/waiting requests, KV usage)."""
         ctx: ServingContext | None = request.app.state.serving
@@ -176,7 +178,7 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
             }
         )
 
-    @app.get("/v1/queue")
+    @app.get("/v1/queue", responses=errors(HTTPStatus.BAD_REQUEST, *KEYED))
     async def queue(request: Request) -> JSONResponse:
         """The caller's tenant's queued and running requests, and the estimated wait in the queue."""
         admission: AdmissionController = request.app.state.admission
