@@ -56,9 +56,10 @@ class LiveRequests:
             if not self._live:
                 self._empty.set()
 
-    def cut_all(self, error: APIError) -> None:
+    def cut_all(self, reason: str) -> None:
+        """Cut every request off, each with its own 503 error naming `reason`."""
         for request in list(self._live):
-            request.cut(error)
+            request.cut(shutting_down(reason))
 
     async def wait_empty(self, timeout_s: float) -> bool:
         try:
@@ -119,6 +120,6 @@ class DrainingServer(uvicorn.Server):
         live: LiveRequests = self.fastapi_app.state.live
         if len(live):
             self.fastapi_app.state.admission.draining = True  # nothing new starts meanwhile
-            live.cut_all(shutting_down(self.cut_reason))
+            live.cut_all(self.cut_reason)
             await live.wait_empty(CUT_GRACE_S)
         await super().shutdown(sockets)
