@@ -269,7 +269,11 @@ class AdmissionConfig:
         5, "more engine restarts than this within engine_restart_window_s is a crash loop: the server stops"
     )
     engine_restart_window_s: float = setting(300.0, "seconds over which engine_max_restarts counts restarts")
-    drain_timeout_s: float = setting(30.0, "on SIGTERM, seconds that queued and running requests get to finish")
+    drain_timeout_s: float = setting(
+        30.0,
+        "on SIGTERM, seconds that queued and running requests get to finish; those left then end with a 503 "
+        "(Retry-After) or, mid-stream, an error event and [DONE]",
+    )
 
     def __post_init__(self) -> None:
         for name in (

@@ -6,7 +6,6 @@ object either way.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -22,24 +21,15 @@ from seekd.engine.scheduler import Scheduler
 from seekd.engine.structured.backend import StructuredBackend
 from seekd.engine.tp_validation import check_tensor_parallel, rank_device
 from seekd.engine.tp_workers import TPDriver
+from seekd.models.generation_config import GenerationConfig, token_ids
 from seekd.models.hf_config import HFConfig
 
 logger = logging.getLogger(__name__)
 
 
 def eos_token_ids(folder: Path, hf_config: HFConfig) -> frozenset[int]:
-    """EOS ids from generation_config.json (may be a list) or config.json."""
-    ids: set[int] = set()
-    gen_path = folder / "generation_config.json"
-    sources = [json.loads(gen_path.read_text())] if gen_path.is_file() else []
-    sources.append(hf_config.to_dict())
-    for source in sources:
-        value = source.get("eos_token_id")
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list):
-            ids.update(int(v) for v in value)
-    return frozenset(ids)
+    """EOS ids from generation_config.json and config.json together."""
+    return GenerationConfig.from_folder(folder).eos_token_ids | token_ids(hf_config.get("eos_token_id"))
 
 
 class EngineCore:

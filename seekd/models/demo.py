@@ -13,8 +13,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-DEMO_VERSION = "4"
+DEMO_VERSION = "5"
 V4_VOCAB_SIZE = 129280  # DeepSeek-V4's embedding rows: the tokenizer's 129,280 ids, none padded
+# Its default answer length (generation_config.json): random weights never emit EOS, so without it a
+# request that sets no max_tokens would run to the end of the context, minutes on a CPU.
+DEMO_MAX_NEW_TOKENS = 256
 SLIDING, CSA, HCA = "sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"
 
 
@@ -124,6 +127,8 @@ def _write_demo_files(folder: Path) -> None:
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, ensure_ascii=False, indent=1))
     (folder / "config.json").write_text(json.dumps(demo_hf_config(vocab_size), indent=1))
+    generation_config = {"bos_token_id": 0, "eos_token_id": 1, "max_new_tokens": DEMO_MAX_NEW_TOKENS}
+    (folder / "generation_config.json").write_text(json.dumps(generation_config, indent=1))
     (folder / "README.md").write_text(
         "seekd-demo-random: a tiny DeepSeek-V4-architecture model with RANDOM weights (generated at load\n"
         "time) and DeepSeek-V4's real tokenizer. It produces gibberish by design and is meant for trying\n"

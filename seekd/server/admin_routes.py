@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from seekd.ops.keys import KeyStore
 from seekd.server.errors import APIError, invalid_request
+from seekd.server.openapi import KEYED, WITH_BODY, errors
 
 router = APIRouter(prefix="/admin")
 
@@ -52,12 +53,12 @@ def _store(request: Request) -> KeyStore:
     return request.app.state.key_store
 
 
-@router.get("/keys", response_model=KeyList)
+@router.get("/keys", response_model=KeyList, responses=errors(*KEYED))
 async def list_keys(request: Request) -> KeyList:
     return KeyList(data=[KeyInfo(**k.public()) for k in _store(request).list_keys()])
 
 
-@router.post("/keys", response_model=CreatedKey)
+@router.post("/keys", response_model=CreatedKey, responses=errors(*WITH_BODY, *KEYED))
 async def create_key(body: CreateKeyRequest, request: Request) -> CreatedKey:
     try:
         key, record = _store(request).create(body.tenant, body.role, tuple(body.models), body.rpm, body.tpm, body.name)
@@ -66,7 +67,7 @@ async def create_key(body: CreateKeyRequest, request: Request) -> CreatedKey:
     return CreatedKey(key=key, **record.public())
 
 
-@router.delete("/keys/{key_id}", response_model=KeyInfo)
+@router.delete("/keys/{key_id}", response_model=KeyInfo, responses=errors(*KEYED, HTTPStatus.NOT_FOUND))
 async def revoke_key(key_id: str, request: Request) -> KeyInfo:
     store = _store(request)
     if not store.revoke(key_id):

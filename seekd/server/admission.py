@@ -40,7 +40,7 @@ from starlette.requests import Request
 from seekd.config import AdmissionConfig
 from seekd.ops.auth import principal_of
 from seekd.ops.limits import KeyLimits, KeyRateLimiter, RateLimitExceeded, TenantRateLimiter, check_limits
-from seekd.server.errors import APIError
+from seekd.server.errors import APIError, shutting_down
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +123,13 @@ class Ticket:
     @property
     def queue_time(self) -> float:
         return (self.admitted_at or time.monotonic()) - self.arrival
+
+    def cut(self, error: APIError) -> bool:
+        """Stop waiting in the queue: `wait` raises `error`. False if the request was admitted."""
+        if self.granted is None or self.granted.done():
+            return False
+        self.granted.set_exception(error)
+        return True
 
 
 class FairQueue:
@@ -267,11 +274,7 @@ class AdmissionController:
     ) -> Ticket:
         """Admit at once, queue, or refuse (APIError 429/503) — synchronously, before any work."""
         if self.draining:
-            raise APIError(
-                HTTPStatus.SERVICE_UNAVAILABLE,
-                "the server is shutting down; retry on another replica or after it restarts",
-                code="server_shutting_down",
-            )
+            raise shutting_down("it takes no new requests")
         now = time.monotonic()
         ticket = Ticket(request_id, tenant, priority, cost, num_seqs, now, key_limits)
         if (len(self.queue) == 0 or self._is_newcomer(ticket)) and self._fits(ticket):

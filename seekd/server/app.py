@@ -3,7 +3,8 @@
 The socket is bound before the model is loaded, so `/health` answers at once and `/ready` turns
 200 only when the engine core has loaded the model and the tokenizer is in memory.
 SIGTERM drains: new requests get 503 while queued and running ones finish (up to `drain_timeout_s`),
-then the server exits 0. A second SIGTERM, or Ctrl-C, stops at once.
+then the server exits 0; what is still running then ends with an error its client can read
+(`seekd.server.shutdown`). A second SIGTERM, or Ctrl-C, stops at once.
 """
 
 from __future__ import annotations
@@ -11,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from pathlib import Path
-from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -24,6 +23,7 @@ from fastapi.responses import JSONResponse
 
 from seekd import __version__
 from seekd.config import SeekdConfig
+from seekd.models.generation_config import GenerationConfig
 from seekd.ops.audit import AUDIT_FILE, AuditLog, ContentCipher, load_key
 from seekd.ops.auth import Authenticator, AuthMiddleware, check_bind_is_safe, principal_of
 from seekd.ops.keys import KeyStore
@@ -40,6 +40,8 @@ from seekd.server.generation import ServingContext
 from seekd.server.http_protocol import OpenAIErrorHttpProtocol
 from seekd.server.logprobs import TokenTexts
 from seekd.server.openai_routes import router
+from seekd.server.openapi import DESCRIPTION, KEYED, errors, install_openapi, probe
+from seekd.server.shutdown import DrainingServer, LiveRequests
 from seekd.server.supervisor import EngineSupervisor
 from seekd.text.tokenizer import Tokenizer
 
@@ -51,6 +53,7 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
     try:
         info = await client.start()
         tokenizer = await asyncio.to_thread(Tokenizer, Path(info.model_folder))
+        generation_config = GenerationConfig.from_folder(info.model_folder)
     except Exception as e:
         logger.error("cannot serve: %s", e)
         app.state.startup_error = str(e)
@@ -69,10 +72,12 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
         created=int(time.time()),
         metrics=app.state.metrics,
         admission=app.state.admission,
+        live=app.state.live,
         request_timeout_s=config.admission.request_timeout_s,
         tenant_cache_isolation=config.security.tenant_cache_isolation,
         max_prompt_tokens=config.server.max_prompt_tokens,
         max_output_tokens=config.server.max_output_tokens,
+        generation_config=generation_config,
     )
     demo = " (demo model with RANDOM weights)" if config.model.model is None else ""
     logger.info(
@@ -103,13 +108,14 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
                 await app.state.supervisor.stop()
             await app.state.engine.shutdown()
 
-    app = FastAPI(title="seekd", version=__version__, lifespan=lifespan)
+    app = FastAPI(title="seekd", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.engine = None
     app.state.serving = None
     app.state.startup_error = None
     app.state.supervisor = None
     max_inflight = config.admission.max_inflight_requests or config.scheduler.max_num_seqs
     app.state.admission = AdmissionController(config.admission, max_inflight)
+    app.state.live = LiveRequests()
     install_error_handlers(app)
     # Outermost first: access log -> audit -> auth -> body limit -> routes.
     app.add_middleware(
@@ -128,8 +134,9 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
     app.include_router(router)
     app.include_router(admin_router)
     install_observability(app, config.model.display_name)
+    install_openapi(app)
 
-    @app.get("/health")
+    @app.get("/health", responses=probe())
     async def health(request: Request) -> JSONResponse:
         """Liveness: the server runs and its engine core has not died."""
         client: EngineClient | None = request.app.state.engine
@@ -142,7 +149,7 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
             )
         return JSONResponse({"status": "ok", **restarts})
 
-    @app.get("/ready")
+    @app.get("/ready", responses=probe(*KEYED))
     async def ready(request: Request) -> JSONResponse:
         """Readiness, plus the engine's latest stats (running/waiting requests, KV usage)."""
         ctx: ServingContext | None = request.app.state.serving
@@ -171,7 +178,7 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
             }
         )
 
-    @app.get("/v1/queue")
+    @app.get("/v1/queue", responses=errors(HTTPStatus.BAD_REQUEST, *KEYED))
     async def queue(request: Request) -> JSONResponse:
         """The caller's tenant's queued and running requests, and the estimated wait in the queue."""
         admission: AdmissionController = request.app.state.admission
@@ -211,51 +218,6 @@ def run_server(config: SeekdConfig) -> int:
         return 0
 
 
-class _DrainingServer(uvicorn.Server):
-    """uvicorn, except that the first SIGTERM drains before the usual graceful shutdown. The signal
-    is not recorded, so uvicorn does not re-raise it afterwards and the process exits 0."""
-
-    def __init__(self, config: uvicorn.Config, app: FastAPI, drain_timeout_s: float) -> None:
-        super().__init__(config)
-        self.fastapi_app = app
-        self.drain_timeout_s = drain_timeout_s
-        self.drain_task: asyncio.Task | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-
-    async def serve(self, sockets=None) -> None:
-        self.loop = asyncio.get_running_loop()
-        await super().serve(sockets)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig == signal.SIGTERM and self.drain_task is None and self.loop is not None and not self.should_exit:
-            self.loop.call_soon_threadsafe(self._start_drain)
-            return
-        super().handle_exit(sig, frame)
-
-    def _start_drain(self) -> None:
-        if self.drain_task is None:
-            self.drain_task = asyncio.create_task(self._drain(), name="seekd-drain")
-
-    async def _drain(self) -> None:
-        admission: AdmissionController = self.fastapi_app.state.admission
-        logger.info(
-            "SIGTERM: draining (no new requests; %d queued, %d sequences running; up to %.0f s)",
-            len(admission.queue),
-            admission.inflight_seqs,
-            self.drain_timeout_s,
-        )
-        if await admission.drain(self.drain_timeout_s):
-            logger.info("drained: all requests finished; shutting down")
-        else:
-            logger.warning(
-                "drain timeout of %.0f s passed with %d queued and %d sequences running; shutting down anyway",
-                self.drain_timeout_s,
-                len(admission.queue),
-                admission.inflight_seqs,
-            )
-        self.should_exit = True
-
-
 async def _serve(config: SeekdConfig) -> int:
     failure = asyncio.Event()
     ssl_context = build_ssl_context(config.security)
@@ -272,7 +234,7 @@ async def _serve(config: SeekdConfig) -> int:
     )
     uvicorn_config.load()
     uvicorn_config.ssl = ssl_context  # ours: uvicorn cannot set a minimum TLS version
-    server = _DrainingServer(uvicorn_config, app, config.admission.drain_timeout_s)
+    server = DrainingServer(uvicorn_config, app, config.admission.drain_timeout_s)
     logger.info(
         "seekd %s starting on %s://%s:%d (model: %s)",
         __version__,

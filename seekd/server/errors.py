@@ -48,6 +48,19 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
     return APIError(HTTPStatus.BAD_REQUEST, message, param=param, code=code)
 
 
+SHUTDOWN_RETRY_AFTER_S = 5  # by then a retry reaches another replica, or this one restarted
+
+
+def shutting_down(detail: str) -> APIError:
+    """503 for work a stopping server will not do (refused while it drains, or cut off after)."""
+    return APIError(
+        HTTPStatus.SERVICE_UNAVAILABLE,
+        f"the server is shutting down: {detail}; retry on another replica or after it restarts",
+        code="server_shutting_down",
+        headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER_S)},
+    )
+
+
 def _default_type(status: int) -> str:
     if status == HTTPStatus.NOT_FOUND:
         return "not_found_error"

@@ -18,16 +18,18 @@ from http import HTTPStatus
 
 from seekd.engine.outputs import EngineOutput, TokenLogprob
 from seekd.engine.request import EngineCoreRequest
+from seekd.models.generation_config import GenerationConfig
 from seekd.ops.auth import cache_salt_for
 from seekd.ops.metrics import ServerMetrics
 from seekd.sampling_params import SamplingParams
-from seekd.server.admission import AdmissionController, RequestPolicy
+from seekd.server.admission import AdmissionController, RequestPolicy, Ticket
 from seekd.server.engine_client import EngineClient, EngineDeadError, EngineRequestError, RequestStream
 from seekd.server.errors import APIError, invalid_request
 from seekd.server.logprobs import TokenTexts
 from seekd.server.protocol import CompletionTokensDetails, PromptTokensDetails, SamplingFields, Usage
 from seekd.server.reasoning import ReasoningTags, ReasoningTokenCounter
 from seekd.server.response_format import structured_from_response_format
+from seekd.server.shutdown import LiveRequests
 from seekd.text.detokenizer import IncrementalDetokenizer
 from seekd.text.tokenizer import Tokenizer
 
@@ -47,10 +49,20 @@ class ServingContext:
     created: int
     metrics: ServerMetrics
     admission: AdmissionController
+    live: LiveRequests
     request_timeout_s: float  # default deadline of a request; 0 = none
     tenant_cache_isolation: bool = True  # prefix-cache hits only within a tenant
     max_prompt_tokens: int = 0  # 0 = the context length is the only bound
     max_output_tokens: int = 0  # 0 = the rest of the context
+    generation_config: GenerationConfig = field(default_factory=GenerationConfig)  # the model's defaults
+
+    def default_max_tokens(self, prompt_len: int) -> int | None:
+        """`max_tokens` of a chat request that sets none: the model's generation config, capped by
+        the operator's `max_output_tokens` and by the context; None = the rest of the context."""
+        limits = [n for n in (self.generation_config.default_max_tokens(prompt_len), self.max_output_tokens) if n]
+        if not limits:
+            return None
+        return max(1, min(*limits, self.max_model_len - prompt_len))
 
     async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of a prompt. Long texts are tokenized in a worker thread without the GIL: on
@@ -253,6 +265,9 @@ class Generation:
         self.tracker = ctx.metrics.track()
         self.choices: list[Choice] = []
         self._requests: list[EngineCoreRequest] = []
+        self._ticket: Ticket | None = None
+        self._stream: RequestStream | None = None
+        self._cut: APIError | None = None  # why the server ended it (shutdown)
         cache_salt = cache_salt_for(policy.tenant, policy.request_cache_salt, ctx.tenant_cache_isolation)
         for p, prompt in enumerate(prompts):
             for i in range(params.n):
@@ -301,12 +316,31 @@ class Generation:
             if e.status == HTTPStatus.TOO_MANY_REQUESTS:
                 self.ctx.metrics.request_rejected("rate_limit" if e.code == "rate_limit_exceeded" else "queue_full")
             raise
+        self._ticket = ticket
         try:
-            await admission.wait(ticket, self.policy.deadline)
-            async for update in self._generate():
-                yield update
+            with self.ctx.live.track(self):
+                await admission.wait(ticket, self.policy.deadline)
+                async for update in self._generate():
+                    yield update
         finally:
             admission.release(ticket)
+
+    def cut(self, error: APIError) -> None:
+        """End the request now with `error` (the server is stopping): a queued request leaves the
+        queue, a running one's outputs so far go out first, then the error."""
+        if self._cut is not None:
+            return
+        self._cut = error
+        queued = self._ticket is not None and self._ticket.cut(error)
+        if self._stream is not None:
+            self._stream.put(error)
+        logger.warning(
+            "cut off request_id=%s tenant=%s %s: %s",
+            self.request_id,
+            self.policy.tenant,
+            "while queued" if queued else f"after {self.completion_tokens} completion tokens",
+            error.message,
+        )
 
     def _deadline_error(self) -> APIError:
         return APIError(
@@ -327,9 +361,11 @@ class Generation:
 
     async def _generate(self) -> AsyncIterator[ChoiceUpdate]:
         by_engine_id = {c.engine_id: c for c in self.choices}
+        if self._cut is not None:  # cut between its admission and now
+            raise self._cut
         self.tracker.on_scheduled()
         try:
-            stream = self.ctx.client.submit(self._requests)
+            stream = self._stream = self.ctx.client.submit(self._requests)
         except EngineDeadError as e:
             raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, str(e), code="engine_unavailable") from e
         logger.debug(

@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, Response
 from seekd.ops.auth import principal_of
 from seekd.server.errors import APIError
 from seekd.server.generation import ServingContext
+from seekd.server.openapi import GENERATION, KEYED, errors, streamed
 from seekd.server.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -71,7 +72,7 @@ def _new_request_id(request: Request, prefix: str) -> str:
     return request_id
 
 
-@router.get("/v1/models", response_model=ModelList)
+@router.get("/v1/models", response_model=ModelList, responses=errors(*KEYED, HTTPStatus.SERVICE_UNAVAILABLE))
 async def list_models(request: Request) -> ModelList:
     ctx = serving_context(request)
     principal = principal_of(request.scope)
@@ -80,7 +81,11 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[_model_card(ctx)])
 
 
-@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+@router.get(
+    "/v1/models/{model_id:path}",
+    response_model=ModelCard,
+    responses=errors(*KEYED, HTTPStatus.NOT_FOUND, HTTPStatus.SERVICE_UNAVAILABLE),
+)
 async def retrieve_model(model_id: str, request: Request) -> ModelCard:
     """`client.models.retrieve(id)`; a name with a '/' (an organisation/model id) is one path."""
     ctx = serving_context(request)
@@ -92,7 +97,7 @@ def _model_card(ctx: ServingContext) -> ModelCard:
     return ModelCard(id=ctx.served_model_name, created=ctx.created, max_model_len=ctx.max_model_len)
 
 
-@router.post("/v1/chat/completions", responses={200: {"model": ChatCompletionResponse}})
+@router.post("/v1/chat/completions", responses={**streamed(ChatCompletionResponse), **GENERATION})
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     ctx = serving_context(request)
     _check_model(ctx, body.model, request)
@@ -103,7 +108,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         return JSONResponse({}, status_code=CLIENT_CLOSED_REQUEST)
 
 
-@router.post("/v1/completions", responses={200: {"model": CompletionResponse}})
+@router.post("/v1/completions", responses={**streamed(CompletionResponse), **GENERATION})
 async def completions(body: CompletionRequest, request: Request) -> Response:
     ctx = serving_context(request)
     _check_model(ctx, body.model, request)

@@ -120,8 +120,8 @@ async def create_chat_completion(
         raise invalid_request(str(e), param="messages") from e
     prompt_ids = await ctx.encode(prompt_text, add_special_tokens=False)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    if max_tokens is None and ctx.max_output_tokens:  # "the rest of the context", capped by the operator
-        max_tokens = max(1, min(ctx.max_output_tokens, ctx.max_model_len - len(prompt_ids)))
+    if max_tokens is None:
+        max_tokens = ctx.default_max_tokens(len(prompt_ids))
     check_context_length(len(prompt_ids), max_tokens, ctx.max_model_len, "messages")
     check_input_limits(ctx, len(prompt_ids), max_tokens, "messages")
     num_top = (req.top_logprobs or 0) if req.logprobs else None

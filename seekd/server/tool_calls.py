@@ -5,8 +5,9 @@ generated text turned into `tool_calls`.
   from `seekd.text.tool_parsers`); "none": the tools are not shown to the model and nothing is parsed.
 - "required" and a named function are enforced by grammar: the output is constrained to JSON (the
   named function's arguments, or an array of {name, arguments} over the tools) and that JSON becomes
-  the calls directly, with no markup in between. Such output is all answer: there is no reasoning
-  to split off, since the grammar allows JSON from the first token on.
+  the calls directly, with no markup in between, streamed as it is written
+  (`seekd.server.forced_calls`). Such output is all answer: there is no reasoning to split off,
+  since the grammar allows JSON from the first token on.
 - `parallel_tool_calls: false`: at most one call (the grammar's maxItems; with "auto", later calls
   are dropped).
 - The legacy `functions`/`function_call` form is read as tools (`seekd.server.legacy_functions`).
@@ -25,6 +26,7 @@ from typing import Any
 
 from seekd.sampling_params import StructuredOutputParams
 from seekd.server.errors import invalid_request
+from seekd.server.forced_calls import ForcedCallReader
 from seekd.server.legacy_functions import tool_fields
 from seekd.server.protocol import ChatCompletionRequest, DeltaFunctionCall, DeltaToolCall, FunctionCall, ToolCallOut
 from seekd.server.reasoning import ReasoningParser
@@ -250,10 +252,9 @@ class ChoiceOutput:
         constrained = setup.structured is not None
         self.reasoning = ReasoningParser(in_reasoning) if in_reasoning or not constrained else None
         self.tools: ToolParser | None = make_tool_parser(setup.tool_format) if setup.mode == "auto" else None
+        self.forced = ForcedCallReader(setup.named) if constrained else None
         self.ids: list[str] = []
         self.calls: list[ToolCallOut] = []
-        self._json = ""  # constrained output so far
-        self._json_pos = 0  # required: where the next array element starts
 
     @property
     def has_calls(self) -> bool:
@@ -261,19 +262,19 @@ class ChoiceOutput:
 
     def feed(self, text: str) -> ChatDelta:
         if self.reasoning is None:
-            return self._constrained(text, final=False)
+            return self._constrained(text)
         split = self.reasoning.feed(text)
         return self._route(split.reasoning, split.content, final=False)
 
     def finish(self) -> ChatDelta:
         if self.reasoning is None:
-            return self._constrained("", final=True)
+            return self._constrained("")
         split = self.reasoning.finish()
         return self._route(split.reasoning, split.content, final=True)
 
     def _route(self, reasoning: str, content: str, final: bool) -> ChatDelta:
         if self.setup.structured is not None:  # the forced call, once the reasoning is over
-            out = self._constrained(content, final) if content or self._json else ChatDelta()
+            out = self._constrained(content) if content or self.forced.started else ChatDelta()
             out.reasoning = reasoning
             return out
         if self.tools is None:
@@ -310,35 +311,8 @@ class ChoiceOutput:
             self.calls[piece.index].function.arguments += piece.arguments
         return out
 
-    def _constrained(self, text: str, final: bool) -> ChatDelta:
-        self._json += text
-        if self.setup.mode == "named":
-            pieces = []
-            if not self.ids:
-                pieces.append(ToolCallDelta(0, name=self.setup.named))
-            body = self._json.strip()
-            pieces.append(
-                ToolCallDelta(0, arguments=body[len(self.calls[0].function.arguments) if self.calls else 0 :])
-            )
-            return ChatDelta(tool_calls=self._deltas(pieces))
-        return ChatDelta(tool_calls=self._deltas(self._array_elements()))
-
-    def _array_elements(self) -> list[ToolCallDelta]:
-        """Each {name, arguments} element of the constrained array, once it is complete."""
-        decoder, text, out = json.JSONDecoder(), self._json, []
-        while True:
-            pos = self._json_pos
-            while pos < len(text) and text[pos] in " \t\r\n[,":
-                pos += 1
-            try:
-                element, end = decoder.raw_decode(text, pos)
-            except json.JSONDecodeError:
-                return out
-            self._json_pos = end
-            if isinstance(element, dict) and isinstance(element.get("name"), str):
-                index = len(self.ids) + len([p for p in out if p.name is not None])
-                arguments = json.dumps(element.get("arguments", {}), ensure_ascii=False)
-                out.append(ToolCallDelta(index, name=element["name"], arguments=arguments))
+    def _constrained(self, text: str) -> ChatDelta:
+        return ChatDelta(tool_calls=self._deltas(self.forced.feed(text)))
 
 
 def merge_tool_deltas(deltas: list[DeltaToolCall]) -> list[DeltaToolCall]:

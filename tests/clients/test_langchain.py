@@ -281,14 +281,23 @@ def test_nested_models_as_tools_under_any_and_sets_under_auto(server: ServerHand
     assert auto.response_metadata["finish_reason"] in ("stop", "length", "tool_calls")
 
 
-def test_required_parallel_calls_cut_by_max_tokens_keep_only_whole_calls(server: ServerHandle) -> None:
-    """Random weights keep adding calls to the array; the calls that were finished arrive whole
-    (streamed or not), the cut-off one is dropped, and the reason stays "length"."""
+def test_required_parallel_calls_cut_by_max_tokens_keep_whole_calls_and_the_cut_ones_start(
+    server: ServerHandle,
+) -> None:
+    """Random weights keep adding calls to the array until max_tokens: the finished calls arrive whole
+    and valid, streamed or not, and the call that was cut off keeps what was generated of it (its
+    arguments stream as they are written, as with "auto" and as OpenAI sends them); the reason is
+    "length" and streamed and whole agree."""
     llm = chat_model(server, max_tokens=70, seed=1).bind_tools([get_weather], tool_choice="required", **STRICT)
     whole, streamed = llm.invoke(HISTORY), add_chunks(list(llm.stream(HISTORY)))
     for message in (whole, streamed):
-        assert not message.invalid_tool_calls and message.tool_calls
-        assert all(get_weather.invoke(call["args"]) for call in message.tool_calls)
+        assert message.response_metadata["finish_reason"] == "length"
+        *finished, _ = message.tool_calls
+        assert finished and all(get_weather.invoke(call["args"]) for call in finished)
+    *finished_raw, cut_raw = [chunk["args"] for chunk in streamed.tool_call_chunks]
+    assert all(json.loads(args) for args in finished_raw)
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(cut_raw)
     assert [c["args"] for c in streamed.tool_calls] == [c["args"] for c in whole.tool_calls]
     assert len({c["id"] for c in whole.tool_calls}) == len(whole.tool_calls)
 

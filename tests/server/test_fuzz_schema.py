@@ -1,7 +1,8 @@
 """Schema fuzzing of a live `seekd serve` with schemathesis: requests generated from the server's own
-OpenAPI schema — valid ones and deliberately invalid ones — never get a 5xx, and every refusal is an
-OpenAI error object. Bounded (MAX_CASES requests) and derandomized, so CI sees the same cases on
-every run; the server's input limits keep each generation short."""
+OpenAPI schema — valid ones and deliberately invalid ones — never get a 5xx, every refusal is an
+OpenAI error object, and every response is one the schema declares (status, content type, body).
+Bounded (MAX_CASES requests) and derandomized, so CI sees the same cases on every run; the server's
+input limits keep each generation short."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from schemathesis.checks import content_type_conformance, response_schema_conformance, status_code_conformance
 
 from seekd.ops.audit import ContentCipher, verify
 from seekd.ops.keys import KeyStore
@@ -23,6 +25,8 @@ from .conftest import ServerHandle, running_server
 pytestmark = pytest.mark.slow
 
 MAX_CASES = 200  # over every operation, valid and invalid inputs
+# the response's status is one its operation declares, with the declared content type and schema
+CONFORMANCE = [status_code_conformance, content_type_conformance, response_schema_conformance]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +96,7 @@ def test_schema_fuzz_finds_no_server_errors(server: ServerHandle, admin_key) -> 
     def run(case: schemathesis.Case) -> None:
         response = case.call(base_url=server.base_url, headers=auth, timeout=60)
         seen.append((case.operation.label, response.status_code))
+        case.validate_response(response, checks=CONFORMANCE)  # raises, with a curl line that reproduces it
         if response.status_code >= 500:
             failures.append(f"{case.operation.label} -> {response.status_code}: {case.body!r} {response.text[:300]}")
         elif response.status_code >= 400:

@@ -89,6 +89,19 @@ def test_chat_completion_splits_reasoning_and_counts_usage(client: openai.OpenAI
     assert resp.usage.prompt_tokens_details.cached_tokens >= 0
 
 
+def test_readme_first_example_answers_in_the_demo_models_default_length(client: openai.OpenAI) -> None:
+    """No max_tokens: the demo's generation config (256 new tokens) bounds the answer, so the README's
+    first request takes seconds; it once ran to the end of the 8k context (about 90 s here)."""
+    start = time.monotonic()
+    resp = client.with_options(timeout=30).chat.completions.create(
+        model="seekd-demo-random",
+        messages=[{"role": "user", "content": "Hi"}],
+        extra_body={**THINKING, "ignore_eos": True},
+    )
+    assert resp.usage.completion_tokens == 256 and resp.choices[0].finish_reason == "length"
+    assert time.monotonic() - start < 30
+
+
 def test_thinking_options_choose_the_mode_like_deepseek_and_vllm(client: openai.OpenAI, model: str) -> None:
     """Chat mode by default (the answer is content); thinking via DeepSeek's `thinking`, vLLM's
     `chat_template_kwargs` or a reasoning_effort; usage counts the prompt the encoder built."""

@@ -116,6 +116,35 @@ def test_streamed_and_whole_give_the_same_call(server):
     assert named_whole == named_stream and required_whole == required_stream
 
 
+@pytest.mark.parametrize("tool_choice", ["required", NAMED], ids=["required", "named"])
+def test_forced_call_arguments_stream_in_pieces_as_generated(server, tool_choice):
+    """As with "auto": the name first, then the arguments in many chunks while they are generated
+    (a forced call once sent all its arguments in one chunk at the end)."""
+    client = openai.OpenAI(base_url=server.api_url, api_key="none", max_retries=0)
+    common = dict(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Weather in Tokyo for a week?"}],
+        tools=TOOLS,
+        tool_choice=tool_choice,
+        parallel_tool_calls=False,
+        max_tokens=64,
+        temperature=0,
+    )
+    whole = client.chat.completions.create(**common).choices[0]
+    assert whole.finish_reason == "tool_calls", whole
+    pieces, names, finish = [], [], None
+    for chunk in client.chat.completions.create(**common, stream=True):
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for d in choice.delta.tool_calls or []:
+                assert d.index == 0
+                names += [d.function.name] if d.function.name else []
+                pieces += [d.function.arguments] if d.function.arguments else []
+    assert finish == "tool_calls" and names == [whole.message.tool_calls[0].function.name]
+    assert len(pieces) >= 4, pieces
+    assert json.loads("".join(pieces)) == json.loads(whole.message.tool_calls[0].function.arguments)
+
+
 BAD = [
     ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice", "nope"),
     ({"tool_choice": "required"}, "tool_choice", "needs tools"),
