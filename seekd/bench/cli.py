@@ -65,61 +65,152 @@ def _add_soak_parser(sub: argparse._SubParsersAction) -> None:
         "when a request was lost, errors exceed the bound, the server did not return to idle, or "
         "RSS/FDs/threads grew. Durations take s, m, h (90, 20m, 2h, 1h30m).",
     )
-    p.add_argument("--duration", type=duration, default=duration("1h"), help="how long to send load (default: 1h)")
+    p.add_argument(
+        "--duration", metavar="DUR", type=duration, default=duration("1h"), help="how long to send load (default: 1h)"
+    )
     srv = p.add_argument_group("server")
-    srv.add_argument("--url", default=None, help="soak a running server at this root URL (default: start seekd serve)")
-    srv.add_argument("--model", default=None, help="model folder for the started server (default: the demo model)")
     srv.add_argument(
-        "--shape", default=None, help="public shape with dummy weights, e.g. r1-distill-qwen-7b (default: none)"
+        "--url", metavar="URL", default=None, help="soak a running server at this root URL (default: start seekd serve)"
     )
-    srv.add_argument("--serve-args", default="", help='extra `seekd serve` flags, one string (default: "")')
-    srv.add_argument("--data-dir", type=Path, default=None, help="started server's data dir (default: a temporary one)")
-    srv.add_argument("--startup-timeout", type=duration, default=600.0, help="seconds for it to load (default: 600)")
-    srv.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"), help="for --url (default: $OPENAI_API_KEY)")
-    srv.add_argument("--served-model", default=None, help="model name to request (default: the first of /v1/models)")
+    srv.add_argument(
+        "--model", metavar="DIR", default=None, help="model folder for the started server (default: the demo model)"
+    )
+    srv.add_argument(
+        "--shape",
+        metavar="NAME",
+        default=None,
+        help="public shape, dummy weights, e.g. r1-distill-qwen-7b (default: none)",
+    )
+    srv.add_argument(
+        "--serve-args", metavar="FLAGS", default="", help='extra `seekd serve` flags, one string (default: "")'
+    )
+    srv.add_argument(
+        "--data-dir",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="started server's data dir (default: a temporary one)",
+    )
+    srv.add_argument(
+        "--startup-timeout", metavar="DUR", type=duration, default=600.0, help="seconds for it to load (default: 600)"
+    )
+    srv.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get("OPENAI_API_KEY"),
+        help="for --url (default: $OPENAI_API_KEY)",
+    )
+    srv.add_argument(
+        "--served-model", metavar="NAME", default=None, help="model name to request (default: the first of /v1/models)"
+    )
     w = p.add_argument_group("workload")
-    w.add_argument("--concurrency", type=int, default=6, help="clients sending back to back (default: 6)")
-    w.add_argument("--burst", type=int, default=16, help="simultaneous requests opening each cycle (default: 16)")
-    w.add_argument("--active", type=duration, default=50.0, help="seconds of load per cycle (default: 50)")
+    w.add_argument("--concurrency", metavar="N", type=int, default=6, help="clients sending back to back (default: 6)")
     w.add_argument(
-        "--idle", type=duration, default=10.0, help="seconds of idle per cycle, incl. settling (default: 10)"
+        "--burst", metavar="N", type=int, default=16, help="simultaneous requests opening each cycle (default: 16)"
     )
-    w.add_argument("--max-tokens", type=int, default=32, help="max_tokens, drawn in [half, this] (default: 32)")
-    w.add_argument("--prompt-tokens", type=int, default=64, help="short prompt words, at most (default: 64)")
-    w.add_argument("--long-prompt-tokens", type=int, default=3000, help="long prompt words, at most (default: 3000)")
-    w.add_argument("--mix", default=DEFAULT_MIX, help=f"kind=weight of {', '.join(KINDS)} (default: %(default)s)")
     w.add_argument(
-        "--timeout", type=duration, default=300.0, help="seconds before a request counts as hung (default: 300)"
+        "--active", metavar="DUR", type=duration, default=50.0, help="seconds of load per cycle (default: 50)"
     )
-    w.add_argument("--seed", type=int, default=0, help="seed of the workload and kill times (default: 0)")
+    w.add_argument(
+        "--idle",
+        metavar="DUR",
+        type=duration,
+        default=10.0,
+        help="seconds of idle per cycle, incl. settling (default: 10)",
+    )
+    w.add_argument(
+        "--max-tokens", metavar="N", type=int, default=32, help="max_tokens, drawn in [half, this] (default: 32)"
+    )
+    w.add_argument(
+        "--prompt-tokens", metavar="N", type=int, default=64, help="short prompt words, at most (default: 64)"
+    )
+    w.add_argument(
+        "--long-prompt-tokens", metavar="N", type=int, default=3000, help="long prompt words, at most (default: 3000)"
+    )
+    w.add_argument(
+        "--mix", metavar="MIX", default=DEFAULT_MIX, help=f"kind=weight of {', '.join(KINDS)} (default: %(default)s)"
+    )
+    w.add_argument(
+        "--timeout",
+        metavar="DUR",
+        type=duration,
+        default=300.0,
+        help="seconds before a request counts as hung (default: 300)",
+    )
+    w.add_argument("--seed", metavar="N", type=int, default=0, help="seed of the workload and kill times (default: 0)")
     k = p.add_argument_group("engine kills")
     k.add_argument(
         "--kill-every",
+        metavar="DUR",
         type=duration,
         default=600.0,
         help="one SIGKILL of the engine core per slot; 0: never (default: 10m)",
     )
-    k.add_argument("--restart-timeout", type=duration, default=300.0, help="seconds a restart may take (default: 300)")
+    k.add_argument(
+        "--restart-timeout",
+        metavar="DUR",
+        type=duration,
+        default=300.0,
+        help="seconds a restart may take (default: 300)",
+    )
     m = p.add_argument_group("sampling and verdict")
-    m.add_argument("--sample-interval", type=duration, default=5.0, help="seconds between server samples (default: 5)")
-    m.add_argument("--window", type=duration, default=60.0, help="seconds per latency window (default: 60)")
-    m.add_argument("--warmup", type=duration, default=None, help="growth ignored before (default: 20%% of run, <= 5m)")
     m.add_argument(
-        "--idle-timeout", type=duration, default=60.0, help="seconds to become quiet when idle (default: 60)"
+        "--sample-interval",
+        metavar="DUR",
+        type=duration,
+        default=5.0,
+        help="seconds between server samples (default: 5)",
     )
-    m.add_argument("--max-error-rate", type=float, default=0.01, help="errors + 429s per request (default: 0.01)")
-    m.add_argument("--rss-growth-pct", type=float, default=10.0, help="idle RSS growth allowed, %% (default: 10)")
-    m.add_argument("--rss-growth-mib", type=float, default=32.0, help="plus this many MiB (default: 32)")
-    m.add_argument("--fd-growth", type=int, default=8, help="idle open-FD growth allowed (default: 8)")
-    m.add_argument("--thread-growth", type=int, default=4, help="idle thread-count growth allowed (default: 4)")
-    m.add_argument("--kv-idle-pct", type=float, default=0.0, help="KV usage allowed when idle, %% (default: 0)")
+    m.add_argument(
+        "--window", metavar="DUR", type=duration, default=60.0, help="seconds per latency window (default: 60)"
+    )
+    m.add_argument(
+        "--warmup",
+        metavar="DUR",
+        type=duration,
+        default=None,
+        help="growth ignored before (default: 20%% of run, <= 5m)",
+    )
+    m.add_argument(
+        "--idle-timeout",
+        metavar="DUR",
+        type=duration,
+        default=60.0,
+        help="seconds to become quiet when idle (default: 60)",
+    )
+    m.add_argument(
+        "--max-error-rate", metavar="X", type=float, default=0.01, help="errors + 429s per request (default: 0.01)"
+    )
+    m.add_argument(
+        "--rss-growth-pct", metavar="X", type=float, default=10.0, help="idle RSS growth allowed, %% (default: 10)"
+    )
+    m.add_argument("--rss-growth-mib", metavar="X", type=float, default=32.0, help="plus this many MiB (default: 32)")
+    m.add_argument("--fd-growth", metavar="N", type=int, default=8, help="idle open-FD growth allowed (default: 8)")
+    m.add_argument(
+        "--thread-growth", metavar="N", type=int, default=4, help="idle thread-count growth allowed (default: 4)"
+    )
+    m.add_argument(
+        "--kv-idle-pct", metavar="X", type=float, default=0.0, help="KV usage allowed when idle, %% (default: 0)"
+    )
     o = p.add_argument_group("output")
-    o.add_argument("--out", type=Path, default=None, help="result JSON (default: benchmarks/results/soak_<tag>.json)")
-    o.add_argument("--tag", default=None, help="names the result (default: <model>_<cpu|cuda>, e.g. demo_cpu)")
     o.add_argument(
-        "--server-log", type=Path, default=None, help="started server's log (default: <tmp>/<out name>.server.log)"
+        "--out",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="result JSON (default: benchmarks/results/soak_<tag>.json)",
     )
-    o.add_argument("--note", default=None, help="free text kept in the result (default: none)")
+    o.add_argument(
+        "--tag", metavar="TAG", default=None, help="names the result (default: <model>_<cpu|cuda>, e.g. demo_cpu)"
+    )
+    o.add_argument(
+        "--server-log",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="started server's log (default: <tmp>/<out name>.server.log)",
+    )
+    o.add_argument("--note", metavar="TEXT", default=None, help="free text kept in the result (default: none)")
 
 
 def _add_serve_parser(sub: argparse._SubParsersAction) -> None:

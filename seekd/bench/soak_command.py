@@ -19,7 +19,7 @@ from seekd.bench.cli import first_model
 from seekd.bench.report import host_info, redact_api_key, result_header, write_json
 from seekd.bench.soak import Soak, SoakSettings
 from seekd.bench.soak_checks import Tolerances
-from seekd.bench.soak_probe import LocalServer, local_server, parent_pid, process_stats
+from seekd.bench.soak_probe import LocalServer, local_server, parent_pid, process_stats, summarize_log
 from seekd.bench.soak_report import build_result, summary_tables
 from seekd.bench.soak_workload import parse_mix
 from seekd.progress import progress_bar
@@ -107,7 +107,7 @@ def _server(args: argparse.Namespace, out: Path, console: Console) -> Iterator[t
         work = Path(tmp)
         log = args.server_log or Path(tempfile.gettempdir()) / f"{out.stem}.server.log"
         serve_args = _serve_args(args, work)
-        console.print(f"starting seekd serve {shlex.join(serve_args)} (log: {log})")
+        console.print(f"starting seekd serve {shlex.join(serve_args) or '(the demo model)'}; log: {log}")
         with local_server(serve_args, args.data_dir or work / "data", log, args.startup_timeout) as server:
             yield server.base_url, server
 
@@ -136,7 +136,14 @@ def cmd_soak(args: argparse.Namespace, argv: Sequence[str], console: Console) ->
     with _server(args, out, console) as (base_url, server):
         model = args.served_model or first_model(base_url, args.api_key)
         api_pid = _api_pid(base_url, args.api_key, server, settings.planned_kills > 0)
-        soak = Soak(settings, base_url, model, args.api_key, api_pid, server.log_summary if server else None)
+        soak = Soak(
+            settings,
+            base_url,
+            model,
+            args.api_key,
+            api_pid,
+            (lambda: summarize_log(server.log_path)) if server else None,
+        )
         console.print(
             f"soaking {model} at {base_url} for {settings.duration_s / 60:.1f} min: {settings.concurrency} clients, "
             f"bursts of {settings.burst}, {settings.planned_kills} engine kills; result: {out}"

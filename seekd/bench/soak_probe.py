@@ -154,21 +154,6 @@ class LocalServer:
     def log_tail(self, num_chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-num_chars:]
 
-    def log_summary(self) -> dict[str, Any]:
-        """Tracebacks and ERROR lines of the server's log, less those the engine kills explain."""
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        errors = [line for line in lines if " ERROR " in line or line.startswith("ERROR:")]
-        unexpected = [line for line in errors if not any(e in line for e in EXPECTED_ERRORS)]
-        raised = [_exception_line(lines, i) for i, line in enumerate(lines) if line.startswith("Traceback")]
-        return {
-            "lines": len(lines),
-            "warnings": sum(" WARNING " in line or line.startswith("WARNING:") for line in lines),
-            "errors": len(errors),
-            "unexpected_errors": len(unexpected),
-            "tracebacks": len(raised),
-            "examples": [line[:300] for line in [*(f"Traceback: {r}" for r in raised), *unexpected][:10]],
-        }
-
 
 def _exception_line(lines: list[str], start: int) -> str:
     """The line naming the exception of the traceback opening at `start` (its first unindented line)."""
@@ -176,6 +161,22 @@ def _exception_line(lines: list[str], start: int) -> str:
         if line and not line[0].isspace():
             return line
     return "(cut off)"
+
+
+def summarize_log(path: Path) -> dict[str, Any]:
+    """Tracebacks and ERROR lines of a server's log, less those the engine kills explain."""
+    lines = path.read_text(errors="replace").splitlines()
+    errors = [line for line in lines if " ERROR " in line or line.startswith("ERROR:")]
+    unexpected = [line for line in errors if not any(e in line for e in EXPECTED_ERRORS)]
+    raised = [_exception_line(lines, i) for i, line in enumerate(lines) if line.startswith("Traceback")]
+    return {
+        "lines": len(lines),
+        "warnings": sum(" WARNING " in line or line.startswith("WARNING:") for line in lines),
+        "errors": len(errors),
+        "unexpected_errors": len(unexpected),
+        "tracebacks": len(raised),
+        "examples": [line[:300] for line in [*(f"Traceback: {r}" for r in raised), *unexpected][:10]],
+    }
 
 
 @contextlib.contextmanager

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from seekd.bench.model_folder import public_shape, write_model_folder
+
 pytestmark = pytest.mark.slow
 
 SERIES_FIELDS = ("api_rss_mib", "api_fds", "engine_rss_mib", "engine_fds", "kv_usage", "running", "waiting")
@@ -51,3 +53,27 @@ def test_short_soak_with_one_engine_kill_passes_and_records_the_series(tmp_path:
     assert totals["ok"] > 0 and totals["lost"] == 0
     assert len(totals["by_kind"]) >= 4  # the mix, not one kind of request
     assert result["server_log"]["tracebacks"] == 0
+
+
+def test_public_shape_folder_serves_the_whole_mix(tmp_path: Path) -> None:
+    """The folder `--shape` builds for the GPU soak (DeepSeek's tokenizer, the chat template, a
+    vocabulary larger than the tokenizer's), here with the 7B shape's dims shrunk to run on a CPU."""
+    shape = public_shape("r1-distill-qwen-7b")
+    small = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
+    small |= {"num_key_value_heads": 2, "max_position_embeddings": 4096, "torch_dtype": "float32"}
+    folder = write_model_folder(tmp_path / "model", {**shape, **small})
+    out = tmp_path / "soak.json"
+    command = [
+        sys.executable, "-m", "seekd.cli", "bench", "soak",
+        "--duration", "10s", "--active", "5", "--idle", "1", "--kill-every", "0",
+        "--concurrency", "3", "--burst", "3", "--max-tokens", "8", "--long-prompt-tokens", "500",
+        "--model", str(folder), "--serve-args", "--load-format dummy --max-model-len 2048",
+        "--data-dir", str(tmp_path / "data"), "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["passed"] and result["kills"] == [] and result["totals"]["ok"] > 0
+    assert "--load-format dummy" in result["server"]["command"]
+    kinds = result["totals"]["by_kind"]
+    assert kinds.get("chat_stream", {}).get("ok") and kinds.get("completion_stream", {}).get("ok")

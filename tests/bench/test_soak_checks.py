@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
 import httpx
 import pytest
@@ -19,9 +20,11 @@ from seekd.bench.soak_checks import (
     evaluate,
     growth_checks,
     idle_state,
+    kill_checks,
     lost_requests,
+    server_log,
 )
-from seekd.bench.soak_probe import ServerSample
+from seekd.bench.soak_probe import ServerSample, summarize_log
 from seekd.bench.soak_workload import PlannedRequest, SoakRecord, parse_mix, record
 from seekd.bench.workloads import BenchRequest
 
@@ -174,3 +177,34 @@ def test_bad_mix_names_the_kinds() -> None:
         parse_mix("chat=1")
     with pytest.raises(ValueError, match="weight 0"):
         parse_mix("chat_stream=0")
+
+
+def test_a_kill_without_a_restart_fails() -> None:
+    kills = [
+        {"t": 100.0, "pid": 11, "client_in_flight": 5, "restart_s": 4.2, "new_pid": 12},
+        {"t": 700.0, "pid": 12, "client_in_flight": 3, "restart_s": None, "new_pid": None},
+    ]
+    (check,) = kill_checks(kills, planned=2)
+    assert not check.passed and "no restart after the kill at 700 s" in check.detail
+    (check,) = kill_checks([kills[0], {"t": 3590.0, "pid": None, "skipped": "the run ended first"}], planned=2)
+    assert check.passed and check.detail.startswith("1 of 2 planned kills, restarts took 4.2-4.2 s")
+
+
+def test_tracebacks_in_the_server_log_fail_and_kill_errors_do_not(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text(
+        "2026-12-07 19:54:33,439 ERROR seekd.server.engine_client: engine core process pid=7: "
+        "the engine core process died (exit code -9)\n"
+        "2026-12-07 19:54:33,439 WARNING seekd.server.supervisor: restarting the engine core (restart 1)\n"
+    )
+    summary = summarize_log(log)
+    assert summary["errors"] == 1 and summary["unexpected_errors"] == 0 and summary["warnings"] == 1
+    assert server_log(summary).passed
+    with log.open("a") as f:
+        f.write(
+            "ERROR:    Exception in ASGI application\nTraceback (most recent call last):\n"
+            '  File "x.py", line 1, in f\n    raise RuntimeError("boom")\nRuntimeError: boom\n'
+        )
+    check = server_log(summarize_log(log))
+    assert not check.passed and "Traceback: RuntimeError: boom" in check.detail
+    assert "1 tracebacks, 1 unexpected ERROR lines" in check.detail
