@@ -97,6 +97,9 @@ def idle_state(idle: Sequence[IdleSample], kv_tolerance: float) -> Check:
     )
 
 
+MIN_GROWTH_POINTS = 4
+
+
 def _slope_per_hour(points: Sequence[tuple[float, float]]) -> float:
     if len(points) < 2:
         return 0.0
@@ -108,8 +111,9 @@ def _slope_per_hour(points: Sequence[tuple[float, float]]) -> float:
 
 def growth(name: str, points: Sequence[tuple[float, float]], allowed: Callable[[float], float], unit: str) -> Check:
     """Median of the last k points against the median of the first k (k = a quarter, 1 to 5);
-    fails when the rise exceeds allowed(baseline). Points are (seconds, value), after warm-up."""
-    if len(points) < 2:
+    fails when the rise exceeds allowed(baseline). Points are (seconds, value), after warm-up; fewer
+    than MIN_GROWTH_POINTS say too little (an engine killed minutes after its warm-up)."""
+    if len(points) < MIN_GROWTH_POINTS:
         return Check(name, True, f"{len(points)} idle samples after warm-up: too few to judge", skipped=True)
     k = min(5, max(1, len(points) // 4))
     baseline = statistics.median(v for _, v in points[:k])
