@@ -1,4 +1,4 @@
-"""`seekd bench serve | compare | offline`: argument wiring and the console output of the benchmarks.
+"""`seekd bench serve | compare | offline | soak`: argument wiring and the console output of the benchmarks.
 
 Building the parser imports nothing heavy (every `seekd` command builds it); the benchmark modules,
 httpx and numpy load only when a bench command runs.
@@ -32,6 +32,185 @@ def _rates(text: str) -> list[float]:
     if not rates or any(r <= 0 or math.isnan(r) for r in rates):
         raise argparse.ArgumentTypeError(f"request rates must be > 0 (inf: all at once): {text!r}")
     return rates
+
+
+def duration(text: str) -> float:
+    """Seconds from "90", "90s", "20m", "2h", "1h30m" or "1.5h"."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0}
+    total, number = 0.0, ""
+    try:
+        for char in text.strip().lower():
+            if char in units:
+                total, number = total + float(number) * units[char], ""
+            else:
+                number += char
+        total += float(number) if number else 0.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a duration is like 90, 90s, 20m, 2h or 1h30m: {text!r}") from None
+    if total < 0 or not math.isfinite(total) or not text.strip():
+        raise argparse.ArgumentTypeError(f"a duration is like 90, 90s, 20m, 2h or 1h30m: {text!r}")
+    return total
+
+
+def _add_soak_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from seekd.bench.soak_workload import DEFAULT_MIX, KINDS
+
+    p = sub.add_parser(
+        "soak",
+        help="long mixed workload with engine kills; fails on lost requests, errors or growth",
+        description="Runs a mixed workload (bursts, streaming and blocking chat/completions, long prompts, "
+        "n>1, structured output, disconnects) against a seekd serve it starts (or --url) for --duration, "
+        "SIGKILLs the engine core at random, samples memory, FDs, KV and latency over time, and exits 1 "
+        "when a request was lost, errors exceed the bound, the server did not return to idle, or "
+        "RSS/FDs/threads grew. Durations take s, m, h (90, 20m, 2h, 1h30m).",
+    )
+    p.add_argument(
+        "--duration", metavar="DUR", type=duration, default=duration("1h"), help="how long to send load (default: 1h)"
+    )
+    srv = p.add_argument_group("server")
+    srv.add_argument(
+        "--url", metavar="URL", default=None, help="soak a running server at this root URL (default: start seekd serve)"
+    )
+    srv.add_argument(
+        "--model", metavar="DIR", default=None, help="model folder for the started server (default: the demo model)"
+    )
+    srv.add_argument(
+        "--shape",
+        metavar="NAME",
+        default=None,
+        help="public shape, dummy weights, e.g. r1-distill-qwen-7b (default: none)",
+    )
+    srv.add_argument(
+        "--serve-args", metavar="FLAGS", default="", help='extra `seekd serve` flags, one string (default: "")'
+    )
+    srv.add_argument(
+        "--data-dir",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="started server's data dir (default: a temporary one)",
+    )
+    srv.add_argument(
+        "--startup-timeout", metavar="DUR", type=duration, default=600.0, help="seconds for it to load (default: 600)"
+    )
+    srv.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=os.environ.get("OPENAI_API_KEY"),
+        help="for --url (default: $OPENAI_API_KEY)",
+    )
+    srv.add_argument(
+        "--served-model", metavar="NAME", default=None, help="model name to request (default: the first of /v1/models)"
+    )
+    w = p.add_argument_group("workload")
+    w.add_argument("--concurrency", metavar="N", type=int, default=6, help="clients sending back to back (default: 6)")
+    w.add_argument(
+        "--burst", metavar="N", type=int, default=16, help="simultaneous requests opening each cycle (default: 16)"
+    )
+    w.add_argument(
+        "--active", metavar="DUR", type=duration, default=50.0, help="seconds of load per cycle (default: 50)"
+    )
+    w.add_argument(
+        "--idle",
+        metavar="DUR",
+        type=duration,
+        default=10.0,
+        help="seconds of idle per cycle, incl. settling (default: 10)",
+    )
+    w.add_argument(
+        "--max-tokens", metavar="N", type=int, default=32, help="max_tokens, drawn in [half, this] (default: 32)"
+    )
+    w.add_argument(
+        "--prompt-tokens", metavar="N", type=int, default=64, help="short prompt words, at most (default: 64)"
+    )
+    w.add_argument(
+        "--long-prompt-tokens", metavar="N", type=int, default=3000, help="long prompt words, at most (default: 3000)"
+    )
+    w.add_argument(
+        "--mix", metavar="MIX", default=DEFAULT_MIX, help=f"kind=weight of {', '.join(KINDS)} (default: %(default)s)"
+    )
+    w.add_argument(
+        "--timeout",
+        metavar="DUR",
+        type=duration,
+        default=300.0,
+        help="seconds before a request counts as hung (default: 300)",
+    )
+    w.add_argument("--seed", metavar="N", type=int, default=0, help="seed of the workload and kill times (default: 0)")
+    k = p.add_argument_group("engine kills")
+    k.add_argument(
+        "--kill-every",
+        metavar="DUR",
+        type=duration,
+        default=600.0,
+        help="one SIGKILL of the engine core per slot; 0: never (default: 10m)",
+    )
+    k.add_argument(
+        "--restart-timeout",
+        metavar="DUR",
+        type=duration,
+        default=300.0,
+        help="seconds a restart may take (default: 300)",
+    )
+    m = p.add_argument_group("sampling and verdict")
+    m.add_argument(
+        "--sample-interval",
+        metavar="DUR",
+        type=duration,
+        default=5.0,
+        help="seconds between server samples (default: 5)",
+    )
+    m.add_argument(
+        "--window", metavar="DUR", type=duration, default=60.0, help="seconds per latency window (default: 60)"
+    )
+    m.add_argument(
+        "--warmup",
+        metavar="DUR",
+        type=duration,
+        default=None,
+        help="growth ignored before (default: 20%% of run, <= 5m)",
+    )
+    m.add_argument(
+        "--idle-timeout",
+        metavar="DUR",
+        type=duration,
+        default=60.0,
+        help="seconds to become quiet when idle (default: 60)",
+    )
+    m.add_argument(
+        "--max-error-rate", metavar="X", type=float, default=0.01, help="errors + 429s per request (default: 0.01)"
+    )
+    m.add_argument(
+        "--rss-growth-pct", metavar="X", type=float, default=10.0, help="idle RSS growth allowed, %% (default: 10)"
+    )
+    m.add_argument("--rss-growth-mib", metavar="X", type=float, default=32.0, help="plus this many MiB (default: 32)")
+    m.add_argument("--fd-growth", metavar="N", type=int, default=8, help="idle open-FD growth allowed (default: 8)")
+    m.add_argument(
+        "--thread-growth", metavar="N", type=int, default=4, help="idle thread-count growth allowed (default: 4)"
+    )
+    m.add_argument(
+        "--kv-idle-pct", metavar="X", type=float, default=0.0, help="KV usage allowed when idle, %% (default: 0)"
+    )
+    o = p.add_argument_group("output")
+    o.add_argument(
+        "--out",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="result JSON (default: benchmarks/results/soak_<tag>.json)",
+    )
+    o.add_argument(
+        "--tag", metavar="TAG", default=None, help="names the result (default: <model>_<cpu|cuda>, e.g. demo_cpu)"
+    )
+    o.add_argument(
+        "--server-log",
+        metavar="PATH",
+        type=Path,
+        default=None,
+        help="started server's log (default: <tmp>/<out name>.server.log)",
+    )
+    o.add_argument("--note", metavar="TEXT", default=None, help="free text kept in the result (default: none)")
+    return p
 
 
 def _add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -138,12 +317,14 @@ def _add_offline_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPar
 
 def add_bench_parser(sub: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
     """Adds `bench` and returns its commands' parsers."""
-    bench = sub.add_parser("bench", help="benchmark a server (serve), compare results, or the offline engine")
+    bench = sub.add_parser(
+        "bench", help="benchmark a server (serve), compare results, the offline engine, or soak a server"
+    )
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     serve = _add_serve_parser(bench_sub)
     compare = bench_sub.add_parser("compare", help="side-by-side table of `bench serve` results")
     compare.add_argument("results", type=Path, nargs="+", help="result JSON files of `seekd bench serve`")
-    return [serve, compare, _add_offline_parser(bench_sub)]
+    return [serve, compare, _add_offline_parser(bench_sub), _add_soak_parser(bench_sub)]
 
 
 def build_requests(args: argparse.Namespace, source: TextSource, seed: int) -> list[BenchRequest]:
@@ -167,7 +348,7 @@ def build_requests(args: argparse.Namespace, source: TextSource, seed: int) -> l
     )
 
 
-def _first_model(base_url: str, api_key: str | None) -> str:
+def first_model(base_url: str, api_key: str | None) -> str:
     import httpx
 
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -237,7 +418,7 @@ def cmd_serve(args: argparse.Namespace, argv: Sequence[str], console: Console) -
     from seekd.progress import progress_bar
     from seekd.text.tokenizer import Tokenizer
 
-    model = args.model or _first_model(args.base_url, args.api_key)
+    model = args.model or first_model(args.base_url, args.api_key)
     tokenizer = Tokenizer(args.tokenizer) if args.tokenizer else None
     source = TextSource(tokenizer)
     config = ClientConfig(
@@ -367,4 +548,8 @@ def run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
             return 1
     if args.bench_command == "compare":
         return cmd_compare(args, console)
+    if args.bench_command == "soak":
+        from seekd.bench.soak_command import cmd_soak
+
+        return cmd_soak(args, argv, console)
     return cmd_offline(args, argv, console)

@@ -5,6 +5,8 @@ Timings use `time.perf_counter` on the client: TTFT is send to the first chunk t
 several tokens, so TPOT is (e2e - TTFT) / (output tokens - 1) with the token count taken from the
 server's usage, or counted with the tokenizer where the server sends none.
 Failures of every kind become a RequestResult with an error label; a run never stops on one.
+A result also keeps what a soak needs to tell a completed request from a lost one: each choice's
+finish_reason, whether the stream ended with `[DONE]`, and the OpenAI error object when the server sent one.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ class RequestResult:
     output_tokens: int = 0
     usage_output_tokens: int | None = None
     text: str = ""
+    status_code: int | None = None
+    finish_reasons: dict[int, str] = field(default_factory=dict)  # choice index -> finish_reason, once sent
+    saw_done: bool = False  # the stream ended with `data: [DONE]`
+    disconnected: bool = False  # the client closed the stream on purpose (`disconnect_after`)
+    error_object: dict[str, Any] | None = None  # the server's OpenAI error object ({"message": ..., ...})
 
     @property
     def tpot(self) -> float | None:
@@ -94,26 +101,58 @@ def _chunk_text(chunk: dict[str, Any]) -> str:
     return "".join(text)
 
 
+def _error_object(data: Any) -> dict[str, Any] | None:
+    """The `error` of an OpenAI error body, if `data` is one (a dict with a message)."""
+    error = data.get("error") if isinstance(data, dict) else None
+    return error if isinstance(error, dict) and isinstance(error.get("message"), str) else None
+
+
+def _record_error_response(result: RequestResult, status: int, body: bytes) -> None:
+    result.error = str(status)
+    result.error_detail = body.decode(errors="replace")[:500]
+    with contextlib.suppress(ValueError):
+        result.error_object = _error_object(json.loads(body))
+
+
+def _record_finish_reasons(result: RequestResult, choices: list[dict[str, Any]]) -> None:
+    for position, choice in enumerate(choices):
+        if choice.get("finish_reason") is not None:
+            result.finish_reasons[choice.get("index", position)] = choice["finish_reason"]
+
+
+def _record_usage(result: RequestResult, usage: dict[str, Any]) -> None:
+    result.prompt_tokens = usage.get("prompt_tokens")
+    result.usage_output_tokens = usage.get("completion_tokens")
+    result.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+
+
 async def _stream(
-    client: httpx.AsyncClient, config: ClientConfig, request: BenchRequest, result: RequestResult, start: float
+    client: httpx.AsyncClient,
+    config: ClientConfig,
+    payload: dict[str, Any],
+    result: RequestResult,
+    start: float,
+    disconnect_after: int | None = None,
 ) -> None:
     last = start
     pieces = []
-    async with client.stream("POST", config.url, json=config.payload(request), headers=config.headers) as response:
+    async with client.stream("POST", config.url, json=payload, headers=config.headers) as response:
+        result.status_code = response.status_code
         if response.status_code != 200:
-            result.error = str(response.status_code)
-            result.error_detail = (await response.aread()).decode(errors="replace")[:500]
+            _record_error_response(result, response.status_code, await response.aread())
             return
         async for line in response.aiter_lines():
             if not line.startswith("data:"):
                 continue
             data = line[5:].strip()
             if data == "[DONE]":
+                result.saw_done = True
                 break
             now = time.perf_counter()
             chunk = json.loads(data)
             if "error" in chunk:
                 result.error, result.error_detail = "stream", json.dumps(chunk["error"])[:500]
+                result.error_object = _error_object(chunk)
                 return
             if text := _chunk_text(chunk):
                 if result.ttft is None:
@@ -122,14 +161,45 @@ async def _stream(
                     result.itl.append(now - last)
                 last = now
                 pieces.append(text)
+            _record_finish_reasons(result, chunk.get("choices") or [])
             if usage := chunk.get("usage"):
-                result.prompt_tokens = usage.get("prompt_tokens")
-                result.usage_output_tokens = usage.get("completion_tokens")
-                result.cached_tokens = (usage.get("prompt_tokens_details") or {}).get("cached_tokens")
+                _record_usage(result, usage)
+            if disconnect_after is not None and len(pieces) >= disconnect_after:
+                result.disconnected = True  # leaving the block closes the connection mid-stream
+                break
     result.text = "".join(pieces)
-    result.ok = result.ttft is not None
-    if not result.ok:
+    result.ok = result.ttft is not None and not result.disconnected
+    if result.disconnected:
+        result.error, result.error_detail = "disconnected", f"closed by the client after {len(pieces)} chunks"
+    elif not result.ok:
         result.error, result.error_detail = "stream", "the stream ended before any text"
+
+
+def _message_text(choice: dict[str, Any]) -> str:
+    if "text" in choice:
+        return choice.get("text") or ""
+    message = choice.get("message") or {}
+    return (message.get("reasoning_content") or "") + (message.get("content") or "")
+
+
+async def _blocking(
+    client: httpx.AsyncClient, config: ClientConfig, payload: dict[str, Any], result: RequestResult
+) -> None:
+    """A non-streamed request: no TTFT or ITL, only e2e, the text and the finish reasons."""
+    response = await client.post(config.url, json=payload, headers=config.headers)
+    result.status_code = response.status_code
+    if response.status_code != 200:
+        _record_error_response(result, response.status_code, response.content)
+        return
+    data = response.json()
+    choices = data.get("choices") or []
+    result.text = "".join(_message_text(c) for c in choices)
+    _record_finish_reasons(result, choices)
+    if usage := data.get("usage"):
+        _record_usage(result, usage)
+    result.ok = bool(choices)
+    if not result.ok:
+        result.error, result.error_detail = "empty", "HTTP 200 without choices"
 
 
 async def send_request(
@@ -138,12 +208,25 @@ async def send_request(
     request: BenchRequest,
     tokenizer: Tokenizer | None = None,
     run_start: float = 0.0,
+    *,
+    overrides: dict[str, Any] | None = None,
+    disconnect_after: int | None = None,
 ) -> RequestResult:
-    """Send one streamed request; never raises (except on cancellation)."""
+    """Send one request, streamed unless `overrides` (merged into the body) sets "stream" false;
+    with `disconnect_after`, a stream is closed after that many text chunks. Never raises (except on
+    cancellation)."""
+    payload = {**config.payload(request), **(overrides or {})}
+    streamed = payload.get("stream", True)
+    if not streamed:
+        payload.pop("stream_options", None)
     start = time.perf_counter()
     result = RequestResult(ok=False, send_time=start - run_start)
     try:
-        await asyncio.wait_for(_stream(client, config, request, result, start), config.timeout_s)
+        if streamed:
+            call = _stream(client, config, payload, result, start, disconnect_after)
+        else:
+            call = _blocking(client, config, payload, result)
+        await asyncio.wait_for(call, config.timeout_s)
     except asyncio.TimeoutError:
         result.ok, result.error = False, "timeout"
         result.error_detail = f"no complete response within {config.timeout_s} s"

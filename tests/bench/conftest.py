@@ -25,7 +25,8 @@ WORDS = (" alpha", " beta", " gamma", " delta", " token", " river", " stone", " 
 class FakeOpenAIServer:
     """Streams max_tokens words (one token each in DeepSeek's tokenizer): the first after `ttft_s`,
     then one every `itl_s`. Chat streams open with a role-only chunk at once, as seekd and vLLM do.
-    Prompts containing STATUS=<code> get that error status; HANG never answers."""
+    Prompts containing STATUS=<code> get that error status; HANG never answers; after the first
+    word, CUT drops the connection mid-body and QUIT ends the body cleanly, both without [DONE]."""
 
     ttft_s: float = 0.2
     itl_s: float = 0.04
@@ -126,12 +127,21 @@ class FakeOpenAIServer:
         if chat:
             await event({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
         num_tokens = body["max_tokens"]
+        prompt = body.get("prompt") or body["messages"][-1]["content"]
         for i in range(num_tokens):
             await asyncio.sleep(self.ttft_s if i == 0 else self.itl_s)
             word = WORDS[i % len(WORDS)]
             choice = {"index": 0, "delta": {"content": word}} if chat else {"index": 0, "text": word}
+            if i == num_tokens - 1:
+                choice["finish_reason"] = "length"
             await event({"choices": [choice]})
             token_times.append(time.perf_counter())
+            if "CUT" in prompt:
+                return  # the handler closes the socket: the chunked body never ends
+            if "QUIT" in prompt:
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+                return
         if self.send_usage and (body.get("stream_options") or {}).get("include_usage"):
             await event(
                 {

