@@ -75,7 +75,7 @@ def tune_batch1_gemv(model: nn.Module) -> dict[str, dict]:
 def tune_batch1_experts(model: nn.Module, report: dict[str, dict]) -> None:
     """Set `batch1_tiling` on the routed experts of each shape (and top-k) to the fastest one-token
     path, timed over every layer's experts of that shape."""
-    from seekd.kernels.fused_moe import pick_batch1_tiling
+    from seekd.kernels.fused_moe import ExpertWeights, pick_batch1_tiling
 
     groups: dict[tuple, list[RoutedExperts]] = defaultdict(list)
     for module in model.modules():
@@ -90,9 +90,8 @@ def tune_batch1_experts(model: nn.Module, report: dict[str, dict]) -> None:
             groups[key].append(experts)
     for (shape, _, top_k, limit), members in groups.items():
         try:
-            choice, timings = pick_batch1_tiling(
-                [m.w13_weight for m in members], [m.w2_weight for m in members], top_k, limit
-            )
+            layers = [ExpertWeights(m.w13_weight, m.w2_weight) for m in members]
+            choice, timings = pick_batch1_tiling(layers, top_k, limit)
         except Exception:  # an optional speed-up must not stop the server from starting
             logger.exception("timing the one-token MoE paths for experts %s failed; keeping the default", shape)
             continue

@@ -217,10 +217,11 @@ class RoutedExperts(nn.Module):
         The loop below is the reference; it reads the active experts back to the host, so the GPU fast
         path runs the fused kernel instead, which never syncs and can be captured in a CUDA graph."""
         if self.use_kernel:
-            from seekd.kernels.fused_moe import fused_moe
+            from seekd.kernels.fused_moe import ExpertWeights, fused_moe
 
             tiling = self.batch1_tiling if x.shape[0] == 1 else None
-            out = fused_moe(x, self.w13_weight, self.w2_weight, topk_weights, topk_ids, self.swiglu_limit, tiling)
+            experts = ExpertWeights(self.w13_weight, self.w2_weight)
+            out = fused_moe(x, experts, topk_weights, topk_ids, self.swiglu_limit, tiling)
             return all_reduce(out, self.tp_size)
         out = torch.zeros_like(x)
         for expert in topk_ids.unique().tolist():
