@@ -121,9 +121,8 @@ def tune_batch1_experts(model: nn.Module, report: dict[str, dict]) -> None:
             groups[key].append(experts)
     for (shape, _, top_k, limit), members in groups.items():
         try:
-            choice, timings = pick_batch1_tiling(
-                [m.w13_weight for m in members], [m.w2_weight for m in members], top_k, limit
-            )
+            layers = [m.expert_weights() for m in members]
+            choice, timings = pick_batch1_tiling(layers, top_k, limit)
         except Exception:  # an optional speed-up must not stop the server from starting
             logger.exception("timing the one-token MoE paths for experts %s failed; keeping the default", shape)
             continue

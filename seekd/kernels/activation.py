@@ -1,4 +1,5 @@
-"""silu(gate) * up over a fused gate-up projection, in one kernel."""
+"""silu(gate) * up: over a fused gate-up projection in one kernel, and in registers (`swiglu`) where
+the fused MoE kernels finish their gate-up products."""
 
 from __future__ import annotations
 
@@ -28,3 +29,16 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     block = 1024
     _silu_and_mul_kernel[(rows, triton.cdiv(d, block))](x, out, x.stride(0), out.stride(0), d, BLOCK=block)
     return out
+
+
+@triton.jit
+def swiglu(acc_gate, acc_up, swiglu_limit, dtype: tl.constexpr, HAS_LIMIT: tl.constexpr):
+    """silu(gate) * up from fp32 accumulators, rounded as the reference rounds: the projections in
+    the model dtype, then silu, then the product (with V4's clipping in between)."""
+    gate = acc_gate.to(dtype).to(tl.float32)
+    up = acc_up.to(dtype).to(tl.float32)
+    if HAS_LIMIT:
+        gate = tl.minimum(gate, swiglu_limit)
+        up = tl.minimum(tl.maximum(up, -swiglu_limit), swiglu_limit)
+    silu = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+    return (silu * up).to(dtype)

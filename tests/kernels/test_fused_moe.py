@@ -10,6 +10,7 @@ import torch
 from kernel_env import INTERPRETED
 
 from seekd import LLM, SamplingParams
+from seekd.kernels.expert_weights import ExpertWeights
 from seekd.layers.moe import RoutedExperts, TopKRouter
 
 pytestmark = pytest.mark.triton
@@ -30,6 +31,11 @@ def make_experts(
     experts.w13_weight.data.normal_(0.0, hidden**-0.5)
     experts.w2_weight.data.normal_(0.0, inter**-0.5)
     return experts.to(device, dtype)
+
+
+def stacked(experts: RoutedExperts) -> ExpertWeights:
+    """The experts' dense weights as the kernel takes them."""
+    return ExpertWeights(experts.w13_weight, experts.w2_weight)
 
 
 def routing(
@@ -59,12 +65,12 @@ def tolerance(dtype: torch.dtype) -> dict:
 @pytest.mark.parametrize("block_m", [16, 32])
 @pytest.mark.parametrize("method", ["torch", "kernel"])
 def test_alignment_puts_every_pair_once_in_padded_single_expert_blocks(kernel_device, block_m, method):
-    from seekd.kernels import fused_moe
+    from seekd.kernels import moe_align
 
     torch.manual_seed(0)
     num_tokens, num_experts, top_k = 61, 16, 3  # more pairs than the kernel's chunk of 128
     _, ids = routing(num_tokens, num_experts, top_k, kernel_device, only=5)  # expert 5 over a block
-    align = getattr(fused_moe, f"align_by_expert_{method}")(ids, num_experts, block_m)
+    align = getattr(moe_align, f"align_by_expert_{method}")(ids, num_experts, block_m)
     num_pairs = num_tokens * top_k
     rows, blocks = align.sorted_rows.cpu(), align.block_expert.cpu()
     assert rows.numel() == blocks.numel() * block_m >= num_pairs + min(num_experts, num_pairs) * (block_m - 1)
@@ -88,7 +94,7 @@ def test_alignment_puts_every_pair_once_in_padded_single_expert_blocks(kernel_de
     [(1, 4, 1, 16), (1, 8, 2, 16), (1, 256, 8, 16), (7, 64, 6, 16), (300, 64, 6, 32), (90, 4, 1, 64), (1000, 8, 2, 16)],
 )
 def test_alignment_kernel_equals_the_torch_alignment(kernel_device, num_tokens, num_experts, top_k, block_m):
-    from seekd.kernels.fused_moe import align_by_expert_kernel, align_by_expert_torch
+    from seekd.kernels.moe_align import align_by_expert_kernel, align_by_expert_torch
 
     torch.manual_seed(num_tokens)
     _, ids = routing(num_tokens, num_experts, top_k, kernel_device, only=1 if top_k == 1 else None)
@@ -121,11 +127,11 @@ def test_fused_moe_equals_the_reference_loop(kernel_device, dtype, case):
     x = torch.randn(num_tokens, hidden).to(kernel_device, dtype)
     weights, ids = routing(num_tokens, num_experts, top_k, kernel_device, only)
     ref = experts(x, weights, ids)
-    out = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, limit)
+    out = fused_moe(x, stacked(experts), weights, ids, limit)
     assert out.dtype == dtype and out.shape == x.shape
     torch.testing.assert_close(out.float(), ref.float(), **tolerance(dtype))
     if limit is not None:  # the clipping must matter in this case, or the test would not pin it
-        unclipped = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, None)
+        unclipped = fused_moe(x, stacked(experts), weights, ids, None)
         assert (unclipped.float() - ref.float()).abs().max() > 1e-3
 
 
@@ -142,9 +148,9 @@ def test_every_tiling_gives_the_reference_and_repeats_bit_for_bit(
     x = torch.randn(11, 40, device=kernel_device)
     weights, ids = routing(11, 6, 2, kernel_device)
     tiling = MoeTiling(block_m, block_n_up, block_n_down, block_k)
-    out = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, 0.6, tiling)
+    out = fused_moe(x, stacked(experts), weights, ids, 0.6, tiling)
     torch.testing.assert_close(out, experts(x, weights, ids), **tolerance(torch.float32))
-    again = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, 0.6, tiling)
+    again = fused_moe(x, stacked(experts), weights, ids, 0.6, tiling)
     assert torch.equal(out, again)
 
 
@@ -161,10 +167,10 @@ def test_pair_gemvs_equal_the_reference_loop(kernel_device, dtype, case, block_n
     x = torch.randn(num_tokens, hidden).to(kernel_device, dtype)
     weights, ids = routing(num_tokens, num_experts, top_k, kernel_device, only)
     tiling = PairTiling(block_n, block_k, flat_down=flat)
-    out = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, limit, tiling)
+    out = fused_moe(x, stacked(experts), weights, ids, limit, tiling)
     assert out.dtype == dtype and out.shape == x.shape
     torch.testing.assert_close(out.float(), experts(x, weights, ids).float(), **tolerance(dtype))
-    blocked = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, limit, MoeTiling(16, 16, 16, 16))
+    blocked = fused_moe(x, stacked(experts), weights, ids, limit, MoeTiling(16, 16, 16, 16))
     torch.testing.assert_close(out.float(), blocked.float(), **tolerance(dtype))
 
 
@@ -195,7 +201,7 @@ def test_routed_experts_on_the_kernel_run_no_host_reading_op(kernel_device):
 
 
 def test_torch_alignment_runs_no_host_reading_op(kernel_device):
-    from seekd.kernels.fused_moe import align_by_expert_torch
+    from seekd.kernels.moe_align import align_by_expert_torch
 
     _, ids = routing(50, 8, 2, kernel_device)
     ops = _ops_run(lambda: align_by_expert_torch(ids, 8, 16))
@@ -291,7 +297,7 @@ def test_bf16_kernel_matches_the_loop_at_v2_lite_shapes(num_tokens):
     x = torch.randn(num_tokens, 2048, device="cuda", dtype=torch.bfloat16)
     weights, ids = routing(num_tokens, 64, 6, "cuda")
     loop = experts(x, weights, ids).float()
-    out = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids).float()
+    out = fused_moe(x, stacked(experts), weights, ids).float()
     exact = make_experts(64, 2048, 1408, None, "cuda", torch.float32)
     exact.load_state_dict({k: v.float() for k, v in experts.state_dict().items()})
     ref = exact(x.float(), weights, ids)
@@ -309,16 +315,16 @@ def test_kernel_never_syncs_and_replays_in_a_cuda_graph_with_new_routings(num_to
     experts = make_experts(16, 256, 128, 0.8, "cuda", torch.bfloat16)
     x = torch.randn(num_tokens, 256, device="cuda", dtype=torch.bfloat16)
     weights, ids = routing(num_tokens, 16, 4, "cuda")
-    fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, 0.8)  # compile outside capture
+    fused_moe(x, stacked(experts), weights, ids, 0.8)  # compile outside capture
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, 0.8)
+        fused_moe(x, stacked(experts), weights, ids, 0.8)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = fused_moe(x, experts.w13_weight, experts.w2_weight, weights, ids, 0.8)
+        out = fused_moe(x, stacked(experts), weights, ids, 0.8)
     for seed in range(3):
         torch.manual_seed(100 + seed)
         new_weights, new_ids = routing(num_tokens, 16, 4, "cuda", only=seed if seed else None)

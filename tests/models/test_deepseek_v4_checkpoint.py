@@ -10,14 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from lowbit_weights import quantize_fp4, quantize_fp8_pow2
 from models.test_deepseek_v4 import PROMPTS, save_tiny_v4
 from safetensors.torch import load_file, save_file
 
 from seekd import LLM
-from seekd.layers.quantization import FP4_E2M1_VALUES, dequantize_block_fp8, dequantize_fp4
+from seekd.layers.quantization import dequantize_block_fp8, dequantize_fp4
 
-FP4_MAGNITUDES = torch.tensor(FP4_E2M1_VALUES[:8])
 V4_QUANT_CONFIG = {
     "activation_scheme": "dynamic",
     "fmt": "e4m3",
@@ -33,32 +32,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def pow2_scale(amax: torch.Tensor, max_code: float) -> torch.Tensor:
-    """DeepSeek's ue8m0 scales: the power of two at or above amax / max_code."""
-    return torch.exp2(torch.ceil(torch.log2(amax.clamp(min=1e-30) / max_code)))
-
-
-def quantize_fp4(w: torch.Tensor, swap_nibbles: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """[out, in] -> packed int8 [out, in/2] (low nibble = even column) and e8m0 scales [out, in/32]."""
-    rows, cols = w.shape
-    blocks = w.float().view(rows, cols // 32, 32)
-    scale = pow2_scale(blocks.abs().amax(dim=-1), 6.0)
-    x = (blocks / scale[..., None]).clamp(-6, 6)
-    magnitude = (x.abs()[..., None] - FP4_MAGNITUDES).abs().argmin(dim=-1)
-    codes = (magnitude | ((x < 0) & (magnitude > 0)).long() << 3).view(rows, cols).to(torch.uint8)
-    low, high = (codes[:, 1::2], codes[:, 0::2]) if swap_nibbles else (codes[:, 0::2], codes[:, 1::2])
-    return (low | high << 4).view(torch.int8), scale.to(torch.float8_e8m0fnu)
-
-
-def quantize_fp8_pow2(w: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    rows, cols = w.shape
-    nr, nc = -(-rows // block), -(-cols // block)
-    padded = F.pad(w.float(), (0, nc * block - cols, 0, nr * block - rows)).view(nr, block, nc, block)
-    scale = pow2_scale(padded.abs().amax(dim=(1, 3)), torch.finfo(torch.float8_e4m3fn).max)
-    q = (padded / scale[:, None, :, None]).to(torch.float8_e4m3fn).view(nr * block, nc * block)
-    return q[:rows, :cols].contiguous(), scale.to(torch.float8_e8m0fnu)
 
 
 def test_fp4_codes_decode_low_nibble_first_times_the_block_scale():
