@@ -127,7 +127,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quantization", nargs="+", default=["auto", "none"], help="auto = block FP8, none = bf16")
     parser.add_argument("--fp8-gemm", nargs="+", default=["auto"], help="FP8 product modes to measure")
-    parser.add_argument("--layers", type=int, nargs=2, default=[2, 4], help="the two slice depths compared")
+    parser.add_argument("--layers", type=int, nargs=2, default=[1, 2], help="the two slice depths compared")
     parser.add_argument("--context", type=int, default=512)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])

@@ -20,6 +20,7 @@ from models.test_deepseek_v32 import save_tiny_v32
 from seekd import LLM
 
 NUM_PROMPTS, NUM_DECODE = 8, 250  # 2,000 decode positions
+pytestmark = pytest.mark.triton  # on a GPU the low-bit layers run the Triton kernels
 
 
 @pytest.fixture(autouse=True)
