@@ -11,11 +11,11 @@ Every format keeps one layout, w13 [E, 2I, H] (gate rows, then up rows) and w2 [
 
 Low-bit weights stay low-bit: the kernels decode each tile in registers (lowbit.py), so a step reads
 one byte (FP8) or about half a byte (FP4) per weight. Two readers, one per path of the fused MoE:
-- `expert_dot` (blocked path): acc + x @ W[rows, K tile]^T as a bf16 (or fp32) tl.dot on the decoded
-  codes, W8A16-style, so no FP8 tensor cores are needed (sm_80 runs it). An FP8 K tile lies inside one
-  128-column scale block (BLOCK_K <= 128), so the block scales multiply its partial product, one per
-  output column; FP4 scales change every 32 columns, so they multiply the decoded weights before the
-  dot (e2m1 times a power of two is exact in bf16).
+- `dot_tile` + `scaled_dot` (blocked path): acc + x @ W[rows, K tile]^T as a bf16 (or fp32) tl.dot on
+  the decoded codes, W8A16-style, so no FP8 tensor cores are needed (sm_80 runs it). An FP8 K tile lies
+  inside one 128-column scale block (BLOCK_K <= 128), so the block scales multiply its partial product,
+  one per output column; FP4 scales change every 32 columns, so they multiply the decoded weights
+  before the dot (e2m1 times a power of two is exact in bf16).
 - `expert_products` (one-token GEMVs): the fp32 products W[rows, k] * x[k] of a tile, shaped
   [rows, groups, group width] so that each group has one scale per row.
 """
@@ -171,9 +171,8 @@ class ExpertWeights:
 def _kernel_args(weight: torch.Tensor, scale: torch.Tensor | None) -> tuple:
     if scale is None:  # dense: the kernels never read the scale pointer
         return weight, weight, weight.stride(0), weight.stride(1), 0, 0, 0
-    codes = weight if weight.dtype in _DENSE_DTYPES else weight.view(torch.uint8)
     scale = scale.view(torch.uint8) if scale.dtype == torch.float8_e8m0fnu else scale
-    return codes, scale, weight.stride(0), weight.stride(1), *scale.stride()
+    return weight.view(torch.uint8), scale, weight.stride(0), weight.stride(1), *scale.stride()
 
 
 @triton.jit

@@ -4,8 +4,9 @@ The reference loop (`RoutedExperts.forward`) asks the host which experts are act
 every layer and keeps MoE decode steps out of CUDA graphs. Here every size depends only on the
 number of tokens:
 
-1. `align_by_expert` (moe_align.py) sorts the (token, slot) pairs by expert on the device and pads each expert's
-   run to a multiple of BLOCK_M, so that every BLOCK_M block of sorted rows belongs to one expert.
+1. `align_by_expert` (moe_align.py) sorts the (token, slot) pairs by expert on the device and pads
+   each expert's run to a multiple of BLOCK_M, so that every BLOCK_M block of sorted rows belongs to
+   one expert.
    The sorted buffer has its worst-case length, T*k + min(E, T*k) * (BLOCK_M - 1); blocks past the
    real end return at once.
 2. `_gate_up_kernel`: per block, x rows @ that expert's gate and up rows (w13 [E, 2I, H]), then
@@ -18,7 +19,8 @@ A decode step of one token skips the sorting: `fused_moe_pairs` (moe_pairs.py) r
 (token, slot) pair and a down GEMV that sums the token's slots itself, two launches instead of four.
 
 The experts come as an `ExpertWeights` (expert_weights.py): dense, DeepSeek's block FP8 or V4's FP4,
-the format a constexpr of every kernel; low-bit weights are decoded tile by tile in registers.
+the format a constexpr of every kernel; low-bit weights are decoded tile by tile in registers. This
+module is the entry point: `__all__` is the public API of the fused MoE.
 """
 
 from __future__ import annotations
