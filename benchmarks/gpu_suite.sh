@@ -44,7 +44,8 @@ step tests 270 python3 -m pytest -q -m "gpu or triton" -p no:cacheprovider \
 
 # 2. kernel benchmarks: block-FP8 GEMMs and the low-bit fused MoE beside bf16
 step fp8_gemm 50 python3 benchmarks/fp8_gemm.py --out "$OUT/fp8_gemm.json"
-step fused_moe 50 python3 benchmarks/fused_moe.py --out "$OUT/fused_moe.json"
+step fused_moe 50 python3 benchmarks/fused_moe.py --shapes v3-tp8 v4-flash --formats dense fp8_block fp4 \
+    --tokens 1 16 64 256 --out "$OUT/fused_moe.json"
 
 # 3. DeepSeek-V3 full-width slice: block FP8 (W8A8, W8A16) against bf16, per layer, batch 1/64/256
 step v3_slice 120 python3 benchmarks/deepseek_v3_slice.py --quantization auto none --fp8-gemm w8a8 w8a16 \
