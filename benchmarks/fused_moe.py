@@ -59,7 +59,7 @@ from seekd.kernels.fused_moe import (
 )
 from seekd.kernels.moe_align import align_by_expert_kernel, align_by_expert_torch
 from seekd.layers.moe import RoutedExperts, TopKRouter
-from seekd.models.weights import dequantize_block_fp8, dequantize_fp4
+from seekd.layers.quantization import dequantize_block_fp8, dequantize_fp4
 
 # (experts, top_k, hidden, moe intermediate per GPU)
 SHAPES = {
