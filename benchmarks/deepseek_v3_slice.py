@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from offline_throughput import measure_copy_bandwidth
 
 from seekd import LLM, SamplingParams
 from seekd.bench.report import result_header
@@ -31,22 +32,6 @@ from seekd.models.published_configs import V3
 def slice_config(num_layers: int) -> dict:
     """V3's real dimensions with every layer a MoE layer (V3's first three are dense)."""
     return {**V3, "num_hidden_layers": num_layers, "first_k_dense_replace": 0, "num_nextn_predict_layers": 0}
-
-
-def copy_bandwidth_gbs() -> float:
-    """Device-to-device copy rate, bytes read plus written (the roofline's denominator)."""
-    src = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(20):
-        dst.copy_(src)
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * src.numel() * 20 / (start.elapsed_time(end) * 1e-3) / 1e9
 
 
 def layer_bytes_batch1(layer: torch.nn.Module, context: int) -> int:
@@ -133,7 +118,7 @@ def main() -> int:
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 256])
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    bandwidth = copy_bandwidth_gbs()
+    bandwidth = measure_copy_bandwidth("cuda") / 1e9  # GB/s
     runs = []
     for quantization in args.quantization:
         for fp8_gemm in args.fp8_gemm if quantization != "none" else ["auto"]:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from offline_throughput import measure_copy_bandwidth
 
 from seekd import LLM, SamplingParams
 from seekd.bench.report import result_header
@@ -153,16 +154,7 @@ def batch1_roofline(layers: torch.nn.ModuleList, device: str) -> dict:
         per_layer.append(rest + share)
     result: dict = {"bytes_per_layer": per_layer}
     if device.startswith("cuda"):
-        src = torch.empty(2**30, dtype=torch.uint8, device=device)
-        dst = torch.empty_like(src)
-        dst.copy_(src)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(10):
-            dst.copy_(src)
-        end.record()
-        torch.cuda.synchronize()
-        bandwidth = 2 * src.numel() * 10 / (start.elapsed_time(end) * 1e-3)
+        bandwidth = measure_copy_bandwidth(device)
         result["copy_bandwidth_gbs"] = bandwidth / 1e9
         result["roofline_ms_per_layer"] = [b / bandwidth * 1e3 for b in per_layer]
     return result

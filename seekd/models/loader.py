@@ -97,19 +97,23 @@ def resolve_quant_config(hf_config: HFConfig, quantization: str, fp8_gemm: str, 
         raise ValueError(f"fp8_gemm must be one of {', '.join(FP8_GEMM_CHOICES)}, not {fp8_gemm!r}")
     if quantization == "none":
         return DENSE
-    fp8, fp4 = fp8_block_size(hf_config) is not None, fp4_experts(hf_config)
-    online = quantization == "fp8"
-    if not (fp8 or fp4 or online):
-        return DENSE
     if not device.startswith("cuda"):
         gemm = "torch"
     elif fp8_gemm != "auto":
         gemm = fp8_gemm
     else:
         gemm = "w8a8" if torch.cuda.get_device_capability(torch.device(device)) >= (8, 9) else "w8a16"
+    return checkpoint_quant_config(hf_config, gemm, online=quantization == "fp8")
+
+
+def checkpoint_quant_config(hf_config: HFConfig, fp8_gemm: str, online: bool = False) -> QuantConfig:
+    """The formats that keep this checkpoint's precision (block FP8 linears, FP4 or FP8 experts), with
+    bf16 weights quantized to block FP8 as well when `online`."""
+    fp8, fp4 = fp8_block_size(hf_config) is not None, fp4_experts(hf_config)
+    if not (fp8 or fp4 or online):
+        return DENSE
     linear = "fp8_block" if fp8 or online else "dense"
-    experts = "fp4" if fp4 else linear
-    return QuantConfig(linear=linear, experts=experts, fp8_gemm=gemm, online=online)
+    return QuantConfig(linear=linear, experts="fp4" if fp4 else linear, fp8_gemm=fp8_gemm, online=online)
 
 
 def checkpoint_stream(

@@ -14,6 +14,7 @@ import torch
 from seekd.distributed import rank_view
 from seekd.layers.quantization import DENSE, QuantConfig, building_with
 from seekd.models.hf_config import HFConfig
+from seekd.models.loader import checkpoint_quant_config
 from seekd.models.registry import model_class
 
 TP_SIZES = (1, 2, 4, 8)
@@ -32,14 +33,7 @@ class WeightPlan:
 
 def shipped_quant_config(hf_config: HFConfig) -> QuantConfig:
     """The formats `--quantization auto` keeps on a GPU for this checkpoint (W8A8 products)."""
-    from seekd.models.loader import fp4_experts, fp8_block_size
-
-    fp8 = fp8_block_size(hf_config) is not None
-    fp4 = fp4_experts(hf_config)
-    if not (fp8 or fp4):
-        return DENSE
-    linear = "fp8_block" if fp8 else "dense"
-    return QuantConfig(linear=linear, experts="fp4" if fp4 else linear, fp8_gemm="w8a8")
+    return checkpoint_quant_config(hf_config, "w8a8")
 
 
 def weight_bytes_per_gpu(
