@@ -10,6 +10,7 @@
 #     OUT=/some/dir bash benchmarks/gpu_suite.sh
 #
 # Each step writes its log or JSON under $OUT; the last lines printed are a summary table.
+# STEPS="tests v3_slice" runs only the named steps (default: all of them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu_suite}
@@ -28,6 +29,7 @@ declare -A STATUS
 step() {  # step NAME TIMEOUT_S COMMAND...: runs one step, logs it, records its exit status
     local name=$1 limit=$2
     shift 2
+    [[ -z ${STEPS:-} || " $STEPS " == *" $name "* ]] || return 0
     local start=$SECONDS
     timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
     local rc=$?

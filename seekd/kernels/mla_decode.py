@@ -11,7 +11,12 @@ V2-Lite's batch-1 decode on an H100, against 5.3 + 1.9 us for the kernel and a m
 heads (benchmarks/results/timeline_bs1_deepseek-v2-lite_h100_*.json).
 An FP8 cache (e4m3 codes read as uint8, float32 scales [num_blocks, block_size, >= 2] for c_kv and
 k_pe) is dequantized tile by tile in registers into the query's dtype.
-The torch path in seekd/layers/mla.py (`MLAAttention._absorbed`) is the reference.
+Sparse MLA (DeepSeek-V3.2) runs the same kernel over a list of context positions per sequence (the
+indexer's top-k) instead of the whole range, so a decode step reads index_topk rows whatever the
+context length; positions at or past the sequence's length (top-k's picks among masked scores) are
+skipped.
+The torch paths in seekd/layers/mla.py (`MLAAttention._absorbed`) and seekd/layers/sparse_mla.py
+(`SparseMLAAttention._sparse_absorbed`) are the references.
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ def _mla_decode_kernel(
     part_ml_ptr,
     block_tables_ptr,
     seq_lens_ptr,
+    idx_ptr,
     sm_scale_log2,
     num_heads,
+    num_idx,
     stride_qt,
     stride_qh,
     stride_ot,
@@ -46,6 +53,7 @@ def _mla_decode_kernel(
     stride_sb,
     stride_st,
     stride_bt,
+    stride_ix,
     RANK: tl.constexpr,
     RANK_P: tl.constexpr,
     ROPE: tl.constexpr,
@@ -56,6 +64,7 @@ def _mla_decode_kernel(
     NUM_SPLITS: tl.constexpr,
     IEEE: tl.constexpr,
     FP8: tl.constexpr,
+    SPARSE: tl.constexpr,
 ):
     seq = tl.program_id(0)
     heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -71,17 +80,24 @@ def _mla_decode_kernel(
     q_nope = tl.load(q_row + r[None, :], mask=head_valid[:, None] & r_valid[None, :], other=0.0)
     q_pe = tl.load(q_row + RANK + p[None, :], mask=head_valid[:, None] & p_valid[None, :], other=0.0)
 
-    per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    span = num_idx if SPARSE else seq_len  # the split range covers list entries or positions
+    per_split = tl.cdiv(tl.cdiv(span, NUM_SPLITS), BLOCK_N) * BLOCK_N
     kv_begin = split * per_split
-    kv_stop = tl.minimum(seq_len, kv_begin + per_split)
+    kv_stop = tl.minimum(span, kv_begin + per_split)
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, RANK_P], tl.float32)
     cols = tl.arange(0, BLOCK_N)
     for start in range(kv_begin, kv_stop, BLOCK_N):
-        k_pos = start + cols
-        k_valid = k_pos < kv_stop
+        if SPARSE:
+            listed = start + cols < kv_stop
+            k_pos = tl.load(idx_ptr + seq * stride_ix + start + cols, mask=listed, other=0)
+            k_valid = listed & (k_pos >= 0) & (k_pos < seq_len)
+            k_pos = tl.where(k_valid, k_pos, 0)
+        else:
+            k_pos = start + cols
+            k_valid = k_pos < kv_stop
         page = tl.load(block_tables_ptr + seq * stride_bt + k_pos // PAGE, mask=k_valid, other=0)
         row = cache_ptr + page.to(tl.int64) * stride_cb + (k_pos % PAGE) * stride_ct
         latent = tl.load(row[:, None] + r[None, :], mask=k_valid[:, None] & r_valid[None, :], other=0)
@@ -127,10 +143,12 @@ def mla_decode(
     scale: float,
     num_splits: int = 1,
     cache_scales: torch.Tensor | None = None,
+    selected: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q: [B, H, kv_lora_rank + rope] absorbed queries, one per sequence (pure decode); cache:
     [num_blocks, block_size, >= kv_lora_rank + rope] latent rows -> [B, H, kv_lora_rank]. With
-    `cache_scales` ([num_blocks, block_size, >= 2] float32: c_kv's, then k_pe's) the cache is FP8."""
+    `cache_scales` ([num_blocks, block_size, >= 2] float32: c_kv's, then k_pe's) the cache is FP8.
+    With `selected` ([B, K] integer context positions) each query attends to those positions only."""
     num_seqs, num_heads, width = q.shape
     rope = width - kv_lora_rank
     assert cache.stride(-1) == 1 and q.stride(-1) == 1 and cache.shape[-1] >= width
@@ -146,6 +164,8 @@ def mla_decode(
     if fp8:
         assert cache.element_size() == 1 and cache_scales.dtype == torch.float32 and cache_scales.stride(-1) == 1
         cache = cache.view(torch.uint8)
+    if selected is not None:
+        assert selected.dim() == 2 and selected.size(0) == num_seqs and selected.stride(-1) == 1
     bh = block_heads(num_heads)
     _mla_decode_kernel[(num_seqs, triton.cdiv(num_heads, bh), num_splits)](
         q,
@@ -156,8 +176,10 @@ def mla_decode(
         part_ml,
         block_tables,
         seq_lens,
+        selected if selected is not None else seq_lens,  # unused when dense
         scale * _LOG2E,
         num_heads,
+        selected.size(1) if selected is not None else 0,
         q.stride(0),
         q.stride(1),
         out.stride(0),
@@ -167,6 +189,7 @@ def mla_decode(
         cache_scales.stride(0) if fp8 else 0,
         cache_scales.stride(1) if fp8 else 0,
         block_tables.stride(0),
+        selected.stride(0) if selected is not None else 0,
         RANK=kv_lora_rank,
         RANK_P=rank_p,
         ROPE=rope,
@@ -177,6 +200,7 @@ def mla_decode(
         NUM_SPLITS=num_splits,
         IEEE=q.dtype == torch.float32,
         FP8=fp8,
+        SPARSE=selected is not None,
         num_warps=4 if bh <= 16 else 8,
         num_stages=2,
     )

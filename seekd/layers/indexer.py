@@ -74,14 +74,7 @@ class LightningIndexer(nn.Module):
         returns, per sequence, the selected context positions [q_len, min(topk, seq_len)] (int64). A
         query with fewer visible tokens than topk also gets positions after its own, which the
         attention must mask causally (as transformers does)."""
-        k = self._rope(positions, self.k_norm(self.wk(x)).unsqueeze(1)).squeeze(1)
-        slots = key_cache.view(-1, self.head_dim)
-        if key_scales is None:
-            slots[meta.slot_mapping] = k.to(key_cache.dtype)
-        else:
-            slots[meta.slot_mapping], key_scales.view(-1, 1)[meta.slot_mapping] = quantize(k)
-        q = self._rope(positions, self.wq_b(q_latent).view(-1, self.n_heads, self.head_dim)).float()
-        weights = self.weights_proj(x).float() * self.n_heads**-0.5
+        q, weights = self.project_and_cache(positions, x, q_latent, key_cache, meta, key_scales)
         selected = []
         start = 0
         for i, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
@@ -94,6 +87,46 @@ class LightningIndexer(nn.Module):
                 selected.append(scores.topk(self.topk, dim=-1).indices)
             start += q_len
         return selected
+
+    def select_for_decode(
+        self,
+        positions: torch.Tensor,
+        x: torch.Tensor,
+        q_latent: torch.Tensor,
+        key_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        key_scales: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`forward` for a pure-decode step on the kernel path: every sequence scored by one Triton
+        launch and selected by one batched top-k, with no host sync -> int32 [B, min(topk,
+        max_seq_len)] positions; those at or past a sequence's length mean "none" (see select_top)."""
+        from seekd.kernels.indexer_scores import indexer_decode_scores, select_top
+
+        q, weights = self.project_and_cache(positions, x, q_latent, key_cache, meta, key_scales)
+        width = meta.max_seq_len
+        scores = indexer_decode_scores(
+            q.to(x.dtype), weights, key_cache, meta.block_tables, meta.seq_lens, width, self.softmax_scale, key_scales
+        )
+        return select_top(scores, self.topk)
+
+    def project_and_cache(
+        self,
+        positions: torch.Tensor,
+        x: torch.Tensor,
+        q_latent: torch.Tensor,
+        key_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        key_scales: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Writes this step's keys into the cache -> (roped float32 queries [T, H, D], head weights [T, H])."""
+        k = self._rope(positions, self.k_norm(self.wk(x)).unsqueeze(1)).squeeze(1)
+        slots = key_cache.view(-1, self.head_dim)
+        if key_scales is None:
+            slots[meta.slot_mapping] = k.to(key_cache.dtype)
+        else:
+            slots[meta.slot_mapping], key_scales.view(-1, 1)[meta.slot_mapping] = quantize(k)
+        q = self._rope(positions, self.wq_b(q_latent).view(-1, self.n_heads, self.head_dim)).float()
+        return q, self.weights_proj(x).float() * self.n_heads**-0.5
 
     def index_scores(self, q: torch.Tensor, weights: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """q [T, H, D], weights [T, H], keys [S, D] -> [T, S]: sum_h w[t, h] * relu(q[t, h] . k[s] * scale)."""

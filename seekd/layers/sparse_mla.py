@@ -7,6 +7,9 @@ Two attention paths, as for MLA:
 - naive (the reference): dense per-head attention with mask = causal & selected;
 - absorbed (the sparse one): each query gathers its top-k latents and attends in latent space, so a
   decode step reads index_topk latents instead of the whole context.
+With the kernels on (`use_kernel`), a pure-decode step scores and selects for the whole batch on the
+GPU (seekd/kernels/indexer_scores.py) and runs the latent decode kernel over the selected positions
+only; the absorbed torch path is its reference.
 """
 
 from __future__ import annotations
@@ -39,13 +42,38 @@ class SparseMLAAttention(MLAAttention):
         meta = ctx.attn
         q_nope, q_pe, q_latent = self.project_and_cache(positions, x, meta)
         key_scales = None if self.kv_scales is None else self.kv_scales[..., 2:]
-        selected = self.indexer(positions, x, q_latent, self.kv_cache[..., self.latent_width :], meta, key_scales)
+        key_cache = self.kv_cache[..., self.latent_width :]
+        if self.use_kernel and self.use_absorbed(meta) and meta.is_pure_decode:
+            selected = self.indexer.select_for_decode(positions, x, q_latent, key_cache, meta, key_scales)
+            return self.output(self._sparse_decode(q_nope, q_pe, meta, selected))
+        selected = self.indexer(positions, x, q_latent, key_cache, meta, key_scales)
         if self.use_absorbed(meta):
             out = self._sparse_absorbed(q_nope, q_pe, meta, selected)
         else:
             masks = [selection_mask(idx, seq_len) for idx, seq_len in zip(selected, meta.seq_lens_cpu)]
             out = self._naive(q_nope, q_pe, meta, masks)
         return self.output(out)
+
+    def _sparse_decode(
+        self, q_nope: torch.Tensor, q_pe: torch.Tensor, meta: AttentionMetadata, selected: torch.Tensor
+    ) -> torch.Tensor:
+        """The latent decode kernel over each sequence's selected positions [B, K]: [B, H, v]."""
+        from seekd.kernels.mla_decode import mla_decode, mla_decode_splits
+
+        q, w_uv = self.absorb_query(q_nope, q_pe)
+        splits = mla_decode_splits(meta.num_seqs, self.num_heads, selected.size(1))
+        out_latent = mla_decode(
+            q,
+            self.kv_cache,
+            meta.block_tables,
+            meta.seq_lens,
+            self.kv_lora_rank,
+            self.scale,
+            splits,
+            self.kv_scales,
+            selected,
+        )
+        return torch.einsum("thr,hvr->thv", out_latent, w_uv)
 
     def _sparse_absorbed(
         self, q_nope: torch.Tensor, q_pe: torch.Tensor, meta: AttentionMetadata, selected: list[torch.Tensor]

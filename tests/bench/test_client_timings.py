@@ -34,9 +34,10 @@ def test_measured_ttft_and_tpot_match_the_injected_delays(fake_server: FakeOpenA
         assert len(r.itl) == 9
         assert r.output_tokens == r.usage_output_tokens == 10
     summary = summarize(results, duration, SLO())
-    assert summary["ttft_ms"]["p50"] == pytest.approx(200, rel=0.1)  # and the injected delays
-    assert summary["tpot_ms"]["p50"] == pytest.approx(40, rel=0.1)
-    assert summary["itl_ms"]["p50"] == pytest.approx(40, rel=0.1)
+    # and the injected delays: a sleep never ends early, but a busy CI machine may end it late
+    assert 195 <= summary["ttft_ms"]["p50"] <= 300
+    assert 39 <= summary["tpot_ms"]["p50"] <= 60
+    assert 39 <= summary["itl_ms"]["p50"] <= 60
     assert summary["output_tokens"] == 80 and summary["failed"] == 0
     assert fake_server.max_in_flight == 4
     body = fake_server.bodies[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from kernel_env import BF16_TILES, INTERPRETED
+from paged_cache import paged_latents
 
 from seekd.layers.attention import gather_kv
 from seekd.layers.kv_quant import dequantize, quantize
@@ -20,20 +21,6 @@ def reference(q, cache, block_tables, seq_lens, rank, scale):
         s = torch.einsum("hd,nd->hn", q[i].float(), rows) * scale
         out.append(torch.softmax(s, dim=-1) @ rows[:, :rank])
     return torch.stack(out)
-
-
-def paged_latents(seq_lens, width, dtype, device, block_size=16, num_blocks=128):
-    """A random latent cache and block tables that scatter each sequence over shuffled blocks."""
-    cache = torch.randn(num_blocks, block_size, width, device=device, dtype=dtype)
-    perm = torch.randperm(num_blocks - 1) + 1
-    max_blocks = max(-(-n // block_size) for n in seq_lens)
-    tables, used = [], 0
-    for n in seq_lens:
-        blocks = -(-n // block_size)
-        tables.append(torch.cat([perm[used : used + blocks], torch.zeros(max_blocks - blocks, dtype=torch.long)]))
-        used += blocks
-    block_tables = torch.stack(tables).to(device=device, dtype=torch.int32)
-    return cache, block_tables, torch.tensor(seq_lens, device=device, dtype=torch.int32)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
