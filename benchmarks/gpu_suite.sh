@@ -41,7 +41,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: runs one step, logs it, records its 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$OUT/device.txt" 2>&1
 
 # 1. every GPU and Triton kernel test (compiled for the GPU, bf16 included)
-step tests 270 python3 -m pytest -q -m "gpu or triton" -p no:cacheprovider \
+step tests 240 python3 -m pytest -q -m "gpu or triton" -p no:cacheprovider \
     tests/kernels tests/layers tests/models tests/engine
 
 # 2. kernel benchmarks: block-FP8 GEMMs and the low-bit fused MoE beside bf16
@@ -50,15 +50,19 @@ step fused_moe 50 python3 benchmarks/fused_moe.py --shapes v3-tp8 v4-flash --for
     --tokens 1 16 64 256 --out "$OUT/fused_moe.json"
 
 # 3. DeepSeek-V3 full-width slice: block FP8 (W8A8, W8A16) against bf16, per layer, batch 1/64/256
-step v3_slice 120 python3 benchmarks/deepseek_v3_slice.py --quantization auto none --fp8-gemm w8a8 w8a16 \
+step v3_slice 100 python3 benchmarks/deepseek_v3_slice.py --quantization auto none --fp8-gemm w8a8 w8a16 \
     --out "$OUT/v3_slice.json"
 
-# 4. DeepSeek-V4-Flash slice: FP4 experts + FP8 attention as shipped, and all bf16
-step v4_slice_fp4 60 python3 benchmarks/v4_flash_slice.py --quantization auto --batches 1 64 --out "$OUT/v4_slice_fp4.json"
-step v4_slice_bf16 60 python3 benchmarks/v4_flash_slice.py --quantization none --batches 1 64 --out "$OUT/v4_slice_bf16.json"
+# 4. DeepSeek-V3.2 full-width slice: sparse decode (indexer + top-k latents) at 4k and 32k context
+step v32_slice 60 python3 benchmarks/deepseek_v3_slice.py --model v3.2 --quantization auto --batches 1 \
+    --contexts 4096 32768 --steps 20 --out "$OUT/v32_slice.json"
+
+# 5. DeepSeek-V4-Flash slice: FP4 experts + FP8 attention as shipped, and all bf16
+step v4_slice_fp4 50 python3 benchmarks/v4_flash_slice.py --quantization auto --batches 1 64 --out "$OUT/v4_slice_fp4.json"
+step v4_slice_bf16 50 python3 benchmarks/v4_flash_slice.py --quantization none --batches 1 64 --out "$OUT/v4_slice_bf16.json"
 
 echo
 echo "seekd GPU suite at $COMMIT on $(cat "$OUT/device.txt")"
-for name in tests fp8_gemm fused_moe v3_slice v4_slice_fp4 v4_slice_bf16; do
+for name in tests fp8_gemm fused_moe v3_slice v32_slice v4_slice_fp4 v4_slice_bf16; do
     printf '%-10s %s\n' "$name" "${STATUS[$name]:-not run}"
 done
