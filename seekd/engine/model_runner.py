@@ -130,20 +130,11 @@ class ModelRunner:
         for layer in layers:
             layer.backend = self.attn_backend
         logger.info("attention backend: %s", self.attn_backend.name)
-        if self.attn_backend.name == "triton":
-            self._enable_fused_kernels()
 
     def graph_blockers(self) -> list[str]:
         """Module types whose forward depends on host-side values of the step (per-sequence loops,
         .tolist()): a captured CUDA graph would freeze those, so their models decode eagerly."""
         return sorted({type(m).__name__ for m in self.model.modules() if not getattr(m, "graph_safe", True)})
-
-    def _enable_fused_kernels(self) -> None:
-        """On the GPU fast path, norms, activations and rotary run as fused Triton kernels; the
-        torch backend keeps every layer on its reference code."""
-        for module in self.model.modules():
-            if hasattr(module, "use_kernel"):
-                module.use_kernel = True
 
     def tune_batch1_gemv(self) -> None:
         """Pick cuBLAS or the Triton GEMV per weight shape by timing both (before graph capture)."""

@@ -311,10 +311,15 @@ class TritonStepData:
     varlen: bool = False  # fresh prompts through FlashAttention varlen: decided once per step, not per layer
 
 
-def make_backend(name: str, device: str, num_kv_heads: int, prefill: str = "auto") -> AttentionBackend:
+def backend_name(name: str, device: str) -> str:
     """`auto` is triton on CUDA and the torch reference elsewhere."""
     if name == "auto":
-        name = "triton" if device.startswith("cuda") else "torch"
+        return "triton" if device.startswith("cuda") else "torch"
+    return name
+
+
+def make_backend(name: str, device: str, num_kv_heads: int, prefill: str = "auto") -> AttentionBackend:
+    name = backend_name(name, device)
     if name == "torch":
         return TorchAttentionBackend()
     if name == "triton":

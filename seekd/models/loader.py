@@ -14,7 +14,8 @@ from safetensors import safe_open
 from torch import nn
 
 from seekd.distributed import tp_size
-from seekd.layers.quantization import DENSE, QuantConfig, QuantizedWeight, building_with
+from seekd.layers.build_scope import REFERENCE, KernelChoice, building_with
+from seekd.layers.quantization import DENSE, QuantConfig, QuantizedWeight
 from seekd.models.dummy_weights import init_dummy_weights, init_sharded_dummy_weights
 from seekd.models.hf_config import HFConfig
 from seekd.models.registry import model_class
@@ -144,6 +145,7 @@ def load_model(
     seed: int = 0,
     show_progress: bool = True,
     quant: QuantConfig = DENSE,
+    kernels: KernelChoice = REFERENCE,
 ) -> nn.Module:
     folder = Path(folder)
     cls = model_class(hf_config.architecture)
@@ -160,7 +162,7 @@ def load_model(
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device(device), building_with(quant):
+        with torch.device(device), building_with(quant, kernels):
             model = cls(hf_config)
     finally:
         torch.set_default_dtype(previous)

@@ -7,13 +7,12 @@ weight loader: a layer built low-bit copies (its shard of) the codes and scales 
 parameter receives the dequantized tensor, which is also the reference every kernel is tested against.
 
 Which layers are built low-bit is decided once, before the model is built (`QuantConfig`, resolved
-from config.json and `--quantization`), and each layer holds the method object it was given.
+from config.json and `--quantization`, handed to the layers through `layers.build_scope`), and each
+layer holds the method object it was given.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -198,19 +197,3 @@ class QuantConfig:
 
 
 DENSE = QuantConfig()
-_building: list[QuantConfig] = [DENSE]
-
-
-@contextlib.contextmanager
-def building_with(config: QuantConfig) -> Iterator[None]:
-    """Layers constructed inside take their weight format from `config` (the model loader's one choice)."""
-    _building.append(config)
-    try:
-        yield
-    finally:
-        _building.pop()
-
-
-def build_config() -> QuantConfig:
-    """The QuantConfig of the model being built (dense outside `building_with`)."""
-    return _building[-1]
