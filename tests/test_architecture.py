@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Small modules every layer may use: they import nothing of seekd but each other.
-LOW = frozenset({"config", "sampling_params", "distributed", "progress", "errors", "text"})
+LOW = frozenset({"config", "sampling_params", "distributed", "progress", "errors", "intmath", "text"})
 # The model stack, lowest first: each may use the ones before it (and LOW), nothing above.
 CORE = ("kernels", "layers", "models", "engine")
 # Front ends the operations layer serves; ops/ must never reach up into them.

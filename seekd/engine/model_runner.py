@@ -22,6 +22,7 @@ from seekd.engine.request import PENDING_TOKEN, Request
 from seekd.engine.sampler import Sampler, SamplingBatch, gather_logprobs
 from seekd.engine.scheduler import SchedulerOutput
 from seekd.engine.structured.backend import StructuredBackend, bitmask_width
+from seekd.intmath import cdiv
 from seekd.layers.attention import Attention, AttentionBackend, TorchAttentionBackend, make_backend
 from seekd.layers.forward_context import AttentionMetadata, CacheGroupMetadata, ForwardContext
 from seekd.layers.kv_quant import is_fp8_kv_cache
@@ -164,7 +165,7 @@ class ModelRunner:
             self.attn_backend,
             self.device,
             max_batch,
-            -(-max_model_len // self.block_size),
+            cdiv(max_model_len, self.block_size),
             self.block_size,
             max_model_len,
         )

@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from seekd.distributed import all_reduce, tp_rank, tp_size
+from seekd.intmath import cdiv
 from seekd.layers.build_scope import build_config, build_kernels
-from seekd.layers.quantization import FP4_BLOCK, FP8_BLOCK, QuantizedWeight, cdiv, quantize_fp8_blocks
+from seekd.layers.quantization import FP4_BLOCK, FP8_BLOCK, QuantizedWeight, quantize_fp8_blocks
 
 if TYPE_CHECKING:
     from seekd.kernels.fused_moe import ExpertWeights

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from seekd.intmath import cdiv
+
 FP8_BLOCK = 128  # rows and columns of one block-FP8 scale (DeepSeek's weight_block_size)
 FP4_BLOCK = 32  # input columns that share one FP4 (ue8m0) scale
 FP8_MAX = 448.0  # largest float8_e4m3fn value
@@ -26,10 +28,6 @@ AMAX_FLOOR = 1e-10  # an all-zero block still gets a finite scale
 FP4_E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
 WEIGHT_FORMATS = ("dense", "fp8_block", "fp4")
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def dequantize_block_fp8(
