@@ -1,4 +1,4 @@
-"""Host cost of driving a tensor-parallel worker: rank 0 encodes a step (seekd.engine.tp_workers) and
+"""Host cost of driving a tensor-parallel worker: rank 0 encodes a step (seekd.engine.executor.tp_workers) and
 writes it to the worker's pipe; the worker reads and decodes it into the FlatStep it runs.
 
 Measured with a real worker process that acknowledges each decoded step with one byte:
@@ -26,8 +26,8 @@ import msgspec
 import numpy as np
 
 from seekd.bench.report import result_header
-from seekd.engine.model_runner import FlatStep
-from seekd.engine.tp_workers import StepMessage, decode_step, encode_step
+from seekd.engine.executor.tp_workers import StepMessage, decode_step, encode_step
+from seekd.engine.flat_step import FlatStep
 
 BLOCK = 16
 # (name, sequences, context tokens each, new tokens each)

@@ -80,6 +80,13 @@ class ModelConfig:
         "auto = triton on CUDA, torch elsewhere; torch is the reference path",
         choices=("auto", "torch", "triton"),
     )
+    fused_kernels: str = setting(
+        "auto",
+        "layers on fused Triton kernels: auto = all with the triton attention backend (V4 keeps its torch code), "
+        "none with torch; none = every layer on its torch reference; moe = only MoE routing and experts (to "
+        "isolate a kernel)",
+        choices=("auto", "none", "moe"),
+    )
     prefill_attention: str = setting(
         "auto",
         "triton backend, prompts with no cached prefix: auto = FlashAttention varlen from 2048 tokens on CUDA "

@@ -1,7 +1,7 @@
 """Tensor-parallel group helpers. With one rank (the default) every call is a no-op.
 
 The group is the default torch.distributed process group: rank 0 is the engine core, ranks > 0
-are worker processes (seekd/engine/tp_workers.py). Layers read `tp_rank()`/`tp_size()` when they
+are worker processes (seekd/engine/executor/tp_workers.py). Layers read `tp_rank()`/`tp_size()` when they
 are built, so the group must exist before the model is.
 """
 

@@ -348,18 +348,6 @@ def build_requests(args: argparse.Namespace, source: TextSource, seed: int) -> l
     )
 
 
-def first_model(base_url: str, api_key: str | None) -> str:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    response = httpx.get(base_url.rstrip("/") + "/v1/models", headers=headers, timeout=30.0)
-    response.raise_for_status()
-    models = response.json().get("data") or []
-    if not models:
-        raise ValueError(f"{base_url}/v1/models lists no model; pass --model")
-    return models[0]["id"]
-
-
 def _settings(args: argparse.Namespace, model: str) -> dict[str, Any]:
     from seekd.bench.metrics import SLO
 
@@ -412,7 +400,7 @@ def cmd_serve(args: argparse.Namespace, argv: Sequence[str], console: Console) -
     import asyncio
 
     from seekd.bench import report
-    from seekd.bench.client import ClientConfig, run_load
+    from seekd.bench.client import ClientConfig, first_model, run_load
     from seekd.bench.metrics import SLO, summarize
     from seekd.bench.workloads import TextSource
     from seekd.progress import progress_bar

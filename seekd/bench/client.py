@@ -299,3 +299,14 @@ async def run_load(
 
         results = await asyncio.gather(*(one(r, o) for r, o in zip(requests, offsets)))
         return list(results), time.perf_counter() - start
+
+
+def first_model(base_url: str, api_key: str | None) -> str:
+    """The first model a server lists: what a run measures when no --model is given."""
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    response = httpx.get(base_url.rstrip("/") + "/v1/models", headers=headers, timeout=30.0)
+    response.raise_for_status()
+    models = response.json().get("data") or []
+    if not models:
+        raise ValueError(f"{base_url}/v1/models lists no model; pass --model")
+    return models[0]["id"]

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from seekd.bench.cli import first_model
+from seekd.bench.client import first_model
 from seekd.bench.report import host_info, redact_api_key, result_header, write_json
 from seekd.bench.soak import Soak, SoakSettings
 from seekd.bench.soak_checks import Tolerances

@@ -13,14 +13,14 @@ from pathlib import Path
 import torch
 
 from seekd.config import SeekdConfig
+from seekd.engine.executor.runner_setup import load_runner, resolve_model_folder, set_cpu_threads
+from seekd.engine.executor.tp_validation import check_tensor_parallel, rank_device
+from seekd.engine.executor.tp_workers import TPDriver
 from seekd.engine.model_runner import InflightStep
 from seekd.engine.outputs import EngineOutput
 from seekd.engine.request import EngineCoreRequest, Request, RequestStatus
-from seekd.engine.runner_setup import load_runner, resolve_model_folder, set_cpu_threads
 from seekd.engine.scheduler import Scheduler
 from seekd.engine.structured.backend import StructuredBackend
-from seekd.engine.tp_validation import check_tensor_parallel, rank_device
-from seekd.engine.tp_workers import TPDriver
 from seekd.models.generation_config import GenerationConfig, token_ids
 from seekd.models.hf_config import HFConfig
 

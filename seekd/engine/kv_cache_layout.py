@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from seekd.intmath import cdiv
 from seekd.layers.attention import KVCacheSpec
 
 MAX_BLOCK_TOKENS_FACTOR = 16
@@ -160,7 +161,7 @@ class KVCacheLayout:
 
     def blocks_per_group(self, num_tokens: int) -> list[int]:
         """Blocks of each group that hold every entry of `num_tokens` tokens (nothing freed)."""
-        return [-(-num_tokens // s.block_tokens) for s in self.shapes]
+        return [cdiv(num_tokens, s.block_tokens) for s in self.shapes]
 
     def blocks_for_tokens(self, num_tokens: int, chunk: int) -> int:
         """Blocks one sequence of `num_tokens` holds at most, computed in chunks of up to `chunk`."""

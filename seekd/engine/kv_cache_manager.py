@@ -23,6 +23,7 @@ from array import array
 from seekd.engine.block_pool import BlockPool, KVBlock
 from seekd.engine.kv_cache_layout import CacheGroupShape
 from seekd.engine.request import Request
+from seekd.intmath import cdiv
 
 
 def hash_block(parent: bytes, token_ids: list[int]) -> bytes:
@@ -168,7 +169,7 @@ class KVCacheManager:
         plan = []  # per group: (null blocks to append, new blocks to allocate)
         num_new = 0
         for g, (block_tokens, window) in enumerate(self._dims):
-            needed = -(-total // block_tokens)
+            needed = cdiv(total, block_tokens)
             start = len(held[g]) if held is not None else 0
             if computed_blocks is not None:
                 start += len(computed_blocks[g])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,38 +15,21 @@ from torch import nn
 
 from seekd.distributed import broadcast_from_driver
 from seekd.engine.cuda_graphs import DecodeGraphs
+from seekd.engine.flat_step import FlatStep, StepSender
 from seekd.engine.kv_cache_layout import KVCacheLayout
 from seekd.engine.outputs import TokenLogprob
 from seekd.engine.request import PENDING_TOKEN, Request
 from seekd.engine.sampler import Sampler, SamplingBatch, gather_logprobs
 from seekd.engine.scheduler import SchedulerOutput
 from seekd.engine.structured.backend import StructuredBackend, bitmask_width
+from seekd.intmath import cdiv
 from seekd.layers.attention import Attention, AttentionBackend, TorchAttentionBackend, make_backend
 from seekd.layers.forward_context import AttentionMetadata, CacheGroupMetadata, ForwardContext
 from seekd.layers.kv_quant import is_fp8_kv_cache
 from seekd.layers.mla import MLAAttention
 from seekd.sampling_params import SamplingParams
 
-if TYPE_CHECKING:
-    from seekd.engine.tp_workers import TPDriver
-
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class FlatStep:
-    """One step's model inputs on the host, flat: everything a tensor-parallel rank needs to run the
-    same forward as rank 0 (and nothing of the requests, which only rank 0 knows)."""
-
-    input_ids: np.ndarray  # [T] int64; pending rows hold PENDING_TOKEN until `pending` fills them
-    positions: np.ndarray  # [T] int64
-    query_lens: list[int]
-    seq_lens: list[int]
-    block_tables: list[np.ndarray]  # per cache group, [B, max_blocks] int32 padded with the null block 0
-    slot_mapping: list[np.ndarray | None]  # per cache group, [T] int64; None for groups of compressed entries
-    logits_indices: np.ndarray  # [S] int64: rows of the hidden states whose next token is sampled
-    pending: np.ndarray  # [P, 2] int64: (input row, row of the previous step's sampled ids)
-    share_sampled: bool = False  # rank 0 broadcasts this step's sampled ids (the next may read them)
 
 
 @dataclass
@@ -132,7 +114,7 @@ class ModelRunner:
         self._host_bitmask = torch.empty(0, bitmask_width(vocab_size), dtype=torch.int32)
         self.gemv_report: dict[str, dict] = {}  # per weight shape: batch-1 GEMV choice and timings
         # rank 0 of a tensor-parallel group: sends each step to the workers before running it
-        self.tp_driver: TPDriver | None = None
+        self.tp_driver: StepSender | None = None
 
     def select_attention_backend(self, name: str, prefill: str) -> None:
         """One backend instance serves every standard attention layer. MLA layers keep their own
@@ -149,20 +131,11 @@ class ModelRunner:
         for layer in layers:
             layer.backend = self.attn_backend
         logger.info("attention backend: %s", self.attn_backend.name)
-        if self.attn_backend.name == "triton":
-            self._enable_fused_kernels()
 
     def graph_blockers(self) -> list[str]:
         """Module types whose forward depends on host-side values of the step (per-sequence loops,
         .tolist()): a captured CUDA graph would freeze those, so their models decode eagerly."""
         return sorted({type(m).__name__ for m in self.model.modules() if not getattr(m, "graph_safe", True)})
-
-    def _enable_fused_kernels(self) -> None:
-        """On the GPU fast path, norms, activations and rotary run as fused Triton kernels; the
-        torch backend keeps every layer on its reference code."""
-        for module in self.model.modules():
-            if hasattr(module, "use_kernel"):
-                module.use_kernel = True
 
     def tune_batch1_gemv(self) -> None:
         """Pick cuBLAS or the Triton GEMV per weight shape by timing both (before graph capture)."""
@@ -192,7 +165,7 @@ class ModelRunner:
             self.attn_backend,
             self.device,
             max_batch,
-            -(-max_model_len // self.block_size),
+            cdiv(max_model_len, self.block_size),
             self.block_size,
             max_model_len,
         )

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seekd.intmath import cdiv, round_up
 from seekd.layers.forward_context import AttentionMetadata, ForwardContext
 from seekd.layers.kv_quant import FP8, dequantize, quantize
 from seekd.layers.rotary import RotaryEmbedding
@@ -59,7 +60,7 @@ class KVCacheSpec:
     def data_bytes_per_block(self, entries_per_block: int) -> int:
         """The codes' bytes, padded to 16 when float32 scales follow them in a shared page."""
         n = entries_per_block * self.data_bytes_per_entry
-        return n if self.scale_shape is None else -(-n // 16) * 16
+        return n if self.scale_shape is None else round_up(n, 16)
 
     def bytes_per_block(self, entries_per_block: int) -> int:
         return self.data_bytes_per_block(entries_per_block) + entries_per_block * self.scale_bytes_per_entry
@@ -155,7 +156,7 @@ def store_kv(
 def gather_kv(kv_cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
     """The first `seq_len` cached tokens of one sequence: [seq_len, 2, kv_heads, head_dim]."""
     block_size = kv_cache.shape[1]
-    num_blocks = -(-seq_len // block_size)
+    num_blocks = cdiv(seq_len, block_size)
     return kv_cache[block_table[:num_blocks]].flatten(0, 1)[:seq_len]
 
 
@@ -311,10 +312,15 @@ class TritonStepData:
     varlen: bool = False  # fresh prompts through FlashAttention varlen: decided once per step, not per layer
 
 
-def make_backend(name: str, device: str, num_kv_heads: int, prefill: str = "auto") -> AttentionBackend:
+def backend_name(name: str, device: str) -> str:
     """`auto` is triton on CUDA and the torch reference elsewhere."""
     if name == "auto":
-        name = "triton" if device.startswith("cuda") else "torch"
+        return "triton" if device.startswith("cuda") else "torch"
+    return name
+
+
+def make_backend(name: str, device: str, num_kv_heads: int, prefill: str = "auto") -> AttentionBackend:
+    name = backend_name(name, device)
     if name == "torch":
         return TorchAttentionBackend()
     if name == "triton":

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seekd.distributed import all_reduce, tp_rank, tp_size
+from seekd.intmath import cdiv
 from seekd.layers.linear import linear_product
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ class VocabParallelEmbedding(nn.Module):
         super().__init__()
         self.tp_size = tp_size()
         self.vocab_size = vocab_size
-        self.shard_size = -(-vocab_size // self.tp_size)
+        self.shard_size = cdiv(vocab_size, self.tp_size)
         self.vocab_start = tp_rank() * self.shard_size
         self.weight = nn.Parameter(torch.empty(self.shard_size, hidden_size), requires_grad=False)
         self.weight.weight_loader = self.weight_loader

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from seekd.distributed import all_reduce, tp_rank, tp_size
-from seekd.layers.quantization import QuantizedWeight, build_config
+from seekd.layers.build_scope import build_config
+from seekd.layers.quantization import QuantizedWeight
 from seekd.layers.quantization.linear_methods import DenseLinear, linear_method
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ attention from it:
 - absorbed: fold W_UK (the key half of kv_b_proj) into the query and apply W_UV (the value half) after
   the output, so attention runs in latent space as one shared KV head (MQA) over the cache itself.
   Decode reads far fewer bytes this way; prefill does fewer FLOPs the naive way.
-On the GPU fast path (`use_kernel`) an absorbed pure-decode step runs fused Triton kernels instead
-(`_fused_decode`); the torch paths stay the reference.
+On the GPU fast path (`use_kernel`, chosen when the layer is built) an absorbed pure-decode step runs
+fused Triton kernels instead (`_fused_decode`); the torch paths stay the reference.
 An FP8 cache (`kv_cache_dtype fp8`) holds e4m3 codes of the row and, in `kv_scales`, a float32 scale
 for each of its segments: c_kv, k_pe (their magnitudes differ) and, for sparse MLA, the indexer key.
 """
@@ -22,6 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from seekd.distributed import tp_size
 from seekd.layers.attention import KVCacheSpec, causal_mask, gather_kv
+from seekd.layers.build_scope import build_kernels
 from seekd.layers.forward_context import AttentionMetadata, ForwardContext
 from seekd.layers.kv_quant import FP8, dequantize, quantize
 from seekd.layers.linear import ColumnParallelLinear, ReplicatedLinear, RowParallelLinear
@@ -51,7 +52,10 @@ class MLAAttention(nn.Module):
         rotary_emb: RotaryEmbedding,
         scale: float,
         bias: bool = False,
+        *,
+        use_kernel: bool | None = None,
     ) -> None:
+        """`use_kernel`: the Triton latent decode kernels; unset = the model's KernelChoice."""
         super().__init__()
         if num_heads % tp_size():
             raise ValueError(f"{num_heads} attention heads are not divisible by tensor-parallel size {tp_size()}")
@@ -81,7 +85,7 @@ class MLAAttention(nn.Module):
         self.kv_cache: torch.Tensor | None = None  # [num_blocks, block_size, kv_lora_rank + qk_rope_head_dim]
         self.kv_scales: torch.Tensor | None = None  # FP8 caches: [num_blocks, block_size, segments]
         self.mode = "auto"
-        self.use_kernel = False  # the ModelRunner turns on the Triton latent decode kernel on GPUs
+        self.use_kernel = build_kernels().mla_decode if use_kernel is None else use_kernel
 
     @property
     def graph_safe(self) -> bool:

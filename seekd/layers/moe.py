@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from seekd.distributed import all_reduce, tp_rank, tp_size
-from seekd.layers.quantization import FP4_BLOCK, FP8_BLOCK, QuantizedWeight, build_config, cdiv, quantize_fp8_blocks
+from seekd.intmath import cdiv
+from seekd.layers.build_scope import build_config, build_kernels
+from seekd.layers.quantization import FP4_BLOCK, FP8_BLOCK, QuantizedWeight, quantize_fp8_blocks
 
 if TYPE_CHECKING:
     from seekd.kernels.fused_moe import ExpertWeights
@@ -48,7 +50,9 @@ class TopKRouter(nn.Module):
         topk_group: int = 1,
         norm_topk_prob: bool = False,
         routed_scaling_factor: float = 1.0,
+        use_kernel: bool | None = None,
     ) -> None:
+        """`use_kernel`: the one-launch Triton routing; unset = the model's KernelChoice."""
         super().__init__()
         if scoring_func not in SCORING_FUNCS:
             raise ValueError(f"scoring_func must be one of {', '.join(SCORING_FUNCS)}, not {scoring_func!r}")
@@ -68,7 +72,7 @@ class TopKRouter(nn.Module):
             self.e_score_correction_bias = nn.Parameter(
                 torch.empty(num_experts, dtype=torch.float32), requires_grad=False
             )
-        self.use_kernel = False  # the ModelRunner turns on the one-launch Triton routing on GPUs
+        self.use_kernel = build_kernels().moe if use_kernel is None else use_kernel
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: [T, hidden] -> (topk_weights [T, top_k] float32, topk_ids [T, top_k] int64). The torch
@@ -177,8 +181,15 @@ class RoutedExperts(nn.Module):
     fall on the format's scale boundaries (then the experts are dense)."""
 
     def __init__(
-        self, num_experts: int, hidden_size: int, intermediate_size: int, swiglu_limit: float | None = None
+        self,
+        num_experts: int,
+        hidden_size: int,
+        intermediate_size: int,
+        swiglu_limit: float | None = None,
+        *,
+        use_kernel: bool | None = None,
     ) -> None:
+        """`use_kernel`: the fused Triton MoE kernel; unset = the model's KernelChoice."""
         super().__init__()
         self.tp_rank, self.tp_size = tp_rank(), tp_size()
         if intermediate_size % self.tp_size:
@@ -190,7 +201,7 @@ class RoutedExperts(nn.Module):
         self.format = expert_format(build_config().experts, hidden_size, inter)
         self.w13_weight = self._stack(num_experts, 2 * inter, hidden_size, "w13")
         self.w2_weight = self._stack(num_experts, hidden_size, inter, "w2")
-        self.use_kernel = False  # the ModelRunner turns on the fused Triton kernel on GPUs
+        self.use_kernel = build_kernels().moe if use_kernel is None else use_kernel
         self.batch1_tiling = None  # the kernel's tiling for one token, timed at start-up; None: its default
 
     def _stack(self, num_experts: int, rows: int, cols: int, name: str) -> nn.Parameter:

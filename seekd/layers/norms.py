@@ -5,13 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from seekd.layers.build_scope import build_kernels
+
 
 class RMSNorm(nn.Module):
-    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+    def __init__(self, hidden_size: int, eps: float = 1e-6, *, use_kernel: bool | None = None) -> None:
+        """`use_kernel`: the fused Triton kernel; unset = the model's KernelChoice."""
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
-        self.use_kernel = False  # the ModelRunner turns on the fused Triton kernel on GPUs
+        self.use_kernel = build_kernels().norms if use_kernel is None else use_kernel
 
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from seekd.layers.build_scope import build_kernels
+
 
 def rope_parameters(hf_config: Any) -> tuple[float, dict[str, Any] | None]:
     """(theta, scaling) from either the classic `rope_theta`/`rope_scaling` fields or the newer
@@ -102,7 +104,10 @@ class RotaryEmbedding(nn.Module):
         base: float,
         scaling: dict[str, Any] | None = None,
         interleaved: bool = False,
+        *,
+        use_kernel: bool | None = None,
     ) -> None:
+        """`use_kernel`: the fused Triton kernel; unset = the model's KernelChoice."""
         super().__init__()
         self.head_dim = head_dim
         self.rotary_dim = rotary_dim
@@ -121,7 +126,7 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(torch.arange(max_position, dtype=torch.float), inv_freq)
         cos_sin = torch.cat([freqs.cos(), freqs.sin()], dim=-1) * attention_factor
         self.register_buffer("cos_sin_cache", cos_sin, persistent=False)
-        self.use_kernel = False  # the ModelRunner turns on the fused Triton kernel on GPUs
+        self.use_kernel = build_kernels().rotary if use_kernel is None else use_kernel
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [T, heads, head_dim], k: [T, kv_heads, head_dim]."""

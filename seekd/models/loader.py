@@ -14,10 +14,11 @@ from safetensors import safe_open
 from torch import nn
 
 from seekd.distributed import tp_size
-from seekd.layers.quantization import DENSE, QuantConfig, QuantizedWeight, building_with
+from seekd.layers.build_scope import REFERENCE, KernelChoice, building_with
+from seekd.layers.quantization import DENSE, QuantConfig, QuantizedWeight
+from seekd.models.dummy_weights import init_dummy_weights, init_sharded_dummy_weights
 from seekd.models.hf_config import HFConfig
 from seekd.models.registry import model_class
-from seekd.models.tp_dummy import init_sharded_dummy_weights
 from seekd.models.weights import pair_quantized, skip_layers_from
 from seekd.progress import progress_bar
 
@@ -134,53 +135,6 @@ def checkpoint_stream(
     return weights
 
 
-def init_dummy_weights(model: nn.Module, seed: int) -> None:
-    """Random weights of the real shapes and precision: norms at 1, the rest small and seeded
-    (reproducible); low-bit codes random, with scales that make the weights about N(0, 0.02)."""
-    for name, param in model.named_parameters():
-        gen = torch.Generator(device=param.device).manual_seed(seed + hash_name(name))
-        if getattr(param, "low_bit_format", None):
-            init_dummy_low_bit(param, name, gen)
-        elif param.dim() == 1 and "norm" in name:
-            param.data.fill_(1.0)
-        elif param.dtype.is_floating_point:
-            param.data.normal_(0.0, 0.02, generator=gen)
-    init_dummy_hash_tables(model, seed)
-
-
-def init_dummy_low_bit(param: nn.Parameter, name: str, gen: torch.Generator) -> None:
-    """FP8 codes ~ N(0, 32) under scales of 0.02/32; FP4 codes uniform (mean magnitude ~2.6) under
-    scales of 2**-7. Filled a slice at a time: no float32 copy of a whole expert stack."""
-    data = param.data
-    is_scale = name.endswith(("_scale_inv", "_scale"))
-    if is_scale:
-        data.fill_(0.02 / 32 if data.dtype == torch.float32 else 127 - 7)
-        return
-    for chunk in data.view(-1, data.shape[-1]).split(4096):
-        if chunk.dtype == torch.float8_e4m3fn:
-            noise = torch.empty(chunk.shape, device=chunk.device).normal_(0.0, 32.0, generator=gen)
-            chunk.copy_(noise.clamp_(-448, 448).to(chunk.dtype))
-        else:
-            chunk.copy_(torch.randint(0, 256, chunk.shape, generator=gen, device=chunk.device, dtype=torch.int32))
-
-
-def init_dummy_hash_tables(model: nn.Module, seed: int) -> None:
-    for name, module in model.named_modules():
-        table = getattr(module, "tid2eid", None)
-        if isinstance(table, torch.Tensor):  # hash routing: a random choice of distinct experts per token
-            gen = torch.Generator(device=table.device).manual_seed(seed + hash_name(name))
-            choice = torch.rand(table.shape[0], module.weight.shape[0], generator=gen, device=table.device)
-            table.data.copy_(choice.argsort(dim=-1)[:, : table.shape[1]])
-
-
-def hash_name(name: str) -> int:
-    """Stable (process-independent) small integer from a parameter name."""
-    h = 0
-    for ch in name.encode():
-        h = (h * 131 + ch) % 1_000_003
-    return h
-
-
 def load_model(
     folder: str | Path,
     hf_config: HFConfig,
@@ -191,6 +145,7 @@ def load_model(
     seed: int = 0,
     show_progress: bool = True,
     quant: QuantConfig = DENSE,
+    kernels: KernelChoice = REFERENCE,
 ) -> nn.Module:
     folder = Path(folder)
     cls = model_class(hf_config.architecture)
@@ -207,7 +162,7 @@ def load_model(
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device(device), building_with(quant):
+        with torch.device(device), building_with(quant, kernels):
             model = cls(hf_config)
     finally:
         torch.set_default_dtype(previous)

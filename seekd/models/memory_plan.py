@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 
 from seekd.distributed import rank_view
-from seekd.layers.quantization import DENSE, QuantConfig, building_with
+from seekd.layers.build_scope import building_with
+from seekd.layers.quantization import DENSE, QuantConfig
 from seekd.models.hf_config import HFConfig
 from seekd.models.loader import checkpoint_quant_config
 from seekd.models.registry import model_class

@@ -6,6 +6,8 @@ import importlib
 
 from torch import nn
 
+from seekd.layers.build_scope import ALL_KERNELS, REFERENCE, KernelChoice
+
 _MODELS: dict[str, tuple[str, str]] = {
     "Qwen2ForCausalLM": ("seekd.models.qwen2", "Qwen2ForCausalLM"),
     "LlamaForCausalLM": ("seekd.models.llama", "LlamaForCausalLM"),
@@ -14,6 +16,24 @@ _MODELS: dict[str, tuple[str, str]] = {
     "DeepseekV32ForCausalLM": ("seekd.models.deepseek_v32", "DeepseekV32ForCausalLM"),
     "DeepseekV4ForCausalLM": ("seekd.models.deepseek_v4", "DeepseekV4ForCausalLM"),
 }
+
+
+# Architectures whose attention layers run on the selected attention backend. V4's attention runs its
+# own torch code, and the rest of that model stays on the torch reference with it.
+_ON_ATTENTION_BACKEND = frozenset(_MODELS) - {"DeepseekV4ForCausalLM"}
+
+
+def kernel_choice(architecture: str, attention_backend: str, fused_kernels: str = "auto") -> KernelChoice:
+    """The one decision of which layers of a model run fused Triton kernels, made before it is built.
+    `auto`: all of them on the triton attention backend (the GPU fast path), none on the torch one
+    (the reference); `none`: none; `moe`: only the MoE routing and experts (to isolate a kernel)."""
+    if fused_kernels == "none":
+        return REFERENCE
+    if fused_kernels == "moe":
+        return KernelChoice(moe=True)
+    if attention_backend == "triton" and architecture in _ON_ATTENTION_BACKEND:
+        return ALL_KERNELS
+    return REFERENCE
 
 
 def supported_architectures() -> list[str]:

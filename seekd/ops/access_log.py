@@ -18,15 +18,13 @@ import logging
 import re
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from seekd.ops.metrics import ServerMetrics
-
-if TYPE_CHECKING:
-    from seekd.server.generation import Generation
 
 access_logger = logging.getLogger("seekd.access")
 
@@ -41,34 +39,25 @@ def request_id_of(headers: Headers) -> str:
     return given if _SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
 
 
+# What a route handler leaves in `request.state.access_fields`: called once the response is done, it
+# returns the request's own part of the line (response id, tenant, model, tokens, timings) as plain data.
+RequestFields = Callable[[], dict[str, Any]]
+
+
 def access_fields(
-    request_id: str, method: str, path: str, status: int | None, started: float, gen: Generation | None
+    request_id: str, method: str, path: str, status: int | None, started: float, request_fields: RequestFields | None
 ) -> dict[str, Any]:
     fields: dict[str, Any] = {"request_id": request_id, "method": method, "path": path, "status": status}
-    if gen is None:
+    if request_fields is None:
         fields["e2e_ms"] = round((time.monotonic() - started) * 1000.0, 3)
-        return fields
-    t = gen.tracker
-    fields.update(
-        {
-            "id": gen.request_id,
-            "tenant": gen.policy.tenant,
-            "model": gen.ctx.served_model_name,
-            "prompt_tokens": gen.prompt_tokens,
-            "output_tokens": gen.completion_tokens,
-            "cached_tokens": gen.cached_tokens,
-            "queue_ms": t.ms(t.arrival, t.scheduled),
-            "ttft_ms": t.ms(t.arrival, t.first_token),
-            "e2e_ms": t.ms(t.arrival, t.finished or time.monotonic()),
-            "finish_reason": ",".join(str(c.finish_reason) for c in gen.choices),
-        }
-    )
+    else:
+        fields.update(request_fields())
     return fields
 
 
 class AccessLogMiddleware:
     """Assigns the request id, echoes it, and logs one line when the response is complete (or the
-    client left). The handler leaves its Generation in `request.state.generation`."""
+    client left), with the fields the handler left in `request.state.access_fields` (`RequestFields`)."""
 
     def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
         self.app = app
@@ -97,9 +86,9 @@ class AccessLogMiddleware:
         finally:
             path: str = scope.get("path", "")
             if path.startswith(LOGGED_PATH_PREFIX):
-                gen = scope["state"].get("generation")
+                request_fields = scope["state"].get("access_fields")
                 # No response and no error: the client left before its request was complete.
                 final = status or (500 if failed else CLIENT_CLOSED_REQUEST)
-                fields = access_fields(request_id, scope.get("method", ""), path, final, started, gen)
+                fields = access_fields(request_id, scope.get("method", ""), path, final, started, request_fields)
                 self.metrics.http_request_done(fields["status"])
                 access_logger.info(json.dumps(fields), extra={"fields": fields})

@@ -27,8 +27,8 @@ from http import HTTPStatus
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from seekd.errors import APIError
 from seekd.ops.keys import ApiKey, KeyStore, hash_secret
-from seekd.server.errors import APIError
 
 logger = logging.getLogger(__name__)
 

@@ -11,8 +11,9 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from seekd.errors import APIError
 from seekd.ops.keys import KeyStore
-from seekd.server.errors import APIError, invalid_request
+from seekd.server.errors import invalid_request
 from seekd.server.openapi import KEYED, WITH_BODY, errors
 
 router = APIRouter(prefix="/admin")

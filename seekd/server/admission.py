@@ -38,9 +38,10 @@ from typing import Any
 from starlette.requests import Request
 
 from seekd.config import AdmissionConfig
+from seekd.errors import APIError
 from seekd.ops.auth import principal_of
 from seekd.ops.limits import KeyLimits, KeyRateLimiter, RateLimitExceeded, TenantRateLimiter, check_limits
-from seekd.server.errors import APIError, shutting_down
+from seekd.server.errors import shutting_down
 
 logger = logging.getLogger(__name__)
 

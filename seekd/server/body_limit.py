@@ -13,7 +13,7 @@ from http import HTTPStatus
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from seekd.server.errors import APIError
+from seekd.errors import APIError
 from seekd.server.json_depth import deeper_than
 from seekd.server.lone_surrogates import lone_surrogate_path
 

@@ -8,40 +8,15 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from seekd.errors import APIError
+
 logger = logging.getLogger(__name__)
-
-
-class APIError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str | None = None,
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.type = type or _default_type(status)
-        self.param = param
-        self.code = code
-        self.headers = headers  # e.g. Retry-After on a 429
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> APIError:
@@ -59,14 +34,6 @@ def shutting_down(detail: str) -> APIError:
         code="server_shutting_down",
         headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER_S)},
     )
-
-
-def _default_type(status: int) -> str:
-    if status == HTTPStatus.NOT_FOUND:
-        return "not_found_error"
-    if status >= 500:
-        return "server_error"
-    return "invalid_request_error"
 
 
 def validation_error(exc: RequestValidationError) -> APIError:

@@ -15,16 +15,18 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 
 from seekd.engine.outputs import EngineOutput, TokenLogprob
 from seekd.engine.request import EngineCoreRequest
+from seekd.errors import APIError
 from seekd.models.generation_config import GenerationConfig
 from seekd.ops.auth import cache_salt_for
 from seekd.ops.metrics import ServerMetrics
 from seekd.sampling_params import SamplingParams
 from seekd.server.admission import AdmissionController, RequestPolicy, Ticket
 from seekd.server.engine_client import EngineClient, EngineDeadError, EngineRequestError, RequestStream
-from seekd.server.errors import APIError, invalid_request
+from seekd.server.errors import invalid_request
 from seekd.server.logprobs import TokenTexts
 from seekd.server.protocol import CompletionTokensDetails, PromptTokensDetails, SamplingFields, Usage
 from seekd.server.reasoning import ReasoningTags, ReasoningTokenCounter
@@ -433,6 +435,22 @@ class Generation:
     def cached_tokens(self) -> int:
         """Prefix-cache hits of each prompt's first choice (later choices hit the first's blocks)."""
         return sum(c.num_cached_tokens for c in self.choices if c.index % self.params.n == 0)
+
+    def access_fields(self) -> dict[str, Any]:
+        """This request's part of its access-log line (`seekd.ops.access_log`), as plain data."""
+        t = self.tracker
+        return {
+            "id": self.request_id,
+            "tenant": self.policy.tenant,
+            "model": self.ctx.served_model_name,
+            "prompt_tokens": self.prompt_tokens,
+            "output_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "queue_ms": t.ms(t.arrival, t.scheduled),
+            "ttft_ms": t.ms(t.arrival, t.first_token),
+            "e2e_ms": t.ms(t.arrival, t.finished or time.monotonic()),
+            "finish_reason": ",".join(str(c.finish_reason) for c in self.choices),
+        }
 
     def usage(self) -> Usage:
         return Usage(

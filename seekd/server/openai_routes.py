@@ -8,8 +8,8 @@ from http import HTTPStatus
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
+from seekd.errors import APIError
 from seekd.ops.auth import principal_of
-from seekd.server.errors import APIError
 from seekd.server.generation import ServingContext
 from seekd.server.openapi import GENERATION, KEYED, errors, streamed
 from seekd.server.protocol import (

@@ -135,7 +135,8 @@ async def create_chat_completion(
         params, in_reasoning = _format_after_reasoning(ctx, params, in_reasoning)
     tags = ReasoningTags(in_reasoning, ctx.tokenizer.token_to_id(THINK_START), ctx.tokenizer.token_to_id(THINK_END))
     gen = Generation(ctx, request_id, [prompt_ids], params, policy, reasoning=tags)
-    request.state.generation = gen  # for the access log
+    request.state.generation = gen  # for the audit trail
+    request.state.access_fields = gen.access_fields
 
     if req.stream:
         updates = gen.updates()

@@ -70,7 +70,8 @@ async def create_completion(
         req, max_tokens=max_tokens, logprobs=req.logprobs, max_n=ctx.max_n, vocab_size=ctx.tokenizer.vocab_size
     )
     gen = Generation(ctx, request_id, prompts, params, policy)
-    request.state.generation = gen  # for the access log
+    request.state.generation = gen  # for the audit trail
+    request.state.access_fields = gen.access_fields
     echoes = [ctx.tokenizer.decode(ids, skip_special_tokens=True) if req.echo else "" for ids in prompts]
 
     if req.stream:

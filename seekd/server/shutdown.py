@@ -20,8 +20,9 @@ from typing import Protocol
 import uvicorn
 from fastapi import FastAPI
 
+from seekd.errors import APIError
 from seekd.server.admission import AdmissionController
-from seekd.server.errors import APIError, shutting_down
+from seekd.server.errors import shutting_down
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from seekd.server.errors import APIError
+from seekd.errors import APIError
 
 logger = logging.getLogger(__name__)
 

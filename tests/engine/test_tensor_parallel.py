@@ -20,7 +20,7 @@ from models.test_deepseek_v4 import save_tiny_v4
 from models.test_deepseek_v32 import save_tiny_v32
 
 from seekd import LLM
-from seekd.engine.tp_validation import check_tensor_parallel, valid_tp_sizes
+from seekd.engine.executor.tp_validation import check_tensor_parallel, valid_tp_sizes
 from seekd.models.hf_config import HFConfig
 
 CHILD = Path(tp_child.__file__)

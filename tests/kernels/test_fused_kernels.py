@@ -42,32 +42,31 @@ def test_rms_norm_with_and_without_residual(kernel_device, dtype, hidden):
     residual = torch.randn_like(x)
     ref, ref_res = norm(x, residual)
     ref_plain = norm(x)
-    norm.use_kernel = True
-    out, out_res = norm(x, residual)
+    fused = RMSNorm(hidden, 1e-6, use_kernel=True).to(kernel_device).to(dtype)
+    fused.load_state_dict(norm.state_dict())
+    out, out_res = fused(x, residual)
     assert close(out, ref, dtype) and same_rounding(out_res, ref_res)
-    assert close(norm(x), ref_plain, dtype)
+    assert close(fused(x), ref_plain, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("d", [160, 18944])
 def test_silu_and_mul(kernel_device, dtype, d):
-    act = SiluAndMul()
     x = torch.randn(19, 2 * d, device=kernel_device, dtype=dtype)
-    ref = act(x)
-    act.use_kernel = True
-    assert close(act(x), ref, dtype)
+    ref = SiluAndMul()(x)
+    assert close(SiluAndMul(use_kernel=True)(x), ref, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("heads,kv_heads,head_dim,rotary_dim", [(28, 4, 128, 128), (16, 16, 192, 64), (4, 2, 16, 16)])
 def test_rotary_on_strided_views(kernel_device, dtype, heads, kv_heads, head_dim, rotary_dim):
     rope = RotaryEmbedding(head_dim, rotary_dim, 4096, 10000.0).to(kernel_device)
+    fused = RotaryEmbedding(head_dim, rotary_dim, 4096, 10000.0, use_kernel=True).to(kernel_device)
     tokens = 45
     qkv = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim, device=kernel_device, dtype=dtype)
     q = qkv[:, : heads * head_dim].view(tokens, heads, head_dim)  # strided, like the model's split
     k = qkv[:, heads * head_dim : (heads + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
     positions = torch.randint(0, 4096, (tokens,), device=kernel_device)
     ref_q, ref_k = rope(positions, q, k)
-    rope.use_kernel = True
-    out_q, out_k = rope(positions, q, k)
+    out_q, out_k = fused(positions, q, k)
     assert close(out_q, ref_q, dtype) and close(out_k, ref_k, dtype)

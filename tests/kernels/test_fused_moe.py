@@ -25,9 +25,15 @@ DTYPES = [
 
 
 def make_experts(
-    num_experts: int, hidden: int, inter: int, limit: float | None, device: str, dtype: torch.dtype
+    num_experts: int,
+    hidden: int,
+    inter: int,
+    limit: float | None,
+    device: str,
+    dtype: torch.dtype,
+    use_kernel: bool = False,
 ) -> RoutedExperts:
-    experts = RoutedExperts(num_experts, hidden, inter, limit)
+    experts = RoutedExperts(num_experts, hidden, inter, limit, use_kernel=use_kernel)
     experts.w13_weight.data.normal_(0.0, hidden**-0.5)
     experts.w2_weight.data.normal_(0.0, inter**-0.5)
     return experts.to(device, dtype)
@@ -193,10 +199,11 @@ def test_routed_experts_on_the_kernel_run_no_host_reading_op(kernel_device):
     ref = experts(x, weights, ids)
     loop_ops = _ops_run(lambda: experts(x, weights, ids))
     assert "aten::nonzero" in loop_ops  # the profiler sees them where they run
-    experts.use_kernel = True
-    out = experts(x, weights, ids)
+    fused = make_experts(8, 32, 16, None, kernel_device, torch.float32, use_kernel=True)
+    fused.load_state_dict(experts.state_dict())
+    out = fused(x, weights, ids)
     torch.testing.assert_close(out, ref, **tolerance(torch.float32))
-    kernel_ops = _ops_run(lambda: experts(x, weights, ids))
+    kernel_ops = _ops_run(lambda: fused(x, weights, ids))
     assert not kernel_ops & set(SYNCING_OPS)
 
 
@@ -243,13 +250,13 @@ def test_deepseek_generates_the_reference_tokens_with_routed_experts_on_the_kern
             device=kernel_device,
             dtype="float32",
             enforce_eager=True,
+            fused_kernels="moe" if forced else "none",
             show_progress=False,
         )
         experts = [m for m in llm.engine.runner.model.modules() if isinstance(m, RoutedExperts)]
         routers = [m for m in llm.engine.runner.model.modules() if isinstance(m, TopKRouter)]
         assert len(experts) >= 2
-        for m in experts + routers:
-            m.use_kernel = forced
+        assert all(m.use_kernel is forced for m in experts + routers)
         # the loop reads expert ids on the host, so only the kernel lets decode steps become CUDA graphs
         assert ("RoutedExperts" in llm.engine.runner.graph_blockers()) is not forced
         outs.append([o.outputs[0].token_ids for o in llm.generate(prompts, params)])

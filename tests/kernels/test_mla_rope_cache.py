@@ -60,13 +60,23 @@ def make_mla(
     hidden: int = 64,
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
+    use_kernel: bool = False,
 ) -> MLAAttention:
     rope = RotaryEmbedding(rope_dim, rope_dim, 8192, 10000.0, scaling, interleaved)
-    mla = MLAAttention(hidden, heads, q_lora_rank, kv_lora_rank, nope, rope_dim, v, rope, (nope + rope_dim) ** -0.5)
+    scale = (nope + rope_dim) ** -0.5
+    mla = MLAAttention(hidden, heads, q_lora_rank, kv_lora_rank, nope, rope_dim, v, rope, scale, use_kernel=use_kernel)
     for p in mla.parameters():
         p.data.normal_(0.0, 0.2)
     mla.kv_a_layernorm.weight.data.uniform_(0.5, 1.5)
     return mla.to(device=device, dtype=dtype)
+
+
+def torch_and_kernel(**kwargs) -> tuple[MLAAttention, MLAAttention]:
+    """One random MLA layer built twice, with the same weights: on its torch paths and on the kernels."""
+    mla = make_mla(**kwargs)
+    fused = make_mla(**kwargs, use_kernel=True)
+    fused.load_state_dict(mla.state_dict())
+    return mla, fused
 
 
 def decode_metadata(seq_lens: list[int], block_size: int, num_blocks: int, device: str) -> AttentionMetadata:
@@ -139,7 +149,7 @@ def test_fused_decode_step_equals_the_torch_absorbed_path(kernel_device, heads, 
     """Contexts long enough that the decode kernel splits their keys; a second call gives the same bits."""
     torch.manual_seed(0)
     device, block_size, num_blocks = kernel_device, 16, 260
-    mla = make_mla(
+    mla, fused = torch_and_kernel(
         **{**V2_LITE, "heads": heads, "kv_lora_rank": 64, "nope": 32, "rope_dim": 16, "v": 32},
         dtype=dtype,
         device=device,
@@ -153,13 +163,12 @@ def test_fused_decode_step_equals_the_torch_absorbed_path(kernel_device, heads, 
     mla.kv_cache = cache.clone()
     ref = mla(positions, x, ForwardContext(meta))
     ref_cache = mla.kv_cache
-    mla.use_kernel = True
     outs = []
     for _ in range(2):
-        mla.kv_cache = cache.clone()
-        outs.append(mla(positions, x, ForwardContext(meta)))
+        fused.kv_cache = cache.clone()
+        outs.append(fused(positions, x, ForwardContext(meta)))
     fp32 = dtype == torch.float32
-    torch.testing.assert_close(mla.kv_cache, ref_cache, atol=1e-6 if fp32 else 2e-2, rtol=1e-6 if fp32 else 2e-2)
+    torch.testing.assert_close(fused.kv_cache, ref_cache, atol=1e-6 if fp32 else 2e-2, rtol=1e-6 if fp32 else 2e-2)
     assert (outs[0].float() - ref.float()).norm() / ref.float().norm() < (1e-5 if fp32 else 2e-2)
     assert torch.equal(outs[0], outs[1])
 
@@ -204,7 +213,7 @@ def test_fused_decode_over_fp8_cache_equals_the_torch_absorbed_path(kernel_devic
     """The kernels' FP8 write and read against the torch path's quantize and dequantize, with splits."""
     torch.manual_seed(0)
     device, block_size, num_blocks = kernel_device, 16, 260
-    mla = make_mla(
+    mla, fused = torch_and_kernel(
         **{**V2_LITE, "heads": 20, "kv_lora_rank": 64, "nope": 32, "rope_dim": 16, "v": 32}, dtype=dtype, device=device
     )
     seq_lens = [1000, 530, 9, 1]
@@ -218,11 +227,10 @@ def test_fused_decode_over_fp8_cache_equals_the_torch_absorbed_path(kernel_devic
     mla.kv_cache, mla.kv_scales = codes.clone(), scales.clone()
     ref = mla(positions, x, ForwardContext(meta))
     ref_codes, ref_scales = mla.kv_cache, mla.kv_scales
-    mla.use_kernel = True
-    mla.kv_cache, mla.kv_scales = codes.clone(), scales.clone()
-    out = mla(positions, x, ForwardContext(meta))
+    fused.kv_cache, fused.kv_scales = codes.clone(), scales.clone()
+    out = fused(positions, x, ForwardContext(meta))
     fp32 = dtype == torch.float32
     if fp32:  # the kernel's and torch's norms round apart in the last bits: a code may move by one step
-        assert_fp8_codes_close(mla.kv_cache, ref_codes)
-        torch.testing.assert_close(mla.kv_scales, ref_scales, atol=0, rtol=1e-6)
+        assert_fp8_codes_close(fused.kv_cache, ref_codes)
+        torch.testing.assert_close(fused.kv_scales, ref_scales, atol=0, rtol=1e-6)
     assert (out.float() - ref.float()).norm() / ref.float().norm() < (1e-5 if fp32 else 2e-2)

@@ -22,7 +22,7 @@ ROUTERS = {
 }
 
 
-def make_router(name: str, hidden: int, device: str) -> TopKRouter:
+def make_router(name: str, hidden: int, device: str, use_kernel: bool = False) -> TopKRouter:
     experts, top_k, scoring, method, n_group, topk_group, norm, scale = ROUTERS[name]
     router = TopKRouter(
         hidden,
@@ -34,6 +34,7 @@ def make_router(name: str, hidden: int, device: str) -> TopKRouter:
         topk_group=topk_group,
         norm_topk_prob=norm,
         routed_scaling_factor=scale,
+        use_kernel=use_kernel,
     )
     router.weight.data.normal_(0.0, 1.0)  # spread logits: sqrt-softplus sees large and small ones
     if method == "noaux_tc":
@@ -49,8 +50,9 @@ def test_routing_kernel_makes_the_reference_choice(kernel_device, name, num_toke
     router = make_router(name, hidden, kernel_device)
     x = torch.randn(num_tokens, hidden, device=kernel_device) * 0.5
     ref_weights, ref_ids = router(x)
-    router.use_kernel = True
-    weights, ids = router(x)
+    fused = make_router(name, hidden, kernel_device, use_kernel=True)
+    fused.load_state_dict(router.state_dict())
+    weights, ids = fused(x)
     assert ids.dtype == torch.int64 and weights.dtype == torch.float32 and ids.shape == ref_ids.shape
     assert torch.equal(ids, ref_ids)  # the same experts, best first as torch.topk orders them
     torch.testing.assert_close(weights, ref_weights, atol=1e-6, rtol=1e-5)

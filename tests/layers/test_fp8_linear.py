@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from seekd.distributed import rank_view
+from seekd.layers.build_scope import building_with
 from seekd.layers.linear import (
     MergedColumnParallelLinear,
     QKVParallelLinear,
     ReplicatedLinear,
     RowParallelLinear,
 )
-from seekd.layers.quantization import DENSE, QuantConfig, QuantizedWeight, building_with, quantize_fp8_blocks
+from seekd.layers.quantization import DENSE, QuantConfig, QuantizedWeight, quantize_fp8_blocks
 from seekd.layers.quantization.linear_methods import DenseLinear, Fp8BlockLinear
 
 FP8_TORCH = QuantConfig(linear="fp8_block", fp8_gemm="torch")

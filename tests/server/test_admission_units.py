@@ -8,9 +8,9 @@ import itertools
 import pytest
 
 from seekd.config import AdmissionConfig
+from seekd.errors import APIError
 from seekd.ops.limits import RateLimitExceeded, TenantRateLimiter, TokenBucket
 from seekd.server.admission import AdmissionController, FairQueue, Ticket
-from seekd.server.errors import APIError
 
 _ids = itertools.count()
 

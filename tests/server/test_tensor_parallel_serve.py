@@ -75,7 +75,7 @@ def worker_of(engine_pid: int) -> int:
                 cmdline = (entry / "cmdline").read_bytes()
             except (OSError, ValueError):
                 continue
-            if ppid == engine_pid and b"seekd.engine.tp_workers" in cmdline:
+            if ppid == engine_pid and b"seekd.engine.executor.tp_workers" in cmdline:
                 return int(entry.name)
     raise AssertionError(f"engine core {engine_pid} has no tensor-parallel worker")
 

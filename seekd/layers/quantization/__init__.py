@@ -7,16 +7,17 @@ weight loader: a layer built low-bit copies (its shard of) the codes and scales 
 parameter receives the dequantized tensor, which is also the reference every kernel is tested against.
 
 Which layers are built low-bit is decided once, before the model is built (`QuantConfig`, resolved
-from config.json and `--quantization`), and each layer holds the method object it was given.
+from config.json and `--quantization`, handed to the layers through `layers.build_scope`), and each
+layer holds the method object it was given.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+
+from seekd.intmath import cdiv
 
 FP8_BLOCK = 128  # rows and columns of one block-FP8 scale (DeepSeek's weight_block_size)
 FP4_BLOCK = 32  # input columns that share one FP4 (ue8m0) scale
@@ -27,10 +28,6 @@ AMAX_FLOOR = 1e-10  # an all-zero block still gets a finite scale
 FP4_E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
 WEIGHT_FORMATS = ("dense", "fp8_block", "fp4")
-
-
-def cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def dequantize_block_fp8(
@@ -198,19 +195,3 @@ class QuantConfig:
 
 
 DENSE = QuantConfig()
-_building: list[QuantConfig] = [DENSE]
-
-
-@contextlib.contextmanager
-def building_with(config: QuantConfig) -> Iterator[None]:
-    """Layers constructed inside take their weight format from `config` (the model loader's one choice)."""
-    _building.append(config)
-    try:
-        yield
-    finally:
-        _building.pop()
-
-
-def build_config() -> QuantConfig:
-    """The QuantConfig of the model being built (dense outside `building_with`)."""
-    return _building[-1]

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seekd.layers.quantization import FP8_BLOCK, QuantConfig, QuantizedWeight, cdiv, quantize_fp8_blocks
+from seekd.intmath import cdiv
+from seekd.layers.quantization import FP8_BLOCK, QuantConfig, QuantizedWeight, quantize_fp8_blocks
 
 if TYPE_CHECKING:
     from seekd.layers.linear import LinearBase

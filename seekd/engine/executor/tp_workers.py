@@ -1,6 +1,6 @@
 """Tensor-parallel worker processes, driven step by step by the engine core (rank 0).
 
-Rank 0 starts ranks 1..N-1 as subprocesses (`python -m seekd.engine.tp_workers FD`: a plain
+Rank 0 starts ranks 1..N-1 as subprocesses (`python -m seekd.engine.executor.tp_workers FD`: a plain
 subprocess, because the server's engine-core process is a daemonic multiprocessing child and may not
 start multiprocessing children of its own). Each worker reads from its end of an OS pipe: first a
 `WorkerStart` (the config tree and where the group meets), then one `StepMessage` per engine step,
@@ -30,8 +30,8 @@ import msgspec
 import numpy as np
 
 from seekd.config import SeekdConfig
-from seekd.engine.model_runner import FlatStep
-from seekd.engine.tp_validation import rank_device
+from seekd.engine.executor.tp_validation import rank_device
+from seekd.engine.flat_step import FlatStep
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ class TPDriver:
         read_fd, write_fd = os.pipe()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "seekd.engine.tp_workers", str(read_fd)], pass_fds=(read_fd,)
+                [sys.executable, "-m", "seekd.engine.executor.tp_workers", str(read_fd)], pass_fds=(read_fd,)
             )
         except BaseException:
             os.close(write_fd)
@@ -258,7 +258,7 @@ def worker_main(fd: int) -> None:
     threading.Thread(target=_exit_with_parent, args=(start.parent_pid,), name="seekd-tp-parent", daemon=True).start()
 
     from seekd.distributed import create_store, destroy_tensor_parallel, init_tensor_parallel
-    from seekd.engine.runner_setup import load_runner, set_cpu_threads
+    from seekd.engine.executor.runner_setup import load_runner, set_cpu_threads
 
     store = create_store(start.store_port)
     store.set(_joining_key(start.rank), "1")

@@ -16,11 +16,13 @@ import torch
 from seekd.config import SeekdConfig
 from seekd.distributed import all_reduce_min, tp_size
 from seekd.engine.model_runner import ModelRunner
+from seekd.layers.attention import backend_name
 from seekd.layers.quantization import QuantConfig
 from seekd.models.demo import ensure_demo_model
 from seekd.models.hf_config import HFConfig
 from seekd.models.loader import load_model, resolve_dtype, resolve_quant_config
 from seekd.models.memory_plan import fitting_advice, weight_bytes_per_gpu
+from seekd.models.registry import kernel_choice
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +78,8 @@ def load_runner(config: SeekdConfig, device: str, show_progress: bool) -> Loaded
     dtype = resolve_dtype(config.model.dtype, hf_config, device)
     quant = resolve_quant_config(hf_config, config.model.quantization, config.model.fp8_gemm, device)
     check_weights_fit(config, hf_config, quant, device, dtype)
+    backend = backend_name(config.model.attention_backend, device)
+    kernels = kernel_choice(hf_config.architecture, backend, config.model.fused_kernels)
     model = load_model(
         model_folder,
         hf_config,
@@ -85,6 +89,7 @@ def load_runner(config: SeekdConfig, device: str, show_progress: bool) -> Loaded
         seed=config.model.seed,
         show_progress=show_progress,
         quant=quant,
+        kernels=kernels,
     )
     runner = ModelRunner(
         model,
