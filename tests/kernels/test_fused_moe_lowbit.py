@@ -99,7 +99,8 @@ OVERHANGING = [
     MoeTiling(16, 16, 32, 32),
     MoeTiling(32, 64, 16, 128),
     MoeTiling(64, 32, 64, 64),
-    PairTiling(8, 32, flat_down=True),
+    # a program per pair and row tile: the interpreter takes wider tiles (still overhanging the odd sizes)
+    PairTiling(16, 64, flat_down=True) if INTERPRETED else PairTiling(8, 32, flat_down=True),
 ]
 
 

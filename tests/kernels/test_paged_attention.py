@@ -77,7 +77,8 @@ def test_triton_engine_greedy_equals_torch_engine_with_prefix_hits(kernel_device
     """The whole GPU fast path (fused rotary + cache write, paged attention, fused norms and
     activation) against the reference backend, token for token in float32."""
     prompts = [[*range(10, 58), 200 + i, 7] for i in range(4)] + [list(range(100, 113)), [7, 8, 9]]
-    params = SamplingParams(temperature=0.0, max_tokens=32, ignore_eos=True)
+    # 16 tokens take the 50-token prompts over a block boundary; the GPU decodes further
+    params = SamplingParams(temperature=0.0, max_tokens=16 if INTERPRETED else 32, ignore_eos=True)
     outs = {}
     for backend in ("torch", "triton"):
         llm = LLM(

@@ -4,6 +4,7 @@ interpreter) against the torch reference engine: identical greedy tokens in floa
 from __future__ import annotations
 
 import pytest
+from kernel_env import INTERPRETED
 from models.test_deepseek_v32 import save_tiny_v32
 
 from seekd import LLM, SamplingParams
@@ -47,7 +48,8 @@ def test_kernel_decode_generates_the_reference_tokens(kernel_device, tiny_deepse
     tiny_deepseek(variant, tmp_path / "model")
     # 200 keys: split-K on the GPU; the long prompt's prefill is slow in the interpreter, so one variant
     prompts = [[*range(10, 50), 7], [5, 6, 7, 8], list(range(100, 300)), *([LONG_PROMPT] if long_prompt else [])]
-    assert_backends_agree(tmp_path / "model", kernel_device, prompts, 12, 128, MLAAttention)
+    # 8 tokens decode the long prompt past 512 keys; the interpreter is slow beyond that
+    assert_backends_agree(tmp_path / "model", kernel_device, prompts, 8 if INTERPRETED else 12, 128, MLAAttention)
 
 
 def test_sparse_mla_with_kernels_on_generates_the_reference_tokens(kernel_device, tmp_path):
