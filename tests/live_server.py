@@ -45,10 +45,16 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    data_dir: Path, log_path: Path, *extra: str, scheme: str = "http", client_options: dict | None = None
+    data_dir: Path,
+    log_path: Path,
+    *extra: str,
+    scheme: str = "http",
+    client_options: dict | None = None,
+    port: int | None = None,
 ):
-    """`client_options` (httpx keyword arguments) let the readiness poll pass auth and TLS."""
-    port = free_port()
+    """`client_options` (httpx keyword arguments) let the readiness poll pass auth and TLS; `port`
+    brings a server back where a killed one was (a free port when None)."""
+    port = port or free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -65,7 +71,7 @@ def running_server(
         *extra,
     ]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    with open(log_path, "wb") as log:
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     handle = ServerHandle(f"{scheme}://127.0.0.1:{port}", process, log_path, client_options or {})
     try:
