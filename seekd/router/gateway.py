@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 from fastapi.responses import Response, StreamingResponse
 
+from seekd.router.auth import ANONYMOUS
 from seekd.router.backends import Backend, BackendRegistry
 from seekd.router.balancer import Balancer, affinity_key
 from seekd.router.breaker import CircuitBreaker
@@ -81,7 +82,8 @@ class Gateway:
         route = self.rollout.route(model) if isinstance(model, str) else None
         if route is None:
             raise unknown_model(str(model), self.config.public_models())
-        target = self.rollout.choose(route, body.get("user") if isinstance(body.get("user"), str) else None, tenant)
+        user = body.get("user") if isinstance(body.get("user"), str) else None
+        target = self.rollout.choose(route, user, tenant if tenant != ANONYMOUS else None)
         steps = chain(route, target)
         key = None
         if self.config.cache.enabled and cacheable(body, headers):
