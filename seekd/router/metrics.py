@@ -84,9 +84,6 @@ class RouterMetrics:
         return generate_latest(self.registry)
 
     def names(self) -> set[str]:
-        """Every metric name /metrics exports (counters with `_total`), for dashboard checks."""
-        out: set[str] = set()
-        for metric in self.registry.collect():
-            out |= {sample.name for sample in metric.samples}
-            out.add(metric.name)
-        return out
+        """Every series name /metrics can export, labelled children or not yet (for dashboard checks)."""
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+        return {m.name + s for m in self.registry.collect() for s in suffixes.get(m.type, ("",))}
