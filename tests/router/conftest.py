@@ -4,9 +4,8 @@ fake OpenAI-compatible backends in-process, and a real `redis-server` started by
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,10 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from live_server import free_port
+from live_server import free_port, running_process
 
 ADMIN_KEY = "sk-router-admin-test"
-STARTUP_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -54,35 +52,11 @@ def running_router(config: dict, folder: Path, env: dict[str, str] | None = None
     config_path = folder / "router.yaml"
     config_path.write_text(yaml.safe_dump(config))
     log_path = folder / f"router-{port}.log"
-    full_env = {**os.environ, "SEEKD_ROUTER_ADMIN_KEY": ADMIN_KEY, **(env or {})}
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "seekd.cli", "router", "--config", str(config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=full_env,
-        )
-    handle = RouterHandle(f"http://127.0.0.1:{port}", process, log_path, config_path)
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"router exited with {process.returncode}:\n{handle.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{handle.base_url}/health", timeout=1.0).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(f"router not up after {STARTUP_TIMEOUT_S} s:\n{handle.log()}")
-            time.sleep(0.1)
-        yield handle
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    env = {"SEEKD_ROUTER_ADMIN_KEY": ADMIN_KEY, **(env or {})}
+    cmd = [sys.executable, "-m", "seekd.cli", "router", "--config", str(config_path)]
+    base_url = f"http://127.0.0.1:{port}"
+    with running_process(cmd, log_path, f"{base_url}/health", "router", env=env) as process:
+        yield RouterHandle(base_url, process, log_path, config_path)
 
 
 @dataclass
@@ -115,8 +89,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisHandle]:
         stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 20
-    import socket
-
     while True:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
             break
