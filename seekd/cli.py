@@ -1,4 +1,4 @@
-"""`seekd` command line: serve, generate, chat, bench, top, keys, audit.
+"""`seekd` command line: serve, generate, chat, bench, top, keys, audit, router.
 
 Every config field is also a flag (`--max-num-seqs 64`), generated from the config tree, so the
 CLI, YAML (`--config FILE`) and `SEEKD_*` variables stay in step without a second list of options.
@@ -15,6 +15,7 @@ from seekd.bench.cli import add_bench_parser
 from seekd.config import SeekdConfig, config_fields, field_choices, field_help, field_type, load_config
 from seekd.ops.logging_setup import configure_logging
 from seekd.ops.security_cli import add_security_parsers, run_audit, run_keys
+from seekd.router.cli import add_router_parser, run_router_command
 from seekd.server.reasoning import ReasoningDelta, ReasoningParser, prompt_opens_reasoning
 
 SAMPLING_FLAGS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_parsers = add_bench_parser(sub)
     add_security_parsers(sub)
+    add_router_parser(sub)
 
     top = sub.add_parser("top", help="live view of a running server's /metrics")
     top.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
@@ -269,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_top(args.url, args.interval, args.once, Console(), args.api_key)
         except httpx.HTTPError as e:
             print(f"seekd: error: cannot read {args.url}/metrics: {e}", file=sys.stderr)
+            return 2
+    if args.command == "router":  # its own YAML schema: no seekd config involved
+        try:
+            return run_router_command(args)
+        except (FileNotFoundError, ValueError) as e:
+            print(f"seekd: error: {e}", file=sys.stderr)
             return 2
     try:
         config = config_from_args(args)

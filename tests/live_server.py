@@ -45,10 +45,16 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    data_dir: Path, log_path: Path, *extra: str, scheme: str = "http", client_options: dict | None = None
+    data_dir: Path,
+    log_path: Path,
+    *extra: str,
+    scheme: str = "http",
+    client_options: dict | None = None,
+    port: int | None = None,
 ):
-    """`client_options` (httpx keyword arguments) let the readiness poll pass auth and TLS."""
-    port = free_port()
+    """`client_options` (httpx keyword arguments) let the readiness poll pass auth and TLS; `port`
+    brings a server back where a killed one was (a free port when None)."""
+    port = port or free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -64,22 +70,38 @@ def running_server(
         str(MAX_REQUEST_BODY_BYTES),
         *extra,
     ]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    with open(log_path, "wb") as log:
+    base_url = f"{scheme}://127.0.0.1:{port}"
+    with running_process(cmd, log_path, f"{base_url}/ready", "server", client_options) as process:
+        yield ServerHandle(base_url, process, log_path, client_options or {})
+
+
+@contextlib.contextmanager
+def running_process(
+    cmd: list[str],
+    log_path: Path,
+    probe_url: str,
+    what: str,
+    client_options: dict | None = None,
+    env: dict[str, str] | None = None,
+    timeout_s: float = STARTUP_TIMEOUT_S,
+):
+    """`cmd` as a subprocess logging to `log_path`, yielded once `probe_url` answers 200; stopped with
+    SIGINT (SIGKILL after 20 s) unless a test killed it already."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **(env or {})}
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    handle = ServerHandle(f"{scheme}://127.0.0.1:{port}", process, log_path, client_options or {})
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         while True:
             if process.poll() is not None:
-                pytest.fail(f"server exited with {process.returncode}:\n{handle.log()}")
+                pytest.fail(f"{what} exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{handle.base_url}/ready", timeout=1.0, **handle.client_options).status_code == 200:
+                if httpx.get(probe_url, timeout=1.0, **(client_options or {})).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                pytest.fail(f"server not ready after {STARTUP_TIMEOUT_S} s:\n{handle.log()}")
-            time.sleep(0.2)
-        yield handle
+                pytest.fail(f"{what} not ready after {timeout_s} s:\n{log_path.read_text(errors='replace')}")
+            time.sleep(0.1)
+        yield process
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)

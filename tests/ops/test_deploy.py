@@ -14,6 +14,9 @@ import pytest
 import yaml
 
 from seekd.ops.gpu import GPU_METRICS
+from seekd.router.backends import BackendRegistry
+from seekd.router.config import BreakerConfig
+from seekd.router.metrics import RouterMetrics
 
 from .conftest import ServerHandle, metric_names
 
@@ -26,6 +29,8 @@ ALERT_TESTS = Path(__file__).with_name("alerts_test.yml")
 METRIC = re.compile(r"seekd:[A-Za-z0-9_:]+")
 # NVML metrics exist only where there is a GPU; their names come from the collector itself.
 GPU_NAMES = {name for name, _ in GPU_METRICS.values()}
+# The dashboard's router row reads `seekd router`'s own /metrics; its names come from its registry.
+ROUTER_NAMES = RouterMetrics(BackendRegistry([], BreakerConfig())).names()
 
 
 def dashboard_exprs(node: Any) -> Iterator[str]:
@@ -48,13 +53,15 @@ def test_dashboard_names_only_metrics_the_server_exports(server: ServerHandle) -
     dashboard = json.loads(DASHBOARD.read_text())
     exprs = list(dashboard_exprs(dashboard))
     assert len(exprs) >= len(dashboard["panels"])
-    exported = metric_names(server) | GPU_NAMES
+    exported = metric_names(server) | GPU_NAMES | ROUTER_NAMES
     for expr in exprs:
         named = set(METRIC.findall(expr))
         assert named, f"no seekd metric in {expr!r}"
         assert named <= exported, f"{expr!r} names {named - exported}, which /metrics does not export"
     panel_ids = [p["id"] for p in dashboard["panels"]]
     assert len(panel_ids) == len(set(panel_ids))
+    router_row = [p for p in dashboard["panels"] if p["type"] == "row" and "Router" in p["title"]]
+    assert router_row and any("seekd:router_" in expr for expr in exprs)
 
 
 def test_alert_rules_name_only_metrics_the_server_exports(server: ServerHandle) -> None:
