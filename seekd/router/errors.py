@@ -1,7 +1,5 @@
-"""The router's one import of the server's error shape, so clients get the same OpenAI error objects
-from the router as from a replica (`{"error": {"message", "type", "param", "code"}}`).
-
-Kept to this module: when the shared error types move lower in the tree, only this import changes.
+"""The router's errors in the server's OpenAI error shape (seekd/errors.py), so clients get the same
+error objects from the router as from a replica (`{"error": {"message", "type", "param", "code"}}`).
 """
 
 from __future__ import annotations
