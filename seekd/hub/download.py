@@ -73,7 +73,11 @@ class FileFetch:
                 return
             log.warning(
                 "%s: hash %s, the hub lists %s; fetching it again (%d of %d)",
-                self.remote.path, digest, _expected(self.remote), fetch + 1, FULL_FETCHES,
+                self.remote.path,
+                digest,
+                _expected(self.remote),
+                fetch + 1,
+                FULL_FETCHES,
             )
             self.advance(-partial.stat().st_size)
             partial.unlink()

@@ -79,7 +79,10 @@ def _nvidia_smi(*query: str) -> list[list[str]]:
     try:
         out = subprocess.run(
             ["nvidia-smi", f"--query-gpu={','.join(query)}", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=True,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return []

@@ -33,7 +33,7 @@ def quant_config(hf_config: HFConfig, precision: str) -> QuantConfig:
     return shipped_quant_config(hf_config)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def footprint(alias: str, precision: str, tp_size: int, dtype: str = "bfloat16") -> Footprint | None:
     """None where the model cannot be split `tp_size` ways (heads or experts do not divide)."""
     hf_config = HFConfig(BY_ALIAS[alias].config)

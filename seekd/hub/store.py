@@ -34,7 +34,7 @@ def default_root(configured: str | None, environ: Mapping[str, str] = os.environ
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:
-    """"org/name@rev" -> ("org/name", "rev"); "org/name" -> ("org/name", None)."""
+    """ "org/name@rev" -> ("org/name", "rev"); "org/name" -> ("org/name", None)."""
     repo_id, _, revision = ref.partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"{ref!r} is not a repository id: expected org/name, optionally @revision")
@@ -109,7 +109,11 @@ class ModelStore:
         for folder in sorted(self.root.glob("models--*--*")):
             repo_id = folder.name[len("models--") :].replace("--", "/", 1)
             blobs = folder / "blobs"
-            size = sum(b.stat().st_size for b in blobs.iterdir() if not b.name.endswith(INCOMPLETE)) if blobs.is_dir() else 0
+            size = (
+                sum(b.stat().st_size for b in blobs.iterdir() if not b.name.endswith(INCOMPLETE))
+                if blobs.is_dir()
+                else 0
+            )
             snapshots = folder / "snapshots"
             names = sorted(p.name for p in snapshots.iterdir()) if snapshots.is_dir() else []
             out.append(StoredModel(repo_id, folder, size, self.refs(repo_id), names))
