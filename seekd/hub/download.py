@@ -130,7 +130,7 @@ class FileFetch:
             self.source.check(response, self.repo_id, f"{self.repo_id}/{self.remote.path}")
             try:
                 with partial.open("ab" if have else "wb") as out:
-                    for block in response.iter_bytes(CHUNK):
+                    for block in response.iter_bytes():  # as received: a cut loses no buffered bytes
                         out.write(block)
                         hasher.update(block)
                         have += len(block)
