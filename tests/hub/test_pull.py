@@ -173,5 +173,5 @@ def test_modelscope_is_the_same_client_on_its_api(hub, store):
 
 
 def test_an_unknown_repository_says_so(hub, store):
-    with pytest.raises(HubError, match="not found.*check the repository id"):
+    with pytest.raises(HubError, match=r"not found.*check the repository id"):
         pull_repo("deepseek-ai/No-Such-Model", store, endpoint=hub.url)
