@@ -13,5 +13,6 @@ by them. Nothing here is imported by the engine or the server.
 Modules: `store` (cache layout, list, remove, resolve), `sources` (the two hubs' API shapes and
 errors), `download` (one file: resume, verify), `pull` (a repo: plan, disk check, parallel fetch,
 snapshot), `aliases` (short names of the DeepSeek family), `probes` (hardware boundary), `sizing`
-(memory arithmetic from the model planner), `recommend` (what fits), `doctor` (the report), `cli`.
+(memory arithmetic from the model planner), `recommend` (what fits), `doctor` (the report),
+`resolve` (`--model` as a repository id or alias), `cli`.
 """
