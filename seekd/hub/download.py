@@ -46,6 +46,13 @@ def _hash_prefix(partial: Path, hasher: hashlib._Hash) -> None:
             hasher.update(block)
 
 
+def stored_copy_matches(blob: Path, remote: RemoteFile) -> bool:
+    """Hash a file already in the store against the hub's listing (`seekd pull --verify`)."""
+    hasher = _hasher(remote)
+    _hash_prefix(blob, hasher)
+    return hasher.hexdigest() == _expected(remote)
+
+
 class FileFetch:
     """Fetches one RemoteFile; `advance(n)` reports bytes gained (negative when bytes are discarded)."""
 

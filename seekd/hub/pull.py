@@ -6,7 +6,6 @@ Files already in the store are not fetched again (with `verify`, their bytes are
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from seekd.hub.download import CHUNK, DiskFullError, FileFetch
+from seekd.hub.download import DiskFullError, FileFetch, stored_copy_matches
 from seekd.hub.sources import Listing, RemoteFile, Source
 from seekd.hub.store import INCOMPLETE, ModelStore
 
@@ -48,16 +47,6 @@ def matches(path: str, include: list[str]) -> bool:
     return not include or any(fnmatch.fnmatch(path, pattern) for pattern in include)
 
 
-def _blob_matches(blob: Path, remote: RemoteFile) -> bool:
-    if remote.sha256 is None:  # small git files: their size is check enough without --verify
-        return blob.stat().st_size == remote.size
-    digest = hashlib.sha256()
-    with blob.open("rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest() == remote.sha256
-
-
 class Puller:
     def __init__(
         self, store: ModelStore, source: Source, max_workers: int = 8, retries: int = 3, timeout_s: float = 60.0
@@ -77,7 +66,8 @@ class Puller:
         plan = PullPlan(repo_id, listing, wanted)
         for remote in wanted:
             blob = self.store.blob(repo_id, remote.blob_id)
-            if blob.is_file() and blob.stat().st_size == remote.size and (not verify or _blob_matches(blob, remote)):
+            intact = blob.is_file() and blob.stat().st_size == remote.size
+            if intact and (not verify or stored_copy_matches(blob, remote)):
                 continue
             if blob.exists():
                 log.warning("%s: the stored copy is damaged; fetching it again", remote.path)
