@@ -23,44 +23,11 @@ import torch
 from seekd import LLM, SamplingParams
 from seekd.bench.report import result_header
 from seekd.layers.moe import SparseMoE
+from seekd.models.published_configs import DISTILL
 
 SHAPES = {
-    "r1-distill-qwen-7b": {
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
-        "hidden_size": 3584,
-        "intermediate_size": 18944,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 28,
-        "num_key_value_heads": 4,
-        "max_position_embeddings": 131072,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0,
-        "vocab_size": 152064,
-        "tie_word_embeddings": False,
-        "bos_token_id": 151646,
-        "eos_token_id": 151643,
-        "torch_dtype": "bfloat16",
-    },
-    "r1-distill-qwen-1.5b": {
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
-        "hidden_size": 1536,
-        "intermediate_size": 8960,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 12,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 131072,
-        "rms_norm_eps": 1e-6,
-        "rope_theta": 10000.0,
-        "vocab_size": 151936,
-        "tie_word_embeddings": False,
-        "bos_token_id": 151646,
-        "eos_token_id": 151643,
-        "torch_dtype": "bfloat16",
-    },
-    # deepseek-ai/DeepSeek-V2-Lite(-Chat): MLA without q compression, 64 routed experts (6 per token)
-    # and 2 shared, the first layer dense; 15.7B parameters, 2.4B active
+    "r1-distill-qwen-7b": DISTILL["DeepSeek-R1-Distill-Qwen-7B"],
+    "r1-distill-qwen-1.5b": DISTILL["DeepSeek-R1-Distill-Qwen-1.5B"],
     "deepseek-v2-lite": {
         "architectures": ["DeepseekV2ForCausalLM"],
         "model_type": "deepseek_v2",

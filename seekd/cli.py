@@ -1,4 +1,4 @@
-"""`seekd` command line: serve, generate, chat, bench, top, keys, audit, router.
+"""`seekd` command line: serve, generate, chat, bench, top, keys, audit, router, pull, models, rm, doctor.
 
 Every config field is also a flag (`--max-num-seqs 64`), generated from the config tree, so the
 CLI, YAML (`--config FILE`) and `SEEKD_*` variables stay in step without a second list of options.
@@ -13,6 +13,8 @@ from typing import Any
 
 from seekd.bench.cli import add_bench_parser
 from seekd.config import SeekdConfig, config_fields, field_choices, field_help, field_type, load_config
+from seekd.hub.cli import add_hub_parsers, resolve_model, run_doctor, run_models, run_pull, run_rm
+from seekd.hub.sources import HubError
 from seekd.ops.logging_setup import configure_logging
 from seekd.ops.security_cli import add_security_parsers, run_audit, run_keys
 from seekd.router.cli import add_router_parser, run_router_command
@@ -125,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", usage="%(prog)s [options]", help="run the OpenAI-compatible API server")
     _add_config_flags(serve)
+    serve.add_argument(
+        "--pull", action="store_true", help="download --model (a repository id or alias) first if the store lacks it"
+    )
 
     generate = sub.add_parser(
         "generate", usage="%(prog)s [options] prompt", help="complete one prompt and print the result"
@@ -152,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--reasoning-effort", default=None, choices=["high", "max"], help="with --thinking (V4)")
     _add_config_flags(chat, IN_PROCESS_SECTIONS, CHAT_DEFAULTS)
     _add_sampling_flags(chat)
+    for hub_command in add_hub_parsers(sub):
+        _add_config_flags(hub_command, ("storage",))
     return parser
 
 
@@ -283,10 +290,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     configure_logging(config.server.log_level, config.server.log_format)
-    handlers = {"generate": _cmd_generate, "chat": _cmd_chat, "serve": _cmd_serve, "keys": run_keys, "audit": run_audit}
+    handlers = {
+        "generate": _cmd_generate,
+        "chat": _cmd_chat,
+        "serve": _cmd_serve,
+        "keys": run_keys,
+        "audit": run_audit,
+        "pull": run_pull,
+        "models": run_models,
+        "rm": run_rm,
+        "doctor": run_doctor,
+    }
     try:
+        if args.command in ("serve", "generate", "chat"):
+            config = resolve_model(config, pull=getattr(args, "pull", False))
         return handlers[args.command](args, config)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, HubError) as e:
         print(f"seekd: error: {e}", file=sys.stderr)
         return 2
 

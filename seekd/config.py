@@ -57,7 +57,9 @@ def check_choices(section: Any) -> None:
 @dataclass
 class ModelConfig:
     model: str | None = setting(
-        None, "Hugging Face model folder (config.json, *.safetensors, tokenizer.json); unset = the random demo model"
+        None,
+        "Hugging Face model folder (config.json, *.safetensors, tokenizer.json), or a repository id (org/name) or "
+        "alias (r1-distill-7b, v4-flash; `seekd models --aliases`) in the model store; unset = the random demo model",
     )
     tokenizer: str | None = setting(None, "folder with tokenizer.json and tokenizer_config.json; unset = the model's")
     served_model_name: str | None = setting(None, "model name the API lists and requests use; unset = the folder name")
@@ -362,6 +364,11 @@ class SecurityConfig:
 @dataclass
 class StorageConfig:
     data_dir: str = setting("~/.local/share/seekd", "holds the demo model, the key store and the audit log")
+    model_store: str | None = setting(
+        None,
+        "where `seekd pull` puts models and --model finds repository ids (Hugging Face cache layout); "
+        "unset = HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub",
+    )
 
     @property
     def path(self) -> Path:

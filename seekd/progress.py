@@ -1,4 +1,4 @@
-"""Progress bars (rich) for work a user waits on: weight loading, benchmarks, profiling."""
+"""Progress bars (rich) for work a user waits on: weight loading, downloads, benchmarks, profiling."""
 
 from __future__ import annotations
 
@@ -6,7 +6,16 @@ import contextlib
 import sys
 from collections.abc import Callable, Iterator
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 
 @contextlib.contextmanager
@@ -24,4 +33,23 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     )
     with progress:
         task = progress.add_task(description, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+@contextlib.contextmanager
+def transfer_bar(description: str, total: int, completed: int = 0) -> Iterator[Callable[[int], None]]:
+    """Yields a thread-safe `advance(n_bytes)` (negative for bytes thrown away): size, speed and ETA,
+    on stderr when it is a terminal."""
+    if not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with progress:
+        task = progress.add_task(description, total=total, completed=completed)
         yield lambda n: progress.advance(task, n)

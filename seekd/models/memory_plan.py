@@ -37,20 +37,32 @@ def shipped_quant_config(hf_config: HFConfig) -> QuantConfig:
     return checkpoint_quant_config(hf_config, "w8a8")
 
 
+def meta_model(
+    hf_config: HFConfig, quant: QuantConfig, tp_size: int, dtype: torch.dtype = torch.bfloat16
+) -> torch.nn.Module:
+    """Rank 0's shard of the model at `tp_size`, on the meta device (no memory): what a real load
+    builds, for counting its weights and its KV cache entries."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with rank_view(0, tp_size), building_with(quant), torch.device("meta"):
+            return model_class(hf_config.architecture)(hf_config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def model_bytes(model: torch.nn.Module) -> int:
+    """Bytes of a model's parameters and buffers, each tensor counted once."""
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
 def weight_bytes_per_gpu(
     hf_config: HFConfig, quant: QuantConfig, tp_size: int, dtype: torch.dtype = torch.bfloat16
 ) -> int:
     """Bytes of parameters and buffers on rank 0 of `tp_size` (the largest rank: it holds every
     replicated layer and the first vocabulary shard)."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with rank_view(0, tp_size), building_with(quant), torch.device("meta"):
-            model = model_class(hf_config.architecture)(hf_config)
-    finally:
-        torch.set_default_dtype(previous)
-    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
+    return model_bytes(meta_model(hf_config, quant, tp_size, dtype))
 
 
 def plan(hf_config: HFConfig, tp_sizes: tuple[int, ...] = TP_SIZES) -> list[WeightPlan]:

@@ -179,3 +179,64 @@ V4_PRO: dict[str, Any] = {
 }
 
 FULL_SIZE = {"DeepSeek-R1 / V3": V3, "DeepSeek-V3.2": V3_2, "DeepSeek-V4-Flash": V4_FLASH, "DeepSeek-V4-Pro": V4_PRO}
+
+
+def _qwen2_distill(hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int, **extra: Any) -> dict:
+    """deepseek-ai/DeepSeek-R1-Distill-Qwen-*: Qwen2.5 shapes, bf16, 128K positions."""
+    return {
+        "architectures": ["Qwen2ForCausalLM"],
+        "model_type": "qwen2",
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "vocab_size": 152064,
+        "tie_word_embeddings": False,
+        "bos_token_id": 151646,
+        "eos_token_id": 151643,
+        "torch_dtype": "bfloat16",
+        **extra,
+    }
+
+
+def _llama_distill(hidden: int, intermediate: int, layers: int, heads: int) -> dict:
+    """deepseek-ai/DeepSeek-R1-Distill-Llama-*: Llama-3.1/3.3 shapes (Llama-3 rope scaling), bf16."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "factor": 8.0,
+            "high_freq_factor": 4.0,
+            "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192,
+            "rope_type": "llama3",
+        },
+        "vocab_size": 128256,
+        "tie_word_embeddings": False,
+        "bos_token_id": 128000,
+        "eos_token_id": 128001,
+        "torch_dtype": "bfloat16",
+    }
+
+
+# The distilled R1s (bf16 checkpoints), config.json as published (the fields that shape the model)
+DISTILL = {
+    "DeepSeek-R1-Distill-Qwen-1.5B": _qwen2_distill(1536, 8960, 28, 12, 2, vocab_size=151936),
+    "DeepSeek-R1-Distill-Qwen-7B": _qwen2_distill(3584, 18944, 28, 28, 4),
+    "DeepSeek-R1-Distill-Llama-8B": _llama_distill(4096, 14336, 32, 32),
+    "DeepSeek-R1-Distill-Qwen-14B": _qwen2_distill(5120, 13824, 48, 40, 8, rope_theta=1000000.0, rms_norm_eps=1e-5),
+    "DeepSeek-R1-Distill-Qwen-32B": _qwen2_distill(5120, 27648, 64, 40, 8, rope_theta=1000000.0, rms_norm_eps=1e-5),
+    "DeepSeek-R1-Distill-Llama-70B": _llama_distill(8192, 28672, 80, 64),
+}
