@@ -24,12 +24,12 @@ class ExpertHomes:
 
     @classmethod
     def of(cls, num_experts: int, host_ids: Collection[int]) -> ExpertHomes:
-        on_host = torch.zeros(num_experts, dtype=torch.bool)
+        on_host = torch.zeros(num_experts, dtype=torch.bool, device="cpu")
         if host_ids:
-            on_host[torch.tensor(sorted(host_ids))] = True
-        local = torch.empty(num_experts, dtype=torch.int64)
+            on_host[torch.tensor(sorted(host_ids), device="cpu")] = True
+        local = torch.empty(num_experts, dtype=torch.int64, device="cpu")
         for mask in (on_host, ~on_host):
-            local[mask] = torch.arange(int(mask.sum()))
+            local[mask] = torch.arange(int(mask.sum()), device="cpu")
         return cls(on_host, local)
 
     def device_ids(self) -> list[int]:

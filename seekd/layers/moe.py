@@ -209,6 +209,7 @@ class RoutedExperts(nn.Module):
             )
         self.intermediate_size = inter = intermediate_size // self.tp_size
         self.swiglu_limit = swiglu_limit
+        self.layer = layer
         self.on_host = host_format is not None
         self.format = expert_format(build_config().experts, hidden_size, inter)
         if host_format == "int8":
