@@ -61,8 +61,11 @@ step v32_slice 60 python3 benchmarks/deepseek_v3_slice.py --model v3.2 --quantiz
 step v4_slice_fp4 50 python3 benchmarks/v4_flash_slice.py --quantization auto --batches 1 64 --out "$OUT/v4_slice_fp4.json"
 step v4_slice_bf16 50 python3 benchmarks/v4_flash_slice.py --quantization none --batches 1 64 --out "$OUT/v4_slice_bf16.json"
 
+# 6. hybrid CPU/GPU MoE: R1 and V4-Flash slices with 0/50/90 % of routed experts in host RAM
+step hybrid_moe 400 python3 benchmarks/hybrid_moe.py --out "$OUT/hybrid_moe.json"
+
 echo
 echo "seekd GPU suite at $COMMIT on $(cat "$OUT/device.txt")"
-for name in tests fp8_gemm fused_moe v3_slice v32_slice v4_slice_fp4 v4_slice_bf16; do
+for name in tests fp8_gemm fused_moe v3_slice v32_slice v4_slice_fp4 v4_slice_bf16 hybrid_moe; do
     printf '%-10s %s\n' "$name" "${STATUS[$name]:-not run}"
 done

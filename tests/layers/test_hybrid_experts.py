@@ -107,7 +107,7 @@ def test_int8_host_experts_agree_with_the_checkpoint_to_int8_precision(fmt):
     host_ids = set(range(0, weights.num_experts, 2))
     reference, hybrid = built_layer(weights, set()), built_layer(weights, host_ids, host_format="int8")
     assert hybrid.host.w13_weight.dtype == torch.int8
-    for num_tokens in (3, 40):  # the int8 kernel, and the dequantized bf16 matmul past INT8PACK_MAX_TOKENS
+    for num_tokens in (3, 40):
         x = torch.randn(num_tokens, weights.hidden_size, generator=torch.Generator().manual_seed(num_tokens))
         topk_weights, topk_ids = routing(num_tokens, weights.num_experts, seed=num_tokens)
         want = reference(x, topk_weights, topk_ids)

@@ -64,6 +64,8 @@ def resolve_expert_placement(
     dev = config.device
     if dev.cpu_experts == "0" and not dev.expert_placement:
         return ALL_ON_DEVICE
+    if tp_size() > 1:
+        raise ValueError("routed experts in host memory (--cpu-experts) run with one GPU: tensor-parallel size 1")
     budget = None
     if device.startswith("cuda"):
         total = torch.cuda.get_device_properties(torch.device(device)).total_memory

@@ -2,9 +2,8 @@
 
 torch ships a CPU kernel for it (`aten._weight_int8pack_mm`, AVX-512 / AVX2): bf16 activations times
 int8 weights, the row scale applied to the product. On the 2-core dev machine (Xeon, AVX-512) an R1
-expert's [4096, 7168] gate/up product took 13 ms (1 token) and 19 ms (8 tokens) this way, against
-16 / 43 ms for a bf16 copy and 420 / 630 ms for dequantizing the FP8 codes per call; from a few dozen
-tokens a dequantized bf16 matmul (oneDNN) wins, so longer batches take that path
+expert's [4096, 7168] gate/up product took 12 ms at 1 token, 12 ms at 8 and 80 ms at 64 this way,
+against 12 / 44 / 152 ms for a bf16 copy and 430-500 ms for dequantizing its FP8 codes per call
 (benchmarks/results/cpu_expert_kernels.json).
 """
 
@@ -14,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 INT8_MAX = 127.0
-INT8PACK_MAX_TOKENS = 16  # beyond this many rows the dequantized bf16 matmul is faster (measured)
 INT8PACK_K_MULTIPLE = 16  # the int8 kernel reads 16 input columns at a time; others give garbage or crash
 
 
@@ -35,7 +33,7 @@ def int8_rows_linear(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor) 
     """x [M, K] @ (codes * scale)^T -> [M, N] in x's dtype, with bf16 activations (the int8 kernel's fast
     case; float32 activations run several times slower there)."""
     xb = x.to(torch.bfloat16)
-    if x.shape[0] <= INT8PACK_MAX_TOKENS and codes.shape[1] % INT8PACK_K_MULTIPLE == 0:
+    if codes.shape[1] % INT8PACK_K_MULTIPLE == 0:
         out = torch.ops.aten._weight_int8pack_mm(xb, codes, scale.to(torch.bfloat16))
     else:
         out = F.linear(xb, dequantize_int8_rows(codes, scale, torch.bfloat16))
