@@ -184,9 +184,31 @@ class DeviceConfig:
         "batch-1 products: auto = time cuBLAS against the Triton GEMV per weight shape at start-up; cublas = cuBLAS",
         choices=("auto", "cublas"),
     )
+    cpu_experts: str = setting(
+        "0",
+        "routed experts per MoE layer kept in host RAM and run on the CPU: N = the N least used (by "
+        "routing_profile, else the highest ids); auto = as many as do not fit the GPU's weight budget "
+        "(0.9 x gpu_memory_utilization of its memory); 0 = none",
+    )
+    expert_placement: str | None = setting(
+        None, 'JSON file naming the host experts of each MoE layer, {"layers": {"3": [0, 5]}}; overrides cpu_experts'
+    )
+    routing_profile: str | None = setting(
+        None,
+        'JSON of how often each routed expert was chosen, {"layers": {"3": [count per expert]}}: the most used '
+        "stay on the GPU",
+    )
+    cpu_expert_format: str = setting(
+        "auto",
+        "host experts' storage: checkpoint = the checkpoint's codes, dequantized per step (exact, slow); int8 = "
+        "int8 rows for torch's CPU int8 matmul; auto = int8 for FP8/FP4 checkpoints, checkpoint otherwise",
+        choices=("auto", "checkpoint", "int8"),
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if self.cpu_experts != "auto" and not self.cpu_experts.isdigit():
+            raise ValueError(f"cpu_experts must be a number of experts, auto or 0, not {self.cpu_experts!r}")
 
     def resolve(self) -> str:
         if self.device != "auto":

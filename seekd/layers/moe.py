@@ -18,8 +18,10 @@ from torch import nn
 
 from seekd.distributed import all_reduce, tp_rank, tp_size
 from seekd.intmath import cdiv
-from seekd.layers.build_scope import build_config, build_kernels
+from seekd.layers.build_scope import build_config, build_kernels, build_placement
+from seekd.layers.hybrid_experts import ExpertHomes
 from seekd.layers.quantization import FP4_BLOCK, FP8_BLOCK, QuantizedWeight, quantize_fp8_blocks
+from seekd.layers.quantization.int8_rows import dequantize_int8_rows, int8_rows_linear, quantize_int8_rows
 
 if TYPE_CHECKING:
     from seekd.kernels.fused_moe import ExpertWeights
@@ -178,7 +180,12 @@ class RoutedExperts(nn.Module):
     Low-bit formats keep the checkpoint's codes: fp8_block adds `*_weight_scale_inv` [E, rows/128,
     cols/128]; fp4 stores two codes a byte ([E, rows, cols/2]) with `*_weight_scale` [E, rows, cols/32]
     ue8m0 bytes. The format comes from the model's QuantConfig, unless this rank's shard of I does not
-    fall on the format's scale boundaries (then the experts are dense)."""
+    fall on the format's scale boundaries (then the experts are dense).
+
+    Hybrid layers: the experts the build's ExpertPlacement puts on the host live in `host`, a second
+    stack in host memory (pinned when CUDA is present) in the checkpoint's format or int8 rows (a CPU
+    format: codes [E, rows, cols] int8, `*_weight_scale` [E, rows] float32), and run on the CPU while
+    the device runs its own; `homes` maps each expert id to its stack and index there."""
 
     def __init__(
         self,
@@ -188,8 +195,12 @@ class RoutedExperts(nn.Module):
         swiglu_limit: float | None = None,
         *,
         use_kernel: bool | None = None,
+        layer: int | None = None,
+        host_format: str | None = None,
     ) -> None:
-        """`use_kernel`: the fused Triton MoE kernel; unset = the model's KernelChoice."""
+        """`use_kernel`: the fused Triton MoE kernel; unset = the model's KernelChoice. `layer`: the
+        decoder layer's index, by which the ExpertPlacement names host experts. `host_format` builds
+        the host stack of a hybrid layer (in host memory, on the CPU path, with no host of its own)."""
         super().__init__()
         self.tp_rank, self.tp_size = tp_rank(), tp_size()
         if intermediate_size % self.tp_size:
@@ -198,28 +209,51 @@ class RoutedExperts(nn.Module):
             )
         self.intermediate_size = inter = intermediate_size // self.tp_size
         self.swiglu_limit = swiglu_limit
+        self.layer = layer
+        self.on_host = host_format is not None
         self.format = expert_format(build_config().experts, hidden_size, inter)
-        self.w13_weight = self._stack(num_experts, 2 * inter, hidden_size, "w13")
-        self.w2_weight = self._stack(num_experts, hidden_size, inter, "w2")
-        self.use_kernel = build_kernels().moe if use_kernel is None else use_kernel
+        if host_format == "int8":
+            self.format = "int8"
+        host_ids = build_placement().on_host(layer)
+        self.homes = ExpertHomes.of(num_experts, host_ids) if host_ids else None
+        own = num_experts - len(host_ids)
+        self.w13_weight = self._stack(own, 2 * inter, hidden_size, "w13")
+        self.w2_weight = self._stack(own, hidden_size, inter, "w2")
+        self.use_kernel = False if self.on_host else build_kernels().moe if use_kernel is None else use_kernel
         self.batch1_tiling = None  # the kernel's tiling for one token, timed at start-up; None: its default
+        self.host = self._host_stack(len(host_ids), hidden_size, intermediate_size) if host_ids else None
+
+    def _host_stack(self, num_experts: int, hidden_size: int, intermediate_size: int) -> RoutedExperts:
+        """The host experts' stack: in host memory, or on meta while a memory plan counts bytes."""
+        placement = build_placement()
+        host_format = self.format if placement.host_format == "checkpoint" else placement.host_format
+        home = "meta" if torch.get_default_device().type == "meta" else "cpu"
+        with torch.device(home):
+            return RoutedExperts(
+                num_experts, hidden_size, intermediate_size, self.swiglu_limit, host_format=host_format
+            )
 
     def _stack(self, num_experts: int, rows: int, cols: int, name: str) -> nn.Parameter:
-        """The [E, rows, cols] weight stack in this layer's format, with its scales registered beside it."""
+        """The [E, rows, cols] weight stack in this layer's format, with its scales registered beside it.
+        A host stack is pinned when CUDA is present, so its transfers to the GPU run asynchronously."""
+        pin = self.on_host and torch.cuda.is_available() and torch.get_default_device().type == "cpu"
+
+        def empty(*shape: int, dtype: torch.dtype | None = None) -> nn.Parameter:
+            return nn.Parameter(torch.empty(*shape, dtype=dtype, pin_memory=pin), requires_grad=False)
+
         if self.format == "dense":
-            weight = nn.Parameter(torch.empty(num_experts, rows, cols), requires_grad=False)
+            weight = empty(num_experts, rows, cols)
         elif self.format == "fp8_block":
-            weight = nn.Parameter(torch.empty(num_experts, rows, cols, dtype=torch.float8_e4m3fn), requires_grad=False)
-            scale = nn.Parameter(
-                torch.empty(num_experts, cdiv(rows, FP8_BLOCK), cdiv(cols, FP8_BLOCK), dtype=torch.float32),
-                requires_grad=False,
-            )
+            weight = empty(num_experts, rows, cols, dtype=torch.float8_e4m3fn)
+            scale = empty(num_experts, cdiv(rows, FP8_BLOCK), cdiv(cols, FP8_BLOCK), dtype=torch.float32)
             self.register_parameter(f"{name}_weight_scale_inv", scale)
+        elif self.format == "int8":
+            weight = empty(num_experts, rows, cols, dtype=torch.int8)
+            scale = empty(num_experts, rows, dtype=torch.float32)
+            self.register_parameter(f"{name}_weight_scale", scale)
         else:
-            weight = nn.Parameter(torch.empty(num_experts, rows, cols // 2, dtype=torch.uint8), requires_grad=False)
-            scale = nn.Parameter(
-                torch.empty(num_experts, rows, cols // FP4_BLOCK, dtype=torch.uint8), requires_grad=False
-            )
+            weight = empty(num_experts, rows, cols // 2, dtype=torch.uint8)
+            scale = empty(num_experts, rows, cols // FP4_BLOCK, dtype=torch.uint8)
             self.register_parameter(f"{name}_weight_scale", scale)
         weight.weight_loader = self.weight_loader
         if self.format != "dense":
@@ -230,7 +264,7 @@ class RoutedExperts(nn.Module):
     def scale_of(self, weight: nn.Parameter) -> nn.Parameter | None:
         """The scales stored beside a low-bit weight stack; None for dense experts."""
         name = "w13" if weight is self.w13_weight else "w2"
-        suffix = {"fp8_block": "_weight_scale_inv", "fp4": "_weight_scale"}.get(self.format)
+        suffix = {"fp8_block": "_weight_scale_inv", "fp4": "_weight_scale", "int8": "_weight_scale"}.get(self.format)
         return getattr(self, name + suffix) if suffix else None
 
     def expert_weights(self) -> ExpertWeights:
@@ -243,18 +277,39 @@ class RoutedExperts(nn.Module):
     @property
     def graph_safe(self) -> bool:
         """Decode steps are capturable once they run the kernel: the loop reads the chosen expert ids
-        on the host."""
-        return self.use_kernel
+        on the host, and so does a hybrid layer's split."""
+        return self.use_kernel and self.host is None
 
     def weight_loader(
         self, param: nn.Parameter, loaded: torch.Tensor | QuantizedWeight, shard_id: tuple[int, str] | None = None
     ) -> None:
         """shard_id (expert, gate_proj|up_proj|down_proj) loads one expert's matrix; None loads the
-        packed tensor of all experts (dense only)."""
+        packed tensor of all experts (dense only). A hybrid layer sends each expert to its home stack,
+        so host experts go from the checkpoint to host memory without visiting the device."""
+        if self.homes is None:
+            self._load_stack(param, loaded, shard_id)
+            return
+        name = "w13_weight" if param is self.w13_weight else "w2_weight"
+        if shard_id is None:
+            for stack, ids in ((self, self.homes.device_ids()), (self.host, self.homes.host_ids())):
+                if ids:
+                    stack._load_stack(getattr(stack, name), loaded[ids], None)
+            return
+        on_host, local = self.homes.home(shard_id[0])
+        stack = self.host if on_host else self
+        stack._load_stack(getattr(stack, name), loaded, (local, shard_id[1]))
+
+    def _load_stack(
+        self, param: nn.Parameter, loaded: torch.Tensor | QuantizedWeight, shard_id: tuple[int, str] | None
+    ) -> None:
         size, start = self.intermediate_size, self.tp_rank * self.intermediate_size
         if shard_id is None:
-            if self.format != "dense":
+            if self.format not in ("dense", "int8"):
                 raise ValueError("low-bit experts load one expert's matrix at a time (DeepSeek's layout)")
+            if self.format == "int8":
+                for expert in range(loaded.shape[0]):
+                    self._load_stack(param, loaded[expert], (expert, "down_proj" if param is self.w2_weight else ""))
+                return
             if param is self.w2_weight:
                 _copy(param.data, loaded.narrow(2, start, size))
             else:  # gate rows [0, I), up rows [I, 2I) of the full intermediate size I
@@ -264,8 +319,11 @@ class RoutedExperts(nn.Module):
         expert, part = shard_id
         if part == "down_proj":
             self._load_matrix(param, expert, 0, loaded, (1, start, size))
-        else:
+        elif part:
             self._load_matrix(param, expert, 0 if part == "gate_proj" else size, loaded, (0, start, size))
+        else:  # one expert's packed gate and up rows [2I, H] (int8 rows quantize each row alone)
+            self._load_matrix(param, expert, 0, loaded, (0, start, size))
+            self._load_matrix(param, expert, size, loaded, (0, size * self.tp_size + start, size))
 
     def _load_matrix(
         self, param: nn.Parameter, expert: int, row: int, loaded: torch.Tensor | QuantizedWeight, src: tuple
@@ -273,10 +331,13 @@ class RoutedExperts(nn.Module):
         """The slice `src` = (dim, start, length) of one expert's checkpoint matrix into rows [row, ...)
         of that expert's stack entry, as codes and scales when low-bit."""
         dim, start, length = src
-        if self.format == "dense":
-            part = loaded.dequantize(param.dtype) if isinstance(loaded, QuantizedWeight) else loaded
+        if self.format in ("dense", "int8"):
+            part = loaded.dequantize(torch.float32) if isinstance(loaded, QuantizedWeight) else loaded
             part = part.narrow(dim, start, length)
-            _copy(param.data[expert].narrow(0, row, part.shape[0]), part)
+            if self.format == "int8":
+                part, scale = quantize_int8_rows(part)
+                _copy(self.scale_of(param).data[expert].narrow(0, row, part.shape[0]), scale)
+            _copy(param.data[expert].narrow(0, row, part.shape[0]), part.to(param.dtype))
             return
         if not isinstance(loaded, QuantizedWeight):
             if self.format != "fp8_block":
@@ -295,25 +356,73 @@ class RoutedExperts(nn.Module):
         """x: [T, H], topk_weights/ids: [T, k] -> sum over each token's experts of weight * expert(x).
         The loop below is the reference; it reads the active experts back to the host, so the GPU fast
         path runs the fused kernel instead, which never syncs and can be captured in a CUDA graph."""
-        if self.use_kernel:
-            from seekd.kernels.fused_moe import fused_moe
-
-            tiling = self.batch1_tiling if x.shape[0] == 1 else None
-            out = fused_moe(x, self.expert_weights(), topk_weights, topk_ids, self.swiglu_limit, tiling)
-            return all_reduce(out, self.tp_size)
-        out = torch.zeros_like(x)
-        for expert in topk_ids.unique().tolist():
-            token_idx, slot = (topk_ids == expert).nonzero(as_tuple=True)
-            w13, w2 = self.dense_expert(expert, x.dtype)
-            gate, up = F.linear(x[token_idx], w13).chunk(2, dim=-1)
-            y = F.linear(swiglu(gate, up, self.swiglu_limit), w2)
-            out.index_add_(0, token_idx, (y * topk_weights[token_idx, slot, None]).to(out.dtype))
+        out = (
+            self.local_forward(x, topk_weights, topk_ids)
+            if self.host is None
+            else self._hybrid(x, topk_weights, topk_ids)
+        )
         return all_reduce(out, self.tp_size)
 
+    def local_forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """This stack's part of the sum, before the tensor-parallel all-reduce; ids are indexes into this
+        stack, and a negative id marks a pair this stack does not hold."""
+        if self.use_kernel:
+            return self._fused(x, topk_weights, topk_ids)
+        out = torch.zeros_like(x)
+        for expert in topk_ids.unique().tolist():
+            if expert < 0:
+                continue
+            token_idx, slot = (topk_ids == expert).nonzero(as_tuple=True)
+            y = self.expert_mlp(expert, x[token_idx])
+            out.index_add_(0, token_idx, (y * topk_weights[token_idx, slot, None]).to(out.dtype))
+        return out
+
+    def _fused(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        from seekd.kernels.fused_moe import fused_moe
+
+        if self.host is None:
+            tiling = self.batch1_tiling if x.shape[0] == 1 else None
+            return fused_moe(x, self.expert_weights(), topk_weights, topk_ids, self.swiglu_limit, tiling)
+        # a hybrid layer's device pairs, one row each: the kernel has no id for "not here"
+        token, slot = (topk_ids >= 0).nonzero(as_tuple=True)
+        out = torch.zeros_like(x)
+        if token.numel():
+            ids, weights = topk_ids[token, slot, None], topk_weights[token, slot, None]
+            out.index_add_(0, token, fused_moe(x[token], self.expert_weights(), weights, ids, self.swiglu_limit))
+        return out
+
+    def _hybrid(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """Launch the device experts' work, compute the host experts' on the CPU meanwhile, then add.
+        Reading the routing to the host is the step's one sync; CUDA runs the launched work while this
+        thread (and torch's CPU threads) work on the host experts."""
+        device_ids, host_ids = self.homes.split(topk_ids.cpu())
+        x_host, weights_host = x.cpu(), topk_weights.cpu()
+        out = torch.zeros_like(x)
+        if self.w13_weight.shape[0]:
+            out = self.local_forward(x, topk_weights, device_ids.to(x.device, non_blocking=True))
+        host_out = self.host.local_forward(x_host, weights_host, host_ids)
+        return out + host_out.to(x.device, non_blocking=True)
+
+    def expert_mlp(self, expert: int, x: torch.Tensor) -> torch.Tensor:
+        """w2 @ swiglu(w13 @ x) of one expert of this stack, for x [M, H]."""
+        if self.format == "int8":
+            scales = self.w13_weight_scale[expert], self.w2_weight_scale[expert]
+            gate, up = int8_rows_linear(x, self.w13_weight[expert], scales[0]).chunk(2, dim=-1)
+            return int8_rows_linear(swiglu(gate, up, self.swiglu_limit), self.w2_weight[expert], scales[1])
+        w13, w2 = self.dense_expert(expert, x.dtype)
+        gate, up = F.linear(x, w13).chunk(2, dim=-1)
+        return F.linear(swiglu(gate, up, self.swiglu_limit), w2)
+
     def dense_expert(self, expert: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(w13, w2) of one expert in `dtype`: the stored matrices, or the low-bit ones dequantized."""
+        """(w13, w2) of one expert of this stack in `dtype`: the stored matrices, or the low-bit ones
+        dequantized."""
         if self.format == "dense":
             return self.w13_weight[expert], self.w2_weight[expert]
+        if self.format == "int8":
+            return tuple(
+                dequantize_int8_rows(w[expert], self.scale_of(w)[expert], dtype)
+                for w in (self.w13_weight, self.w2_weight)
+            )
         return tuple(
             QuantizedWeight(w[expert], self.scale_of(w)[expert], self.format).dequantize(dtype)
             for w in (self.w13_weight, self.w2_weight)

@@ -59,8 +59,9 @@ def build_mla(config: HFConfig, rotary: RotaryEmbedding) -> MLAAttention:
     return MLAAttention(**mla_arguments(config, rotary))
 
 
-def build_moe(config: HFConfig, scoring_func: str, topk_method: str) -> SparseMoE:
-    """`scoring_func`/`topk_method` are the architecture's defaults, used when config.json omits them."""
+def build_moe(config: HFConfig, scoring_func: str, topk_method: str, layer_idx: int) -> SparseMoE:
+    """`scoring_func`/`topk_method` are the architecture's defaults, used when config.json omits them;
+    `layer_idx` names the layer's routed experts in an ExpertPlacement."""
     gate = TopKRouter(
         config.hidden_size,
         config.n_routed_experts,
@@ -72,7 +73,7 @@ def build_moe(config: HFConfig, scoring_func: str, topk_method: str) -> SparseMo
         norm_topk_prob=bool(config.get("norm_topk_prob", False)),
         routed_scaling_factor=float(config.get("routed_scaling_factor", 1.0)),
     )
-    experts = RoutedExperts(config.n_routed_experts, config.hidden_size, config.moe_intermediate_size)
+    experts = RoutedExperts(config.n_routed_experts, config.hidden_size, config.moe_intermediate_size, layer=layer_idx)
     n_shared = int(config.get("n_shared_experts", 0))
     shared = LlamaMLP(config.hidden_size, config.moe_intermediate_size * n_shared) if n_shared else None
     return SparseMoE(gate, experts, shared)
@@ -99,7 +100,7 @@ class DeepseekV2DecoderLayer(nn.Module):
             and layer_idx % config.get("moe_layer_freq", 1) == 0
         )
         if is_moe:
-            self.mlp = build_moe(config, scoring_func, topk_method)
+            self.mlp = build_moe(config, scoring_func, topk_method, layer_idx)
         else:
             self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)

@@ -128,7 +128,7 @@ class ClippedSwiGLUMLP(LlamaMLP):
 class V4MoE(nn.Module):
     """Routed experts (hash- or score-routed) plus the shared expert."""
 
-    def __init__(self, config: HFConfig, hashed: bool) -> None:
+    def __init__(self, config: HFConfig, hashed: bool, layer_idx: int) -> None:
         super().__init__()
         hidden, n_experts, top_k = config.hidden_size, config.n_routed_experts, config.num_experts_per_tok
         scoring = config.get("scoring_func", "sqrtsoftplus")
@@ -149,7 +149,7 @@ class V4MoE(nn.Module):
                 norm_topk_prob=True,
                 routed_scaling_factor=scaling,
             )
-        self.experts = RoutedExperts(n_experts, hidden, config.moe_intermediate_size, limit)
+        self.experts = RoutedExperts(n_experts, hidden, config.moe_intermediate_size, limit, layer=layer_idx)
         n_shared = int(config.get("n_shared_experts", 1))
         self.shared_experts = ClippedSwiGLUMLP(hidden, config.moe_intermediate_size * n_shared, limit)
 
@@ -159,7 +159,9 @@ class V4MoE(nn.Module):
 
 
 class DeepseekV4DecoderLayer(nn.Module):
-    def __init__(self, config: HFConfig, attn_kind: str, mlp_kind: str, ropes: dict[str, RotaryEmbedding]) -> None:
+    def __init__(
+        self, config: HFConfig, layer_idx: int, attn_kind: str, mlp_kind: str, ropes: dict[str, RotaryEmbedding]
+    ) -> None:
         super().__init__()
         hidden, eps = config.hidden_size, config.rms_norm_eps
         hc = (
@@ -170,7 +172,7 @@ class DeepseekV4DecoderLayer(nn.Module):
             eps,
         )
         self.attn = build_attention(config, attn_kind, ropes)
-        self.ffn = V4MoE(config, mlp_kind == "hash_moe")
+        self.ffn = V4MoE(config, mlp_kind == "hash_moe", layer_idx)
         self.attn_norm = RMSNorm(hidden, eps)
         self.ffn_norm = RMSNorm(hidden, eps)
         self.hc_attn = HyperConnection(*hc)
@@ -195,7 +197,9 @@ class DeepseekV4ForCausalLM(nn.Module):
         hidden, eps = config.hidden_size, config.rms_norm_eps
         self.hc_mult = int(config.get("hc_mult", 4))
         self.embed = VocabParallelEmbedding(config.vocab_size, hidden)
-        self.layers = nn.ModuleList(DeepseekV4DecoderLayer(config, a, m, ropes) for a, m in zip(attn_kinds, mlp_kinds))
+        self.layers = nn.ModuleList(
+            DeepseekV4DecoderLayer(config, i, a, m, ropes) for i, (a, m) in enumerate(zip(attn_kinds, mlp_kinds))
+        )
         self.hc_head = HyperHead(hidden, self.hc_mult, float(config.get("hc_eps", 1e-6)), eps)
         self.norm = RMSNorm(hidden, eps)
         self.head = ParallelLMHead(config.vocab_size, hidden)

@@ -15,6 +15,7 @@ from torch import nn
 
 from seekd.distributed import tp_size
 from seekd.layers.build_scope import REFERENCE, KernelChoice, building_with
+from seekd.layers.expert_placement import ALL_ON_DEVICE, ExpertPlacement
 from seekd.layers.quantization import DENSE, QuantConfig, QuantizedWeight
 from seekd.models.dummy_weights import init_dummy_weights, init_sharded_dummy_weights
 from seekd.models.hf_config import HFConfig
@@ -146,7 +147,11 @@ def load_model(
     show_progress: bool = True,
     quant: QuantConfig = DENSE,
     kernels: KernelChoice = REFERENCE,
+    placement: ExpertPlacement = ALL_ON_DEVICE,
 ) -> nn.Module:
+    """The model built on `device`, except the routed experts `placement` keeps in host memory: those
+    are allocated there from the start and filled from the checkpoint stream one matrix at a time,
+    so the whole model is never materialized on the device."""
     folder = Path(folder)
     cls = model_class(hf_config.architecture)
     files: list[Path] = []
@@ -162,7 +167,7 @@ def load_model(
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        with torch.device(device), building_with(quant, kernels):
+        with torch.device(device), building_with(quant, kernels, placement):
             model = cls(hf_config)
     finally:
         torch.set_default_dtype(previous)
@@ -181,13 +186,31 @@ def load_model(
         model_weight_bytes(model) / 2**30,
         f" (linear {quant.linear}, experts {quant.experts}, products {quant.fp8_gemm})" if quant.low_bit else "",
     )
+    if placement.num_host_experts:
+        logger.info(
+            "%d routed experts in host memory (%s): %.2f GiB",
+            placement.num_host_experts,
+            placement.host_format,
+            host_weight_bytes(model) / 2**30,
+        )
     return model.eval()
 
 
 def model_weight_bytes(model: nn.Module) -> int:
-    """Bytes the model's parameters and buffers hold on their device (low-bit codes and scales as stored)."""
-    tensors = [*model.parameters(), *model.buffers()]
+    """Bytes the model's parameters and buffers hold on its device (low-bit codes and scales as
+    stored), host-resident experts excluded."""
+    host = {id(t) for t in host_tensors(model)}
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if id(t) not in host]
     return sum(t.nbytes for t in {id(t): t for t in tensors}.values())
+
+
+def host_tensors(model: nn.Module) -> list[torch.Tensor]:
+    """The parameters of the routed experts kept in host memory."""
+    return [t for m in model.modules() if getattr(m, "on_host", False) for t in m.parameters()]
+
+
+def host_weight_bytes(model: nn.Module) -> int:
+    return sum(t.nbytes for t in host_tensors(model))
 
 
 def checkpoint_bytes(files: list[Path], hf_config: HFConfig) -> int:

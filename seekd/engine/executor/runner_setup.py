@@ -17,11 +17,13 @@ from seekd.config import SeekdConfig
 from seekd.distributed import all_reduce_min, tp_size
 from seekd.engine.model_runner import ModelRunner
 from seekd.layers.attention import backend_name
+from seekd.layers.expert_placement import ALL_ON_DEVICE, ExpertPlacement
 from seekd.layers.quantization import QuantConfig
 from seekd.models.demo import ensure_demo_model
+from seekd.models.expert_placement import host_format_for, model_split, plan_expert_placement
 from seekd.models.hf_config import HFConfig
 from seekd.models.loader import load_model, resolve_dtype, resolve_quant_config
-from seekd.models.memory_plan import fitting_advice, weight_bytes_per_gpu
+from seekd.models.memory_plan import fitting_advice, weight_budget, weight_bytes_per_gpu
 from seekd.models.registry import kernel_choice
 
 logger = logging.getLogger(__name__)
@@ -54,8 +56,37 @@ class LoadedRunner:
     num_blocks: int
 
 
-def check_weights_fit(
+def resolve_expert_placement(
     config: SeekdConfig, hf_config: HFConfig, quant: QuantConfig, device: str, dtype: torch.dtype
+) -> ExpertPlacement:
+    """Which routed experts live in host memory (`--cpu-experts`, `--expert-placement`); `auto` fills
+    the GPU's weight budget from the memory plan first."""
+    dev = config.device
+    if dev.cpu_experts == "0" and not dev.expert_placement:
+        return ALL_ON_DEVICE
+    if tp_size() > 1:
+        raise ValueError("routed experts in host memory (--cpu-experts) run with one GPU: tensor-parallel size 1")
+    budget = None
+    if device.startswith("cuda"):
+        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        budget = weight_budget(total, config.cache.gpu_memory_utilization)
+    return plan_expert_placement(
+        model_split(hf_config, quant, tp_size(), dtype),
+        cpu_experts=dev.cpu_experts,
+        host_format=host_format_for(dev.cpu_expert_format, quant),
+        placement_file=dev.expert_placement,
+        routing_profile=dev.routing_profile,
+        gpu_weight_budget=budget,
+    )
+
+
+def check_weights_fit(
+    config: SeekdConfig,
+    hf_config: HFConfig,
+    quant: QuantConfig,
+    device: str,
+    dtype: torch.dtype,
+    placement: ExpertPlacement = ALL_ON_DEVICE,
 ) -> None:
     """Refuse at once, with the precision and TP size that would fit, a model whose weights alone
     exceed the GPU: loading a 600 GB checkpoint only to fail at the end costs an hour."""
@@ -63,12 +94,14 @@ def check_weights_fit(
         return
     total = torch.cuda.get_device_properties(torch.device(device)).total_memory
     usable = config.cache.gpu_memory_utilization
-    need = weight_bytes_per_gpu(hf_config, quant, tp_size(), dtype)
+    need = weight_bytes_per_gpu(hf_config, quant, tp_size(), dtype, placement)
     if need > total * usable:
         raise RuntimeError(
             f"the model does not fit: its weights need {need / 2**30:.1f} GiB per GPU at tensor-parallel size "
             f"{tp_size()} (linear {quant.linear}, experts {quant.experts}), and this GPU has "
-            f"{total / 2**30:.1f} GiB x gpu_memory_utilization {usable}; " + fitting_advice(hf_config, total, usable)
+            f"{total / 2**30:.1f} GiB x gpu_memory_utilization {usable}; "
+            + fitting_advice(hf_config, total, usable)
+            + "; MoE models can also keep routed experts in host RAM (--cpu-experts auto)"
         )
 
 
@@ -77,7 +110,8 @@ def load_runner(config: SeekdConfig, device: str, show_progress: bool) -> Loaded
     hf_config = HFConfig.from_folder(model_folder)
     dtype = resolve_dtype(config.model.dtype, hf_config, device)
     quant = resolve_quant_config(hf_config, config.model.quantization, config.model.fp8_gemm, device)
-    check_weights_fit(config, hf_config, quant, device, dtype)
+    placement = resolve_expert_placement(config, hf_config, quant, device, dtype)
+    check_weights_fit(config, hf_config, quant, device, dtype, placement)
     backend = backend_name(config.model.attention_backend, device)
     kernels = kernel_choice(hf_config.architecture, backend, config.model.fused_kernels)
     model = load_model(
@@ -90,6 +124,7 @@ def load_runner(config: SeekdConfig, device: str, show_progress: bool) -> Loaded
         show_progress=show_progress,
         quant=quant,
         kernels=kernels,
+        placement=placement,
     )
     runner = ModelRunner(
         model,
