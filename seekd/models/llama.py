@@ -13,20 +13,27 @@ from seekd.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from seekd.layers.forward_context import ForwardContext
 from seekd.layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from seekd.layers.norms import RMSNorm
-from seekd.layers.rotary import get_rope
+from seekd.layers.rotary import RotaryEmbedding, get_rope
 from seekd.models.hf_config import HFConfig
 from seekd.models.weights import load_named_weights
 
 
+def build_rope(config: HFConfig) -> RotaryEmbedding:
+    """One table for all layers: a per-layer float32 copy costs 64 MiB per layer at 128K positions
+    (1.8 GiB for a 28-layer 7B)."""
+    head_dim = config.get("head_dim", config.hidden_size // config.num_attention_heads)
+    return get_rope(head_dim, head_dim, config.max_position_embeddings, config)
+
+
 class LlamaAttention(nn.Module):
-    def __init__(self, config: HFConfig, qkv_bias: bool, o_bias: bool) -> None:
+    def __init__(self, config: HFConfig, qkv_bias: bool, o_bias: bool, rotary_emb: RotaryEmbedding) -> None:
         super().__init__()
         num_heads = config.num_attention_heads
         num_kv_heads = config.get("num_key_value_heads", num_heads)
         head_dim = config.get("head_dim", config.hidden_size // num_heads)
         self.qkv_proj = QKVParallelLinear(config.hidden_size, head_dim, num_heads, num_kv_heads, qkv_bias)
         self.o_proj = RowParallelLinear(num_heads * head_dim, config.hidden_size, o_bias)
-        self.rotary_emb = get_rope(head_dim, head_dim, config.max_position_embeddings, config)
+        self.rotary_emb = rotary_emb
         self.attn = Attention(self.qkv_proj.num_heads, head_dim, head_dim**-0.5, self.qkv_proj.num_kv_heads)
 
     def forward(
@@ -63,9 +70,9 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, config: HFConfig, qkv_bias: bool, o_bias: bool) -> None:
+    def __init__(self, config: HFConfig, qkv_bias: bool, o_bias: bool, rotary_emb: RotaryEmbedding) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(config, qkv_bias, o_bias)
+        self.self_attn = LlamaAttention(config, qkv_bias, o_bias, rotary_emb)
         self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size, bool(config.get("mlp_bias", False)))
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -84,8 +91,9 @@ class LlamaModel(nn.Module):
     def __init__(self, config: HFConfig, qkv_bias: bool, o_bias: bool) -> None:
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
+        rotary_emb = build_rope(config)
         self.layers = nn.ModuleList(
-            LlamaDecoderLayer(config, qkv_bias, o_bias) for _ in range(config.num_hidden_layers)
+            LlamaDecoderLayer(config, qkv_bias, o_bias, rotary_emb) for _ in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 

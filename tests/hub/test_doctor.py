@@ -36,9 +36,9 @@ PINNED = {
     },
     "rtx4090_256gb": {
         "r1-distill-1.5b": ("bf16", 1, 131072),
-        "r1-distill-7b": ("bf16", 1, 32768),
-        "r1-distill-8b": ("fp8 (on load)", 1, 65536),  # bf16 leaves 16K of context; FP8 on load 64K
-        "r1-distill-14b": NO,
+        "r1-distill-7b": ("bf16", 1, 65536),
+        "r1-distill-8b": ("bf16", 1, 32768),
+        "r1-distill-14b": ("fp8 (on load)", 1, 16384),  # bf16 does not fit 24 GB; FP8 on load leaves 16K
         "r1-distill-32b": NO,
         "r1-distill-70b": NO,
         "r1": NO,
@@ -50,13 +50,17 @@ PINNED = {
     "cpu_only": {
         "r1-distill-1.5b": ("bf16", 1, 32768),
         "r1-distill-7b": ("bf16", 1, 32768),
-        **dict.fromkeys(["r1-distill-8b", "r1-distill-14b", "r1-distill-32b", "r1-distill-70b"], NO),
+        "r1-distill-8b": ("bf16", 1, 32768),
+        **dict.fromkeys(["r1-distill-14b", "r1-distill-32b", "r1-distill-70b"], NO),
         **dict.fromkeys(["r1", "v3.1", "v3.2", "v4-flash", "v4-pro"], NO),
     },
 }
 BEST = {
     "8xh100": ("seekd pull v4-flash", "seekd serve --model v4-flash --tensor-parallel-size 4 --max-model-len 1048576"),
-    "rtx4090_256gb": ("seekd pull r1-distill-7b", "seekd serve --model r1-distill-7b --max-model-len 32768"),
+    "rtx4090_256gb": (
+        "seekd pull r1-distill-14b",
+        "seekd serve --model r1-distill-14b --quantization fp8 --max-model-len 16384",
+    ),
     "cpu_only": (
         "seekd pull r1-distill-7b",
         "seekd serve --model r1-distill-7b --device cpu --dtype bfloat16 --cpu-kv-cache-gib 2 --max-model-len 32768",
@@ -119,7 +123,7 @@ def test_doctor_text_names_the_gpus_and_the_commands(capsys):
     assert main(["doctor", "--machine", str(MACHINES / "rtx4090_256gb.json")]) == 0
     out = capsys.readouterr().out
     assert "1 x NVIDIA GeForce RTX 4090, 24 GiB, compute capability 8.9" in out
-    assert "RAM      256 GiB" in out and "seekd serve --model r1-distill-7b --max-model-len 32768" in out
+    assert "RAM      256 GiB" in out and " ".join(BEST["rtx4090_256gb"][1].split()) in out
 
 
 def test_doctor_on_a_machine_without_gpu_says_so(capsys):
