@@ -5,6 +5,10 @@ the engine loop sends a batch at least every heartbeat interval, even when idle,
 `engine_hang_timeout_s` while requests are in flight means it is stuck (a wedged kernel, a deadlock);
 it is killed with SIGKILL and handled like a crash. Each restart reloads the model and resumes the
 in-flight requests where they were (EngineClient.restart), so clients only see a pause.
+The engine cannot speak during a step, and the first step after a restart recomputes every resumed
+request: on a starved CPU it can outlast the timeout, and killing it again would repeat that step
+forever (a kill loop that loses every request in it). So each hang kill doubles the silence allowed
+to the next engine (up to 16x) until an engine is heard from again.
 
 More than `engine_max_restarts` restarts within `engine_restart_window_s` is a crash loop: the
 supervisor stops, in-flight and new requests get 503 naming the last reason, /health turns 503.
@@ -34,6 +38,7 @@ class EngineSupervisor:
         self.last_restart_wall_time: float | None = None
         self._recent: deque[float] = deque()
         self._tasks: list[asyncio.Task] = []
+        self.hang_timeout_s = config.engine_hang_timeout_s
 
     def start(self) -> None:
         self._tasks = [
@@ -98,14 +103,25 @@ class EngineSupervisor:
         return True
 
     async def _watch_heartbeats(self) -> None:
-        timeout = self.config.engine_hang_timeout_s
+        base = self.config.engine_hang_timeout_s
+        killed_pid: int | None = None  # the engine last killed as hung, until its exit is handled
+        heard_mark: float | None = None  # last_heard of the engine that replaced it, when first seen
         while True:
             await asyncio.sleep(self.config.engine_heartbeat_interval_s)
             client = self.client
-            if client.dead_reason is not None or client.is_restarting or not client.has_work:
+            if client.dead_reason is not None or client.is_restarting or client.pid == killed_pid:
+                continue
+            if self.hang_timeout_s > base:  # after a hang kill: back to the base once the new engine speaks
+                if heard_mark is None:
+                    heard_mark = client.last_heard
+                elif client.last_heard > heard_mark:
+                    self.hang_timeout_s, heard_mark = base, None
+            if not client.has_work:
                 continue
             silent = time.monotonic() - client.last_heard
-            if silent > timeout:
+            if silent > self.hang_timeout_s:
                 reason = f"the engine core hung (no heartbeat for {silent:.1f} s with requests in flight)"
                 logger.error("%s; killing pid=%s", reason, client.pid)
+                killed_pid, heard_mark = client.pid, None
+                self.hang_timeout_s = min(2 * self.hang_timeout_s, 16 * base)
                 client.kill_hung(reason)
