@@ -18,7 +18,7 @@ import torch
 
 from seekd.bench.report import result_header
 from seekd.layers.attention import Attention, TritonAttentionBackend
-from seekd.layers.forward_context import AttentionMetadata
+from seekd.layers.forward_context import AttentionMetadata, CacheGroupMetadata
 
 # (prompt lengths of one step) — single long prompts set TTFT; batches of prompts set prefill throughput
 CASES = ([1024], [4096], [8192], [512] * 16, [1024] * 8, [100, 700, 1500, 3000, 250, 900])
@@ -37,15 +37,17 @@ def fresh_prompts(lengths: list[int], block_size: int, device: str) -> tuple[Att
     starts = torch.zeros(len(lengths) + 1, dtype=torch.int32)
     starts[1:] = torch.tensor(lengths).cumsum(0)
     meta = AttentionMetadata(
-        slot_mapping=torch.cat(slots).to(device),
         query_start_loc=starts.to(device),
         seq_lens=torch.tensor(lengths, dtype=torch.int32, device=device),
-        block_tables=torch.stack(tables).to(torch.int32).to(device),
-        block_size=block_size,
         max_query_len=max(lengths),
         max_seq_len=max(lengths),
         query_lens_cpu=list(lengths),
         seq_lens_cpu=list(lengths),
+        groups={
+            "kv": CacheGroupMetadata(
+                torch.stack(tables).to(torch.int32).to(device), torch.cat(slots).to(device), block_size
+            )
+        },
     )
     return meta, next_block
 

@@ -24,7 +24,7 @@ from seekd.bench.report import result_header
 from seekd.ops.audit import AuditLog, ContentCipher
 from seekd.ops.auth import Authenticator
 from seekd.ops.keys import KeyStore
-from seekd.server.json_depth import deeper_than
+from seekd.server.http.json_depth import deeper_than
 
 
 def percentile(values: list[float], q: float) -> float:

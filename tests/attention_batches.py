@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from seekd.layers.forward_context import AttentionMetadata
+from seekd.layers.forward_context import AttentionMetadata, CacheGroupMetadata
 
 
 def build_batch(query_lens, context_lens, block_size, num_blocks, device):
@@ -24,13 +24,15 @@ def build_batch(query_lens, context_lens, block_size, num_blocks, device):
     qsl = torch.zeros(len(query_lens) + 1, dtype=torch.int32)
     qsl[1:] = torch.tensor(query_lens).cumsum(0)
     return AttentionMetadata(
-        slot_mapping=torch.cat(slots).to(device),
         query_start_loc=qsl.to(device),
         seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
-        block_tables=torch.stack(tables).to(torch.int32).to(device),
-        block_size=block_size,
         max_query_len=max(query_lens),
         max_seq_len=max(seq_lens),
         query_lens_cpu=list(query_lens),
         seq_lens_cpu=seq_lens,
+        groups={
+            "kv": CacheGroupMetadata(
+                torch.stack(tables).to(torch.int32).to(device), torch.cat(slots).to(device), block_size
+            )
+        },
     )

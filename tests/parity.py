@@ -63,7 +63,7 @@ def assert_all_blocks_free(llm: LLM) -> None:
     """No request holds a block of any cache group: every group draws from the one pool, so every
     block but the null block is back in it, unreferenced."""
     kv = llm.engine.scheduler.kv
-    assert kv.req_blocks == {}
+    assert [m.req_blocks for m in kv.managers] == [{} for _ in kv.managers]
     assert kv.pool.num_free_blocks == kv.pool.num_blocks - 1
     assert [b.block_id for b in kv.pool.blocks[1:] if b.ref_cnt != 0] == []
 

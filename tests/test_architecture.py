@@ -193,3 +193,17 @@ def test_the_check_finds_an_upward_import_and_a_cycle(tmp_path: Path) -> None:
     graph = import_graph(tmp_path)
     assert upward_imports(graph) == ["seekd.ops.auth imports seekd.server.errors"]
     assert cycles(graph) == [["seekd.engine.a", "seekd.engine.b"]]
+
+
+def test_http_hardening_uses_nothing_of_the_server_above_it() -> None:
+    """server/http/ sits under the OpenAI routes: the routes use it, never the reverse."""
+    graph = import_graph(ROOT)
+    reaching_up = sorted(
+        f"{module} imports {target}"
+        for module, targets in graph.items()
+        if module.startswith("seekd.server.http")
+        for target in targets
+        if target.startswith("seekd.server") and not target.startswith("seekd.server.http")
+    )
+    assert "seekd.server.http.body_limit" in graph
+    assert reaching_up == []

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from seekd.engine.kv_cache_layout import CacheGroup
+from seekd.intmath import cdiv
 from seekd.layers.attention import AttentionBackend, TritonAttentionBackend, TritonStepData
-from seekd.layers.forward_context import AttentionMetadata, ForwardContext
+from seekd.layers.forward_context import AttentionMetadata, CacheGroupMetadata, ForwardContext
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,32 @@ class _Graph:
     ctx: ForwardContext  # holds the buffers made for the capture (split counters) that replays use
 
 
+@dataclass
+class _GroupBuffers:
+    """A cache group's persistent inputs: block tables and, for a kind of one entry per token, slots."""
+
+    group: CacheGroup
+    block_tables: torch.Tensor  # [max batch, most blocks of a sequence]
+    slot_mapping: torch.Tensor | None  # [max batch]
+
+    def metadata(self, bs: int) -> dict[str, CacheGroupMetadata]:
+        slots = None if self.slot_mapping is None else self.slot_mapping[:bs]
+        return self.group.step_metadata(self.block_tables[:bs], slots)
+
+    def copy_from(self, meta: AttentionMetadata, n: int, bs: int) -> None:
+        """The step's n sequences, then bs - n padded rows that read the null block."""
+        # the group's kinds share its tables; a kind of one entry per token also has the slots
+        kind = max(self.group.kinds.items(), key=lambda item: item[1].tokens_per_entry == 1)[0]
+        step = meta.groups[kind]
+        self.block_tables[:n, : step.block_tables.shape[1]].copy_(step.block_tables)
+        if self.slot_mapping is not None:
+            self.slot_mapping[:n].copy_(step.slot_mapping)
+        if bs > n:
+            self.block_tables[n:bs, 0].zero_()
+            if self.slot_mapping is not None:
+                self.slot_mapping[n:bs].zero_()
+
+
 class DecodeGraphs:
     def __init__(
         self,
@@ -43,41 +71,44 @@ class DecodeGraphs:
         backend: AttentionBackend,
         device: torch.device,
         max_batch: int,
-        max_blocks_per_seq: int,
-        block_size: int,
         max_seq_len: int,
+        groups: list[CacheGroup],
     ) -> None:
         if not isinstance(backend, TritonAttentionBackend):
             raise ValueError("decode CUDA graphs need the triton attention backend")
         self.model = model
         self.backend = backend
-        self.block_size = block_size
         self.max_seq_len = max_seq_len
         self.sizes = graph_batch_sizes(max_batch)
         n = self.sizes[-1]
         i32 = dict(dtype=torch.int32, device=device)
         self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
         self.positions = torch.zeros(n, dtype=torch.int64, device=device)
-        self.slot_mapping = torch.zeros(n, dtype=torch.int64, device=device)
         self.seq_lens = torch.ones(n, **i32)
         self.query_start_loc = torch.arange(n + 1, **i32)
-        self.block_tables = torch.zeros(n, max_blocks_per_seq, **i32)
+        self.groups = [
+            _GroupBuffers(
+                group,
+                torch.zeros(n, cdiv(max_seq_len, group.shape.block_tokens), **i32),
+                torch.zeros(n, dtype=torch.int64, device=device) if group.has_token_slots else None,
+            )
+            for group in groups
+        ]
         self.qblock_seq = torch.arange(n, **i32)
         self.qblock_start = torch.zeros(n, **i32)
         self.graphs: dict[int, _Graph] = {}
 
     def _metadata(self, bs: int) -> AttentionMetadata:
         meta = AttentionMetadata(
-            slot_mapping=self.slot_mapping[:bs],
             query_start_loc=self.query_start_loc[: bs + 1],
             seq_lens=self.seq_lens[:bs],
-            block_tables=self.block_tables[:bs],
-            block_size=self.block_size,
             max_query_len=1,
             max_seq_len=self.max_seq_len,
             query_lens_cpu=[1] * bs,
             seq_lens_cpu=[1] * bs,
         )
+        for buffers in self.groups:
+            meta.groups.update(buffers.metadata(bs))
         # splits sized for the longest context; shorter ones leave the extra programs idle
         data = self.backend.prepare(meta)
         meta.backend_data = TritonStepData(
@@ -108,14 +139,11 @@ class DecodeGraphs:
         bs = next(b for b in self.sizes if b >= n)
         self.input_ids[:n].copy_(input_ids)
         self.positions[:n].copy_(positions)
-        self.slot_mapping[:n].copy_(meta.slot_mapping)
         self.seq_lens[:n].copy_(meta.seq_lens)
-        width = meta.block_tables.shape[1]
-        self.block_tables[:n, :width].copy_(meta.block_tables)
         if bs > n:  # padded rows: one token at slot 0 of the null block
-            self.slot_mapping[n:bs].zero_()
             self.seq_lens[n:bs].fill_(1)
-            self.block_tables[n:bs, 0].zero_()
+        for buffers in self.groups:
+            buffers.copy_from(meta, n, bs)
         entry = self.graphs[bs]
         entry.graph.replay()
         return entry.hidden[:n]

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from seekd.config import SeekdConfig
+from seekd.engine.context_length import check_context_length, output_budget
 from seekd.engine.executor.runner_setup import load_runner, resolve_model_folder, set_cpu_threads
 from seekd.engine.executor.tp_validation import check_tensor_parallel, rank_device
 from seekd.engine.executor.tp_workers import TPDriver
@@ -84,10 +85,8 @@ class EngineCore:
     def add_request(self, req: EngineCoreRequest) -> None:
         params = req.sampling_params
         prompt_len = len(req.prompt_token_ids)
-        if prompt_len >= self.max_model_len:
-            raise ValueError(f"prompt has {prompt_len} tokens; this model's context is {self.max_model_len}")
-        room = self.max_model_len - prompt_len
-        max_output = room if params.max_tokens is None else min(params.max_tokens, room)
+        check_context_length(prompt_len, self.max_model_len)
+        max_output = output_budget(prompt_len, params.max_tokens, self.max_model_len)
         vocab = self.hf_config.vocab_size
         if any(not 0 <= t < vocab for t in req.prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")

@@ -40,6 +40,7 @@ from torch import nn
 
 from seekd.intmath import cdiv
 from seekd.layers.attention import KVCacheSpec
+from seekd.layers.forward_context import CacheGroupMetadata
 
 MAX_BLOCK_TOKENS_FACTOR = 16
 
@@ -50,13 +51,7 @@ class CacheGroupShape:
 
     name: str
     block_tokens: int  # tokens covered by one block
-    sliding_window: int | None = None
-
-    def first_needed_token(self, num_computed: int) -> int:
-        """Earliest token a query at position >= num_computed still reads from this group."""
-        if self.sliding_window is None:
-            return 0
-        return max(0, num_computed - self.sliding_window + 1)
+    sliding_window: int | None = None  # its manager is a SlidingWindowManager (engine/kv_cache_groups.py)
 
 
 @dataclass
@@ -77,6 +72,22 @@ class CacheGroup:
     @property
     def kinds(self) -> dict[str, KVCacheSpec]:
         return {spec.kind: spec for _, _, spec in self.members}
+
+    @property
+    def has_token_slots(self) -> bool:
+        """The group holds a kind of one entry per token, so each step carries its tokens' slots."""
+        return any(spec.tokens_per_entry == 1 for _, _, spec in self.members)
+
+    def step_metadata(
+        self, block_tables: torch.Tensor, slot_mapping: torch.Tensor | None
+    ) -> dict[str, CacheGroupMetadata]:
+        """The step's view of this group, under each of its kinds (the kinds share the tables)."""
+        return {
+            kind: CacheGroupMetadata(
+                block_tables, slot_mapping if spec.tokens_per_entry == 1 else None, self.entries_per_block(spec)
+            )
+            for kind, spec in self.kinds.items()
+        }
 
 
 def layer_cache_specs(layer: nn.Module, dtype: torch.dtype, fp8: bool = False) -> dict[str, KVCacheSpec]:
@@ -110,15 +121,10 @@ class KVCacheLayout:
                 if kinds.setdefault(spec.kind, spec) != spec:
                     raise ValueError(f"cache kind {spec.kind!r} has two different specs; name each kind apart")
                 members.setdefault(spec.sliding_window, []).append((layer, name, spec))
-        # the first group carries AttentionMetadata's own slot mapping and block tables: it needs a
-        # kind of one entry per token
-        order = sorted(members, key=lambda w: not any(s.tokens_per_entry == 1 for _, _, s in members[w]))
-        if not any(s.tokens_per_entry == 1 for _, _, s in members[order[0]]):
-            raise ValueError("a model needs one cache kind of one entry per token")
-        self.page_bytes, block_tokens = self._plan([members[w] for w in order])
+        self.page_bytes, block_tokens = self._plan(list(members.values()))
         self.groups = [
             CacheGroup(CacheGroupShape("full" if w is None else f"window_{w}", tokens, w), members[w])
-            for w, tokens in zip(order, block_tokens)
+            for w, tokens in zip(members, block_tokens)
         ]
         self.num_blocks = 0
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from seekd.config import SeekdConfig, load_config
 from seekd.engine.engine_core import EngineCore
+from seekd.engine.output_processor import SequenceDelta, SequenceOutput, sequence_request_id
 from seekd.engine.outputs import EngineOutput, TokenLogprob
 from seekd.engine.request import EngineCoreRequest
 from seekd.progress import progress_bar
@@ -48,36 +49,23 @@ class RequestOutput:
 
 
 class _Sequence:
-    """Client-side state of one sampled sequence (one of a request's `n`)."""
+    """Client-side state of one sampled sequence (one of a request's `n`): the output processor's
+    sequence, shown as the CompletionOutput handed to the caller."""
 
     def __init__(self, engine_id: str, output: CompletionOutput, detok: IncrementalDetokenizer | None) -> None:
         self.engine_id = engine_id
         self.output = output
-        self.detok = detok
-        self._pieces: list[str] = []  # joined once at the end: appending to the text so far is quadratic
+        self.sequence = SequenceOutput(detok)
+        output.token_ids = self.sequence.token_ids
 
-    def absorb(self, out: EngineOutput) -> tuple[str, bool]:
-        """Apply one engine output; returns (new text, whether a stop string ended the sequence)."""
-        o = self.output
-        o.token_ids.extend(out.new_token_ids)
-        if out.new_logprobs:
-            if o.logprobs is None:
-                o.logprobs = []
-            o.logprobs.extend(out.new_logprobs)
-        delta, stopped = "", False
-        if self.detok is not None:
-            step = self.detok.push(out.new_token_ids)
-            delta = step.text
-            if step.stop is not None:
-                o.finish_reason, o.stop_reason, stopped = "stop", step.stop, True
-        if out.finish_reason is not None and not stopped:
-            o.finish_reason, o.stop_reason = out.finish_reason, out.stop_reason
-            if self.detok is not None:
-                delta += self.detok.flush()
-        self._pieces.append(delta)
+    def absorb(self, out: EngineOutput) -> SequenceDelta:
+        delta = self.sequence.apply(out)
+        o, seq = self.output, self.sequence
+        o.logprobs = seq.logprobs or None
+        o.finish_reason, o.stop_reason = seq.finish_reason, seq.stop_reason
         if o.finish_reason is not None:
-            o.text = "".join(self._pieces)
-        return delta, stopped
+            o.text = seq.text
+        return delta
 
 
 class LLM:
@@ -117,8 +105,8 @@ class LLM:
     def _submit(self, prompt_ids: list[int], params: SamplingParams, request_id: str, **extra: Any) -> list[_Sequence]:
         sequences = []
         for i in range(params.n):
-            child = params if params.n == 1 else params.for_choice(i)
-            engine_id = request_id if params.n == 1 else f"{request_id}:{i}"
+            child = params.for_choice(i)
+            engine_id = sequence_request_id(request_id, i)
             detok = None
             if self.tokenizer is not None:
                 detok = IncrementalDetokenizer(
@@ -153,20 +141,19 @@ class LLM:
                     request_id, prompt if isinstance(prompt, str) else None, ids, [s.output for s in sequences]
                 )
             )
-        cached: dict[str, int] = {}
         with progress_bar("Generating", total=len(by_engine_id), enabled=self.show_progress) as advance:
             for out in self._run():
                 seq = by_engine_id.get(out.request_id)
                 if seq is None:
                     continue
-                cached[out.request_id] = out.num_cached_tokens
-                _, stopped = seq.absorb(out)
-                if stopped:
+                if seq.absorb(out).stopped:
                     self.engine.abort_requests([seq.engine_id])
                 if seq.output.finish_reason is not None:
                     advance(1)
         for result in results:
-            result.num_cached_tokens = cached.get(result.request_id, cached.get(f"{result.request_id}:0", 0))
+            result.num_cached_tokens = by_engine_id[
+                sequence_request_id(result.request_id, 0)
+            ].sequence.num_cached_tokens
         return results
 
     def chat(
@@ -195,10 +182,10 @@ class LLM:
             for out in self._run():
                 if out.request_id != seq.engine_id:
                     continue
-                delta, stopped = seq.absorb(out)
-                if delta:
-                    yield delta
-                if stopped:
+                delta = seq.absorb(out)
+                if delta.text:
+                    yield delta.text
+                if delta.stopped:
                     self.engine.abort_requests([seq.engine_id])
                 if seq.output.finish_reason is not None:
                     return

@@ -22,9 +22,8 @@ from seekd.engine.request import PENDING_TOKEN, Request
 from seekd.engine.sampler import Sampler, SamplingBatch, gather_logprobs
 from seekd.engine.scheduler import SchedulerOutput
 from seekd.engine.structured.backend import StructuredBackend, bitmask_width
-from seekd.intmath import cdiv
 from seekd.layers.attention import Attention, AttentionBackend, TorchAttentionBackend, make_backend
-from seekd.layers.forward_context import AttentionMetadata, CacheGroupMetadata, ForwardContext
+from seekd.layers.forward_context import AttentionMetadata, ForwardContext
 from seekd.layers.kv_quant import is_fp8_kv_cache
 from seekd.layers.mla import MLAAttention
 from seekd.sampling_params import SamplingParams
@@ -103,11 +102,6 @@ class ModelRunner:
         self.kv_layout = KVCacheLayout(
             list(model.attention_layers()), dtype, block_size, fp8=is_fp8_kv_cache(kv_cache_dtype)
         )
-        # per cache group: (kind, tokens per entry, entries per block) of each kind it holds
-        self._group_kinds = [
-            [(kind, spec.tokens_per_entry, group.entries_per_block(spec)) for kind, spec in group.kinds.items()]
-            for group in self.kv_layout.groups
-        ]
         self.attn_backend: AttentionBackend = TorchAttentionBackend()
         self.decode_graphs: DecodeGraphs | None = None
         self.structured: StructuredBackend | None = None  # set by the engine on the first constrained request
@@ -161,13 +155,7 @@ class ModelRunner:
     def capture_decode_graphs(self, max_batch: int, max_model_len: int) -> None:
         """Replay pure-decode steps as CUDA graphs (needs the KV cache bound and a graph-safe backend)."""
         self.decode_graphs = DecodeGraphs(
-            self.model,
-            self.attn_backend,
-            self.device,
-            max_batch,
-            cdiv(max_model_len, self.block_size),
-            self.block_size,
-            max_model_len,
+            self.model, self.attn_backend, self.device, max_batch, max_model_len, self.kv_layout.groups
         )
         self.decode_graphs.capture()
 
@@ -175,54 +163,61 @@ class ModelRunner:
         """Flatten the step: (inputs, requests that sample, (input row, request id) of the rows whose
         token the previous step samples). Plain Python lists with one numpy conversion at the end:
         with a few hundred decodes a step, per-request numpy calls would cost more than the GPU step."""
-        bs = self.kv_layout.shapes[0].block_tokens  # the first group has a kind of one entry per token
         tokens: list[int] = []
         positions: list[int] = []
-        slots: list[int] = []
         query_lens, seq_lens, logits_indices, sampling = [], [], [], []
         pending_rows: list[tuple[int, str]] = []
-        max_blocks = max(len(out.block_ids[r.request_id][0]) for r in out.requests)
-        block_tables = np.zeros((len(out.requests), max_blocks), dtype=np.int32)
-        for i, request in enumerate(out.requests):
+        for request in out.requests:
             rid = request.request_id
             n = out.num_scheduled_tokens[rid]
             start = request.num_computed_tokens
-            blocks = out.block_ids[rid][0]
-            block_tables[i, : len(blocks)] = blocks
             if n == 1:
                 token = request.all_token_ids[start]
                 if token == PENDING_TOKEN:
                     pending_rows.append((len(tokens), rid))
                 tokens.append(token)
                 positions.append(start)
-                slots.append(blocks[start // bs] * bs + start % bs)
             else:
-                pos = np.arange(start, start + n)
                 tokens.extend(request.all_token_ids[start : start + n])
                 positions.extend(range(start, start + n))
-                slots.extend((np.asarray(blocks)[pos // bs] * bs + pos % bs).tolist())
             query_lens.append(n)
             seq_lens.append(start + n)
             if start + n == request.num_tokens:
                 logits_indices.append(len(tokens) - 1)
                 sampling.append(request)
-        tables: list[np.ndarray] = [block_tables]
-        group_slots: list[np.ndarray | None] = [np.asarray(slots, dtype=np.int64)]
-        for g in range(1, len(self._group_kinds)):
-            g_tables, g_slots = self._group_tables(out, g)
-            tables.append(g_tables)
-            group_slots.append(None if g_slots is None else np.asarray(g_slots, dtype=np.int64))
+        tables, slots = zip(*(self._group_inputs(out, g) for g in range(len(self.kv_layout.groups))))
         step = FlatStep(
             input_ids=np.asarray(tokens, dtype=np.int64),
             positions=np.asarray(positions, dtype=np.int64),
             query_lens=query_lens,
             seq_lens=seq_lens,
-            block_tables=tables,
-            slot_mapping=group_slots,
+            block_tables=list(tables),
+            slot_mapping=list(slots),
             logits_indices=np.asarray(logits_indices, dtype=np.int64),
             pending=np.zeros((0, 2), dtype=np.int64),
         )
         return step, sampling, pending_rows
+
+    def _group_inputs(self, out: SchedulerOutput, g: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Block tables of cache group g and, if it has a kind of one entry per token, the slots of
+        the step's tokens."""
+        group = self.kv_layout.groups[g]
+        e = group.shape.block_tokens
+        per_request = [out.block_ids[r.request_id][g] for r in out.requests]
+        tables = np.zeros((len(out.requests), max(len(b) for b in per_request)), dtype=np.int32)
+        slots: list[int] | None = [] if group.has_token_slots else None
+        for i, (request, blocks) in enumerate(zip(out.requests, per_request)):
+            tables[i, : len(blocks)] = blocks
+            if slots is None:
+                continue
+            start = request.num_computed_tokens
+            n = out.num_scheduled_tokens[request.request_id]
+            if n == 1:
+                slots.append(blocks[start // e] * e + start % e)
+            else:
+                pos = np.arange(start, start + n)
+                slots.extend((np.asarray(blocks)[pos // e] * e + pos % e).tolist())
+        return tables, None if slots is None else np.asarray(slots, dtype=np.int64)
 
     def device_inputs(self, step: FlatStep) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         """(input ids, positions, attention metadata) of a flat step, on the device."""
@@ -232,43 +227,17 @@ class ModelRunner:
 
         query_start_loc = np.zeros(len(step.query_lens) + 1, dtype=np.int32)
         np.cumsum(step.query_lens, out=query_start_loc[1:])
-        tables = [to_dev(t) for t in step.block_tables]
-        slots = [None if s is None else to_dev(s) for s in step.slot_mapping]
         attn = AttentionMetadata(
-            slot_mapping=slots[0],
             query_start_loc=to_dev(query_start_loc),
             seq_lens=to_dev(np.asarray(step.seq_lens, dtype=np.int32)),
-            block_tables=tables[0],
-            block_size=self.kv_layout.shapes[0].block_tokens,
             max_query_len=max(step.query_lens),
             max_seq_len=max(step.seq_lens),
             query_lens_cpu=step.query_lens,
             seq_lens_cpu=step.seq_lens,
         )
-        for g_tables, g_slots, kinds in zip(tables, slots, self._group_kinds):
-            for kind, tokens_per_entry, entries_per_block in kinds:
-                attn.groups[kind] = CacheGroupMetadata(
-                    g_tables, g_slots if tokens_per_entry == 1 else None, entries_per_block
-                )
+        for group, tables, slots in zip(self.kv_layout.groups, step.block_tables, step.slot_mapping):
+            attn.groups.update(group.step_metadata(to_dev(tables), None if slots is None else to_dev(slots)))
         return to_dev(step.input_ids), to_dev(step.positions), attn
-
-    def _group_tables(self, out: SchedulerOutput, g: int) -> tuple[np.ndarray, list[int] | None]:
-        """Block tables of cache group g and, if it has a kind of one entry per token, the step's slots."""
-        e = self.kv_layout.shapes[g].block_tokens
-        tables = np.zeros(
-            (len(out.requests), max(len(out.block_ids[r.request_id][g]) for r in out.requests)), dtype=np.int32
-        )
-        slots: list[int] | None = [] if any(m == 1 for _, m, _ in self._group_kinds[g]) else None
-        for i, request in enumerate(out.requests):
-            blocks = out.block_ids[request.request_id][g]
-            tables[i, : len(blocks)] = blocks
-            if slots is not None:
-                pos = np.arange(
-                    request.num_computed_tokens,
-                    request.num_computed_tokens + out.num_scheduled_tokens[request.request_id],
-                )
-                slots.extend((tables[i][pos // e].astype(np.int64) * e + pos % e).tolist())
-        return tables, slots
 
     def forward_hidden(self, step: FlatStep, previous_sampled: torch.Tensor | None) -> torch.Tensor:
         """The model's hidden states at the step's logits rows. Every tensor-parallel rank runs this

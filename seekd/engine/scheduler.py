@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass, field
 
 from seekd.config import CacheConfig, SchedulerConfig
+from seekd.engine.context_length import check_context_length
 from seekd.engine.kv_cache_layout import CacheGroupShape
 from seekd.engine.kv_cache_manager import KVCacheManager
 from seekd.engine.request import Request, RequestStatus
@@ -80,8 +81,7 @@ class Scheduler:
     def add_request(self, request: Request) -> None:
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in the engine")
-        if request.num_tokens >= self.max_model_len:
-            raise ValueError(f"prompt has {request.num_tokens} tokens; this model's context is {self.max_model_len}")
+        check_context_length(request.num_tokens, self.max_model_len)
         self.requests[request.request_id] = request
         self._enqueue(request)
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seekd.intmath import cdiv, round_up
-from seekd.layers.forward_context import AttentionMetadata, ForwardContext
+from seekd.layers.forward_context import KV_KIND, AttentionMetadata, ForwardContext
 from seekd.layers.kv_quant import FP8, dequantize, quantize
 from seekd.layers.rotary import RotaryEmbedding
 
@@ -36,7 +36,7 @@ class KVCacheSpec:
 
     entry_shape: tuple[int, ...]
     dtype: torch.dtype
-    kind: str = "kv"
+    kind: str = KV_KIND
     tokens_per_entry: int = 1
     sliding_window: int | None = None
     scale_shape: tuple[int, ...] | None = None
@@ -102,7 +102,7 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        store_kv(self.kv_cache, k, v, ctx.attn.slot_mapping, self.kv_scales)
+        store_kv(self.kv_cache, k, v, ctx.attn.kv.slot_mapping, self.kv_scales)
         out = self.backend.attend(self, q, ctx.attn)
         return out.reshape(-1, self.num_heads * self.head_dim)
 
@@ -123,7 +123,7 @@ class Attention(nn.Module):
                 rope.cos_sin_cache,
                 rope.rotary_dim,
                 self.kv_cache,
-                ctx.attn.slot_mapping,
+                ctx.attn.kv.slot_mapping,
                 self.num_heads,
                 self.num_kv_heads,
                 self.head_dim,
@@ -189,7 +189,7 @@ class TorchAttentionBackend:
         group = layer.num_heads // layer.num_kv_heads
         start = 0
         for i, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
-            kv = gather_entries(layer.kv_cache, layer.kv_scales, meta.block_tables[i], seq_len, q.dtype)
+            kv = gather_entries(layer.kv_cache, layer.kv_scales, meta.kv.block_tables[i], seq_len, q.dtype)
             keys = kv[:, 0].repeat_interleave(group, dim=1).transpose(0, 1)
             values = kv[:, 1].repeat_interleave(group, dim=1).transpose(0, 1)
             queries = q[start : start + q_len].transpose(0, 1)
@@ -254,7 +254,7 @@ class TritonAttentionBackend:
         return paged_attention(
             q.contiguous(),
             layer.kv_cache,
-            meta.block_tables,
+            meta.kv.block_tables,
             meta.seq_lens,
             meta.query_start_loc,
             data.qblock_seq,
@@ -276,9 +276,9 @@ def varlen_prefill(layer: Attention, q: torch.Tensor, meta: AttentionMetadata) -
     kernel, over this step's keys and values read back from their cache slots."""
     from torch.nn.attention.varlen import varlen_attn
 
-    rows = layer.kv_cache.view(-1, *layer.kv_cache.shape[2:])[meta.slot_mapping]
+    rows = layer.kv_cache.view(-1, *layer.kv_cache.shape[2:])[meta.kv.slot_mapping]
     if layer.kv_scales is not None:
-        rows = dequantize(rows, layer.kv_scales.view(-1, *layer.kv_scales.shape[2:])[meta.slot_mapping], q.dtype)
+        rows = dequantize(rows, layer.kv_scales.view(-1, *layer.kv_scales.shape[2:])[meta.kv.slot_mapping], q.dtype)
     k, v = rows[:, 0], rows[:, 1]
     kwargs = varlen_causal_kwargs()
     if "enable_gqa" not in kwargs and layer.num_heads != layer.num_kv_heads:  # older torch: expand the heads

@@ -19,27 +19,32 @@ class CacheGroupMetadata:
     entries_per_block: int
 
 
+KV_KIND = "kv"  # the cache kind of a layer with one kind of entries (KVCacheSpec's default)
+
+
 @dataclass
 class AttentionMetadata:
     """Describes a flat batch of B sequences and T tokens.
 
     Sequence i owns tokens query_start_loc[i]:query_start_loc[i+1]; its context after this step is
-    seq_lens[i] tokens, the first seq_lens[i] - query_len of which are already in the KV cache.
-    `slot_mapping`, `block_tables` and `block_size` are the first cache group's (the only one of
-    dense and MLA models); layers with several kinds of entries read theirs from `groups`.
+    seq_lens[i] tokens, the first seq_lens[i] - query_len of which are already in the KV cache. Each
+    layer finds its slots and block tables under its cache kind in `groups` (a dense or MLA model
+    has the one kind `kv`).
     """
 
-    slot_mapping: torch.Tensor  # [T] int64: cache slot (block_id * block_size + offset) of each token
     query_start_loc: torch.Tensor  # [B+1] int32, cu_seqlens of the queries
     seq_lens: torch.Tensor  # [B] int32
-    block_tables: torch.Tensor  # [B, max_blocks] int32, padded with the null block 0
-    block_size: int
     max_query_len: int
     max_seq_len: int
     query_lens_cpu: list[int]
     seq_lens_cpu: list[int]
-    backend_data: object | None = None  # what the attention backend precomputed for this step
     groups: dict[str, CacheGroupMetadata] = field(default_factory=dict)  # by cache kind (KVCacheSpec.kind)
+    backend_data: object | None = None  # what the attention backend precomputed for this step
+
+    @property
+    def kv(self) -> CacheGroupMetadata:
+        """The cache of layers with one kind of entries, one entry per token."""
+        return self.groups[KV_KIND]
 
     @property
     def num_seqs(self) -> int:

@@ -81,7 +81,7 @@ class LightningIndexer(nn.Module):
             if seq_len <= self.topk:  # every visible token is selected: skip the scores
                 selected.append(torch.arange(seq_len, device=x.device).expand(q_len, seq_len))
             else:
-                keys = gather_entries(key_cache, key_scales, meta.block_tables[i], seq_len, torch.float32)
+                keys = gather_entries(key_cache, key_scales, meta.kv.block_tables[i], seq_len, torch.float32)
                 scores = self.index_scores(q[start : start + q_len], weights[start : start + q_len], keys)
                 scores = scores.masked_fill(~causal_mask(q_len, seq_len, x.device), float("-inf"))
                 selected.append(scores.topk(self.topk, dim=-1).indices)
@@ -105,7 +105,14 @@ class LightningIndexer(nn.Module):
         q, weights = self.project_and_cache(positions, x, q_latent, key_cache, meta, key_scales)
         width = meta.max_seq_len
         scores = indexer_decode_scores(
-            q.to(x.dtype), weights, key_cache, meta.block_tables, meta.seq_lens, width, self.softmax_scale, key_scales
+            q.to(x.dtype),
+            weights,
+            key_cache,
+            meta.kv.block_tables,
+            meta.seq_lens,
+            width,
+            self.softmax_scale,
+            key_scales,
         )
         return select_top(scores, self.topk)
 
@@ -122,9 +129,9 @@ class LightningIndexer(nn.Module):
         k = self._rope(positions, self.k_norm(self.wk(x)).unsqueeze(1)).squeeze(1)
         slots = key_cache.view(-1, self.head_dim)
         if key_scales is None:
-            slots[meta.slot_mapping] = k.to(key_cache.dtype)
+            slots[meta.kv.slot_mapping] = k.to(key_cache.dtype)
         else:
-            slots[meta.slot_mapping], key_scales.view(-1, 1)[meta.slot_mapping] = quantize(k)
+            slots[meta.kv.slot_mapping], key_scales.view(-1, 1)[meta.kv.slot_mapping] = quantize(k)
         q = self._rope(positions, self.wq_b(q_latent).view(-1, self.n_heads, self.head_dim)).float()
         return q, self.weights_proj(x).float() * self.n_heads**-0.5
 

@@ -141,11 +141,11 @@ class MLAAttention(nn.Module):
         latent = torch.cat([kv_c, k_pe.squeeze(1)], dim=-1)
         flat = self.kv_cache.view(-1, self.kv_cache.shape[-1])
         if self.kv_scales is None:
-            flat[meta.slot_mapping, : self.latent_width] = latent.to(flat.dtype)
+            flat[meta.kv.slot_mapping, : self.latent_width] = latent.to(flat.dtype)
         else:
             codes, scales = quantize(latent, self.cache_segments[:2])
-            flat[meta.slot_mapping, : self.latent_width] = codes
-            self.kv_scales.view(-1, self.kv_scales.shape[-1])[meta.slot_mapping, :2] = scales
+            flat[meta.kv.slot_mapping, : self.latent_width] = codes
+            self.kv_scales.view(-1, self.kv_scales.shape[-1])[meta.kv.slot_mapping, :2] = scales
         return q_nope, q_pe, q_latent
 
     def use_absorbed(self, meta: AttentionMetadata) -> bool:
@@ -159,10 +159,10 @@ class MLAAttention(nn.Module):
 
     def _latent_context(self, meta: AttentionMetadata, i: int, dtype: torch.dtype) -> torch.Tensor:
         """The cached latents of sequence i: [seq_len, kv_lora_rank + qk_rope_head_dim]."""
-        rows = gather_kv(self.kv_cache, meta.block_tables[i], meta.seq_lens_cpu[i])[:, : self.latent_width]
+        rows = gather_kv(self.kv_cache, meta.kv.block_tables[i], meta.seq_lens_cpu[i])[:, : self.latent_width]
         if self.kv_scales is None:
             return rows.to(dtype)
-        scales = gather_kv(self.kv_scales, meta.block_tables[i], meta.seq_lens_cpu[i])[:, :2]
+        scales = gather_kv(self.kv_scales, meta.kv.block_tables[i], meta.seq_lens_cpu[i])[:, :2]
         return dequantize(rows, scales, dtype, self.cache_segments[:2])
 
     def _naive(
@@ -249,7 +249,7 @@ class MLAAttention(nn.Module):
             rope.rotary_dim,
             rope.interleaved,
             self.kv_cache,
-            meta.slot_mapping,
+            meta.kv.slot_mapping,
             q_abs,
             self.kv_scales,
         )
@@ -258,7 +258,7 @@ class MLAAttention(nn.Module):
         out_latent = mla_decode(
             q_abs,
             self.kv_cache,
-            meta.block_tables,
+            meta.kv.block_tables,
             meta.seq_lens,
             self.kv_lora_rank,
             self.scale,

@@ -65,7 +65,7 @@ class SparseMLAAttention(MLAAttention):
         out_latent = mla_decode(
             q,
             self.kv_cache,
-            meta.block_tables,
+            meta.kv.block_tables,
             meta.seq_lens,
             self.kv_lora_rank,
             self.scale,

@@ -17,14 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from seekd.layers.compressed_attention import CompressedAttention
 from seekd.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from seekd.layers.forward_context import ForwardContext
 from seekd.layers.hyper_connection import HyperConnection, HyperHead
 from seekd.layers.moe import HashRouter, RoutedExperts, TopKRouter, expert_weight_target, swiglu
 from seekd.layers.norms import RMSNorm
 from seekd.layers.rotary import RotaryEmbedding
-from seekd.layers.v4_attention import V4Attention
-from seekd.layers.v4_compression import CompressedIndexer, Compressor
+from seekd.layers.token_compression import CompressedIndexer, Compressor
 from seekd.models.hf_config import HFConfig
 from seekd.models.llama import LlamaMLP
 from seekd.models.weights import load_named_weights
@@ -86,7 +86,7 @@ def build_ropes(config: HFConfig) -> dict[str, RotaryEmbedding]:
     return ropes
 
 
-def build_attention(config: HFConfig, kind: str, ropes: dict[str, RotaryEmbedding]) -> V4Attention:
+def build_attention(config: HFConfig, kind: str, ropes: dict[str, RotaryEmbedding]) -> CompressedAttention:
     rotary = ropes["main" if kind == SLIDING else "compress"]
     compressor = indexer = None
     eps, hidden = config.rms_norm_eps, config.hidden_size
@@ -98,7 +98,7 @@ def build_attention(config: HFConfig, kind: str, ropes: dict[str, RotaryEmbeddin
         indexer = CompressedIndexer(
             hidden, config.q_lora_rank, config.index_n_heads, config.index_head_dim, config.index_topk, index_compressor
         )
-    return V4Attention(
+    return CompressedAttention(
         hidden,
         config.num_attention_heads,
         config.head_dim,
@@ -214,7 +214,7 @@ class DeepseekV4ForCausalLM(nn.Module):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head.compute_logits(hidden)
 
-    def attention_layers(self) -> list[V4Attention]:
+    def attention_layers(self) -> list[CompressedAttention]:
         return [layer.attn for layer in self.layers]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:

@@ -33,11 +33,11 @@ from seekd.ops.tls import build_ssl_context
 from seekd.server.admin_routes import router as admin_router
 from seekd.server.admission import AdmissionController, resolve_tenant
 from seekd.server.audit_trail import AuditMiddleware
-from seekd.server.body_limit import BodySizeLimitMiddleware
 from seekd.server.engine_client import EngineClient
 from seekd.server.errors import install_error_handlers
 from seekd.server.generation import ServingContext
-from seekd.server.http_protocol import OpenAIErrorHttpProtocol
+from seekd.server.http.body_limit import BodySizeLimitMiddleware
+from seekd.server.http.protocol import OpenAIErrorHttpProtocol
 from seekd.server.logprobs import TokenTexts
 from seekd.server.openai_routes import router
 from seekd.server.openapi import DESCRIPTION, KEYED, errors, install_openapi, probe

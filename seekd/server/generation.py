@@ -1,9 +1,10 @@
 """The text side of one API request, shared by chat and completions.
 
-Turns request fields into SamplingParams, checks the context length before any work, submits one
-engine request per (prompt, choice) and runs each choice's incremental detokenizer, which releases
-only final text: whole UTF-8 characters, and never a stop string (the engine request of a choice
-whose stop string matched is aborted at once). Whatever ends the iteration — finish, error or the
+Turns request fields into SamplingParams, checks the context length before any work
+(seekd/engine/context_length.py), submits one engine request per (prompt, choice) and builds each
+choice through the output processor shared with the offline API (seekd/engine/output_processor.py),
+which releases only final text: whole UTF-8 characters, and never a stop string (the engine request
+of a choice whose stop string matched is aborted at once). Whatever ends the iteration — finish, error or the
 client going away (task cancelled) — aborts what is still running in the engine.
 """
 
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+from seekd.engine.context_length import ContextLengthExceeded, check_context_length, output_budget
+from seekd.engine.output_processor import SequenceOutput, sequence_request_id
 from seekd.engine.outputs import EngineOutput, TokenLogprob
 from seekd.engine.request import EngineCoreRequest
 from seekd.errors import APIError
@@ -64,7 +67,7 @@ class ServingContext:
         limits = [n for n in (self.generation_config.default_max_tokens(prompt_len), self.max_output_tokens) if n]
         if not limits:
             return None
-        return max(1, min(*limits, self.max_model_len - prompt_len))
+        return max(1, output_budget(prompt_len, min(limits), self.max_model_len))
 
     async def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of a prompt. Long texts are tokenized in a worker thread without the GIL: on
@@ -137,23 +140,12 @@ def parse_logit_bias(raw: dict[str, float] | None, vocab_size: int) -> dict[int,
     return bias
 
 
-def check_context_length(prompt_len: int, max_tokens: int | None, max_model_len: int, param: str) -> None:
-    """Refuse up front what cannot fit; the message names both numbers, as OpenAI's does."""
-    if prompt_len >= max_model_len:
-        raise invalid_request(
-            f"This model's maximum context length is {max_model_len} tokens. However, your {param} "
-            f"resulted in {prompt_len} tokens. Please reduce the length of the {param}.",
-            param=param,
-            code="context_length_exceeded",
-        )
-    if max_tokens is not None and prompt_len + max_tokens > max_model_len:
-        raise invalid_request(
-            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
-            f"{prompt_len + max_tokens} tokens ({prompt_len} in the {param}, {max_tokens} in the "
-            "completion). Please reduce the length of the prompt or of max_tokens.",
-            param="max_tokens",
-            code="context_length_exceeded",
-        )
+def check_fits_context(prompt_len: int, max_tokens: int | None, max_model_len: int, param: str) -> None:
+    """Refuse up front what cannot fit (seekd/engine/context_length.py), as a 400 worded like OpenAI's."""
+    try:
+        check_context_length(prompt_len, max_model_len, max_tokens)
+    except ContextLengthExceeded as e:
+        raise invalid_request(e.openai_message(param), param=e.param or param, code="context_length_exceeded") from None
 
 
 def check_n(n: int, max_n: int) -> None:
@@ -207,41 +199,29 @@ class ChoiceUpdate:
     stop_reason: int | str | None = None
 
 
-@dataclass
-class Choice:
-    index: int
-    engine_id: str
-    prompt_index: int
-    detok: IncrementalDetokenizer
-    num_tokens: int = 0
-    num_cached_tokens: int = 0
-    text_pieces: list[str] = field(default_factory=list)  # joined on demand: `+=` copied all text per token
-    logprobs: list[TokenLogprob] = field(default_factory=list)
-    finish_reason: str | None = None
-    stop_reason: int | str | None = None
-    reasoning: ReasoningTokenCounter | None = None  # chat only
+class Choice(SequenceOutput):
+    """One choice of an API request: its sequence, plus where it sits in the response and, for
+    chat, how many of its tokens are reasoning."""
 
-    @property
-    def text(self) -> str:
-        return "".join(self.text_pieces)
+    def __init__(
+        self,
+        index: int,
+        engine_id: str,
+        prompt_index: int,
+        detok: IncrementalDetokenizer,
+        reasoning: ReasoningTokenCounter | None = None,
+    ) -> None:
+        super().__init__(detok)
+        self.index = index
+        self.engine_id = engine_id
+        self.prompt_index = prompt_index
+        self.reasoning = reasoning  # chat only
 
     def absorb(self, out: EngineOutput) -> ChoiceUpdate:
-        self.num_tokens += len(out.new_token_ids)
         if self.reasoning is not None:
             self.reasoning.feed(out.new_token_ids)
-        self.num_cached_tokens = out.num_cached_tokens
-        new_logprobs = list(out.new_logprobs or [])
-        self.logprobs.extend(new_logprobs)
-        step = self.detok.push(out.new_token_ids)
-        text = step.text
-        if step.stop is not None:
-            self.finish_reason, self.stop_reason = "stop", step.stop
-        elif out.finish_reason is not None:
-            self.finish_reason, self.stop_reason = out.finish_reason, out.stop_reason
-            text += self.detok.flush()
-        if text:
-            self.text_pieces.append(text)
-        return ChoiceUpdate(self.index, text, new_logprobs, self.finish_reason, self.stop_reason)
+        delta = self.apply(out)
+        return ChoiceUpdate(self.index, delta.text, delta.logprobs, delta.finish_reason, delta.stop_reason)
 
 
 class Generation:
@@ -275,7 +255,7 @@ class Generation:
             for i in range(params.n):
                 index = p * params.n + i
                 child = params.for_choice(i)
-                engine_id = f"{request_id}-{index}"
+                engine_id = sequence_request_id(request_id, index)
                 detok = IncrementalDetokenizer(
                     ctx.tokenizer, child.skip_special_tokens, child.stop, child.include_stop_str_in_output
                 )

@@ -18,7 +18,7 @@ from seekd.server.generation import (
     Generation,
     ServingContext,
     build_sampling_params,
-    check_context_length,
+    check_fits_context,
     check_input_limits,
     check_num_sequences,
 )
@@ -122,7 +122,7 @@ async def create_chat_completion(
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if max_tokens is None:
         max_tokens = ctx.default_max_tokens(len(prompt_ids))
-    check_context_length(len(prompt_ids), max_tokens, ctx.max_model_len, "messages")
+    check_fits_context(len(prompt_ids), max_tokens, ctx.max_model_len, "messages")
     check_input_limits(ctx, len(prompt_ids), max_tokens, "messages")
     num_top = (req.top_logprobs or 0) if req.logprobs else None
     params = build_sampling_params(

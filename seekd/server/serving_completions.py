@@ -15,7 +15,7 @@ from seekd.server.generation import (
     Generation,
     ServingContext,
     build_sampling_params,
-    check_context_length,
+    check_fits_context,
     check_input_limits,
     check_num_sequences,
 )
@@ -64,7 +64,7 @@ async def create_completion(
     prompts = await _prompts(ctx, req.prompt, req.n)
     max_tokens = 16 if req.max_tokens is None else req.max_tokens  # the OpenAI default
     for ids in prompts:
-        check_context_length(len(ids), max_tokens, ctx.max_model_len, "prompt")
+        check_fits_context(len(ids), max_tokens, ctx.max_model_len, "prompt")
         check_input_limits(ctx, len(ids), max_tokens, "prompt")
     params = build_sampling_params(
         req, max_tokens=max_tokens, logprobs=req.logprobs, max_n=ctx.max_n, vocab_size=ctx.tokenizer.vocab_size

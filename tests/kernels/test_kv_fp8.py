@@ -93,7 +93,7 @@ def test_paged_attention_over_fp8_cache_matches_dequantized_reference(
     q = torch.randn(total, heads, head_dim, device=device, dtype=dtype)
     k, v = torch.randn(2, total, kv_heads, head_dim, device=device, dtype=dtype)
     layer.kv_cache, layer.kv_scales = codes, scales
-    store_kv(layer.kv_cache, k, v, meta.slot_mapping, layer.kv_scales)
+    store_kv(layer.kv_cache, k, v, meta.kv.slot_mapping, layer.kv_scales)
 
     ref = TorchAttentionBackend().attend(layer, q.float(), meta)
     backend = TritonAttentionBackend(kv_heads)
@@ -142,7 +142,7 @@ def test_varlen_prefill_reads_the_fp8_cache():
     layer.kv_cache, layer.kv_scales = fp8_cache(256, 16, kv_heads, head_dim, "cuda")
     q = torch.randn(sum(query_lens), heads, head_dim, device="cuda", dtype=torch.bfloat16)
     k, v = torch.randn(2, sum(query_lens), kv_heads, head_dim, device="cuda", dtype=torch.bfloat16)
-    store_kv(layer.kv_cache, k, v, meta.slot_mapping, layer.kv_scales)
+    store_kv(layer.kv_cache, k, v, meta.kv.slot_mapping, layer.kv_scales)
     ref = TorchAttentionBackend().attend(layer, q.float(), meta)
     backend = TritonAttentionBackend(kv_heads, prefill="varlen")
     meta.backend_data = backend.prepare(meta)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from kernel_env import INTERPRETED, assert_fp8_codes_close
 
-from seekd.layers.forward_context import AttentionMetadata, ForwardContext
+from seekd.layers.forward_context import AttentionMetadata, CacheGroupMetadata, ForwardContext
 from seekd.layers.kv_quant import quantize
 from seekd.layers.mla import MLAAttention
 from seekd.layers.rotary import RotaryEmbedding
@@ -86,15 +86,17 @@ def decode_metadata(seq_lens: list[int], block_size: int, num_blocks: int, devic
     tables = order.view(len(seq_lens), per_seq)
     slots = [tables[i, (n - 1) // block_size] * block_size + (n - 1) % block_size for i, n in enumerate(seq_lens)]
     return AttentionMetadata(
-        slot_mapping=torch.tensor(slots, device=device),
         seq_lens=torch.tensor(seq_lens, device=device, dtype=torch.int32),
         query_start_loc=torch.arange(len(seq_lens) + 1, device=device, dtype=torch.int32),
-        block_tables=tables.to(device=device, dtype=torch.int32),
-        block_size=block_size,
         max_query_len=1,
         max_seq_len=max(seq_lens),
         query_lens_cpu=[1] * len(seq_lens),
         seq_lens_cpu=seq_lens,
+        groups={
+            "kv": CacheGroupMetadata(
+                tables.to(device=device, dtype=torch.int32), torch.tensor(slots, device=device), block_size
+            )
+        },
     )
 
 
@@ -111,7 +113,7 @@ def test_fused_rope_cache_writes_the_reference_rows_and_query_tail(kernel_device
     positions = torch.tensor([0, 7, 4095, 4096, 8000, 33], device=device)
     slots = torch.randperm(num_blocks * block_size, device=device)[:tokens]
     meta = decode_metadata([1] * tokens, block_size, num_blocks, device)
-    meta.slot_mapping = slots  # project_and_cache reads only the slots
+    meta.kv.slot_mapping = slots  # project_and_cache reads only the slots
     # rows wider than the latent (sparse MLA keeps the indexer key behind it): those columns stay untouched
     cache = torch.randn(num_blocks, block_size, mla.latent_width + extra, device=device, dtype=dtype)
 

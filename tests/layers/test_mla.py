@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from seekd.layers.attention import Attention
-from seekd.layers.forward_context import AttentionMetadata, ForwardContext
+from seekd.layers.forward_context import AttentionMetadata, CacheGroupMetadata, ForwardContext
 from seekd.layers.mla import MLAAttention
 from seekd.layers.rotary import RotaryEmbedding
 
@@ -52,15 +52,13 @@ def metadata(cached: list[int], new: list[int], block_size: int = 4) -> tuple[At
             positions.append(p)
     seq_lens = [c + n for c, n in zip(cached, new)]
     meta = AttentionMetadata(
-        slot_mapping=torch.tensor(slots),
         query_start_loc=torch.tensor([0, *torch.tensor(new).cumsum(0).tolist()]),
         seq_lens=torch.tensor(seq_lens),
-        block_tables=torch.tensor(tables, dtype=torch.int32),
-        block_size=block_size,
         max_query_len=max(new),
         max_seq_len=max(seq_lens),
         query_lens_cpu=new,
         seq_lens_cpu=seq_lens,
+        groups={"kv": CacheGroupMetadata(torch.tensor(tables, dtype=torch.int32), torch.tensor(slots), block_size)},
     )
     return meta, torch.tensor(positions)
 

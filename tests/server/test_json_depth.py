@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seekd.server.json_depth import deeper_than, json_depth
+from seekd.server.http.json_depth import deeper_than, json_depth
 
 tricky_text = st.text(alphabet=st.sampled_from(list('[]{}"\\\\ab,: \n\u00e9\u4e2d')), max_size=12)
 documents = st.recursive(

@@ -14,8 +14,8 @@ from http import HTTPStatus
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from seekd.errors import APIError
-from seekd.server.json_depth import deeper_than
-from seekd.server.lone_surrogates import lone_surrogate_path
+from seekd.server.http.json_depth import deeper_than
+from seekd.server.http.lone_surrogates import lone_surrogate_path
 
 MAX_DRAIN_FACTOR = 8  # beyond limit * this, stop reading and let the connection drop
 

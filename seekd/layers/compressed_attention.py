@@ -1,8 +1,9 @@
-"""DeepSeek-V4 attention: one shared KV head (the key is also the value), sliding window + compressed entries.
+"""Compressed attention (DeepSeek-V4's CSA and HCA, and its sliding layers): one shared KV head (the key
+is also the value), a sliding window plus compressed entries.
 
 Per layer kind, a query at position p attends to
 - sliding_attention: the last `sliding_window` tokens (p - W, p];
-- heavily_compressed_attention (HCA): those, plus every visible compressed entry (see v4_compression.py);
+- heavily_compressed_attention (HCA): those, plus every visible compressed entry (see token_compression.py);
 - compressed_sparse_attention (CSA): those, plus the visible entries its indexer selects (top-k);
 with a learned per-head sink logit in the softmax denominator. Queries and keys are roped on their
 last rope dims (interleaved pairs); since values carry that rope too, the output's rope dims are
@@ -35,7 +36,7 @@ from seekd.layers.kv_quant import FP8, dequantize, quantize
 from seekd.layers.linear import ReplicatedLinear
 from seekd.layers.norms import RMSNorm
 from seekd.layers.rotary import RotaryEmbedding, apply_interleaved_rotary_tail
-from seekd.layers.v4_compression import CompressedIndexer, Compressor
+from seekd.layers.token_compression import CompressedIndexer, Compressor
 
 
 class GroupedLinear(nn.Module):
@@ -51,7 +52,7 @@ class GroupedLinear(nn.Module):
         return torch.einsum("tgi,goi->tgo", x, w).flatten(1)
 
 
-class V4Attention(nn.Module):
+class CompressedAttention(nn.Module):
     """Names as in the DeepSeek checkpoints (wq_a, q_norm, wq_b, wkv, norm, wo_a, wo_b, attn_sink)."""
 
     graph_safe = False  # attends sequence by sequence on host-side lengths

@@ -1,4 +1,4 @@
-"""DeepSeek-V4's token compression: the compressor behind CSA and HCA attention, and CSA's indexer.
+"""Token compression (introduced by DeepSeek-V4): the compressor behind CSA and HCA attention, and CSA's indexer.
 
 A compressor turns every block of `compress_rate` consecutive tokens into one KV entry: per feature a
 softmax over the block's gate logits (+ a learned per-slot bias `ape`) weights the block's projected
@@ -7,7 +7,7 @@ each token projects two series, and entry w pools series a of block w-1 with ser
 HCA (rate 128) does not overlap. Entry w exists once token (w+1) * rate - 1 has been seen, so query p
 sees entries w < (p + 1) // rate.
 
-Paged-cache contract (see v4_attention.py): each token's projections (`project`, the compressor
+Paged-cache contract (see compressed_attention.py): each token's projections (`project`, the compressor
 *state*) are cached for as long as a block still to be pooled needs them (a sliding window of
 `compress_rate` tokens, two blocks' worth when blocks overlap), and each entry is cached once pooled.
 Any later step, chunk or prefix-cache hit can then pool a block whose tokens arrived in earlier
