@@ -9,7 +9,7 @@ out are never read) and the entries from theirs (entry e pools tokens e*rate .. 
 decode query sees the first seq_len // rate). An FP8 cache holds e4m3 codes with a float32 scale per
 row (and per part for entries: attention part first); tiles are dequantized in registers.
 
-The torch path (`V4Attention._attend` over `_context`'s keys and mask) is the reference.
+The torch path (`CompressedAttention._attend` over `_context`'s keys and mask) is the reference.
 """
 
 from __future__ import annotations

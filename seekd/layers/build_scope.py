@@ -24,10 +24,11 @@ class KernelChoice:
     rotary: bool = False  # RotaryEmbedding, and Attention's fused rotary + cache write
     moe: bool = False  # TopKRouter's one-launch routing and RoutedExperts' fused MoE
     mla_decode: bool = False  # MLAAttention's latent-space pure-decode kernels
+    compressed_decode: bool = False  # CompressedAttention's window + compressed-entry decode kernels
 
 
 REFERENCE = KernelChoice()
-ALL_KERNELS = KernelChoice(norms=True, activations=True, rotary=True, moe=True, mla_decode=True)
+ALL_KERNELS = KernelChoice(norms=True, activations=True, rotary=True, moe=True, mla_decode=True, compressed_decode=True)
 
 _building: list[tuple[QuantConfig, KernelChoice, ExpertPlacement]] = [(DENSE, REFERENCE, ALL_ON_DEVICE)]
 

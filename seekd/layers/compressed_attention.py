@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seekd.layers.attention import KVCacheSpec
+from seekd.layers.build_scope import build_kernels
 from seekd.layers.forward_context import AttentionMetadata, ForwardContext
 from seekd.layers.hyper_connection import unweighted_rms_norm
 from seekd.layers.kv_quant import FP8, dequantize, quantize
@@ -70,7 +71,10 @@ class CompressedAttention(nn.Module):
         rotary_emb: RotaryEmbedding,
         compressor: Compressor | None = None,
         indexer: CompressedIndexer | None = None,
+        *,
+        use_kernel: bool | None = None,
     ) -> None:
+        """`use_kernel`: the Triton decode kernels; unset = the model's KernelChoice."""
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = head_dim
@@ -93,6 +97,7 @@ class CompressedAttention(nn.Module):
         self._compressors = [c for c in (compressor, indexer and indexer.compressor) if c is not None]
         rate = compressor.compress_rate if compressor is not None else 0
         self._kinds = {"kv": "sliding_kv", "state": f"compressor_state_{rate}", "entries": f"compressed_{rate}"}
+        self.use_kernel = build_kernels().compressed_decode if use_kernel is None else use_kernel
 
     def kv_cache_specs(self, dtype: torch.dtype, fp8: bool = False) -> dict[str, KVCacheSpec]:
         def quantizable(parts: tuple[int, ...], kind: str, tokens_per_entry: int, window: int | None) -> KVCacheSpec:
@@ -133,15 +138,17 @@ class CompressedAttention(nn.Module):
             write_entries(self.kv_caches["state"], None, slots // per_block, slots % per_block, states)
         if self.indexer is not None:
             index_q, index_w = self.indexer.queries(q_latent, cos, sin), self.indexer.head_weights(x)
-        out = torch.empty_like(q)
-        start = 0
-        for i, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
-            span = slice(start, start + q_len)
-            keys, mask = self._context(
-                meta, i, q_len, seq_len, q.dtype, None if index_q is None else (index_q[span], index_w[span])
-            )
-            out[span] = self._attend(q[span], keys, mask)
-            start += q_len
+        if self.use_kernel and meta.is_pure_decode:
+            out = self._decode_kernels(meta, q, index_q, index_w)
+        else:
+            out = torch.empty_like(q)
+            start = 0
+            for i, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
+                span = slice(start, start + q_len)
+                index_inputs = None if index_q is None else (index_q[span], index_w[span])
+                keys, mask = self._context(meta, i, q_len, seq_len, q.dtype, index_inputs)
+                out[span] = self._attend(q[span], keys, mask)
+                start += q_len
         out = apply_interleaved_rotary_tail(out, cos, -sin)
         return self.wo_b(self.wo_a(out.view(out.size(0), self.wo_a.groups, -1)))
 
@@ -172,9 +179,60 @@ class CompressedAttention(nn.Module):
             visible = self.indexer.select(*index_inputs, index_keys, visible)
         return torch.cat([keys, entries]), torch.cat([mask, visible], dim=1)
 
+    def _decode_kernels(
+        self, meta: AttentionMetadata, q: torch.Tensor, index_q: torch.Tensor | None, index_w: torch.Tensor | None
+    ) -> torch.Tensor:
+        """A pure-decode step on the Triton kernels, every sequence at once: its window, then its
+        compressed entries (CSA: the indexer's top-k, scored on the GPU). The blocks that closed in
+        this step are pooled first, as on the reference path. -> [B, H, D]."""
+        from seekd.kernels.compressed_attention import compressed_attention_decode
+
+        window = meta.groups[self._kinds["kv"]]
+        rate, entries, tables, scales, selected = 0, None, None, None, None
+        if self.compressor is not None:
+            rate = self.compressor.compress_rate
+            for i, seq_len in enumerate(meta.seq_lens_cpu):
+                self._pool_closed(meta, i, 1, seq_len)
+            entries, scales = self.kv_caches["entries"], self.kv_scales.get("entries")
+            tables = meta.groups[self._kinds["entries"]].block_tables
+            if self.indexer is not None:
+                selected = self.indexer.select_for_decode(
+                    index_q,
+                    index_w,
+                    entries[..., self.head_dim :],
+                    tables,
+                    meta.seq_lens // rate,
+                    meta.max_seq_len // rate,
+                    None if scales is None else scales[..., 1:],
+                )
+        return compressed_attention_decode(
+            q,
+            self.attn_sink,
+            meta.seq_lens,
+            self.sliding_window,
+            self.kv_caches["kv"],
+            window.block_tables,
+            self.scale,
+            self.kv_scales.get("kv"),
+            rate,
+            entries,
+            tables,
+            scales,
+            selected,
+        )
+
     def _entries(self, meta: AttentionMetadata, i: int, q_len: int, seq_len: int) -> torch.Tensor:
-        """All compressed entries of sequence i so far ([seq_len // rate, entry width]); the blocks
-        that closed in this step are pooled from the cached states and written to the cache first."""
+        """All compressed entries of sequence i so far ([seq_len // rate, entry width]), the blocks
+        that closed in this step pooled first."""
+        self._pool_closed(meta, i, q_len, seq_len)
+        group = meta.groups[self._kinds["entries"]]
+        end = seq_len // self.compressor.compress_rate
+        cache, scales = self.kv_caches["entries"], self.kv_scales.get("entries")
+        return read_entries(cache, group.block_tables[i], group.entries_per_block, 0, end, scales, self.entry_parts)
+
+    def _pool_closed(self, meta: AttentionMetadata, i: int, q_len: int, seq_len: int) -> None:
+        """Pool the blocks of `rate` tokens that closed in this step (sequence i) from the cached
+        compressor states, and write them to the entry cache."""
         m = self.compressor.compress_rate
         first, end = (seq_len - q_len) // m, seq_len // m
         group = meta.groups[self._kinds["entries"]]
@@ -194,7 +252,6 @@ class CompressedAttention(nn.Module):
             index = torch.arange(first, end, device=cache.device)
             blocks, offsets = table.long()[index // per_block], index % per_block
             write_entries(cache, scales, blocks, offsets, torch.cat(new, dim=-1), self.entry_parts)
-        return read_entries(cache, table, per_block, 0, end, scales, self.entry_parts)
 
     def _attend(self, q: torch.Tensor, keys: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Softmax over [scores | sink] in float32; the shared KV head is key and value. -> [Q, H, D]."""

@@ -106,6 +106,27 @@ class CompressedIndexer(nn.Module):
         q = self.wq_b(q_latent).view(-1, self.n_heads, self.head_dim)
         return apply_interleaved_rotary_tail(q, cos, sin)
 
+    def select_for_decode(
+        self,
+        q: torch.Tensor,
+        weights: torch.Tensor,
+        keys: torch.Tensor,
+        block_tables: torch.Tensor,
+        num_entries: torch.Tensor,
+        width: int,
+        key_scales: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """`select` for a pure-decode batch on the GPU, every sequence at once and with no host sync:
+        q [B, H, c], weights [B, H], keys a paged view [blocks, per_block, >= c], num_entries [B] the
+        visible entries of each -> int32 [B, min(topk, width)] entry indices; those at or past a
+        sequence's count mean "none"."""
+        from seekd.kernels.indexer_scores import indexer_decode_scores, select_top
+
+        scores = indexer_decode_scores(
+            q, weights, keys, block_tables, num_entries, width, self.head_dim**-0.5, key_scales
+        )
+        return select_top(scores, self.topk)
+
     def head_weights(self, x: torch.Tensor) -> torch.Tensor:
         return self.weights_proj(x).float() * self.n_heads**-0.5
 

@@ -18,9 +18,11 @@ _MODELS: dict[str, tuple[str, str]] = {
 }
 
 
-# Architectures whose attention layers run on the selected attention backend. V4's attention runs its
-# own torch code, and the rest of that model stays on the torch reference with it.
+# Architectures whose attention layers run on the selected attention backend. V4's attention has its
+# own decode kernels (the triton backend turns them on); the rest of that model stays on the torch
+# reference for now.
 _ON_ATTENTION_BACKEND = frozenset(_MODELS) - {"DeepseekV4ForCausalLM"}
+_V4_KERNELS = KernelChoice(compressed_decode=True)
 
 
 def kernel_choice(architecture: str, attention_backend: str, fused_kernels: str = "auto") -> KernelChoice:
@@ -31,9 +33,11 @@ def kernel_choice(architecture: str, attention_backend: str, fused_kernels: str 
         return REFERENCE
     if fused_kernels == "moe":
         return KernelChoice(moe=True)
-    if attention_backend == "triton" and architecture in _ON_ATTENTION_BACKEND:
+    if attention_backend != "triton":
+        return REFERENCE
+    if architecture in _ON_ATTENTION_BACKEND:
         return ALL_KERNELS
-    return REFERENCE
+    return _V4_KERNELS if architecture == "DeepseekV4ForCausalLM" else REFERENCE
 
 
 def supported_architectures() -> list[str]:

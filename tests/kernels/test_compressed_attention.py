@@ -1,5 +1,5 @@
 """DeepSeek-V4's decode attention kernel (sliding window + compressed entries, all or selected, with a
-sink per head) against softmax over [scores | sink] on the gathered keys, as V4Attention._attend."""
+sink per head) against softmax over [scores | sink] on the gathered keys, as CompressedAttention._attend."""
 
 from __future__ import annotations
 
