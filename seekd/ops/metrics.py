@@ -196,6 +196,9 @@ class RequestTracker:
         self.metrics.queue_time.observe(self.scheduled - self.arrival)
 
     def on_output(self, choice_index: int, num_tokens: int) -> None:
+        """Tokens that arrive together (the stream coalesces outputs a slow reader has not taken yet)
+        share the gap since the sequence's last output evenly, so the inter-token histogram counts
+        every token after a sequence's first, however the outputs were batched."""
         if num_tokens == 0:  # a bare finish signal carries no token and no latency of its own
             return
         now = time.monotonic()
@@ -203,8 +206,9 @@ class RequestTracker:
             self.first_token = now
             self.metrics.ttft.observe(now - self.arrival)
         previous = self._last_output.get(choice_index)
-        if previous is not None:
-            self.metrics.itl.observe(now - previous)
+        gaps, since = (num_tokens, previous) if previous is not None else (num_tokens - 1, now)
+        for _ in range(gaps):
+            self.metrics.itl.observe((now - since) / gaps)
         self._last_output[choice_index] = now
         self.last_token = now
         self.metrics.generation_tokens.inc(num_tokens)

@@ -29,7 +29,7 @@ def test_measured_ttft_and_tpot_match_the_injected_delays(fake_server: FakeOpenA
         # against what the server really did (a busy machine delays its sleeps), tightly
         received, token_times = fake_server.sent[request.text]
         # the role-only chunk is no token; the client's clock also holds the connect, so some absolute slack
-        assert r.ttft == pytest.approx(token_times[0] - received, rel=0.1, abs=0.05)
+        assert r.ttft == pytest.approx(token_times[0] - received, rel=0.1, abs=0.1)
         assert r.tpot == pytest.approx((token_times[-1] - token_times[0]) / 9, rel=0.1)
         assert len(r.itl) == 9
         assert r.output_tokens == r.usage_output_tokens == 10
