@@ -65,21 +65,30 @@ class BM25Index:
                 if not posting:
                     del self._postings[term]
 
-    def search(self, terms: list[str], k: int) -> list[tuple[int, float]]:
-        """Best `k` (chunk id, score), highest first; chunks sharing no term are not returned."""
+    def search(self, terms: list[str], k: int, min_coverage: float = 0.0) -> list[tuple[int, float]]:
+        """Best `k` (chunk id, score), highest first; chunks sharing no term are not returned, nor
+        those whose matched terms carry less than `min_coverage` of the query's IDF weight (a
+        "minimum should match" in IDF terms)."""
         n = len(self._lengths)
         if not n or not terms:
             return []
         avg = self._total / n
         scores: dict[int, float] = {}
+        covered: dict[int, float] = {}
+        total_idf = 0.0
         for term in set(terms):
-            posting = self._postings.get(term)
-            if not posting:
-                continue
+            posting = self._postings.get(term, {})
             idf = math.log(1 + (n - len(posting) + 0.5) / (len(posting) + 0.5))
+            total_idf += idf
             lengths = self._lengths
             for chunk_id, tf in posting.items():
                 norm = K1 * (1 - B + B * lengths[chunk_id] / avg)
                 scores[chunk_id] = scores.get(chunk_id, 0.0) + idf * tf * (K1 + 1) / (tf + norm)
-        best = sorted(scores.items(), key=lambda item: item[1], reverse=True)
+                covered[chunk_id] = covered.get(chunk_id, 0.0) + idf
+        floor = min_coverage * total_idf
+        best = sorted(
+            ((chunk_id, score) for chunk_id, score in scores.items() if covered[chunk_id] >= floor),
+            key=lambda item: item[1],
+            reverse=True,
+        )
         return best[:k]
