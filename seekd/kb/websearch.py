@@ -2,7 +2,7 @@
 
 Off unless an endpoint is configured, and then only for the tenants the operator lists: a query
 leaves the building only where a tenant may let it. Every outbound query is written to the audit
-chain before it is sent (the tenant, key, endpoint, a hash of the query and, where content is
+chain before it is sent, and not sent if that fails (the tenant, key, endpoint, a hash of the query and, where content is
 stored, the sealed query), then again with the pages fetched. Result pages are fetched, cleaned of
 markup, cut into chunks like documents, and the chunk closest to the question stands for each page.
 """
@@ -85,7 +85,13 @@ class WebSearch:
             "endpoint": self.policy.endpoint,
             "query_sha256": hashlib.sha256(query.encode()).hexdigest(),
         }
-        self._audit(record, {"query": query})
+        if self.audit is not None:  # fails closed: a query that cannot be recorded is not sent
+            try:
+                self.audit.append(record, {"query": query})
+            except OSError as e:
+                raise APIError(
+                    HTTPStatus.SERVICE_UNAVAILABLE, "web search unavailable: cannot write the audit log", code="audit"
+                ) from e
         async with httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=True) as client:
             try:
                 response = await client.get(
