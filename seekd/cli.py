@@ -1,4 +1,4 @@
-"""`seekd` command line: serve, generate, chat, bench, top, keys, audit, router.
+"""`seekd` command line: serve, generate, chat, bench, top, keys, audit, router, kb.
 
 Every config field is also a flag (`--max-num-seqs 64`), generated from the config tree, so the
 CLI, YAML (`--config FILE`) and `SEEKD_*` variables stay in step without a second list of options.
@@ -13,6 +13,7 @@ from typing import Any
 
 from seekd.bench.cli import add_bench_parser
 from seekd.config import SeekdConfig, config_fields, field_choices, field_help, field_type, load_config
+from seekd.kb.cli import add_kb_parser, run_kb
 from seekd.ops.logging_setup import configure_logging
 from seekd.ops.security_cli import add_security_parsers, run_audit, run_keys
 from seekd.router.cli import add_router_parser, run_router_command
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parsers = add_bench_parser(sub)
     add_security_parsers(sub)
     add_router_parser(sub)
+    add_kb_parser(sub)
 
     top = sub.add_parser("top", help="live view of a running server's /metrics")
     top.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
@@ -283,7 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     configure_logging(config.server.log_level, config.server.log_format)
-    handlers = {"generate": _cmd_generate, "chat": _cmd_chat, "serve": _cmd_serve, "keys": run_keys, "audit": run_audit}
+    handlers = {
+        "generate": _cmd_generate,
+        "chat": _cmd_chat,
+        "serve": _cmd_serve,
+        "keys": run_keys,
+        "audit": run_audit,
+        "kb": run_kb,
+    }
     try:
         return handlers[args.command](args, config)
     except (FileNotFoundError, ValueError) as e:

@@ -105,11 +105,13 @@ class KnowledgeBase:
         self._db = sqlite3.connect(folder / "kb.db", check_same_thread=False, timeout=10.0)
         for statement in _SCHEMA:
             self._db.execute(statement)
-        self._bm25 = BM25Index()
-        self._vectors = VectorIndex(embedder.dimensions, folder / "vectors.usearch")
         self._load()
 
     def _load(self) -> None:
+        """Both indexes from the database (the vector index from its file where that is current)."""
+        self._version = self._data_version()
+        self._bm25 = BM25Index()
+        self._vectors = VectorIndex(self.embedder.dimensions, self.folder / "vectors.usearch")
         rows = self._db.execute("SELECT id, terms FROM chunks").fetchall()
         for chunk_id, terms in rows:
             self._bm25.add(chunk_id, json.loads(terms))
@@ -119,6 +121,15 @@ class KnowledgeBase:
             for chunk_id, vector in self._db.execute("SELECT id, vector FROM chunks"):
                 self._vectors.add([chunk_id], np.frombuffer(vector, dtype=np.float32)[None, :])
             self._vectors.save()
+
+    def _data_version(self) -> int:
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    def _refresh(self) -> None:
+        """Another process (`seekd kb add` beside a running server) committed: load its changes."""
+        if self._data_version() != self._version:
+            logger.info("kb %s: changed by another process, reloading", self.name)
+            self._load()
 
     def close(self) -> None:
         with self._lock:
@@ -131,6 +142,7 @@ class KnowledgeBase:
             raise APIError(400, f"a document name is 1 to {MAX_DOCUMENT_NAME} characters", param="name")
         digest = hashlib.sha256(data).hexdigest()
         with self._lock:
+            self._refresh()
             row = self._db.execute("SELECT id, sha256, chunks FROM documents WHERE name = ?", (document,)).fetchone()
         if row is not None and row[1] == digest:
             return IngestResult(document, "unchanged", row[2])
@@ -166,6 +178,7 @@ class KnowledgeBase:
             self._db.commit()
             self._vectors.add(ids, vectors)
             self._vectors.save()
+            self._version = self._data_version()
         logger.info("kb %s: %s %s (%d chunks)", self.name, "updated" if row else "added", document, len(chunks))
         return IngestResult(document, "updated" if row is not None else "added", len(chunks))
 
@@ -178,6 +191,7 @@ class KnowledgeBase:
 
     def remove(self, document: str) -> bool:
         with self._lock:
+            self._refresh()
             row = self._db.execute("SELECT id FROM documents WHERE name = ?", (document,)).fetchone()
             if row is None:
                 return False
@@ -185,6 +199,7 @@ class KnowledgeBase:
             self._db.execute("DELETE FROM documents WHERE id = ?", (row[0],))
             self._db.commit()
             self._vectors.save()
+            self._version = self._data_version()
         logger.info("kb %s: removed %s", self.name, document)
         return True
 
@@ -197,7 +212,9 @@ class KnowledgeBase:
 
     @property
     def num_chunks(self) -> int:
-        return len(self._bm25)
+        with self._lock:
+            self._refresh()
+            return len(self._bm25)
 
     # -- retrieval ------------------------------------------------------------------------------
 
@@ -208,6 +225,8 @@ class KnowledgeBase:
         if mode not in MODES:
             raise APIError(400, f"mode must be one of {', '.join(MODES)}", param="mode")
         pool = max(CANDIDATES, 4 * k)
+        with self._lock:
+            self._refresh()
         rankings: list[list[int]] = []
         if mode in ("hybrid", "vector"):
             vector = query_vector if query_vector is not None else self.embedder.embed([query])[0]
@@ -252,7 +271,9 @@ class KnowledgeBase:
         return row[0] if row else None
 
 
-def ingest_paths(kb: KnowledgeBase, paths: Iterable[Path], prune: bool = False) -> list[IngestResult]:
+def ingest_paths(
+    kb: KnowledgeBase, paths: Iterable[Path], prune: bool = False, max_chars: int = DEFAULT_MAX_CHARS
+) -> list[IngestResult]:
     """Files, and the supported files under folders, named by their path relative to the folder
     given (a file given alone: its name). `prune` removes documents that are no longer there."""
     from seekd.kb.parsers import SUFFIXES
@@ -267,7 +288,7 @@ def ingest_paths(kb: KnowledgeBase, paths: Iterable[Path], prune: bool = False) 
             found[path.name] = path
         else:
             raise FileNotFoundError(f"{path} does not exist")
-    results = [kb.ingest(name, file.read_bytes()) for name, file in found.items()]
+    results = [kb.ingest(name, file.read_bytes(), max_chars) for name, file in found.items()]
     if prune:
         for doc in kb.documents():
             if doc["name"] not in found:

@@ -2,9 +2,10 @@
 
 Off unless an endpoint is configured, and then only for the tenants the operator lists: a query
 leaves the building only where a tenant may let it. Every outbound query is written to the audit
-chain before it is sent, and not sent if that fails (the tenant, key, endpoint, a hash of the query and, where content is
-stored, the sealed query), then again with the pages fetched. Result pages are fetched, cleaned of
-markup, cut into chunks like documents, and the chunk closest to the question stands for each page.
+chain before it is sent, and is not sent if that write fails (the tenant, key, endpoint, a hash of
+the query and, where content is stored, the sealed query); a second record lists the pages fetched.
+Result pages are fetched, cleaned of markup, cut into chunks like documents, and the chunk closest to
+the question stands for each page.
 """
 
 from __future__ import annotations

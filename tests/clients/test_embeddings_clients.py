@@ -12,7 +12,10 @@ from live_server import ServerHandle
 pytestmark = pytest.mark.slow
 
 EMBEDDING_MODEL = "use-multilingual-v3"
-SAME = ("服务器机房的温度应保持在十八到二十七摄氏度之间。", "The server room must be kept between 18 and 27 degrees Celsius.")
+SAME = (
+    "服务器机房的温度应保持在十八到二十七摄氏度之间。",
+    "The server room must be kept between 18 and 27 degrees Celsius.",
+)
 OTHER = "Employees get fifteen days of paid annual leave."
 
 

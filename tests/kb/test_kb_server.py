@@ -167,7 +167,9 @@ def test_tenant_b_cannot_search_or_cite_tenant_a(server: ServerHandle, keys) -> 
     assert {h["document"] for h in hits["data"]} == {"b-leave.md"}
     cited = chat(server, b, "年假有多少天？", knowledge_bases=["handbook"]).json()["citations"]
     assert {c["document"] for c in cited} == {"b-leave.md"}
-    assert "leave.md" in {d["name"] for d in call(server, a, "GET", "/knowledge_bases/handbook/documents").json()["data"]}
+    assert "leave.md" in {
+        d["name"] for d in call(server, a, "GET", "/knowledge_bases/handbook/documents").json()["data"]
+    }
 
 
 def test_web_search_cited_policy_enforced_and_audited(server: ServerHandle, keys, searxng: FakeSearxng) -> None:
