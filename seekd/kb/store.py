@@ -61,7 +61,11 @@ _SCHEMA = (
         id INTEGER PRIMARY KEY AUTOINCREMENT, doc_id INTEGER NOT NULL, ordinal INTEGER NOT NULL,
         heading TEXT NOT NULL, text TEXT NOT NULL, terms TEXT NOT NULL, vector BLOB NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS chunks_doc ON chunks (doc_id)",
+    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO meta VALUES ('generation', 0)",
 )
+INDEX_FILE = "vectors.usearch"
+INDEX_GENERATION_FILE = "vectors.generation"  # the database generation the saved index reflects
 
 
 @dataclass(frozen=True)
@@ -105,22 +109,41 @@ class KnowledgeBase:
         self._db = sqlite3.connect(folder / "kb.db", check_same_thread=False, timeout=10.0)
         for statement in _SCHEMA:
             self._db.execute(statement)
+        self._db.commit()
         self._load()
 
     def _load(self) -> None:
-        """Both indexes from the database (the vector index from its file where that is current)."""
+        """Both indexes from the database; the vector index from its file where that file reflects
+        the database's current generation, else rebuilt from the stored vectors."""
         self._version = self._data_version()
         self._bm25 = BM25Index()
-        self._vectors = VectorIndex(self.embedder.dimensions, self.folder / "vectors.usearch")
         rows = self._db.execute("SELECT id, terms FROM chunks").fetchall()
         for chunk_id, terms in rows:
             self._bm25.add(chunk_id, json.loads(terms))
-        if len(self._vectors) != len(rows):  # missing or stale (a crash between commit and save)
-            self._vectors = VectorIndex(self.embedder.dimensions)
-            self._vectors.path = self.folder / "vectors.usearch"
+        stamp = self.folder / INDEX_GENERATION_FILE
+        current = stamp.exists() and stamp.read_text().strip() == str(self._generation())
+        self._vectors = VectorIndex(self.embedder.dimensions, self.folder / INDEX_FILE, load=current)
+        if not current:
             for chunk_id, vector in self._db.execute("SELECT id, vector FROM chunks"):
                 self._vectors.add([chunk_id], np.frombuffer(vector, dtype=np.float32)[None, :])
-            self._vectors.save()
+            self._save_index()
+
+    def _generation(self) -> int:
+        return self._db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]
+
+    def _commit(self) -> None:
+        self._db.execute("UPDATE meta SET value = value + 1 WHERE key = 'generation'")
+        self._db.commit()
+        self._version = self._data_version()
+
+    def _save_index(self) -> None:
+        self._vectors.save()
+        (self.folder / INDEX_GENERATION_FILE).write_text(str(self._generation()))
+
+    def save_index(self) -> None:
+        """Write the vector index after changes made with `save=False` (a bulk ingest)."""
+        with self._lock:
+            self._save_index()
 
     def _data_version(self) -> int:
         return self._db.execute("PRAGMA data_version").fetchone()[0]
@@ -137,7 +160,9 @@ class KnowledgeBase:
 
     # -- documents ------------------------------------------------------------------------------
 
-    def ingest(self, document: str, data: bytes, max_chars: int = DEFAULT_MAX_CHARS) -> IngestResult:
+    def ingest(self, document: str, data: bytes, max_chars: int = DEFAULT_MAX_CHARS, save: bool = True) -> IngestResult:
+        """`save=False` leaves the vector index file stale (rebuilt on the next open) until
+        `save_index`: writing it after every document of a bulk ingest would cost more than the rest."""
         if not document or len(document) > MAX_DOCUMENT_NAME:
             raise APIError(400, f"a document name is 1 to {MAX_DOCUMENT_NAME} characters", param="name")
         digest = hashlib.sha256(data).hexdigest()
@@ -175,10 +200,10 @@ class KnowledgeBase:
                 )
                 ids.append(cur.lastrowid)
                 self._bm25.add(cur.lastrowid, chunk_terms)
-            self._db.commit()
             self._vectors.add(ids, vectors)
-            self._vectors.save()
-            self._version = self._data_version()
+            self._commit()
+            if save:
+                self._save_index()
         logger.info("kb %s: %s %s (%d chunks)", self.name, "updated" if row else "added", document, len(chunks))
         return IngestResult(document, "updated" if row is not None else "added", len(chunks))
 
@@ -197,9 +222,8 @@ class KnowledgeBase:
                 return False
             self._drop_chunks(row[0])
             self._db.execute("DELETE FROM documents WHERE id = ?", (row[0],))
-            self._db.commit()
-            self._vectors.save()
-            self._version = self._data_version()
+            self._commit()
+            self._save_index()
         logger.info("kb %s: removed %s", self.name, document)
         return True
 
@@ -288,7 +312,10 @@ def ingest_paths(
             found[path.name] = path
         else:
             raise FileNotFoundError(f"{path} does not exist")
-    results = [kb.ingest(name, file.read_bytes(), max_chars) for name, file in found.items()]
+    try:
+        results = [kb.ingest(name, file.read_bytes(), max_chars, save=False) for name, file in found.items()]
+    finally:
+        kb.save_index()
     if prune:
         for doc in kb.documents():
             if doc["name"] not in found:

@@ -16,11 +16,11 @@ from usearch.index import Index
 
 
 class VectorIndex:
-    def __init__(self, dimensions: int, path: Path | None = None) -> None:
+    def __init__(self, dimensions: int, path: Path | None = None, load: bool = True) -> None:
         self.dimensions = dimensions
         self.path = path
         self._index = Index(ndim=dimensions, metric="cos", dtype="f32")
-        if path is not None and path.exists():
+        if load and path is not None and path.exists():
             self._index.load(str(path))
 
     def __len__(self) -> int:
