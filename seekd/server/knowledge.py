@@ -103,7 +103,7 @@ async def retrieve_for_chat(
         (await service.web()).check(tenant)
     if names:
         bases = await service.bases()
-        kbs = [bases.get(tenant, name) for name in dict.fromkeys(names)]
+        kbs = [await asyncio.to_thread(bases.get, tenant, name) for name in dict.fromkeys(names)]
         vector = (await (await service.batcher()).embed([query]))[0]
         k = service.config.kb_top_k
         for kb in kbs:
