@@ -1,4 +1,4 @@
-"""`seekd` command line: serve, generate, chat, bench, top, keys, audit, router, pull, models, rm, doctor.
+"""`seekd` command line: serve, generate, chat, bench, top, keys, audit, router, pull, models, rm, doctor, kb.
 
 Every config field is also a flag (`--max-num-seqs 64`), generated from the config tree, so the
 CLI, YAML (`--config FILE`) and `SEEKD_*` variables stay in step without a second list of options.
@@ -15,6 +15,7 @@ from seekd.bench.cli import add_bench_parser
 from seekd.config import SeekdConfig, config_fields, field_choices, field_help, field_type, load_config
 from seekd.hub.cli import add_hub_parsers, resolve_model, run_doctor, run_models, run_pull, run_rm
 from seekd.hub.sources import HubError
+from seekd.kb.cli import add_kb_parser, run_kb
 from seekd.ops.logging_setup import configure_logging
 from seekd.ops.security_cli import add_security_parsers, run_audit, run_keys
 from seekd.router.cli import add_router_parser, run_router_command
@@ -142,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parsers = add_bench_parser(sub)
     add_security_parsers(sub)
     add_router_parser(sub)
+    add_kb_parser(sub)
 
     top = sub.add_parser("top", help="live view of a running server's /metrics")
     top.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
@@ -300,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": run_models,
         "rm": run_rm,
         "doctor": run_doctor,
+        "kb": run_kb,
     }
     try:
         if args.command in ("serve", "generate", "chat"):

@@ -384,8 +384,48 @@ class SecurityConfig:
 
 
 @dataclass
+class KnowledgeConfig:
+    """Knowledge bases, `/v1/embeddings` and web search (seekd.kb; README "Knowledge bases")."""
+
+    kb_top_k: int = setting(5, "passages retrieved per chat request that names knowledge bases")
+    kb_context_tokens: int = setting(1500, "most prompt tokens the retrieved passages may take in a chat request")
+    kb_chunk_chars: int = setting(500, "longest chunk of an ingested document, in characters (cut between sentences)")
+    kb_defaults: str = setting(
+        "", "knowledge bases a tenant's chat requests use when they name none: teamA=handbook+faq,teamB=docs"
+    )
+    embedding_max_batch: int = setting(256, "most texts the embedding model encodes in one call (requests batched)")
+    web_search_endpoint: str | None = setting(
+        None, "SearxNG-compatible search URL (GET /search?format=json); unset = web search off"
+    )
+    web_search_tenants: str = setting("", "comma-separated tenants allowed to search the web; * = all; empty = none")
+    web_search_results: int = setting(3, "result pages fetched and cited per web search")
+    web_search_timeout_s: float = setting(10.0, "seconds allowed for the search and for each page fetch")
+
+    def __post_init__(self) -> None:
+        for name in ("kb_top_k", "kb_context_tokens", "kb_chunk_chars", "embedding_max_batch", "web_search_results"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+        if self.web_search_timeout_s <= 0:
+            raise ValueError("web_search_timeout_s must be positive")
+        self.defaults()
+
+    def defaults(self) -> dict[str, list[str]]:
+        """`kb_defaults` parsed: {"teamA": ["handbook", "faq"], ...}."""
+        out: dict[str, list[str]] = {}
+        for item in filter(None, (part.strip() for part in self.kb_defaults.split(","))):
+            tenant, sep, names = item.partition("=")
+            kbs = [n.strip() for n in names.split("+") if n.strip()]
+            if not sep or not tenant.strip() or not kbs:
+                raise ValueError(f"kb_defaults: expected 'tenant=kb1+kb2', got {item!r}")
+            out[tenant.strip()] = kbs
+        return out
+
+
+@dataclass
 class StorageConfig:
-    data_dir: str = setting("~/.local/share/seekd", "holds the demo model, the key store and the audit log")
+    data_dir: str = setting(
+        "~/.local/share/seekd", "holds the demo model, the key store, the audit log and knowledge bases"
+    )
     model_store: str | None = setting(
         None,
         "where `seekd pull` puts models and --model finds repository ids (Hugging Face cache layout); "
@@ -407,6 +447,7 @@ class SeekdConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 

@@ -38,6 +38,8 @@ from seekd.server.errors import install_error_handlers
 from seekd.server.generation import ServingContext
 from seekd.server.http.body_limit import BodySizeLimitMiddleware
 from seekd.server.http.protocol import OpenAIErrorHttpProtocol
+from seekd.server.kb_routes import router as kb_router
+from seekd.server.knowledge import KnowledgeService
 from seekd.server.logprobs import TokenTexts
 from seekd.server.openai_routes import router
 from seekd.server.openapi import DESCRIPTION, KEYED, errors, install_openapi, probe
@@ -107,6 +109,7 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
             if app.state.supervisor is not None:
                 await app.state.supervisor.stop()
             await app.state.engine.shutdown()
+            await app.state.knowledge.close()
 
     app = FastAPI(title="seekd", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.engine = None
@@ -129,9 +132,12 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
         authenticator=authenticator(config),
         on_reject=lambda: app.state.metrics.request_rejected("auth"),
     )
-    if config.security.audit_log:
-        app.add_middleware(AuditMiddleware, log=audit_log(config), store_content=config.security.audit_store_content)
+    audit = audit_log(config) if config.security.audit_log else None
+    if audit is not None:
+        app.add_middleware(AuditMiddleware, log=audit, store_content=config.security.audit_store_content)
+    app.state.knowledge = KnowledgeService(config, audit)
     app.include_router(router)
+    app.include_router(kb_router)
     app.include_router(admin_router)
     install_observability(app, config.model.display_name)
     install_openapi(app)

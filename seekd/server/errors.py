@@ -68,12 +68,14 @@ def unparsable_body() -> APIError:
     )
 
 
-SERVED_ENDPOINTS = "POST /v1/chat/completions, POST /v1/completions, GET /v1/models"
+SERVED_ENDPOINTS = (
+    "POST /v1/chat/completions, POST /v1/completions, GET /v1/models, POST /v1/embeddings, /v1/knowledge_bases"
+)
 
 
 def routing_error(method: str, path: str, exc: StarletteHTTPException) -> APIError:
     """Routing's own 404/405 say which URL failed and what is served, as OpenAI's "Invalid URL" does:
-    a client pointed at an endpoint seekd lacks (/v1/embeddings, /v1/responses) learns why."""
+    a client pointed at an endpoint seekd lacks (/v1/responses, /v1/images) learns why."""
     if exc.status_code == HTTPStatus.NOT_FOUND and exc.detail == "Not Found":
         return APIError(
             HTTPStatus.NOT_FOUND,

@@ -104,6 +104,10 @@ class ChatCompletionRequest(SamplingFields):
     function_call: Any = None  # the legacy form of tool_choice
     modalities: list[str] | None = None  # only ["text"]: seekd generates no audio
     audio: dict[str, Any] | None = None  # audio output parameters: refused, as modalities with "audio"
+    # seekd: passages from these knowledge bases of the caller's tenant go into the prompt (README
+    # "Knowledge bases"); unset = the tenant's defaults (kb_defaults), [] = none
+    knowledge_bases: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(None, max_length=16)
+    web_search: bool = False  # seekd: also search the web, where the tenant is allowed to
 
     _nullable_chat = field_validator("logprobs")(_null_means_default)
 
@@ -226,6 +230,19 @@ class ChatChoice(BaseModel):
     stop_reason: int | str | None = None
 
 
+class Citation(BaseModel):
+    """seekd: a passage the answer was given, numbered as in its text ([1], [2], ...)."""
+
+    index: int
+    source: Literal["knowledge_base", "web"]
+    knowledge_base: str | None = None
+    document: str  # the document's name in its knowledge base, or the web page's title
+    chunk: int  # the passage's position in its document (0-based)
+    score: float
+    text: str
+    url: str | None = None
+
+
 class ChatCompletionResponse(BaseModel):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -234,6 +251,7 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: str | None = None
+    citations: list[Citation] | None = None  # seekd: with knowledge_bases or web_search
 
 
 class DeltaMessage(BaseModel):
@@ -258,6 +276,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+    citations: list[Citation] | None = None  # seekd: on the first chunk, with knowledge_bases or web_search
 
 
 class CompletionChoice(BaseModel):
@@ -289,3 +308,43 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# -- embeddings --------------------------------------------------------------------------------
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's bound on one request's array
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    # token-id arrays (what tiktoken-based clients send) cannot be read by another model's tokenizer
+    input: str | list[str] = Field(union_mode="left_to_right")
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1, le=MAX_COUNT)
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _bounded(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and not 1 <= len(value) <= MAX_EMBEDDING_INPUTS:
+            raise ValueError(f"input must hold 1 to {MAX_EMBEDDING_INPUTS} strings")
+        return value
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str  # str: base64 of little-endian float32
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage

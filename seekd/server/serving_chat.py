@@ -9,6 +9,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from seekd.kb.rag import references
 from seekd.sampling_params import SamplingParams
 from seekd.server.admission import request_policy
 from seekd.server.chunks import ChatChunkEncoder
@@ -22,6 +23,7 @@ from seekd.server.generation import (
     check_input_limits,
     check_num_sequences,
 )
+from seekd.server.knowledge import retrieve_for_chat
 from seekd.server.legacy_functions import as_function_call, legacy_history
 from seekd.server.logprobs import chat_logprobs
 from seekd.server.protocol import (
@@ -31,6 +33,7 @@ from seekd.server.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatMessage,
+    Citation,
     DeltaMessage,
     ResponseMessage,
 )
@@ -76,6 +79,9 @@ def _message_dict(index: int, message: ChatMessage) -> dict[str, Any]:
     return out
 
 
+# Responses leave out the `citations` field unless knowledge bases or web search gave some.
+_NO_CITATIONS = {"citations"}
+
 # Template arguments the server sets from request fields; a chat_template_kwargs copy would clash.
 RESERVED_TEMPLATE_KWARGS = frozenset({"messages", "tools", "add_generation_prompt", "bos_token", "eos_token"})
 
@@ -112,6 +118,9 @@ async def create_chat_completion(
     check_num_sequences(ctx, 1, req.n, "n")
     tools = tool_setup(req, detect_tool_format(ctx.tokenizer.model_type, ctx.tokenizer.chat_template))
     messages = prepare_history(legacy_history([_message_dict(i, m) for i, m in enumerate(req.messages)]))
+    retrieval = await retrieve_for_chat(ctx, req, messages, request)
+    messages = retrieval.messages
+    citations = [Citation(**c.as_dict()) for c in retrieval.citations] or None
     try:
         prompt_text = ctx.tokenizer.apply_chat_template(
             messages, add_generation_prompt=req.add_generation_prompt, tools=tools.tools, **req.template_kwargs()
@@ -142,9 +151,8 @@ async def create_chat_completion(
         updates = gen.updates()
         first = await run_until_disconnect(request, prime(updates))
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        events = _chat_events(
-            ctx, gen, updates, first, [ChoiceOutput(tools, in_reasoning) for _ in gen.choices], num_top, include_usage
-        )
+        parsers = [ChoiceOutput(tools, in_reasoning) for _ in gen.choices]
+        events = _chat_events(ctx, gen, updates, first, parsers, num_top, include_usage, citations)
         return EventStreamResponse(events, request_id)
 
     await run_until_disconnect(request, gen.run())
@@ -166,10 +174,17 @@ async def create_chat_completion(
         )
         if tools.legacy:
             as_function_call(choices[-1])
+        if retrieval.citations and choices[-1].message.content is not None:
+            choices[-1].message.content += references(retrieval.citations)
     response = ChatCompletionResponse(
-        id=request_id, created=gen.created, model=ctx.served_model_name, choices=choices, usage=gen.usage()
+        id=request_id,
+        created=gen.created,
+        model=ctx.served_model_name,
+        choices=choices,
+        usage=gen.usage(),
+        citations=citations,
     )
-    return JSONResponse(response.model_dump(mode="json"))
+    return JSONResponse(response.model_dump(mode="json", exclude=_NO_CITATIONS if citations is None else None))
 
 
 async def _chat_events(
@@ -180,12 +195,18 @@ async def _chat_events(
     parsers: list[ChoiceOutput],
     num_top: int | None,
     include_usage: bool,
+    citations: list[Citation] | None,
 ) -> AsyncGenerator[str | bytes, None]:
-    def chunk(choices: list[ChatChunkChoice], usage=None) -> str:
+    def chunk(choices: list[ChatChunkChoice], usage=None, cited: list[Citation] | None = None) -> str:
         body = ChatCompletionChunk(
-            id=gen.request_id, created=gen.created, model=ctx.served_model_name, choices=choices, usage=usage
+            id=gen.request_id,
+            created=gen.created,
+            model=ctx.served_model_name,
+            choices=choices,
+            usage=usage,
+            citations=cited,
         )
-        return sse(body.model_dump_json(exclude_none=False))
+        return sse(body.model_dump_json(exclude_none=False, exclude=_NO_CITATIONS if cited is None else None))
 
     text_chunk = ChatChunkEncoder(gen.request_id, gen.created, ctx.served_model_name)
 
@@ -223,7 +244,10 @@ async def _chat_events(
         return chunk([choice])
 
     opening = [
-        chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content="")) for c in gen.choices])
+        chunk(
+            [ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content="")) for c in gen.choices],
+            cited=citations,
+        )
     ]
     usage_event = (lambda: chunk([], gen.usage())) if include_usage else None
     async for event in render_events(updates, first, render, opening, usage_event):

@@ -64,8 +64,11 @@ def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
 
 def test_unknown_endpoints_are_openai_404s(client: openai.OpenAI, server: ServerHandle) -> None:
     with pytest.raises(openai.NotFoundError) as info:
+        client.images.generate(model=MODEL, prompt="hi")
+    assert info.value.code == "unknown_url" and "/v1/embeddings" in info.value.message  # lists what is served
+    with pytest.raises(openai.NotFoundError) as info:  # embeddings come from their own model
         client.embeddings.create(model=MODEL, input="hi")
-    assert info.value.code == "unknown_url" and "/v1/embeddings" in info.value.message
+    assert info.value.code == "model_not_found" and "use-multilingual-v3" in info.value.message
     with pytest.raises(openai.NotFoundError) as info:
         client.responses.create(model=MODEL, input="hi")
     assert "/v1/chat/completions" in info.value.message  # says what to use instead

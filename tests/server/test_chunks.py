@@ -48,7 +48,8 @@ def test_chat_text_chunk_is_the_models_json(request_id: str, model: str) -> None
                 )
             ],
         )
-        expected = sse(reference.model_dump_json(exclude_none=False)).encode()
+        # `citations` goes out only on the first chunk of a request with knowledge bases
+        expected = sse(reference.model_dump_json(exclude_none=False, exclude={"citations"})).encode()
         assert encoder.text_delta(index, content, reasoning, finish) == expected
 
 

@@ -65,7 +65,8 @@ def test_every_declared_status_happens_and_nothing_else(tmp_path: Path) -> None:
         doc = httpx.get(f"{server.base_url}/openapi.json", timeout=10).json()
         check_declarations(doc)
         walk = Walk(server, doc)
-        walk("GET", "/v1/queue", 400, headers={"x-seekd-tenant": "t" * 65})  # without keys a header names the tenant
+        for route in ("/v1/queue", "/v1/knowledge_bases"):  # without keys a header names the tenant
+            walk("GET", route, 400, headers={"x-seekd-tenant": "t" * 65})
         admin = walk("POST", "/admin/keys", 200, json={"tenant": "admin", "role": "admin"}).json()["key"]
         keys = {  # the first key turned authentication on
             name: walk("POST", "/admin/keys", 200, json={"tenant": name, **extra}, key=admin).json()
@@ -80,6 +81,7 @@ def test_every_declared_status_happens_and_nothing_else(tmp_path: Path) -> None:
         secret = {"admin": admin, **{name: key["key"] for name, key in keys.items()}}
         walk_keyed_routes(walk, secret, keys["spare"]["id"])
         walk_generation(walk, secret)
+        walk_knowledge_bases(walk, secret)
         kill_engine(server, secret["admin"])
         walk_engine_gone(walk, secret["admin"])
     assert walk.seen == declared_statuses(doc)
@@ -137,6 +139,48 @@ def walk_generation(walk: Walk, key: dict[str, str]) -> None:
         walk("POST", route, 408, json=late, key=key["user"])
         walk("POST", route, 413, content=b"x" * (MAX_REQUEST_BODY_BYTES + 1), key=key["user"])
         walk("POST", route, 429, json=body, key=key["limited"])
+
+
+KB = "/v1/knowledge_bases"
+KB_ROUTES = [  # (method, route, a path of it for a knowledge base that does not exist, a body)
+    ("POST", "/v1/embeddings", None, {"input": "hi"}),
+    ("GET", KB, None, None),
+    ("POST", KB, None, {"name": "kb"}),
+    ("DELETE", KB + "/{name}", KB + "/nope", None),
+    ("GET", KB + "/{name}/documents", KB + "/nope/documents", None),
+    ("POST", KB + "/{name}/documents", KB + "/nope/documents", {"name": "a.txt", "text": "hi"}),
+    ("DELETE", KB + "/{name}/documents/{document}", KB + "/nope/documents/a.txt", None),
+    ("POST", KB + "/{name}/search", KB + "/nope/search", {"query": "hi"}),
+]
+
+
+def walk_knowledge_bases(walk: Walk, key: dict[str, str]) -> None:
+    user = key["user"]
+    for method, route, missing, body in KB_ROUTES:
+        walk(method, route, 401, path=missing, json=body)
+        walk(method, route, 403, path=missing, json=body, key=key["metrics"])
+        if body is not None:
+            walk(method, route, 413, path=missing, content=b"x" * (MAX_REQUEST_BODY_BYTES + 1), key=user)
+        if missing is not None:
+            walk(method, route, 404, path=missing, json=body, key=user)
+            walk(method, route, 400, path=missing.replace("nope", "-bad"), json=body, key=user)
+    walk("POST", "/v1/embeddings", 200, json={"input": ["hi", "你好"], "model": "use-multilingual-v3"}, key=user)
+    walk("POST", "/v1/embeddings", 400, json={"input": [[1, 2]]}, key=user)
+    walk("POST", "/v1/embeddings", 404, json={"input": "hi", "model": "nope"}, key=user)
+    walk("POST", KB, 200, json={"name": "kb"}, key=user)
+    walk("POST", KB, 409, json={"name": "kb"}, key=user)
+    walk("POST", KB, 400, json={"name": "../kb"}, key=user)
+    walk("GET", KB, 200, key=user)
+    walk(
+        "POST", KB + "/{name}/documents", 200, path=KB + "/kb/documents", json={"name": "a.txt", "text": "hi"}, key=user
+    )
+    walk(
+        "POST", KB + "/{name}/documents", 415, path=KB + "/kb/documents", json={"name": "a.exe", "text": "MZ"}, key=user
+    )
+    walk("GET", KB + "/{name}/documents", 200, path=KB + "/kb/documents", key=user)
+    walk("POST", KB + "/{name}/search", 200, path=KB + "/kb/search", json={"query": "hi"}, key=user)
+    walk("DELETE", KB + "/{name}/documents/{document}", 200, path=KB + "/kb/documents/a.txt", key=user)
+    walk("DELETE", KB + "/{name}", 200, path=KB + "/kb", key=user)
 
 
 def kill_engine(server: ServerHandle, admin: str) -> None:
