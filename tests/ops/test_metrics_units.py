@@ -31,7 +31,7 @@ def test_two_apps_in_one_process_keep_separate_registries() -> None:
     tracker.on_output(0, 1)
     tracker.on_finished(prompt_tokens=10, cached_tokens=0, finish_reasons=["length"])
     assert samples(a)["seekd:generation_tokens_total"] == 4
-    assert samples(a)["seekd:inter_token_latency_seconds_count"] == 1
+    assert samples(a)["seekd:inter_token_latency_seconds_count"] == 3  # every token after the first
     assert samples(b)["seekd:generation_tokens_total"] == 0
     assert 'model_name="model-b"' in b.render().decode() and "model-a" not in b.render().decode()
 
