@@ -18,36 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from seekd.kernels.paged_attention import dequantize_tile, online_softmax_step
+from seekd.kernels.paged_attention import load_paged_rows, online_softmax_step
 
 _LOG2E = 1.4426950408889634
-
-
-@triton.jit
-def _load_rows(
-    cache_ptr,
-    scale_ptr,
-    table_ptr,
-    pos,
-    valid,
-    d,
-    d_valid,
-    stride_cb,
-    stride_ct,
-    stride_sb,
-    stride_st,
-    PAGE: tl.constexpr,
-    FP8: tl.constexpr,
-    dtype,
-):
-    """Rows at logical positions `pos` [N] of one sequence's paged cache -> [N, D_P] in `dtype`."""
-    page = tl.load(table_ptr + pos // PAGE, mask=valid, other=0)
-    row = cache_ptr + page.to(tl.int64) * stride_cb + (pos % PAGE) * stride_ct
-    rows = tl.load(row[:, None] + d[None, :], mask=valid[:, None] & d_valid[None, :], other=0)
-    if FP8:
-        scales = scale_ptr + page.to(tl.int64) * stride_sb + (pos % PAGE) * stride_st
-        rows = dequantize_tile(rows, scales, valid)
-    return rows.to(dtype)
 
 
 @triton.jit
@@ -124,7 +97,7 @@ def _compressed_decode_kernel(
         pos = seq_len - WINDOW + j
         valid = (j < WINDOW) & (pos >= 0)
         pos = tl.where(valid, pos, 0)
-        keys = _load_rows(
+        keys = load_paged_rows(
             win_ptr,
             win_scale_ptr,
             win_table,
@@ -156,7 +129,7 @@ def _compressed_decode_kernel(
                 entry = j
                 valid = j < num_entries
             entry = tl.where(valid, entry, 0)
-            keys = _load_rows(
+            keys = load_paged_rows(
                 ent_ptr,
                 ent_scale_ptr,
                 ent_table,

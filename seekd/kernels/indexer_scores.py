@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from seekd.kernels.paged_attention import dequantize_tile
+from seekd.kernels.paged_attention import load_paged_rows
 
 
 @triton.jit
@@ -59,17 +59,27 @@ def _indexer_scores_kernel(
     h_valid = h < HEADS
     d_valid = d < DIM
 
-    page = tl.load(block_tables_ptr + seq * stride_bt + k_pos // PAGE, mask=k_valid, other=0)
-    row = cache_ptr + page.to(tl.int64) * stride_cb + (k_pos % PAGE) * stride_ct
-    keys = tl.load(row[:, None] + d[None, :], mask=k_valid[:, None] & d_valid[None, :], other=0)
     q = tl.load(
         q_ptr + seq * stride_qt + h[:, None] * stride_qh + d[None, :],
         mask=h_valid[:, None] & d_valid[None, :],
         other=0.0,
     )
-    if FP8:
-        scales = scale_ptr + page.to(tl.int64) * stride_sb + (k_pos % PAGE) * stride_st
-        keys = dequantize_tile(keys, scales, k_valid).to(q.dtype)
+    keys = load_paged_rows(
+        cache_ptr,
+        scale_ptr,
+        block_tables_ptr + seq * stride_bt,
+        k_pos,
+        k_valid,
+        d,
+        d_valid,
+        stride_cb,
+        stride_ct,
+        stride_sb,
+        stride_st,
+        PAGE,
+        FP8,
+        q.dtype,
+    )
     if IEEE:  # float32 caches: exact products, so fp32 runs select what the reference selects
         s = tl.dot(q, tl.trans(keys), input_precision="ieee")
     else:

@@ -47,6 +47,33 @@ def dequantize_tile(codes, scale_ptrs, valid):
 
 
 @triton.jit
+def load_paged_rows(
+    cache_ptr,
+    scale_ptr,
+    table_ptr,
+    pos,
+    valid,
+    d,
+    d_valid,
+    stride_cb,
+    stride_ct,
+    stride_sb,
+    stride_st,
+    PAGE: tl.constexpr,
+    FP8: tl.constexpr,
+    dtype,
+):
+    """Rows at logical positions `pos` [N] of one sequence's paged cache -> [N, D_P] in `dtype`."""
+    page = tl.load(table_ptr + pos // PAGE, mask=valid, other=0)
+    row = cache_ptr + page.to(tl.int64) * stride_cb + (pos % PAGE) * stride_ct
+    rows = tl.load(row[:, None] + d[None, :], mask=valid[:, None] & d_valid[None, :], other=0)
+    if FP8:
+        scales = scale_ptr + page.to(tl.int64) * stride_sb + (pos % PAGE) * stride_st
+        rows = dequantize_tile(rows, scales, valid)
+    return rows.to(dtype)
+
+
+@triton.jit
 def _paged_attention_kernel(
     q_ptr,
     kv_ptr,
