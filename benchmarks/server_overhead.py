@@ -284,7 +284,7 @@ WAITING_LEAVES = ("select (selectors.py)", "_worker (thread.py)", "wait (threadi
 
 
 def _frame_name(frame: str) -> str:
-    """'render (/x/seekd/server/serving_chat.py:180)' -> 'render (serving_chat.py)'."""
+    """'render (/x/seekd/server/response_render.py:180)' -> 'render (response_render.py)'."""
     match = re.match(r"^(.*) \((.*?)(?::\d+)?\)$", frame)
     return f"{match.group(1)} ({match.group(2).rsplit('/', 1)[-1]})" if match else frame
 

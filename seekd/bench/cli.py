@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from seekd.bench.client import ClientConfig
     from seekd.bench.workloads import BenchRequest, TextSource
 
-DATASETS = ("random", "fixed", "shared-prefix", "jsonl")
+DATASETS = ("random", "fixed", "chat-like", "shared-prefix", "jsonl")
 ENDPOINTS = ("completions", "chat")  # the keys of seekd.bench.client.ENDPOINTS
 
 
@@ -226,8 +226,9 @@ def _add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--dataset",
         choices=DATASETS,
         default="random",
-        help="random: lengths uniform in len*(1±range-ratio); fixed: exact lengths; shared-prefix: "
-        "N system prompts x M questions; jsonl: --dataset-path of {messages|prompt, max_tokens}",
+        help="random: lengths uniform in len*(1±range-ratio); fixed: exact lengths; chat-like: log-normal "
+        "lengths with medians input-len/output-len (a ShareGPT-like mix); shared-prefix: N system prompts x "
+        "M questions; jsonl: --dataset-path of {messages|prompt, max_tokens}",
     )
     w.add_argument("--dataset-path", type=Path, default=None, help="the JSONL file of --dataset jsonl")
     w.add_argument("--num-prompts", type=int, default=200, help="requests per rate (shared-prefix: N x M)")
@@ -328,7 +329,7 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> list[argparse.ArgumentP
 
 
 def build_requests(args: argparse.Namespace, source: TextSource, seed: int) -> list[BenchRequest]:
-    from seekd.bench.workloads import jsonl_requests, random_requests, shared_prefix_requests
+    from seekd.bench.workloads import chat_like_requests, jsonl_requests, random_requests, shared_prefix_requests
 
     if args.dataset == "jsonl":
         if args.dataset_path is None:
@@ -341,6 +342,8 @@ def build_requests(args: argparse.Namespace, source: TextSource, seed: int) -> l
         return shared_prefix_requests(
             source, args.num_prefixes, args.questions_per_prefix, args.prefix_len, args.input_len, args.output_len, seed
         )
+    if args.dataset == "chat-like":
+        return chat_like_requests(source, args.num_prompts, args.input_len, args.output_len, seed)
     if args.dataset == "fixed":
         return random_requests(source, args.num_prompts, args.input_len, args.output_len, 0.0, seed)
     return random_requests(

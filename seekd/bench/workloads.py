@@ -8,6 +8,7 @@ from common English words (about one token each for most tokenizers, but uncount
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,30 @@ def random_requests(
     for _ in range(num_prompts):
         text = source.sample(rng, _length(rng, input_len, range_ratio))
         requests.append(BenchRequest(text, _length(rng, output_len, out_ratio), prompt_len=source.count(text)))
+    return requests
+
+
+# Log-normal length spreads of a chat workload: most requests short, a long tail. Medians and cut-offs
+# are the caller's (--input-len, --output-len); the tails are cut at 8x the median.
+CHAT_LENGTH_SIGMA = 0.9
+CHAT_LENGTH_TAIL = 8
+
+
+def _chat_length(rng: random.Random, median: int) -> int:
+    return max(4, min(CHAT_LENGTH_TAIL * median, round(rng.lognormvariate(math.log(median), CHAT_LENGTH_SIGMA))))
+
+
+def chat_like_requests(
+    source: TextSource, num_prompts: int, input_median: int, output_median: int, seed: int
+) -> list[BenchRequest]:
+    """Prompt and output lengths drawn from log-normal distributions, as in public chat logs such as
+    ShareGPT (a few long conversations among many short turns), generated here so that nothing is
+    downloaded: the same seed gives the same workload on every machine."""
+    rng = random.Random(seed)
+    requests = []
+    for _ in range(num_prompts):
+        text = source.sample(rng, _chat_length(rng, input_median))
+        requests.append(BenchRequest(text, _chat_length(rng, output_median), prompt_len=source.count(text)))
     return requests
 
 

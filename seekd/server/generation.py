@@ -1,12 +1,11 @@
-"""The text side of one API request, shared by chat and completions.
+"""One API request in the engine, shared by chat and completions.
 
-Turns request fields into SamplingParams, checks the context length before any work
-(seekd/engine/context_length.py), submits one engine request per (prompt, choice) and builds each
-choice through the output processor shared with the offline API (seekd/engine/output_processor.py),
-which releases only final text: whole UTF-8 characters, and never a stop string (the engine request
-of a choice whose stop string matched is aborted at once). Whatever ends the iteration — finish, error or the
-client going away (task cancelled) — aborts what is still running in the engine.
-"""
+Takes what `seekd.server.request_plan` decided (prompts, SamplingParams, policy), waits for
+admission, submits one engine request per (prompt, choice) and builds each choice through the
+output processor shared with the offline API (seekd/engine/output_processor.py), which releases
+only final text: whole UTF-8 characters, and never a stop string (the engine request of a choice
+whose stop string matched is aborted at once). Whatever ends the iteration — finish, error or the
+client going away (task cancelled) — aborts what is still running in the engine."""
 
 from __future__ import annotations
 
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-from seekd.engine.context_length import ContextLengthExceeded, check_context_length, output_budget
+from seekd.engine.context_length import output_budget
 from seekd.engine.output_processor import SequenceOutput, sequence_request_id
 from seekd.engine.outputs import EngineOutput, TokenLogprob
 from seekd.engine.request import EngineCoreRequest
@@ -31,9 +30,8 @@ from seekd.server.admission import AdmissionController, RequestPolicy, Ticket
 from seekd.server.engine_client import EngineClient, EngineDeadError, EngineRequestError, RequestStream
 from seekd.server.errors import invalid_request
 from seekd.server.logprobs import TokenTexts
-from seekd.server.protocol import CompletionTokensDetails, PromptTokensDetails, SamplingFields, Usage
+from seekd.server.protocol import CompletionTokensDetails, PromptTokensDetails, Usage
 from seekd.server.reasoning import ReasoningTags, ReasoningTokenCounter
-from seekd.server.response_format import structured_from_response_format
 from seekd.server.shutdown import LiveRequests
 from seekd.text.detokenizer import IncrementalDetokenizer
 from seekd.text.tokenizer import Tokenizer
@@ -78,114 +76,6 @@ class ServingContext:
 
 
 LONG_PROMPT_CHARS = 32_768  # below this, tokenizing takes about a millisecond: a thread hop costs more
-
-
-def build_sampling_params(
-    req: SamplingFields, *, max_tokens: int | None, logprobs: int | None, max_n: int, vocab_size: int
-) -> SamplingParams:
-    check_n(req.n, max_n)
-    logit_bias = parse_logit_bias(req.logit_bias, vocab_size)
-    given = {
-        "temperature": req.temperature,
-        "top_p": req.top_p,
-        "top_k": req.top_k,
-        "min_p": req.min_p,
-        "presence_penalty": req.presence_penalty,
-        "frequency_penalty": req.frequency_penalty,
-        "repetition_penalty": req.repetition_penalty,
-    }
-    try:
-        return SamplingParams(
-            n=req.n,
-            seed=req.seed,
-            max_tokens=max_tokens,
-            min_tokens=req.min_tokens,
-            stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
-            stop_token_ids=list(req.stop_token_ids or []),
-            ignore_eos=req.ignore_eos,
-            logprobs=logprobs,
-            skip_special_tokens=req.skip_special_tokens,
-            include_stop_str_in_output=req.include_stop_str_in_output,
-            structured=structured_from_response_format(getattr(req, "response_format", None)),
-            logit_bias=logit_bias,
-            **{k: v for k, v in given.items() if v is not None},
-        )
-    except ValueError as e:
-        raise invalid_request(str(e)) from e
-
-
-MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's own bound; the sampler applies every entry of every row each step
-
-
-def parse_logit_bias(raw: dict[str, float] | None, vocab_size: int) -> dict[int, float]:
-    """OpenAI's {"token id": bias} with JSON's string keys -> token ids."""
-    if raw is not None and len(raw) > MAX_LOGIT_BIAS_ENTRIES:
-        raise invalid_request(
-            f"logit_bias may hold at most {MAX_LOGIT_BIAS_ENTRIES} tokens, got {len(raw)}", param="logit_bias"
-        )
-    bias = {}
-    for key, value in (raw or {}).items():
-        if not (key.isascii() and key.isdigit()):
-            raise invalid_request(f"logit_bias keys must be token ids, got {key!r}", param="logit_bias")
-        token = int(key)
-        if token >= vocab_size:
-            raise invalid_request(
-                f"logit_bias token id {token} is outside the vocabulary [0, {vocab_size})", param="logit_bias"
-            )
-        if not -100.0 <= value <= 100.0:
-            raise invalid_request(
-                f"logit_bias values must be in [-100, 100], got {value} for token {token}", param="logit_bias"
-            )
-        bias[token] = float(value)
-    return bias
-
-
-def check_fits_context(prompt_len: int, max_tokens: int | None, max_model_len: int, param: str) -> None:
-    """Refuse up front what cannot fit (seekd/engine/context_length.py), as a 400 worded like OpenAI's."""
-    try:
-        check_context_length(prompt_len, max_model_len, max_tokens)
-    except ContextLengthExceeded as e:
-        raise invalid_request(e.openai_message(param), param=e.param or param, code="context_length_exceeded") from None
-
-
-def check_n(n: int, max_n: int) -> None:
-    if n > max_n:
-        raise invalid_request(f"n must be at most {max_n}, got {n}", param="n")
-
-
-def check_num_sequences(ctx: ServingContext, num_prompts: int, n: int, param: str) -> None:
-    """One request may not ask for more sequences than the engine runs at once: admission lets any
-    request into an idle engine, so a larger one (thousands of prompts in one completions call)
-    would hold every other request back until all of its sequences were done. The `n` the operator
-    allows (max_n) is always accepted, even where fewer sequences run at once."""
-    check_n(n, ctx.max_n)
-    limit = max(ctx.admission.max_inflight_seqs, ctx.max_n)
-    if num_prompts * n > limit:
-        raise invalid_request(
-            f"this request asks for {num_prompts * n} sequences ({num_prompts} prompts x n={n}); this server takes "
-            f"at most {limit} in one request (server settings max_num_seqs, max_inflight_requests, max_n): split "
-            "it into smaller requests",
-            param=param,
-            code="too_many_sequences",
-        )
-
-
-def check_input_limits(ctx: ServingContext, prompt_len: int, max_tokens: int | None, param: str) -> None:
-    """The operator's bounds on one request, tighter than the model's context."""
-    if ctx.max_prompt_tokens and prompt_len > ctx.max_prompt_tokens:
-        raise invalid_request(
-            f"the {param} has {prompt_len} tokens; this server accepts at most {ctx.max_prompt_tokens} "
-            "(server setting max_prompt_tokens)",
-            param=param,
-            code="prompt_too_long",
-        )
-    if ctx.max_output_tokens and (max_tokens or 0) > ctx.max_output_tokens:
-        raise invalid_request(
-            f"max_tokens is {max_tokens}; this server allows at most {ctx.max_output_tokens} "
-            "(server setting max_output_tokens)",
-            param="max_tokens",
-            code="max_tokens_too_large",
-        )
 
 
 @dataclass

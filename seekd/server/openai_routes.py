@@ -1,4 +1,6 @@
-"""The OpenAI-compatible routes: request ids, model check, readiness gate, then the serving modules."""
+"""The OpenAI-compatible routes: request ids, model check, readiness gate, then one pass through
+the request (`request_plan`: OpenAI request -> engine request), the engine (`generation`) and the
+answer (`response_render`: engine outputs -> OpenAI response or SSE chunks)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from seekd.errors import APIError
 from seekd.ops.auth import principal_of
-from seekd.server.generation import ServingContext
+from seekd.server.generation import Generation, ServingContext
 from seekd.server.openapi import GENERATION, KEYED, errors, streamed
 from seekd.server.protocol import (
     ChatCompletionRequest,
@@ -20,9 +22,9 @@ from seekd.server.protocol import (
     ModelCard,
     ModelList,
 )
-from seekd.server.serving_chat import create_chat_completion
-from seekd.server.serving_completions import create_completion
-from seekd.server.streaming import ClientDisconnected
+from seekd.server.request_plan import RequestPlan, plan_chat, plan_completion
+from seekd.server.response_render import ChatRenderer, CompletionRenderer, Renderer
+from seekd.server.streaming import ClientDisconnected, EventStreamResponse, prime, run_until_disconnect
 
 router = APIRouter()
 
@@ -102,10 +104,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     ctx = serving_context(request)
     _check_model(ctx, body.model, request)
     request_id = _new_request_id(request, "chatcmpl")
-    try:
-        return await create_chat_completion(ctx, body, request, request_id)
-    except ClientDisconnected:
-        return JSONResponse({}, status_code=CLIENT_CLOSED_REQUEST)
+    plan = await plan_chat(ctx, body, request)
+    return await _respond(ctx, plan, ChatRenderer(ctx, plan), request, request_id)
 
 
 @router.post("/v1/completions", responses={**streamed(CompletionResponse), **GENERATION})
@@ -113,7 +113,24 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     ctx = serving_context(request)
     _check_model(ctx, body.model, request)
     request_id = _new_request_id(request, "cmpl")
+    plan = await plan_completion(ctx, body, request)
+    return await _respond(ctx, plan, CompletionRenderer(ctx, plan), request, request_id)
+
+
+async def _respond(
+    ctx: ServingContext, plan: RequestPlan, renderer: Renderer, request: Request, request_id: str
+) -> Response:
+    """Runs the plan in the engine and answers: a stream once its first update is in (so errors
+    before any output still get their status), or the whole response at the end."""
+    gen = Generation(ctx, request_id, plan.prompts, plan.params, plan.policy, reasoning=plan.reasoning)
+    request.state.generation = gen  # for the audit trail
+    request.state.access_fields = gen.access_fields
     try:
-        return await create_completion(ctx, body, request, request_id)
+        if plan.stream:
+            updates = gen.updates()
+            first = await run_until_disconnect(request, prime(updates))
+            return EventStreamResponse(renderer.events(gen, updates, first), request_id)
+        await run_until_disconnect(request, gen.run())
     except ClientDisconnected:
         return JSONResponse({}, status_code=CLIENT_CLOSED_REQUEST)
+    return JSONResponse(renderer.response(gen))

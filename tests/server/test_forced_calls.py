@@ -10,7 +10,8 @@ import pytest
 
 from seekd.sampling_params import StructuredOutputParams
 from seekd.server.forced_calls import ForcedCallReader
-from seekd.server.tool_calls import ChoiceOutput, ToolSetup
+from seekd.server.tool_calls import ToolSetup
+from seekd.server.tool_output import ChoiceOutput
 from seekd.text.tool_parsers import ToolCallDelta
 
 ARGS = '{ "city":"Par\\"is }{", "days" :7, "tags": ["a]", {"b": null}], "ok":true }'

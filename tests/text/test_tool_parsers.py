@@ -9,7 +9,8 @@ import json
 import pytest
 
 from seekd.sampling_params import StructuredOutputParams
-from seekd.server.tool_calls import ChoiceOutput, ToolSetup
+from seekd.server.tool_calls import ToolSetup
+from seekd.server.tool_output import ChoiceOutput
 from seekd.text.tool_parsers import ToolCall, detect_tool_format, make_tool_parser
 
 WEATHER = ToolCall("get_weather", '{"city": "Paris", "unit": "celsius"}')
