@@ -56,7 +56,6 @@ def capacity_table(d: dict[str, Any]) -> Table:
     table = Table("context (tokens)", "sequences at once", title="what the KV cache holds")
     for context, sequences in cap["sequences_at_context"].items():
         table.add_row(f"{int(context):,}", f"{sequences:,}")
-    table.caption = f"longest single sequence {cap['max_context_tokens']:,} tokens; served with --max-model-len {cap['max_model_len']}"
     return table
 
 
