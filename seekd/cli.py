@@ -1,4 +1,4 @@
-"""`seekd` command line: serve, generate, chat, bench, top, keys, audit, router, pull, models, rm, doctor, kb.
+"""`seekd` command line: serve, generate, chat, bench, top, keys, audit, router, pull, models, rm, doctor, plan, kb.
 
 Every config field is also a flag (`--max-num-seqs 64`), generated from the config tree, so the
 CLI, YAML (`--config FILE`) and `SEEKD_*` variables stay in step without a second list of options.
@@ -13,7 +13,7 @@ from typing import Any
 
 from seekd.bench.cli import add_bench_parser
 from seekd.config import SeekdConfig, config_fields, field_choices, field_help, field_type, load_config
-from seekd.hub.cli import add_hub_parsers, resolve_model, run_doctor, run_models, run_pull, run_rm
+from seekd.hub.cli import add_hub_parsers, resolve_model, run_doctor, run_models, run_plan, run_pull, run_rm
 from seekd.hub.sources import HubError
 from seekd.kb.cli import add_kb_parser, run_kb
 from seekd.ops.logging_setup import configure_logging
@@ -302,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         "models": run_models,
         "rm": run_rm,
         "doctor": run_doctor,
+        "plan": run_plan,
         "kb": run_kb,
     }
     try:

@@ -12,7 +12,9 @@ by them. Nothing here is imported by the engine or the server.
 
 Modules: `store` (cache layout, list, remove, resolve), `sources` (the two hubs' API shapes and
 errors), `download` (one file: resume, verify), `pull` (a repo: plan, disk check, parallel fetch,
-snapshot), `aliases` (short names of the DeepSeek family), `probes` (hardware boundary), `sizing`
-(memory arithmetic from the model planner), `recommend` (what fits), `doctor` (the report),
+snapshot), `aliases` (short names of the DeepSeek family), `probes` (hardware boundary), `gpus` (GPU
+kinds and `--gpus` specs), `sizing` (memory per GPU of a TP x PP x EP layout, from the model planner
+and the engine's KV layout), `recommend` (what fits), `doctor` (the report), `plan` and
+`plan_report` (`seekd plan`),
 `resolve` (`--model` as a repository id or alias), `cli`.
 """

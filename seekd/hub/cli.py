@@ -1,4 +1,4 @@
-"""`seekd pull`, `seekd models`, `seekd rm`, `seekd doctor`, and `--model <repo id>` of the commands
+"""`seekd pull`, `seekd models`, `seekd rm`, `seekd doctor`, `seekd plan`, and `--model <repo id>` of the commands
 that load a model. Each handler takes (args, config) and returns the exit status; what a user must
 act on (a gated repository, a full disk) is one line on stderr and status 2."""
 
@@ -12,8 +12,10 @@ from pathlib import Path
 
 from seekd.config import SeekdConfig
 from seekd.hub.aliases import VARIANTS, resolve_alias
+from seekd.hub.gpus import known_kinds, parse_gpus
 from seekd.hub.pull import DEFAULT_REVISION, Puller
 from seekd.hub.resolve import model_folder
+from seekd.hub.sizing import GOOD_CONTEXT
 from seekd.hub.sources import SOURCES, HubError, make_source
 from seekd.hub.store import ModelStore, default_root, split_ref
 from seekd.progress import transfer_bar
@@ -50,7 +52,28 @@ def add_hub_parsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentPa
         default=None,
         help="plan for the machine in this JSON (from doctor --json elsewhere)",
     )
-    return [pull, models, rm, doctor]
+    plan = sub.add_parser("plan", help="lay a model out over GPUs and machines: memory per GPU and the serve command")
+    plan.add_argument(
+        "--model",
+        required=True,
+        help="a model folder (its config.json), an alias or repository id (`seekd models --aliases`) or a public shape",
+    )
+    plan.add_argument(
+        "--gpus",
+        required=True,
+        metavar="SPEC",
+        help=f"GPUs of each node: COUNTxKIND, e.g. 8xH100 (kinds: {known_kinds()})",
+    )
+    plan.add_argument("--nodes", type=int, default=None, metavar="N", help="machines of those GPUs (default: 1)")
+    plan.add_argument(
+        "--context",
+        type=int,
+        default=GOOD_CONTEXT,
+        metavar="N",
+        help="tokens of context a request must reach: the plan takes the fewest GPUs whose KV cache holds it",
+    )
+    plan.add_argument("--json", action="store_true", help="one JSON object (layout, memory per GPU, commands)")
+    return [pull, models, rm, doctor, plan]
 
 
 def store_of(config: SeekdConfig) -> ModelStore:
@@ -155,6 +178,25 @@ def run_doctor(args: argparse.Namespace, config: SeekdConfig) -> int:
     else:
         render(machine, Console(width=200))
     return 0
+
+
+def run_plan(args: argparse.Namespace, config: SeekdConfig) -> int:
+    from rich.console import Console
+
+    from seekd.hub.plan import make_plan, model_config
+    from seekd.hub.plan_report import render
+
+    try:
+        gpus = parse_gpus(args.gpus, args.nodes)
+    except ValueError as e:
+        return _fail(str(e))
+    model_json, served_as = model_config(args.model, store_of(config))
+    plan = make_plan(model_json, served_as, gpus, args.context)
+    if args.json:
+        print(json.dumps(plan.to_dict(), indent=2))
+    else:
+        render(plan, Console(width=200))
+    return 0 if plan.fits else 1
 
 
 def resolve_model(config: SeekdConfig, pull: bool) -> SeekdConfig:

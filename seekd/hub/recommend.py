@@ -4,9 +4,8 @@ the commands that pull and serve it.
 GPU: the shipped precision first (bf16 for the distills, block FP8 / FP4 for the full-size models),
 then, for bf16 checkpoints only, block FP8 quantized on load (`--quantization fp8`, half the bytes);
 within a precision the smallest tensor-parallel size whose KV cache holds GOOD_CONTEXT tokens (or the
-model's whole context if shorter). Weights and KV share `gpu_memory_utilization` of the smallest GPU,
-less a tenth for activations, as the planner's "does not fit" advice counts them. Failing that, the
-layout with the longest context of at least MIN_CONTEXT.
+model's whole context if shorter), sized by `sizing.first_fit` under the budget rule `seekd plan`
+shares (hub/sizing.py). Failing that, the layout with the longest context of at least MIN_CONTEXT.
 
 CPU: the distills only, in bf16, and only while a token's read of all weights stays under
 CPU_MAX_WEIGHT_BYTES: decode on a CPU is bound by memory bandwidth (~0.1-0.3 s a token at 16 GiB on
@@ -21,13 +20,19 @@ from typing import Any
 
 from seekd.hub.aliases import VARIANTS, Variant
 from seekd.hub.probes import Machine
-from seekd.hub.sizing import Footprint, footprint
+from seekd.hub.sizing import (
+    GOOD_CONTEXT,
+    MIN_CONTEXT,
+    TP_SIZES,
+    Fit,
+    Footprint,
+    Layout,
+    first_fit,
+    footprint,
+    pow2_floor,
+)
 
-GPU_MEMORY_UTILIZATION = 0.9  # CacheConfig's default
-ACTIVATION_SHARE = 0.1
-GOOD_CONTEXT = 32768  # R1's recommended generation length: reasoning needs long outputs
-MIN_CONTEXT = 8192
-TP_SIZES = (1, 2, 4, 8)
+SHORT_CONTEXT_NOTE = "context below 32K: long reasoning may be cut"
 CPU_MAX_WEIGHT_BYTES = 16 * 2**30
 CPU_RAM_SHARE = 0.75  # of RAM for weights + KV; the rest for the OS, the server and the page cache
 MIN_SM = (8, 0)  # bf16, and the FP8/FP4 decoding in registers
@@ -68,10 +73,6 @@ class Recommendation:
         return out
 
 
-def pow2_floor(n: float) -> int:
-    return 2 ** int(math.log2(n)) if n >= 1 else 0
-
-
 def _context(fp: Footprint, kv_budget: float, cap: int | None = None) -> tuple[int, int]:
     """(recommended --max-model-len, tokens the KV cache holds)."""
     tokens = int(max(kv_budget, 0) / fp.kv_bytes_per_token)
@@ -88,25 +89,13 @@ def recommend_gpu(variant: Variant, machine: Machine) -> Recommendation:
     if min(g.sm for g in machine.gpus) < MIN_SM:
         return Recommendation(**base, fits=False, note="needs compute capability 8.0+ (A100, RTX 30xx or newer)")
     gpu_bytes = min(g.memory_bytes for g in machine.gpus)
-    budget = gpu_bytes * GPU_MEMORY_UTILIZATION * (1 - ACTIVATION_SHARE)
     sizes = [tp for tp in TP_SIZES if tp <= len(machine.gpus)]
     precisions = ("shipped",) if variant.full_size else ("shipped", "fp8")
-    fallback: tuple[int, str, int, int, Footprint] | None = None
-    for precision in precisions:
-        for tp in sizes:
-            fp = footprint(variant.alias, precision, tp)
-            if fp is None or fp.weight_bytes >= budget:
-                continue
-            context, tokens = _context(fp, budget - fp.weight_bytes)
-            if context >= min(fp.max_position, GOOD_CONTEXT):
-                return _gpu_fit(variant, precision, tp, context, tokens, fp, base)
-            if context >= MIN_CONTEXT and (fallback is None or context > fallback[2]):
-                fallback = (tp, precision, context, tokens, fp)
-    if fallback is not None:
-        tp, precision, context, tokens, fp = fallback
-        return _gpu_fit(variant, precision, tp, context, tokens, fp, base)
+    fit = first_fit(variant.config, [(p, Layout(tp)) for p in precisions for tp in sizes], gpu_bytes)
+    if fit is not None:
+        return _gpu_fit(variant, fit, base)
     smallest = min(
-        (f.weight_bytes for p in precisions if (f := footprint(variant.alias, p, max(sizes))) is not None),
+        (f.weight_bytes for p in precisions if (f := footprint(variant.config, p, Layout(max(sizes)))) is not None),
         default=None,
     )
     weights = (
@@ -116,28 +105,27 @@ def recommend_gpu(variant: Variant, machine: Machine) -> Recommendation:
         **base,
         fits=False,
         note=f"does not fit {len(machine.gpus)} x {gpu_bytes / 2**30:.0f} GiB: {weights}leaving no room for "
-        f"{MIN_CONTEXT} tokens of context; it needs more or bigger GPUs",
+        f"{MIN_CONTEXT} tokens of context; it needs more or bigger GPUs (`seekd plan` lays it out over nodes)",
     )
 
 
-def _gpu_fit(
-    variant: Variant, precision: str, tp: int, context: int, tokens: int, fp: Footprint, base: dict[str, str]
-) -> Recommendation:
+def _gpu_fit(variant: Variant, fit: Fit, base: dict[str, str]) -> Recommendation:
+    tp, context = fit.layout.tp, fit.context
     flags = []
     if tp > 1:
         flags.append(f"--tensor-parallel-size {tp}")
-    if precision == "fp8":
+    if fit.precision == "fp8":
         flags.append("--quantization fp8")
     flags.append(f"--max-model-len {context}")
     return Recommendation(
         **base,
         fits=True,
-        note="" if context >= min(fp.max_position, GOOD_CONTEXT) else "context below 32K: long reasoning may be cut",
-        precision=_precision_label(variant, precision),
+        note="" if context >= min(fit.footprint.max_position, GOOD_CONTEXT) else SHORT_CONTEXT_NOTE,
+        precision=_precision_label(variant, fit.precision),
         tensor_parallel_size=tp,
         max_model_len=context,
-        kv_cache_tokens=tokens,
-        weight_gib_per_gpu=round(fp.weight_bytes / 2**30, 1),
+        kv_cache_tokens=fit.capacity.max_tokens,
+        weight_gib_per_gpu=round(fit.footprint.weight_bytes / 2**30, 1),
         flags=flags,
     )
 
@@ -146,7 +134,7 @@ def recommend_cpu(variant: Variant, machine: Machine) -> Recommendation:
     base = {"alias": variant.alias, "repo_id": variant.repo_id, "params": variant.params, "device": "cpu"}
     if variant.full_size:
         return Recommendation(**base, fits=False, note="needs GPUs: its low-bit experts are too slow on a CPU")
-    fp = footprint(variant.alias, "shipped", 1)
+    fp = footprint(variant.config, "shipped", Layout(1))
     if fp is None:
         return Recommendation(**base, fits=False, note="cannot be built")
     weights = fp.weight_bytes

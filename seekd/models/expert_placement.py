@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from seekd.layers.expert_placement import ALL_ON_DEVICE, ExpertPlacement
 from seekd.layers.moe import RoutedExperts
@@ -51,7 +52,11 @@ class ModelSplit:
 
 def model_split(hf_config: HFConfig, quant: QuantConfig, tp_size: int, dtype: torch.dtype) -> ModelSplit:
     """Counted on a meta build of rank 0's shard, like the memory plan."""
-    model = meta_model(hf_config, quant, tp_size, dtype)
+    return count_split(meta_model(hf_config, quant, tp_size, dtype))
+
+
+def count_split(model: nn.Module) -> ModelSplit:
+    """The split of a built model (rank 0's shard on the meta device, for plans)."""
     layers, expert_ids = [], set()
     for module in model.modules():
         if isinstance(module, RoutedExperts) and module.layer is not None:
