@@ -13,9 +13,9 @@ from typing import Any
 
 from seekd.config import SeekdConfig, load_config
 from seekd.engine.engine_core import EngineCore
+from seekd.engine.multimodal import ImageInput
 from seekd.engine.output_processor import SequenceDelta, SequenceOutput, sequence_request_id
 from seekd.engine.outputs import EngineOutput, TokenLogprob
-from seekd.engine.multimodal import ImageInput
 from seekd.engine.request import EngineCoreRequest
 from seekd.progress import progress_bar
 from seekd.sampling_params import SamplingParams

@@ -36,7 +36,7 @@ def hf_logits(hf_model, ids: list[int], arrays: dict[str, np.ndarray]) -> torch.
 def test_preprocessing_matches_transformers_image_processor(vl_pair):
     import transformers
 
-    folder, llm, hf_model = vl_pair
+    folder, llm, _ = vl_pair
     ours = image_processor_for(folder)
     if "high_res_pixel_values" in llm.engine.runner.model.image_input_names:
         ref = transformers.DeepseekVLHybridImageProcessorPil(
