@@ -3,17 +3,52 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 
 import numpy as np
 import torch
 from torch import nn
 
-from seekd.engine.multimodal import EncoderCache, ImageInput
+from seekd.engine.multimodal import ImageInput
 from seekd.engine.scheduler import SchedulerOutput
 
 # Feature rows kept between steps (a prompt prefilled in chunks); about 64 MiB at 4096 bf16 dims.
 ENCODER_CACHE_ROWS = 8192
+
+
+class EncoderCache:
+    """Image features computed at prefill, kept by content hash until their tokens are all in the KV
+    cache: a prompt prefilled in chunks encodes each image once, and identical images in one step
+    are encoded once. Bounded by feature rows (LRU); an evicted entry is simply encoded again."""
+
+    def __init__(self, max_rows: int) -> None:
+        self.max_rows = max_rows
+        self._entries: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self._rows = 0
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._entries
+
+    def get(self, key: bytes) -> torch.Tensor:
+        self._entries.move_to_end(key)
+        return self._entries[key]
+
+    def put(self, key: bytes, features: torch.Tensor) -> None:
+        if key in self._entries:
+            return
+        self._entries[key] = features
+        self._rows += features.shape[0]
+        while self._rows > self.max_rows and len(self._entries) > 1:
+            _, old = self._entries.popitem(last=False)
+            self._rows -= old.shape[0]
+
+    def drop(self, key: bytes) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._rows -= old.shape[0]
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class ImageFeatures:
@@ -59,7 +94,9 @@ class ImageFeatures:
                 by_shape[tuple(tuple(image.pixels[n].shape) for n in self.input_names)].append(key)
         for keys in by_shape.values():
             batch = [
-                torch.stack([images[k].pixels[name].to_tensor() for k in keys]).to(self.device, self.model_dtype)
+                torch.from_numpy(np.stack([images[k].pixels[name].to_numpy() for k in keys])).to(
+                    self.device, self.model_dtype
+                )
                 for name in self.input_names
             ]
             encoded = self.model.encode_images(*batch)

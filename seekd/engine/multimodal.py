@@ -1,14 +1,11 @@
 """Images of a request as the engine sees them: preprocessed pixel arrays, where their placeholder
 tokens sit in the prompt, and a content hash that names them for the prefix cache. Plain data
-(msgpack on the wire); the front doors build them with `image_input`."""
+(msgpack on the wire), without torch: the API server builds them with `image_input`."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
 import msgspec
 import numpy as np
-import torch
 
 
 class PixelArray(msgspec.Struct, frozen=True):
@@ -17,8 +14,8 @@ class PixelArray(msgspec.Struct, frozen=True):
     shape: list[int]
     data: bytes
 
-    def to_tensor(self) -> torch.Tensor:
-        return torch.frombuffer(bytearray(self.data), dtype=torch.float32).reshape(self.shape)
+    def to_numpy(self) -> np.ndarray:
+        return np.frombuffer(self.data, dtype="<f4").reshape(self.shape)
 
 
 class ImageInput(msgspec.Struct, frozen=True, kw_only=True):
@@ -71,38 +68,3 @@ def block_image_key(images: list[ImageInput], start: int, end: int) -> bytes:
         if image.offset < end and image.end > start:
             key += image.content_hash + (image.offset - start).to_bytes(8, "little", signed=True)
     return key
-
-
-class EncoderCache:
-    """Image features computed at prefill, kept by content hash until their tokens are all in the KV
-    cache: a prompt prefilled in chunks encodes each image once, and identical images in one step
-    are encoded once. Bounded by feature rows (LRU); an evicted entry is simply encoded again."""
-
-    def __init__(self, max_rows: int) -> None:
-        self.max_rows = max_rows
-        self._entries: OrderedDict[bytes, torch.Tensor] = OrderedDict()
-        self._rows = 0
-
-    def __contains__(self, key: bytes) -> bool:
-        return key in self._entries
-
-    def get(self, key: bytes) -> torch.Tensor:
-        self._entries.move_to_end(key)
-        return self._entries[key]
-
-    def put(self, key: bytes, features: torch.Tensor) -> None:
-        if key in self._entries:
-            return
-        self._entries[key] = features
-        self._rows += features.shape[0]
-        while self._rows > self.max_rows and len(self._entries) > 1:
-            _, old = self._entries.popitem(last=False)
-            self._rows -= old.shape[0]
-
-    def drop(self, key: bytes) -> None:
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self._rows -= old.shape[0]
-
-    def __len__(self) -> int:
-        return len(self._entries)

@@ -39,6 +39,18 @@ class ProcessedImage:
         return h.digest()
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB, with transparent areas on white (as transformers' convert_to_rgb): a scanned page with
+    an alpha channel must not turn black where it is transparent."""
+    if image.mode == "RGB":
+        return image
+    if "A" in image.getbands() or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def resize_longest_side(image: Image.Image, target: int, min_size: int) -> Image.Image:
     """Longest side to `target`, aspect kept, neither side below `min_size` (bicubic)."""
     width, height = image.size
@@ -95,7 +107,7 @@ class DeepseekVLImageProcessor:
         self.views = views  # highest resolution first: each later view starts from the one before
 
     def process(self, image: Image.Image) -> ProcessedImage:
-        image = image.convert("RGB")
+        image = to_rgb(image)
         arrays = {}
         for view in self.views:
             image = view.apply(image)
@@ -113,7 +125,10 @@ def _side(value: Any, default: int) -> int:
     return int(value) if value is not None else default
 
 
-def image_processor_for(folder: str | Path) -> DeepseekVLImageProcessor | None:
+ImageProcessor = DeepseekVLImageProcessor  # what `image_processor_for` returns (one family so far)
+
+
+def image_processor_for(folder: str | Path) -> ImageProcessor | None:
     """The preprocessing of the model in `folder`, or None for a text-only model."""
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())

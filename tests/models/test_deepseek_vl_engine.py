@@ -63,7 +63,7 @@ def test_repeated_image_hits_prefix_cache_and_another_image_does_not(vl_folder, 
 def test_image_spans_that_do_not_match_image_tokens_are_refused(vl_folder, data_dir):
     llm = make_llm(vl_folder, data_dir)
     ids, (image,), _ = image_prompt(vl_folder, TEXTS, [PHOTO])
-    arrays = {name: p.to_tensor().numpy() for name, p in image.pixels.items()}
+    arrays = {name: p.to_numpy() for name, p in image.pixels.items()}
     bad = {
         "shifted": image_input(image.offset - 1, image.length, image.content_hash, arrays),
         "past the end": image_input(len(ids) - 3, image.length, image.content_hash, arrays),
