@@ -10,6 +10,7 @@ Also the server-side preprocessing time of one photo (Pillow, CPU).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import sys
@@ -166,6 +167,7 @@ def bench_model(name: str, root: Path, device: str, batches: list[int], repeats:
         start = time.perf_counter()
         llm.generate(ids, params, images=[[spec]])
         ttfts.append(time.perf_counter() - start)
+    llm.shutdown()
     return {
         "model": name,
         "image_tokens": processor.num_tokens,
@@ -188,6 +190,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             results.append(bench_model(name, Path(tmp), args.device, args.batches, args.repeats))
+            gc.collect()  # the model's engine and KV cache go before the next model loads
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
     print(
         f"{'model':<18} {'batch':>5} {'encode ms':>10} {'images/s':>10} {'TTFT 1 image ms':>16} {'preprocess ms':>14}"
     )
