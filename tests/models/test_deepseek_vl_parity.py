@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from parity import hf_greedy
 from vision_models import image_prompt, random_image, save_tiny_vl
 
 from seekd import LLM, SamplingParams
@@ -63,26 +64,14 @@ def test_prefill_logits_match_transformers(vl_pair, case):
     assert (ours - ref).abs().max().item() < 1e-4
 
 
-def hf_greedy(hf_model, ids: list[int], arrays: dict[str, np.ndarray], n: int) -> list[int]:
-    hf_model.generation_config.eos_token_id = None
-    pixels = {name: torch.from_numpy(a) for name, a in arrays.items()}
-    with torch.no_grad():
-        out = hf_model.generate(
-            torch.tensor([ids]),
-            **pixels,
-            max_new_tokens=n,
-            do_sample=False,
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            pad_token_id=0,
-        )
-    return out[0, len(ids) :].tolist()
-
-
 def test_greedy_batched_and_alone_match_transformers(vl_pair):
     folder, llm, hf_model = vl_pair
     prompts = [image_prompt(folder, *CASES[case]) for case in sorted(CASES)]
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
-    expected = [hf_greedy(hf_model, ids, arrays, 8) for ids, _, arrays in prompts]
+    expected = [
+        hf_greedy(hf_model, ids, 8, **{name: torch.from_numpy(a) for name, a in arrays.items()})
+        for ids, _, arrays in prompts
+    ]
     assert len({tuple(e) for e in expected}) > 1  # the model is not degenerate
     batched = llm.generate([p[0] for p in prompts], params, images=[p[1] for p in prompts])
     assert [o.outputs[0].token_ids for o in batched] == expected
