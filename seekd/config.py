@@ -248,9 +248,17 @@ class ServerConfig:
     max_json_depth: int = setting(
         64, "deepest nesting of arrays/objects in a body (400 beyond); a JSON schema level counts 2"
     )
+    max_images_per_request: int = setting(8, "most image parts one chat request may carry (vision models)")
+    max_image_bytes: int = setting(10 * 2**20, "largest encoded image accepted, in bytes (its base64 is 4/3 larger)")
+    max_image_pixels: int = setting(4096 * 4096, "largest image accepted, in pixels (width x height), before decoding")
+    local_image_dir: str | None = setting(
+        None, "directory whose files `file://` image URLs may name; unset = no local files are read"
+    )
 
     def __post_init__(self) -> None:
         check_choices(self)
+        if min(self.max_images_per_request, self.max_image_bytes, self.max_image_pixels) < 1:
+            raise ValueError("max_images_per_request, max_image_bytes and max_image_pixels must be positive")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in [0, 65535], not {self.port}")
         if self.max_request_body_bytes < 1024:

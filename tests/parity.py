@@ -8,12 +8,14 @@ import torch
 from seekd import LLM, SamplingParams
 
 
-def hf_greedy(hf_model: torch.nn.Module, prompt: list[int], n: int) -> list[int]:
-    """HF greedy decoding that, like ignore_eos, neither stops at nor suppresses EOS."""
+def hf_greedy(hf_model: torch.nn.Module, prompt: list[int], n: int, **model_inputs: torch.Tensor) -> list[int]:
+    """HF greedy decoding that, like ignore_eos, neither stops at nor suppresses EOS; `model_inputs`
+    go to the model beside the ids (a vision model's pixel values)."""
     hf_model.generation_config.eos_token_id = None
     with torch.no_grad():
         out = hf_model.generate(
             torch.tensor([prompt]),
+            **model_inputs,
             max_new_tokens=n,
             do_sample=False,
             attention_mask=torch.ones(1, len(prompt), dtype=torch.long),

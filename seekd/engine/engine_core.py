@@ -18,6 +18,7 @@ from seekd.engine.executor.runner_setup import load_runner, resolve_model_folder
 from seekd.engine.executor.tp_validation import check_tensor_parallel, rank_device
 from seekd.engine.executor.tp_workers import TPDriver
 from seekd.engine.model_runner import InflightStep
+from seekd.engine.multimodal import check_images
 from seekd.engine.outputs import EngineOutput
 from seekd.engine.request import EngineCoreRequest, Request, RequestStatus
 from seekd.engine.scheduler import Scheduler
@@ -92,6 +93,7 @@ class EngineCore:
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
         if any(t >= vocab for t in params.logit_bias):
             raise ValueError(f"logit_bias token ids must be in [0, {vocab})")
+        check_images(req.images, req.prompt_token_ids, getattr(self.runner.model, "image_token_id", None))
         request = Request(
             req.request_id,
             req.prompt_token_ids,
@@ -104,6 +106,7 @@ class EngineCore:
             cache_salt=req.cache_salt,
             deadline=req.deadline,
             output_token_ids=req.resume_output_token_ids,
+            images=req.images,
         )
         if params.structured is not None:
             request.grammar = self.structured_backend().matcher(params.structured)

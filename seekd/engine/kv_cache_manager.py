@@ -21,13 +21,17 @@ from array import array
 from seekd.engine.block_pool import BlockPool, KVBlock
 from seekd.engine.kv_cache_groups import group_manager
 from seekd.engine.kv_cache_layout import CacheGroupShape
+from seekd.engine.multimodal import block_image_key
 from seekd.engine.request import Request
 
 
-def hash_block(parent: bytes, token_ids: list[int]) -> bytes:
-    """Chain hash of one full block: it names the block's tokens *and* everything before them."""
+def hash_block(parent: bytes, token_ids: list[int], extra: bytes = b"") -> bytes:
+    """Chain hash of one full block: it names the block's tokens *and* everything before them;
+    `extra` names what else fills the block (the images behind its image tokens)."""
     h = hashlib.sha256(parent)
     h.update(array("q", token_ids).tobytes())
+    if extra:
+        h.update(extra)
     return h.digest()
 
 
@@ -87,7 +91,8 @@ class KVCacheManager:
         parent = hashes[-1] if hashes else root_hash(request.cache_salt)
         bs = self.block_size
         for i in range(len(hashes), num_full):
-            parent = hash_block(parent, request.all_token_ids[i * bs : (i + 1) * bs])
+            extra = block_image_key(request.images, i * bs, (i + 1) * bs) if request.images else b""
+            parent = hash_block(parent, request.all_token_ids[i * bs : (i + 1) * bs], extra)
             hashes.append(parent)
 
     def get_computed_blocks(self, request: Request) -> tuple[list[list[KVBlock]], int]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from seekd.config import SeekdConfig, load_config
 from seekd.engine.engine_core import EngineCore
+from seekd.engine.multimodal import ImageInput
 from seekd.engine.output_processor import SequenceDelta, SequenceOutput, sequence_request_id
 from seekd.engine.outputs import EngineOutput, TokenLogprob
 from seekd.engine.request import EngineCoreRequest
@@ -122,19 +123,26 @@ class LLM:
         self,
         prompts: Prompt | Sequence[Prompt],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        images: Sequence[list[ImageInput]] | None = None,
         **request_options: Any,
     ) -> list[RequestOutput]:
         """Generate for each prompt (text or token ids); results come back in prompt order.
+        `images`: per prompt, the images whose placeholder tokens it holds (vision-language models).
         `request_options`: priority, tenant, cache_salt."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params_list = _broadcast_params(sampling_params, len(prompts))
+        if images is not None and len(images) != len(prompts):
+            raise ValueError(f"images for {len(images)} prompts, but {len(prompts)} prompts")
         results: list[RequestOutput] = []
         by_engine_id: dict[str, _Sequence] = {}
-        for prompt, params in zip(prompts, params_list):
+        for i, (prompt, params) in enumerate(zip(prompts, params_list)):
             ids = self._tokenize(prompt)
             request_id = f"gen-{next(self._ids)}"
-            sequences = self._submit(ids, params, request_id, **request_options)
+            extra = dict(request_options)
+            if images is not None and images[i]:
+                extra["images"] = list(images[i])
+            sequences = self._submit(ids, params, request_id, **extra)
             by_engine_id.update((s.engine_id, s) for s in sequences)
             results.append(
                 RequestOutput(

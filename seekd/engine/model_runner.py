@@ -16,7 +16,9 @@ from torch import nn
 from seekd.distributed import broadcast_from_driver
 from seekd.engine.cuda_graphs import DecodeGraphs
 from seekd.engine.flat_step import FlatStep, StepSender
+from seekd.engine.image_features import ImageFeatures
 from seekd.engine.kv_cache_layout import KVCacheLayout
+from seekd.engine.multimodal import ImageInput
 from seekd.engine.outputs import TokenLogprob
 from seekd.engine.request import PENDING_TOKEN, Request
 from seekd.engine.sampler import Sampler, SamplingBatch, gather_logprobs
@@ -109,6 +111,8 @@ class ModelRunner:
         self.gemv_report: dict[str, dict] = {}  # per weight shape: batch-1 GEMV choice and timings
         # rank 0 of a tensor-parallel group: sends each step to the workers before running it
         self.tp_driver: StepSender | None = None
+        # a vision-language model encodes the images of its prefill steps
+        self.images = ImageFeatures(model, self.device) if hasattr(model, "encode_images") else None
 
     def select_attention_backend(self, name: str, prefill: str) -> None:
         """One backend instance serves every standard attention layer. MLA layers keep their own
@@ -239,7 +243,21 @@ class ModelRunner:
             attn.groups.update(group.step_metadata(to_dev(tables), None if slots is None else to_dev(slots)))
         return to_dev(step.input_ids), to_dev(step.positions), attn
 
-    def forward_hidden(self, step: FlatStep, previous_sampled: torch.Tensor | None) -> torch.Tensor:
+    def step_image_features(self, out: SchedulerOutput) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(flat rows, features) of the step's image tokens; None for text-only models and steps."""
+        if self.images is None:
+            return None
+        features = self.images.for_step(out)
+        if features is not None and self.tp_driver is not None:
+            raise ValueError("images run with tensor-parallel size 1: workers do not receive image features")
+        return features
+
+    def forward_hidden(
+        self,
+        step: FlatStep,
+        previous_sampled: torch.Tensor | None,
+        image_features: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """The model's hidden states at the step's logits rows. Every tensor-parallel rank runs this
         (and then compute_logits) in the same order: both hold collectives."""
         input_ids, positions, attn = self.device_inputs(step)
@@ -248,11 +266,11 @@ class ModelRunner:
                 raise RuntimeError("a pending input token needs the step that samples it")
             dst, src = torch.from_numpy(step.pending).to(self.device, non_blocking=True).unbind(1)
             input_ids.index_copy_(0, dst, previous_sampled.index_select(0, src))
-        if self.decode_graphs is not None and self.decode_graphs.can_run(attn):
+        if image_features is None and self.decode_graphs is not None and self.decode_graphs.can_run(attn):
             hidden = self.decode_graphs.run(input_ids, positions, attn)
         else:
             attn.backend_data = self.attn_backend.prepare(attn)
-            hidden = self.model(input_ids, positions, ForwardContext(attn=attn))
+            hidden = self.model(input_ids, positions, ForwardContext(attn=attn, image_features=image_features))
         return hidden[torch.from_numpy(step.logits_indices).to(self.device, non_blocking=True)]
 
     @torch.inference_mode()
@@ -264,10 +282,11 @@ class ModelRunner:
             if previous is None or previous.sampled is None:
                 raise RuntimeError("a pending input token needs the step that samples it")
             step.pending = np.asarray([(row, previous.rows[rid]) for row, rid in pending_rows], dtype=np.int64)
+        image_features = self.step_image_features(out)
         if self.tp_driver is not None:
             step.share_sampled = self.tp_driver.share_sampled
             self.tp_driver.send_step(step)
-        hidden = self.forward_hidden(step, None if previous is None else previous.sampled)
+        hidden = self.forward_hidden(step, None if previous is None else previous.sampled, image_features)
         if not sampling_requests:
             return InflightStep(out, [], None, None, [])
         token_bitmask = self.grammar_bitmask(sampling_requests)  # host work while the GPU runs the forward
@@ -330,16 +349,18 @@ class ModelRunner:
         return peak
 
     @torch.inference_mode()
-    def prefill_logits(self, token_ids: list[int], logits_rows: int | None = None) -> torch.Tensor:
-        """Logits of every position (or of the last `logits_rows`) of one prompt through the paged
-        path, using blocks 1.. of the cache as scratch. For parity tests, profiling and debugging;
-        needs an idle engine."""
+    def prefill_logits(
+        self, token_ids: list[int], logits_rows: int | None = None, images: list[ImageInput] | None = None
+    ) -> torch.Tensor:
+        """Logits of every position (or of the last `logits_rows`) of one prompt (with the images
+        whose placeholders it holds) through the paged path, using blocks 1.. of the cache as scratch.
+        For parity tests, profiling and debugging; needs an idle engine."""
         n = len(token_ids)
         per_group = self.kv_layout.blocks_per_group(n)
         if sum(per_group) + 1 > self.num_blocks:
             raise ValueError(f"{n} tokens need {sum(per_group)} KV blocks, the cache has {self.num_blocks - 1}")
         starts = np.cumsum([1, *per_group]).tolist()
-        probe = Request("prefill-probe", token_ids, SamplingParams(max_tokens=1), max_output_tokens=1)
+        probe = Request("prefill-probe", token_ids, SamplingParams(max_tokens=1), max_output_tokens=1, images=images)
         plan = SchedulerOutput(
             requests=[probe],
             num_scheduled_tokens={probe.request_id: n},
@@ -347,6 +368,7 @@ class ModelRunner:
         )
         step, _, _ = self.flatten(plan)
         step.logits_indices = np.arange(n - (n if logits_rows is None else logits_rows), n, dtype=np.int64)
+        image_features = self.step_image_features(plan)
         if self.tp_driver is not None:
             self.tp_driver.send_step(step)
-        return self.model.compute_logits(self.forward_hidden(step, None))
+        return self.model.compute_logits(self.forward_hidden(step, None, image_features))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from seekd.engine.multimodal import ImageInput
 from seekd.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class Request:
         cache_salt: str | None = None,
         deadline: float | None = None,
         output_token_ids: list[int] | None = None,
+        images: list[ImageInput] | None = None,
     ) -> None:
         """`output_token_ids` resumes a sequence that another engine had started (after a restart):
         it counts as output, exactly as for a preempted request, so sampler positions (seeded noise),
@@ -70,6 +72,7 @@ class Request:
         self.tenant = tenant
         self.cache_salt = cache_salt
         self.deadline = deadline
+        self.images: list[ImageInput] = sorted(images or [], key=lambda im: im.offset)
 
         self.output_token_ids: list[int] = list(output_token_ids or [])
         self.all_token_ids: list[int] = list(prompt_token_ids) + self.output_token_ids
@@ -183,3 +186,4 @@ class EngineCoreRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     cache_salt: str | None = None
     deadline: float | None = None  # time.monotonic(); CLOCK_MONOTONIC is system-wide, so valid across processes
     resume_output_token_ids: list[int] = msgspec.field(default_factory=list)  # produced before a restart
+    images: list[ImageInput] = msgspec.field(default_factory=list)  # their placeholders are in the prompt

@@ -58,3 +58,6 @@ class AttentionMetadata:
 @dataclass
 class ForwardContext:
     attn: AttentionMetadata
+    # (flat rows [R] int64, features [R, hidden]): image features that replace these rows' token
+    # embeddings (vision-language models at prefill); None on text-only steps
+    image_features: tuple[torch.Tensor, torch.Tensor] | None = None

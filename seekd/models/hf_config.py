@@ -8,14 +8,22 @@ from typing import Any
 
 
 class HFConfig:
+    """A vision-language model nests its language model's fields under `text_config`; a field missing
+    at the top level is read from there, so the engine sizes vocabulary, context and KV cache alike
+    for every model."""
+
     def __init__(self, data: dict[str, Any]) -> None:
         self._data = dict(data)
+        text = self._data.get("text_config")
+        self._text: dict[str, Any] = text if isinstance(text, dict) else {}
 
     def __getattr__(self, key: str) -> Any:
-        try:
-            return self.__dict__["_data"][key]
-        except KeyError:
-            raise AttributeError(f"config.json has no field {key!r}") from None
+        data = self.__dict__["_data"]
+        if key in data:
+            return data[key]
+        if key in self.__dict__["_text"]:
+            return self.__dict__["_text"][key]
+        raise AttributeError(f"config.json has no field {key!r}")
 
     @classmethod
     def from_folder(cls, folder: str | Path) -> HFConfig:
@@ -32,7 +40,7 @@ class HFConfig:
         return cls(data)
 
     def get(self, key: str, default: Any = None) -> Any:
-        value = self._data.get(key, default)
+        value = self._data.get(key, self._text.get(key))
         return default if value is None else value
 
     def to_dict(self) -> dict[str, Any]:
@@ -51,4 +59,4 @@ class HFConfig:
 
     @property
     def context_length(self) -> int:
-        return int(self._data.get("max_position_embeddings") or 4096)
+        return int(self.get("max_position_embeddings") or 4096)

@@ -15,6 +15,11 @@ _MODELS: dict[str, tuple[str, str]] = {
     "DeepseekV3ForCausalLM": ("seekd.models.deepseek_v2", "DeepseekV3ForCausalLM"),
     "DeepseekV32ForCausalLM": ("seekd.models.deepseek_v32", "DeepseekV32ForCausalLM"),
     "DeepseekV4ForCausalLM": ("seekd.models.deepseek_v4", "DeepseekV4ForCausalLM"),
+    "DeepseekVLForConditionalGeneration": ("seekd.models.deepseek_vl", "DeepseekVLForConditionalGeneration"),
+    "DeepseekVLHybridForConditionalGeneration": (
+        "seekd.models.deepseek_vl",
+        "DeepseekVLHybridForConditionalGeneration",
+    ),
 }
 
 

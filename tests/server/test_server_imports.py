@@ -7,5 +7,6 @@ import sys
 
 
 def test_server_modules_do_not_import_torch() -> None:
-    code = "import sys, seekd.server.app, seekd.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    modules = "seekd.server.app, seekd.server.images, seekd.cli"
+    code = f"import sys, {modules}; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
