@@ -12,10 +12,9 @@ from pathlib import Path
 
 from seekd.config import SeekdConfig
 from seekd.hub.aliases import VARIANTS, resolve_alias
-from seekd.hub.gpus import known_kinds, parse_gpus
+from seekd.hub.gpus import GOOD_CONTEXT, known_kinds, parse_gpus
 from seekd.hub.pull import DEFAULT_REVISION, Puller
 from seekd.hub.resolve import model_folder
-from seekd.hub.sizing import GOOD_CONTEXT
 from seekd.hub.sources import SOURCES, HubError, make_source
 from seekd.hub.store import ModelStore, default_root, split_ref
 from seekd.progress import transfer_bar

@@ -11,6 +11,9 @@ import re
 from dataclasses import dataclass
 
 MIB = 2**20
+# The context a layout must hold (R1's recommended generation length: reasoning needs long outputs);
+# here, torch-free, because `seekd --help` shows it as a default.
+GOOD_CONTEXT = 32768
 
 
 @dataclass(frozen=True)

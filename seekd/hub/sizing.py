@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from seekd.engine.kv_cache_layout import KVCacheLayout, bytes_per_token_by_kind, page_bytes_per_token
+from seekd.hub.gpus import GOOD_CONTEXT
 from seekd.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from seekd.layers.quantization import QuantConfig
 from seekd.models.expert_placement import count_split
@@ -38,7 +39,6 @@ BLOCK_SIZE = 16  # CacheConfig's default
 CHUNK_TOKENS = 8192  # SchedulerConfig's max_num_batched_tokens default: a long prompt's prefill chunk
 GPU_MEMORY_UTILIZATION = 0.9  # CacheConfig's default
 ACTIVATION_SHARE = 0.1  # of the usable memory, kept for activations and workspace
-GOOD_CONTEXT = 32768  # R1's recommended generation length: reasoning needs long outputs
 MIN_CONTEXT = 8192
 TP_SIZES = (1, 2, 4, 8)
 

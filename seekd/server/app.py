@@ -38,6 +38,7 @@ from seekd.server.errors import install_error_handlers
 from seekd.server.generation import ServingContext
 from seekd.server.http.body_limit import BodySizeLimitMiddleware
 from seekd.server.http.protocol import OpenAIErrorHttpProtocol
+from seekd.server.images import ImageFrontend
 from seekd.server.kb_routes import router as kb_router
 from seekd.server.knowledge import KnowledgeService
 from seekd.server.logprobs import TokenTexts
@@ -56,6 +57,7 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
         info = await client.start()
         tokenizer = await asyncio.to_thread(Tokenizer, Path(info.model_folder))
         generation_config = GenerationConfig.from_folder(info.model_folder)
+        images = await asyncio.to_thread(ImageFrontend.for_model, info.model_folder, tokenizer, config.server)
     except Exception as e:
         logger.error("cannot serve: %s", e)
         app.state.startup_error = str(e)
@@ -80,6 +82,7 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
         max_prompt_tokens=config.server.max_prompt_tokens,
         max_output_tokens=config.server.max_output_tokens,
         generation_config=generation_config,
+        images=images,
     )
     demo = " (demo model with RANDOM weights)" if config.model.model is None else ""
     logger.info(

@@ -18,6 +18,7 @@ from http import HTTPStatus
 from typing import Any
 
 from seekd.engine.context_length import output_budget
+from seekd.engine.multimodal import ImageInput
 from seekd.engine.output_processor import SequenceOutput, sequence_request_id
 from seekd.engine.outputs import EngineOutput, TokenLogprob
 from seekd.engine.request import EngineCoreRequest
@@ -29,6 +30,7 @@ from seekd.sampling_params import SamplingParams
 from seekd.server.admission import AdmissionController, RequestPolicy, Ticket
 from seekd.server.engine_client import EngineClient, EngineDeadError, EngineRequestError, RequestStream
 from seekd.server.errors import invalid_request
+from seekd.server.images import ImageFrontend
 from seekd.server.logprobs import TokenTexts
 from seekd.server.protocol import CompletionTokensDetails, PromptTokensDetails, Usage
 from seekd.server.reasoning import ReasoningTags, ReasoningTokenCounter
@@ -58,6 +60,7 @@ class ServingContext:
     max_prompt_tokens: int = 0  # 0 = the context length is the only bound
     max_output_tokens: int = 0  # 0 = the rest of the context
     generation_config: GenerationConfig = field(default_factory=GenerationConfig)  # the model's defaults
+    images: ImageFrontend | None = None  # image content parts of chat messages; None: a test context
 
     def default_max_tokens(self, prompt_len: int) -> int | None:
         """`max_tokens` of a chat request that sets none: the model's generation config, capped by
@@ -125,8 +128,10 @@ class Generation:
         params: SamplingParams,
         policy: RequestPolicy,
         reasoning: ReasoningTags | None = None,
+        images: list[ImageInput] | None = None,
     ) -> None:
-        """`reasoning` (chat): count each choice's reasoning tokens for the usage."""
+        """`reasoning` (chat): count each choice's reasoning tokens for the usage. `images` (chat,
+        one prompt): the prompt's images, whose placeholder tokens it holds."""
         self.ctx = ctx
         self.reasoning = reasoning
         self.request_id = request_id
@@ -162,6 +167,7 @@ class Generation:
                         tenant=policy.tenant,
                         deadline=policy.deadline,
                         cache_salt=cache_salt,
+                        images=list(images or []),
                     )
                 )
 

@@ -122,7 +122,9 @@ async def _respond(
 ) -> Response:
     """Runs the plan in the engine and answers: a stream once its first update is in (so errors
     before any output still get their status), or the whole response at the end."""
-    gen = Generation(ctx, request_id, plan.prompts, plan.params, plan.policy, reasoning=plan.reasoning)
+    gen = Generation(
+        ctx, request_id, plan.prompts, plan.params, plan.policy, reasoning=plan.reasoning, images=plan.images
+    )
     request.state.generation = gen  # for the audit trail
     request.state.access_fields = gen.access_fields
     try:

@@ -18,11 +18,13 @@ import msgspec
 from starlette.requests import Request
 
 from seekd.engine.context_length import ContextLengthExceeded, check_context_length
+from seekd.engine.multimodal import ImageInput
 from seekd.kb.rag import Citation
 from seekd.sampling_params import SamplingParams
 from seekd.server.admission import RequestPolicy, request_policy
 from seekd.server.errors import invalid_request
 from seekd.server.generation import ServingContext
+from seekd.server.images import ChatImages
 from seekd.server.knowledge import retrieve_for_chat
 from seekd.server.legacy_functions import legacy_history
 from seekd.server.protocol import ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingFields
@@ -52,6 +54,7 @@ class RequestPlan:
     tools: ToolSetup | None = None  # chat: how the output is read for tool calls
     citations: list[Citation] = field(default_factory=list)  # chat: passages put into the prompt
     echoes: list[str] = field(default_factory=list)  # completions: each prompt's text when `echo` is set
+    images: list[ImageInput] = field(default_factory=list)  # chat: the prompt's images, placeholders expanded
 
     @property
     def in_reasoning(self) -> bool:
@@ -67,7 +70,8 @@ async def plan_chat(ctx: ServingContext, req: ChatCompletionRequest, request: Re
     _check_chat_fields(req)
     check_num_sequences(ctx, 1, req.n, "n")
     tools = tool_setup(req, detect_tool_format(ctx.tokenizer.model_type, ctx.tokenizer.chat_template))
-    messages = prepare_history(legacy_history([_message_dict(i, m) for i, m in enumerate(req.messages)]))
+    chat_images = await ctx.images.prepare(req.messages) if ctx.images is not None else ChatImages(req.messages)
+    messages = prepare_history(legacy_history([_message_dict(i, m) for i, m in enumerate(chat_images.messages)]))
     retrieval = await retrieve_for_chat(ctx, req, messages, request)
     try:
         prompt_text = ctx.tokenizer.apply_chat_template(
@@ -78,7 +82,7 @@ async def plan_chat(ctx: ServingContext, req: ChatCompletionRequest, request: Re
         )
     except ChatTemplateError as e:
         raise invalid_request(str(e), param="messages") from e
-    prompt_ids = await ctx.encode(prompt_text, add_special_tokens=False)
+    prompt_ids, images = chat_images.bind(await ctx.encode(prompt_text, add_special_tokens=False))
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     if max_tokens is None:
         max_tokens = ctx.default_max_tokens(len(prompt_ids))
@@ -103,6 +107,7 @@ async def plan_chat(ctx: ServingContext, req: ChatCompletionRequest, request: Re
         reasoning=tags,
         tools=tools,
         citations=retrieval.citations,
+        images=images,
     )
 
 
