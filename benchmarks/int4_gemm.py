@@ -95,7 +95,7 @@ def int4_pass(weights: list[tuple], x_of: dict[int, torch.Tensor], product: str)
     return one_pass
 
 
-def bench_int4(shapes, layers: int, group: int, act_order: bool, bandwidth: float) -> dict:
+def bench_int4(shapes: list[tuple[int, int]], layers: int, group: int, act_order: bool, bandwidth: float) -> dict:
     weights = int4_layers(shapes, layers, group, act_order)
     nbytes = sum(sum(t.nbytes for t in w if t is not None) for w in weights)
     ks = {k for _, k in shapes}
@@ -121,7 +121,7 @@ def bench_int4(shapes, layers: int, group: int, act_order: bool, bandwidth: floa
     }
 
 
-def bench_bf16(shapes, layers: int, bandwidth: float) -> dict:
+def bench_bf16(shapes: list[tuple[int, int]], layers: int, bandwidth: float) -> dict:
     weights = [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * 0.02 for _ in range(layers) for n, k in shapes]
     nbytes = sum(w.nbytes for w in weights)
     x1 = {k: torch.randn(1, k, dtype=torch.bfloat16, device="cuda") for _, k in shapes}
@@ -146,15 +146,16 @@ def main() -> None:
         hidden, inter, heads, kv_heads, head_dim, layers = MODELS[model]
         layers = args.layers or layers
         shapes = layer_shapes(hidden, inter, heads, kv_heads, head_dim)
-        formats = {
-            "int4 g128": lambda: bench_int4(shapes, layers, 128, False, bandwidth),
-            "int4 g128 act-order": lambda: bench_int4(shapes, layers, 128, True, bandwidth),
-            "int4 g32": lambda: bench_int4(shapes, layers, 32, False, bandwidth),
-        }
+        formats = [("int4 g128", 128, False), ("int4 g128 act-order", 128, True), ("int4 g32", 32, False)]
         if model == "r1-distill-qwen-7b":
-            formats["bf16"] = lambda: bench_bf16(shapes, layers, bandwidth)
-        for fmt, run in formats.items():
-            row = {"model": model, "layers": layers, "format": fmt, **run()}
+            formats.append(("bf16", 0, False))
+        for fmt, group, act_order in formats:
+            measured = (
+                bench_int4(shapes, layers, group, act_order, bandwidth)
+                if group
+                else bench_bf16(shapes, layers, bandwidth)
+            )
+            row = {"model": model, "layers": layers, "format": fmt, **measured}
             row["llama_cpp_q4_k_m_ms"] = LLAMA_CPP_Q4_K_M_MS.get(model)
             rows.append(row)
             print(
@@ -165,7 +166,8 @@ def main() -> None:
     result = {
         **result_header("int4_gemm", name),
         "copy_bandwidth_gbs": bandwidth,
-        "note": "decoder-layer projections only (no LM head, attention, norms); roofline = weight bytes / copy bandwidth",
+        "note": "decoder-layer projections only (no LM head, attention, norms); "
+        "roofline = weight bytes / copy bandwidth",
         "results": rows,
     }
     out = args.out or Path("benchmarks/results") / f"int4_gemm_{tag}.json"
