@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from seekd.layers.build_scope import REFERENCE, KernelChoice, building_with
 from seekd.layers.expert_placement import ALL_ON_DEVICE, ExpertPlacement
 from seekd.layers.quantization import DENSE, QuantConfig, QuantizedWeight
 from seekd.models.dummy_weights import init_dummy_weights, init_sharded_dummy_weights
+from seekd.models.gguf_checkpoint import Q4_0_GROUP, gguf_file, gguf_int4_projections, iter_gguf
 from seekd.models.hf_config import HFConfig
 from seekd.models.int4_checkpoints import INT4_METHODS, Int4Scheme, int4_scheme, pair_int4
 from seekd.models.registry import model_class
@@ -64,7 +66,7 @@ def fp8_block_size(hf_config: HFConfig) -> tuple[int, int] | None:
     """The (rows, cols) of the FP8 weight blocks when config.json declares DeepSeek's block FP8
     (quant_method fp8, fmt e4m3, weight_block_size); None for an unquantised checkpoint."""
     quant = hf_config.get("quantization_config")
-    if not quant or str(quant.get("quant_method", "")).lower() in INT4_METHODS:
+    if not quant or str(quant.get("quant_method", "")).lower() in (*INT4_METHODS, "gguf"):
         return None
     block = quant.get("weight_block_size")
     if quant.get("quant_method") == "fp8" and quant.get("fmt", "e4m3") == "e4m3" and block and len(block) == 2:
@@ -104,6 +106,13 @@ def resolve_quant_config(hf_config: HFConfig, quantization: str, fp8_gemm: str, 
     scheme = int4_scheme(hf_config, quantization)
     if scheme is not None:
         return int4_quant_config(scheme, device)
+    gguf = hf_config.get("quantization_config", {}).get("tensor_types") if is_gguf(hf_config) else None
+    if gguf and quantization not in ("auto", "none"):
+        raise ValueError(f"--quantization {quantization} does not apply to a GGUF file; leave it at auto")
+    if gguf_int4_projections(hf_config):
+        return replace(int4_quant_config(Int4Scheme("gguf", Q4_0_GROUP), device), scheme="gguf Q4_0")
+    if gguf:
+        return QuantConfig(scheme=f"gguf {'+'.join(gguf)} (dequantized)")
     if quantization == "int8":
         if device.startswith("cuda"):
             raise ValueError("--quantization int8 is the CPU tier (torch's int8 CPU kernel); on a GPU use fp8")
@@ -115,6 +124,10 @@ def resolve_quant_config(hf_config: HFConfig, quantization: str, fp8_gemm: str, 
     else:
         gemm = "w8a8" if torch.cuda.get_device_capability(torch.device(device)) >= (8, 9) else "w8a16"
     return checkpoint_quant_config(hf_config, gemm, online=quantization == "fp8")
+
+
+def is_gguf(hf_config: HFConfig) -> bool:
+    return (hf_config.get("quantization_config") or {}).get("quant_method") == "gguf"
 
 
 def int4_quant_config(scheme: Int4Scheme, device: str) -> QuantConfig:
@@ -181,7 +194,8 @@ def load_model(
     folder = Path(folder)
     cls = model_class(hf_config.architecture)
     files: list[Path] = []
-    if load_format != "dummy":
+    gguf = gguf_file(folder) if load_format != "dummy" and is_gguf(hf_config) else None
+    if load_format != "dummy" and gguf is None:
         fp8_block_size(hf_config)  # an unsupported quantization fails before any work
         fp4_experts(hf_config)
         files = safetensors_files(folder)
@@ -201,6 +215,8 @@ def load_model(
         init_sharded_dummy_weights(model, cls, hf_config, seed)
     elif load_format == "dummy":
         init_dummy_weights(model, seed)
+    elif gguf is not None:
+        model.load_weights(iter_gguf(gguf, keep_q4_0=quant.linear == "int4"))
     else:
         model.load_weights(checkpoint_stream(iter_safetensors(files, show_progress), hf_config, quant.scheme or "auto"))
     logger.info(
