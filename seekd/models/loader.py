@@ -276,3 +276,15 @@ def checkpoint_bytes(files: list[Path], hf_config: HFConfig) -> int:
             start, end = meta["data_offsets"]
             total += end - start
     return total
+
+
+def precision_label(hf_config: HFConfig, quantization: str) -> str:
+    """The weight precision a load with `--quantization` keeps, in words for /v1/models and the logs
+    (read from config.json alone, so the API server can say it without touching a device)."""
+    quant = resolve_quant_config(hf_config, quantization, "auto", "cpu")
+    if quant.linear == "int4":
+        groups = "rows" if quant.group_size <= 0 else f"groups of {quant.group_size}"
+        return f"{quant.scheme} int4 ({groups}{', act-order' if quant.act_order else ''})"
+    if quant.low_bit or quant.scheme:
+        return quant.precision + (" (quantized at load)" if quant.online else "")
+    return "dequantized" if quantization == "none" else str(hf_config.torch_dtype_name or "bfloat16")

@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 
 from seekd import LLM
 from seekd.models.gguf_checkpoint import gguf_config, iter_gguf
+from seekd.models.hf_config import HFConfig
+from seekd.models.loader import precision_label
 
 gguf = pytest.importorskip("gguf")
 T = gguf.GGMLQuantizationType
@@ -120,6 +122,7 @@ def test_f32_gguf_serves_the_same_model_as_its_safetensors(tmp_path, arch):
 def test_q4_0_gguf_stays_int4_and_agrees_with_the_file_dequantized(tmp_path, arch):
     save_tiny_hf_model(arch, tmp_path / "hf")
     write_gguf(tmp_path / "hf", tmp_path / "gguf", arch, T.Q4_0)
+    assert precision_label(HFConfig.from_folder(tmp_path / "gguf"), "auto") == "gguf Q4_0 int4 (groups of 32)"
     int4 = engine(tmp_path / "gguf", tmp_path / "d2")
     model = int4.engine.runner.model
     assert {getattr(p, "low_bit_format", None) for n, p in model.named_parameters() if "proj.weight" in n} == {"int4"}

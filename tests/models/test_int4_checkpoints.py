@@ -25,7 +25,7 @@ from seekd import LLM
 from seekd.layers.quantization.int4 import Int4Weight
 from seekd.models.hf_config import HFConfig
 from seekd.models.int4_checkpoints import Int4Scheme, int4_scheme, pair_int4
-from seekd.models.loader import resolve_quant_config
+from seekd.models.loader import precision_label, resolve_quant_config
 
 NUM_PROMPTS, NUM_DECODE = 4, 60
 GROUP = 32  # divides every input width of the tiny models (64, 96, 160)
@@ -75,6 +75,8 @@ def test_quantization_flag_must_match_the_checkpoint(tmp_path, qwen2_model):
     write_int4_checkpoint(folder, tmp_path, "awq", GROUP)
     hf_config = HFConfig.from_folder(tmp_path)
     assert resolve_quant_config(hf_config, "awq", "auto", "cpu").scheme == "awq"
+    assert precision_label(hf_config, "auto") == "awq int4 (groups of 32)"
+    assert precision_label(hf_config, "none") == "dequantized"
     with pytest.raises(ValueError, match="checkpoint is awq"):
         resolve_quant_config(hf_config, "gptq", "auto", "cpu")
     assert int4_scheme(HFConfig.from_folder(folder)) is None
