@@ -165,3 +165,53 @@ def test_k_quant_blocks_load_as_gguf_dequantizes_them(tmp_path, qtype):
     expected = gguf.quants.dequantize(raw.reshape(rows, -1), qtype)
     assert np.isfinite(expected).all()
     np.testing.assert_array_equal(loaded.numpy(), expected)
+
+
+def test_tokenizer_is_rebuilt_from_gguf_metadata_when_no_tokenizer_json(tmp_path):
+    import json
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from seekd.text.gguf_tokenizer import SPLITS
+    from seekd.text.tokenizer import Tokenizer as SeekdTokenizer
+
+    original = Tokenizer(models.BPE())
+    original.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(SPLITS["qwen2"]), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    original.decoder = decoders.ByteLevel()
+    corpus = ["The quick brown fox jumps over 1234 lazy dogs.", "深度求索 serves models", "don't stop\n\n  now"] * 50
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>", "<|im_start|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    original.train_from_iterator(corpus, trainer)
+    spec = json.loads(original.to_str())
+    vocab = spec["model"]["vocab"]
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]]
+    template = "{% for m in messages %}<|im_start|>{{ m['content'] }}{% endfor %}"
+    writer = gguf.GGUFWriter(str(tmp_path / "model.gguf"), "qwen2")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("qwen2")
+    writer.add_token_list(tokens)
+    writer.add_token_merges(merges)
+    writer.add_token_types([3 if t.startswith("<|") else 1 for t in tokens])
+    writer.add_bos_token_id(vocab["<|im_start|>"])
+    writer.add_eos_token_id(vocab["<|endoftext|>"])
+    writer.add_chat_template(template)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    rebuilt = SeekdTokenizer(tmp_path)
+    for text in ["The lazy fox 56789!", "深度求索 don't\n\n stop", "<|im_start|>hello<|endoftext|>"]:
+        assert rebuilt.encode(text) == original.encode(text).ids, text
+        assert rebuilt.backend.decode(rebuilt.encode(text), skip_special_tokens=False) == text
+    assert rebuilt.eos_token == "<|endoftext|>" and rebuilt.eos_token_id == vocab["<|endoftext|>"]
+    assert rebuilt.chat_template == template
+    assert vocab["<|endoftext|>"] in rebuilt.all_special_ids
