@@ -43,9 +43,10 @@ class Int4Linear:
 
     def create_weights(self, layer: LinearBase, in_features: int, out_features: int) -> None:
         groups = self.groups(in_features)
-        if in_features % PACK or in_features % groups:
+        if in_features % PACK or not groups or in_features % groups or in_features // groups % 16:
             raise ValueError(
-                f"a layer of {in_features} input features cannot hold INT4 weights in groups of {self.group_size}"
+                f"a layer of {in_features} input features cannot hold INT4 weights in groups of {self.group_size} "
+                "(groups must tile the inputs and hold a multiple of 16)"
             )
         if self.gemm == "cpu" and not (
             layer.params_dtype == torch.bfloat16 and cpu_int4_supports(in_features, in_features // groups)
