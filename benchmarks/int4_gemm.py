@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from seekd.bench.report import result_header
+from seekd.kernels.gemv import graph_time_ms
 from seekd.kernels.int4_gemm import INT4_GEMV_CANDIDATES, int4_gemv, w4a16_matmul
 
 # hidden, intermediate, q heads, kv heads, head dim, layers
@@ -47,26 +47,10 @@ def layer_shapes(hidden: int, inter: int, heads: int, kv_heads: int, head_dim: i
     ]
 
 
-def time_ms(fn: Callable[[], object], reps: int = 10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for start, end in events:
-        start.record()
-        graph.replay()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in events)
-
-
 def copy_bandwidth_gbs() -> float:
     src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    return 2 * src.numel() / time_ms(lambda: dst.copy_(src)) / 1e6
+    return 2 * src.numel() / graph_time_ms(lambda: dst.copy_(src), 10) / 1e6
 
 
 def int4_layers(shapes: list[tuple[int, int]], layers: int, group: int, act_order: bool) -> list[tuple]:
@@ -100,12 +84,12 @@ def bench_int4(shapes: list[tuple[int, int]], layers: int, group: int, act_order
     nbytes = sum(sum(t.nbytes for t in w if t is not None) for w in weights)
     ks = {k for _, k in shapes}
     x1 = {k: torch.randn(1, k, dtype=torch.bfloat16, device="cuda") for k in ks}
-    timings = {"w4a16_matmul": time_ms(int4_pass(weights, x1, "gemm"))}
+    timings = {"w4a16_matmul": graph_time_ms(int4_pass(weights, x1, "gemm"), 10)}
     for i, config in enumerate(INT4_GEMV_CANDIDATES):
-        timings[config.name] = time_ms(int4_pass(weights, x1, str(i)))
+        timings[config.name] = graph_time_ms(int4_pass(weights, x1, str(i)), 10)
     best = min(timings, key=timings.get)
     x256 = {k: torch.randn(256, k, dtype=torch.bfloat16, device="cuda") for k in ks}
-    ms256 = time_ms(int4_pass(weights, x256, "gemm"), reps=5)
+    ms256 = graph_time_ms(int4_pass(weights, x256, "gemm"), reps=5)
     flops = 2 * 256 * sum(n * k for n, k in shapes) * layers
     del weights
     torch.cuda.empty_cache()
@@ -130,7 +114,7 @@ def bench_bf16(shapes: list[tuple[int, int]], layers: int, bandwidth: float) -> 
         for w in weights:
             F.linear(x1[w.shape[1]], w)
 
-    ms = time_ms(one_pass)
+    ms = graph_time_ms(one_pass, 10)
     weights.clear()
     torch.cuda.empty_cache()
     roofline = nbytes / bandwidth / 1e6

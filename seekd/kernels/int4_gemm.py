@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from seekd.kernels.gemv import graph_time_ms
+from seekd.kernels.gemv import fastest
 
 PACK = 8
 
@@ -300,10 +300,4 @@ def pick_int4_gemv(
 
         return one_pass
 
-    timings = {"w4a16_matmul": graph_time_ms(run(None), reps)}
-    best, best_ms = None, timings["w4a16_matmul"]
-    for config in INT4_GEMV_CANDIDATES:
-        timings[config.name] = graph_time_ms(run(config), reps)
-        if timings[config.name] < best_ms * 0.98:  # a clear win only: the GEMM stays on a tie
-            best, best_ms = config, timings[config.name]
-    return best, timings
+    return fastest(run, "w4a16_matmul", reps, INT4_GEMV_CANDIDATES)
