@@ -139,3 +139,19 @@ def test_v2_lite_int4_checkpoint_agrees_with_its_dequantized_engine(tmp_path, ti
     config = json.loads((tmp_path / "int4" / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == method
     assert_int4_agrees(tmp_path / "int4", tmp_path, hf_model.config.vocab_size)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="int8 rows are the CPU tier")
+def test_int8_quantization_on_the_cpu_keeps_int8_rows_close_to_the_float_model(tmp_path, qwen2_model):
+    folder, hf_model = qwen2_model
+    reference, int8 = engine(folder, tmp_path / "d1", "none", "auto"), engine(folder, tmp_path / "d2", "int8", "auto")
+    formats = {
+        getattr(p, "low_bit_format", None) for n, p in int8.engine.runner.model.named_parameters() if "proj" in n
+    }
+    assert formats == {"int8", None}  # weights and their row scales; the biases stay float
+    gen = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(2, hf_model.config.vocab_size, (n,), generator=gen).tolist() for n in (12, 16)]
+    sequences = greedy_sequences(reference, prompts, 40)
+    lens = [len(p) for p in prompts]
+    result = agreement(decode_logits(reference, sequences, lens), decode_logits(int8, sequences, lens))
+    assert result.mean_kl <= 1e-3 and result.top1 >= 0.9, result  # per-row int8 and bf16 products
