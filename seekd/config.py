@@ -99,8 +99,10 @@ class ModelConfig:
         "auto",
         "weight precision on the device: auto = the checkpoint's own (DeepSeek's block FP8 and V4's FP4 experts "
         "stay low-bit, bf16 stays bf16); none = dequantize all on load (the reference); fp8 = also quantize "
-        "bf16 weights to 128x128 block FP8 while loading (half the memory)",
-        choices=("auto", "none", "fp8"),
+        "bf16 weights to 128x128 block FP8 while loading (half the memory); awq, gptq = the checkpoint is 4-bit "
+        "AWQ/GPTQ (detected from quantization_config under auto; named, config.json may lack it); int8 = on the "
+        "CPU, quantize weights to int8 per output row while loading",
+        choices=("auto", "none", "fp8", "awq", "gptq", "int8"),
     )
     fp8_gemm: str = setting(
         "auto",

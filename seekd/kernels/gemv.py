@@ -227,7 +227,7 @@ def pick_gemv(
 
         return one_pass
 
-    return _fastest(run, "cublas", reps)
+    return fastest(run, "cublas", reps)
 
 
 def pick_normed_gemv(
@@ -255,15 +255,20 @@ def pick_normed_gemv(
 
         return one_pass
 
-    return _fastest(run, f"rmsnorm+{'cublas' if plain is None else plain.name}", reps)
+    return fastest(run, f"rmsnorm+{'cublas' if plain is None else plain.name}", reps)
 
 
-def _fastest(
-    run: Callable[[GemvConfig | None], Callable[[], None]], baseline_name: str, reps: int
+def fastest(
+    run: Callable[[GemvConfig | None], Callable[[], None]],
+    baseline_name: str,
+    reps: int,
+    candidates: Sequence = CANDIDATES,
 ) -> tuple[GemvConfig | None, dict[str, float]]:
+    """The candidate (anything with a `name`) whose pass `run(candidate)` replays fastest, or None when
+    none clearly beats the baseline pass `run(None)`; with every timing, the baseline's first."""
     timings = {baseline_name: graph_time_ms(run(None), reps)}
     best, best_ms = None, timings[baseline_name]
-    for config in CANDIDATES:
+    for config in candidates:
         ms = graph_time_ms(run(config), reps)
         timings[config.name] = ms
         if ms < best_ms * 0.98:  # a clear win only: the baseline stays on a tie

@@ -36,6 +36,16 @@ def init_dummy_low_bit(param: nn.Parameter, name: str, gen: torch.Generator) -> 
     """FP8 codes ~ N(0, 32) under scales of 0.02/32; FP4 codes uniform (mean magnitude ~2.6) under
     scales of 2**-7. Filled a slice at a time: no float32 copy of a whole expert stack."""
     data = param.data
+    if param.low_bit_format == "int4":  # codes uniform over 0..15 around zero points of 8
+        if name.endswith("_zero"):
+            data.fill_(8)
+        elif name.endswith("_perm"):
+            data.copy_(torch.arange(data.shape[0], device=data.device))
+        elif data.is_floating_point():
+            data.fill_(0.02 / 4.6)  # uniform codes minus 8 have a standard deviation of 4.6
+        else:
+            data.copy_(torch.randint(-(2**31), 2**31, data.shape, generator=gen, device=data.device))
+        return
     is_scale = name.endswith(("_scale_inv", "_scale"))
     if is_scale:
         data.fill_(0.02 / 32 if data.dtype == torch.float32 else 127 - 7)

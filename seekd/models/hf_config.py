@@ -32,6 +32,11 @@ class HFConfig:
             raise FileNotFoundError(f"model folder {path} does not exist")
         config_file = path / "config.json"
         if not config_file.is_file():
+            from seekd.models.gguf_checkpoint import gguf_config, gguf_file
+
+            gguf = gguf_file(path)
+            if gguf is not None:  # llama.cpp's file carries the config in its metadata
+                return cls(gguf_config(gguf))
             raise FileNotFoundError(f"model folder {path} has no config.json")
         try:
             data = json.loads(config_file.read_text())

@@ -7,6 +7,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,7 +19,9 @@ from seekd.layers.build_scope import REFERENCE, KernelChoice, building_with
 from seekd.layers.expert_placement import ALL_ON_DEVICE, ExpertPlacement
 from seekd.layers.quantization import DENSE, QuantConfig, QuantizedWeight
 from seekd.models.dummy_weights import init_dummy_weights, init_sharded_dummy_weights
+from seekd.models.gguf_checkpoint import Q4_0_GROUP, gguf_file, gguf_int4_projections, iter_gguf
 from seekd.models.hf_config import HFConfig
+from seekd.models.int4_checkpoints import INT4_METHODS, Int4Scheme, int4_scheme, pair_int4
 from seekd.models.registry import model_class
 from seekd.models.weights import pair_quantized, skip_layers_from
 from seekd.progress import progress_bar
@@ -63,14 +66,15 @@ def fp8_block_size(hf_config: HFConfig) -> tuple[int, int] | None:
     """The (rows, cols) of the FP8 weight blocks when config.json declares DeepSeek's block FP8
     (quant_method fp8, fmt e4m3, weight_block_size); None for an unquantised checkpoint."""
     quant = hf_config.get("quantization_config")
-    if not quant:
+    if not quant or str(quant.get("quant_method", "")).lower() in (*INT4_METHODS, "gguf"):
         return None
     block = quant.get("weight_block_size")
     if quant.get("quant_method") == "fp8" and quant.get("fmt", "e4m3") == "e4m3" and block and len(block) == 2:
         return int(block[0]), int(block[1])
     raise ValueError(
         f"config.json has quantization_config {quant}, which seekd cannot load yet; supported is "
-        "block FP8 (quant_method fp8, fmt e4m3, weight_block_size [128, 128]) as DeepSeek-V3/R1 ship it"
+        "block FP8 (quant_method fp8, fmt e4m3, weight_block_size [128, 128]) as DeepSeek-V3/R1 ship it, "
+        "and 4-bit AWQ (GEMM) and GPTQ"
     )
 
 
@@ -84,7 +88,7 @@ def fp4_experts(hf_config: HFConfig) -> bool:
     return expert_dtype == "fp4"
 
 
-QUANTIZATION_CHOICES = ("auto", "none", "fp8")
+QUANTIZATION_CHOICES = ("auto", "none", "fp8", "awq", "gptq", "int8")
 FP8_GEMM_CHOICES = ("auto", "w8a8", "w8a16")
 
 
@@ -99,6 +103,20 @@ def resolve_quant_config(hf_config: HFConfig, quantization: str, fp8_gemm: str, 
         raise ValueError(f"fp8_gemm must be one of {', '.join(FP8_GEMM_CHOICES)}, not {fp8_gemm!r}")
     if quantization == "none":
         return DENSE
+    scheme = int4_scheme(hf_config, quantization)
+    if scheme is not None:
+        return int4_quant_config(scheme, device)
+    gguf = hf_config.get("quantization_config", {}).get("tensor_types") if is_gguf(hf_config) else None
+    if gguf and quantization not in ("auto", "none"):
+        raise ValueError(f"--quantization {quantization} does not apply to a GGUF file; leave it at auto")
+    if gguf_int4_projections(hf_config):
+        return replace(int4_quant_config(Int4Scheme("gguf", Q4_0_GROUP), device), scheme="gguf Q4_0")
+    if gguf:
+        return QuantConfig(scheme=f"gguf {'+'.join(gguf)} (dequantized)")
+    if quantization == "int8":
+        if device.startswith("cuda"):
+            raise ValueError("--quantization int8 is the CPU tier (torch's int8 CPU kernel); on a GPU use fp8")
+        return QuantConfig(linear="int8", online=True, scheme="int8")
     if not device.startswith("cuda"):
         gemm = "torch"
     elif fp8_gemm != "auto":
@@ -106,6 +124,23 @@ def resolve_quant_config(hf_config: HFConfig, quantization: str, fp8_gemm: str, 
     else:
         gemm = "w8a8" if torch.cuda.get_device_capability(torch.device(device)) >= (8, 9) else "w8a16"
     return checkpoint_quant_config(hf_config, gemm, online=quantization == "fp8")
+
+
+def is_gguf(hf_config: HFConfig) -> bool:
+    return (hf_config.get("quantization_config") or {}).get("quant_method") == "gguf"
+
+
+def int4_quant_config(scheme: Int4Scheme, device: str) -> QuantConfig:
+    """INT4 linears for an AWQ/GPTQ checkpoint: the Triton W4A16 kernels on a GPU, torch's int4 CPU
+    kernel on the CPU (layers whose groups it does not take dequantize per call, the reference).
+    Routed experts are dequantized at load (no INT4 MoE kernel yet)."""
+    return QuantConfig(
+        linear="int4",
+        int4_gemm="triton" if device.startswith("cuda") else "cpu",
+        group_size=scheme.group_size,
+        act_order=scheme.act_order,
+        scheme=scheme.method,
+    )
 
 
 def checkpoint_quant_config(hf_config: HFConfig, fp8_gemm: str, online: bool = False) -> QuantConfig:
@@ -119,10 +154,11 @@ def checkpoint_quant_config(hf_config: HFConfig, fp8_gemm: str, online: bool = F
 
 
 def checkpoint_stream(
-    weights: Iterator[tuple[str, torch.Tensor]], hf_config: HFConfig
+    weights: Iterator[tuple[str, torch.Tensor]], hf_config: HFConfig, requested: str = "auto"
 ) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
     """The checkpoint's tensors as the model expects them: multi-token-prediction layers (after the
-    last decoder layer) dropped, block-FP8 and FP4 weights paired with their scales. V4 names a
+    last decoder layer) dropped, block-FP8 and FP4 weights paired with their scales, AWQ/GPTQ layers
+    gathered into INT4 weights (`requested`: the --quantization that may name the INT4 scheme). V4 names a
     weight's scale `X.scale` (V3: `X.weight_scale_inv`); its MTP module (`mtp.*`) is skipped by the model."""
     v4_layout = hf_config.get("model_type") == "deepseek_v4"
     num_mtp = int(hf_config.get("num_nextn_predict_layers", 0))
@@ -133,6 +169,9 @@ def checkpoint_stream(
         raise ValueError(f"block FP8 with {block[0]}x{block[1]} blocks; seekd reads DeepSeek's 128x128 blocks")
     if block is not None or fp4:
         weights = pair_quantized(weights, fp4_experts=fp4, v4_layout=v4_layout)
+    scheme = int4_scheme(hf_config, requested)
+    if scheme is not None:
+        weights = pair_int4(weights, scheme)
     return weights
 
 
@@ -155,7 +194,8 @@ def load_model(
     folder = Path(folder)
     cls = model_class(hf_config.architecture)
     files: list[Path] = []
-    if load_format != "dummy":
+    gguf = gguf_file(folder) if load_format != "dummy" and is_gguf(hf_config) else None
+    if load_format != "dummy" and gguf is None:
         fp8_block_size(hf_config)  # an unsupported quantization fails before any work
         fp4_experts(hf_config)
         files = safetensors_files(folder)
@@ -175,8 +215,10 @@ def load_model(
         init_sharded_dummy_weights(model, cls, hf_config, seed)
     elif load_format == "dummy":
         init_dummy_weights(model, seed)
+    elif gguf is not None:
+        model.load_weights(iter_gguf(gguf, keep_q4_0=quant.linear == "int4"))
     else:
-        model.load_weights(checkpoint_stream(iter_safetensors(files, show_progress), hf_config))
+        model.load_weights(checkpoint_stream(iter_safetensors(files, show_progress), hf_config, quant.scheme or "auto"))
     logger.info(
         "loaded %s (%s) on %s in %s: %.2f GiB of weights%s",
         hf_config.architecture,
@@ -184,7 +226,10 @@ def load_model(
         device,
         dtype,
         model_weight_bytes(model) / 2**30,
-        f" (linear {quant.linear}, experts {quant.experts}, products {quant.fp8_gemm})" if quant.low_bit else "",
+        f" ({quant.precision}: linear {quant.linear}, experts {quant.experts}, products "
+        f"{quant.int4_gemm if quant.linear == 'int4' else quant.fp8_gemm})"
+        if quant.low_bit
+        else "",
     )
     if placement.num_host_experts:
         logger.info(
@@ -231,3 +276,15 @@ def checkpoint_bytes(files: list[Path], hf_config: HFConfig) -> int:
             start, end = meta["data_offsets"]
             total += end - start
     return total
+
+
+def precision_label(hf_config: HFConfig, quantization: str) -> str:
+    """The weight precision a load with `--quantization` keeps, in words for /v1/models and the logs
+    (read from config.json alone, so the API server can say it without touching a device)."""
+    quant = resolve_quant_config(hf_config, quantization, "auto", "cpu")
+    if quant.linear == "int4":
+        groups = "rows" if quant.group_size <= 0 else f"groups of {quant.group_size}"
+        return f"{quant.scheme} int4 ({groups}{', act-order' if quant.act_order else ''})"
+    if quant.low_bit or quant.scheme:
+        return quant.precision + (" (quantized at load)" if quant.online else "")
+    return "dequantized" if quantization == "none" else str(hf_config.torch_dtype_name or "bfloat16")

@@ -58,6 +58,7 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
         tokenizer = await asyncio.to_thread(Tokenizer, Path(info.model_folder))
         generation_config = GenerationConfig.from_folder(info.model_folder)
         images = await asyncio.to_thread(ImageFrontend.for_model, info.model_folder, tokenizer, config.server)
+        precision = await asyncio.to_thread(_precision, info.model_folder, config.model.quantization)
     except Exception as e:
         logger.error("cannot serve: %s", e)
         app.state.startup_error = str(e)
@@ -83,18 +84,30 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
         max_output_tokens=config.server.max_output_tokens,
         generation_config=generation_config,
         images=images,
+        quantization=config.model.quantization,
+        precision=precision,
     )
     demo = " (demo model with RANDOM weights)" if config.model.model is None else ""
     logger.info(
-        "ready: serving %s%s from %s, context %d tokens, at %s://%s:%d/v1",
+        "ready: serving %s%s from %s in %s, context %d tokens, at %s://%s:%d/v1",
         name,
         demo,
         info.model_folder,
+        precision,
         info.max_model_len,
         _scheme(config),
         config.server.host,
         config.server.port,
     )
+
+
+def _precision(model_folder: str, quantization: str) -> str:
+    """The loaded weight precision in words, from config.json (the loader's rule, imported here only:
+    it brings torch into the API process, which needs it for nothing else)."""
+    from seekd.models.hf_config import HFConfig
+    from seekd.models.loader import precision_label
+
+    return precision_label(HFConfig.from_folder(model_folder), quantization)
 
 
 def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = None) -> FastAPI:

@@ -58,6 +58,8 @@ class ServingContext:
     request_timeout_s: float  # default deadline of a request; 0 = none
     tenant_cache_isolation: bool = True  # prefix-cache hits only within a tenant
     max_prompt_tokens: int = 0  # 0 = the context length is the only bound
+    quantization: str | None = None  # --quantization, and the weight precision it loads (/v1/models)
+    precision: str | None = None
     max_output_tokens: int = 0  # 0 = the rest of the context
     generation_config: GenerationConfig = field(default_factory=GenerationConfig)  # the model's defaults
     images: ImageFrontend | None = None  # image content parts of chat messages; None: a test context

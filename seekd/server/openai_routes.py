@@ -96,7 +96,13 @@ async def retrieve_model(model_id: str, request: Request) -> ModelCard:
 
 
 def _model_card(ctx: ServingContext) -> ModelCard:
-    return ModelCard(id=ctx.served_model_name, created=ctx.created, max_model_len=ctx.max_model_len)
+    return ModelCard(
+        id=ctx.served_model_name,
+        created=ctx.created,
+        max_model_len=ctx.max_model_len,
+        quantization=ctx.quantization,
+        precision=ctx.precision,
+    )
 
 
 @router.post("/v1/chat/completions", responses={**streamed(ChatCompletionResponse), **GENERATION})

@@ -303,6 +303,8 @@ class ModelCard(BaseModel):
     created: int
     owned_by: str = "seekd"
     max_model_len: int | None = None
+    quantization: str | None = None  # --quantization as given
+    precision: str | None = None  # the weight precision it loads: "awq int4 (groups of 128)", "bfloat16", ...
 
 
 class ModelList(BaseModel):

@@ -25,11 +25,17 @@ class Tokenizer:
     def __init__(self, folder: str | Path) -> None:
         folder = Path(folder)
         path = folder / "tokenizer.json"
-        if not path.is_file():
+        ggufs = sorted(folder.glob("*.gguf")) if not path.is_file() else []
+        if path.is_file():
+            self.backend = tokenizers.Tokenizer.from_file(str(path))
+            config_path = folder / "tokenizer_config.json"
+            config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        elif len(ggufs) == 1:  # llama.cpp's file alone: its metadata carries the tokenizer
+            from seekd.text.gguf_tokenizer import gguf_tokenizer
+
+            self.backend, config = gguf_tokenizer(ggufs[0])
+        else:
             raise FileNotFoundError(f"model folder {folder} has no tokenizer.json")
-        self.backend = tokenizers.Tokenizer.from_file(str(path))
-        config_path = folder / "tokenizer_config.json"
-        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
         self.bos_token = _token_content(config.get("bos_token"))
         self.eos_token = _token_content(config.get("eos_token"))
         self.pad_token = _token_content(config.get("pad_token"))

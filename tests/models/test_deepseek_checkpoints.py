@@ -122,10 +122,15 @@ def test_fp8_block_checkpoint_loads_and_skips_the_mtp_layer(tmp_path, tiny_deeps
 def test_unsupported_quantization_is_refused_with_a_clear_error(tmp_path, tiny_deepseek):
     tiny_deepseek("v2_lite", tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "gptq", "bits": 4}
-    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"gptq.*cannot load yet"):
-        LLM(str(tmp_path / "m"), data_dir=str(tmp_path / "data"), num_kv_blocks=8, show_progress=False)
+    for quant, message in (
+        ({"quant_method": "bitsandbytes", "load_in_4bit": True}, r"bitsandbytes.*cannot load yet"),
+        ({"quant_method": "gptq", "bits": 8}, r"8-bit weights; seekd loads 4-bit AWQ and GPTQ"),
+        ({"quant_method": "gptq", "bits": 4}, r"input features cannot hold INT4 weights in groups of 128"),
+    ):
+        config["quantization_config"] = quant
+        (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+        with pytest.raises(ValueError, match=message):
+            LLM(str(tmp_path / "m"), data_dir=str(tmp_path / "data"), num_kv_blocks=8, show_progress=False)
 
 
 def test_packed_expert_layout_loads_like_per_expert(tmp_path, tiny_deepseek):

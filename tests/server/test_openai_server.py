@@ -69,6 +69,8 @@ def test_health_ready_models_and_openapi(server: ServerHandle, client: openai.Op
     ready = server.ready_payload()
     assert ready["status"] == "ready" and ready["model"] == model == "seekd-demo-random"
     assert ready["max_model_len"] == 8192
+    (card,) = httpx.get(f"{server.base_url}/v1/models").json()["data"]
+    assert card["quantization"] == "auto" and card["precision"] in server.log()
     schema = httpx.get(f"{server.base_url}/openapi.json").json()
     assert {"/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(schema["paths"])
     assert "starting on http://127.0.0.1" in server.log() and "ready: serving seekd-demo-random" in server.log()

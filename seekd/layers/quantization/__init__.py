@@ -28,6 +28,7 @@ AMAX_FLOOR = 1e-10  # an all-zero block still gets a finite scale
 FP4_E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
 WEIGHT_FORMATS = ("dense", "fp8_block", "fp4")
+LINEAR_FORMATS = ("dense", "fp8_block", "int4", "int8")
 
 
 def dequantize_block_fp8(
@@ -173,17 +174,26 @@ class QuantConfig:
     experts: "dense", "fp8_block" or "fp4" for the routed experts.
     fp8_gemm: how block-FP8 products run: "w8a8" (FP8 tensor cores, sm_89+), "w8a16" (FP8 decoded in
       registers, bf16 tensor cores, sm_80+) or "torch" (dequantize per call: the CPU reference).
-    online: bf16 checkpoint weights are quantized to block FP8 as they load (`--quantization fp8`).
+    online: bf16 checkpoint weights are quantized to block FP8 as they load (`--quantization fp8`),
+      or to int8 rows (`--quantization int8`, a CPU format).
+    int4_gemm, group_size, act_order: INT4 linears (AWQ/GPTQ, quantization/int4.py): how products run
+      ("triton", "torch" = dequantize per call, "cpu" = torch's int4 CPU kernel), the group size (-1:
+      one group per row) and whether the checkpoint has act-order (g_idx) input permutations.
+    scheme: the name reported for this precision (/v1/models, the start-up log), e.g. "awq".
     """
 
     linear: str = "dense"
     experts: str = "dense"
     fp8_gemm: str = "torch"
     online: bool = False
+    int4_gemm: str = "torch"
+    group_size: int = 128
+    act_order: bool = False
+    scheme: str = ""
 
     def __post_init__(self) -> None:
-        if self.linear not in ("dense", "fp8_block"):
-            raise ValueError(f"linear weight format must be dense or fp8_block, not {self.linear!r}")
+        if self.linear not in LINEAR_FORMATS:
+            raise ValueError(f"linear weight format must be one of {', '.join(LINEAR_FORMATS)}, not {self.linear!r}")
         if self.experts not in WEIGHT_FORMATS:
             raise ValueError(f"expert weight format must be one of {', '.join(WEIGHT_FORMATS)}, not {self.experts!r}")
         if self.fp8_gemm not in ("w8a8", "w8a16", "torch"):
@@ -192,6 +202,15 @@ class QuantConfig:
     @property
     def low_bit(self) -> bool:
         return self.linear != "dense" or self.experts != "dense"
+
+    @property
+    def precision(self) -> str:
+        """What the weights are held in, as reported: the scheme's name, else the formats kept."""
+        if self.scheme:
+            return self.scheme
+        if not self.low_bit:
+            return "dense"
+        return self.linear if self.experts in (self.linear, "dense") else f"{self.linear}+{self.experts} experts"
 
 
 DENSE = QuantConfig()

@@ -11,6 +11,8 @@ from torch import nn
 
 from seekd.intmath import cdiv
 from seekd.layers.quantization import FP8_BLOCK, QuantConfig, QuantizedWeight, quantize_fp8_blocks
+from seekd.layers.quantization.int4_linear import Int4Linear
+from seekd.layers.quantization.int8_rows import dequantize_int8_rows, int8_rows_linear, quantize_int8_rows
 
 if TYPE_CHECKING:
     from seekd.layers.linear import LinearBase
@@ -28,9 +30,12 @@ class DenseLinear:
     def adopt(self, layer: LinearBase) -> None:
         """Turn a layer built low-bit into a dense one in place (the checkpoint holds it in full precision)."""
         weight = layer.weight
-        weight.data = torch.empty(weight.shape, dtype=layer.params_dtype, device=weight.device)
+        shape = (layer.out_features, layer.in_features)
+        weight.data = torch.empty(shape, dtype=layer.params_dtype, device=weight.device)
         del weight.low_bit_format
-        del layer.weight_scale_inv
+        for name, param in list(layer.named_parameters(recurse=False)):
+            if name != "weight" and getattr(param, "low_bit_format", None):
+                delattr(layer, name)
 
     def load(self, layer: LinearBase, loaded: torch.Tensor | QuantizedWeight, row: int, src: tuple[int, int, int]):
         """Copy the slice `src` (dim, start, length) of the checkpoint tensor into the weight from `row` on."""
@@ -122,12 +127,57 @@ class Fp8BlockLinear:
         return layer.weight.nbytes + layer.weight_scale_inv.nbytes
 
 
-def linear_method(config: QuantConfig, out_parts: list[int], quantizable: bool) -> DenseLinear | Fp8BlockLinear:
-    """The format a linear layer is built with: block FP8 when the model is, the layer may be (MLA's
-    kv_b_proj is folded into attention as a dense matrix, so it stays dense) and every fused part
-    starts on a 128-row boundary (a scale block never straddles two parts)."""
-    if config.linear == "fp8_block" and quantizable and all(p % FP8_BLOCK == 0 for p in out_parts[:-1]):
+class Int8RowsLinear:
+    """Weight-only int8 with one float32 scale per output row (quantization/int8_rows.py), quantized
+    from the checkpoint's weights as they load (`--quantization int8`): the CPU tier, where torch's
+    int8 kernel multiplies bf16 activations by them without widening the weight."""
+
+    format = "int8"
+
+    def create_weights(self, layer: LinearBase, in_features: int, out_features: int) -> None:
+        layer.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=torch.int8), requires_grad=False)
+        layer.weight_scale = nn.Parameter(torch.empty(out_features, dtype=torch.float32), requires_grad=False)
+        layer.weight.low_bit_format = layer.weight_scale.low_bit_format = self.format
+
+    def load(self, layer: LinearBase, loaded: torch.Tensor | QuantizedWeight, row: int, src: tuple[int, int, int]):
+        dim, start, length = src
+        if isinstance(loaded, QuantizedWeight):
+            loaded = loaded.dequantize(torch.float32)
+        codes, scale = quantize_int8_rows(loaded.narrow(dim, start, length))
+        _copy_checked(layer.weight.data.narrow(0, row, codes.shape[0]), codes)
+        _copy_checked(layer.weight_scale.data.narrow(0, row, codes.shape[0]), scale)
+
+    def apply(self, layer: LinearBase, x: torch.Tensor, bias: torch.Tensor | None, gated: bool) -> torch.Tensor:
+        if gated:
+            raise ValueError("int8 layers take the activation before the product; call forward_gated")
+        if layer.weight.device.type != "cpu":  # torch's int8 kernel is a CPU one
+            out = F.linear(x, dequantize_int8_rows(layer.weight, layer.weight_scale, x.dtype))
+        else:
+            out = int8_rows_linear(x.reshape(-1, x.shape[-1]), layer.weight, layer.weight_scale).view(
+                *x.shape[:-1], layer.out_features
+            )
+        return out if bias is None else out + bias
+
+    def weight_bytes(self, layer: LinearBase) -> int:
+        return layer.weight.nbytes + layer.weight_scale.nbytes
+
+
+LinearMethod = DenseLinear | Fp8BlockLinear | Int4Linear | Int8RowsLinear
+
+
+def linear_method(config: QuantConfig, out_parts: list[int], quantizable: bool) -> LinearMethod:
+    """The format a linear layer is built with: the model's when the layer may be low-bit (MLA's
+    kv_b_proj is folded into attention as a dense matrix, so it stays dense); block FP8 only where
+    every fused part starts on a 128-row boundary (a scale block never straddles two parts). INT4 and
+    int8 rows keep their scales per output column, so fused parts may start anywhere."""
+    if not quantizable:
+        return DenseLinear()
+    if config.linear == "fp8_block" and all(p % FP8_BLOCK == 0 for p in out_parts[:-1]):
         return Fp8BlockLinear(config.fp8_gemm, config.online)
+    if config.linear == "int4":
+        return Int4Linear(config.int4_gemm, config.group_size, config.act_order)
+    if config.linear == "int8":
+        return Int8RowsLinear()
     return DenseLinear()
 
 
