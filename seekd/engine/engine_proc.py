@@ -54,6 +54,7 @@ class Ready(msgspec.Struct, tag="ready"):
     model_folder: str
     max_model_len: int
     eos_token_ids: list[int]
+    precision: str = ""  # the loaded weights' precision in words, for /v1/models and the logs
 
 
 class StartupFailed(msgspec.Struct, tag="startup_failed"):
@@ -95,15 +96,20 @@ def run_engine_core(config: SeekdConfig, input_address: str, output_address: str
     encoder = msgspec.msgpack.Encoder()
     try:
         from seekd.engine.engine_core import EngineCore
+        from seekd.models.hf_config import HFConfig
+        from seekd.models.loader import precision_label
 
         engine = EngineCore(config, show_progress=False)
+        precision = precision_label(HFConfig.from_folder(engine.model_folder), config.model.quantization)
     except Exception as e:
         logger.exception("engine core failed to start")
         output_socket.send(encoder.encode(StartupFailed(f"{type(e).__name__}: {e}")))
         output_socket.close(linger=5000)
         raise SystemExit(1) from e
     output_socket.send(
-        encoder.encode(Ready(os.getpid(), str(engine.model_folder), engine.max_model_len, sorted(engine.eos_token_ids)))
+        encoder.encode(
+            Ready(os.getpid(), str(engine.model_folder), engine.max_model_len, sorted(engine.eos_token_ids), precision)
+        )
     )
     logger.info("engine core ready (pid %d, max_model_len %d)", os.getpid(), engine.max_model_len)
     try:

@@ -58,7 +58,6 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
         tokenizer = await asyncio.to_thread(Tokenizer, Path(info.model_folder))
         generation_config = GenerationConfig.from_folder(info.model_folder)
         images = await asyncio.to_thread(ImageFrontend.for_model, info.model_folder, tokenizer, config.server)
-        precision = await asyncio.to_thread(_precision, info.model_folder, config.model.quantization)
     except Exception as e:
         logger.error("cannot serve: %s", e)
         app.state.startup_error = str(e)
@@ -85,7 +84,7 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
         generation_config=generation_config,
         images=images,
         quantization=config.model.quantization,
-        precision=precision,
+        precision=info.precision,
     )
     demo = " (demo model with RANDOM weights)" if config.model.model is None else ""
     logger.info(
@@ -93,21 +92,12 @@ async def _start_engine(app: FastAPI, config: SeekdConfig, on_failure: asyncio.E
         name,
         demo,
         info.model_folder,
-        precision,
+        info.precision,
         info.max_model_len,
         _scheme(config),
         config.server.host,
         config.server.port,
     )
-
-
-def _precision(model_folder: str, quantization: str) -> str:
-    """The loaded weight precision in words, from config.json (the loader's rule, imported here only:
-    it brings torch into the API process, which needs it for nothing else)."""
-    from seekd.models.hf_config import HFConfig
-    from seekd.models.loader import precision_label
-
-    return precision_label(HFConfig.from_folder(model_folder), quantization)
 
 
 def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = None) -> FastAPI:
