@@ -63,6 +63,7 @@ class EngineInfo:
     model_folder: str
     max_model_len: int
     eos_token_ids: list[int]
+    precision: str = ""
 
 
 class RequestStream:
@@ -319,7 +320,9 @@ class EngineClient:
                 self._dispatch(msg)
             elif isinstance(msg, Ready):
                 if not engine.ready.done():
-                    engine.ready.set_result(EngineInfo(msg.pid, msg.model_folder, msg.max_model_len, msg.eos_token_ids))
+                    engine.ready.set_result(
+                        EngineInfo(msg.pid, msg.model_folder, msg.max_model_len, msg.eos_token_ids, msg.precision)
+                    )
             elif isinstance(msg, StartupFailed) and not engine.ready.done():
                 engine.ready.set_exception(EngineDeadError(f"the engine core failed to start: {msg.message}"))
 
