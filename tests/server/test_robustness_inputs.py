@@ -137,7 +137,7 @@ BAD_BODIES = [
     (
         CHAT,
         b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}], "max_tokens": 2}',
-        "messages.0.content",
+        "messages.0.content.0",
         None,
     ),
     # a text part without text once got "part type 'text' is not supported (only 'text')"
