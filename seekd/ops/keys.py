@@ -179,16 +179,14 @@ class KeyStore:
     ) -> bool:
         """Change an active key's limits in place (None keeps a field); False if no such active key.
         The key itself is unchanged, so its holder keeps working under the new limits at once."""
-        if rpm is not None and rpm < 0 or tpm is not None and tpm < 0:
+        if any(limit is not None and limit < 0 for limit in (rpm, tpm)):
             raise ValueError("rpm and tpm must not be negative")
         changes = {"rpm": rpm, "tpm": tpm, "models": None if models is None else json.dumps(list(models))}
         changes = {column: value for column, value in changes.items() if value is not None}
         with self._connect(create=False) as conn:
             if conn is None:
                 return False
-            if not changes:
-                return conn.execute("SELECT 1 FROM api_keys WHERE id = ? AND revoked IS NULL", (key_id,)).fetchone() is not None
-            assignments = ", ".join(f"{column} = ?" for column in changes)
+            assignments = ", ".join(f"{column} = ?" for column in changes) or "id = id"  # none: is it active?
             cur = conn.execute(
                 f"UPDATE api_keys SET {assignments} WHERE id = ? AND revoked IS NULL", (*changes.values(), key_id)
             )

@@ -193,6 +193,13 @@ async function act(call) {
   }
 }
 
+async function refreshLive() {
+  const [metrics, ready] = await Promise.all([get("/metrics"), get("/ready")]);
+  renderLive(parseMetrics(metrics), ready);
+}
+
+// Keys, tenants and the audit log are read on opening, after each change and on Refresh, not on
+// every tick: each /admin call is itself an audit record, and a console left open must not flood it.
 async function refresh() {
   try {
     // the admin API first: a non-admin key is refused there (403) before anything is drawn
@@ -201,10 +208,9 @@ async function refresh() {
       get("/admin/tenants"),
       get("/admin/audit?limit=50"),
     ]);
-    const [metrics, ready] = await Promise.all([get("/metrics"), get("/ready")]);
+    await refreshLive();
     $("admin-error").textContent = "";
     $("admin-body").hidden = false;
-    renderLive(parseMetrics(metrics), ready);
     renderKeys(keys);
     renderTenants(tenants);
     renderAudit(audit);
@@ -216,8 +222,13 @@ async function refresh() {
 }
 
 async function poll(visit) {
-  if (!(await refresh()) || visit !== generation) return;
-  timer = setTimeout(() => poll(visit), POLL_MS);
+  try {
+    await refreshLive();
+  } catch (e) {
+    showError(e);
+    return;
+  }
+  if (visit === generation) timer = setTimeout(() => poll(visit), POLL_MS);
 }
 
 async function createKey(event) {
@@ -250,7 +261,8 @@ export function showAdmin() {
   stopAdmin();
   $("admin-body").hidden = true;
   $("admin-error").textContent = "";
-  poll(generation);
+  const visit = generation;
+  refresh().then((ok) => ok && visit === generation && (timer = setTimeout(() => poll(visit), POLL_MS)));
 }
 
 export function stopAdmin() {

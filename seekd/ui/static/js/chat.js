@@ -110,7 +110,7 @@ function fillAssistant(article, message) {
   const answer = document.createElement("div");
   answer.className = "answer markdown";
   answer.innerHTML = markdownToHtml(message.content || "");
-  if (!message.content && !message.streaming && message.reasoning && !message.tool_calls?.length) {
+  if (!message.content && message.finish === "length" && message.reasoning && !message.tool_calls?.length) {
     answer.innerHTML = `<p class="note">${t("chat.noanswer")}</p>`;
   }
   article.append(answer);

@@ -230,6 +230,8 @@ export function setLanguage(next) {
 
 export function applyText(root) {
   document.documentElement.lang = lang === "zh" ? "zh-CN" : "en";
+  const other = document.getElementById("lang"); // names the other language, in that language
+  if (other) other.lang = lang === "zh" ? "en" : "zh-CN";
   for (const el of root.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
   for (const el of root.querySelectorAll("[data-i18n-label]")) el.setAttribute("aria-label", t(el.dataset.i18nLabel));
   for (const el of root.querySelectorAll("[data-i18n-placeholder]")) el.placeholder = t(el.dataset.i18nPlaceholder);
