@@ -85,7 +85,7 @@ async def list_tenants(request: Request) -> TenantList:
     )
 
 
-@router.delete("/tenants/{tenant}", response_model=RevokedTenant, responses=errors(*KEYED, HTTPStatus.NOT_FOUND))
+@router.delete("/tenants/{tenant:path}", response_model=RevokedTenant, responses=errors(*KEYED, HTTPStatus.NOT_FOUND))
 async def revoke_tenant(tenant: str, request: Request) -> RevokedTenant:
     store: KeyStore = request.app.state.key_store
     active = [k.id for k in store.list_keys() if k.tenant == tenant and k.revoked is None]
@@ -94,7 +94,7 @@ async def revoke_tenant(tenant: str, request: Request) -> RevokedTenant:
     return RevokedTenant(tenant=tenant, revoked_keys=[key_id for key_id in active if store.revoke(key_id)])
 
 
-@router.get("/audit", response_model=AuditView, responses=errors(*KEYED))
+@router.get("/audit", response_model=AuditView, responses=errors(HTTPStatus.BAD_REQUEST, *KEYED))
 async def audit_view(request: Request, limit: int = Query(100, ge=1, le=MAX_AUDIT_RECORDS)) -> AuditView:
     log: AuditLog | None = request.app.state.audit
     if log is None:

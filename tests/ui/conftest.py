@@ -119,8 +119,9 @@ def axe_violations(page: sync_api.Page) -> list[dict]:
     ]
 
 
-def screenshot(page: sync_api.Page, name: str, full_page: bool = False) -> None:
+def screenshot(page: sync_api.Page, name: str, mask: list[sync_api.Locator] | None = None) -> None:
+    """`mask`: parts blanked in the picture (a new key's secret, which docs/ must not show)."""
     folder = os.environ.get("SEEKD_UI_SCREENSHOTS")
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=full_page)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), mask=mask or [])
