@@ -177,6 +177,23 @@ def test_model_html_and_script_urls_are_shown_inert(open_tab, ui_server: UiServe
     assert "&lt;img src=x" in html
 
 
+def test_chosen_knowledge_base_is_searched_and_its_sources_shown(open_tab, ui_server: UiServer) -> None:
+    kbs = f"{ui_server.handle.base_url}/v1/knowledge_bases"
+    headers = {"Authorization": f"Bearer {ui_server.user_key}"}
+    assert httpx.post(kbs, headers=headers, json={"name": "handbook"}, timeout=120).status_code == 200
+    document = {"name": "leave.md", "text": "# Leave\n\nEvery employee has 25 days of paid leave a year."}
+    assert httpx.post(f"{kbs}/handbook/documents", headers=headers, json=document, timeout=120).status_code == 200
+    page = open_tab().page
+    sign_in(page, ui_server.user_key)
+    page.locator("summary", has_text="Knowledge bases").click()
+    page.get_by_label("handbook (1)").check()
+    send(page, "How many days of paid leave do I have?")
+    sources = last_answer(page).locator(".citations")
+    expect(sources).to_contain_text("handbook / leave.md", timeout=ANSWER_TIMEOUT_MS)
+    page.get_by_role("button", name="Stop").click()
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+
+
 def test_admin_creates_relimits_and_revokes_a_key_whose_holder_then_sees_401(open_tab, ui_server: UiServer) -> None:
     admin = open_tab()
     page = admin.page
@@ -259,12 +276,18 @@ def test_phone_width_chat_fits_and_passes_axe(open_tab, ui_server: UiServer) -> 
     expect(page.get_by_label("Model", exact=True)).to_have_value("seekd-demo-random")
     page.get_by_label("Thinking", exact=True).select_option("on")
     send(page, "你好")
-    expect(last_answer(page).locator("details.reasoning")).to_be_visible()
-    page.get_by_role("button", name="Stop").click()
-    expect(page.get_by_role("button", name="Send")).to_be_visible()
-    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-    page.get_by_role("button", name="中文").click()
-    expect(page.get_by_role("button", name="发送")).to_be_visible()
+    reasoning = last_answer(page).locator("details.reasoning")
+    expect(reasoning).to_be_visible()
+    page.get_by_role("button", name="中文").click()  # mid-stream: the view is redrawn, the stream goes on
     expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
+    expect(reasoning.locator("summary")).to_have_text("思考中…")
+    streamed = len(reasoning.locator(".reasoning-body").text_content())
+    page.wait_for_function(
+        "n => document.querySelector('article.assistant:last-of-type .reasoning-body').textContent.length > n",
+        arg=streamed,
+    )
+    page.get_by_role("button", name="停止").click()
+    expect(page.get_by_role("button", name="发送")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     screenshot(page, "chat-phone-zh")
     assert axe_violations(page) == []

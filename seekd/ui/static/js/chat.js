@@ -1,7 +1,7 @@
 // The chat view: conversations kept in localStorage (per key id), answers streamed from
 // /v1/chat/completions with the reasoning folded above the answer.
 
-import { ApiError, get, keyScope, streamChat } from "./api.js";
+import { ApiError, apiKey, get, keyScope, streamChat } from "./api.js";
 import { t } from "./i18n.js";
 import { installCopyButtons, markdownToHtml } from "./render.js";
 
@@ -12,11 +12,13 @@ let conversations = [];
 let current = null; // the open conversation
 let running = null; // AbortController of the answer being streamed
 let kbLoaded = false;
+let loadedScope = null; // whose conversations are in memory
 
 const storageKey = () => `seekd.conversations.${keyScope()}`;
 const currentKey = () => `seekd.current.${keyScope()}`;
 
 function load() {
+  loadedScope = keyScope();
   try {
     conversations = JSON.parse(localStorage.getItem(storageKey()) || "[]");
   } catch {
@@ -119,36 +121,38 @@ function fillAssistant(article, message) {
   if (!message.streaming) article.append(footerElement(message));
 }
 
+function element(tag, className, text) {
+  const el = document.createElement(tag);
+  if (className) el.className = className;
+  if (text !== undefined) el.textContent = text;
+  return el;
+}
+
+// A titled box under the answer: a tool call, the sources.
+function panel(className, title, content) {
+  const box = element("div", className);
+  box.append(element("strong", "", title), content);
+  return box;
+}
+
 function toolCallElement(call) {
-  const box = document.createElement("div");
-  box.className = "tool-call";
-  const label = document.createElement("strong");
-  label.textContent = `${t("chat.tool")}: ${call.function?.name || ""}`;
-  const args = document.createElement("pre");
   let text = call.function?.arguments || "";
   try {
     text = JSON.stringify(JSON.parse(text), null, 2);
   } catch {
     // still streaming or not JSON: show as is
   }
-  args.textContent = text;
-  box.append(label, args);
-  return box;
+  return panel("tool-call", `${t("chat.tool")}: ${call.function?.name || ""}`, element("pre", "", text));
 }
 
 function citationsElement(citations) {
-  const box = document.createElement("div");
-  box.className = "citations";
-  const label = document.createElement("strong");
-  label.textContent = t("chat.citations");
-  const list = document.createElement("ol");
+  const list = element("ol");
   for (const c of citations) {
-    const item = document.createElement("li");
-    item.textContent = [c.knowledge_base, c.document].filter(Boolean).join(" / ") || c.url || "";
+    const item = element("li", "", [c.knowledge_base, c.document].filter(Boolean).join(" / ") || c.url || "");
+    item.value = c.index; // the answer cites passages by this number: [1], [2], ...
     list.append(item);
   }
-  box.append(label, list);
-  return box;
+  return panel("citations", t("chat.citations"), list);
 }
 
 function footerElement(message) {
@@ -230,19 +234,29 @@ function applyDelta(message, chunk) {
   }
 }
 
+// The streamed message is painted into whatever element shows it now: the list may have been redrawn
+// (language switch) or another conversation opened meanwhile (then nothing is painted).
+function articleOf(conversation, message) {
+  if (current !== conversation) return null;
+  return $("messages").querySelectorAll("article.message")[conversation.messages.indexOf(message)] ?? null;
+}
+
 async function answer() {
+  const conversation = current;
+  const scope = keyScope();
   const message = { role: "assistant", content: "", reasoning: "", streaming: true };
-  current.messages.push(message);
+  conversation.messages.push(message);
   const box = $("messages");
   box.querySelector(".empty")?.remove();
-  const article = messageElement(message);
-  box.append(article);
+  box.append(messageElement(message));
   running = new AbortController();
   updateButtons();
   $("chat-error").textContent = "";
   let frame = 0;
   const paint = () => {
     frame = 0;
+    const article = articleOf(conversation, message);
+    if (!article) return;
     fillAssistant(article, message);
     box.scrollTop = box.scrollHeight;
   };
@@ -262,9 +276,9 @@ async function answer() {
     cancelAnimationFrame(frame);
     running = null;
     delete message.streaming;
-    current.updated = Date.now();
-    save();
-    fillAssistant(article, message);
+    conversation.updated = Date.now();
+    if (apiKey() && keyScope() === scope) save(); // not after a sign-out, which aborts the stream
+    paint();
     updateButtons();
   }
 }
@@ -344,7 +358,7 @@ export function setupChat() {
 }
 
 export async function showChat() {
-  load();
+  if (loadedScope !== keyScope()) load(); // once per key: the list in memory is the newer one
   const remembered = sessionStorage.getItem(currentKey());
   if (!current || !conversations.includes(current)) {
     if (remembered && conversations.some((c) => c.id === remembered)) open(remembered);
@@ -365,6 +379,7 @@ export function resetChat() {
   running?.abort();
   current = null;
   conversations = [];
+  loadedScope = null;
   kbLoaded = false;
   $("model").replaceChildren();
   $("kb-list").replaceChildren();
