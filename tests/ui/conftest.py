@@ -2,8 +2,8 @@
 `seekd serve` on the demo model with an admin and a user key. Every page records each request it
 makes; a test fails if any went elsewhere than the server's origin.
 
-The tests skip, saying why, where playwright or chromium is missing. Set SEEKD_UI_SCREENSHOTS to a
-folder to write the screenshots that docs/ui/ holds."""
+The tests skip, saying why, where playwright or chromium is missing (`skip_without_a_browser`).
+Set SEEKD_UI_SCREENSHOTS to a folder to write the screenshots that docs/ui/ holds."""
 
 from __future__ import annotations
 
@@ -18,10 +18,20 @@ from live_server import ServerHandle, running_server
 
 from seekd.ops.keys import KeyStore
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+try:
+    from playwright import sync_api
+except ImportError:  # the test modules skip, saying so (a conftest cannot skip without erroring)
+    sync_api = None
 CHROMIUM = os.environ.get("SEEKD_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-if CHROMIUM is None:
-    pytest.skip("no chromium on PATH (apt-get install chromium)", allow_module_level=True)
+
+
+def skip_without_a_browser() -> None:
+    """Called at the top of each browser test module."""
+    if sync_api is None:
+        pytest.skip("playwright is not installed (pip install -e '.[test]')", allow_module_level=True)
+    if CHROMIUM is None:
+        pytest.skip("no chromium on PATH (apt-get install chromium)", allow_module_level=True)
+
 
 AXE = Path(__file__).parent / "data" / "axe.min.js"
 DESKTOP = {"width": 1280, "height": 800}

@@ -9,8 +9,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from .conftest import PHONE, Tab, UiServer, axe_violations, screenshot, sign_in, sync_api
+from .conftest import PHONE, Tab, UiServer, axe_violations, screenshot, sign_in, skip_without_a_browser, sync_api
 
+skip_without_a_browser()
 pytestmark = pytest.mark.slow
 
 expect = sync_api.expect
@@ -94,8 +95,9 @@ def test_chat_streams_folds_reasoning_stops_regenerates_and_survives_a_reload(op
     screenshot(page, "chat")
     assert axe_violations(page) == []
 
-    # A reload keeps the key (this tab's session) and the conversation (this browser's storage).
+    # A reload keeps the key (this tab's session), the conversation and the options (this browser's storage).
     page.reload()
+    expect(page.get_by_label("Thinking", exact=True)).to_have_value("off")
     conversation = page.get_by_role("button", name="What is $e^{i\\pi}$? Show `code`.", exact=True)
     expect(conversation).to_be_visible()
     expect(last_answer(page).locator(".answer")).to_have_text(regenerated)

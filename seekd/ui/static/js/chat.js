@@ -7,6 +7,7 @@ import { installCopyButtons, markdownToHtml } from "./render.js";
 
 const $ = (id) => document.getElementById(id);
 const TITLE_CHARS = 48;
+const OPTIONS_KEY = "seekd.chat.options"; // the last model and thinking mode chosen in this browser
 
 let conversations = [];
 let current = null; // the open conversation
@@ -312,11 +313,25 @@ async function regenerate() {
   await answer();
 }
 
+function savedOptions() {
+  try {
+    return JSON.parse(localStorage.getItem(OPTIONS_KEY) || "{}");
+  } catch {
+    return {};
+  }
+}
+
+function saveOptions() {
+  localStorage.setItem(OPTIONS_KEY, JSON.stringify({ model: $("model").value, thinking: $("thinking").value }));
+}
+
 async function loadModels() {
   const select = $("model");
   if (select.options.length) return;
   const models = await get("/v1/models");
   for (const m of models.data) select.append(new Option(m.id, m.id));
+  const { model } = savedOptions();
+  if (models.data.some((m) => m.id === model)) select.value = model;
 }
 
 async function loadKnowledgeBases() {
@@ -343,6 +358,10 @@ async function loadKnowledgeBases() {
 }
 
 export function setupChat() {
+  const { thinking } = savedOptions();
+  if ([...$("thinking").options].some((o) => o.value === thinking)) $("thinking").value = thinking;
+  $("model").addEventListener("change", saveOptions);
+  $("thinking").addEventListener("change", saveOptions);
   $("composer").addEventListener("submit", send);
   $("prompt").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) send(event);
