@@ -3,7 +3,6 @@
 
 const STRINGS = {
   en: {
-    "app.title": "seekd",
     "nav.chat": "Chat",
     "nav.admin": "Admin",
     "nav.signout": "Sign out",
@@ -17,7 +16,6 @@ const STRINGS = {
     "signin.submit": "Sign in",
     "signin.checking": "Checking the key…",
     "error.401": "The server refused this API key (401): it is wrong or was revoked. Sign in again.",
-    "error.403": "This key may not do that (403).",
     "error.admin": "The admin console needs an API key with the admin role; the server answered 403 to this key.",
     "error.network": "The server could not be reached.",
     "error.generic": "The server answered {status}: {message}",
@@ -106,7 +104,6 @@ const STRINGS = {
     "admin.refresh": "Refresh",
   },
   zh: {
-    "app.title": "seekd",
     "nav.chat": "对话",
     "nav.admin": "管理",
     "nav.signout": "退出",
@@ -120,7 +117,6 @@ const STRINGS = {
     "signin.submit": "登录",
     "signin.checking": "正在验证密钥…",
     "error.401": "服务器拒绝了此 API 密钥（401）：密钥错误或已被吊销。请重新登录。",
-    "error.403": "此密钥无权执行该操作（403）。",
     "error.admin": "管理控制台需要具有管理员角色的 API 密钥；服务器对此密钥返回了 403。",
     "error.network": "无法连接到服务器。",
     "error.generic": "服务器返回 {status}：{message}",
