@@ -206,6 +206,7 @@ def test_admin_creates_relimits_and_revokes_a_key_whose_holder_then_sees_401(ope
 
     page.get_by_label("Tenant", exact=True).fill("tenant-ui")
     page.get_by_label("Name", exact=True).fill("from the browser")
+    page.get_by_label("Models", exact=True).fill("seekd-demo-random")
     page.get_by_role("button", name="Create key").click()
     created = page.locator("#created-key-value")
     expect(created).to_contain_text("sk-seekd-")
@@ -213,6 +214,7 @@ def test_admin_creates_relimits_and_revokes_a_key_whose_holder_then_sees_401(ope
     key_id = new_key[len("sk-seekd-") :].split("_")[0]
     row = page.locator(f'#keys-table tr[data-key-id="{key_id}"]')
     expect(row).to_contain_text("tenant-ui")
+    expect(row.locator("td").nth(4)).to_have_text("seekd-demo-random")
     expect(page.locator("#tenants-table")).to_contain_text("tenant-ui")
 
     row.get_by_label(f"Requests/min {key_id}").fill("120")

@@ -239,6 +239,10 @@ async function createKey(event) {
       tenant: form.get("tenant"),
       name: form.get("name"),
       role: form.get("role"),
+      models: String(form.get("models") || "")
+        .split(",")
+        .map((m) => m.trim())
+        .filter(Boolean),
       rpm: Number(form.get("rpm") || 0),
       tpm: Number(form.get("tpm") || 0),
     });

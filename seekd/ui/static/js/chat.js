@@ -98,6 +98,7 @@ function messageElement(message) {
 function fillAssistant(article, message) {
   const wasOpen = article.querySelector("details.reasoning")?.open ?? false;
   article.querySelectorAll(":scope > :not(.who)").forEach((el) => el.remove());
+  article.setAttribute("aria-busy", message.streaming ? "true" : "false"); // screen readers read it once, whole
   if (message.reasoning) {
     const details = document.createElement("details");
     details.className = "reasoning";
