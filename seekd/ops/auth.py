@@ -1,5 +1,7 @@
 """Who is calling: `Authorization: Bearer <key>` checked on every route but `/health`, in one ASGI
-middleware, so a route added later is covered without anyone remembering to protect it. `/ready`
+middleware, so a route added later is covered without anyone remembering to protect it. The web
+page's static files (`/ui/...`) need no key: they hold no secrets, and the page sends the user's key
+with every API call it makes. `/ready`
 without any key answers its status alone (readiness probes carry no secrets); its details (engine
 stats, queues) need a key like any other route.
 
@@ -33,6 +35,7 @@ from seekd.ops.keys import ApiKey, KeyStore, hash_secret
 logger = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/health"})
+PUBLIC_PREFIX = "/ui"  # the web page's static files
 PROBE_PATHS = frozenset({"/ready"})  # keyless calls pass with no principal: the route answers status only
 ADMIN_PREFIX = "/admin"
 METRICS_PATH = "/metrics"
@@ -110,6 +113,10 @@ class Authenticator:
         return self.store.authenticate(token)
 
 
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path == PUBLIC_PREFIX or path.startswith(PUBLIC_PREFIX + "/")
+
+
 def required_role_error(path: str, key: ApiKey) -> APIError | None:
     if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
         if key.role != "admin":
@@ -143,7 +150,7 @@ class AuthMiddleware:
         self.on_reject = on_reject  # counts the refusal (seekd:request_rejected_total{reason="auth"})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] not in ("http", "websocket") or is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         principal, error = self._check(scope)

@@ -174,6 +174,24 @@ class KeyStore:
             )
             return cur.rowcount == 1
 
+    def update_limits(
+        self, key_id: str, rpm: int | None = None, tpm: int | None = None, models: tuple[str, ...] | None = None
+    ) -> bool:
+        """Change an active key's limits in place (None keeps a field); False if no such active key.
+        The key itself is unchanged, so its holder keeps working under the new limits at once."""
+        if any(limit is not None and limit < 0 for limit in (rpm, tpm)):
+            raise ValueError("rpm and tpm must not be negative")
+        changes = {"rpm": rpm, "tpm": tpm, "models": None if models is None else json.dumps(list(models))}
+        changes = {column: value for column, value in changes.items() if value is not None}
+        with self._connect(create=False) as conn:
+            if conn is None:
+                return False
+            assignments = ", ".join(f"{column} = ?" for column in changes) or "id = id"  # none: is it active?
+            cur = conn.execute(
+                f"UPDATE api_keys SET {assignments} WHERE id = ? AND revoked IS NULL", (*changes.values(), key_id)
+            )
+            return cur.rowcount == 1
+
     def _read_one(self, sql: str, params: tuple) -> tuple | None:
         """The per-request path: one long-lived read-only connection. Every SELECT outside a
         transaction reads the latest commit, so another process's revocation applies at once."""

@@ -1,4 +1,5 @@
-"""`/admin/keys`: list, create and revoke API keys over HTTP (the auth middleware admits only admin keys).
+"""`/admin/keys`: list, create, re-limit and revoke API keys over HTTP (the auth middleware admits only
+admin keys).
 
 A created key is in the response once and nowhere else; the server keeps only its hash.
 """
@@ -46,6 +47,15 @@ class CreateKeyRequest(BaseModel):
     name: str = Field("", max_length=128)
 
 
+class KeyLimitsUpdate(BaseModel):
+    """Fields left out keep their value."""
+
+    model_config = ConfigDict(extra="forbid")
+    models: list[str] | None = Field(None, max_length=64)
+    rpm: int | None = Field(None, ge=0, le=10**9)
+    tpm: int | None = Field(None, ge=0, le=10**12)
+
+
 class CreatedKey(KeyInfo):
     key: str  # shown once
 
@@ -68,10 +78,27 @@ async def create_key(body: CreateKeyRequest, request: Request) -> CreatedKey:
     return CreatedKey(key=key, **record.public())
 
 
+@router.patch("/keys/{key_id}", response_model=KeyInfo, responses=errors(*WITH_BODY, *KEYED, HTTPStatus.NOT_FOUND))
+async def update_key_limits(key_id: str, body: KeyLimitsUpdate, request: Request) -> KeyInfo:
+    store = _store(request)
+    models = None if body.models is None else tuple(body.models)
+    if not store.update_limits(key_id, body.rpm, body.tpm, models):
+        raise _no_active_key(key_id)
+    return _key_info(store, key_id)
+
+
 @router.delete("/keys/{key_id}", response_model=KeyInfo, responses=errors(*KEYED, HTTPStatus.NOT_FOUND))
 async def revoke_key(key_id: str, request: Request) -> KeyInfo:
     store = _store(request)
     if not store.revoke(key_id):
-        raise APIError(HTTPStatus.NOT_FOUND, f"no active API key with id {key_id!r}", code="key_not_found")
+        raise _no_active_key(key_id)
+    return _key_info(store, key_id)
+
+
+def _key_info(store: KeyStore, key_id: str) -> KeyInfo:
     (record,) = [k for k in store.list_keys() if k.id == key_id]
     return KeyInfo(**record.public())
+
+
+def _no_active_key(key_id: str) -> APIError:
+    return APIError(HTTPStatus.NOT_FOUND, f"no active API key with id {key_id!r}", code="key_not_found")

@@ -30,6 +30,7 @@ from seekd.ops.keys import KeyStore
 from seekd.ops.logging_setup import configure_logging
 from seekd.ops.observability import install_observability
 from seekd.ops.tls import build_ssl_context
+from seekd.server.admin_console_routes import router as admin_console_router
 from seekd.server.admin_routes import router as admin_router
 from seekd.server.admission import AdmissionController, resolve_tenant
 from seekd.server.audit_trail import AuditMiddleware
@@ -47,6 +48,7 @@ from seekd.server.openapi import DESCRIPTION, KEYED, errors, install_openapi, pr
 from seekd.server.shutdown import DrainingServer, LiveRequests
 from seekd.server.supervisor import EngineSupervisor
 from seekd.text.tokenizer import Tokenizer
+from seekd.ui.routes import router as ui_router
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +143,13 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
     audit = audit_log(config) if config.security.audit_log else None
     if audit is not None:
         app.add_middleware(AuditMiddleware, log=audit, store_content=config.security.audit_store_content)
+    app.state.audit = audit
     app.state.knowledge = KnowledgeService(config, audit)
     app.include_router(router)
     app.include_router(kb_router)
     app.include_router(admin_router)
+    app.include_router(admin_console_router)
+    app.include_router(ui_router)
     install_observability(app, config.model.display_name)
     install_openapi(app)
 

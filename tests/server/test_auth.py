@@ -103,6 +103,10 @@ def test_route_list_covers_the_api() -> None:
         ("DELETE", "/admin/keys/abc"),
         ("GET", "/openapi.json"),
         ("GET", "/ready"),
+        ("GET", "/admin/tenants"),
+        ("GET", "/admin/audit"),
+        ("PATCH", "/admin/keys/abc"),
+        ("GET", "/ui"),
     ]:
         assert expected in routes
 
@@ -113,6 +117,9 @@ def test_every_route_refuses_missing_wrong_and_revoked_keys(server: ServerHandle
     for method, path in app_routes():
         if path == "/health":
             assert call(server, method, path).status_code == 200
+            continue
+        if path.startswith("/ui"):  # the web page's static files: public, nothing secret in them
+            assert call(server, method, path).status_code in (307, 404)
             continue
         bad_keys = (wrong, keys["revoked"], "sk-seekd-nonsense", keys["alice"].split("_")[0])
         if path == "/ready":  # a probe without a key gets the status alone; a bad key is still refused
@@ -170,6 +177,65 @@ def test_admin_creates_uses_and_revokes_a_key_over_http(server: ServerHandle, ke
     assert call(server, "DELETE", f"/admin/keys/{new_id}", keys["admin"]).status_code == 404
     bad = call(server, "POST", "/admin/keys", keys["admin"], json={"tenant": "t", "role": "root"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "role"
+
+
+def test_admin_changes_limits_lists_tenants_and_revokes_a_tenant(server: ServerHandle, keys: dict) -> None:
+    made = [call(server, "POST", "/admin/keys", keys["admin"], json={"tenant": "tenant-e"}).json() for _ in range(2)]
+    changed = call(server, "PATCH", f"/admin/keys/{made[0]['id']}", keys["admin"], json={"rpm": 7, "models": [DEMO]})
+    assert changed.status_code == 200 and (changed.json()["rpm"], changed.json()["models"]) == (7, [DEMO])
+    assert changed.json()["tpm"] == 0  # left out: kept
+    assert (
+        call(server, "POST", "/v1/completions", made[0]["key"], json={"model": "x", "prompt": "a"}).status_code == 404
+    )
+    refused = call(server, "PATCH", f"/admin/keys/{made[0]['id']}", keys["admin"], json={"rpm": -1})
+    assert refused.status_code == 400
+    tenants = call(server, "GET", "/admin/tenants", keys["admin"]).json()
+    (row,) = [t for t in tenants["data"] if t["tenant"] == "tenant-e"]
+    assert (row["keys"], row["active_keys"], row["weight"]) == (2, 2, 1.0)
+    revoked = call(server, "DELETE", "/admin/tenants/tenant-e", keys["admin"]).json()
+    assert sorted(revoked["revoked_keys"]) == sorted(k["id"] for k in made)
+    assert all(call(server, "GET", "/v1/models", k["key"]).status_code == 401 for k in made)
+    assert call(server, "DELETE", "/admin/tenants/tenant-e", keys["admin"]).status_code == 404
+    assert call(server, "PATCH", f"/admin/keys/{made[1]['id']}", keys["admin"], json={"rpm": 1}).status_code == 404
+
+
+def test_admin_audit_view_verifies_the_chain_and_names_the_break(server: ServerHandle, keys: dict) -> None:
+    view = call(server, "GET", "/admin/audit?limit=3", keys["admin"]).json()
+    assert view["enabled"] and view["verified"] and view["num_records"] > 0
+    assert len(view["data"]) == 3 and view["data"][0]["seq"] > view["data"][1]["seq"]  # newest first
+    assert call(server, "GET", "/admin/audit?limit=0", keys["admin"]).status_code == 400
+    path = keys["data_dir"] / "audit.jsonl"
+    lines = path.read_text().splitlines()
+    first = json.loads(lines[0])
+    tampered = json.dumps({**first, "status": 999}, sort_keys=True, separators=(",", ":"))
+    path.write_text("\n".join([tampered, *lines[1:]]) + "\n")
+    try:
+        broken = call(server, "GET", "/admin/audit", keys["admin"]).json()
+        assert not broken["verified"] and broken["bad_line"] == 1 and "edited" in broken["reason"]
+    finally:
+        current = path.read_text().splitlines()
+        path.write_text("\n".join([lines[0], *current[1:]]) + "\n")
+    assert call(server, "GET", "/admin/audit", keys["admin"]).json()["verified"]
+
+
+def test_web_page_files_need_no_key_and_nothing_outside_them_is_served(server: ServerHandle) -> None:
+    root = httpx.get(server.base_url + "/ui", timeout=10)
+    assert root.status_code == 307 and root.headers["location"] == "/ui/"
+    page = httpx.get(server.base_url + "/ui/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert "connect-src 'self'" in page.headers["content-security-policy"]
+    script = httpx.get(server.base_url + "/ui/js/main.js", timeout=10)
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    for path in (
+        "/ui/%2e%2e/routes.py",
+        "/ui/%2e%2e/%2e%2e/app.py",
+        "/ui/vendor/README.md",
+        "/ui/nothing.js",
+        "/ui/js",
+    ):
+        response = httpx.get(server.base_url + path, timeout=10)
+        assert response.status_code == 404, (path, response.status_code)
 
 
 def test_cli_revocation_takes_effect_on_the_running_server(server: ServerHandle, keys: dict) -> None:

@@ -76,6 +76,7 @@ def test_every_declared_status_happens_and_nothing_else(tmp_path: Path) -> None:
                 "elsewhere": {"models": ["another-model"]},
                 "limited": {"rpm": 1},
                 "spare": {},
+                "leaving/tenant": {},
             }.items()
         }
         secret = {"admin": admin, **{name: key["key"] for name, key in keys.items()}}
@@ -108,6 +109,10 @@ def walk_keyed_routes(walk: Walk, key: dict[str, str], spare_id: str) -> None:
         ("GET", "/v1/models/{model_id}", f"/v1/models/{MODEL}"),
         ("GET", "/admin/keys", None),
         ("DELETE", "/admin/keys/{key_id}", "/admin/keys/nope"),
+        ("PATCH", "/admin/keys/{key_id}", "/admin/keys/nope"),
+        ("GET", "/admin/tenants", None),
+        ("DELETE", "/admin/tenants/{tenant}", "/admin/tenants/nope"),
+        ("GET", "/admin/audit", None),
     ]:
         walk(method, route, 401, path=path, key="sk-seekd-wrong")
         forbidden = key["user"] if route.startswith("/admin") else key["metrics"]
@@ -123,6 +128,16 @@ def walk_keyed_routes(walk: Walk, key: dict[str, str], spare_id: str) -> None:
     walk("POST", "/admin/keys", 403, json={"tenant": "x"}, key=key["user"])
     walk("POST", "/admin/keys", 413, content=b"x" * (MAX_REQUEST_BODY_BYTES + 1), key=key["admin"])
     walk("DELETE", "/admin/keys/{key_id}", 404, path="/admin/keys/nope", key=key["admin"])
+    walk("PATCH", "/admin/keys/{key_id}", 200, path=f"/admin/keys/{spare_id}", json={"rpm": 5}, key=key["admin"])
+    walk("PATCH", "/admin/keys/{key_id}", 400, path=f"/admin/keys/{spare_id}", json={"rpm": -1}, key=key["admin"])
+    walk("PATCH", "/admin/keys/{key_id}", 404, path="/admin/keys/nope", json={}, key=key["admin"])
+    big = b"x" * (MAX_REQUEST_BODY_BYTES + 1)
+    walk("PATCH", "/admin/keys/{key_id}", 413, path=f"/admin/keys/{spare_id}", content=big, key=key["admin"])
+    walk("GET", "/admin/tenants", 200, key=key["admin"])
+    walk("DELETE", "/admin/tenants/{tenant}", 200, path="/admin/tenants/leaving%2Ftenant", key=key["admin"])
+    walk("DELETE", "/admin/tenants/{tenant}", 404, path="/admin/tenants/leaving%2Ftenant", key=key["admin"])
+    walk("GET", "/admin/audit", 200, key=key["admin"])
+    walk("GET", "/admin/audit", 400, path="/admin/audit?limit=0", key=key["admin"])
     walk("DELETE", "/admin/keys/{key_id}", 200, path=f"/admin/keys/{spare_id}", key=key["admin"])
 
 
