@@ -17,6 +17,7 @@ from seekd.distributed import broadcast_from_driver
 from seekd.engine.cuda_graphs import DecodeGraphs
 from seekd.engine.flat_step import FlatStep, StepSender
 from seekd.engine.kv_cache_layout import KVCacheLayout
+from seekd.engine.lora_manager import LoRAManager
 from seekd.engine.outputs import TokenLogprob
 from seekd.engine.request import PENDING_TOKEN, Request
 from seekd.engine.sampler import Sampler, SamplingBatch, gather_logprobs
@@ -109,6 +110,7 @@ class ModelRunner:
         self.gemv_report: dict[str, dict] = {}  # per weight shape: batch-1 GEMV choice and timings
         # rank 0 of a tensor-parallel group: sends each step to the workers before running it
         self.tp_driver: StepSender | None = None
+        self.lora: LoRAManager | None = None  # set by the engine when it serves LoRA adapters
 
     def select_attention_backend(self, name: str, prefill: str) -> None:
         """One backend instance serves every standard attention layer. MLA layers keep their own
@@ -195,6 +197,7 @@ class ModelRunner:
             slot_mapping=list(slots),
             logits_indices=np.asarray(logits_indices, dtype=np.int64),
             pending=np.zeros((0, 2), dtype=np.int64),
+            lora_slots=None if self.lora is None else self.lora.step_slots(out.requests),
         )
         return step, sampling, pending_rows
 
@@ -243,6 +246,8 @@ class ModelRunner:
         """The model's hidden states at the step's logits rows. Every tensor-parallel rank runs this
         (and then compute_logits) in the same order: both hold collectives."""
         input_ids, positions, attn = self.device_inputs(step)
+        if self.lora is not None:
+            self.lora.set_batch(step.lora_slots, step.query_lens)
         if len(step.pending):
             if previous_sampled is None:
                 raise RuntimeError("a pending input token needs the step that samples it")
