@@ -31,20 +31,26 @@ def merged_tokens(base: Path, adapter: Path | None, tmp: Path, data_dir: Path, p
     return [o.outputs[0].token_ids for o in llm.generate(prompts, GREEDY)]
 
 
-def assert_mixed_batch_matches_merged(base: Path, targets: tuple[str, ...], tmp: Path, data_dir: Path) -> None:
-    adapters = {name: write_random_adapter(base, tmp / name, seed=i, targets=targets) for i, name in enumerate(ADAPTERS)}
-    modules = ",".join(f"{name}={path}" for name, path in adapters.items())
-    llm = engine(base, data_dir, lora_modules=modules, max_loras=4, max_lora_rank=8)
-    # each prompt under every adapter and the base, all in one batch
+def mixed_batch(llm: LLM) -> dict:
+    """Each prompt under every adapter and the base, all submitted at once, in interleaved order."""
     choices: list[str | None] = [None, *ADAPTERS]
     batch = [(p, name) for i, p in enumerate(PROMPTS) for name in choices[i % 5 :] + choices[: i % 5]]
     outputs = llm.generate([p for p, _ in batch], GREEDY, lora_name=[name for _, name in batch])
-    got = {(tuple(p), name): o.outputs[0].token_ids for (p, name), o in zip(batch, outputs)}
+    return {(tuple(p), name): o.outputs[0].token_ids for (p, name), o in zip(batch, outputs)}
+
+
+def assert_mixed_batch_matches_merged(base: Path, targets: tuple[str, ...], tmp: Path, data_dir: Path) -> None:
+    adapters = {name: write_random_adapter(base, tmp / name, seed=i, targets=targets) for i, name in enumerate(ADAPTERS)}
+    modules = ",".join(f"{name}={path}" for name, path in adapters.items())
     expected = {}
-    for name in choices:
+    for name in [None, *ADAPTERS]:
         tokens = merged_tokens(base, adapters.get(name), tmp, data_dir, PROMPTS)
         expected.update({(tuple(p), name): t for p, t in zip(PROMPTS, tokens)})
-    assert got == expected
+    llm = engine(base, data_dir, lora_modules=modules, max_loras=4, max_lora_rank=8)
+    assert mixed_batch(llm) == expected
+    # two device slots for four adapters: requests wait for a slot, adapters are evicted and reloaded
+    llm = engine(base, data_dir, lora_modules=modules, max_loras=2, max_lora_rank=8)
+    assert mixed_batch(llm) == expected
     # the adapters are not no-ops: every one changes some prompt's tokens
     for name in ADAPTERS:
         assert any(expected[(tuple(p), name)] != expected[(tuple(p), None)] for p in PROMPTS)
@@ -64,3 +70,55 @@ def tiny_v3(tiny_deepseek, tmp_path_factory) -> Path:
 
 def test_deepseek_v3_mla_adapters_match_merged_models(tiny_v3, data_dir, tmp_path):
     assert_mixed_batch_matches_merged(tiny_v3, MLA_TARGETS, tmp_path, data_dir)
+
+
+def test_prefix_cache_is_keyed_by_adapter_and_by_load(qwen2_model, data_dir, tmp_path):
+    folder, _ = qwen2_model
+    a0 = write_random_adapter(folder, tmp_path / "a0", seed=0)
+    llm = engine(folder, data_dir, lora_modules=f"a0={a0}", max_loras=2, max_lora_rank=8)
+    prompt = list(range(40, 80))
+    params = SamplingParams(temperature=0.0, max_tokens=2, ignore_eos=True)
+
+    def cached(name: str | None) -> int:
+        return llm.generate(prompt, params, lora_name=name)[0].num_cached_tokens
+
+    assert cached(None) == 0
+    assert cached("a0") == 0  # the base model's blocks hold other keys and values
+    assert cached("a0") == 32
+    assert cached(None) == 32
+    llm.engine.load_lora("a0", str(write_random_adapter(folder, tmp_path / "a0-v2", seed=9)))
+    assert cached("a0") == 0  # a reloaded adapter does not meet its old blocks
+
+
+def test_unknown_and_unloaded_adapters_are_refused(qwen2_model, data_dir, tmp_path):
+    folder, _ = qwen2_model
+    a0 = write_random_adapter(folder, tmp_path / "a0", seed=0)
+    llm = engine(folder, data_dir, enable_lora=True, max_lora_rank=8)
+    with pytest.raises(ValueError, match="unknown LoRA adapter 'a0'"):
+        llm.generate([1, 2, 3], GREEDY, lora_name="a0")
+    llm.engine.load_lora("a0", str(a0))
+    assert llm.engine.lora_names() == ["a0"]
+    llm.generate([1, 2, 3], GREEDY, lora_name="a0")
+    llm.engine.unload_lora("a0")
+    with pytest.raises(ValueError, match="unknown LoRA adapter"):
+        llm.generate([1, 2, 3], GREEDY, lora_name="a0")
+    with pytest.raises(ValueError, match="rank 4; the server allows up to --max-lora-rank 2"):
+        engine(folder, data_dir, lora_modules=f"a0={a0}", max_lora_rank=2)
+    base = engine(folder, data_dir)
+    with pytest.raises(ValueError, match="serves no LoRA adapters"):
+        base.generate([1, 2, 3], GREEDY, lora_name="a0")
+
+
+def test_unloading_an_adapter_lets_its_running_requests_finish(qwen2_model, data_dir, tmp_path):
+    folder, _ = qwen2_model
+    a0 = write_random_adapter(folder, tmp_path / "a0", seed=0)
+    llm = engine(folder, data_dir, lora_modules=f"a0={a0}", max_lora_rank=8)
+    expected = llm.generate(PROMPTS, GREEDY, lora_name="a0")
+    sequences = [llm._submit(p, GREEDY, f"r{i}", lora_name="a0")[0] for i, p in enumerate(PROMPTS)]
+    outputs: dict[str, list[int]] = {}
+    first = llm.engine.step()
+    llm.engine.unload_lora("a0")
+    for out in [*first, *llm._run()]:
+        outputs.setdefault(out.request_id, []).extend(out.new_token_ids)
+    assert [outputs[s.engine_id] for s in sequences] == [o.outputs[0].token_ids for o in expected]
+    assert not llm.engine.lora.live  # its weights went with its last request
