@@ -38,6 +38,7 @@ from seekd.server.errors import install_error_handlers
 from seekd.server.generation import ServingContext
 from seekd.server.http.body_limit import BodySizeLimitMiddleware
 from seekd.server.http.protocol import OpenAIErrorHttpProtocol
+from seekd.server.lora_routes import router as lora_router
 from seekd.server.kb_routes import router as kb_router
 from seekd.server.knowledge import KnowledgeService
 from seekd.server.logprobs import TokenTexts
@@ -139,6 +140,7 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
     app.include_router(router)
     app.include_router(kb_router)
     app.include_router(admin_router)
+    app.include_router(lora_router)
     install_observability(app, config.model.display_name)
     install_openapi(app)
 
