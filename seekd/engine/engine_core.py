@@ -82,12 +82,17 @@ class EngineCore:
         if not config.lora.enabled:
             return None
         manager = LoRAManager(self.runner.model, config.lora, self.runner.device)
-        if self.runner.decode_graphs is not None:
-            logger.info("LoRA serving: decode runs eagerly (graphs captured without adapters are dropped)")
-            self.runner.decode_graphs = None
         for name, path in config.lora.modules().items():
             manager.load(name, path)
         self.runner.lora = manager
+        graphs = self.runner.decode_graphs
+        if graphs is not None:  # captured without the adapters' kernels: capture again with them, or drop
+            max_batch, max_len = graphs.sizes[-1], graphs.max_seq_len
+            self.runner.decode_graphs = graphs = None
+            if manager.graph_safe:
+                self.runner.capture_decode_graphs(max_batch, max_len)
+            else:
+                logger.info("LoRA serving: decode runs eagerly (adapters on MLA's kv_b_proj need the naive path)")
         return manager
 
     # -- LoRA adapters ----------------------------------------------------------------------------

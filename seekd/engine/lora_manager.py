@@ -59,7 +59,9 @@ class LoRAManager:
     def __init__(self, model: nn.Module, config: LoRAConfig, device: torch.device) -> None:
         architecture = type(model).__name__
         if architecture not in LORA_ARCHITECTURES:
-            raise ValueError(f"LoRA adapters are served for {', '.join(sorted(LORA_ARCHITECTURES))}, not {architecture}")
+            raise ValueError(
+                f"LoRA adapters are served for {', '.join(sorted(LORA_ARCHITECTURES))}, not {architecture}"
+            )
         if tp_size() > 1:
             raise ValueError("LoRA adapters are served at tensor-parallel size 1 for now")
         self.model = model
@@ -73,6 +75,8 @@ class LoRAManager:
         self.resident: OrderedDict[str, int] = OrderedDict()  # adapter key -> device slot, least recent first
         self.free_slots = list(range(config.max_loras))
         self.num_loads = 0
+        self._graph_slots: torch.Tensor | None = None  # CUDA-graph decode: slot of each padded row
+        self._graph_starts: torch.Tensor | None = None
         logger.info(
             "LoRA: %d projections adaptable, %d device slots, rank up to %d",
             num_layers,
@@ -91,7 +95,9 @@ class LoRAManager:
         adapter.key = f"{name}#{self.num_loads}"
         self.adapters[name] = adapter
         self.live[adapter.key] = adapter
-        logger.info("LoRA adapter %s loaded from %s (rank %d, %d layers)", name, path, adapter.rank, len(adapter.layers))
+        logger.info(
+            "LoRA adapter %s loaded from %s (rank %d, %d layers)", name, path, adapter.rank, len(adapter.layers)
+        )
         return adapter
 
     def unload(self, name: str) -> None:
@@ -119,6 +125,28 @@ class LoRAManager:
         return adapter.key
 
     # -- device slots and the step's map ----------------------------------------------------------
+    @property
+    def graph_safe(self) -> bool:
+        """Decode steps can replay CUDA graphs: the kernels run (CUDA) and no layer needs the
+        per-sequence host loop (an MLA kv_b_proj with adapters decodes on the naive path)."""
+        return self.state.use_kernel and not any(m.lora.per_sequence for m in self.layers.values() if m.lora)
+
+    def graph_batch(self, num_rows: int) -> LoRABatch:
+        """The map of a captured decode graph: one row per segment, slots read from a persistent
+        buffer that `fill_graph_slots` rewrites before each replay."""
+        if self._graph_slots is None or self._graph_slots.shape[0] < num_rows:
+            self._graph_slots = torch.full((num_rows,), NO_ADAPTER, dtype=torch.int32, device=self.device)
+            self._graph_starts = torch.arange(num_rows + 1, dtype=torch.int32, device=self.device)
+        return LoRABatch(self._graph_starts[: num_rows + 1], self._graph_slots[:num_rows], 1, num_rows, graph=True)
+
+    def fill_graph_slots(self, seq_slots: np.ndarray | None) -> None:
+        """The slots of a replayed decode step's rows; padded rows and base rows get -1."""
+        assert self._graph_slots is not None, "graph_batch makes the buffer at capture"
+        host = np.full(self._graph_slots.shape[0], NO_ADAPTER, dtype=np.int32)
+        if seq_slots is not None:
+            host[: len(seq_slots)] = seq_slots
+        self._graph_slots.copy_(torch.from_numpy(host), non_blocking=True)
+
     def step_slots(self, requests: list[Request]) -> np.ndarray | None:
         """The slot of each request of a step (-1 = base), loading adapters into slots as needed;
         None when no request uses an adapter."""

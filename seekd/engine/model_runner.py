@@ -157,7 +157,7 @@ class ModelRunner:
     def capture_decode_graphs(self, max_batch: int, max_model_len: int) -> None:
         """Replay pure-decode steps as CUDA graphs (needs the KV cache bound and a graph-safe backend)."""
         self.decode_graphs = DecodeGraphs(
-            self.model, self.attn_backend, self.device, max_batch, max_model_len, self.kv_layout.groups
+            self.model, self.attn_backend, self.device, max_batch, max_model_len, self.kv_layout.groups, self.lora
         )
         self.decode_graphs.capture()
 
@@ -254,6 +254,8 @@ class ModelRunner:
             dst, src = torch.from_numpy(step.pending).to(self.device, non_blocking=True).unbind(1)
             input_ids.index_copy_(0, dst, previous_sampled.index_select(0, src))
         if self.decode_graphs is not None and self.decode_graphs.can_run(attn):
+            if self.lora is not None:
+                self.lora.fill_graph_slots(step.lora_slots)
             hidden = self.decode_graphs.run(input_ids, positions, attn)
         else:
             attn.backend_data = self.attn_backend.prepare(attn)

@@ -134,7 +134,9 @@ class Scheduler:
 
         adapters = {r.lora_key for r in self.running if r.lora_key is not None}
         j = 0  # waiting requests before j wait for a LoRA slot
-        while j < len(self.waiting) and budget > 0 and not preempted_any and len(self.running) < self.config.max_num_seqs:
+        while (
+            j < len(self.waiting) and budget > 0 and not preempted_any and len(self.running) < self.config.max_num_seqs
+        ):
             request = self.waiting[j][3]
             key = request.lora_key
             if key is not None and key not in adapters and len(adapters) >= self.max_loras:

@@ -53,7 +53,9 @@ def _shrink_kernel(
             other=0.0,
         )
         w = tl.load(
-            a + ranks[:, None] * stride_ar + cols[None, :], mask=(ranks[:, None] < rank) & (cols[None, :] < k), other=0.0
+            a + ranks[:, None] * stride_ar + cols[None, :],
+            mask=(ranks[:, None] < rank) & (cols[None, :] < k),
+            other=0.0,
         )
         if IEEE:
             acc += tl.dot(x.to(tl.float32), tl.trans(w.to(tl.float32)), input_precision="ieee")

@@ -28,6 +28,7 @@ class LoRABatch:
     segments: list[tuple[int, int, int]] = field(default_factory=list)  # host (start, end, slot), slot >= 0
     seq_slots: list[int] = field(default_factory=list)  # host: the slot of each sequence of the step
     slots: frozenset[int] = frozenset()  # the adapter slots the step uses
+    graph: bool = False  # a CUDA-graph decode batch: persistent buffers, every layer launches its kernels
 
 
 class LoRAState:
@@ -99,7 +100,7 @@ class LoRAWeights:
     def apply(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out (= the base projection of x) plus each row's adapter delta, in place."""
         batch = self.state.batch
-        if batch is None or self.per_sequence or not self.active():
+        if batch is None or self.per_sequence or not (batch.graph or self.active()):
             return out
         x2, out2 = x.reshape(-1, x.shape[-1]), out.view(-1, out.shape[-1])
         if x2.shape[0] != batch.num_rows:

@@ -38,10 +38,10 @@ from seekd.server.errors import install_error_handlers
 from seekd.server.generation import ServingContext
 from seekd.server.http.body_limit import BodySizeLimitMiddleware
 from seekd.server.http.protocol import OpenAIErrorHttpProtocol
-from seekd.server.lora_routes import router as lora_router
 from seekd.server.kb_routes import router as kb_router
 from seekd.server.knowledge import KnowledgeService
 from seekd.server.logprobs import TokenTexts
+from seekd.server.lora_routes import router as lora_router
 from seekd.server.openai_routes import router
 from seekd.server.openapi import DESCRIPTION, KEYED, errors, install_openapi, probe
 from seekd.server.shutdown import DrainingServer, LiveRequests

@@ -33,12 +33,12 @@ import zmq.asyncio
 from seekd.config import SeekdConfig
 from seekd.engine.engine_proc import (
     AbortRequests,
-    AddRequest,
     AdapterReply,
+    AddRequest,
     EngineInput,
     EngineMessage,
-    OutputBatch,
     LoadAdapter,
+    OutputBatch,
     Ready,
     Shutdown,
     StartupFailed,
@@ -276,7 +276,9 @@ class EngineClient:
 
     async def _adapter_op(self, msg: LoadAdapter | UnloadAdapter) -> None:
         if self.lora_adapters is None:
-            raise EngineRequestError("this server serves no LoRA adapters: start it with --enable-lora or --lora-modules")
+            raise EngineRequestError(
+                "this server serves no LoRA adapters: start it with --enable-lora or --lora-modules"
+            )
         if self.dead_reason is not None or self._engine is None or not self._engine.is_up:
             raise EngineDeadError(self.dead_reason or "the engine core is restarting; retry in a moment")
         reply: asyncio.Future[AdapterReply] = asyncio.get_running_loop().create_future()

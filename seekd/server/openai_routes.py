@@ -98,7 +98,9 @@ def _model_card(ctx: ServingContext, adapter: str | None = None) -> ModelCard:
     name = ctx.served_model_name
     if adapter is None:
         return ModelCard(id=name, created=ctx.created, max_model_len=ctx.max_model_len)
-    return ModelCard(id=adapter_model_name(name, adapter), created=ctx.created, max_model_len=ctx.max_model_len, parent=name)
+    return ModelCard(
+        id=adapter_model_name(name, adapter), created=ctx.created, max_model_len=ctx.max_model_len, parent=name
+    )
 
 
 @router.post("/v1/chat/completions", responses={**streamed(ChatCompletionResponse), **GENERATION})

@@ -48,13 +48,18 @@ def add_train_parsers(sub: argparse._SubParsersAction) -> None:
     distill.add_argument("--teacher-api-key", default="none", help="API key of the teacher endpoint")
     distill.add_argument("--student", type=Path, required=True, help="the student model folder (Hugging Face layout)")
     distill.add_argument(
-        "--prompts", type=Path, required=True, help='JSONL of {"prompt": ..., "answer": optional} or {"messages": [...]}'
+        "--prompts",
+        type=Path,
+        required=True,
+        help='JSONL of {"prompt": ..., "answer": optional} or {"messages": [...]}',
     )
     distill.add_argument("--samples", type=int, default=1, help="teacher traces per prompt")
     distill.add_argument("--max-tokens", type=int, default=2048, help="most tokens of one teacher answer")
     distill.add_argument("--temperature", type=float, default=0.6, help="the teacher's sampling temperature")
     distill.add_argument("--concurrency", type=int, default=8, help="teacher requests in flight")
-    distill.add_argument("--max-chars", type=int, default=20000, help="drop traces longer than this (reasoning + answer)")
+    distill.add_argument(
+        "--max-chars", type=int, default=20000, help="drop traces longer than this (reasoning + answer)"
+    )
     distill.add_argument("--require-reasoning", action="store_true", help="drop traces without reasoning")
     distill.add_argument(
         "--keep-truncated", action="store_true", help="keep answers cut at --max-tokens (dropped by default)"

@@ -23,7 +23,10 @@ logger = logging.getLogger(__name__)
 
 # the projections seekd serves adapters on (PEFT matches module-name suffixes); routed experts excluded
 DENSE_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-MLA_TARGETS = r".*\.layers\.\d+\.(self_attn\.(q_proj|q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj)|mlp\.(shared_experts\.)?(gate_proj|up_proj|down_proj))"
+MLA_TARGETS = (
+    r".*\.layers\.\d+\.(self_attn\.(q_proj|q_a_proj|q_b_proj|kv_a_proj_with_mqa|kv_b_proj|o_proj)"
+    r"|mlp\.(shared_experts\.)?(gate_proj|up_proj|down_proj))"
+)
 
 
 @dataclass

@@ -39,8 +39,11 @@ def mixed_batch(llm: LLM) -> dict:
     return {(tuple(p), name): o.outputs[0].token_ids for (p, name), o in zip(batch, outputs)}
 
 
-def assert_mixed_batch_matches_merged(base: Path, targets: tuple[str, ...], tmp: Path, data_dir: Path) -> None:
-    adapters = {name: write_random_adapter(base, tmp / name, seed=i, targets=targets) for i, name in enumerate(ADAPTERS)}
+def assert_mixed_batch_matches_merged(base: Path, targets: tuple[str, ...], tmp: Path, data_dir: Path) -> LLM:
+    """Returns the engine of the last run (two slots for four adapters)."""
+    adapters = {
+        name: write_random_adapter(base, tmp / name, seed=i, targets=targets) for i, name in enumerate(ADAPTERS)
+    }
     modules = ",".join(f"{name}={path}" for name, path in adapters.items())
     expected = {}
     for name in [None, *ADAPTERS]:
@@ -54,11 +57,21 @@ def assert_mixed_batch_matches_merged(base: Path, targets: tuple[str, ...], tmp:
     # the adapters are not no-ops: every one changes some prompt's tokens
     for name in ADAPTERS:
         assert any(expected[(tuple(p), name)] != expected[(tuple(p), None)] for p in PROMPTS)
+    return llm
 
 
 def test_qwen2_batch_of_four_adapters_and_base_matches_merged_models(qwen2_model, data_dir, tmp_path):
     folder, _ = qwen2_model
     assert_mixed_batch_matches_merged(folder, DENSE_TARGETS, tmp_path, data_dir)
+
+
+@pytest.mark.gpu
+def test_cuda_kernels_in_decode_graphs_match_merged_models(qwen2_model, data_dir, tmp_path):
+    """On a GPU the same batch runs the segmented Triton kernels, decode steps inside CUDA graphs."""
+    folder, _ = qwen2_model
+    llm = assert_mixed_batch_matches_merged(folder, DENSE_TARGETS, tmp_path, data_dir)
+    assert llm.engine.lora.state.use_kernel
+    assert llm.engine.runner.decode_graphs is not None and llm.engine.runner.decode_graphs.lora is llm.engine.lora
 
 
 @pytest.fixture(scope="module")

@@ -61,9 +61,7 @@ def test_finetune_learns_the_task_resumes_and_the_adapter_serves(tmp_path, data_
     assert summary["eval_loss"] < LOSS_BOUND
     assert (out / "loss.png").is_file() and "loss plot" in result.stdout
 
-    llm = LLM(
-        str(base), data_dir=str(data_dir), lora_modules=f"fruits={out}", max_lora_rank=8, show_progress=False
-    )
+    llm = LLM(str(base), data_dir=str(data_dir), lora_modules=f"fruits={out}", max_lora_rank=8, show_progress=False)
     prompts = [llm.tokenizer.encode_chat([{"role": "user", "content": f"fruit {n}"}]) for n in NUMBERS]
     greedy = SamplingParams(temperature=0.0, max_tokens=8)
     tuned = [o.outputs[0].text for o in llm.generate(prompts, greedy, lora_name="fruits")]
