@@ -18,6 +18,17 @@ _BLOCK_M = 16  # tl.dot's smallest tile; a decode segment uses one row of it
 
 
 @triton.jit
+def _segment_block(seg_starts_ptr, seg_slots_ptr, BLOCK_M: tl.constexpr):
+    """(slot, first row, end row) of this program's block of rows: segment program_id(0), block
+    program_id(1) of it. The caller returns at once for a base segment or a block past its end."""
+    seg = tl.program_id(0)
+    slot = tl.load(seg_slots_ptr + seg)
+    start = tl.load(seg_starts_ptr + seg) + tl.program_id(1) * BLOCK_M
+    end = tl.load(seg_starts_ptr + seg + 1)
+    return slot, start, end
+
+
+@triton.jit
 def _shrink_kernel(
     x_ptr,
     a_ptr,
@@ -35,10 +46,7 @@ def _shrink_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    seg = tl.program_id(0)
-    slot = tl.load(seg_slots_ptr + seg)
-    start = tl.load(seg_starts_ptr + seg) + tl.program_id(1) * BLOCK_M
-    end = tl.load(seg_starts_ptr + seg + 1)
+    slot, start, end = _segment_block(seg_starts_ptr, seg_slots_ptr, BLOCK_M)
     if slot < 0 or start >= end:
         return
     rows = start + tl.arange(0, BLOCK_M)
@@ -86,10 +94,7 @@ def _expand_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
-    seg = tl.program_id(0)
-    slot = tl.load(seg_slots_ptr + seg)
-    start = tl.load(seg_starts_ptr + seg) + tl.program_id(1) * BLOCK_M
-    end = tl.load(seg_starts_ptr + seg + 1)
+    slot, start, end = _segment_block(seg_starts_ptr, seg_slots_ptr, BLOCK_M)
     if slot < 0 or start >= end:
         return
     rows = start + tl.arange(0, BLOCK_M)

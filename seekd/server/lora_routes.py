@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from http import HTTPStatus
 from typing import Literal
 
@@ -42,6 +43,16 @@ def _client(request: Request) -> EngineClient:
     return client
 
 
+async def _engine_call(call: Awaitable[None]) -> None:
+    """An adapter operation in the engine: its refusal is the caller's 400, a missing engine 503."""
+    try:
+        await call
+    except EngineRequestError as e:
+        raise invalid_request(str(e)) from e
+    except EngineDeadError as e:
+        raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, str(e), code="engine_unavailable") from e
+
+
 def _listing(request: Request, client: EngineClient) -> AdapterList:
     served = request.app.state.serving.served_model_name
     adapters = client.lora_adapters or {}
@@ -61,12 +72,7 @@ async def list_adapters(request: Request) -> AdapterList:
 async def load_adapter(body: LoadAdapterRequest, request: Request) -> AdapterList:
     """Load (or replace) an adapter; the answer lists the adapters loaded after it."""
     client = _client(request)
-    try:
-        await client.load_adapter(body.name, body.path)
-    except EngineRequestError as e:
-        raise invalid_request(str(e)) from e
-    except EngineDeadError as e:
-        raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, str(e), code="engine_unavailable") from e
+    await _engine_call(client.load_adapter(body.name, body.path))
     return _listing(request, client)
 
 
@@ -79,10 +85,5 @@ async def unload_adapter(name: str, request: Request) -> AdapterList:
     client = _client(request)
     if name not in (client.lora_adapters or {}):
         raise APIError(HTTPStatus.NOT_FOUND, f"no LoRA adapter named {name!r} is loaded", code="adapter_not_found")
-    try:
-        await client.unload_adapter(name)
-    except EngineRequestError as e:
-        raise invalid_request(str(e)) from e
-    except EngineDeadError as e:
-        raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, str(e), code="engine_unavailable") from e
+    await _engine_call(client.unload_adapter(name))
     return _listing(request, client)
