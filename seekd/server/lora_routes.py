@@ -38,8 +38,11 @@ class LoadAdapterRequest(BaseModel):
 
 def _client(request: Request) -> EngineClient:
     client: EngineClient | None = request.app.state.engine
-    if client is None or client.info is None:
-        raise APIError(HTTPStatus.SERVICE_UNAVAILABLE, "the model is still loading", code="engine_unavailable")
+    if client is None or client.info is None or client.dead_reason is not None:
+        reason = client.dead_reason if client is not None else None
+        raise APIError(
+            HTTPStatus.SERVICE_UNAVAILABLE, reason or "the model is still loading", code="engine_unavailable"
+        )
     return client
 
 
