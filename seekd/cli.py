@@ -1,4 +1,5 @@
-"""`seekd` command line: serve, generate, chat, bench, top, keys, audit, router, pull, models, rm, doctor, plan, kb.
+"""`seekd` command line: serve, generate, chat, bench, top, keys, audit, router, pull, models, rm, doctor, plan, kb,
+finetune, distill.
 
 Every config field is also a flag (`--max-num-seqs 64`), generated from the config tree, so the
 CLI, YAML (`--config FILE`) and `SEEKD_*` variables stay in step without a second list of options.
@@ -20,6 +21,7 @@ from seekd.ops.logging_setup import configure_logging
 from seekd.ops.security_cli import add_security_parsers, run_audit, run_keys
 from seekd.router.cli import add_router_parser, run_router_command
 from seekd.server.reasoning import ReasoningDelta, ReasoningParser, prompt_opens_reasoning
+from seekd.train.cli import add_train_parsers, run_distill, run_finetune
 
 SAMPLING_FLAGS = ("max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")
 # `generate` and `chat` run the engine in-process: the HTTP server's, admission's and security's
@@ -144,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_security_parsers(sub)
     add_router_parser(sub)
     add_kb_parser(sub)
+    add_train_parsers(sub)
 
     top = sub.add_parser("top", help="live view of a running server's /metrics")
     top.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
@@ -280,6 +283,16 @@ def main(argv: list[str] | None = None) -> int:
             return run_top(args.url, args.interval, args.once, Console(), args.api_key)
         except httpx.HTTPError as e:
             print(f"seekd: error: cannot read {args.url}/metrics: {e}", file=sys.stderr)
+            return 2
+    if args.command in ("finetune", "distill"):  # training options are the command's own
+        configure_logging(args.log_level)
+        try:
+            return (run_finetune if args.command == "finetune" else run_distill)(args)
+        except ImportError as e:
+            print(f"seekd: error: {e}; install the training extra: pip install 'seekd[finetune]'", file=sys.stderr)
+            return 2
+        except (FileNotFoundError, ValueError) as e:
+            print(f"seekd: error: {e}", file=sys.stderr)
             return 2
     if args.command == "router":  # its own YAML schema: no seekd config involved
         try:

@@ -432,6 +432,37 @@ class KnowledgeConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Serving LoRA adapters on the base model (README "LoRA adapters")."""
+
+    enable_lora: bool = setting(False, "serve LoRA adapters (on by itself when lora_modules names some)")
+    lora_modules: str = setting(
+        "", "adapters loaded at start-up, selected by model 'base:name': name=/path/to/peft_adapter,name2=/path2"
+    )
+    max_loras: int = setting(4, "adapters resident on the device at once, and most distinct adapters in one step")
+    max_lora_rank: int = setting(16, "largest LoRA rank an adapter may have (sizes the device buffers)")
+
+    def __post_init__(self) -> None:
+        if self.max_loras < 1 or self.max_lora_rank < 1:
+            raise ValueError("max_loras and max_lora_rank must be positive")
+        self.modules()
+
+    @property
+    def enabled(self) -> bool:
+        return self.enable_lora or bool(self.lora_modules.strip())
+
+    def modules(self) -> dict[str, str]:
+        """`lora_modules` parsed: {"name": "/path"}."""
+        out: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in self.lora_modules.split(","))):
+            name, sep, path = item.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ValueError(f"lora_modules: expected 'name=/path/to/adapter', got {item!r}")
+            out[name.strip()] = path.strip()
+        return out
+
+
+@dataclass
 class StorageConfig:
     data_dir: str = setting(
         "~/.local/share/seekd", "holds the demo model, the key store, the audit log and knowledge bases"
@@ -458,6 +489,7 @@ class SeekdConfig:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 

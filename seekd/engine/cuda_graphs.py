@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from seekd.engine.kv_cache_layout import CacheGroup
+from seekd.engine.lora_manager import LoRAManager
 from seekd.intmath import cdiv
 from seekd.layers.attention import AttentionBackend, TritonAttentionBackend, TritonStepData
 from seekd.layers.forward_context import AttentionMetadata, CacheGroupMetadata, ForwardContext
@@ -73,11 +74,14 @@ class DecodeGraphs:
         max_batch: int,
         max_seq_len: int,
         groups: list[CacheGroup],
+        lora: LoRAManager | None = None,
     ) -> None:
+        """`lora`: the graphs include the adapters' kernels, reading slots the runner fills per replay."""
         if not isinstance(backend, TritonAttentionBackend):
             raise ValueError("decode CUDA graphs need the triton attention backend")
         self.model = model
         self.backend = backend
+        self.lora = lora
         self.max_seq_len = max_seq_len
         self.sizes = graph_batch_sizes(max_batch)
         n = self.sizes[-1]
@@ -122,12 +126,16 @@ class DecodeGraphs:
         for bs in reversed(self.sizes):  # largest first, so smaller graphs reuse its memory
             ctx = ForwardContext(attn=self._metadata(bs))
             ids, pos = self.input_ids[:bs], self.positions[:bs]
+            if self.lora is not None:
+                self.lora.state.batch = self.lora.graph_batch(bs)
             self.model(ids, pos, ctx)  # warm-up outside the graph: compiles and autotunes
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
                 hidden = self.model(ids, pos, ctx)
             self.graphs[bs] = _Graph(graph, hidden, ctx)
+        if self.lora is not None:
+            self.lora.state.batch = None
         torch.cuda.synchronize()
         logger.info("captured decode CUDA graphs for batch sizes %s", self.sizes)
 

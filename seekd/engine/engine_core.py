@@ -17,6 +17,7 @@ from seekd.engine.context_length import check_context_length, output_budget
 from seekd.engine.executor.runner_setup import load_runner, resolve_model_folder, set_cpu_threads
 from seekd.engine.executor.tp_validation import check_tensor_parallel, rank_device
 from seekd.engine.executor.tp_workers import TPDriver
+from seekd.engine.lora_manager import LoRAManager
 from seekd.engine.model_runner import InflightStep
 from seekd.engine.multimodal import check_images
 from seekd.engine.outputs import EngineOutput
@@ -60,8 +61,14 @@ class EngineCore:
         self.runner = loaded.runner
         self.model_folder, self.hf_config, self.dtype = loaded.model_folder, loaded.hf_config, loaded.dtype
         self.max_model_len = loaded.max_model_len
+        self.lora = self._start_lora(config)
         self.scheduler = Scheduler(
-            config.scheduler, config.cache, loaded.num_blocks, self.max_model_len, self.runner.kv_layout.shapes
+            config.scheduler,
+            config.cache,
+            loaded.num_blocks,
+            self.max_model_len,
+            self.runner.kv_layout.shapes,
+            max_loras=config.lora.max_loras if self.lora is not None else 0,
         )
         mode = config.scheduler.async_scheduling
         self.async_scheduling = mode == "on" or (mode == "auto" and self.device.startswith("cuda"))
@@ -70,6 +77,46 @@ class EngineCore:
             self.runner.tp_driver = self.tp_driver
         self._inflight: InflightStep | None = None
         self.eos_token_ids = eos_token_ids(self.model_folder, self.hf_config)
+
+    def _start_lora(self, config: SeekdConfig) -> LoRAManager | None:
+        """Attach adapter buffers to the model and load `--lora-modules` (LoRA serving on)."""
+        if not config.lora.enabled:
+            return None
+        manager = LoRAManager(self.runner.model, config.lora, self.runner.device)
+        for name, path in config.lora.modules().items():
+            manager.load(name, path)
+        self.runner.lora = manager
+        graphs = self.runner.decode_graphs
+        if graphs is not None:  # captured without the adapters' kernels: capture again with them, or drop
+            max_batch, max_len = graphs.sizes[-1], graphs.max_seq_len
+            self.runner.decode_graphs = graphs = None
+            if manager.graph_safe:
+                self.runner.capture_decode_graphs(max_batch, max_len)
+            else:
+                logger.info("LoRA serving: decode runs eagerly (adapters on MLA's kv_b_proj need the naive path)")
+        return manager
+
+    # -- LoRA adapters ----------------------------------------------------------------------------
+    def load_lora(self, name: str, path: str) -> None:
+        """Register a PEFT adapter at runtime; ValueError if it does not fit or LoRA serving is off."""
+        self._lora_manager().load(name, path)
+
+    def unload_lora(self, name: str) -> None:
+        """Refuse new requests for `name`; its requests in the engine finish. KeyError if unknown."""
+        self._lora_manager().unload(name)
+        self._collect_adapters()
+
+    def lora_names(self) -> list[str]:
+        return [] if self.lora is None else self.lora.names()
+
+    def _lora_manager(self) -> LoRAManager:
+        if self.lora is None:
+            raise ValueError("this engine serves no LoRA adapters: start it with --enable-lora or --lora-modules")
+        return self.lora
+
+    def _collect_adapters(self) -> None:
+        if self.lora is not None and len(self.lora.live) > len(self.lora.adapters):
+            self.lora.collect({r.lora_key for r in self.scheduler.requests.values() if r.lora_key is not None})
 
     def shutdown(self) -> None:
         """Stop the tensor-parallel workers and leave the process group (a no-op on one rank)."""
@@ -107,7 +154,10 @@ class EngineCore:
             deadline=req.deadline,
             output_token_ids=req.resume_output_token_ids,
             images=req.images,
+            lora_name=req.lora_name,
         )
+        if req.lora_name is not None:
+            request.lora_key = self._lora_manager().cache_key(req.lora_name)
         if params.structured is not None:
             request.grammar = self.structured_backend().matcher(params.structured)
             request.grammar.advance(request.output_token_ids)  # a resumed request replays its tokens
@@ -174,6 +224,7 @@ class EngineCore:
                         num_cached_tokens=max(request.num_cached_tokens, 0),
                     )
                 )
+        self._collect_adapters()
         return outputs
 
     def _launch_next(self, previous: InflightStep | None) -> InflightStep | None:

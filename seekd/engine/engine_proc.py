@@ -43,7 +43,20 @@ class Shutdown(msgspec.Struct, tag="shutdown"):
     pass
 
 
-EngineInput = AddRequest | AbortRequests | Shutdown
+class LoadAdapter(msgspec.Struct, tag="load_lora"):
+    """Register a PEFT LoRA adapter folder under `name`; answered by an AdapterReply of `op_id`."""
+
+    op_id: int
+    name: str
+    path: str
+
+
+class UnloadAdapter(msgspec.Struct, tag="unload_lora"):
+    op_id: int
+    name: str
+
+
+EngineInput = AddRequest | AbortRequests | Shutdown | LoadAdapter | UnloadAdapter
 
 
 # -- engine -> server --------------------------------------------------------------------------
@@ -55,6 +68,7 @@ class Ready(msgspec.Struct, tag="ready"):
     max_model_len: int
     eos_token_ids: list[int]
     precision: str = ""  # the loaded weights' precision in words, for /v1/models and the logs
+    lora_adapters: list[str] | None = None  # loaded at start-up; None = LoRA serving off
 
 
 class StartupFailed(msgspec.Struct, tag="startup_failed"):
@@ -68,9 +82,18 @@ class RequestError(msgspec.Struct, array_like=True):
     message: str
 
 
+class AdapterReply(msgspec.Struct, array_like=True):
+    """The outcome of a LoadAdapter / UnloadAdapter: `error` None = done; the adapters loaded after it."""
+
+    op_id: int
+    error: str | None
+    adapters: list[str]
+
+
 class OutputBatch(msgspec.Struct, tag="outputs"):
     outputs: list[EngineOutput]
     errors: list[RequestError] = msgspec.field(default_factory=list)
+    adapter_replies: list[AdapterReply] = msgspec.field(default_factory=list)
     stats: dict[str, float] = msgspec.field(default_factory=dict)  # EngineCore.stats() after the batch
 
 
@@ -106,11 +129,11 @@ def run_engine_core(config: SeekdConfig, input_address: str, output_address: str
         output_socket.send(encoder.encode(StartupFailed(f"{type(e).__name__}: {e}")))
         output_socket.close(linger=5000)
         raise SystemExit(1) from e
-    output_socket.send(
-        encoder.encode(
-            Ready(os.getpid(), str(engine.model_folder), engine.max_model_len, sorted(engine.eos_token_ids), precision)
-        )
+    adapters = engine.lora_names() if engine.lora is not None else None
+    ready = Ready(
+        os.getpid(), str(engine.model_folder), engine.max_model_len, sorted(engine.eos_token_ids), precision, adapters
     )
+    output_socket.send(encoder.encode(ready))
     logger.info("engine core ready (pid %d, max_model_len %d)", os.getpid(), engine.max_model_len)
     try:
         heartbeat_s = config.admission.engine_heartbeat_interval_s
@@ -151,6 +174,7 @@ class EngineLoop:
             events = self.poller.poll(0 if busy else int(self.heartbeat_s * 1000))
             outputs: list[EngineOutput] = []
             errors: list[RequestError] = []
+            self.replies: list[AdapterReply] = []
             got_input = bool(events)
             if got_input and not self._drain_input(outputs, errors):
                 logger.info("engine core shutting down on request")
@@ -163,7 +187,7 @@ class EngineLoop:
                 outputs.extend(self.engine.step())
             now = time.monotonic()
             if outputs or errors or got_input or now - last_sent >= self.heartbeat_s:
-                batch = OutputBatch(outputs, errors, self.engine.stats())
+                batch = OutputBatch(outputs, errors, self.replies, self.engine.stats())
                 self.output_socket.send(self.encoder.encode(batch))
                 last_sent = now
 
@@ -183,5 +207,20 @@ class EngineLoop:
                     errors.append(RequestError(msg.request.request_id, str(e)))
             elif isinstance(msg, AbortRequests):
                 outputs.extend(self.engine.abort_requests(msg.request_ids))
+            elif isinstance(msg, LoadAdapter | UnloadAdapter):
+                self.replies.append(self._adapter_op(msg))
             else:
                 return False
+
+    def _adapter_op(self, msg: LoadAdapter | UnloadAdapter) -> AdapterReply:
+        try:
+            if isinstance(msg, LoadAdapter):
+                self.engine.load_lora(msg.name, msg.path)
+            else:
+                self.engine.unload_lora(msg.name)
+        except KeyError:
+            return AdapterReply(msg.op_id, f"no LoRA adapter named {msg.name!r} is loaded", self.engine.lora_names())
+        except (ValueError, OSError) as e:
+            logger.info("LoRA adapter %s: %s", msg.name, e)
+            return AdapterReply(msg.op_id, str(e), self.engine.lora_names())
+        return AdapterReply(msg.op_id, None, self.engine.lora_names())

@@ -22,6 +22,7 @@ class FlatStep:
     slot_mapping: list[np.ndarray | None]  # per cache group, [T] int64; None for groups of compressed entries
     logits_indices: np.ndarray  # [S] int64: rows of the hidden states whose next token is sampled
     pending: np.ndarray  # [P, 2] int64: (input row, row of the previous step's sampled ids)
+    lora_slots: np.ndarray | None = None  # [B] int32 LoRA adapter slot per sequence (-1 base); None = no adapter
     share_sampled: bool = False  # rank 0 broadcasts this step's sampled ids (the next may read them)
 
 

@@ -35,9 +35,13 @@ def hash_block(parent: bytes, token_ids: list[int], extra: bytes = b"") -> bytes
     return h.digest()
 
 
-def root_hash(cache_salt: str | None) -> bytes:
-    """Start of a request's hash chain; different salts never share a block."""
-    return hashlib.sha256(b"seekd-prefix:" + (cache_salt or "").encode()).digest()
+def root_hash(cache_salt: str | None, lora_key: str | None = None) -> bytes:
+    """Start of a request's hash chain; different salts never share a block, nor do different LoRA
+    adapters or loads of one (an adapter changes every layer's keys and values)."""
+    key = (cache_salt or "").encode()
+    if lora_key is not None:
+        key += b"\x00lora:" + lora_key.encode()
+    return hashlib.sha256(b"seekd-prefix:" + key).digest()
 
 
 class KVCacheManager:
@@ -88,7 +92,7 @@ class KVCacheManager:
     def _update_block_hashes(self, request: Request) -> None:
         num_full = request.num_known_tokens // self.block_size
         hashes = request.block_hashes
-        parent = hashes[-1] if hashes else root_hash(request.cache_salt)
+        parent = hashes[-1] if hashes else root_hash(request.cache_salt, request.lora_key)
         bs = self.block_size
         for i in range(len(hashes), num_full):
             extra = block_image_key(request.images, i * bs, (i + 1) * bs) if request.images else b""

@@ -124,25 +124,30 @@ class LLM:
         prompts: Prompt | Sequence[Prompt],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         images: Sequence[list[ImageInput]] | None = None,
+        lora_name: str | Sequence[str | None] | None = None,
         **request_options: Any,
     ) -> list[RequestOutput]:
         """Generate for each prompt (text or token ids); results come back in prompt order.
         `images`: per prompt, the images whose placeholder tokens it holds (vision-language models).
+        `lora_name`: the LoRA adapter of every prompt, or one per prompt (None = the base model).
         `request_options`: priority, tenant, cache_salt."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params_list = _broadcast_params(sampling_params, len(prompts))
         if images is not None and len(images) != len(prompts):
             raise ValueError(f"images for {len(images)} prompts, but {len(prompts)} prompts")
+        adapters = [lora_name] * len(prompts) if lora_name is None or isinstance(lora_name, str) else list(lora_name)
+        if len(adapters) != len(prompts):
+            raise ValueError(f"{len(adapters)} LoRA adapter names for {len(prompts)} prompts")
         results: list[RequestOutput] = []
         by_engine_id: dict[str, _Sequence] = {}
-        for i, (prompt, params) in enumerate(zip(prompts, params_list)):
+        for i, (prompt, params, adapter) in enumerate(zip(prompts, params_list, adapters)):
             ids = self._tokenize(prompt)
             request_id = f"gen-{next(self._ids)}"
             extra = dict(request_options)
             if images is not None and images[i]:
                 extra["images"] = list(images[i])
-            sequences = self._submit(ids, params, request_id, **extra)
+            sequences = self._submit(ids, params, request_id, lora_name=adapter, **extra)
             by_engine_id.update((s.engine_id, s) for s in sequences)
             results.append(
                 RequestOutput(

@@ -18,6 +18,7 @@ from seekd.engine.cuda_graphs import DecodeGraphs
 from seekd.engine.flat_step import FlatStep, StepSender
 from seekd.engine.image_features import ImageFeatures
 from seekd.engine.kv_cache_layout import KVCacheLayout
+from seekd.engine.lora_manager import LoRAManager
 from seekd.engine.multimodal import ImageInput
 from seekd.engine.outputs import TokenLogprob
 from seekd.engine.request import PENDING_TOKEN, Request
@@ -113,6 +114,7 @@ class ModelRunner:
         self.tp_driver: StepSender | None = None
         # a vision-language model encodes the images of its prefill steps
         self.images = ImageFeatures(model, self.device) if hasattr(model, "encode_images") else None
+        self.lora: LoRAManager | None = None  # set by the engine when it serves LoRA adapters
 
     def select_attention_backend(self, name: str, prefill: str) -> None:
         """One backend instance serves every standard attention layer. MLA layers keep their own
@@ -159,7 +161,7 @@ class ModelRunner:
     def capture_decode_graphs(self, max_batch: int, max_model_len: int) -> None:
         """Replay pure-decode steps as CUDA graphs (needs the KV cache bound and a graph-safe backend)."""
         self.decode_graphs = DecodeGraphs(
-            self.model, self.attn_backend, self.device, max_batch, max_model_len, self.kv_layout.groups
+            self.model, self.attn_backend, self.device, max_batch, max_model_len, self.kv_layout.groups, self.lora
         )
         self.decode_graphs.capture()
 
@@ -199,6 +201,7 @@ class ModelRunner:
             slot_mapping=list(slots),
             logits_indices=np.asarray(logits_indices, dtype=np.int64),
             pending=np.zeros((0, 2), dtype=np.int64),
+            lora_slots=None if self.lora is None else self.lora.step_slots(out.requests),
         )
         return step, sampling, pending_rows
 
@@ -261,12 +264,16 @@ class ModelRunner:
         """The model's hidden states at the step's logits rows. Every tensor-parallel rank runs this
         (and then compute_logits) in the same order: both hold collectives."""
         input_ids, positions, attn = self.device_inputs(step)
+        if self.lora is not None:
+            self.lora.set_batch(step.lora_slots, step.query_lens)
         if len(step.pending):
             if previous_sampled is None:
                 raise RuntimeError("a pending input token needs the step that samples it")
             dst, src = torch.from_numpy(step.pending).to(self.device, non_blocking=True).unbind(1)
             input_ids.index_copy_(0, dst, previous_sampled.index_select(0, src))
         if image_features is None and self.decode_graphs is not None and self.decode_graphs.can_run(attn):
+            if self.lora is not None:
+                self.lora.fill_graph_slots(step.lora_slots)
             hidden = self.decode_graphs.run(input_ids, positions, attn)
         else:
             attn.backend_data = self.attn_backend.prepare(attn)

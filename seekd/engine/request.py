@@ -56,6 +56,7 @@ class Request:
         deadline: float | None = None,
         output_token_ids: list[int] | None = None,
         images: list[ImageInput] | None = None,
+        lora_name: str | None = None,
     ) -> None:
         """`output_token_ids` resumes a sequence that another engine had started (after a restart):
         it counts as output, exactly as for a preempted request, so sampler positions (seeded noise),
@@ -73,6 +74,8 @@ class Request:
         self.cache_salt = cache_salt
         self.deadline = deadline
         self.images: list[ImageInput] = sorted(images or [], key=lambda im: im.offset)
+        self.lora_name = lora_name  # the LoRA adapter it runs on; None = the base model
+        self.lora_key: str | None = None  # that adapter's load (name and load count): keys its prefix cache
 
         self.output_token_ids: list[int] = list(output_token_ids or [])
         self.all_token_ids: list[int] = list(prompt_token_ids) + self.output_token_ids
@@ -187,3 +190,4 @@ class EngineCoreRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     deadline: float | None = None  # time.monotonic(); CLOCK_MONOTONIC is system-wide, so valid across processes
     resume_output_token_ids: list[int] = msgspec.field(default_factory=list)  # produced before a restart
     images: list[ImageInput] = msgspec.field(default_factory=list)  # their placeholders are in the prompt
+    lora_name: str | None = None  # a LoRA adapter loaded in the engine; None = the base model

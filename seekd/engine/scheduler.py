@@ -55,8 +55,11 @@ class Scheduler:
         num_kv_blocks: int,
         max_model_len: int,
         kv_cache_groups: list[CacheGroupShape] | None = None,
+        max_loras: int = 0,
     ) -> None:
+        """`max_loras`: most distinct LoRA adapters among running requests (the device slots); 0 = no LoRA."""
         self.config = scheduler_config
+        self.max_loras = max_loras
         self.max_model_len = max_model_len
         self.kv = KVCacheManager(
             num_kv_blocks, cache_config.block_size, cache_config.enable_prefix_caching, kv_cache_groups
@@ -129,8 +132,16 @@ class Scheduler:
                 continue
             break
 
-        while self.waiting and budget > 0 and not preempted_any and len(self.running) < self.config.max_num_seqs:
-            request = self.waiting[0][3]
+        adapters = {r.lora_key for r in self.running if r.lora_key is not None}
+        j = 0  # waiting requests before j wait for a LoRA slot
+        while (
+            j < len(self.waiting) and budget > 0 and not preempted_any and len(self.running) < self.config.max_num_seqs
+        ):
+            request = self.waiting[j][3]
+            key = request.lora_key
+            if key is not None and key not in adapters and len(adapters) >= self.max_loras:
+                j += 1  # its adapter needs a slot that running requests hold; later ones may run
+                continue
             computed_blocks, num_hit = self.kv.get_computed_blocks(request)
             num_new = request.num_tokens - num_hit
             if num_new > budget and not self.config.enable_chunked_prefill:
@@ -138,7 +149,9 @@ class Scheduler:
             num_new = min(num_new, budget)
             if not self.kv.allocate_slots(request, num_new, computed_blocks):
                 break
-            self.waiting.pop(0)
+            self.waiting.pop(j)
+            if key is not None:
+                adapters.add(key)
             self.kv.record_prefix_lookup(request.num_tokens, num_hit)
             request.num_computed_tokens = num_hit
             if request.num_cached_tokens < 0:

@@ -21,6 +21,7 @@ from seekd.layers.quantization.linear_methods import DenseLinear, linear_method
 
 if TYPE_CHECKING:
     from seekd.kernels.gemv import GemvConfig
+    from seekd.layers.lora import LoRAWeights
     from seekd.layers.norms import RMSNorm
 
 
@@ -63,6 +64,7 @@ class LinearBase(nn.Module):
         self.gated_input = False  # fed [gate | up] through forward_gated, which may fuse the activation
         self.normed_input = False  # fed through forward_normed, which may fold in the RMSNorm before it
         self.normed_gemv: GemvConfig | None = None
+        self.lora: LoRAWeights | None = None  # adapters' deltas (seekd/engine/lora_manager.py attaches them)
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor | QuantizedWeight, shard_id=None) -> None:
         dim = self.tp_dim
@@ -97,7 +99,8 @@ class LinearBase(nn.Module):
         return self._product(x, self.bias)
 
     def _product(self, x: torch.Tensor, bias: torch.Tensor | None, gated: bool = False) -> torch.Tensor:
-        return self.quant_method.apply(self, x, bias, gated)
+        out = self.quant_method.apply(self, x, bias, gated)
+        return out if self.lora is None else self.lora.apply(x, out)
 
     @property
     def weight_bytes(self) -> int:

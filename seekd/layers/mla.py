@@ -110,7 +110,8 @@ class MLAAttention(nn.Module):
 
     def forward(self, positions: torch.Tensor, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         meta = ctx.attn
-        absorbed = self.use_absorbed(meta)
+        # an adapter on kv_b_proj changes W_UK / W_UV per sequence: only the naive path applies it
+        absorbed = self.use_absorbed(meta) and not (self.kv_b_proj.lora is not None and self.kv_b_proj.lora.active())
         if self.use_kernel and absorbed and meta.is_pure_decode:
             return self.output(self._fused_decode(positions, x, meta))
         q_nope, q_pe, _ = self.project_and_cache(positions, x, meta)
@@ -180,7 +181,7 @@ class MLAAttention(nn.Module):
         start = 0
         for i, (q_len, seq_len) in enumerate(zip(meta.query_lens_cpu, meta.seq_lens_cpu)):
             kv_c, k_pe = self._latent_context(meta, i, q.dtype).split([self.kv_lora_rank, self.qk_rope_head_dim], -1)
-            kv = self.kv_b_proj(kv_c).view(seq_len, self.num_heads, self.qk_nope_head_dim + self.v_head_dim)
+            kv = self._up_project(kv_c, i).view(seq_len, self.num_heads, self.qk_nope_head_dim + self.v_head_dim)
             k_nope, v = kv.split([self.qk_nope_head_dim, self.v_head_dim], dim=-1)
             k = torch.cat([k_nope, k_pe.unsqueeze(1).expand(-1, self.num_heads, -1)], dim=-1)
             out[start : start + q_len] = self._attend(
@@ -188,6 +189,14 @@ class MLAAttention(nn.Module):
             )
             start += q_len
         return out
+
+    def _up_project(self, kv_c: torch.Tensor, i: int) -> torch.Tensor:
+        """kv_b_proj of sequence i's cached latents, with sequence i's adapter delta if it has one."""
+        kv = self.kv_b_proj(kv_c)
+        lora = self.kv_b_proj.lora
+        if lora is not None and lora.state.batch is not None:
+            kv = lora.apply_slot(kv_c, kv, lora.state.batch.seq_slots[i])
+        return kv
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """One sequence's attention, [q_len | seq_len, H, D] -> [q_len, H, v_head_dim]. A fresh prompt

@@ -41,6 +41,7 @@ from seekd.config import AdmissionConfig
 from seekd.errors import APIError
 from seekd.ops.auth import principal_of
 from seekd.ops.limits import KeyLimits, KeyRateLimiter, RateLimitExceeded, TenantRateLimiter, check_limits
+from seekd.server.adapters import selected_adapter
 from seekd.server.errors import shutting_down
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class RequestPolicy:
     arrival: float = field(default_factory=time.monotonic)
     key_limits: KeyLimits | None = None  # the API key's own rpm/tpm, if it has any
     request_cache_salt: str | None = None  # the request's `cache_salt`; the tenant is added to it
+    lora_name: str | None = None  # the LoRA adapter its model name selects (server/adapters.py)
 
     @property
     def deadline(self) -> float | None:
@@ -99,7 +101,12 @@ def request_policy(
     if principal is not None and (principal.key.rpm or principal.key.tpm):
         key_limits = KeyLimits(principal.key.id, principal.key.rpm, principal.key.tpm)
     return RequestPolicy(
-        resolve_tenant(request), priority, timeout, key_limits=key_limits, request_cache_salt=cache_salt
+        resolve_tenant(request),
+        priority,
+        timeout,
+        key_limits=key_limits,
+        request_cache_salt=cache_salt,
+        lora_name=selected_adapter(request),
     )
 
 

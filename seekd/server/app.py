@@ -43,6 +43,7 @@ from seekd.server.images import ImageFrontend
 from seekd.server.kb_routes import router as kb_router
 from seekd.server.knowledge import KnowledgeService
 from seekd.server.logprobs import TokenTexts
+from seekd.server.lora_routes import router as lora_router
 from seekd.server.openai_routes import router
 from seekd.server.openapi import DESCRIPTION, KEYED, errors, install_openapi, probe
 from seekd.server.shutdown import DrainingServer, LiveRequests
@@ -150,6 +151,7 @@ def create_app(config: SeekdConfig, on_startup_failure: asyncio.Event | None = N
     app.include_router(admin_router)
     app.include_router(admin_console_router)
     app.include_router(ui_router)
+    app.include_router(lora_router)
     install_observability(app, config.model.display_name)
     install_openapi(app)
 

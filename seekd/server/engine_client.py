@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
@@ -32,13 +33,16 @@ import zmq.asyncio
 from seekd.config import SeekdConfig
 from seekd.engine.engine_proc import (
     AbortRequests,
+    AdapterReply,
     AddRequest,
     EngineInput,
     EngineMessage,
+    LoadAdapter,
     OutputBatch,
     Ready,
     Shutdown,
     StartupFailed,
+    UnloadAdapter,
     run_engine_core,
 )
 from seekd.engine.outputs import EngineOutput
@@ -47,6 +51,7 @@ from seekd.engine.request import EngineCoreRequest
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_S = 10.0
+ADAPTER_OP_TIMEOUT_S = 120.0
 
 
 class EngineDeadError(RuntimeError):
@@ -64,6 +69,7 @@ class EngineInfo:
     max_model_len: int
     eos_token_ids: list[int]
     precision: str = ""
+    lora_adapters: list[str] | None = None  # loaded when the engine started; None = LoRA serving off
 
 
 class RequestStream:
@@ -219,6 +225,11 @@ class EngineClient:
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(EngineMessage)
         self._closing = False
+        # LoRA adapters the engine serves, name -> folder ("" = from --lora-modules); None = LoRA off.
+        # A restarted engine is brought back to this set before the requests in flight resume.
+        self.lora_adapters: dict[str, str] | None = None
+        self._adapter_ops: dict[int, asyncio.Future[AdapterReply]] = {}
+        self._op_ids = itertools.count(1)
 
     @property
     def is_ready(self) -> bool:
@@ -247,7 +258,51 @@ class EngineClient:
         self._ipc_dir = tempfile.mkdtemp(prefix="seekd-ipc-")
         os.chmod(self._ipc_dir, 0o700)
         self.info = await self._spawn()
+        if self.info.lora_adapters is not None:
+            configured = self.config.lora.modules()
+            self.lora_adapters = {name: configured.get(name, "") for name in self.info.lora_adapters}
         return self.info
+
+    async def load_adapter(self, name: str, path: str) -> None:
+        """Load (or replace) a LoRA adapter in the engine; EngineRequestError says why it could not."""
+        await self._adapter_op(LoadAdapter(next(self._op_ids), name, path))
+        assert self.lora_adapters is not None
+        self.lora_adapters[name] = path
+
+    async def unload_adapter(self, name: str) -> None:
+        """New requests for the adapter are refused; those in flight finish on it."""
+        await self._adapter_op(UnloadAdapter(next(self._op_ids), name))
+        assert self.lora_adapters is not None
+        self.lora_adapters.pop(name, None)
+
+    async def _adapter_op(self, msg: LoadAdapter | UnloadAdapter) -> None:
+        if self.lora_adapters is None:
+            raise EngineRequestError(
+                "this server serves no LoRA adapters: start it with --enable-lora or --lora-modules"
+            )
+        if self.dead_reason is not None or self._engine is None or not self._engine.is_up:
+            raise EngineDeadError(self.dead_reason or "the engine core is restarting; retry in a moment")
+        reply: asyncio.Future[AdapterReply] = asyncio.get_running_loop().create_future()
+        self._adapter_ops[msg.op_id] = reply
+        try:
+            self._send(msg)
+            result = await asyncio.wait_for(reply, ADAPTER_OP_TIMEOUT_S)
+        except TimeoutError as e:
+            raise EngineDeadError("the engine core did not answer the adapter request") from e
+        finally:
+            self._adapter_ops.pop(msg.op_id, None)
+        if result.error is not None:
+            raise EngineRequestError(result.error)
+
+    def _restore_adapters(self, loaded: list[str]) -> None:
+        """Bring a restarted engine's adapters back to the set the server serves."""
+        if self.lora_adapters is None:
+            return
+        for name, path in self.lora_adapters.items():
+            if path:
+                self._send(LoadAdapter(next(self._op_ids), name, path))
+        for name in set(loaded) - set(self.lora_adapters):
+            self._send(UnloadAdapter(next(self._op_ids), name))
 
     async def restart(self) -> None:
         """Replace the engine process (killing it if still alive) and resume every tracked request
@@ -260,6 +315,7 @@ class EngineClient:
             await asyncio.to_thread(old.process.join, 5.0)
         self.stats = {}
         self.info = await self._spawn()
+        self._restore_adapters(self.info.lora_adapters or [])
         for tracked in self._tracked.values():
             self._send(AddRequest(tracked.resumed()))
         logger.info("engine core pid=%d resumed %d requests", self.info.pid, len(self._tracked))
@@ -321,7 +377,14 @@ class EngineClient:
             elif isinstance(msg, Ready):
                 if not engine.ready.done():
                     engine.ready.set_result(
-                        EngineInfo(msg.pid, msg.model_folder, msg.max_model_len, msg.eos_token_ids, msg.precision)
+                        EngineInfo(
+                            msg.pid,
+                            msg.model_folder,
+                            msg.max_model_len,
+                            msg.eos_token_ids,
+                            msg.precision,
+                            msg.lora_adapters,
+                        )
                     )
             elif isinstance(msg, StartupFailed) and not engine.ready.done():
                 engine.ready.set_exception(EngineDeadError(f"the engine core failed to start: {msg.message}"))
@@ -340,6 +403,10 @@ class EngineClient:
             tracked = self._tracked.pop(err.request_id, None)
             if tracked is not None:
                 tracked.stream.put(EngineRequestError(err.message))
+        for reply in batch.adapter_replies:
+            future = self._adapter_ops.get(reply.op_id)
+            if future is not None and not future.done():
+                future.set_result(reply)
 
     def _on_process_exit(self, engine: _Incarnation) -> None:
         asyncio.get_running_loop().remove_reader(engine.process.sentinel)

@@ -170,6 +170,7 @@ class Generation:
                         deadline=policy.deadline,
                         cache_salt=cache_salt,
                         images=list(images or []),
+                        lora_name=policy.lora_name,
                     )
                 )
 

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from seekd.errors import APIError
 from seekd.ops.auth import principal_of
+from seekd.server.adapters import adapter_model_name, select_model
 from seekd.server.generation import Generation, ServingContext
 from seekd.server.openapi import GENERATION, KEYED, errors, streamed
 from seekd.server.protocol import (
@@ -50,18 +51,15 @@ def serving_context(request: Request) -> ServingContext:
 
 
 def _check_model(ctx: ServingContext, model: str | None, request: Request) -> None:
-    if model is not None and model != ctx.served_model_name:
-        raise APIError(
-            HTTPStatus.NOT_FOUND,
-            f"The model `{model}` does not exist; this server serves `{ctx.served_model_name}`.",
-            param="model",
-            code="model_not_found",
-        )
+    """The model must be the served one or `served:adapter` of a loaded LoRA adapter (which is
+    then remembered on the request), and the API key must allow it."""
+    select_model(model, ctx.served_model_name, ctx.client.lora_adapters, request)
     principal = principal_of(request.scope)
-    if principal is not None and not principal.key.allows_model(ctx.served_model_name):
+    name = ctx.served_model_name
+    if principal is not None and not (principal.key.allows_model(name) or principal.key.allows_model(model or name)):
         raise APIError(
             HTTPStatus.FORBIDDEN,
-            f"API key {principal.key.id} may not use the model `{ctx.served_model_name}`",
+            f"API key {principal.key.id} may not use the model `{model or name}`",
             type="permission_error",
             param="model",
             code="model_not_allowed",
@@ -78,9 +76,11 @@ def _new_request_id(request: Request, prefix: str) -> str:
 async def list_models(request: Request) -> ModelList:
     ctx = serving_context(request)
     principal = principal_of(request.scope)
-    if principal is not None and not principal.key.allows_model(ctx.served_model_name):
-        return ModelList(data=[])
-    return ModelList(data=[_model_card(ctx)])
+    cards = [_model_card(ctx), *(_model_card(ctx, a) for a in sorted(ctx.client.lora_adapters or {}))]
+    if principal is not None:
+        allowed = principal.key.allows_model(ctx.served_model_name)
+        cards = [c for c in cards if allowed or principal.key.allows_model(c.id)]
+    return ModelList(data=cards)
 
 
 @router.get(
@@ -92,16 +92,21 @@ async def retrieve_model(model_id: str, request: Request) -> ModelCard:
     """`client.models.retrieve(id)`; a name with a '/' (an organisation/model id) is one path."""
     ctx = serving_context(request)
     _check_model(ctx, model_id, request)
-    return _model_card(ctx)
+    return _model_card(ctx, request.state.lora_name)
 
 
-def _model_card(ctx: ServingContext) -> ModelCard:
+def _model_card(ctx: ServingContext, adapter: str | None = None) -> ModelCard:
+    """The base model's card, or that of one of its LoRA adapters (`served:adapter`)."""
+    name = ctx.served_model_name
+    loaded = {"quantization": ctx.quantization, "precision": ctx.precision}
+    if adapter is None:
+        return ModelCard(id=name, created=ctx.created, max_model_len=ctx.max_model_len, **loaded)
     return ModelCard(
-        id=ctx.served_model_name,
+        id=adapter_model_name(name, adapter),
         created=ctx.created,
         max_model_len=ctx.max_model_len,
-        quantization=ctx.quantization,
-        precision=ctx.precision,
+        parent=name,
+        **loaded,
     )
 
 

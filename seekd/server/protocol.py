@@ -305,6 +305,7 @@ class ModelCard(BaseModel):
     max_model_len: int | None = None
     quantization: str | None = None  # --quantization as given
     precision: str | None = None  # the weight precision it loads: "awq int4 (groups of 128)", "bfloat16", ...
+    parent: str | None = None  # a LoRA adapter's base model
 
 
 class ModelList(BaseModel):

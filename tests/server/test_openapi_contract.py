@@ -23,6 +23,10 @@ MODEL = "seekd-demo-random"
 ERROR_REF = "#/components/schemas/ErrorResponse"
 PROBE_REF = "#/components/schemas/ProbeStatus"
 PROBES = {("get", "/health"), ("get", "/ready")}
+LORA = "/admin/lora-adapters"
+# loading and unloading an adapter needs a model that serves LoRA (the demo's V4 does not):
+# tests/server/test_lora_server.py makes these happen on a tiny Qwen2
+NEEDS_LORA_MODEL = {("post", LORA, "200"), ("delete", LORA + "/{name}", "200")}
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 COMPLETION = {"model": MODEL, "prompt": "hi", "max_tokens": 2}
 GENERATE = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETION}
@@ -83,9 +87,10 @@ def test_every_declared_status_happens_and_nothing_else(tmp_path: Path) -> None:
         walk_keyed_routes(walk, secret, keys["spare"]["id"])
         walk_generation(walk, secret)
         walk_knowledge_bases(walk, secret)
+        walk_lora_adapters(walk, secret)
         kill_engine(server, secret["admin"])
         walk_engine_gone(walk, secret["admin"])
-    assert walk.seen == declared_statuses(doc)
+    assert walk.seen == declared_statuses(doc) - NEEDS_LORA_MODEL
 
 
 def check_declarations(doc: dict) -> None:
@@ -198,6 +203,17 @@ def walk_knowledge_bases(walk: Walk, key: dict[str, str]) -> None:
     walk("DELETE", KB + "/{name}", 200, path=KB + "/kb", key=user)
 
 
+def walk_lora_adapters(walk: Walk, key: dict[str, str]) -> None:
+    body = {"name": "a", "path": "/nope"}
+    for method, route, path in [("GET", LORA, None), ("POST", LORA, None), ("DELETE", LORA + "/{name}", LORA + "/a")]:
+        walk(method, route, 401, path=path, json=body, key="sk-seekd-wrong")
+        walk(method, route, 403, path=path, json=body, key=key["user"])
+    walk("GET", LORA, 200, key=key["admin"])
+    walk("POST", LORA, 400, json=body, key=key["admin"])  # the demo model serves no adapters
+    walk("POST", LORA, 413, content=b"x" * (MAX_REQUEST_BODY_BYTES + 1), key=key["admin"])
+    walk("DELETE", LORA + "/{name}", 404, path=LORA + "/a", key=key["admin"])
+
+
 def kill_engine(server: ServerHandle, admin: str) -> None:
     """With --engine-max-restarts 0 the server gives up on its first engine death: 503 everywhere."""
     headers = {"Authorization": f"Bearer {admin}"}
@@ -215,3 +231,6 @@ def walk_engine_gone(walk: Walk, admin: str) -> None:
     walk("GET", "/v1/models/{model_id}", 503, path=f"/v1/models/{MODEL}", key=admin)
     for route, body in GENERATE.items():
         walk("POST", route, 503, json=body, key=admin)
+    walk("GET", LORA, 503, key=admin)
+    walk("POST", LORA, 503, json={"name": "a", "path": "/nope"}, key=admin)
+    walk("DELETE", LORA + "/{name}", 503, path=LORA + "/a", key=admin)
