@@ -23,6 +23,7 @@ class FlatStep:
     logits_indices: np.ndarray  # [S] int64: rows of the hidden states whose next token is sampled
     pending: np.ndarray  # [P, 2] int64: (input row, row of the previous step's sampled ids)
     share_sampled: bool = False  # rank 0 broadcasts this step's sampled ids (the next may read them)
+    sync_expert_load: bool = False  # every rank joins the expert-load sync after this step (engine/expert_load.py)
 
 
 class StepSender(Protocol):
