@@ -14,17 +14,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from seekd.distributed import all_reduce_max_world
+from seekd.distributed import all_reduce_max_world, ep_size
 
 
 class ExpertLoadTable:
     def __init__(self, model: nn.Module, device: torch.device) -> None:
         self.layers = [m for m in model.modules() if isinstance(getattr(m, "expert_load", None), torch.Tensor)]
-        self.tracked = bool(self.layers)
+        config = getattr(model, "config", None)
+        # a pipeline stage may hold no MoE layer of its own and still report the others'
+        self.tracked = ep_size() > 1 and config is not None and bool(config.get("n_routed_experts"))
         self.device = device
         self._synced: torch.Tensor | None = None
         if self.tracked:
-            config = model.config
             self.shape = (int(config.num_hidden_layers), int(config.n_routed_experts))
 
     def _local(self) -> torch.Tensor:

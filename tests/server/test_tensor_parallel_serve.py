@@ -122,7 +122,7 @@ def test_serve_with_two_ranks_answers_and_survives_either_rank_dying(data_dir: P
             assert reply.usage.completion_tokens == 8 and reply.choices[0].message.content
 
         chat()
-        assert "tensor parallel: 2 ranks" in server.log()
+        assert "parallel: 2 ranks (tensor 2 x pipeline 1)" in server.log()
         first_engine = server.ready_payload()["engine_pid"]
         first_worker = worker_of(first_engine)
 
