@@ -16,6 +16,9 @@ from torch import nn
 
 from seekd.distributed import pp_rank, pp_size
 
+StageTensors = dict[str, torch.Tensor]  # what one stage hands the next (hidden states, residual, streams)
+StageSpecs = dict[str, tuple[tuple[int, ...], torch.dtype]]  # their shapes and dtypes, for the receiver
+
 
 def stage_layer_range(num_layers: int, stage: int, num_stages: int) -> range:
     """The layers stage `stage` runs: an even split, the first `num_layers % num_stages` stages one

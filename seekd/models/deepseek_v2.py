@@ -19,7 +19,7 @@ from seekd.layers.forward_context import ForwardContext
 from seekd.layers.mla import MLAAttention
 from seekd.layers.moe import RoutedExperts, SparseMoE, TopKRouter, expert_weight_target
 from seekd.layers.norms import RMSNorm
-from seekd.layers.pipeline import held, on_stage, stage_layers
+from seekd.layers.pipeline import StageSpecs, StageTensors, held, on_stage, stage_layers
 from seekd.layers.rotary import RotaryEmbedding, get_rope, rope_parameters, yarn_softmax_scale
 from seekd.models.hf_config import HFConfig
 from seekd.models.llama import LlamaMLP
@@ -144,8 +144,8 @@ class DeepseekV2Model(nn.Module):
         input_ids: torch.Tensor,
         positions: torch.Tensor,
         ctx: ForwardContext,
-        intermediate: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        intermediate: StageTensors | None = None,
+    ) -> torch.Tensor | StageTensors:
         """The final hidden states, or (before the last stage) what the next stage continues from."""
         if intermediate is None:
             x, residual = self.embed_tokens(input_ids), None
@@ -180,11 +180,11 @@ class DeepseekV2ForCausalLM(nn.Module):
         input_ids: torch.Tensor,
         positions: torch.Tensor,
         ctx: ForwardContext,
-        intermediate: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        intermediate: StageTensors | None = None,
+    ) -> torch.Tensor | StageTensors:
         return self.model(input_ids, positions, ctx, intermediate)
 
-    def pipeline_specs(self, num_tokens: int, dtype: torch.dtype) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    def pipeline_specs(self, num_tokens: int, dtype: torch.dtype) -> StageSpecs:
         """What one stage hands the next: name -> (shape, dtype)."""
         shape = (num_tokens, self.config.hidden_size)
         return {"hidden": (shape, dtype), "residual": (shape, dtype)}

@@ -24,7 +24,7 @@ from seekd.layers.forward_context import ForwardContext
 from seekd.layers.hyper_connection import HyperConnection, HyperHead
 from seekd.layers.moe import HashRouter, RoutedExperts, TopKRouter, expert_weight_target, swiglu
 from seekd.layers.norms import RMSNorm
-from seekd.layers.pipeline import held, on_stage, stage_layers
+from seekd.layers.pipeline import StageSpecs, StageTensors, held, on_stage, stage_layers
 from seekd.layers.rotary import RotaryEmbedding
 from seekd.layers.token_compression import CompressedIndexer, Compressor
 from seekd.models.hf_config import HFConfig
@@ -217,8 +217,8 @@ class DeepseekV4ForCausalLM(nn.Module):
         input_ids: torch.Tensor,
         positions: torch.Tensor,
         ctx: ForwardContext,
-        intermediate: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        intermediate: StageTensors | None = None,
+    ) -> torch.Tensor | StageTensors:
         if intermediate is None:
             x = self.embed(input_ids)
             streams = x.unsqueeze(1).expand(-1, self.hc_mult, -1).contiguous()
@@ -230,7 +230,7 @@ class DeepseekV4ForCausalLM(nn.Module):
             return {"streams": streams}
         return self.norm(self.hc_head(streams))
 
-    def pipeline_specs(self, num_tokens: int, dtype: torch.dtype) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    def pipeline_specs(self, num_tokens: int, dtype: torch.dtype) -> StageSpecs:
         """What one stage hands the next: name -> (shape, dtype)."""
         return {"streams": ((num_tokens, self.hc_mult, self.config.hidden_size), dtype)}
 

