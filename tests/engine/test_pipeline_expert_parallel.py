@@ -25,7 +25,7 @@ from seekd.engine.executor.tp_validation import check_parallel
 from seekd.engine.kv_cache_layout import KVCacheLayout
 from seekd.layers.pipeline import RemoteLayer, stage_layer_range
 from seekd.models.hf_config import HFConfig
-from seekd.models.loader import load_model
+from seekd.models.loader import load_model, stage_filter
 
 CHILD = Path(tp_child.__file__)
 
@@ -53,7 +53,7 @@ def run_child(args: dict, timeout: float = 180) -> dict:
         ("v3", {"pp": 2}, {"num_kv_blocks": 10, "async_scheduling": "on"}),  # preempts; sampled ids broadcast
         ("v32", {"pp": 2}, {}),
         ("v4", {"pp": 2}, {"async_scheduling": "on"}),  # mHC streams between the stages
-        ("v3", {"tp": 2, "ep": True, "dispatch": "all_reduce"}, {}),
+        ("v3", {"tp": 2, "ep": True, "dispatch": "all_reduce"}, {"load_format": "dummy"}),  # whole experts drawn
         ("v32", {"tp": 2, "ep": True, "dispatch": "all_to_all"}, {}),
         ("v4", {"tp": 2, "ep": True, "dispatch": "all_to_all"}, {}),  # hash routing dispatched too
         ("v3", {"tp": 2, "pp": 2, "ep": True, "dispatch": "all_to_all"}, {"num_kv_blocks": 10}),
@@ -106,6 +106,9 @@ def test_a_stage_holds_and_caches_only_its_layers(models, second_stage) -> None:
     assert [isinstance(layer, RemoteLayer) for layer in stage.layers] == [True, True, False, False]
     assert isinstance(stage.embed, RemoteLayer) and not isinstance(stage.head, RemoteLayer)
     assert not any(name.startswith(("layers.0.", "layers.1.", "embed.")) for name, _ in stage.named_parameters())
+    keep = stage_filter(stage)  # the stage reads only its layers' tensors from the checkpoint
+    assert keep("layers.2.attn.wq_a.weight") and keep("model.layers.3.ffn.gate.weight") and keep("head.weight")
+    assert not keep("layers.1.attn.wq_a.weight") and not keep("model.layers.0.ffn.gate.weight")
     with distributed.single_rank_view():
         whole = load_model(models["v4"], hf_config, device="cpu", dtype=torch.float32, load_format="dummy")
     full = KVCacheLayout(whole.attention_layers(), torch.float32, 16)
