@@ -16,6 +16,8 @@ from torch import nn
 
 from seekd.distributed import all_reduce_max_world, ep_size
 
+SYNC_EVERY_STEPS = 16  # with pipeline stages: how often every rank joins the sync (a world all-reduce of [L, E])
+
 
 class ExpertLoadTable:
     def __init__(self, model: nn.Module, device: torch.device) -> None:

@@ -24,7 +24,7 @@ from seekd.distributed import (
     send_to_next_stage,
 )
 from seekd.engine.cuda_graphs import DecodeGraphs
-from seekd.engine.expert_load import ExpertLoadTable
+from seekd.engine.expert_load import SYNC_EVERY_STEPS, ExpertLoadTable
 from seekd.engine.flat_step import FlatStep, StepSender
 from seekd.engine.kv_cache_layout import KVCacheLayout
 from seekd.engine.outputs import TokenLogprob
@@ -302,7 +302,9 @@ class ModelRunner:
                 raise RuntimeError("a pending input token needs the step that samples it")
             step.pending = np.asarray([(row, previous.rows[rid]) for row, rid in pending_rows], dtype=np.int64)
         self._steps += 1
-        step.sync_expert_load = self.pipelined and self.expert_load_table.tracked and self._steps % 16 == 0
+        step.sync_expert_load = (
+            self.pipelined and self.expert_load_table.tracked and self._steps % SYNC_EVERY_STEPS == 0
+        )
         if self.tp_driver is not None:
             step.share_sampled = self.tp_driver.share_sampled
             self.tp_driver.send_step(step)
