@@ -225,10 +225,36 @@ class ParallelConfig:
     tensor_parallel_size: int = setting(
         1, "GPUs one model is split across: rank 0 is the engine core, each further rank a worker process"
     )
+    pipeline_parallel_size: int = setting(
+        1,
+        "pipeline stages the decoder layers are split into, each of tensor_parallel_size GPUs (ranks = TP x PP); "
+        "the first stage embeds, the last computes the logits, rank 0 schedules and samples",
+    )
+    enable_expert_parallel: bool = setting(
+        False,
+        "place MoE routed experts whole on the tensor-parallel ranks of a stage (a contiguous range of expert "
+        "ids each) instead of a slice of every expert on every rank; attention and shared experts stay "
+        "tensor-parallel",
+    )
+    expert_dispatch: str = setting(
+        "auto",
+        "how expert-parallel layers move tokens: all_reduce (every rank runs its experts on all tokens, one "
+        "all-reduce combines), all_to_all (each rank routes its share of tokens to the experts' ranks and back); "
+        "auto = all_to_all on CUDA, all_reduce on the CPU",
+        choices=("auto", "all_reduce", "all_to_all"),
+    )
 
     def __post_init__(self) -> None:
+        check_choices(self)
         if self.tensor_parallel_size < 1:
             raise ValueError("tensor_parallel_size must be positive")
+        if self.pipeline_parallel_size < 1:
+            raise ValueError("pipeline_parallel_size must be positive")
+
+    @property
+    def world_size(self) -> int:
+        """Ranks of one engine: one per GPU."""
+        return self.tensor_parallel_size * self.pipeline_parallel_size
 
 
 @dataclass

@@ -1,6 +1,6 @@
-"""Runs a tensor-parallel seekd.LLM in its own process for the tensor-parallel tests, so
-that a hung collective is bounded by the test's subprocess timeout and the process group never
-lives in the pytest process. Prints one JSON line on stdout."""
+"""Runs a parallel seekd.LLM (tensor x pipeline ranks, experts sliced or whole) in its own process
+for the parallel tests, so that a hung collective is bounded by the test's subprocess timeout and the
+process group never lives in the pytest process. Prints one JSON line on stdout."""
 
 from __future__ import annotations
 
@@ -25,8 +25,11 @@ def build(args: dict) -> LLM:
     return LLM(
         args["model"],
         tensor_parallel_size=args["tp"],
+        pipeline_parallel_size=args.get("pp", 1),
+        enable_expert_parallel=args.get("ep", False),
+        expert_dispatch=args.get("dispatch", "auto"),
         dtype="float32",
-        num_kv_blocks=64,
+        num_kv_blocks=args.get("num_kv_blocks", 64),
         max_num_batched_tokens=32,
         async_scheduling=args.get("async_scheduling", "off"),
         load_format=args.get("load_format", "auto"),
@@ -43,7 +46,13 @@ def generate(llm: LLM) -> dict:
         outs = llm.generate(prompts, params)
         tokens.append([o.outputs[0].token_ids for o in outs])
         cached.append([o.num_cached_tokens for o in outs])
-    return {"tokens": tokens, "cached": cached}
+    stats = llm.engine.stats()
+    return {
+        "tokens": tokens,
+        "cached": cached,
+        "preemptions": llm.engine.scheduler.num_preemptions,
+        "expert_tokens": sum(v for k, v in stats.items() if k.startswith("expert_tokens:")),
+    }
 
 
 def main() -> None:
@@ -53,7 +62,7 @@ def main() -> None:
     if mode == "generate":
         print(json.dumps(generate(llm)), flush=True)
     elif mode == "kill_worker":  # killed mid-generation: rank 0 is inside a step, often in a collective
-        worker = llm.engine.tp_driver.worker_pids[0]
+        worker = llm.engine.tp_driver.worker_pids[args.get("kill_rank", 1) - 1]
         threading.Timer(0.3, os.kill, (worker, signal.SIGKILL)).start()
         error, deadline = None, time.monotonic() + 30
         while error is None and time.monotonic() < deadline:

@@ -10,12 +10,13 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from seekd.config import SeekdConfig
 from seekd.engine.context_length import check_context_length, output_budget
 from seekd.engine.executor.runner_setup import load_runner, resolve_model_folder, set_cpu_threads
-from seekd.engine.executor.tp_validation import check_tensor_parallel, rank_device
+from seekd.engine.executor.tp_validation import check_parallel, rank_device
 from seekd.engine.executor.tp_workers import TPDriver
 from seekd.engine.lora_manager import LoRAManager
 from seekd.engine.model_runner import InflightStep
@@ -39,16 +40,16 @@ class EngineCore:
     def __init__(self, config: SeekdConfig, show_progress: bool = True) -> None:
         self.config = config
         self.device = config.device.resolve()
-        tp = config.parallel.tensor_parallel_size
+        world = config.parallel.world_size
         self.tp_driver: TPDriver | None = None
-        if tp > 1:
+        if world > 1:
             folder, _ = resolve_model_folder(config)
             gpus = torch.cuda.device_count() if self.device.startswith("cuda") else 0
-            check_tensor_parallel(HFConfig.from_folder(folder), tp, self.device, gpus)
+            check_parallel(HFConfig.from_folder(folder), config.parallel, self.device, gpus)
             self.device = rank_device(self.device, 0)
             self.tp_driver = TPDriver(config, self.device)
         if self.device == "cpu":
-            set_cpu_threads(config.device.cpu_threads, tp)
+            set_cpu_threads(config.device.cpu_threads, world)
         try:
             loaded = load_runner(config, self.device, show_progress)
         except BaseException as e:
@@ -76,6 +77,8 @@ class EngineCore:
             self.tp_driver.share_sampled = self.async_scheduling
             self.runner.tp_driver = self.tp_driver
         self._inflight: InflightStep | None = None
+        self._expert_stats: dict[str, float] = {}
+        self._expert_stats_at = float("-inf")
         self.eos_token_ids = eos_token_ids(self.model_folder, self.hf_config)
 
     def _start_lora(self, config: SeekdConfig) -> LoRAManager | None:
@@ -249,7 +252,29 @@ class EngineCore:
             "prefix_cache_queries": kv.prefix_queries,
             "prefix_cache_hits": kv.prefix_hits,
             "num_preemptions": self.scheduler.num_preemptions,
+            **self._expert_load_stats(),
         }
+
+    def _expert_load_stats(self) -> dict[str, float]:
+        """Read at most once a second: reading the device counters waits for the step in flight."""
+        now = time.monotonic()
+        if self.runner.expert_load_table.tracked and now - self._expert_stats_at >= 1.0:
+            self._expert_stats = expert_load_stats(self.runner.expert_load_table.snapshot())
+            self._expert_stats_at = now
+        return self._expert_stats
+
+
+def expert_load_stats(table: np.ndarray | None) -> dict[str, float]:
+    """Expert-parallel load in the engine's stats: pairs per routed expert over all layers
+    (`expert_tokens:E`) and, per MoE layer, its busiest expert's pairs over the mean
+    (`expert_imbalance:L`, 1.0 = even)."""
+    if table is None:
+        return {}
+    stats = {f"expert_tokens:{e}": float(n) for e, n in enumerate(table.sum(axis=0))}
+    for layer, row in enumerate(table):
+        if row.any():
+            stats[f"expert_imbalance:{layer}"] = float(row.max() / row.mean())
+    return stats
 
 
 def _can_overlap(step: InflightStep) -> bool:

@@ -24,6 +24,7 @@ class FlatStep:
     pending: np.ndarray  # [P, 2] int64: (input row, row of the previous step's sampled ids)
     lora_slots: np.ndarray | None = None  # [B] int32 LoRA adapter slot per sequence (-1 base); None = no adapter
     share_sampled: bool = False  # rank 0 broadcasts this step's sampled ids (the next may read them)
+    sync_expert_load: bool = False  # every rank joins the expert-load sync after this step (engine/expert_load.py)
 
 
 class StepSender(Protocol):

@@ -41,6 +41,7 @@ from torch import nn
 from seekd.intmath import cdiv
 from seekd.layers.attention import KVCacheSpec
 from seekd.layers.forward_context import CacheGroupMetadata
+from seekd.layers.pipeline import is_remote
 
 MAX_BLOCK_TOKENS_FACTOR = 16
 
@@ -68,6 +69,11 @@ class CacheGroup:
     @property
     def bytes_per_block(self) -> int:
         return sum(self.member_bytes(spec) for _, _, spec in self.members)
+
+    @property
+    def local_members(self) -> list[tuple[nn.Module, str, KVCacheSpec]]:
+        """The members this pipeline stage allocates (all of them on one stage)."""
+        return [m for m in self.members if not is_remote(m[0])]
 
     @property
     def kinds(self) -> dict[str, KVCacheSpec]:
@@ -126,6 +132,9 @@ class KVCacheLayout:
             CacheGroup(CacheGroupShape("full" if w is None else f"window_{w}", tokens, w), members[w])
             for w, tokens in zip(members, block_tokens)
         ]
+        if any(is_remote(layer) for layer in layers):
+            # one pipeline stage: the plan (block tokens) is every stage's, the pages hold this stage's layers
+            self.page_bytes = max(sum(g.member_bytes(s) for _, _, s in g.local_members) for g in self.groups)
         self.num_blocks = 0
 
     def _plan(self, groups: list[list[tuple[nn.Module, str, KVCacheSpec]]]) -> tuple[int, list[int]]:
@@ -190,7 +199,7 @@ class KVCacheLayout:
         """Bind every layer's cache tensors for `num_blocks` pages (block 0 is the null block)."""
         if len(self.groups) == 1 and len(self.groups[0].kinds) == 1:
             group = self.groups[0]
-            for layer, name, spec in group.members:
+            for layer, name, spec in group.local_members:
                 entries = (num_blocks, group.entries_per_block(spec))
                 scales = None
                 if spec.scale_shape is not None:
@@ -200,7 +209,7 @@ class KVCacheLayout:
             arena = torch.zeros((num_blocks, self.page_bytes), dtype=torch.uint8, device=device)
             for group in self.groups:
                 offset = 0
-                for layer, name, spec in group.members:
+                for layer, name, spec in group.local_members:
                     per_block = group.entries_per_block(spec)
                     data = spec.data_bytes_per_block(per_block)
                     view = arena[:, offset : offset + per_block * spec.data_bytes_per_entry].view(spec.dtype)
@@ -214,7 +223,7 @@ class KVCacheLayout:
 
     def release(self) -> None:
         for group in self.groups:
-            for layer, name, _ in group.members:
+            for layer, name, _ in group.local_members:
                 _bind(layer, name, None)
         self.num_blocks = 0
 

@@ -13,8 +13,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from seekd.distributed import broadcast_from_driver
+from seekd.distributed import (
+    broadcast_from_driver,
+    is_first_stage,
+    is_last_stage,
+    pp_size,
+    recv_from_previous_stage,
+    recv_logits_from_last_stage,
+    send_logits_to_driver,
+    send_to_next_stage,
+)
 from seekd.engine.cuda_graphs import DecodeGraphs
+from seekd.engine.expert_load import SYNC_EVERY_STEPS, ExpertLoadTable
 from seekd.engine.flat_step import FlatStep, StepSender
 from seekd.engine.image_features import ImageFeatures
 from seekd.engine.kv_cache_layout import KVCacheLayout
@@ -115,6 +125,9 @@ class ModelRunner:
         # a vision-language model encodes the images of its prefill steps
         self.images = ImageFeatures(model, self.device) if hasattr(model, "encode_images") else None
         self.lora: LoRAManager | None = None  # set by the engine when it serves LoRA adapters
+        self.pipelined = pp_size() > 1  # this rank runs one stage; the last computes the logits
+        self.expert_load_table = ExpertLoadTable(model, self.device)
+        self._steps = 0
 
     def select_attention_backend(self, name: str, prefill: str) -> None:
         """One backend instance serves every standard attention layer. MLA layers keep their own
@@ -260,9 +273,9 @@ class ModelRunner:
         step: FlatStep,
         previous_sampled: torch.Tensor | None,
         image_features: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """The model's hidden states at the step's logits rows. Every tensor-parallel rank runs this
-        (and then compute_logits) in the same order: both hold collectives."""
+    ) -> torch.Tensor | None:
+        """The model's hidden states at the step's logits rows (None on a pipeline stage before the
+        last). Every rank runs this (and then compute_logits) in the same order: both hold collectives."""
         input_ids, positions, attn = self.device_inputs(step)
         if self.lora is not None:
             self.lora.set_batch(step.lora_slots, step.query_lens)
@@ -277,8 +290,32 @@ class ModelRunner:
             hidden = self.decode_graphs.run(input_ids, positions, attn)
         else:
             attn.backend_data = self.attn_backend.prepare(attn)
-            hidden = self.model(input_ids, positions, ForwardContext(attn=attn, image_features=image_features))
+            hidden = self._stage_forward(input_ids, positions, ForwardContext(attn=attn, image_features=image_features))
+            if hidden is None:
+                return None
         return hidden[torch.from_numpy(step.logits_indices).to(self.device, non_blocking=True)]
+
+    def _stage_forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext
+    ) -> torch.Tensor | None:
+        """The model's hidden states, or with pipeline stages this stage's part: it takes the previous
+        stage's outputs and hands its own to the next; only the last stage returns hidden states."""
+        if not self.pipelined:
+            return self.model(input_ids, positions, ctx)
+        intermediate = None
+        if not is_first_stage():
+            intermediate = recv_from_previous_stage(self.model.pipeline_specs(len(input_ids), self.dtype), self.device)
+        out = self.model(input_ids, positions, ctx, intermediate)
+        if is_last_stage():
+            return out
+        send_to_next_stage(out)
+        return None
+
+    def _logits(self, hidden: torch.Tensor | None, num_rows: int) -> torch.Tensor:
+        """Rank 0's logits of the step's sampled rows: its own, or the last pipeline stage's."""
+        if not self.pipelined:
+            return self.model.compute_logits(hidden)
+        return recv_logits_from_last_stage((num_rows, self.vocab_size), torch.float32, self.device)
 
     @torch.inference_mode()
     def launch(self, out: SchedulerOutput, previous: InflightStep | None = None) -> InflightStep:
@@ -290,32 +327,48 @@ class ModelRunner:
                 raise RuntimeError("a pending input token needs the step that samples it")
             step.pending = np.asarray([(row, previous.rows[rid]) for row, rid in pending_rows], dtype=np.int64)
         image_features = self.step_image_features(out)
+        self._steps += 1
+        step.sync_expert_load = (
+            self.pipelined and self.expert_load_table.tracked and self._steps % SYNC_EVERY_STEPS == 0
+        )
         if self.tp_driver is not None:
             step.share_sampled = self.tp_driver.share_sampled
             self.tp_driver.send_step(step)
         hidden = self.forward_hidden(step, None if previous is None else previous.sampled, image_features)
         if not sampling_requests:
+            self._after_step(step)
             return InflightStep(out, [], None, None, [])
         token_bitmask = self.grammar_bitmask(sampling_requests)  # host work while the GPU runs the forward
-        logits = self.model.compute_logits(hidden)
+        logits = self._logits(hidden, len(sampling_requests))
         batch = SamplingBatch.from_requests(sampling_requests, self.vocab_size, self.device)
         batch.token_bitmask = token_bitmask
         sampled, raw_logprobs = self.sampler.sample(logits, batch)
         if step.share_sampled:
             broadcast_from_driver(sampled)
+        self._after_step(step)
         return InflightStep(out, sampling_requests, sampled, raw_logprobs, batch.num_logprobs)
+
+    def _after_step(self, step: FlatStep) -> None:
+        if step.sync_expert_load:
+            self.expert_load_table.sync()
 
     @torch.inference_mode()
     def follow(self, step: FlatStep, previous_sampled: torch.Tensor | None) -> torch.Tensor | None:
-        """A tensor-parallel worker's half of `launch`: the same forward and logits (for their
-        collectives), then rank 0's sampled ids when the next step may read them."""
+        """A worker's half of `launch`: the same forward (its stage's part) and logits (for their
+        collectives; the last pipeline stage hands them to rank 0), then rank 0's sampled ids when the
+        next step may read them."""
         hidden = self.forward_hidden(step, previous_sampled)
-        if not len(step.logits_indices):
-            return None
-        self.model.compute_logits(hidden)
-        if not step.share_sampled:
-            return None
-        return broadcast_from_driver(torch.empty(len(step.logits_indices), dtype=torch.int64, device=self.device))
+        sampled = None
+        if len(step.logits_indices):
+            if hidden is not None:
+                logits = self.model.compute_logits(hidden)
+                if self.pipelined:
+                    send_logits_to_driver(logits.float())
+            if step.share_sampled:
+                sampled = torch.empty(len(step.logits_indices), dtype=torch.int64, device=self.device)
+                broadcast_from_driver(sampled)
+        self._after_step(step)
+        return sampled
 
     def grammar_bitmask(self, requests: list[Request]) -> torch.Tensor | None:
         """The step's token bitmask on the device, or None when no request is constrained. Filled
@@ -378,4 +431,4 @@ class ModelRunner:
         image_features = self.step_image_features(plan)
         if self.tp_driver is not None:
             self.tp_driver.send_step(step)
-        return self.model.compute_logits(self.forward_hidden(step, None, image_features))
+        return self._logits(self.forward_hidden(step, None, image_features), len(step.logits_indices))

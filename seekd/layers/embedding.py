@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from seekd.distributed import all_reduce, tp_rank, tp_size
+from seekd.distributed import all_gather_rows, all_reduce, tp_rank, tp_size
 from seekd.intmath import cdiv
 from seekd.layers.linear import linear_product
 
@@ -49,7 +48,5 @@ class ParallelLMHead(VocabParallelEmbedding):
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = linear_product(hidden, self.weight, None, self.gemv)
         if self.tp_size > 1:
-            parts = [torch.empty_like(logits) for _ in range(self.tp_size)]
-            dist.all_gather(parts, logits)
-            logits = torch.cat(parts, dim=-1)
+            logits = torch.cat(all_gather_rows(logits, self.tp_size), dim=-1)
         return logits[..., : self.vocab_size]

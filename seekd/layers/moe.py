@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seekd.distributed import all_reduce, tp_rank, tp_size
+from seekd.distributed import all_reduce, ep_dispatch, ep_rank, ep_size, tp_rank, tp_size
 from seekd.intmath import cdiv
 from seekd.layers.build_scope import build_config, build_kernels, build_placement
+from seekd.layers.expert_parallel import all_to_all_experts, local_expert_range, to_local_ids
 from seekd.layers.hybrid_experts import ExpertHomes
 from seekd.layers.quantization import FP4_BLOCK, FP8_BLOCK, QuantizedWeight, quantize_fp8_blocks
 from seekd.layers.quantization.int8_rows import dequantize_int8_rows, int8_rows_linear, quantize_int8_rows
@@ -202,7 +203,11 @@ class RoutedExperts(nn.Module):
         decoder layer's index, by which the ExpertPlacement names host experts. `host_format` builds
         the host stack of a hybrid layer (in host memory, on the CPU path, with no host of its own)."""
         super().__init__()
-        self.tp_rank, self.tp_size = tp_rank(), tp_size()
+        # expert parallelism: whole experts on each of the stage's ranks, the intermediate size unsplit
+        self.ep_rank, self.ep_size = (0, 1) if host_format is not None else (ep_rank(), ep_size())
+        self.local_experts = local_expert_range(num_experts, self.ep_rank, self.ep_size)
+        self.dispatch = ep_dispatch()
+        self.tp_rank, self.tp_size = (0, 1) if self.ep_size > 1 else (tp_rank(), tp_size())
         if intermediate_size % self.tp_size:
             raise ValueError(
                 f"moe_intermediate_size={intermediate_size} is not divisible by tensor-parallel size {self.tp_size}"
@@ -215,8 +220,12 @@ class RoutedExperts(nn.Module):
         if host_format == "int8":
             self.format = "int8"
         host_ids = build_placement().on_host(layer)
+        if host_ids and self.ep_size > 1:
+            raise ValueError("routed experts in host memory (--cpu-experts) do not combine with expert parallelism")
         self.homes = ExpertHomes.of(num_experts, host_ids) if host_ids else None
-        own = num_experts - len(host_ids)
+        own = len(self.local_experts) - len(host_ids)
+        if self.ep_size > 1:  # tokens each expert received, by global id (load balance statistics)
+            self.register_buffer("expert_load", torch.zeros(num_experts, dtype=torch.int64), persistent=False)
         self.w13_weight = self._stack(own, 2 * inter, hidden_size, "w13")
         self.w2_weight = self._stack(own, hidden_size, inter, "w2")
         self.use_kernel = False if self.on_host else build_kernels().moe if use_kernel is None else use_kernel
@@ -286,6 +295,9 @@ class RoutedExperts(nn.Module):
         """shard_id (expert, gate_proj|up_proj|down_proj) loads one expert's matrix; None loads the
         packed tensor of all experts (dense only). A hybrid layer sends each expert to its home stack,
         so host experts go from the checkpoint to host memory without visiting the device."""
+        if self.ep_size > 1:
+            self._load_own_experts(param, loaded, shard_id)
+            return
         if self.homes is None:
             self._load_stack(param, loaded, shard_id)
             return
@@ -298,6 +310,16 @@ class RoutedExperts(nn.Module):
         on_host, local = self.homes.home(shard_id[0])
         stack = self.host if on_host else self
         stack._load_stack(getattr(stack, name), loaded, (local, shard_id[1]))
+
+    def _load_own_experts(
+        self, param: nn.Parameter, loaded: torch.Tensor | QuantizedWeight, shard_id: tuple[int, str] | None
+    ) -> None:
+        """Expert parallelism: keep this rank's experts, whole, at their local index."""
+        first, count = self.local_experts.start, len(self.local_experts)
+        if shard_id is None:
+            self._load_stack(param, loaded[first : first + count], None)
+        elif shard_id[0] in self.local_experts:
+            self._load_stack(param, loaded, (shard_id[0] - first, shard_id[1]))
 
     def _load_stack(
         self, param: nn.Parameter, loaded: torch.Tensor | QuantizedWeight, shard_id: tuple[int, str] | None
@@ -356,6 +378,8 @@ class RoutedExperts(nn.Module):
         """x: [T, H], topk_weights/ids: [T, k] -> sum over each token's experts of weight * expert(x).
         The loop below is the reference; it reads the active experts back to the host, so the GPU fast
         path runs the fused kernel instead, which never syncs and can be captured in a CUDA graph."""
+        if self.ep_size > 1:
+            return self._expert_parallel(x, topk_weights, topk_ids)
         out = (
             self.local_forward(x, topk_weights, topk_ids)
             if self.host is None
@@ -363,11 +387,26 @@ class RoutedExperts(nn.Module):
         )
         return all_reduce(out, self.tp_size)
 
-    def local_forward(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+    def _expert_parallel(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """Every rank holds all tokens and their routing; each pair runs on its expert's rank
+        (layers/expert_parallel.py says how the two dispatch modes move them)."""
+        flat = topk_ids.flatten()
+        self.expert_load.index_add_(0, flat, torch.ones_like(flat))
+        if self.dispatch == "all_to_all":
+            per_rank = len(self.local_experts)
+            return all_to_all_experts(
+                x, topk_weights, topk_ids, per_rank, self.ep_rank, self.ep_size, self.local_forward
+            )
+        out = self.local_forward(x, topk_weights, to_local_ids(topk_ids, self.local_experts), masked=True)
+        return all_reduce(out, self.ep_size)
+
+    def local_forward(
+        self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, masked: bool = False
+    ) -> torch.Tensor:
         """This stack's part of the sum, before the tensor-parallel all-reduce; ids are indexes into this
-        stack, and a negative id marks a pair this stack does not hold."""
+        stack, and a negative id marks a pair this stack does not hold (`masked`: there may be some)."""
         if self.use_kernel:
-            return self._fused(x, topk_weights, topk_ids)
+            return self._fused(x, topk_weights, topk_ids, masked or self.host is not None)
         out = torch.zeros_like(x)
         for expert in topk_ids.unique().tolist():
             if expert < 0:
@@ -377,13 +416,13 @@ class RoutedExperts(nn.Module):
             out.index_add_(0, token_idx, (y * topk_weights[token_idx, slot, None]).to(out.dtype))
         return out
 
-    def _fused(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+    def _fused(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, masked: bool) -> torch.Tensor:
         from seekd.kernels.fused_moe import fused_moe
 
-        if self.host is None:
+        if not masked:
             tiling = self.batch1_tiling if x.shape[0] == 1 else None
             return fused_moe(x, self.expert_weights(), topk_weights, topk_ids, self.swiglu_limit, tiling)
-        # a hybrid layer's device pairs, one row each: the kernel has no id for "not here"
+        # the pairs this stack holds (hybrid or expert-parallel), one row each: the kernel has no id for "not here"
         token, slot = (topk_ids >= 0).nonzero(as_tuple=True)
         out = torch.zeros_like(x)
         if token.numel():

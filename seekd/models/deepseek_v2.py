@@ -13,11 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from seekd.distributed import is_first_stage, is_last_stage
 from seekd.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from seekd.layers.forward_context import ForwardContext
 from seekd.layers.mla import MLAAttention
 from seekd.layers.moe import RoutedExperts, SparseMoE, TopKRouter, expert_weight_target
 from seekd.layers.norms import RMSNorm
+from seekd.layers.pipeline import StageSpecs, StageTensors, held, on_stage, stage_layers
 from seekd.layers.rotary import RotaryEmbedding, get_rope, rope_parameters, yarn_softmax_scale
 from seekd.models.hf_config import HFConfig
 from seekd.models.llama import LlamaMLP
@@ -119,23 +121,40 @@ class DeepseekV2DecoderLayer(nn.Module):
 
 
 class DeepseekV2Model(nn.Module):
+    """The decoder stack, or one pipeline stage of it: the first stage embeds, the last normalizes;
+    between stages travel the hidden states and the residual stream."""
+
     def __init__(
         self, config: HFConfig, scoring_func: str, topk_method: str, build_attention: AttentionBuilder = build_mla
     ) -> None:
         super().__init__()
-        self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
-        rotary = build_rope(config)
-        self.layers = nn.ModuleList(
-            DeepseekV2DecoderLayer(config, i, rotary, scoring_func, topk_method, build_attention)
-            for i in range(config.num_hidden_layers)
+        self.is_first, self.is_last = is_first_stage(), is_last_stage()
+        self.embed_tokens = on_stage(
+            self.is_first, lambda: VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         )
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        rotary = build_rope(config)
+        self.layers, self.stage = stage_layers(
+            config.num_hidden_layers,
+            lambda i: DeepseekV2DecoderLayer(config, i, rotary, scoring_func, topk_method, build_attention),
+        )
+        self.norm = on_stage(self.is_last, lambda: RMSNorm(config.hidden_size, config.rms_norm_eps))
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
-        residual = None
-        for layer in self.layers:
-            x, residual = layer(positions, x, residual, ctx)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        ctx: ForwardContext,
+        intermediate: StageTensors | None = None,
+    ) -> torch.Tensor | StageTensors:
+        """The final hidden states, or (before the last stage) what the next stage continues from."""
+        if intermediate is None:
+            x, residual = self.embed_tokens(input_ids), None
+        else:
+            x, residual = intermediate["hidden"], intermediate["residual"]
+        for i in self.stage:
+            x, residual = self.layers[i](positions, x, residual, ctx)
+        if not self.is_last:
+            return {"hidden": x, "residual": residual}
         x, _ = self.norm(x, residual)
         return x
 
@@ -151,19 +170,30 @@ class DeepseekV2ForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = DeepseekV2Model(config, self.default_scoring_func, self.default_topk_method, self.build_attention)
-        self.lm_head = ParallelLMHead(config.vocab_size, config.hidden_size)
+        self.lm_head = on_stage(is_last_stage(), lambda: ParallelLMHead(config.vocab_size, config.hidden_size))
         self.tie_word_embeddings = bool(config.get("tie_word_embeddings", False))
         if self.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        return self.model(input_ids, positions, ctx)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        ctx: ForwardContext,
+        intermediate: StageTensors | None = None,
+    ) -> torch.Tensor | StageTensors:
+        return self.model(input_ids, positions, ctx, intermediate)
+
+    def pipeline_specs(self, num_tokens: int, dtype: torch.dtype) -> StageSpecs:
+        """What one stage hands the next: name -> (shape, dtype)."""
+        shape = (num_tokens, self.config.hidden_size)
+        return {"hidden": (shape, dtype), "residual": (shape, dtype)}
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.compute_logits(hidden)
 
     def attention_layers(self) -> list[MLAAttention]:
-        return [layer.self_attn for layer in self.model.layers]
+        return [held(layer).self_attn for layer in self.model.layers]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         skip = ("rotary_emb.inv_freq",)

@@ -17,12 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from seekd.distributed import is_first_stage, is_last_stage
 from seekd.layers.compressed_attention import CompressedAttention
 from seekd.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from seekd.layers.forward_context import ForwardContext
 from seekd.layers.hyper_connection import HyperConnection, HyperHead
 from seekd.layers.moe import HashRouter, RoutedExperts, TopKRouter, expert_weight_target, swiglu
 from seekd.layers.norms import RMSNorm
+from seekd.layers.pipeline import StageSpecs, StageTensors, held, on_stage, stage_layers
 from seekd.layers.rotary import RotaryEmbedding
 from seekd.layers.token_compression import CompressedIndexer, Compressor
 from seekd.models.hf_config import HFConfig
@@ -189,6 +191,9 @@ class DeepseekV4DecoderLayer(nn.Module):
 
 
 class DeepseekV4ForCausalLM(nn.Module):
+    """The model, or one pipeline stage of it: the first stage embeds, the last collapses the streams
+    and computes the logits; between stages travel the hyper-connection streams."""
+
     def __init__(self, config: HFConfig) -> None:
         super().__init__()
         self.config = config
@@ -196,26 +201,44 @@ class DeepseekV4ForCausalLM(nn.Module):
         ropes = build_ropes(config)
         hidden, eps = config.hidden_size, config.rms_norm_eps
         self.hc_mult = int(config.get("hc_mult", 4))
-        self.embed = VocabParallelEmbedding(config.vocab_size, hidden)
-        self.layers = nn.ModuleList(
-            DeepseekV4DecoderLayer(config, i, a, m, ropes) for i, (a, m) in enumerate(zip(attn_kinds, mlp_kinds))
+        self.is_first, self.is_last = is_first_stage(), is_last_stage()
+        self.embed = on_stage(self.is_first, lambda: VocabParallelEmbedding(config.vocab_size, hidden))
+        self.layers, self.stage = stage_layers(
+            config.num_hidden_layers, lambda i: DeepseekV4DecoderLayer(config, i, attn_kinds[i], mlp_kinds[i], ropes)
         )
-        self.hc_head = HyperHead(hidden, self.hc_mult, float(config.get("hc_eps", 1e-6)), eps)
-        self.norm = RMSNorm(hidden, eps)
-        self.head = ParallelLMHead(config.vocab_size, hidden)
+        self.hc_head = on_stage(
+            self.is_last, lambda: HyperHead(hidden, self.hc_mult, float(config.get("hc_eps", 1e-6)), eps)
+        )
+        self.norm = on_stage(self.is_last, lambda: RMSNorm(hidden, eps))
+        self.head = on_stage(self.is_last, lambda: ParallelLMHead(config.vocab_size, hidden))
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        x = self.embed(input_ids)
-        streams = x.unsqueeze(1).expand(-1, self.hc_mult, -1).contiguous()
-        for layer in self.layers:
-            streams = layer(positions, input_ids, streams, ctx)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        ctx: ForwardContext,
+        intermediate: StageTensors | None = None,
+    ) -> torch.Tensor | StageTensors:
+        if intermediate is None:
+            x = self.embed(input_ids)
+            streams = x.unsqueeze(1).expand(-1, self.hc_mult, -1).contiguous()
+        else:
+            streams = intermediate["streams"]
+        for i in self.stage:
+            streams = self.layers[i](positions, input_ids, streams, ctx)
+        if not self.is_last:
+            return {"streams": streams}
         return self.norm(self.hc_head(streams))
+
+    def pipeline_specs(self, num_tokens: int, dtype: torch.dtype) -> StageSpecs:
+        """What one stage hands the next: name -> (shape, dtype)."""
+        return {"streams": ((num_tokens, self.hc_mult, self.config.hidden_size), dtype)}
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head.compute_logits(hidden)
 
     def attention_layers(self) -> list[CompressedAttention]:
-        return [layer.attn for layer in self.layers]
+        return [held(layer).attn for layer in self.layers]
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
         return load_named_weights(self, without_mtp(weights), {}, remap=v4_weight_target)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,13 +53,31 @@ def safetensors_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors"))
 
 
-def iter_safetensors(files: list[Path], show_progress: bool) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_safetensors(
+    files: list[Path], show_progress: bool, keep: Callable[[str], bool] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The checkpoint's tensors; with `keep`, only those it accepts are read at all."""
     with progress_bar("Loading weights", total=len(files), enabled=show_progress) as advance:
         for path in files:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
-                    yield name, f.get_tensor(name)
+                    if keep is None or keep(name):
+                        yield name, f.get_tensor(name)
             advance(1)
+
+
+def stage_filter(model: nn.Module) -> Callable[[str], bool] | None:
+    """On a pipeline stage: accept checkpoint names of no decoder layer or of one this stage runs,
+    so a stage reads its share of a checkpoint, not all of it (None: every layer is here)."""
+    stack = next((m for m in model.modules() if isinstance(getattr(m, "stage", None), range)), None)
+    if stack is None or len(stack.stage) == len(stack.layers):
+        return None
+
+    def keep(name: str) -> bool:
+        m = _LAYER.match(name)  # multi-token-prediction layers (after the last) are never run
+        return m is None or int(m[1]) in stack.stage
+
+    return keep
 
 
 def fp8_block_size(hf_config: HFConfig) -> tuple[int, int] | None:
@@ -218,7 +236,8 @@ def load_model(
     elif gguf is not None:
         model.load_weights(iter_gguf(gguf, keep_q4_0=quant.linear == "int4"))
     else:
-        model.load_weights(checkpoint_stream(iter_safetensors(files, show_progress), hf_config, quant.scheme or "auto"))
+        tensors = iter_safetensors(files, show_progress, stage_filter(model))
+        model.load_weights(checkpoint_stream(tensors, hf_config, quant.scheme or "auto"))
     logger.info(
         "loaded %s (%s) on %s in %s: %.2f GiB of weights%s",
         hf_config.architecture,

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from seekd.layers.pipeline import RemoteLayer
 from seekd.layers.quantization import QuantizedWeight, ue8m0_bytes, ue8m0_to_float
 
 logger = logging.getLogger(__name__)
@@ -27,14 +28,18 @@ def load_named_weights(
     remap: NameRemap | None = None,
 ) -> set[str]:
     """Copy each (name, tensor) into the parameter it belongs to; returns the names of the
-    parameters that received data. Unknown names are an error: a silent miss is a wrong model."""
+    parameters that received data. Unknown names are an error: a silent miss is a wrong model;
+    names under a module another pipeline stage holds are skipped."""
     params = dict(model.named_parameters())
+    remote = tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, RemoteLayer))
     loaded: set[str] = set()
     for name, tensor in weights:
         if name.endswith(skip_suffixes):
             continue
         target, shard_id = (remap(name) if remap else None) or _packed_target(name, packed_modules_mapping)
         param = params.get(target)
+        if param is None and remote and target.startswith(remote):
+            continue
         if param is None:
             raise ValueError(f"checkpoint tensor {name} matches no parameter of {type(model).__name__}")
         if isinstance(tensor, QuantizedWeight) and not getattr(param, "accepts_quantized", False):

@@ -256,6 +256,7 @@ class EngineCollector(Collector):
         self.totals = {
             key: _MonotonicTotal() for key in ("prefix_cache_queries", "prefix_cache_hits", "num_preemptions")
         }
+        self.expert_totals: dict[str, _MonotonicTotal] = {}
 
     def collect(self) -> Iterator[Metric]:
         stats = self.stats()
@@ -287,8 +288,34 @@ class EngineCollector(Collector):
             family = CounterMetricFamily(name, doc, labels=["model_name"])
             family.add_metric(labels, self.totals[key].total)
             yield family
+        yield from self._expert_load(stats, labels)
         restarts = CounterMetricFamily(
             "seekd:engine_restarts", "Times the supervisor restarted the engine core.", labels=["model_name"]
         )
         restarts.add_metric(labels, float(self.restarts()))
         yield restarts
+
+    def _expert_load(self, stats: dict[str, float], labels: list[str]) -> Iterator[Metric]:
+        """Expert-parallel engines only: pairs routed to each expert (all MoE layers together) and each
+        MoE layer's busiest expert over its mean."""
+        experts = {k.partition(":")[2]: v for k, v in stats.items() if k.startswith("expert_tokens:")}
+        if not experts:
+            return
+        tokens = CounterMetricFamily(
+            "seekd:expert_tokens",
+            "(token, expert) pairs routed to each routed expert, over all MoE layers (expert parallel).",
+            labels=["model_name", "expert"],
+        )
+        for expert, value in sorted(experts.items(), key=lambda kv: int(kv[0])):
+            total = self.expert_totals.setdefault(expert, _MonotonicTotal())
+            tokens.add_metric([*labels, expert], total.update(value))
+        yield tokens
+        imbalance = GaugeMetricFamily(
+            "seekd:expert_load_imbalance",
+            "Per MoE layer: pairs of its busiest routed expert over the mean (1 = even; expert parallel).",
+            labels=["model_name", "layer"],
+        )
+        for key, value in stats.items():
+            if key.startswith("expert_imbalance:"):
+                imbalance.add_metric([*labels, key.partition(":")[2]], value)
+        yield imbalance

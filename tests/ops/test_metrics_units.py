@@ -47,6 +47,20 @@ def test_engine_counters_survive_an_engine_restart() -> None:
     assert samples(metrics)["seekd:prefix_cache_hits_total"] == 64
 
 
+def test_expert_load_is_exported_per_expert_and_layer() -> None:
+    metrics = ServerMetrics("m")
+    stats: dict[str, float] = {}
+    metrics.add_engine_source(lambda: stats, lambda: 0)
+    assert "seekd:expert_tokens" not in metrics.render().decode()  # not expert-parallel
+    stats.update({"expert_tokens:0": 12.0, "expert_tokens:1": 4.0, "expert_imbalance:2": 1.5})
+    text = metrics.render().decode()
+    assert 'seekd:expert_tokens_total{expert="0",model_name="m"} 12.0' in text
+    assert 'seekd:expert_tokens_total{expert="1",model_name="m"} 4.0' in text
+    assert 'seekd:expert_load_imbalance{layer="2",model_name="m"} 1.5' in text
+    stats.update({"expert_tokens:0": 2.0})  # a restarted engine counts from zero
+    assert 'seekd:expert_tokens_total{expert="0",model_name="m"} 14.0' in metrics.render().decode()
+
+
 def test_rejections_are_counted_by_reason() -> None:
     metrics = ServerMetrics("m")
     metrics.request_rejected("queue_full")

