@@ -137,7 +137,7 @@ class ImageFrontend:
                     continue
                 param = f"messages.{i}.content.{j}"
                 if self.processor is None:
-                    raise invalid_request("this model reads text only; remove the image parts", param=param)
+                    raise invalid_request("this model reads text only; remove the image_url parts", param=param)
                 if message.role != "user":
                     raise invalid_request(f"images go in user messages, not {message.role!r} ones", param=param)
                 parts.append(self._read_part(part, param))

@@ -192,7 +192,7 @@ def test_message_forms_clients_send(client: openai.OpenAI) -> None:
     ):
         with pytest.raises(openai.BadRequestError) as info:
             chat(client, [{"role": "user", "content": [part]}])
-        assert info.value.param == "messages.0.content" and part["type"] in info.value.message
+        assert info.value.param.startswith("messages.0.content") and part["type"] in info.value.message
 
 
 def test_seed_determinism_and_penalties(client: openai.OpenAI) -> None:
