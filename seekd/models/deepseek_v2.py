@@ -79,7 +79,19 @@ def build_moe(config: HFConfig, scoring_func: str, topk_method: str, layer_idx: 
     return SparseMoE(gate, experts, shared)
 
 
-AttentionBuilder = Callable[[HFConfig, RotaryEmbedding], MLAAttention]
+def is_moe_layer(config: HFConfig, layer_idx: int) -> bool:
+    """DeepSeek's configs name the first dense layers (`first_k_dense_replace`); transformers'
+    DeepSeek-OCR 2 config lists each layer's kind (`mlp_layer_types`: dense or sparse)."""
+    if kinds := config.get("mlp_layer_types"):
+        return kinds[layer_idx] == "sparse"
+    return (
+        config.get("n_routed_experts", 0) > 0
+        and layer_idx >= config.get("first_k_dense_replace", 0)
+        and layer_idx % config.get("moe_layer_freq", 1) == 0
+    )
+
+
+AttentionBuilder = Callable[[HFConfig, RotaryEmbedding], nn.Module]
 
 
 class DeepseekV2DecoderLayer(nn.Module):
@@ -94,12 +106,7 @@ class DeepseekV2DecoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.self_attn = build_attention(config, rotary)
-        is_moe = (
-            config.get("n_routed_experts", 0) > 0
-            and layer_idx >= config.get("first_k_dense_replace", 0)
-            and layer_idx % config.get("moe_layer_freq", 1) == 0
-        )
-        if is_moe:
+        if is_moe_layer(config, layer_idx):
             self.mlp = build_moe(config, scoring_func, topk_method, layer_idx)
         else:
             self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size)
@@ -120,19 +127,33 @@ class DeepseekV2DecoderLayer(nn.Module):
 
 class DeepseekV2Model(nn.Module):
     def __init__(
-        self, config: HFConfig, scoring_func: str, topk_method: str, build_attention: AttentionBuilder = build_mla
+        self,
+        config: HFConfig,
+        scoring_func: str,
+        topk_method: str,
+        build_attention: AttentionBuilder = build_mla,
+        build_rotary: Callable[[HFConfig], RotaryEmbedding] = build_rope,
     ) -> None:
+        """`build_attention` and `build_rotary`: MLA with its rope part by default; DeepSeek-OCR 2's
+        language model keeps V2's MoE with plain multi-head attention."""
         super().__init__()
         self.embed_tokens = VocabParallelEmbedding(config.vocab_size, config.hidden_size)
-        rotary = build_rope(config)
+        rotary = build_rotary(config)
         self.layers = nn.ModuleList(
             DeepseekV2DecoderLayer(config, i, rotary, scoring_func, topk_method, build_attention)
             for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        x = self.embed_tokens(input_ids)
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        ctx: ForwardContext,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`inputs_embeds` replaces the token embeddings (a vision model's merged image features)."""
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         residual = None
         for layer in self.layers:
             x, residual = layer(positions, x, residual, ctx)
