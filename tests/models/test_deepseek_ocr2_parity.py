@@ -98,3 +98,26 @@ def test_greedy_batched_and_alone_match_transformers(ocr2):
     alone = [llm.generate(ids, params, images=[inputs])[0].outputs[0].token_ids for ids, inputs, _ in prompts]
     assert alone == expected
     assert not llm.engine.has_unfinished_requests()
+
+
+def test_chunked_prefill_and_prefix_cache_serve_tiled_images(ocr2, data_dir):
+    """An image of 1,009 tokens (six tiles) prefilled in chunks of 96 gives the tokens of one whole
+    prefill, encoding the image once; the same image again comes from the prefix cache."""
+    folder, llm, _ = ocr2
+    ids, inputs, _ = ocr2_prompt(folder, *CASES["one_image"])
+    params = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True)
+    expected = llm.generate(ids, params, images=[inputs])[0].outputs[0].token_ids
+    chunked = LLM(
+        str(folder),
+        data_dir=str(data_dir),
+        num_kv_blocks=256,
+        block_size=16,
+        max_num_batched_tokens=96,
+        show_progress=False,
+    )
+    first = chunked.generate(ids, params, images=[inputs])[0]
+    assert first.outputs[0].token_ids == expected
+    assert chunked.engine.runner.images.num_encoded == 1
+    again = chunked.generate(ids, params, images=[inputs])[0]
+    assert again.num_cached_tokens == (len(ids) - 1) // 16 * 16
+    assert again.outputs[0].token_ids == expected
