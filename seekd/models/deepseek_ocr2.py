@@ -42,6 +42,9 @@ SAM_DEFAULTS = dict(
     downsample_channels=[512, 896],
 )
 
+# transformers' DeepseekOcr2TextConfig defaults a hand-written config.json may leave out
+TEXT_DEFAULTS = dict(rms_norm_eps=1e-6, max_position_embeddings=2048, n_shared_experts=2, routed_scaling_factor=1.0)
+
 _NECK = ("conv1", "layer_norm1", "conv2", "layer_norm2")  # the neck's Sequential indices 0-3
 # DeepSeek's checkpoint names (after `model.`) -> this module's
 _RENAMES = [
@@ -97,7 +100,7 @@ class DeepseekOcr2ForConditionalGeneration(nn.Module):
     def __init__(self, config: HFConfig) -> None:
         super().__init__()
         self.config = config
-        text = HFConfig(config.text_config)
+        text = HFConfig({**TEXT_DEFAULTS, **config.text_config})
         self.text_config = text
         vision = dict(config.vision_config)
         sam = sam_config(dict(vision.get("sam_config") or {}))

@@ -109,7 +109,8 @@ class DeepseekVLImageProcessor:
         self.num_tokens = num_tokens
         self.views = views  # highest resolution first: each later view starts from the one before
 
-    def process(self, image: Image.Image) -> ProcessedImage:
+    def process(self, image: Image.Image, detail: str = "auto") -> ProcessedImage:
+        """`detail` (OpenAI's auto, low, high) changes nothing: one fixed-size grid per image."""
         image = to_rgb(image)
         arrays = {}
         for view in self.views:
@@ -168,11 +169,12 @@ class DeepseekOcr2ImageProcessor:
         self.mean, self.std, self.background = mean, std, background
         self.queries = queries
 
-    def process(self, image: Image.Image) -> ProcessedImage:
+    def process(self, image: Image.Image, detail: str = "auto") -> ProcessedImage:
+        """`detail` low: the global view alone (no tiles), as for an image that fits in one tile."""
         image = to_rgb(image)
         width, height = image.size
         tiles = np.zeros((0, 3, self.tile, self.tile), dtype=np.float32)
-        if max(width, height) > self.tile:
+        if max(width, height) > self.tile and detail != "low":
             columns, rows = tile_grid(width, height, self.tile, *self.tiles)
             canvas = image.resize((columns * self.tile, rows * self.tile), Image.Resampling.BICUBIC)
             crops = [

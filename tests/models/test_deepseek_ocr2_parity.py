@@ -74,6 +74,9 @@ def test_tiling_and_preprocessing_match_transformers(ocr2):
             np.testing.assert_allclose(got.arrays["pixel_values_local"], expected["pixel_values_local"], atol=1e-5)
         assert got.num_tokens == 144 * (1 + n) + 1
     assert [len(ours.process(im).arrays["pixel_values_local"]) for im in IMAGES] == [6, 0, 3, 5]
+    low = ours.process(IMAGES[0], detail="low")  # OpenAI's detail: low keeps the global view alone
+    assert low.arrays["pixel_values_local"].shape[0] == 0 and low.num_tokens == 145
+    np.testing.assert_array_equal(low.arrays["pixel_values"], ours.process(IMAGES[0]).arrays["pixel_values"])
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import random
 
 import httpx
@@ -14,9 +15,10 @@ import openai
 import pytest
 from live_server import running_server
 from PIL import Image
-from vision_models import random_image
+from vision_models import OCR2_ENCODER, OCR2_PREPROCESSOR, OCR2_SAM, OCR2_TEXT, random_image
 
-from seekd.models.demo_vl import write_vl_demo_files
+from seekd.models.demo import DEEPSEEK_CHAT_TEMPLATE, write_deepseek_tokenizer
+from seekd.models.demo_vl import VL_DEMO_IMAGE_TOKEN_ID, write_vl_demo_files
 
 IMAGE_TOKENS = 64  # the folder's SigLIP view: 128 px in 16 px patches
 BLOCK_SIZE = 16  # seekd serve's default KV block
@@ -175,3 +177,35 @@ def test_the_built_in_vision_demo_serves_images(tmp_path):
             max_tokens=3,
         )
         assert answer.usage.completion_tokens == 3 and answer.usage.prompt_tokens > 2 + IMAGE_TOKENS
+
+
+def test_deepseek_ocr2_serves_tiled_images_and_detail_low(tmp_path):
+    """A miniature DeepSeek-OCR 2 (dummy weights, DeepSeek's tokenizer): a 100x60 image is a global
+    view plus six tiles of 144 tokens each; with detail low, the global view alone."""
+    folder = tmp_path / "tiny-ocr2"
+    folder.mkdir()
+    vocab_size = write_deepseek_tokenizer(folder, DEEPSEEK_CHAT_TEMPLATE, 4096)
+    config = {
+        "architectures": ["DeepseekOcr2ForConditionalGeneration"],
+        "model_type": "deepseek_ocr2",
+        "image_token_id": VL_DEMO_IMAGE_TOKEN_ID,
+        "text_config": {**OCR2_TEXT, "vocab_size": vocab_size},
+        "vision_config": {"sam_config": OCR2_SAM, "encoder_config": OCR2_ENCODER},
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "preprocessor_config.json").write_text(json.dumps(OCR2_PREPROCESSOR))
+    wide = encoded(random_image(100, 60, 5))
+    with running_server(
+        tmp_path / "data", tmp_path / "server.log", "--model", str(folder), "--load-format", "dummy"
+    ) as h:
+        ocr = openai.OpenAI(base_url=h.api_url, api_key="unused", max_retries=0, timeout=60)
+        usage = {}
+        for detail in ("auto", "low"):
+            part = image_part(wide)
+            part["image_url"]["detail"] = detail
+            answer = ocr.chat.completions.create(
+                model="tiny-ocr2", messages=[{"role": "user", "content": [part, text("Read it.")]}], max_tokens=2
+            )
+            assert answer.usage.completion_tokens == 2
+            usage[detail] = answer.usage.prompt_tokens
+        assert usage["auto"] - usage["low"] == 6 * 144
