@@ -1,10 +1,11 @@
-"""Vision encoding of DeepSeek-VL at its real shapes (random weights): images/s of the encoder and
-aligner alone, batched, and the time to first token of a one-image chat prompt through the engine
-(prefill including the encoder; each request a new image, so nothing is served from a cache).
-Also the server-side preprocessing time of one photo (Pillow, CPU).
+"""Vision encoding of DeepSeek-VL and DeepSeek-OCR 2 at their real shapes (random weights): images/s
+of the encoder and projector alone, batched, and the time to first token of a one-image chat prompt
+through the engine (prefill including the encoder; each request a new image, so nothing is served
+from a cache). Also the server-side preprocessing time of one photo (Pillow, CPU). The photo is
+1024x768: DeepSeek-OCR 2 sees it as a 1024 px global view plus six 768 px tiles (1,121 image tokens).
 
     python benchmarks/vision_encode.py --out benchmarks/results/vision_encode_h100.json
-    python benchmarks/vision_encode.py --models tiny --device cpu   # a smoke run without a GPU
+    python benchmarks/vision_encode.py --models tiny tiny-ocr-2 --device cpu   # a smoke run without a GPU
 """
 
 from __future__ import annotations
@@ -108,6 +109,68 @@ MODELS = {
         },
     ),
 }
+OCR2_SAM = {**SAM_B_1024, "model_type": "deepseek_ocr2_sam_vision_model", "downsample_channels": [512, 896]}
+QWEN2_0_5B_ENCODER = dict(  # DeepSeek-OCR 2's query encoder: Qwen2-0.5B's decoder
+    model_type="deepseek_ocr2_encoder",
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    rope_theta=1000000.0,
+    rms_norm_eps=1e-6,
+)
+DEEPSEEK_3B_MOE = dict(  # DeepSeek-OCR 2's language model (DeepSeek-V2 MoE, multi-head attention)
+    model_type="deepseek_ocr2_text",
+    vocab_size=129280,
+    hidden_size=1280,
+    intermediate_size=6848,
+    num_hidden_layers=12,
+    num_attention_heads=10,
+    num_key_value_heads=10,
+    n_routed_experts=64,
+    num_experts_per_tok=6,
+    n_shared_experts=2,
+    moe_intermediate_size=896,
+    mlp_layer_types=["dense"] + ["sparse"] * 11,
+    topk_method="greedy",
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-6,
+    rope_theta=10000.0,
+)
+MODELS["deepseek-ocr-2"] = dict(
+    architectures=["DeepseekOcr2ForConditionalGeneration"],
+    text_config=DEEPSEEK_3B_MOE,
+    vision_config={"sam_config": OCR2_SAM, "encoder_config": QWEN2_0_5B_ENCODER},
+)
+MODELS["tiny-ocr-2"] = dict(
+    architectures=["DeepseekOcr2ForConditionalGeneration"],
+    text_config={
+        **DEEPSEEK_3B_MOE,
+        "vocab_size": 512,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "mlp_layer_types": ["dense", "sparse"],
+    },
+    vision_config={
+        "sam_config": {**MODELS["tiny"]["high_res_vision_config"], "downsample_channels": [24, 32]},
+        "encoder_config": {
+            **QWEN2_0_5B_ENCODER,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+        },
+    },
+)
+# DeepSeek-OCR 2 encodes seven views of the photo per image: larger batches only add memory
+MAX_BATCH = {"deepseek-ocr-2": 8, "tiny-ocr-2": 8}
 IMAGE_TOKEN_ID = 100015
 
 
@@ -115,7 +178,7 @@ def model_folder(name: str, root: Path) -> Path:
     folder = root / name
     folder.mkdir()
     config = {**MODELS[name], "image_token_id": IMAGE_TOKEN_ID, "dtype": "bfloat16", "tie_word_embeddings": False}
-    if name == "tiny":
+    if name.startswith("tiny"):
         config["image_token_id"] = 511
     (folder / "config.json").write_text(json.dumps(config))
     return folder
@@ -149,7 +212,7 @@ def bench_model(name: str, root: Path, device: str, batches: list[int], repeats:
     processed = processor.process(photo(0))
     preprocess_ms = 1000 * timed(lambda: processor.process(photo(0)), "cpu", repeats)
     encode = {}
-    for batch in batches:
+    for batch in [b for b in batches if b <= MAX_BATCH.get(name, b)]:
         pixels = [
             torch.from_numpy(np.stack([processed.arrays[n]] * batch)).to(device, dtype) for n in model.image_input_names
         ]
@@ -158,7 +221,7 @@ def bench_model(name: str, root: Path, device: str, batches: list[int], repeats:
         encode[batch] = {"ms": 1000 * seconds, "images_per_s": batch / seconds}
     token = model.image_token_id
     text = list(range(100, 132))
-    ids = text + [token] * processor.num_tokens + text
+    ids = text + [token] * processed.num_tokens + text
     params = SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True)
     ttfts = []
     for i in range(repeats + 1):
@@ -170,7 +233,7 @@ def bench_model(name: str, root: Path, device: str, batches: list[int], repeats:
     llm.shutdown()
     return {
         "model": name,
-        "image_tokens": processor.num_tokens,
+        "image_tokens": processed.num_tokens,
         "prompt_tokens": len(ids),
         "preprocess_ms": preprocess_ms,
         "encode": encode,
@@ -180,7 +243,9 @@ def bench_model(name: str, root: Path, device: str, batches: list[int], repeats:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["deepseek-vl-1.3b", "deepseek-vl-7b"], choices=sorted(MODELS))
+    parser.add_argument(
+        "--models", nargs="+", default=["deepseek-vl-1.3b", "deepseek-vl-7b", "deepseek-ocr-2"], choices=sorted(MODELS)
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--repeats", type=int, default=10)

@@ -59,7 +59,8 @@ class ModelConfig:
     model: str | None = setting(
         None,
         "Hugging Face model folder (config.json, *.safetensors, tokenizer.json), or a repository id (org/name) or "
-        "alias (r1-distill-7b, v4-flash; `seekd models --aliases`) in the model store; unset = the random demo model",
+        "alias (r1-distill-7b, v4-flash; `seekd models --aliases`) in the model store; unset = the random demo model "
+        "(seekd-demo-random; seekd-demo-vl-random is its image-reading sibling)",
     )
     tokenizer: str | None = setting(None, "folder with tokenizer.json and tokenizer_config.json; unset = the model's")
     served_model_name: str | None = setting(None, "model name the API lists and requests use; unset = the folder name")

@@ -70,6 +70,65 @@ def save_tiny_vl(kind: str, folder: Path) -> torch.nn.Module:
     return model
 
 
+# DeepSeek-OCR 2 in miniature: a 64 px global view and 48 px tiles in 4 px SAM patches (16x16 and 12x12
+# grids, 4x4 windows, layer 1 global), 16 or 9 patches after the two stride-2 convolutions, 144
+# queries per view either way (the count the real model uses for its 768 px tiles); the language
+# model a DeepSeek-V2 MoE (a dense layer, then 4 routed experts top-2 plus a shared one) with GQA
+OCR2_SAM = dict(
+    hidden_size=32,
+    output_channels=16,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=64,
+    patch_size=4,
+    window_size=4,
+    global_attn_indexes=[1],
+    mlp_dim=64,
+    downsample_channels=[24, 32],
+)
+OCR2_ENCODER = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+)
+OCR2_TEXT = dict(
+    vocab_size=384,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=4096,
+    n_routed_experts=4,
+    num_experts_per_tok=2,
+    n_shared_experts=1,
+    moe_intermediate_size=32,
+    routed_scaling_factor=1.5,
+    mlp_layer_types=["dense", "sparse"],
+    bos_token_id=0,
+    eos_token_id=1,
+)
+OCR2_PREPROCESSOR = dict(size={"height": 64, "width": 64}, tile_size=48, min_patches=2, max_patches=6)
+
+
+def save_tiny_ocr2(folder: Path) -> torch.nn.Module:
+    """Every weight random, saved under DeepSeek's checkpoint names as transformers writes them, with
+    a preprocessor_config.json for the miniature sizes."""
+    import json
+
+    import transformers
+
+    config = transformers.DeepseekOcr2Config(
+        vision_config=dict(sam_config=OCR2_SAM, encoder_config=OCR2_ENCODER),
+        text_config=OCR2_TEXT,
+        image_token_id=IMAGE_TOKEN_ID,
+    )
+    torch.manual_seed(4321)
+    model = transformers.DeepseekOcr2ForConditionalGeneration(config).float().eval()
+    randomize_weights(model)
+    model.save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps(OCR2_PREPROCESSOR))
+    return model
+
+
 def random_image(width: int, height: int, seed: int) -> Image.Image:
     pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     return Image.fromarray(pixels)

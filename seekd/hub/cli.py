@@ -10,13 +10,14 @@ import logging
 import sys
 from pathlib import Path
 
-from seekd.config import SeekdConfig
+from seekd.config import DEMO_MODEL_NAME, SeekdConfig
 from seekd.hub.aliases import VARIANTS, resolve_alias
 from seekd.hub.gpus import GOOD_CONTEXT, known_kinds, parse_gpus
 from seekd.hub.pull import DEFAULT_REVISION, Puller
 from seekd.hub.resolve import model_folder
 from seekd.hub.sources import SOURCES, HubError, make_source
 from seekd.hub.store import ModelStore, default_root, split_ref
+from seekd.models.demo_vl import VL_DEMO_NAME, ensure_vl_demo_model
 from seekd.progress import transfer_bar
 
 log = logging.getLogger(__name__)
@@ -204,9 +205,24 @@ def resolve_model(config: SeekdConfig, pull: bool) -> SeekdConfig:
     name = config.model.model
     if name is None:
         return config
+    if name == DEMO_MODEL_NAME:
+        config.model.model = None
+        return config
+    if name == VL_DEMO_NAME:
+        return _vl_demo(config)
     store = store_of(config)
     folder, repo_id = model_folder(name, store, (lambda ref: pull_repo(ref, store)) if pull else None)
     config.model.model = str(folder)
     if repo_id is not None and config.model.served_model_name is None:
         config.model.served_model_name = repo_id
+    return config
+
+
+def _vl_demo(config: SeekdConfig) -> SeekdConfig:
+    """The built-in vision demo: its folder under the data dir, random weights, served by its name."""
+    config.model.model = str(ensure_vl_demo_model(config.storage.path))
+    if config.model.load_format == "auto":
+        config.model.load_format = "dummy"
+    if config.model.served_model_name is None:
+        config.model.served_model_name = VL_DEMO_NAME
     return config

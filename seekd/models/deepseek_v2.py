@@ -81,7 +81,19 @@ def build_moe(config: HFConfig, scoring_func: str, topk_method: str, layer_idx: 
     return SparseMoE(gate, experts, shared)
 
 
-AttentionBuilder = Callable[[HFConfig, RotaryEmbedding], MLAAttention]
+def is_moe_layer(config: HFConfig, layer_idx: int) -> bool:
+    """DeepSeek's configs name the first dense layers (`first_k_dense_replace`); transformers'
+    DeepSeek-OCR 2 config lists each layer's kind (`mlp_layer_types`: dense or sparse)."""
+    if kinds := config.get("mlp_layer_types"):
+        return kinds[layer_idx] == "sparse"
+    return (
+        config.get("n_routed_experts", 0) > 0
+        and layer_idx >= config.get("first_k_dense_replace", 0)
+        and layer_idx % config.get("moe_layer_freq", 1) == 0
+    )
+
+
+AttentionBuilder = Callable[[HFConfig, RotaryEmbedding], nn.Module]
 
 
 class DeepseekV2DecoderLayer(nn.Module):
@@ -96,12 +108,7 @@ class DeepseekV2DecoderLayer(nn.Module):
     ) -> None:
         super().__init__()
         self.self_attn = build_attention(config, rotary)
-        is_moe = (
-            config.get("n_routed_experts", 0) > 0
-            and layer_idx >= config.get("first_k_dense_replace", 0)
-            and layer_idx % config.get("moe_layer_freq", 1) == 0
-        )
-        if is_moe:
+        if is_moe_layer(config, layer_idx):
             self.mlp = build_moe(config, scoring_func, topk_method, layer_idx)
         else:
             self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size)
@@ -125,14 +132,21 @@ class DeepseekV2Model(nn.Module):
     between stages travel the hidden states and the residual stream."""
 
     def __init__(
-        self, config: HFConfig, scoring_func: str, topk_method: str, build_attention: AttentionBuilder = build_mla
+        self,
+        config: HFConfig,
+        scoring_func: str,
+        topk_method: str,
+        build_attention: AttentionBuilder = build_mla,
+        build_rotary: Callable[[HFConfig], RotaryEmbedding] = build_rope,
     ) -> None:
+        """`build_attention` and `build_rotary`: MLA with its rope part by default; DeepSeek-OCR 2's
+        language model keeps V2's MoE with plain multi-head attention."""
         super().__init__()
         self.is_first, self.is_last = is_first_stage(), is_last_stage()
         self.embed_tokens = on_stage(
             self.is_first, lambda: VocabParallelEmbedding(config.vocab_size, config.hidden_size)
         )
-        rotary = build_rope(config)
+        rotary = build_rotary(config)
         self.layers, self.stage = stage_layers(
             config.num_hidden_layers,
             lambda i: DeepseekV2DecoderLayer(config, i, rotary, scoring_func, topk_method, build_attention),
@@ -145,10 +159,13 @@ class DeepseekV2Model(nn.Module):
         positions: torch.Tensor,
         ctx: ForwardContext,
         intermediate: StageTensors | None = None,
+        inputs_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor | StageTensors:
-        """The final hidden states, or (before the last stage) what the next stage continues from."""
+        """The final hidden states, or (before the last stage) what the next stage continues from.
+        `inputs_embeds` replaces the token embeddings (a vision model's merged image features)."""
         if intermediate is None:
-            x, residual = self.embed_tokens(input_ids), None
+            x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+            residual = None
         else:
             x, residual = intermediate["hidden"], intermediate["residual"]
         for i in self.stage:

@@ -16,7 +16,7 @@ from torch import nn
 
 from seekd.layers.embedding import ParallelLMHead
 from seekd.layers.forward_context import ForwardContext
-from seekd.layers.vision.sam import SamNeck, SamVisionEncoder
+from seekd.layers.vision.sam import SamNeck, SamVisionEncoder, StridedConvs
 from seekd.layers.vision.siglip import SiglipVisionModel
 from seekd.models.hf_config import HFConfig
 from seekd.models.llama import LlamaForCausalLM, LlamaModel
@@ -60,19 +60,17 @@ class HybridAligner(nn.Module):
         return self.proj(F.gelu(both))
 
 
-class SamDownsample(nn.Module):
+class SamDownsample(StridedConvs):
     """High-res feature map -> the low-res branch's token grid: bilinear resize to 4x the grid, then
     two stride-2 3x3 convolutions (channels x2, x2)."""
 
     def __init__(self, channels: int, grid: int) -> None:
-        super().__init__()
+        super().__init__(channels, 2 * channels, 4 * channels)
         self.grid = grid
-        self.conv1 = nn.Conv2d(channels, 2 * channels, kernel_size=3, stride=2, padding=1, bias=False)
-        self.conv2 = nn.Conv2d(2 * channels, 4 * channels, kernel_size=3, stride=2, padding=1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=(4 * self.grid, 4 * self.grid), mode="bilinear", align_corners=False)
-        return self.conv2(self.conv1(x))
+        return super().forward(x)
 
 
 class DeepseekVLForConditionalGeneration(nn.Module):

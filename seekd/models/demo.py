@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,15 @@ V4_VOCAB_SIZE = 129280  # DeepSeek-V4's embedding rows: the tokenizer's 129,280 
 # Its default answer length (generation_config.json): random weights never emit EOS, so without it a
 # request that sets no max_tokens would run to the end of the context, minutes on a CPU.
 DEMO_MAX_NEW_TOKENS = 256
+# A plain DeepSeek chat format (R1's turns, no reasoning or tools), for models whose folders carry no
+# template of their own: the VL demo and the benchmark shapes.
+DEEPSEEK_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}"
+    "{% elif m['role'] == 'user' %}<｜User｜>{{ m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}<｜Assistant｜>{{ m['content'] }}<｜end▁of▁sentence｜>{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<｜Assistant｜>{% endif %}"
+)
 SLIDING, CSA, HCA = "sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"
 
 
@@ -89,15 +99,20 @@ def _tokenizer_source() -> Path:
 
 
 def ensure_demo_model(data_dir: Path) -> Path:
-    """Write (once) the demo model folder under the data dir and return it. Safe when several
+    """Write (once) the demo model folder under the data dir and return it."""
+    return ensure_built_folder(data_dir / "models" / "seekd-demo-random", DEMO_VERSION, _write_demo_files)
+
+
+def ensure_built_folder(folder: Path, version: str, write: Callable[[Path], None]) -> Path:
+    """`folder` as `write` builds it, rebuilt when its version marker differs. Safe when several
     processes race: each builds in a private folder and the first rename wins."""
-    folder = data_dir / "models" / "seekd-demo-random"
     marker = folder / ".seekd-demo-version"
-    if marker.is_file() and marker.read_text() == DEMO_VERSION:
+    if marker.is_file() and marker.read_text() == version:
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     build = Path(tempfile.mkdtemp(prefix=".demo-", dir=folder.parent))
-    _write_demo_files(build)
+    write(build)
+    (build / ".seekd-demo-version").write_text(version)
     if folder.exists():
         shutil.rmtree(folder, ignore_errors=True)
     try:
@@ -109,29 +124,40 @@ def ensure_demo_model(data_dir: Path) -> Path:
     return folder
 
 
-def _write_demo_files(folder: Path) -> None:
-    """The package's tokenizer.json is DeepSeek-V4's as released (V4-Pro and V4-Flash share it:
-    <think>/</think>, ｜DSML｜, <｜latest_reminder｜> and the quick-instruction tokens are in it), so it
-    is copied unchanged. V4 has no Jinja chat template: the tokenizer config names none."""
+def write_deepseek_tokenizer(folder: Path, chat_template: str | None = None, model_max_length: int = 8192) -> int:
+    """DeepSeek's tokenizer.json (V3/V4's, unchanged) and a tokenizer_config.json naming its special
+    tokens (and `chat_template` where given); returns the vocabulary size its ids need."""
     source = _tokenizer_source()
     shutil.copyfile(source / "tokenizer.json", folder / "tokenizer.json")
     tokenizer = json.loads((source / "tokenizer.json").read_text())
-    ids = [t["id"] for t in tokenizer["added_tokens"]] + list(tokenizer["model"]["vocab"].values())
-    vocab_size = max(max(ids) + 1, V4_VOCAB_SIZE)
     tokenizer_config = {
         "bos_token": "<｜begin▁of▁sentence｜>",
         "eos_token": "<｜end▁of▁sentence｜>",
         "pad_token": "<｜end▁of▁sentence｜>",
         "add_bos_token": False,
-        "model_max_length": 8192,
+        "model_max_length": model_max_length,
     }
+    if chat_template is not None:
+        tokenizer_config["chat_template"] = chat_template
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, ensure_ascii=False, indent=1))
-    (folder / "config.json").write_text(json.dumps(demo_hf_config(vocab_size), indent=1))
+    ids = [t["id"] for t in tokenizer["added_tokens"]] + list(tokenizer["model"]["vocab"].values())
+    return max(max(ids) + 1, V4_VOCAB_SIZE)
+
+
+def write_generation_config(folder: Path) -> None:
     generation_config = {"bos_token_id": 0, "eos_token_id": 1, "max_new_tokens": DEMO_MAX_NEW_TOKENS}
     (folder / "generation_config.json").write_text(json.dumps(generation_config, indent=1))
+
+
+def _write_demo_files(folder: Path) -> None:
+    """The package's tokenizer.json is DeepSeek-V4's as released (V4-Pro and V4-Flash share it:
+    <think>/</think>, ｜DSML｜, <｜latest_reminder｜> and the quick-instruction tokens are in it), so it
+    is copied unchanged. V4 has no Jinja chat template: the tokenizer config names none."""
+    vocab_size = write_deepseek_tokenizer(folder)
+    (folder / "config.json").write_text(json.dumps(demo_hf_config(vocab_size), indent=1))
+    write_generation_config(folder)
     (folder / "README.md").write_text(
         "seekd-demo-random: a tiny DeepSeek-V4-architecture model with RANDOM weights (generated at load\n"
         "time) and DeepSeek-V4's real tokenizer. It produces gibberish by design and is meant for trying\n"
         "seekd (thinking mode, tools, every cache kind), not for answers.\n"
     )
-    (folder / ".seekd-demo-version").write_text(DEMO_VERSION)

@@ -16,6 +16,7 @@ _MODELS: dict[str, tuple[str, str]] = {
     "DeepseekV32ForCausalLM": ("seekd.models.deepseek_v32", "DeepseekV32ForCausalLM"),
     "DeepseekV4ForCausalLM": ("seekd.models.deepseek_v4", "DeepseekV4ForCausalLM"),
     "DeepseekVLForConditionalGeneration": ("seekd.models.deepseek_vl", "DeepseekVLForConditionalGeneration"),
+    "DeepseekOcr2ForConditionalGeneration": ("seekd.models.deepseek_ocr2", "DeepseekOcr2ForConditionalGeneration"),
     "DeepseekVLHybridForConditionalGeneration": (
         "seekd.models.deepseek_vl",
         "DeepseekVLHybridForConditionalGeneration",

@@ -220,6 +220,6 @@ class ImageFrontend:
                 )
             try:
                 image.load()
-                return self.processor.process(image)
+                return self.processor.process(image, part.detail)
             except Exception as e:  # a truncated or corrupt stream fails in any of Pillow's decoders
                 raise invalid_request(f"the image cannot be decoded: {e}", param=part.param) from None

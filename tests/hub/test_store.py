@@ -99,3 +99,13 @@ def test_model_by_alias_with_pull_loads_and_generates_like_its_folder(tiny_hub, 
     before = len(tiny_hub.seen)
     resolve_model(load_config(overrides=overrides, environ={}), pull=True)
     assert len(tiny_hub.seen) == before
+
+
+def test_built_in_demo_names_resolve_without_the_store(tmp_path):
+    environ = {"SEEKD_DATA_DIR": str(tmp_path)}
+    text = resolve_model(load_config(overrides={"model": "seekd-demo-random"}, environ=environ), pull=False)
+    assert text.model.model is None and text.model.display_name == "seekd-demo-random"
+    vl = resolve_model(load_config(overrides={"model": "seekd-demo-vl-random"}, environ=environ), pull=False)
+    assert Path(vl.model.model) == tmp_path / "models" / "seekd-demo-vl-random"
+    assert vl.model.load_format == "dummy" and vl.model.display_name == "seekd-demo-vl-random"
+    assert (Path(vl.model.model) / "tokenizer.json").is_file() and (Path(vl.model.model) / "config.json").is_file()

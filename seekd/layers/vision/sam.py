@@ -124,6 +124,19 @@ class SamNeck(nn.Module):
         return self.layer_norm2(self.conv2(x))
 
 
+class StridedConvs(nn.Module):
+    """Two 3x3 stride-2 convolutions without bias: a [B, C, H, W] map 4x smaller on each side, the
+    channels widened in two steps."""
+
+    def __init__(self, channels: int, mid_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, mid_channels, kernel_size=3, stride=2, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(mid_channels, out_channels, kernel_size=3, stride=2, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.conv1(x))
+
+
 class SamVisionEncoder(nn.Module):
     """[B, 3, S, S] pixels -> (neck output [B, out, S/p, S/p], per-layer outputs [B, S/p, S/p, hidden])."""
 
@@ -142,12 +155,23 @@ class SamVisionEncoder(nn.Module):
         )
         self.neck = SamNeck(d, config["output_channels"])
 
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, pixel_values: torch.Tensor, keep_layers: bool = True) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`keep_layers`: also return each layer's output (DeepSeek-VL reads a global layer's)."""
         x = self.patch_embed.projection(pixel_values.to(self.patch_embed.projection.weight.dtype)).permute(0, 2, 3, 1)
         if self.pos_embed is not None:
-            x = x + self.pos_embed
+            x = x + self.positions(x.shape[1], x.shape[2])
         outputs = []
         for layer in self.layers:
             x = layer(x)
-            outputs.append(x)
+            if keep_layers:
+                outputs.append(x)
         return self.neck(x), outputs
+
+    def positions(self, height: int, width: int) -> torch.Tensor:
+        """The absolute position table, resampled (bicubic, antialiased) for a grid other than the one
+        it was trained at: DeepSeek-OCR 2 runs its 1024 px encoder on 768 px tiles too."""
+        if self.pos_embed.shape[1:3] == (height, width):
+            return self.pos_embed
+        table = self.pos_embed.permute(0, 3, 1, 2).float()
+        table = F.interpolate(table, size=(height, width), mode="bicubic", align_corners=False, antialias=True)
+        return table.to(self.pos_embed.dtype).permute(0, 2, 3, 1)
